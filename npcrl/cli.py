@@ -1,0 +1,171 @@
+"""The ``npcrl`` command line. Heavy imports (torch, transformers) happen inside the commands that
+need them, so ``npcrl generate`` works with only the runtime installed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from npcrl.errors import NpcrlError
+from npcrl.paths import default_bundle_dir
+
+DEFAULT_QUANT = "q8"
+QUICKSTART_PERSONA = (
+    "You are Brom, the blacksmith of the village of Oakrest. You are gruff but kind, proud of your "
+    "craft, and you speak in short, plain sentences. Stay in character."
+)
+QUICKSTART_LINES = (
+    "Good morning! Can you fix my sword?",
+    "What is the news in the village?",
+)
+
+
+def _cmd_model_fetch(args: argparse.Namespace) -> int:
+    from exporters.fetch import fetch_default_model
+
+    print(fetch_default_model(Path(args.dir) if args.dir else None, force=args.force))
+    return 0
+
+
+def _resolve_source(source: str) -> str:
+    if source == "default":
+        from exporters.fetch import fetch_default_model
+
+        return str(fetch_default_model())
+    return source
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from exporters.export import export_bundle
+
+    bundle = export_bundle(_resolve_source(args.source), args.out, quant=args.quant, overwrite=args.force)
+    print(bundle.root)
+    return 0
+
+
+def _cmd_bundle_info(args: argparse.Namespace) -> int:
+    from npcrl.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle, verify=True)
+    data = bundle.manifest.to_dict()
+    data["bundle_id"] = bundle.bundle_id
+    data.pop("chat_template", None)
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+def _sampler_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from npcrl.sampler import SamplerConfig
+
+    return SamplerConfig(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        stop_strings=tuple(args.stop or ()),
+    )
+
+
+def _speak(model, system: str, user: str, config) -> None:  # type: ignore[no-untyped-def]
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    generation = model.generate(model.tokenizer.encode_chat(messages), config)
+    for chunk in generation:
+        print(chunk.text, end="", flush=True)
+    result = generation.result
+    print(
+        f"\n  [{len(result.token_ids)} tokens, first token {result.time_to_first_token_s * 1000:.0f} ms, "
+        f"{result.decode_tokens_per_s:.0f} tok/s, stop: {result.stop_reason}]",
+        file=sys.stderr,
+    )
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from npcrl.runtime import OnnxCausalLM
+
+    model = OnnxCausalLM(args.bundle)
+    _speak(model, args.system, args.prompt, _sampler_from_args(args))
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    """Fetch the default model, export its bundle once, and let an NPC speak."""
+    from npcrl.runtime import OnnxCausalLM
+
+    bundle_dir = Path(args.bundle) if args.bundle else default_bundle_dir(DEFAULT_QUANT)
+    if not (bundle_dir / "manifest.json").is_file():
+        from exporters.export import export_bundle
+
+        export_bundle(_resolve_source("default"), bundle_dir, quant=DEFAULT_QUANT)
+    model = OnnxCausalLM(bundle_dir)
+    print(f"bundle {model.bundle_id} ({bundle_dir})", file=sys.stderr)
+    config = _sampler_from_args(args)
+    for line in QUICKSTART_LINES:
+        print(f"\nPlayer: {line}\nBrom: ", end="", flush=True)
+        _speak(model, QUICKSTART_PERSONA, line, config)
+    return 0
+
+
+def _add_sampler_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 means greedy (default 0.7)")
+    parser.add_argument("--top-k", type=int, default=0, help="0 disables (default)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus mass (default 0.9)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.1, help="default 1.1")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", action="append", help="stop string (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npcrl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    model = sub.add_parser("model", help="obtain base models").add_subparsers(dest="model_command", required=True)
+    fetch = model.add_parser("fetch", help="fetch SmolLM2-135M-Instruct offline into the user cache; prints its path")
+    fetch.add_argument("--dir", help="target directory (default: the user cache)")
+    fetch.add_argument("--force", action="store_true", help="fetch and convert again even if cached")
+    fetch.set_defaults(func=_cmd_model_fetch)
+
+    export = sub.add_parser("export", help="export an HF causal LM to an npcrl bundle (needs npcrl[train])")
+    export.add_argument("source", help="HF model directory, .gguf file, hub id, or 'default' for SmolLM2-135M-Instruct")
+    export.add_argument("--out", required=True, help="bundle directory to write")
+    export.add_argument("--quant", choices=("fp32", "q8", "q4"), default=DEFAULT_QUANT)
+    export.add_argument("--force", action="store_true", help="replace an existing bundle")
+    export.set_defaults(func=_cmd_export)
+
+    bundle = sub.add_parser("bundle", help="inspect bundles").add_subparsers(dest="bundle_command", required=True)
+    info = bundle.add_parser("info", help="verify a bundle and print its manifest")
+    info.add_argument("bundle")
+    info.set_defaults(func=_cmd_bundle_info)
+
+    generate = sub.add_parser("generate", help="stream one NPC line from a bundle")
+    generate.add_argument("--bundle", required=True)
+    generate.add_argument("--system", default=QUICKSTART_PERSONA, help="system prompt (the persona)")
+    generate.add_argument("--prompt", required=True, help="the player's line")
+    _add_sampler_args(generate)
+    generate.set_defaults(func=_cmd_generate)
+
+    quick = sub.add_parser("quickstart", help="fetch + export the default model once, then let an NPC speak")
+    quick.add_argument("--bundle", help=f"bundle directory (default: the user cache, {DEFAULT_QUANT})")
+    _add_sampler_args(quick)
+    quick.set_defaults(func=_cmd_quickstart)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except NpcrlError as exc:
+        print(f"npcrl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

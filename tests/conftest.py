@@ -1,0 +1,112 @@
+"""Shared fixtures: tiny random GPT-2 and Llama models built from config, and their bundles.
+
+Every tiny model uses the same byte-level BPE tokenizer, trained here in well under a second on a
+small corpus (multi-byte text included) and given a ChatML chat template like SmolLM2's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "The blacksmith wiped the soot from his hands and looked up at the stranger.",
+    "Welcome to the Prancing Pony, traveller! Ale or cider?",
+    "The guard captain says the gates close at sundown.",
+    "Café crème, naïve façade, über Straße — déjà vu.",
+    "日本語のテキストと絵文字 🐉🔥 も少し。",
+    "You are Brom, the village blacksmith. Answer in one or two sentences.",
+    "Greet a traveller who has just walked into your tavern.",
+] * 4
+
+
+def build_tokenizer_json(path: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    tokenizer.save(str(path))
+
+
+def build_tiny_model_dir(root: Path, family: str) -> Path:
+    """A 2-layer random model of ``family`` saved as a normal HF directory (safetensors)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = root / f"tiny-{family}"
+    out.mkdir(parents=True)
+    build_tokenizer_json(root / f"tokenizer-{family}.json")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(root / f"tokenizer-{family}.json"),
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    vocab = len(tok)
+    torch.manual_seed(0)
+    common = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    if family == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256, **common)
+        model = GPT2LMHeadModel(config)
+    else:
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            **common,
+        )
+        model = LlamaForCausalLM(config)
+    # Larger-than-default weights give peaked, non-uniform next-token distributions, so sampler
+    # and parity tests see realistic logit gaps instead of near-ties.
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.2)
+    model.eval().save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: build_tiny_model_dir(root, family) for family in ("gpt2", "llama")}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """fp32 bundles of both tiny families, plus q8 and q4 of the Llama one: ``{"gpt2-fp32": path, ...}``."""
+    from exporters.export import export_bundle
+
+    root = tmp_path_factory.mktemp("tiny-bundles")
+    wanted = [("gpt2", "fp32"), ("llama", "fp32"), ("llama", "q8"), ("llama", "q4")]
+    return {
+        f"{family}-{quant}": export_bundle(tiny_model_dirs[family], root / f"{family}-{quant}", quant=quant).root
+        for family, quant in wanted
+    }
+
+
+@pytest.fixture
+def tiny_bundle(tiny_bundles: dict[str, Path]) -> Path:
+    return tiny_bundles["llama-fp32"]

