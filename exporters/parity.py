@@ -36,6 +36,8 @@ QUALITY_PROMPTS = (
     "I found a strange amulet in the woods. What should I do?",
 )
 QUALITY_CONTINUATION = 24
+CACHE_RTOL = 0.05
+"""a quantised graph's step-by-step logits may differ from one-shot logits by this fraction of the logit range"""
 HELDOUT_PASSAGE = (
     "The village of Oakrest sits where the river bends twice before reaching the sea. Its people "
     "are farmers and fishers for the most part, though a blacksmith, an innkeeper and a small "
@@ -197,6 +199,24 @@ def measure_quality(
         kls.append((np.exp(ref_logp) * (ref_logp - cand_logp)).sum(axis=-1))
         agree.append(ref_logp.argmax(-1) == cand_logp.argmax(-1))
     kl = np.concatenate(kls)
+    # The quantised graph's cache must be sound: step-by-step logits equal one-shot logits up to
+    # kernel noise (8/4-bit MatMul kernels differ between one row and many, so greedy near-ties
+    # may flip; that is recorded, not failed).
+    sequence = prompts[0] + _greedy_cached(reference, prompts[0], QUALITY_CONTINUATION)
+    one_shot = candidate.run(sequence)[0][len(prompts[0]) - 1 : -1]
+    logits, past = candidate.run(prompts[0])
+    stepwise = [logits[-1]]
+    for token in sequence[len(prompts[0]) : -1]:
+        logits, past = candidate.run([token], past)
+        stepwise.append(logits[-1])
+    cache_diff = float(np.abs(np.stack(stepwise) - one_shot).max())
+    scale = float(np.abs(one_shot).max())
+    if cache_diff > CACHE_RTOL * scale:
+        raise ParityError(
+            f"{quant_path}: cached and one-shot logits differ by {cache_diff:.3g} (> {CACHE_RTOL:.0%} of {scale:.3g})"
+        )
+    cached = _greedy_cached(candidate, prompts[0], GREEDY_STEPS)
+    uncached, _ = _greedy_uncached(lambda ids: candidate.run(ids)[0], prompts[0], GREEDY_STEPS)
     bound = QUALITY_BOUNDS.get(bits)
     report = {
         "reference": "fp32 graph",
@@ -208,6 +228,8 @@ def measure_quality(
         "perplexity_fp32": _perplexity(reference, heldout_ids),
         "perplexity_quantized": _perplexity(candidate, heldout_ids),
         "kl_bound": bound,
+        "cache_max_abs_logit_diff": cache_diff,
+        "greedy_cached_equals_uncached": cached == uncached,
     }
     report["within_bound"] = bound is None or report["kl_mean"] <= bound
     return report

@@ -177,9 +177,12 @@ class OnnxCausalLM:
         prompt_ids: Sequence[int],
         config: SamplerConfig | None = None,
         cancel: CancelToken | None = None,
+        ignore_eos: bool = False,
     ) -> Generation:
-        """Start generating after ``prompt_ids``; iterate the result for streamed text."""
-        return Generation(self, list(prompt_ids), config or SamplerConfig(), cancel or CancelToken())
+        """Start generating after ``prompt_ids``; iterate the result for streamed text.
+
+        ``ignore_eos`` keeps going past EOS (benchmarks that need a fixed token count)."""
+        return Generation(self, list(prompt_ids), config or SamplerConfig(), cancel or CancelToken(), ignore_eos)
 
     def generate_text(self, prompt_ids: Sequence[int], config: SamplerConfig | None = None) -> GenerationResult:
         """Blocking form of ``generate``."""
@@ -223,13 +226,21 @@ class Generation:
     Not thread-safe to iterate from two threads; ``cancel()`` may be called from any thread.
     """
 
-    def __init__(self, model: OnnxCausalLM, prompt_ids: list[int], config: SamplerConfig, cancel: CancelToken):
+    def __init__(
+        self,
+        model: OnnxCausalLM,
+        prompt_ids: list[int],
+        config: SamplerConfig,
+        cancel: CancelToken,
+        ignore_eos: bool = False,
+    ):
         if not prompt_ids:
             raise GenerationError("the prompt is empty; at least one token is needed")
         self.model = model
         self.prompt_ids = prompt_ids
         self.config = config
         self.cancel_token = cancel
+        self.ignore_eos = ignore_eos
         self.result: GenerationResult | None = None
         self._iterator = self._run()
 
@@ -272,7 +283,7 @@ class Generation:
                 first_token_at = time.perf_counter()
             tokens.append(token)
             context = np.append(context, token.token_id)
-            if token.token_id in model.eos_token_ids:
+            if token.token_id in model.eos_token_ids and not self.ignore_eos:
                 stop_reason = "eos"
                 break
             shown, stopped = stops.feed(decoder.push(token.token_id))

@@ -1,0 +1,296 @@
+"""Generation speed and quality, side by side on one machine and one prompt.
+
+Engines (each measured in its own subprocess, so peak RSS is its own):
+  hf            transformers ``generate`` (torch fp32, KV cache), the baseline
+  npcrl-fp32    npcrl runtime on the fp32 bundle          (fused graph)
+  npcrl-q8      npcrl runtime on the q8 bundle (default)  (fused graph, 8-bit weights)
+  npcrl-q4      npcrl runtime on the q4 bundle            (fused graph, 4-bit weights)
+  npcrl-traced-q8  npcrl runtime on a torch-traced q8 bundle (only with --traced)
+  genai-int4    onnxruntime-genai int4, our own sampler every step (get_logits → sample → append_tokens)
+  genai-int8    the same at int8
+Every engine samples with the same settings (temperature 0.7, top-p 0.9, repetition penalty 1.1,
+seed 0) and generates exactly N tokens (EOS ignored), so decode speeds compare like for like.
+Quality: KL(torch fp32 || engine) and top-1 agreement, teacher-forced on one fixed sequence.
+
+Usage: python bench/bench_generation.py [--tokens 48] [--repeats 3] [--traced] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from npcrl.paths import default_bundle_dir, default_model_dir, user_cache_dir  # noqa: E402
+
+PERSONA = (
+    "You are Brom, the blacksmith of the village of Oakrest. You are gruff but kind, proud of your craft, and you "
+    "speak in short plain sentences. You know the guard captain Hedda, the innkeeper Mara and the miller. The harvest "
+    "fair is coming and everyone wants new tools. Stay in character and never mention that you are an AI. Keep answers "
+    "to one or two sentences, and ask the traveller something back when you can."
+)
+PLAYER = "Good morning! Can you fix my sword before nightfall? The blade is chipped."
+SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 0}
+
+
+def _prompt_ids() -> list[int]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(default_model_dir() / "tokenizer.json"))
+    text = f"<|im_start|>system\n{PERSONA}<|im_end|>\n<|im_start|>user\n{PLAYER}<|im_end|>\n<|im_start|>assistant\n"
+    return tok.encode(text).ids
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss would carry the parent's peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- engines (run in a subprocess)
+
+
+def run_hf(prompt: list[int], tokens: int, repeats: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir(), dtype=torch.float32).eval()
+    ids = torch.tensor([prompt])
+    kwargs = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=1.1, pad_token_id=2)
+
+    def timed(n: int) -> float:
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kwargs)
+        return time.perf_counter() - start
+
+    timed(4)  # warm-up
+    ttft, full = [], []
+    for _ in range(repeats):
+        ttft.append(timed(1))
+        full.append(timed(tokens))
+    t1, tn = float(np.median(ttft)), float(np.median(full))
+    return {"ttft_s": t1, "decode_tok_s": (tokens - 1) / (tn - t1), "peak_rss_mb": _rss_mb()}
+
+
+def run_npcrl(bundle: str, prompt: list[int], tokens: int, repeats: int) -> dict:
+    from npcrl.runtime import OnnxCausalLM
+    from npcrl.sampler import SamplerConfig
+
+    model = OnnxCausalLM(bundle)
+    config = SamplerConfig(max_new_tokens=tokens, **SAMPLING)
+    model.generate_text(prompt, SamplerConfig(max_new_tokens=4, **SAMPLING))  # warm-up
+    runs = [model.generate(prompt, config, ignore_eos=True).run() for _ in range(repeats)]
+    reference = _reference_sequence(prompt)
+    logits = model.forward(reference, model.new_cache(), all_logits=True)
+    return {
+        "ttft_s": float(np.median([r.time_to_first_token_s for r in runs])),
+        "decode_tok_s": float(np.median([r.decode_tokens_per_s for r in runs])),
+        "peak_rss_mb": _rss_mb(),
+        "tokens": len(runs[0].token_ids),
+        "sample": model.tokenizer.decode(runs[0].token_ids)[:120],
+        "logits": logits,
+    }
+
+
+def genai_model_dir(precision: str) -> Path:
+    """Build (once) onnxruntime-genai's own model folder for SmolLM2 at ``precision``."""
+    target = user_cache_dir() / "bench" / f"genai-{precision}"
+    if not (target / "genai_config.json").is_file():
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(default_model_dir()), "-o",
+               str(target), "-p", precision, "-e", "cpu", "-c", str(target.parent / "genai-cache"),
+               "--extra_options", "int4_accuracy_level=4", "int4_block_size=32"]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True)
+    return target
+
+
+def run_genai(precision: str, prompt: list[int], tokens: int, repeats: int) -> dict:
+    import onnxruntime_genai as og
+
+    from npcrl.sampler import Sampler, SamplerConfig
+
+    path = genai_model_dir(precision)
+    model = og.Model(str(path))
+    max_length = len(prompt) + tokens + 8  # the default (8192) preallocates ~350 MB of KV
+
+    def one_run() -> tuple[float, float]:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=max_length, do_sample=False)
+        generator = og.Generator(model, params)
+        sampler = Sampler(SamplerConfig(max_new_tokens=tokens, **SAMPLING))
+        context = list(prompt)
+        start = time.perf_counter()
+        generator.append_tokens(np.asarray([prompt], dtype=np.int32))
+        first = 0.0
+        for i in range(tokens):
+            logits = generator.get_logits()[0, -1]
+            token = sampler.sample(logits, np.asarray(context)).token_id
+            context.append(token)
+            if i == 0:
+                first = time.perf_counter()
+            if i < tokens - 1:
+                generator.append_tokens(np.asarray([[token]], dtype=np.int32))
+        end = time.perf_counter()
+        return first - start, (tokens - 1) / (end - first)
+
+    one_run()  # warm-up
+    runs = [one_run() for _ in range(repeats)]
+    # Quality: genai runs exactly this graph; score it with plain onnxruntime for full logits.
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+    reference = _reference_sequence(prompt)
+    feeds = {"input_ids": np.asarray([reference], np.int64), "attention_mask": np.ones((1, len(reference)), np.int64)}
+    for inp in session.get_inputs():
+        if inp.name.startswith("past_key_values"):
+            feeds[inp.name] = np.zeros((1, 3, 0, 64), np.float32)
+    logits = session.run(["logits"], feeds)[0][0]
+    return {
+        "ttft_s": float(np.median([r[0] for r in runs])),
+        "decode_tok_s": float(np.median([r[1] for r in runs])),
+        "peak_rss_mb": _rss_mb(),
+        "logits": logits,
+    }
+
+
+def _reference_sequence(prompt: list[int]) -> list[int]:
+    """The prompt plus a fixed 32-token continuation (read from the cache the parent wrote)."""
+    return json.loads(Path(os.environ["NPCRL_BENCH_REF"]).read_text())["sequence"]
+
+
+def child_main(engine: str, tokens: int, repeats: int, out: Path) -> None:
+    prompt = _prompt_ids()
+    if engine == "hf":
+        result = run_hf(prompt, tokens, repeats)
+    elif engine.startswith("npcrl-"):
+        result = run_npcrl(os.environ["NPCRL_BENCH_BUNDLE"], prompt, tokens, repeats)
+    else:
+        result = run_genai(engine.split("-")[1], prompt, tokens, repeats)
+    logits = result.pop("logits", None)
+    if logits is not None:
+        np.save(out.with_suffix(".npy"), logits)
+    out.write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def ensure_bundle(quant: str, graph: str = "fused") -> Path:
+    from exporters.export import export_bundle
+
+    path = default_bundle_dir(quant) if graph == "fused" else user_cache_dir() / "bench" / f"traced-{quant}"
+    if not (path / "manifest.json").is_file():
+        export_bundle(default_model_dir(), path, quant=quant, graph=graph)
+    return path
+
+
+def reference_logits(prompt: list[int], work: Path) -> np.ndarray:
+    """torch fp32 logits on the prompt plus its greedy 32-token continuation (the quality reference)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir(), dtype=torch.float32).eval()
+    with torch.no_grad():
+        sequence = model.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False, pad_token_id=2)[0]
+        logits = model(input_ids=sequence[None]).logits[0].numpy()
+    (work / "reference.json").write_text(json.dumps({"sequence": sequence.tolist()}))
+    return logits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--traced", action="store_true", help="also measure a torch-traced (unfused) q8 bundle")
+    parser.add_argument("--engines", help="comma-separated subset")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_main(args.child, args.tokens, args.repeats, args.out)
+        return
+
+    from exporters.fetch import fetch_default_model
+
+    fetch_default_model()
+    work = user_cache_dir() / "bench" / "run"
+    work.mkdir(parents=True, exist_ok=True)
+    prompt = _prompt_ids()
+    ref_logp = _log_softmax(reference_logits(prompt, work))
+    engines = ["hf", "npcrl-fp32", "npcrl-q8", "npcrl-q4", "genai-int4", "genai-int8"]
+    if args.traced:
+        engines.insert(4, "npcrl-traced-q8")
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError:
+        engines = [e for e in engines if not e.startswith("genai")]
+        print("onnxruntime-genai is not installed: its rows are skipped", file=sys.stderr)
+    if args.engines:
+        engines = [e for e in engines if e in args.engines.split(",")]
+    results: dict[str, dict] = {}
+    for engine in engines:
+        env = dict(os.environ, NPCRL_BENCH_REF=str(work / "reference.json"))
+        if engine.startswith("npcrl-"):
+            quant = engine.rsplit("-", 1)[1]
+            env["NPCRL_BENCH_BUNDLE"] = str(ensure_bundle(quant, "torch" if "traced" in engine else "fused"))
+        elif engine.startswith("genai-"):
+            genai_model_dir(engine.split("-")[1])
+        out = work / f"{engine}.json"
+        cmd = [sys.executable, __file__, "--child", engine, "--tokens", str(args.tokens),
+               "--repeats", str(args.repeats), "--out", str(out)]  # fmt: skip
+        subprocess.run(cmd, check=True, env=env)
+        result = json.loads(out.read_text())
+        if out.with_suffix(".npy").is_file():
+            logp = _log_softmax(np.load(out.with_suffix(".npy")))
+            result["kl_vs_fp32"] = float((np.exp(ref_logp) * (ref_logp - logp)).sum(-1).mean())
+            result["top1_vs_fp32"] = float((ref_logp.argmax(-1) == logp.argmax(-1)).mean())
+            out.with_suffix(".npy").unlink()
+        elif engine == "hf":
+            result["kl_vs_fp32"], result["top1_vs_fp32"] = 0.0, 1.0
+        results[engine] = result
+        print(f"  measured {engine}: {result['decode_tok_s']:.1f} tok/s", file=sys.stderr, flush=True)
+
+    hf = results.get("hf", {}).get("decode_tok_s")
+    genai = results.get("genai-int4", {}).get("decode_tok_s")
+    print(
+        f"\nprompt {len(prompt)} tokens, {args.tokens} new tokens, median of {args.repeats}; cpu threads {os.cpu_count()}"
+    )
+    header = f"{'engine':18s} {'TTFT ms':>8s} {'decode tok/s':>12s} {'x HF':>6s} {'x genai-int4':>12s} {'peak RSS MB':>11s} {'KL vs fp32':>10s} {'top-1':>6s}"
+    print(header)
+    print("-" * len(header))
+    for engine, r in results.items():
+        print(
+            f"{engine:18s} {r['ttft_s'] * 1000:8.0f} {r['decode_tok_s']:12.1f} "
+            f"{r['decode_tok_s'] / hf if hf else float('nan'):6.2f} "
+            f"{r['decode_tok_s'] / genai if genai else float('nan'):12.2f} {r['peak_rss_mb']:11.0f} "
+            f"{r['kl_vs_fp32']:10.4f} {r['top1_vs_fp32']:6.3f}"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"prompt_tokens": len(prompt), "tokens": args.tokens, "results": results}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
