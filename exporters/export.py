@@ -19,7 +19,7 @@ from exporters.fused_export import FUSED_FAMILIES, export_fused, fused_export_av
 from exporters.onnx_export import export_onnx, kv_layout_of
 from exporters.parity import HELDOUT_PASSAGE, PARITY_TEXT, QUALITY_PROMPTS, check_parity, measure_quality
 from exporters.quantize import QUANT_SPECS, quantize_onnx
-from exporters.source import LoadedModel, load_model
+from exporters.source import LoadedModel, load_model, save_as_hf_dir
 from npcrl.bundle import Bundle, Manifest, SpecialTokens, describe_files, load_bundle, write_manifest
 from npcrl.errors import NpcrlError
 
@@ -103,8 +103,7 @@ def _materialise_hf_dir(loaded: LoadedModel, staging: Path) -> Path:
     if source.is_dir():
         return source
     target = staging / "_hf"
-    loaded.model.save_pretrained(str(target), safe_serialization=True)
-    loaded.tokenizer.save_pretrained(str(target))
+    save_as_hf_dir(loaded.model, loaded.tokenizer, target)
     return target
 
 

@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from exporters.source import save_as_hf_dir
 from npcrl.errors import ModelSourceError
 from npcrl.paths import default_model_dir
 
@@ -79,15 +80,7 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
     _log(f"loading {gguf_path.name} with transformers (dequantising to fp32, about 15 s)")
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    # transformers refuses save_pretrained on a GGUF-loaded model while its quantizer is attached;
-    # the weights are already plain fp32 tensors, so detach it.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir))
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(str(out_dir))
+    save_as_hf_dir(model, tokenizer, out_dir)
 
 
 def fetch_default_model(cache_dir: Path | None = None, force: bool = False) -> Path:

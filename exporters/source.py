@@ -85,3 +85,16 @@ def load_model(source: str | Path) -> LoadedModel:
     family = check_model_type(getattr(model.config, "model_type", None), f"{text} (config)")
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=text, family=family)
+
+
+def save_as_hf_dir(model: Any, tokenizer: Any, out_dir: Path) -> None:
+    """Save a loaded model as a plain safetensors HF directory (also for GGUF-loaded models)."""
+    # transformers refuses save_pretrained on a GGUF-loaded model while its quantizer is attached;
+    # the weights are already plain fp32 tensors, so detach it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(out_dir))

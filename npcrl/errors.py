@@ -17,3 +17,15 @@ class GenerationError(NpcrlError):
 
 class ModelSourceError(NpcrlError):
     """A base model (HF directory, hub id or GGUF) cannot be found, read or used."""
+
+
+class PersonaError(NpcrlError):
+    """A persona card cannot be read, is not valid TOML, or breaks a field's rule."""
+
+
+class RewardSpecError(NpcrlError):
+    """A reward spec is malformed or invalid, or events cannot be scored under it."""
+
+
+class LogFormatError(NpcrlError):
+    """A play log, or a record or directory meant for one, is malformed or unusable (names the file or field)."""

@@ -1,0 +1,239 @@
+"""Player engagement -> a reward for each NPC turn.
+
+After each NPC line the game records events: the player replied, rated the line, walked away,
+accepted a quest, traded. A ``RewardSpec`` (TOML, so designers tune it without code) says what
+each kind of event is worth; ``conversation_rewards`` turns one conversation's events into one
+reward per turn for the offline trainer.
+
+Filtered turns (lines the output filter rejected, replaced by a fallback line) never get a
+positive reward, but a zero or negative one is still not a training target: the model did not
+produce what the player saw. Callers must drop filtered turns from training batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from importlib.resources import files
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from npcrl.errors import RewardSpecError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 needs the tomli backport
+    import tomli as tomllib
+
+# Events the game emits. A spec need not give all of them a rule: a built-in kind without one is
+# worth 0; only kinds outside this set and the spec's rules are "unknown".
+BUILTIN_KINDS = frozenset({"reply", "rating", "walk_away", "quest_accepted", "trade"})
+UNKNOWN_KINDS_MODES = ("ignore", "error")
+
+
+class _Invalid(RewardSpecError):
+    """A field of a rule or spec is invalid; the loader prefixes the file and the rule's path."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"field {field!r}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _finite_number(field: str, value: Any) -> float:
+    # TOML booleans are ints in Python; a weight of `true` is a mistake, not 1.0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Invalid(field, f"must be a number, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise _Invalid(field, f"must be finite, got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class EventRule:
+    """What one event is worth: ``weight`` per occurrence, or with ``value_scale`` ``weight`` times
+    the event's value clipped to [min, max] (for graded events such as a rating)."""
+
+    weight: float
+    min: float | None = None
+    max: float | None = None
+    value_scale: bool = False
+
+    def __post_init__(self) -> None:
+        # value_scale first: the min/max checks below depend on it.
+        if not isinstance(self.value_scale, bool):
+            raise _Invalid("value_scale", f"must be true or false, not {type(self.value_scale).__name__}")
+        object.__setattr__(self, "weight", _finite_number("weight", self.weight))
+        for bound in ("min", "max"):
+            value = getattr(self, bound)
+            if value is not None:
+                if not self.value_scale:
+                    raise _Invalid(bound, "only applies with value_scale = true")
+                object.__setattr__(self, bound, _finite_number(bound, value))
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise _Invalid("min", f"{self.min} is greater than max {self.max}")
+
+    def contribution(self, value: float | None) -> float:
+        if not self.value_scale:
+            return self.weight
+        if value is None:
+            raise RewardSpecError("this event kind is value-scaled, so each event needs a value")
+        clipped = value
+        if self.min is not None:
+            clipped = max(clipped, self.min)
+        if self.max is not None:
+            clipped = min(clipped, self.max)
+        return self.weight * clipped
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    rules: Mapping[str, EventRule]
+    discount: float = 0.0  # a turn k steps before an event gets discount**k of its contribution
+    turn_min: float = -1.0
+    turn_max: float = 1.0
+    unknown_kinds: str = "ignore"
+    _known: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rules, Mapping):
+            raise _Invalid("rules", f"must be a table of event kinds, not {type(self.rules).__name__}")
+        for kind, rule in self.rules.items():
+            if not isinstance(kind, str) or not kind:
+                raise _Invalid("rules", f"event kind {kind!r} must be a non-empty string")
+            if not isinstance(rule, EventRule):
+                raise _Invalid(f"rules.{kind}", f"must be an EventRule, not {type(rule).__name__}")
+        # A read-only copy: a spec must not change under a trainer that holds it.
+        object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
+        object.__setattr__(self, "_known", BUILTIN_KINDS | frozenset(self.rules))
+        discount = _finite_number("discount", self.discount)
+        if not 0.0 <= discount <= 1.0:
+            raise _Invalid("discount", f"must be within [0, 1], got {discount}")
+        object.__setattr__(self, "discount", discount)
+        object.__setattr__(self, "turn_min", _finite_number("turn_min", self.turn_min))
+        object.__setattr__(self, "turn_max", _finite_number("turn_max", self.turn_max))
+        if self.turn_min > self.turn_max:
+            raise _Invalid("turn_min", f"{self.turn_min} is greater than turn_max {self.turn_max}")
+        if self.unknown_kinds not in UNKNOWN_KINDS_MODES:
+            raise _Invalid("unknown_kinds", f"must be 'ignore' or 'error', got {self.unknown_kinds!r}")
+
+    def event_value(self, kind: str, value: float | None, where: str) -> float:
+        """One event's contribution to the turn it follows (0 for an ignored kind)."""
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
+            raise RewardSpecError(f"{where}: {kind!r} event has value {value!r}; a finite number or None is needed")
+        rule = self.rules.get(kind)
+        if rule is None:
+            if kind not in self._known and self.unknown_kinds == "error":
+                raise RewardSpecError(f"{where}: unknown event kind {kind!r} (spec has unknown_kinds = 'error')")
+            return 0.0
+        try:
+            return rule.contribution(value)
+        except RewardSpecError as exc:
+            raise RewardSpecError(f"{where}: {kind!r} event: {exc}") from None
+
+
+_SPEC_KEYS = tuple(f.name for f in fields(RewardSpec) if f.init)
+_RULE_KEYS = tuple(f.name for f in fields(EventRule))
+
+
+def _unknown_keys(path: Path, prefix: str, data: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        names = ", ".join(repr(prefix + key) for key in unknown)
+        raise RewardSpecError(f"{path}: unknown field(s) {names}; allowed here: {', '.join(allowed)}")
+
+
+def _spec_from_toml(path: Path, data: dict[str, Any]) -> RewardSpec:
+    _unknown_keys(path, "", data, _SPEC_KEYS)
+    raw_rules = data.get("rules")
+    if not isinstance(raw_rules, dict) or not raw_rules:
+        got = "missing" if raw_rules is None else "empty" if raw_rules == {} else type(raw_rules).__name__
+        raise RewardSpecError(f"{path}: field 'rules': one [rules.<kind>] table per event kind is required ({got})")
+    rules = {}
+    for kind, raw in raw_rules.items():
+        if not isinstance(raw, dict):
+            raise RewardSpecError(
+                f"{path}: field 'rules.{kind}': must be a table with a weight, not {type(raw).__name__}"
+            )
+        _unknown_keys(path, f"rules.{kind}.", raw, _RULE_KEYS)
+        if "weight" not in raw:
+            raise RewardSpecError(f"{path}: field 'rules.{kind}.weight': missing (every rule needs a weight)")
+        try:
+            rules[kind] = EventRule(**raw)
+        except _Invalid as exc:
+            raise RewardSpecError(f"{path}: field 'rules.{kind}.{exc.field}': {exc.problem}") from None
+    try:
+        return RewardSpec(rules=rules, **{k: v for k, v in data.items() if k != "rules"})
+    except _Invalid as exc:
+        raise RewardSpecError(f"{path}: field {exc.field!r}: {exc.problem}") from None
+
+
+def load_reward_spec(path: str | os.PathLike[str]) -> RewardSpec:
+    """Read a reward spec from TOML: top-level ``discount``, ``turn_min``, ``turn_max``,
+    ``unknown_kinds`` and one ``[rules.<kind>]`` table per event kind."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RewardSpecError(f"{path}: cannot read reward spec: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise RewardSpecError(f"{path}: not UTF-8 text: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise RewardSpecError(f"{path}: invalid TOML: {exc}") from exc
+    return _spec_from_toml(path, data)
+
+
+def default_reward_spec() -> RewardSpec:
+    """The shipped spec, npcrl/data/rewards/default.toml (its comments explain each weight)."""
+    return load_reward_spec(Path(str(files("npcrl").joinpath("data", "rewards", "default.toml"))))
+
+
+@dataclass(frozen=True)
+class TurnOutcome:
+    turn_index: int  # position of the NPC turn in its conversation
+    filtered: bool  # the line was rejected by the output filter and a fallback was shown
+    events: Sequence[tuple[str, float | None]] = ()  # (kind, value) of the events after this turn
+
+    def __post_init__(self) -> None:
+        if isinstance(self.turn_index, bool) or not isinstance(self.turn_index, int) or self.turn_index < 0:
+            raise RewardSpecError(f"turn_index: must be a non-negative integer, got {self.turn_index!r}")
+        events = tuple(tuple(event) for event in self.events)
+        for event in events:
+            if len(event) != 2 or not isinstance(event[0], str):
+                raise RewardSpecError(f"turn {self.turn_index}: an event is a (kind, value) pair, got {event!r}")
+        object.__setattr__(self, "events", events)
+
+
+def conversation_rewards(turns: Sequence[TurnOutcome], spec: RewardSpec) -> list[float]:
+    """One reward per turn, in order. Each event counts toward the turn it follows and, discounted
+    by ``discount**k``, toward the turn k steps (of ``turn_index``) earlier. A turn's total is
+    clipped to [turn_min, turn_max]; a filtered turn's is then capped at 0 (see the module doc:
+    filtered turns must also be dropped from training)."""
+    previous = -1
+    for turn in turns:
+        if turn.turn_index <= previous:
+            raise RewardSpecError(
+                f"turn_index: turns must be in strictly increasing order, got {turn.turn_index} after {previous}"
+            )
+        previous = turn.turn_index
+    own = [sum(spec.event_value(kind, value, f"turn {t.turn_index}") for kind, value in t.events) for t in turns]
+    # Back to front: each turn's credit is its own events plus the next turn's credit, discounted
+    # by the number of steps between them. O(turns) rather than O(turns * events).
+    totals = [0.0] * len(turns)
+    carried = 0.0
+    for i in range(len(turns) - 1, -1, -1):
+        if i + 1 < len(turns):
+            carried *= spec.discount ** (turns[i + 1].turn_index - turns[i].turn_index)
+        carried += own[i]
+        totals[i] = carried
+    rewards = []
+    for turn, total in zip(turns, totals, strict=True):
+        reward = min(max(total, spec.turn_min), spec.turn_max)
+        rewards.append(min(reward, 0.0) if turn.filtered else reward)
+    return rewards
