@@ -57,9 +57,14 @@ def _cmd_bundle_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampler_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _sampler_from_args(args: argparse.Namespace, default_stops: bool = False):  # type: ignore[no-untyped-def]
     from npcrl.sampler import SamplerConfig
 
+    stops = tuple(args.stop or ())
+    if default_stops:
+        from npcrl.agent import DEFAULT_STOPS
+
+        stops = DEFAULT_STOPS + stops
     return SamplerConfig(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -67,7 +72,7 @@ def _sampler_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def
         repetition_penalty=args.repetition_penalty,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
-        stop_strings=tuple(args.stop or ()),
+        stop_strings=stops,
     )
 
 
@@ -110,6 +115,99 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_persona(spec: str):  # type: ignore[no-untyped-def]
+    """A built-in persona id (blacksmith, innkeeper, guard) or a path to a persona TOML card."""
+    from npcrl.persona import builtin_personas, load_persona
+
+    builtin = builtin_personas()
+    if spec in builtin:
+        return builtin[spec]
+    if Path(spec).suffix == ".toml" or Path(spec).exists():
+        return load_persona(spec)
+    raise NpcrlError(f"persona {spec!r} is neither a built-in ({', '.join(sorted(builtin))}) nor a .toml file")
+
+
+CHAT_HELP = "/+ rates the last line up, /- down, /quest NAME accepts a quest, /bye walks away"
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    """Talk to an NPC in the terminal; every turn and reaction goes to the play log."""
+    import time
+
+    from npcrl.agent import AgentConfig, NpcAgent
+    from npcrl.playlog import PlayLogWriter
+    from npcrl.runtime import OnnxCausalLM
+
+    persona = _resolve_persona(args.persona)
+    model = OnnxCausalLM(args.bundle)
+    writer = PlayLogWriter(args.logs) if args.logs else None
+    config = AgentConfig(sampler=_sampler_from_args(args, default_stops=True))
+    agent = NpcAgent(model, persona, log_writer=writer, config=config)
+    conversation = agent.start_conversation(args.player)
+    print(f"[{persona.name}, {persona.role}; bundle {model.bundle_id}; {CHAT_HELP}]", file=sys.stderr)
+    print(f"{persona.name}: {persona.greeting}")
+    try:
+        while not conversation.ended:
+            try:
+                text = input("you> ").strip()
+            except EOFError:
+                conversation.end("input_closed")
+                break
+            if not text:
+                continue
+            if text in ("/+", "/-"):
+                if conversation.lines:
+                    conversation.rate(text == "/+")
+                    print("[rated]", file=sys.stderr)
+                continue
+            if text.startswith("/quest"):
+                if conversation.lines:
+                    conversation.accept_quest(text[len("/quest") :].strip() or "quest")
+                    print("[quest accepted]", file=sys.stderr)
+                continue
+            if text in ("/bye", "/quit"):
+                conversation.walk_away()
+                break
+            pending = conversation.respond_async(text)
+            print(f"{persona.name}: ", end="", flush=True)
+            while not pending.done:
+                piece = pending.poll()
+                if piece:
+                    print(piece, end="", flush=True)
+                time.sleep(0.02)
+            print(pending.poll(), end="")
+            line = pending.result()
+            if line.text != pending.streamed_text.strip():
+                # What the player is finally shown (trimmed to a sentence, or a fallback line).
+                print(f"\r\033[K{persona.name}: {line.text}", end="")
+            flag = " [filtered]" if line.filtered else " [fallback]" if line.fallback else ""
+            print(f"{flag}")
+    finally:
+        if writer is not None:
+            writer.close()
+            print(f"[play log in {args.logs}]", file=sys.stderr)
+    return 0
+
+
+def _cmd_rewards(args: argparse.Namespace) -> int:
+    """Score every logged turn with a reward spec and print a summary (or every turn as JSON lines)."""
+    from npcrl.engagement import reward_summary, turn_rewards
+    from npcrl.playlog import LogReader
+    from npcrl.rewards import default_reward_spec, load_reward_spec
+
+    spec = load_reward_spec(args.spec) if args.spec else default_reward_spec()
+    reader = LogReader(args.dir)
+    rewards = turn_rewards(reader, spec)
+    if args.json:
+        for r in rewards:
+            print(json.dumps(r.__dict__ | {"events": [list(e) for e in r.events]}))
+        return 0
+    summary = reward_summary(rewards)
+    summary["corrupt_records_skipped"] = reader.stats.corrupt_skipped
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _add_sampler_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.7, help="0 means greedy (default 0.7)")
     parser.add_argument("--top-k", type=int, default=0, help="0 disables (default)")
@@ -148,6 +246,24 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--prompt", required=True, help="the player's line")
     _add_sampler_args(generate)
     generate.set_defaults(func=_cmd_generate)
+
+    chat = sub.add_parser("chat", help="talk to an NPC in the terminal (" + CHAT_HELP + ")")
+    chat.add_argument("--bundle", required=True)
+    chat.add_argument("--persona", required=True, help="built-in id (blacksmith, innkeeper, guard) or a .toml card")
+    chat.add_argument("--logs", help="play-log directory (default: no log)")
+    chat.add_argument("--player", default="player", help="player id written to the log")
+    _add_sampler_args(chat)
+    chat.set_defaults(func=_cmd_chat, max_new_tokens=60)
+
+    rewards = sub.add_parser("rewards", help="score logged NPC turns with a reward spec")
+    rewards.add_argument("dir", help="play-log directory")
+    rewards.add_argument("--spec", help="reward spec TOML (default: the shipped one)")
+    rewards.add_argument("--json", action="store_true", help="one JSON line per turn")
+    rewards.set_defaults(func=_cmd_rewards)
+
+    from npcrl.playlog.cli import add_logs_parser
+
+    add_logs_parser(sub)
 
     quick = sub.add_parser("quickstart", help="fetch + export the default model once, then let an NPC speak")
     quick.add_argument("--bundle", help=f"bundle directory (default: the user cache, {DEFAULT_QUANT})")

@@ -1,0 +1,385 @@
+"""NPC agents: what a game drops in to let NPCs talk, and to record how players react.
+
+One ``OnnxCausalLM`` is shared by every NPC; each NPC is an ``NpcAgent`` with a persona; each
+talk between an NPC and a player is a ``Conversation``. A turn runs either blocking
+(``respond``) or off the game thread (``respond_async`` → poll each frame → ``result``). Every
+turn and every engagement event goes to the play log when a ``PlayLogWriter`` is given.
+
+A turn never raises into the game: if the model fails or runs past its time budget, or the output
+filter rejects the line, the NPC says one of its persona's fallback lines and the turn is logged
+with ``fallback`` / ``filtered`` set, so the trainer can leave it out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from npcrl.persona import Persona
+from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter
+from npcrl.postprocess import postprocess_line
+from npcrl.runtime import CancelToken, GenerationResult, OnnxCausalLM
+from npcrl.safety import OutputFilter, delimit_player_text, sanitize_player_text
+from npcrl.sampler import SamplerConfig
+
+log = logging.getLogger("npcrl.agent")
+
+# Stop as soon as the model starts a new chat turn or speaks for the player.
+DEFAULT_STOPS = ("<|im_start|>", "\nPlayer:", "\nTraveller:", "\nTraveler:", "\nUser:", "\nYou:")
+BUILTIN_EVENTS = ("reply", "rating", "walk_away", "quest_accepted", "trade")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """How an NPC speaks. Defaults are the settings that gave in-character lines on SmolLM2-135M."""
+
+    sampler: SamplerConfig = field(
+        default_factory=lambda: SamplerConfig(
+            temperature=0.7, top_p=0.9, repetition_penalty=1.1, max_new_tokens=60, stop_strings=DEFAULT_STOPS
+        )
+    )
+    """sampling settings of every NPC turn (logged with each turn)"""
+    prompt_token_budget: int = 1024
+    """max prompt tokens: the persona is always kept, the oldest exchanges are dropped first"""
+    time_budget_s: float = 20.0
+    """a turn still generating after this many seconds is cancelled and answered with a fallback"""
+    max_line_chars: int = 280
+    """length cap of a displayed NPC line"""
+    max_player_chars: int = 300
+    """player input is cut to this many characters"""
+
+    def __post_init__(self) -> None:
+        if self.prompt_token_budget <= self.sampler.max_new_tokens:
+            raise ValueError(
+                f"prompt_token_budget={self.prompt_token_budget} must exceed sampler.max_new_tokens="
+                f"{self.sampler.max_new_tokens}"
+            )
+        if not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
+
+
+@dataclass(frozen=True)
+class NpcLine:
+    """A finished NPC turn as the game shows it."""
+
+    turn_index: int
+    text: str
+    filtered: bool
+    fallback: bool
+    filter_reason: str | None
+    latency_s: float
+    time_to_first_token_s: float
+    stop_reason: str
+    generation: GenerationResult | None = None
+
+
+class PendingLine:
+    """An NPC turn generating in a worker thread. Poll it from the game loop; it never blocks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streamed: list[str] = []
+        self._polled = 0
+        self._done = threading.Event()
+        self._line: NpcLine | None = None
+        self.cancel_token = CancelToken()
+
+    def _push(self, piece: str) -> None:
+        with self._lock:
+            self._streamed.append(piece)
+
+    def _finish(self, line: NpcLine) -> None:
+        self._line = line
+        self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def started(self) -> bool:
+        """True once the first text arrived (a game shows a 'thinking' indicator until then)."""
+        with self._lock:
+            return bool(self._streamed) or self.done
+
+    def poll(self) -> str:
+        """Streamed text that arrived since the previous poll (raw model text, special tokens removed)."""
+        with self._lock:
+            new = "".join(self._streamed[self._polled :])
+            self._polled = len(self._streamed)
+        return new
+
+    @property
+    def streamed_text(self) -> str:
+        with self._lock:
+            return "".join(self._streamed)
+
+    def cancel(self) -> None:
+        """Stop generating; the turn ends with a fallback line (the player left, or the game needs the CPU)."""
+        self.cancel_token.cancel()
+
+    def result(self, timeout: float | None = None) -> NpcLine:
+        """The finished line; blocks up to ``timeout`` (use ``done`` in a game loop)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError("the NPC line is not finished yet")
+        assert self._line is not None
+        return self._line
+
+
+class NpcAgent:
+    """One NPC: a persona speaking through a shared model."""
+
+    def __init__(
+        self,
+        model: OnnxCausalLM,
+        persona: Persona,
+        *,
+        log_writer: PlayLogWriter | None = None,
+        config: AgentConfig | None = None,
+        npc_id: str | None = None,
+        output_filter: OutputFilter | None = None,
+        system_prompt: str | None = None,
+    ) -> None:
+        self.model = model
+        self.persona = persona
+        self.log_writer = log_writer
+        self.config = config or AgentConfig()
+        self.npc_id = npc_id or persona.id
+        self.output_filter = output_filter or OutputFilter(refuse_topics=persona.refuse_topics)
+        self.system_prompt = system_prompt if system_prompt is not None else persona.system_prompt()
+
+    def start_conversation(self, player_id: str = "player") -> Conversation:
+        return Conversation(self, player_id)
+
+    def swap_model(self, model: OnnxCausalLM) -> None:
+        """Use another bundle from the next conversation on (hot swap between conversations)."""
+        self.model = model
+
+
+class Conversation:
+    """One conversation between an NPC and a player. Methods are meant for the game thread; the
+    generation itself runs in a worker thread for ``respond_async``."""
+
+    def __init__(self, agent: NpcAgent, player_id: str) -> None:
+        self.agent = agent
+        self.model = agent.model  # fixed for the whole conversation, even if the agent swaps
+        self.player_id = player_id
+        self.conversation_id = uuid.uuid4().hex
+        self.exchanges: list[tuple[str, str]] = []  # (delimited player text, NPC line) kept as memory
+        self.lines: list[NpcLine] = []
+        self.ended = False
+        self._pending: PendingLine | None = None
+        self._last_line_at: float | None = None
+        self._lock = threading.Lock()
+        self._log(
+            ConversationStart(
+                conversation_id=self.conversation_id,
+                npc_id=agent.npc_id,
+                player_id=player_id,
+                persona_name=agent.persona.name,
+                persona_hash=agent.persona.persona_hash,
+                bundle_id=self.model.bundle_id,
+                sampler=agent.config.sampler.to_dict(),
+                time=time.time(),
+            )
+        )
+
+    @property
+    def greeting(self) -> str:
+        return self.agent.persona.greeting
+
+    # ------------------------------------------------------------------ turns
+
+    def respond(self, player_text: str) -> NpcLine:
+        """Blocking: the NPC's answer to ``player_text``."""
+        return self.respond_async(player_text, _thread=False).result()
+
+    def respond_async(self, player_text: str, _thread: bool = True) -> PendingLine:
+        """Start the NPC's answer in a worker thread and return at once."""
+        if self.ended:
+            raise RuntimeError(f"conversation {self.conversation_id} has ended")
+        if self._pending is not None and not self._pending.done:
+            raise RuntimeError("the NPC is still answering; cancel() the pending line first")
+        now = time.monotonic()
+        clean = sanitize_player_text(
+            player_text, self.model.tokenizer.special_token_strings, self.agent.config.max_player_chars
+        )
+        if self.lines and self._last_line_at is not None:
+            # The player answered the NPC's last line: that is engagement with it.
+            self.record("reply", value=now - self._last_line_at, text=clean, chars=len(clean))
+        pending = PendingLine()
+        self._pending = pending
+        turn_index = len(self.lines)
+        work = lambda: self._run_turn(pending, turn_index, player_text, clean)  # noqa: E731
+        if _thread:
+            threading.Thread(target=work, name=f"npcrl-{self.agent.npc_id}-turn", daemon=True).start()
+        else:
+            work()
+        return pending
+
+    def build_prompt(self, clean_player_text: str) -> list[int]:
+        """Chat-template prompt within the token budget: persona + as many recent exchanges as fit."""
+        config = self.agent.config
+        limit = min(config.prompt_token_budget, self.model.max_positions or config.prompt_token_budget)
+        budget = limit - config.sampler.max_new_tokens
+        tokenizer = self.model.tokenizer
+        current = {"role": "user", "content": delimit_player_text(clean_player_text)}
+        system = {"role": "system", "content": self.agent.system_prompt}
+        history = list(self.exchanges)
+        while True:
+            messages = [system]
+            for player, npc in history:
+                messages += [{"role": "user", "content": player}, {"role": "assistant", "content": npc}]
+            ids = tokenizer.encode_chat([*messages, current])
+            if len(ids) <= budget or not history:
+                return ids
+            history.pop(0)  # oldest exchange first; the persona always stays
+
+    def _run_turn(self, pending: PendingLine, turn_index: int, raw_player_text: str, clean: str) -> None:
+        started = time.monotonic()
+        agent, config = self.agent, self.agent.config
+        result: GenerationResult | None = None
+        error: str | None = None
+        prompt: list[int] = []
+        try:
+            prompt = self.build_prompt(clean)
+            generation = self.model.generate(prompt, config.sampler, cancel=pending.cancel_token)
+            watchdog = threading.Timer(config.time_budget_s, pending.cancel_token.cancel)
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                for chunk in generation:
+                    if chunk.text:
+                        pending._push(tokenizer_clean(chunk.text, self.model.tokenizer.special_token_strings))
+            finally:
+                watchdog.cancel()
+            result = generation.result
+        except Exception as exc:  # a turn must never take the game down
+            error = f"{type(exc).__name__}: {exc}"
+            log.exception("NPC %s failed to generate; answering with a fallback line", agent.npc_id)
+        latency = time.monotonic() - started
+        text, filtered, fallback, reason = self._final_text(result, error, turn_index)
+        line = NpcLine(
+            turn_index=turn_index,
+            text=text,
+            filtered=filtered,
+            fallback=fallback,
+            filter_reason=reason,
+            latency_s=latency,
+            time_to_first_token_s=result.time_to_first_token_s if result else 0.0,
+            stop_reason=result.stop_reason if result else "error",
+            generation=result,
+        )
+        with self._lock:
+            self.lines.append(line)
+            if not fallback and not filtered:
+                self.exchanges.append((delimit_player_text(clean), text))
+            self._last_line_at = time.monotonic()
+        self._log(
+            NpcTurn(
+                conversation_id=self.conversation_id,
+                turn_index=turn_index,
+                npc_id=agent.npc_id,
+                bundle_id=self.model.bundle_id,
+                player_text=raw_player_text[: config.max_player_chars * 4],
+                prompt_ids=list(prompt),
+                response_ids=list(result.token_ids) if result else [],
+                logprobs=list(result.logprobs) if result else [],
+                full_logprobs=list(result.full_logprobs) if result else [],
+                text=text,
+                stop_reason=line.stop_reason,
+                sampler=config.sampler.to_dict(),
+                latency_s=latency,
+                time_to_first_token_s=line.time_to_first_token_s,
+                filtered=filtered,
+                fallback=fallback,
+                time=time.time(),
+                filter_reason=reason,
+            )
+        )
+        pending._finish(line)
+
+    def _final_text(
+        self, result: GenerationResult | None, error: str | None, turn_index: int
+    ) -> tuple[str, bool, bool, str | None]:
+        """(displayed text, filtered, fallback, reason)."""
+        persona = self.agent.persona
+        if result is None:
+            return persona.fallback_line(turn_index), False, True, f"error:{error}"
+        if result.stop_reason == "cancelled":
+            return persona.fallback_line(turn_index), False, True, "cancelled_or_time_budget"
+        text = postprocess_line(
+            result.text,
+            npc_name=persona.name,
+            special_tokens=self.model.tokenizer.special_token_strings,
+            max_chars=self.agent.config.max_line_chars,
+        )
+        if not text:
+            return persona.fallback_line(turn_index), False, True, "empty_after_postprocess"
+        verdict = self.agent.output_filter.check(text)
+        if not verdict.allowed:
+            return persona.fallback_line(turn_index), True, False, verdict.reason
+        return text, False, False, None
+
+    # ------------------------------------------------------------------ engagement
+
+    def record(self, kind: str, value: float | None = None, **data: Any) -> None:
+        """Record an engagement event (built-in or a game's own kind) against the latest NPC line."""
+        if not kind or not isinstance(kind, str):
+            raise ValueError(f"event kind must be a non-empty string, got {kind!r}")
+        if not self.lines:
+            raise RuntimeError("no NPC line yet: events attach to the turn they follow")
+        self._log(
+            EngagementEvent(
+                conversation_id=self.conversation_id,
+                turn_index=self.lines[-1].turn_index,
+                kind=kind,
+                value=None if value is None else float(value),
+                time=time.time(),
+                data=data,
+            )
+        )
+
+    def rate(self, positive: bool) -> None:
+        self.record("rating", 1.0 if positive else -1.0)
+
+    def accept_quest(self, quest: str) -> None:
+        self.record("quest_accepted", 1.0, quest=quest)
+
+    def trade(self, amount: float, item: str | None = None) -> None:
+        self.record("trade", amount, **({"item": item} if item else {}))
+
+    def walk_away(self) -> None:
+        """The player left mid-conversation: an event on the last line, then the end."""
+        if self._pending is not None and not self._pending.done:
+            self._pending.cancel()
+        if self.lines:
+            self.record("walk_away", 1.0)
+        self.end("walked_away")
+
+    def end(self, reason: str = "ended") -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self._log(ConversationEnd(conversation_id=self.conversation_id, reason=reason, time=time.time()))
+
+    def _log(self, record: Any) -> None:
+        if self.agent.log_writer is not None:
+            self.agent.log_writer.append(record)
+
+
+def tokenizer_clean(text: str, special_tokens: tuple[str, ...]) -> str:
+    """Remove special-token strings from streamed text (decoding already skips special ids)."""
+    for token in special_tokens:
+        if token in text:
+            text = text.replace(token, "")
+    return text
+
+
+def with_sampler(config: AgentConfig, **changes: Any) -> AgentConfig:
+    """A copy of ``config`` with sampler fields changed (e.g. ``seed=1`` for reproducible tests)."""
+    return replace(config, sampler=replace(config.sampler, **changes))

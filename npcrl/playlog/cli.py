@@ -1,0 +1,207 @@
+"""``npcrl logs inspect | stats | validate``: look into a play-log directory (or one ``.npl`` file)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any
+
+from npcrl.errors import LogFormatError
+from npcrl.playlog.reader import LogEntry, LogReader, LogReadStats
+from npcrl.playlog.records import (
+    KIND_NAMES,
+    ConversationEnd,
+    ConversationStart,
+    EngagementEvent,
+    NpcTurn,
+)
+
+_KIND_BY_NAME = {name: kind for kind, name in KIND_NAMES.items()}
+_TEXT_WIDTH = 100
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_logs_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``logs inspect|stats|validate`` on an argparse subparsers object; each sets ``func``."""
+    logs = subparsers.add_parser("logs", help="inspect, summarise and validate play logs")
+    sub = logs.add_subparsers(dest="logs_command", required=True)
+
+    inspect = sub.add_parser("inspect", help="print records, one per line")
+    inspect.add_argument("dir", help="play-log directory, or one .npl file")
+    inspect.add_argument("--limit", type=_positive_int, help="print at most N records")
+    inspect.add_argument("--kind", choices=sorted(_KIND_BY_NAME), help="only records of this kind")
+    inspect.add_argument("--json", action="store_true", help="JSON lines with every field")
+    inspect.set_defaults(func=cmd_inspect)
+
+    stats = sub.add_parser("stats", help="counts of records, conversations, turns, events and damage")
+    stats.add_argument("dir", help="play-log directory, or one .npl file")
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    stats.set_defaults(func=cmd_stats)
+
+    validate = sub.add_parser("validate", help="check every file; exit 1 if anything is corrupt")
+    validate.add_argument("dir", help="play-log directory, or one .npl file")
+    validate.set_defaults(func=cmd_validate)
+    return logs
+
+
+def _time(value: float) -> str:
+    try:
+        return datetime.fromtimestamp(value, tz=timezone.utc).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return repr(value)
+
+
+def _quote(text: str) -> str:
+    if len(text) > _TEXT_WIDTH:
+        text = text[: _TEXT_WIDTH - 1] + "…"
+    return json.dumps(text, ensure_ascii=False)
+
+
+def format_entry(entry: LogEntry) -> str:
+    """One human-readable line for a record."""
+    r = entry.record
+    where = f"{entry.path.name}@{entry.offset}"
+    if isinstance(r, ConversationStart):
+        body = (
+            f"conv={r.conversation_id} npc={r.npc_id} player={r.player_id} persona={_quote(r.persona_name)}"
+            f" ({r.persona_hash[:12]}) bundle={r.bundle_id}"
+        )
+    elif isinstance(r, NpcTurn):
+        flags = "".join(
+            [f" filtered({r.filter_reason or '?'})" if r.filtered else "", " fallback" if r.fallback else ""]
+        )
+        body = (
+            f"conv={r.conversation_id} turn={r.turn_index} npc={r.npc_id} bundle={r.bundle_id}"
+            f" tokens={len(r.response_ids)} stop={r.stop_reason} latency={r.latency_s:.3f}s{flags}"
+            f" player={_quote(r.player_text)} npc_text={_quote(r.text)}"
+        )
+    elif isinstance(r, EngagementEvent):
+        data = f" data={json.dumps(r.data, ensure_ascii=False, default=repr)}" if r.data else ""
+        body = f"conv={r.conversation_id} turn={r.turn_index} event={r.kind} value={r.value}{data}"
+    else:
+        assert isinstance(r, ConversationEnd)
+        body = f"conv={r.conversation_id} reason={r.reason}"
+    return f"{where} {_time(r.time)} {KIND_NAMES[entry.kind]} {body}"
+
+
+def entry_json(entry: LogEntry) -> str:
+    """One JSON line with every field (bytes in ``data`` appear as their repr)."""
+    obj = {"file": entry.path.name, "offset": entry.offset, "kind": KIND_NAMES[entry.kind]}
+    obj.update(dataclasses.asdict(entry.record))
+    return json.dumps(obj, ensure_ascii=False, default=repr)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    reader = LogReader(args.dir)
+    wanted = _KIND_BY_NAME[args.kind] if args.kind else None
+    shown = 0
+    for entry in reader.entries():
+        if wanted is not None and entry.kind != wanted:
+            continue
+        print(entry_json(entry) if args.json else format_entry(entry))
+        shown += 1
+        if args.limit is not None and shown >= args.limit:
+            break
+    return 0
+
+
+def summarize(reader: LogReader) -> dict[str, Any]:
+    """Counts over every record ``reader`` yields, plus its read statistics."""
+    kinds: Counter[str] = Counter()
+    events: Counter[str] = Counter()
+    bundles: Counter[str] = Counter()
+    conversations: set[str] = set()
+    turns = filtered = fallback = tokens = 0
+    for entry in reader.entries():
+        r = entry.record
+        kinds[KIND_NAMES[entry.kind]] += 1
+        conversations.add(r.conversation_id)
+        if isinstance(r, ConversationStart):
+            bundles[r.bundle_id] += 0  # seen, even before its first turn
+        elif isinstance(r, NpcTurn):
+            turns += 1
+            filtered += r.filtered
+            fallback += r.fallback
+            tokens += len(r.response_ids)
+            bundles[r.bundle_id] += 1
+        elif isinstance(r, EngagementEvent):
+            events[r.kind] += 1
+    s = reader.stats
+    return {
+        "files": s.files,
+        "records": s.records,
+        "records_per_kind": {name: kinds[name] for name in KIND_NAMES.values()},
+        "conversations": len(conversations),
+        "turns": turns,
+        "filtered_turns": filtered,
+        "fallback_turns": fallback,
+        "response_tokens": tokens,
+        "events_per_kind": dict(sorted(events.items())),
+        "turns_per_bundle": dict(sorted(bundles.items())),
+        "unknown_kinds": s.unknown_kinds,
+        "corrupt_skipped": s.corrupt_skipped,
+        "corrupt_bytes": s.corrupt_bytes,
+        "torn_tail_bytes": s.torn_tail_bytes,
+    }
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    summary = summarize(LogReader(args.dir))
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return 0
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for name, count in value.items():
+                print(f"  {name}: {count}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+def _report_issues(stats: LogReadStats) -> None:
+    for issue in stats.issues:
+        what = "corrupt" if issue.corrupt else "torn tail"
+        print(f"{issue.path.name}@{issue.offset}: {what}, {issue.size} bytes: {issue.problem}")
+    shown = len(stats.issues)
+    total = stats.corrupt_skipped + (1 if stats.torn_tail_bytes else 0)
+    if shown < total:
+        print(f"... and more issues not listed (only the first {shown} are kept)")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Reads each file on its own, so that one unreadable file does not hide the others."""
+    files = LogReader(args.dir).files()
+    records = corrupt = corrupt_bytes = torn = unknown = 0
+    unreadable = 0
+    for path in files:
+        reader = LogReader(path)
+        try:
+            for _ in reader:
+                pass
+        except LogFormatError as exc:
+            unreadable += 1
+            print(f"{path.name}: unreadable: {exc}")
+        _report_issues(reader.stats)
+        records += reader.stats.records
+        corrupt += reader.stats.corrupt_skipped
+        corrupt_bytes += reader.stats.corrupt_bytes
+        torn += reader.stats.torn_tail_bytes
+        unknown += reader.stats.unknown_kinds
+    print(
+        f"{len(files)} file(s), {records} record(s), {unknown} of unknown kind, {corrupt} corrupt stretch(es)"
+        f" ({corrupt_bytes} bytes), {torn} torn-tail byte(s), {unreadable} unreadable file(s)"
+    )
+    ok = corrupt == 0 and unreadable == 0
+    print("OK" if ok else "CORRUPT")
+    return 0 if ok else 1
