@@ -12,7 +12,7 @@ Every engine samples with the same settings (temperature 0.7, top-p 0.9, repetit
 seed 0) and generates exactly N tokens (EOS ignored), so decode speeds compare like for like.
 Quality: KL(torch fp32 || engine) and top-1 agreement, teacher-forced on one fixed sequence.
 
-Usage: python bench/bench_generation.py [--tokens 48] [--repeats 3] [--traced] [--json out.json]
+Usage: python bench/bench_generation.py [--tokens 48] [--rounds 3] [--repeats 2] [--traced] [--json out.json]
 """
 
 from __future__ import annotations
@@ -220,7 +220,8 @@ def reference_logits(prompt: list[int], work: Path) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per engine per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all engines, interleaved")
     parser.add_argument("--traced", action="store_true", help="also measure a torch-traced (unfused) q8 bundle")
     parser.add_argument("--engines", help="comma-separated subset")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -248,7 +249,7 @@ def main() -> None:
         print("onnxruntime-genai is not installed: its rows are skipped", file=sys.stderr)
     if args.engines:
         engines = [e for e in engines if e in args.engines.split(",")]
-    results: dict[str, dict] = {}
+    envs: dict[str, dict[str, str]] = {}
     for engine in engines:
         env = dict(os.environ, NPCRL_BENCH_REF=str(work / "reference.json"))
         if engine.startswith("npcrl-"):
@@ -256,32 +257,52 @@ def main() -> None:
             env["NPCRL_BENCH_BUNDLE"] = str(ensure_bundle(quant, "torch" if "traced" in engine else "fused"))
         elif engine.startswith("genai-"):
             genai_model_dir(engine.split("-")[1])
-        out = work / f"{engine}.json"
-        cmd = [sys.executable, __file__, "--child", engine, "--tokens", str(args.tokens),
-               "--repeats", str(args.repeats), "--out", str(out)]  # fmt: skip
-        subprocess.run(cmd, check=True, env=env)
-        result = json.loads(out.read_text())
-        if out.with_suffix(".npy").is_file():
-            logp = _log_softmax(np.load(out.with_suffix(".npy")))
-            result["kl_vs_fp32"] = float((np.exp(ref_logp) * (ref_logp - logp)).sum(-1).mean())
-            result["top1_vs_fp32"] = float((ref_logp.argmax(-1) == logp.argmax(-1)).mean())
-            out.with_suffix(".npy").unlink()
-        elif engine == "hf":
-            result["kl_vs_fp32"], result["top1_vs_fp32"] = 0.0, 1.0
-        results[engine] = result
-        print(f"  measured {engine}: {result['decode_tok_s']:.1f} tok/s", file=sys.stderr, flush=True)
+        envs[engine] = env
+    # Rounds interleave the engines, so slow phases of a shared machine hit all of them alike;
+    # each figure is the median over rounds (and the runs inside each round).
+    per_round: dict[str, list[dict]] = {engine: [] for engine in engines}
+    for round_index in range(args.rounds):
+        for engine in engines:
+            out = work / f"{engine}.json"
+            cmd = [sys.executable, __file__, "--child", engine, "--tokens", str(args.tokens),
+                   "--repeats", str(args.repeats), "--out", str(out)]  # fmt: skip
+            subprocess.run(cmd, check=True, env=envs[engine])
+            result = json.loads(out.read_text())
+            if out.with_suffix(".npy").is_file():
+                logp = _log_softmax(np.load(out.with_suffix(".npy")))
+                result["kl_vs_fp32"] = float((np.exp(ref_logp) * (ref_logp - logp)).sum(-1).mean())
+                result["top1_vs_fp32"] = float((ref_logp.argmax(-1) == logp.argmax(-1)).mean())
+                out.with_suffix(".npy").unlink()
+            elif engine == "hf":
+                result["kl_vs_fp32"], result["top1_vs_fp32"] = 0.0, 1.0
+            per_round[engine].append(result)
+            print(
+                f"  round {round_index + 1}: {engine} {result['decode_tok_s']:.1f} tok/s", file=sys.stderr, flush=True
+            )
+    results: dict[str, dict] = {}
+    for engine, rounds in per_round.items():
+        speeds = [r["decode_tok_s"] for r in rounds]
+        results[engine] = {
+            **rounds[0],
+            "ttft_s": float(np.median([r["ttft_s"] for r in rounds])),
+            "decode_tok_s": float(np.median(speeds)),
+            "decode_tok_s_range": [min(speeds), max(speeds)],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds),
+        }
 
     hf = results.get("hf", {}).get("decode_tok_s")
     genai = results.get("genai-int4", {}).get("decode_tok_s")
     print(
-        f"\nprompt {len(prompt)} tokens, {args.tokens} new tokens, median of {args.repeats}; cpu threads {os.cpu_count()}"
+        f"\nprompt {len(prompt)} tokens, {args.tokens} new tokens; median over {args.rounds} interleaved rounds "
+        f"of {args.repeats} runs each; cpu threads {os.cpu_count()}"
     )
-    header = f"{'engine':18s} {'TTFT ms':>8s} {'decode tok/s':>12s} {'x HF':>6s} {'x genai-int4':>12s} {'peak RSS MB':>11s} {'KL vs fp32':>10s} {'top-1':>6s}"
+    header = f"{'engine':18s} {'TTFT ms':>8s} {'decode tok/s':>12s} {'(min-max)':>11s} {'x HF':>6s} {'x genai-int4':>12s} {'peak RSS MB':>11s} {'KL vs fp32':>10s} {'top-1':>6s}"
     print(header)
     print("-" * len(header))
     for engine, r in results.items():
         print(
             f"{engine:18s} {r['ttft_s'] * 1000:8.0f} {r['decode_tok_s']:12.1f} "
+            f"{r['decode_tok_s_range'][0]:5.0f}-{r['decode_tok_s_range'][1]:<5.0f} "
             f"{r['decode_tok_s'] / hf if hf else float('nan'):6.2f} "
             f"{r['decode_tok_s'] / genai if genai else float('nan'):12.2f} {r['peak_rss_mb']:11.0f} "
             f"{r['kl_vs_fp32']:10.4f} {r['top1_vs_fp32']:6.3f}"

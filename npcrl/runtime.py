@@ -59,6 +59,11 @@ class KVCache:
     def __len__(self) -> int:
         return len(self.token_ids)
 
+    def fork(self) -> KVCache:
+        """An independent copy that shares the tensors: ``forward`` never writes into its inputs, it
+        replaces ``values`` with new outputs, so a prefix cache can seed any number of sequences."""
+        return KVCache(list(self.values), list(self.token_ids))
+
 
 class CancelToken:
     """Set from any thread to stop a generation before its next token."""
@@ -172,17 +177,28 @@ class OnnxCausalLM:
         logits = outputs[0].numpy()[0]  # (T, V)
         return logits if all_logits else logits[-1]
 
+    def prefill(self, token_ids: Sequence[int]) -> KVCache:
+        """The KV cache of ``token_ids`` (e.g. a persona's system prompt), to seed later generations."""
+        cache = self.new_cache()
+        self.forward(token_ids, cache)
+        return cache
+
     def generate(
         self,
         prompt_ids: Sequence[int],
         config: SamplerConfig | None = None,
         cancel: CancelToken | None = None,
         ignore_eos: bool = False,
+        prefix_cache: KVCache | None = None,
     ) -> Generation:
         """Start generating after ``prompt_ids``; iterate the result for streamed text.
 
-        ``ignore_eos`` keeps going past EOS (benchmarks that need a fixed token count)."""
-        return Generation(self, list(prompt_ids), config or SamplerConfig(), cancel or CancelToken(), ignore_eos)
+        ``prefix_cache`` holds a prefix of ``prompt_ids`` already computed (it is forked, not
+        changed), so only the rest is prefilled. ``ignore_eos`` keeps going past EOS (benchmarks
+        that need a fixed token count)."""
+        return Generation(
+            self, list(prompt_ids), config or SamplerConfig(), cancel or CancelToken(), ignore_eos, prefix_cache
+        )
 
     def generate_text(self, prompt_ids: Sequence[int], config: SamplerConfig | None = None) -> GenerationResult:
         """Blocking form of ``generate``."""
@@ -233,9 +249,15 @@ class Generation:
         config: SamplerConfig,
         cancel: CancelToken,
         ignore_eos: bool = False,
+        prefix_cache: KVCache | None = None,
     ):
         if not prompt_ids:
             raise GenerationError("the prompt is empty; at least one token is needed")
+        if prefix_cache is not None and (
+            len(prefix_cache) >= len(prompt_ids) or prompt_ids[: len(prefix_cache)] != prefix_cache.token_ids
+        ):
+            raise GenerationError("prefix_cache does not hold a proper prefix of the prompt")
+        self.prefix_cache = prefix_cache
         self.model = model
         self.prompt_ids = prompt_ids
         self.config = config
@@ -262,14 +284,14 @@ class Generation:
         sampler = Sampler(config)
         decoder = IncrementalDecoder(model.tokenizer.tokenizer, skip_special_tokens=True)
         stops = StopStringMatcher(config.stop_strings)
-        cache = model.new_cache()
+        cache = self.prefix_cache.fork() if self.prefix_cache is not None else model.new_cache()
         context = np.asarray(self.prompt_ids, dtype=np.int64)
         tokens: list[SampledToken] = []
         text_parts: list[str] = []
         stop_reason: StopReason = "max_new_tokens"
         start = time.perf_counter()
         first_token_at = start
-        feed = self.prompt_ids
+        feed = self.prompt_ids[len(cache) :]
         while len(tokens) < config.max_new_tokens:
             if self.cancel_token.cancelled:
                 stop_reason = "cancelled"

@@ -183,3 +183,26 @@ def test_runtime_works_without_torch(tiny_bundles):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok")
+
+
+def test_prefix_cache_gives_the_same_logits_and_tokens_as_a_fresh_prefill(model, prompt):
+    prefix = model.prefill(prompt[:-4])
+    before = list(prefix.token_ids)
+    fresh = model.forward(prompt, model.new_cache(), all_logits=True)[-1]
+    forked = prefix.fork()
+    reused = model.forward(prompt[len(prefix) :], forked)
+    np.testing.assert_allclose(reused, fresh, atol=1e-5)
+    config = SamplerConfig(temperature=1.0, seed=4, max_new_tokens=12)
+    plain = model.generate_text(prompt, config)
+    for _ in range(2):  # the prefix is not consumed by use
+        cached = model.generate(prompt, config, prefix_cache=prefix).run()
+        assert cached.token_ids == plain.token_ids
+        np.testing.assert_allclose(cached.logprobs, plain.logprobs, atol=1e-5)
+    assert prefix.token_ids == before
+
+
+def test_prefix_cache_must_be_a_proper_prefix(model, prompt):
+    with pytest.raises(GenerationError, match="proper prefix"):
+        model.generate(prompt, prefix_cache=model.prefill(prompt))
+    with pytest.raises(GenerationError, match="proper prefix"):
+        model.generate(prompt, prefix_cache=model.prefill([t + 1 for t in prompt[:3]]))
