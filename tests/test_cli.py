@@ -27,3 +27,32 @@ def test_errors_exit_2_with_the_path_named(tmp_path, capsys):
     assert f"{tmp_path / 'missing'}: bundle directory does not exist" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")]) == 2
     assert "no such model directory" in capsys.readouterr().err
+
+
+def test_chat_logs_turns_ratings_quests_and_walking_away(tiny_bundles, tmp_path, monkeypatch, capsys):
+    from npcrl.playlog import ConversationEnd, EngagementEvent, NpcTurn, read_log_dir
+
+    lines = iter(["Hello smith!", "/+", "Any work?", "/quest iron_ore", "/bye"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    logs = tmp_path / "logs"
+    code = main(
+        ["chat", "--bundle", str(tiny_bundles["llama-q8"]), "--persona", "blacksmith", "--logs", str(logs)]
+        + ["--seed", "1", "--max-new-tokens", "8"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Brom: ")
+    records = list(read_log_dir(logs))
+    assert [r.turn_index for r in records if isinstance(r, NpcTurn)] == [0, 1]
+    kinds = [r.kind for r in records if isinstance(r, EngagementEvent)]
+    assert kinds == ["rating", "reply", "quest_accepted", "walk_away"]
+    assert isinstance(records[-1], ConversationEnd) and records[-1].reason == "walked_away"
+
+    assert main(["rewards", str(logs)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["turns"] == 2 and summary["conversations"] == 1
+
+
+def test_chat_refuses_an_unknown_persona(tiny_bundles, capsys):
+    assert main(["chat", "--bundle", str(tiny_bundles["llama-q8"]), "--persona", "dragon"]) == 2
+    assert "persona 'dragon' is neither a built-in" in capsys.readouterr().err
