@@ -208,6 +208,22 @@ def _cmd_rewards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from npcrl.promotion import promote
+
+    promotion = promote(args.store, args.bundle)
+    print(f"promoted {promotion.bundle_id} ({promotion.bundle_dir}) in {args.store}")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from npcrl.promotion import rollback
+
+    promotion = rollback(args.store)
+    print(f"rolled back to {promotion.bundle_id} ({promotion.bundle_dir}) in {args.store}")
+    return 0
+
+
 def _add_sampler_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.7, help="0 means greedy (default 0.7)")
     parser.add_argument("--top-k", type=int, default=0, help="0 disables (default)")
@@ -260,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     rewards.add_argument("--spec", help="reward spec TOML (default: the shipped one)")
     rewards.add_argument("--json", action="store_true", help="one JSON line per turn")
     rewards.set_defaults(func=_cmd_rewards)
+
+    promote = sub.add_parser("promote", help="make a bundle the one games in a store pick up (atomic)")
+    promote.add_argument("store", help="bundle store directory (holds the CURRENT pointer)")
+    promote.add_argument("bundle", help="bundle directory to promote")
+    promote.set_defaults(func=_cmd_promote)
+    rollback = sub.add_parser("rollback", help="re-promote the store's previous bundle")
+    rollback.add_argument("store")
+    rollback.set_defaults(func=_cmd_rollback)
 
     from npcrl.playlog.cli import add_logs_parser
 
