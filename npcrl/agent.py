@@ -272,7 +272,7 @@ class Conversation:
             try:
                 for chunk in generation:
                     if chunk.text:
-                        pending._push(tokenizer_clean(chunk.text, self.model.tokenizer.special_token_strings))
+                        pending._push(self.model.tokenizer.strip_special_tokens(chunk.text))
             finally:
                 watchdog.cancel()
             result = generation.result
@@ -388,14 +388,6 @@ class Conversation:
     def _log(self, record: Any) -> None:
         if self.agent.log_writer is not None:
             self.agent.log_writer.append(record)
-
-
-def tokenizer_clean(text: str, special_tokens: tuple[str, ...]) -> str:
-    """Remove special-token strings from streamed text (decoding already skips special ids)."""
-    for token in special_tokens:
-        if token in text:
-            text = text.replace(token, "")
-    return text
 
 
 def with_sampler(config: AgentConfig, **changes: Any) -> AgentConfig:
