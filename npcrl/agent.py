@@ -52,7 +52,8 @@ class AgentConfig:
     max_player_chars: int = 300
     """player input is cut to this many characters"""
     reuse_persona_prefix: bool = True
-    """compute the persona's system turn once per NPC and bundle and start every turn from its KV cache"""
+    """start every turn from cached KV: the persona's system turn (computed once per NPC and bundle)
+    and, within a conversation, everything up to the player's new line"""
 
     def __post_init__(self) -> None:
         if self.prompt_token_budget <= self.sampler.max_new_tokens:
@@ -189,6 +190,11 @@ class Conversation:
         self.ended = False
         self._pending: PendingLine | None = None
         self._last_line_at: float | None = None
+        # KV cache of the conversation so far (prompt + the NPC's shown line), so the next turn only
+        # prefills the player's new line; computed in the worker after each turn.
+        self._history_cache: KVCache | None = None
+        self._history_ready = threading.Event()
+        self._history_ready.set()
         self._lock = threading.Lock()
         self._log(
             ConversationStart(
@@ -238,6 +244,9 @@ class Conversation:
 
     def build_prompt(self, clean_player_text: str) -> list[int]:
         """Chat-template prompt within the token budget: persona + as many recent exchanges as fit."""
+        return self._prompt(clean_player_text)[1]
+
+    def _prompt(self, clean_player_text: str) -> tuple[list[dict[str, str]], list[int]]:
         config = self.agent.config
         limit = min(config.prompt_token_budget, self.model.max_positions or config.prompt_token_budget)
         budget = limit - config.sampler.max_new_tokens
@@ -251,7 +260,7 @@ class Conversation:
                 messages += [{"role": "user", "content": player}, {"role": "assistant", "content": npc}]
             ids = tokenizer.encode_chat([*messages, current])
             if len(ids) <= budget or not history:
-                return ids
+                return [*messages, current], ids
             history.pop(0)  # oldest exchange first; the persona always stays
 
     def _run_turn(self, pending: PendingLine, turn_index: int, raw_player_text: str, clean: str) -> None:
@@ -260,12 +269,14 @@ class Conversation:
         result: GenerationResult | None = None
         error: str | None = None
         prompt: list[int] = []
+        messages: list[dict[str, str]] = []
+        generation = None
+        self._history_ready.wait(config.time_budget_s)  # the previous turn's cache extension
         try:
-            prompt = self.build_prompt(clean)
-            prefix = agent.prefix_cache(self.model) if config.reuse_persona_prefix else None
-            if prefix is not None and prompt[: len(prefix)] != prefix.token_ids:
-                prefix = None  # the template tokenised the system turn differently in context
-            generation = self.model.generate(prompt, config.sampler, cancel=pending.cancel_token, prefix_cache=prefix)
+            messages, prompt = self._prompt(clean)
+            generation = self.model.generate(
+                prompt, config.sampler, cancel=pending.cancel_token, prefix_cache=self._best_prefix(prompt)
+            )
             watchdog = threading.Timer(config.time_budget_s, pending.cancel_token.cancel)
             watchdog.daemon = True
             watchdog.start()
@@ -319,7 +330,44 @@ class Conversation:
                 filter_reason=reason,
             )
         )
+        if fallback or filtered or generation is None or generation.prompt_cache is None:
+            pending._finish(line)
+            return
+        self._history_ready.clear()
         pending._finish(line)
+        try:
+            self._extend_history(generation.prompt_cache, messages, prompt, text)
+        finally:
+            self._history_ready.set()
+
+    def _best_prefix(self, prompt: list[int]) -> KVCache | None:
+        """The longest cached prefix of ``prompt``: this conversation's history, else the persona."""
+        if not self.agent.config.reuse_persona_prefix:
+            return None
+        for cache in (self._history_cache, self.agent.prefix_cache(self.model)):
+            if cache is not None and len(cache) < len(prompt) and prompt[: len(cache)] == cache.token_ids:
+                return cache
+        return None  # the template tokenised the system turn differently in context
+
+    def _extend_history(
+        self, prompt_cache: KVCache, messages: list[dict[str, str]], prompt: list[int], line: str
+    ) -> None:
+        """Prefill the NPC's shown line after the prompt, while the player reads it."""
+        self._history_cache = None
+        if not self.agent.config.reuse_persona_prefix or self.ended:
+            return
+        full = self.model.tokenizer.encode_chat(
+            [*messages, {"role": "assistant", "content": line}], add_generation_prompt=False
+        )
+        if full[: len(prompt)] != prompt or len(full) <= len(prompt):
+            return
+        cache = prompt_cache.fork()
+        try:
+            self.model.forward(full[len(prompt) :], cache)
+        except Exception:  # only an optimisation: the next turn starts from the persona prefix
+            log.exception("could not extend the conversation cache of NPC %s", self.agent.npc_id)
+            return
+        self._history_cache = cache
 
     def _final_text(
         self, result: GenerationResult | None, error: str | None, turn_index: int
@@ -383,6 +431,7 @@ class Conversation:
         if self.ended:
             return
         self.ended = True
+        self._history_cache = None  # free its memory (about 40 KB per token for SmolLM2)
         self._log(ConversationEnd(conversation_id=self.conversation_id, reason=reason, time=time.time()))
 
     def _log(self, record: Any) -> None:

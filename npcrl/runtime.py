@@ -258,6 +258,8 @@ class Generation:
         ):
             raise GenerationError("prefix_cache does not hold a proper prefix of the prompt")
         self.prefix_cache = prefix_cache
+        self.prompt_cache: KVCache | None = None
+        """the KV cache of exactly the prompt, kept after the prefill so callers can extend it"""
         self.model = model
         self.prompt_ids = prompt_ids
         self.config = config
@@ -303,6 +305,7 @@ class Generation:
             token = sampler.sample(logits, context)
             if not tokens:
                 first_token_at = time.perf_counter()
+                self.prompt_cache = cache.fork()
             tokens.append(token)
             context = np.append(context, token.token_id)
             if token.token_id in model.eos_token_ids and not self.ignore_eos:

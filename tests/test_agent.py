@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from npcrl.agent import AgentConfig, NpcAgent
@@ -220,3 +221,29 @@ def test_turns_start_from_the_persona_prefix_cache(model, monkeypatch):
     # Same seed, same prompt: the cached start changes nothing the player or the trainer sees.
     assert second.generation.token_ids == first.generation.token_ids
     assert second.generation.logprobs == pytest.approx(first.generation.logprobs, abs=1e-5)
+
+
+def test_later_turns_prefill_only_the_new_player_line(model, monkeypatch):
+    agent = make_agent(model, prompt_token_budget=250, max_new_tokens=12)
+    conversation = agent.start_conversation()
+    first = conversation.respond("Hello there!")
+    assert not first.fallback
+    history = conversation._history_cache  # the prompt and the shown line, prefilled after the turn
+    assert history is not None and len(history) > len(first.generation.prompt_ids)
+    fed: list[int] = []
+    real_forward = model.forward
+
+    def counting_forward(ids, cache, all_logits=False):
+        fed.append(len(ids))
+        return real_forward(ids, cache, all_logits)
+
+    monkeypatch.setattr(model, "forward", counting_forward)
+    second = conversation.respond("And the anvil?")
+    prompt = second.generation.prompt_ids
+    assert prompt[: len(history)] == history.token_ids
+    assert fed[0] == len(prompt) - len(history) < len(prompt) - len(agent.prefix_cache(model))
+    # The cached start gives the same tokens as a fresh prefill of the same prompt.
+    monkeypatch.undo()
+    fresh = model.generate_text(prompt, agent.config.sampler)
+    assert fresh.token_ids == second.generation.token_ids
+    np.testing.assert_allclose(fresh.logprobs, second.generation.logprobs, atol=1e-4)
