@@ -1,5 +1,11 @@
-"""The npcrl demo game: a small pygame village whose NPCs speak through npcrl's public API.
+"""The npcrl demo game: Oakrest, a small pygame village whose NPCs speak through npcrl's public API.
 
-The playable game is built on the agent and play-log layers; until those land this package holds
-no code, so that ``npcrl`` never depends on it.
+Logic (``world``, ``game``, ``dialogue``, ``quests``, ``layout``) holds no pygame and is tested
+headless; ``controls`` and ``render`` are the pygame side; ``app`` runs the frame loop. Start it
+with ``python -m game_demo`` (see docs/GAME.md). npcrl never imports this package.
 """
+
+import os
+
+# pygame prints a banner on import; the game's own terminal output is the log lines and messages.
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")

@@ -12,6 +12,7 @@ with ``fallback`` / ``filtered`` set, so the trainer can leave it out.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from npcrl.errors import NpcrlError
 from npcrl.persona import Persona
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter
 from npcrl.postprocess import postprocess_line
@@ -27,6 +29,22 @@ from npcrl.safety import OutputFilter, delimit_player_text, sanitize_player_text
 from npcrl.sampler import SamplerConfig
 
 log = logging.getLogger("npcrl.agent")
+
+# Turn workers still running. A daemon thread killed inside onnxruntime at interpreter exit aborts
+# the process, so exit waits for them (a turn is bounded by its time budget).
+_WORKERS: set[threading.Thread] = set()
+_WORKERS_LOCK = threading.Lock()
+
+
+def _join_workers(timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with _WORKERS_LOCK:
+        workers = list(_WORKERS)
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_join_workers)
 
 # Stop as soon as the model starts a new chat turn or speaks for the player.
 DEFAULT_STOPS = ("<|im_start|>", "\nPlayer:", "\nTraveller:", "\nTraveler:", "\nUser:", "\nYou:")
@@ -171,6 +189,12 @@ class NpcAgent:
     def start_conversation(self, player_id: str = "player") -> Conversation:
         return Conversation(self, player_id)
 
+    def warm_up(self) -> None:
+        """Compute the persona prefix now (seconds on a small CPU) rather than on the first turn;
+        call it from a loading screen or a background thread, again after ``swap_model``."""
+        if self.config.reuse_persona_prefix:
+            self.prefix_cache(self.model)
+
     def swap_model(self, model: OnnxCausalLM) -> None:
         """Use another bundle from the next conversation on (hot swap between conversations)."""
         self.model = model
@@ -195,6 +219,7 @@ class Conversation:
         self._history_cache: KVCache | None = None
         self._history_ready = threading.Event()
         self._history_ready.set()
+        self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._log(
             ConversationStart(
@@ -237,10 +262,31 @@ class Conversation:
         turn_index = len(self.lines)
         work = lambda: self._run_turn(pending, turn_index, player_text, clean)  # noqa: E731
         if _thread:
-            threading.Thread(target=work, name=f"npcrl-{self.agent.npc_id}-turn", daemon=True).start()
+            worker = threading.Thread(target=self._tracked, args=(work,), name=f"npcrl-{self.agent.npc_id}-turn")
+            worker.daemon = True
+            with _WORKERS_LOCK:
+                _WORKERS.add(worker)
+            self._worker = worker
+            worker.start()
         else:
             work()
         return pending
+
+    @staticmethod
+    def _tracked(work: Any) -> None:
+        try:
+            work()
+        finally:
+            with _WORKERS_LOCK:
+                _WORKERS.discard(threading.current_thread())
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until this conversation's worker (the turn and its cache update) has finished."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+            return not worker.is_alive()
+        return True
 
     def build_prompt(self, clean_player_text: str) -> list[int]:
         """Chat-template prompt within the token budget: persona + as many recent exchanges as fit."""
@@ -264,6 +310,18 @@ class Conversation:
             history.pop(0)  # oldest exchange first; the persona always stays
 
     def _run_turn(self, pending: PendingLine, turn_index: int, raw_player_text: str, clean: str) -> None:
+        try:
+            self._turn(pending, turn_index, raw_player_text, clean)
+        finally:
+            if not pending.done:  # something failed after the line was built: never leave a game waiting
+                persona = self.agent.persona
+                pending._finish(
+                    NpcLine(
+                        turn_index, persona.fallback_line(turn_index), False, True, "internal_error", 0.0, 0.0, "error"
+                    )
+                )
+
+    def _turn(self, pending: PendingLine, turn_index: int, raw_player_text: str, clean: str) -> None:
         started = time.monotonic()
         agent, config = self.agent, self.agent.config
         result: GenerationResult | None = None
@@ -393,16 +451,19 @@ class Conversation:
 
     # ------------------------------------------------------------------ engagement
 
-    def record(self, kind: str, value: float | None = None, **data: Any) -> None:
-        """Record an engagement event (built-in or a game's own kind) against the latest NPC line."""
+    def record(self, kind: str, value: float | None = None, *, turn_index: int | None = None, **data: Any) -> None:
+        """Record an engagement event (built-in or a game's own kind) against an NPC line: the latest
+        finished one, or ``turn_index`` (the line the player actually saw, if a newer one is coming)."""
         if not kind or not isinstance(kind, str):
             raise ValueError(f"event kind must be a non-empty string, got {kind!r}")
         if not self.lines:
             raise RuntimeError("no NPC line yet: events attach to the turn they follow")
+        if turn_index is not None and not any(line.turn_index == turn_index for line in self.lines):
+            raise ValueError(f"turn_index {turn_index} is not a finished line of this conversation")
         self._log(
             EngagementEvent(
                 conversation_id=self.conversation_id,
-                turn_index=self.lines[-1].turn_index,
+                turn_index=self.lines[-1].turn_index if turn_index is None else turn_index,
                 kind=kind,
                 value=None if value is None else float(value),
                 time=time.time(),
@@ -410,14 +471,14 @@ class Conversation:
             )
         )
 
-    def rate(self, positive: bool) -> None:
-        self.record("rating", 1.0 if positive else -1.0)
+    def rate(self, positive: bool, *, turn_index: int | None = None) -> None:
+        self.record("rating", 1.0 if positive else -1.0, turn_index=turn_index)
 
-    def accept_quest(self, quest: str) -> None:
-        self.record("quest_accepted", 1.0, quest=quest)
+    def accept_quest(self, quest: str, *, turn_index: int | None = None) -> None:
+        self.record("quest_accepted", 1.0, turn_index=turn_index, quest=quest)
 
-    def trade(self, amount: float, item: str | None = None) -> None:
-        self.record("trade", amount, **({"item": item} if item else {}))
+    def trade(self, amount: float, item: str | None = None, *, turn_index: int | None = None) -> None:
+        self.record("trade", amount, turn_index=turn_index, **({"item": item} if item else {}))
 
     def walk_away(self) -> None:
         """The player left mid-conversation: an event on the last line, then the end."""
@@ -435,8 +496,12 @@ class Conversation:
         self._log(ConversationEnd(conversation_id=self.conversation_id, reason=reason, time=time.time()))
 
     def _log(self, record: Any) -> None:
-        if self.agent.log_writer is not None:
+        if self.agent.log_writer is None:
+            return
+        try:
             self.agent.log_writer.append(record)
+        except NpcrlError:  # e.g. the writer was closed while a turn finished: the game goes on
+            log.exception("play log refused a %s record", type(record).__name__)
 
 
 def with_sampler(config: AgentConfig, **changes: Any) -> AgentConfig:

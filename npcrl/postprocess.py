@@ -149,6 +149,9 @@ def _one_pass(text: str, p: _Patterns, max_chars: int) -> str:
     return _cap(text, max_chars)
 
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def postprocess_line(
     text: str,
     *,
@@ -167,6 +170,9 @@ def postprocess_line(
     if max_chars < 1:
         raise ValueError(f"max_chars must be at least 1, got {max_chars}")
     patterns = _Patterns(npc_name.strip(), player_names, special_tokens)
+    # Control characters (small models emit ESC, DEL, even NUL) would reach logs and break text
+    # rendering in games; newlines and tabs stay for the passes below to normalise.
+    text = _CONTROL_CHARS.sub("", text)
     # Steps expose work for each other (stripping quotes can reveal a "Player:" label), so run to
     # a fixpoint: that makes the function idempotent by construction. Every changing pass either
     # shortens the text or turns other whitespace into single spaces, so this ends.

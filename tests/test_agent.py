@@ -247,3 +247,32 @@ def test_later_turns_prefill_only_the_new_player_line(model, monkeypatch):
     fresh = model.generate_text(prompt, agent.config.sampler)
     assert fresh.token_ids == second.generation.token_ids
     np.testing.assert_allclose(fresh.logprobs, second.generation.logprobs, atol=1e-4)
+
+
+def test_a_turn_finishing_after_the_log_closed_still_completes(model, tmp_path):
+    agent = make_agent(model, tmp_path, max_new_tokens=30)
+    conversation = agent.start_conversation()
+    pending = conversation.respond_async("Hello!")
+    agent.log_writer.close()
+    line = pending.result(timeout=60)
+    assert line.text
+    assert conversation.wait_idle(timeout=60)
+
+
+def test_events_can_name_the_line_the_player_saw(model, tmp_path):
+    agent = make_agent(model, tmp_path)
+    conversation = agent.start_conversation()
+    conversation.respond("One?")
+    conversation.respond("Two?")
+    conversation.rate(True, turn_index=0)
+    with pytest.raises(ValueError, match="turn_index 7"):
+        conversation.rate(True, turn_index=7)
+    events = [r for r in records_of(agent) if isinstance(r, EngagementEvent) and r.kind == "rating"]
+    assert [e.turn_index for e in events] == [0]
+
+
+def test_warm_up_computes_the_persona_prefix(model):
+    agent = make_agent(model)
+    assert agent._prefix is None
+    agent.warm_up()
+    assert agent._prefix is not None and agent._prefix[0] == model.bundle_id

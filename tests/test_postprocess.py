@@ -139,3 +139,9 @@ def test_properties(raw, max_chars):
     assert not re.search(r"<\|[^\n]*?\|>", out)
     assert "\n" not in out and out == out.strip()
     assert pp(out, max_chars=max_chars) == out
+
+
+def test_control_characters_never_reach_the_player():
+    from npcrl.postprocess import postprocess_line
+
+    assert postprocess_line("Aye\x1b[0m, friend\x00.\x7f Come in\x05.", npc_name="Brom") == "Aye[0m, friend. Come in."
