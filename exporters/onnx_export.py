@@ -50,7 +50,7 @@ def _make_wrapper(model: Any, num_layers: int) -> Any:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids, attention_mask, position_ids, *past):  # type: ignore[no-untyped-def]
+        def forward(self, input_ids, attention_mask, position_ids, *past):
             cache = DynamicCache()
             for layer in range(num_layers):
                 cache.update(past[2 * layer], past[2 * layer + 1], layer)

@@ -57,7 +57,7 @@ def _cmd_bundle_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampler_from_args(args: argparse.Namespace, default_stops: bool = False):  # type: ignore[no-untyped-def]
+def _sampler_from_args(args: argparse.Namespace, default_stops: bool = False):
     from npcrl.sampler import SamplerConfig
 
     stops = tuple(args.stop or ())
@@ -76,7 +76,7 @@ def _sampler_from_args(args: argparse.Namespace, default_stops: bool = False):  
     )
 
 
-def _speak(model, system: str, user: str, config) -> None:  # type: ignore[no-untyped-def]
+def _speak(model, system: str, user: str, config) -> None:
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     generation = model.generate(model.tokenizer.encode_chat(messages), config)
     for chunk in generation:
@@ -115,7 +115,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_persona(spec: str):  # type: ignore[no-untyped-def]
+def _resolve_persona(spec: str):
     """A built-in persona id (blacksmith, innkeeper, guard) or a path to a persona TOML card."""
     from npcrl.persona import builtin_personas, load_persona
 

@@ -233,7 +233,7 @@ def load_persona(path: str | os.PathLike[str]) -> Persona:
         cleaned = {field: _clean_field(field, value) for field, value in fields.items()}
     except _FieldProblem as exc:
         raise PersonaError(f"{path}: {exc}") from None
-    return Persona(id=path.stem, **cleaned)
+    return Persona(id=path.stem, **cleaned)  # type: ignore[arg-type]  # _clean_field types each field
 
 
 def load_personas(directory: str | os.PathLike[str]) -> dict[str, Persona]:
@@ -251,7 +251,7 @@ def builtin_persona_dir() -> Path:
     """The personas shipped with npcrl (the Oakrest demo village)."""
     # importlib.resources finds the package data wherever npcrl is installed; a Path is returned
     # because the cards are read as ordinary files (npcrl is never imported from a zip).
-    return Path(str(files("npcrl").joinpath("data", "personas")))
+    return Path(str(files("npcrl").joinpath("data/personas")))
 
 
 def builtin_personas() -> dict[str, Persona]:

@@ -191,7 +191,7 @@ def load_reward_spec(path: str | os.PathLike[str]) -> RewardSpec:
 
 def default_reward_spec() -> RewardSpec:
     """The shipped spec, npcrl/data/rewards/default.toml (its comments explain each weight)."""
-    return load_reward_spec(Path(str(files("npcrl").joinpath("data", "rewards", "default.toml"))))
+    return load_reward_spec(Path(str(files("npcrl").joinpath("data/rewards/default.toml"))))
 
 
 @dataclass(frozen=True)

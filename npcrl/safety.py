@@ -268,7 +268,7 @@ def _read_wordlist(lines: Iterable[str]) -> tuple[str, ...]:
 @lru_cache(maxsize=1)
 def default_blocklist() -> tuple[str, ...]:
     """The shipped list (npcrl/data/blocklist.txt): common English profanity and slurs."""
-    text = files("npcrl").joinpath("data", "blocklist.txt").read_text(encoding="utf-8")
+    text = files("npcrl").joinpath("data/blocklist.txt").read_text(encoding="utf-8")
     return _read_wordlist(text.splitlines())
 
 
