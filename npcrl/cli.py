@@ -41,7 +41,9 @@ def _resolve_source(source: str) -> str:
 def _cmd_export(args: argparse.Namespace) -> int:
     from exporters.export import export_bundle
 
-    bundle = export_bundle(_resolve_source(args.source), args.out, quant=args.quant, overwrite=args.force)
+    bundle = export_bundle(
+        _resolve_source(args.source), args.out, quant=args.quant, overwrite=args.force, graph=args.graph
+    )
     print(bundle.root)
     return 0
 
@@ -249,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="bundle directory to write")
     export.add_argument("--quant", choices=("fp32", "q8", "q4"), default=DEFAULT_QUANT)
     export.add_argument("--force", action="store_true", help="replace an existing bundle")
+    export.add_argument(
+        "--graph",
+        choices=("auto", "fused", "torch"),
+        default="auto",
+        help="fused (Llama family, fastest; needs onnxruntime-genai), torch (traced, any supported family), "
+        "auto (fused where possible)",
+    )
     export.set_defaults(func=_cmd_export)
 
     bundle = sub.add_parser("bundle", help="inspect bundles").add_subparsers(dest="bundle_command", required=True)

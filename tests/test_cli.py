@@ -9,7 +9,7 @@ from npcrl.cli import main
 
 def test_export_info_and_generate(tiny_model_dirs, tmp_path, capsys):
     out = tmp_path / "bundle"
-    assert main(["export", str(tiny_model_dirs["gpt2"]), "--out", str(out), "--quant", "q8"]) == 0
+    assert main(["export", str(tiny_model_dirs["gpt2"]), "--out", str(out), "--quant", "q8", "--graph", "torch"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
 
     assert main(["bundle", "info", str(out)]) == 0
@@ -20,6 +20,11 @@ def test_export_info_and_generate(tiny_model_dirs, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0
     assert "tokens, first token" in captured.err
+
+
+def test_fused_graph_is_refused_for_gpt2(tiny_model_dirs, tmp_path, capsys):
+    assert main(["export", str(tiny_model_dirs["gpt2"]), "--out", str(tmp_path / "b"), "--graph", "fused"]) == 2
+    assert "the fused graph supports llama models, not gpt2" in capsys.readouterr().err
 
 
 def test_errors_exit_2_with_the_path_named(tmp_path, capsys):
