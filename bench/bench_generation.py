@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from exporters.parity import log_softmax  # noqa: E402
 from npcrl.paths import default_bundle_dir, default_model_dir, user_cache_dir  # noqa: E402
 
 PERSONA = (
@@ -49,12 +50,6 @@ def _prompt_ids() -> list[int]:
     tok = Tokenizer.from_file(str(default_model_dir() / "tokenizer.json"))
     text = f"<|im_start|>system\n{PERSONA}<|im_end|>\n<|im_start|>user\n{PLAYER}<|im_end|>\n<|im_start|>assistant\n"
     return tok.encode(text).ids
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def _rss_mb() -> float:
@@ -238,7 +233,7 @@ def main() -> None:
     work = user_cache_dir() / "bench" / "run"
     work.mkdir(parents=True, exist_ok=True)
     prompt = _prompt_ids()
-    ref_logp = _log_softmax(reference_logits(prompt, work))
+    ref_logp = log_softmax(reference_logits(prompt, work))
     engines = ["hf", "npcrl-fp32", "npcrl-q8", "npcrl-q4", "genai-int4", "genai-int8"]
     if args.traced:
         engines.insert(4, "npcrl-traced-q8")
@@ -269,7 +264,7 @@ def main() -> None:
             subprocess.run(cmd, check=True, env=envs[engine])
             result = json.loads(out.read_text())
             if out.with_suffix(".npy").is_file():
-                logp = _log_softmax(np.load(out.with_suffix(".npy")))
+                logp = log_softmax(np.load(out.with_suffix(".npy")))
                 result["kl_vs_fp32"] = float((np.exp(ref_logp) * (ref_logp - logp)).sum(-1).mean())
                 result["top1_vs_fp32"] = float((ref_logp.argmax(-1) == logp.argmax(-1)).mean())
                 out.with_suffix(".npy").unlink()

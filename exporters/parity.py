@@ -171,14 +171,15 @@ def check_parity(model: Any, graph_path: Path, layout: KVLayout, prompt_ids: lis
     return report
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64 (KL and perplexity of near-equal distributions need it)."""
     logits = logits.astype(np.float64)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def _perplexity(graph: OrtGraph, ids: list[int]) -> float:
-    logp = _log_softmax(graph.run(ids)[0][:-1])
+    logp = log_softmax(graph.run(ids)[0][:-1])
     targets = np.asarray(ids[1:])
     return float(np.exp(-logp[np.arange(len(targets)), targets].mean()))
 
@@ -194,8 +195,8 @@ def measure_quality(
     agree: list[np.ndarray] = []
     for prompt in prompts:
         sequence = prompt + _greedy_cached(reference, prompt, QUALITY_CONTINUATION)
-        ref_logp = _log_softmax(reference.run(sequence)[0])
-        cand_logp = _log_softmax(candidate.run(sequence)[0])
+        ref_logp = log_softmax(reference.run(sequence)[0])
+        cand_logp = log_softmax(candidate.run(sequence)[0])
         kls.append((np.exp(ref_logp) * (ref_logp - cand_logp)).sum(axis=-1))
         agree.append(ref_logp.argmax(-1) == cand_logp.argmax(-1))
     kl = np.concatenate(kls)

@@ -14,18 +14,13 @@ import json
 import os
 import random
 import re
-import sys
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from npcrl.errors import PersonaError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 needs the tomli backport
-    import tomli as tomllib
+from npcrl.tomlfile import read_toml
 
 if TYPE_CHECKING:
     import numpy as np
@@ -206,14 +201,7 @@ class Persona:
 def load_persona(path: str | os.PathLike[str]) -> Persona:
     """Read and validate one persona card; the persona's id is the file stem."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PersonaError(f"{path}: cannot read persona file: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise PersonaError(f"{path}: not UTF-8 text: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise PersonaError(f"{path}: invalid TOML: {exc}") from exc
+    data = read_toml(path, PersonaError, "persona file")
 
     unknown = sorted(set(data) - set(_LIMITS))
     if unknown:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from importlib.resources import files
@@ -23,11 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from npcrl.errors import RewardSpecError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 needs the tomli backport
-    import tomli as tomllib
+from npcrl.tomlfile import read_toml
 
 # Events the game emits. A spec need not give all of them a rule: a built-in kind without one is
 # worth 0; only kinds outside this set and the spec's rules are "unknown".
@@ -178,14 +173,7 @@ def load_reward_spec(path: str | os.PathLike[str]) -> RewardSpec:
     """Read a reward spec from TOML: top-level ``discount``, ``turn_min``, ``turn_max``,
     ``unknown_kinds`` and one ``[rules.<kind>]`` table per event kind."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RewardSpecError(f"{path}: cannot read reward spec: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise RewardSpecError(f"{path}: not UTF-8 text: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise RewardSpecError(f"{path}: invalid TOML: {exc}") from exc
+    data = read_toml(path, RewardSpecError, "reward spec")
     return _spec_from_toml(path, data)
 
 
