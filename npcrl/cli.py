@@ -23,6 +23,37 @@ QUICKSTART_LINES = (
 )
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Offline PPO from play logs; under torchrun every rank runs this and rank 0 writes the outputs."""
+    from npcrl.train.config import load_train_config
+    from npcrl.train.run import train
+
+    config = load_train_config(args.config)
+    if args.seed is not None:
+        config.seed = args.seed
+        config.validate()
+    result = train(
+        args.logs,
+        args.bundle,
+        args.out,
+        config,
+        base_model=args.base_model,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    if result is not None:
+        print(
+            json.dumps(
+                {
+                    "checkpoint": str(result.checkpoint),
+                    "bundle": str(result.bundle) if result.bundle else None,
+                    "report": str(result.report / "report.md"),
+                }
+            )
+        )
+    return 0
+
+
 def _cmd_model_fetch(args: argparse.Namespace) -> int:
     from exporters.fetch import fetch_default_model
 
@@ -285,6 +316,28 @@ def build_parser() -> argparse.ArgumentParser:
     rewards.add_argument("--spec", help="reward spec TOML (default: the shipped one)")
     rewards.add_argument("--json", action="store_true", help="one JSON line per turn")
     rewards.set_defaults(func=_cmd_rewards)
+
+    train = sub.add_parser(
+        "train",
+        help="offline PPO from play logs to a new bundle (needs npcrl[train]; runs under torchrun too)",
+    )
+    train.add_argument(
+        "--logs",
+        "--play-logs",
+        dest="logs",
+        required=True,
+        help="play-log directory (under torchrun spell it --play-logs: torchrun's parser claims --logs)",
+    )
+    train.add_argument(
+        "--bundle", required=True, help="the bundle the logs came from (policy and reference start here)"
+    )
+    train.add_argument("--out", required=True, help="output directory (checkpoints, report, HF checkpoint, bundle)")
+    train.add_argument("--config", help="training config TOML ([data], [model], [ppo], [run]; see docs/TRAINING.md)")
+    train.add_argument("--base-model", help="HF directory with the bundle's weights (default: the manifest's source)")
+    train.add_argument("--seed", type=int, help="overrides the config's seed")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
+    train.set_defaults(func=_cmd_train)
 
     promote = sub.add_parser("promote", help="make a bundle the one games in a store pick up (atomic)")
     promote.add_argument("store", help="bundle store directory (holds the CURRENT pointer)")

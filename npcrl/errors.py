@@ -29,3 +29,15 @@ class RewardSpecError(NpcrlError):
 
 class LogFormatError(NpcrlError):
     """A play log, or a record or directory meant for one, is malformed or unusable (names the file or field)."""
+
+
+class TrainError(NpcrlError):
+    """The trainer cannot go on (bad config, unusable logs, missing weights)."""
+
+
+class TrainConfigError(TrainError):
+    """A training config (file or values) is invalid; the message names the file and key."""
+
+
+class TrainDataError(TrainError):
+    """The play logs give no usable training data; the message says what was found and dropped."""

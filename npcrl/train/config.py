@@ -1,0 +1,279 @@
+"""Trainer configuration: one dataclass per component, loaded from TOML with unknown keys rejected.
+
+A config file has the sections ``[data]``, ``[model]``, ``[ppo]`` and ``[run]`` plus a top-level
+``seed``; every key is optional. Defaults say where they come from: TRL's PPO (``trl.experimental.ppo``,
+which follows Ziegler et al. 2019 and InstructGPT for small LMs), BPPO for the offline setting,
+and measurements on SmolLM2-135M on a 2-core CPU (docs/BENCHMARKS.md).
+Pure Python: importable without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from npcrl.errors import TrainConfigError
+from npcrl.tomlfile import read_toml
+
+
+def _check(condition: bool, key: str, value: Any, requirement: str) -> None:
+    if not condition:
+        raise TrainConfigError(f"{key} = {value!r}: must be {requirement}")
+
+
+@dataclass
+class DataConfig:
+    """Which logged turns become training data."""
+
+    reward_spec: str | None = None
+    """reward spec TOML (see npcrl.rewards); None = the built-in default spec"""
+    holdout_fraction: float = 0.1
+    """share of conversations kept out of training for the off-policy estimate and samples"""
+    max_sequence_tokens: int = 1024
+    """turns whose prompt + response is longer are dropped (counted): the agent's prompt budget is 1024"""
+    min_response_tokens: int = 1
+    """turns with fewer response tokens are dropped (an empty line carries no policy gradient)"""
+    extra_bundles: list[str] = field(default_factory=list)
+    """more bundle directories whose logged turns share the training bundle's tokenizer (checked by hash)"""
+
+    def validate(self) -> None:
+        _check(0.0 <= self.holdout_fraction < 1.0, "data.holdout_fraction", self.holdout_fraction, "in [0, 1)")
+        _check(self.max_sequence_tokens >= 2, "data.max_sequence_tokens", self.max_sequence_tokens, ">= 2")
+        _check(self.min_response_tokens >= 1, "data.min_response_tokens", self.min_response_tokens, ">= 1")
+
+
+@dataclass
+class ModelConfig:
+    """Policy, value head and reference."""
+
+    mode: str = "lora"
+    """'lora' (reference = adapter disabled) or 'full' (reference = a frozen copy). LoRA is the default:
+    faster per step and 1.2 GB less memory on SmolLM2-135M (docs/BENCHMARKS.md)"""
+    lora_r: int = 16
+    """LoRA rank (the MODEL-STACK measurement used r16 on q/k/v/o)"""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator (alpha / r = 2, peft's common setting)"""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """module names LoRA adapts; GPT-2 models use ['c_attn', 'c_proj']"""
+    value_head_std: float = 0.0
+    """init std of the scalar value head's weight (0 = zeros: values start at 0, as in cleanrl's critic bias)"""
+
+    def validate(self) -> None:
+        _check(self.mode in ("lora", "full"), "model.mode", self.mode, "'lora' or 'full'")
+        _check(self.lora_r >= 1, "model.lora_r", self.lora_r, ">= 1")
+        _check(self.lora_alpha > 0, "model.lora_alpha", self.lora_alpha, "> 0")
+        _check(
+            bool(self.lora_target_modules) and all(isinstance(m, str) and m for m in self.lora_target_modules),
+            "model.lora_target_modules",
+            self.lora_target_modules,
+            "a non-empty list of module names",
+        )
+        _check(self.value_head_std >= 0, "model.value_head_std", self.value_head_std, ">= 0")
+
+
+@dataclass
+class PPOConfig:
+    """The PPO update (ALGORITHMS.md has the math)."""
+
+    rollout_turns: int = 16
+    """turns scored per iteration (pi_old, reference and values computed once for them)"""
+    minibatch_turns: int = 8
+    """turns per optimizer step (the MODEL-STACK step measurement: 8 sequences)"""
+    micro_batch_turns: int = 4
+    """turns per forward/backward; gradients accumulate over minibatch_turns / micro_batch_turns"""
+    epochs: int = 2
+    """passes over each rollout batch (BPPO: keep them few offline; TRL uses 4 on fresh samples)"""
+    passes: float = 1.0
+    """passes over the training turns; iterations = ceil(passes * train turns / rollout_turns)"""
+    iterations: int = 0
+    """if > 0, overrides passes"""
+    learning_rate: float = 5e-5
+    """AdamW step size (5e-5 for LoRA; use ~1e-5 for full fine-tuning, TRL's PPO default is 3e-6 on larger models)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping by global norm"""
+    gamma: float = 1.0
+    """discount over the tokens of a turn (TRL/InstructGPT: 1)"""
+    lam: float = 0.95
+    """GAE lambda (TRL: 0.95)"""
+    clip_eps: float = 0.2
+    """policy ratio clip (TRL: 0.2)"""
+    value_clip_eps: float = 0.2
+    """value clip around the rollout's values (TRL: 0.2)"""
+    value_coef: float = 0.1
+    """value loss weight (TRL: 0.1)"""
+    entropy_coef: float = 0.0
+    """entropy bonus weight (TRL: none; > 0 resists collapse into one phrase)"""
+    kl_coef: float = 0.05
+    """initial beta of the per-token KL penalty to the reference (TRL: 0.05)"""
+    kl_target: float | None = None
+    """if set, beta adapts toward this KL per turn in nats (Ziegler et al.: adaptive controller)"""
+    kl_horizon: int = 10000
+    """adaptive controller horizon in turns (Ziegler et al.: 10000)"""
+    is_cap: float = 2.0
+    """truncation C of the importance weight pi_old/mu (ALGORITHMS.md: 2-5)"""
+    reward_clip: float | None = 10.0
+    """turn rewards are clipped to [-reward_clip, reward_clip] (None = off)"""
+    whiten_advantages: bool = True
+    """normalise advantages over the rollout batch"""
+    kl_budget: float | None = 0.05
+    """stop an iteration's epochs early when approx-KL to pi_old exceeds this (None = never)"""
+
+    def validate(self) -> None:
+        for key in ("rollout_turns", "minibatch_turns", "micro_batch_turns", "epochs", "kl_horizon"):
+            _check(getattr(self, key) >= 1, f"ppo.{key}", getattr(self, key), ">= 1")
+        _check(
+            self.minibatch_turns <= self.rollout_turns,
+            "ppo.minibatch_turns",
+            self.minibatch_turns,
+            f"<= ppo.rollout_turns ({self.rollout_turns})",
+        )
+        _check(
+            self.minibatch_turns % self.micro_batch_turns == 0,
+            "ppo.micro_batch_turns",
+            self.micro_batch_turns,
+            f"a divisor of ppo.minibatch_turns ({self.minibatch_turns})",
+        )
+        _check(self.passes > 0 and math.isfinite(self.passes), "ppo.passes", self.passes, "a positive number")
+        _check(self.iterations >= 0, "ppo.iterations", self.iterations, ">= 0")
+        for key in ("learning_rate", "max_grad_norm", "clip_eps", "value_clip_eps"):
+            _check(getattr(self, key) > 0, f"ppo.{key}", getattr(self, key), "> 0")
+        for key in ("weight_decay", "value_coef", "entropy_coef", "kl_coef"):
+            _check(getattr(self, key) >= 0, f"ppo.{key}", getattr(self, key), ">= 0")
+        for key in ("gamma", "lam"):
+            _check(0.0 <= getattr(self, key) <= 1.0, f"ppo.{key}", getattr(self, key), "in [0, 1]")
+        _check(self.is_cap >= 1.0, "ppo.is_cap", self.is_cap, ">= 1")
+        for key in ("kl_target", "reward_clip", "kl_budget"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, f"ppo.{key}", value, "> 0 or absent")
+
+
+@dataclass
+class RunConfig:
+    """Checkpoints, outputs and reporting."""
+
+    checkpoint_every: int = 1
+    """iterations between resumable checkpoints"""
+    keep_checkpoints: int = 2
+    """how many of the latest checkpoints to keep"""
+    export_quant: str = "q8"
+    """quantisation of the exported bundle: fp32, q8, q4, or 'none' to write only the HF checkpoint"""
+    export_graph: str = "auto"
+    """graph route of the export (auto, fused, torch)"""
+    sample_prompts: int = 4
+    """holdout prompts answered before and after training in the report"""
+    sample_tokens: int = 48
+    """max new tokens of each report sample"""
+    ope_log_weight_clip: float = 5.0
+    """per-turn log importance weights are clipped to +-this in the off-policy estimate"""
+    threads: int = 0
+    """torch intra-op threads (0 = torch's default)"""
+
+    def validate(self) -> None:
+        _check(self.checkpoint_every >= 1, "run.checkpoint_every", self.checkpoint_every, ">= 1")
+        _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints, ">= 1")
+        quants = ("fp32", "q8", "q4", "none")
+        _check(self.export_quant in quants, "run.export_quant", self.export_quant, f"one of {', '.join(quants)}")
+        graphs = ("auto", "fused", "torch")
+        _check(self.export_graph in graphs, "run.export_graph", self.export_graph, f"one of {', '.join(graphs)}")
+        _check(self.sample_prompts >= 0, "run.sample_prompts", self.sample_prompts, ">= 0")
+        _check(self.sample_tokens >= 1, "run.sample_tokens", self.sample_tokens, ">= 1")
+        _check(self.ope_log_weight_clip > 0, "run.ope_log_weight_clip", self.ope_log_weight_clip, "> 0")
+        _check(self.threads >= 0, "run.threads", self.threads, ">= 0")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    """seeds data order, minibatch order, value-head init and report samples"""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> TrainConfig:
+        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        for section in (self.data, self.model, self.ppo, self.run):
+            section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:
+        """Build from a (TOML-shaped) mapping; unknown sections/keys and wrongly typed values are errors."""
+        sections = {"data": DataConfig, "model": ModelConfig, "ppo": PPOConfig, "run": RunConfig}
+        unknown = sorted(set(data) - set(sections) - {"seed"})
+        if unknown:
+            raise TrainConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: seed, data, model, ppo, run)")
+        kwargs: dict[str, Any] = {}
+        if "seed" in data:
+            kwargs["seed"] = _typed(data["seed"], int, f"{where}: seed")
+        for name, section_cls in sections.items():
+            if name not in data:
+                continue
+            values = data[name]
+            if not isinstance(values, dict):
+                raise TrainConfigError(f"{where}: [{name}] must be a table, got {type(values).__name__}")
+            kwargs[name] = _section(section_cls, values, f"{where}: {name}")
+        try:
+            return cls(**kwargs).validate()
+        except TrainConfigError as exc:
+            raise TrainConfigError(f"{where}: {exc}") from None
+
+
+def _section(section_cls: type, values: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise TrainConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(fields)})")
+    defaults = section_cls()
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        default = getattr(defaults, key)
+        annotation = str(fields[key].type)
+        if "None" in annotation and value is None:
+            kwargs[key] = None
+        elif isinstance(default, bool) or annotation == "bool":
+            kwargs[key] = _typed(value, bool, f"{where}.{key}")
+        elif annotation.startswith("int"):
+            kwargs[key] = _typed(value, int, f"{where}.{key}")
+        elif annotation.startswith("float"):
+            kwargs[key] = float(_typed(value, (int, float), f"{where}.{key}"))
+        elif annotation.startswith("str"):
+            kwargs[key] = _typed(value, str, f"{where}.{key}")
+        elif annotation.startswith("list"):
+            items = _typed(value, list, f"{where}.{key}")
+            kwargs[key] = [_typed(item, str, f"{where}.{key}[]") for item in items]
+        else:  # pragma: no cover - every field type is handled above
+            raise TypeError(f"unhandled config annotation {annotation}")
+    return section_cls(**kwargs)
+
+
+def _typed(value: Any, types: type | tuple[type, ...], where: str) -> Any:
+    # bool is an int in Python; a TOML `true` where a number belongs is a mistake.
+    wants_bool = types is bool or (isinstance(types, tuple) and bool in types)
+    if isinstance(value, bool) and not wants_bool:
+        raise TrainConfigError(f"{where} = {value!r}: expected {_type_name(types)}")
+    if not isinstance(value, types):
+        raise TrainConfigError(f"{where} = {value!r}: expected {_type_name(types)}, got {type(value).__name__}")
+    return value
+
+
+def _type_name(types: type | tuple[type, ...]) -> str:
+    if isinstance(types, tuple):
+        return " or ".join(t.__name__ for t in types)
+    return types.__name__
+
+
+def load_train_config(path: str | Path | None) -> TrainConfig:
+    """The config in ``path`` (TOML), or the defaults when ``path`` is None."""
+    if path is None:
+        return TrainConfig().validate()
+    data = read_toml(Path(path), TrainConfigError, "training config")
+    return TrainConfig.from_dict(data, where=str(path))

@@ -1,0 +1,209 @@
+"""From a play-log directory to training turns: read, score, filter, split by conversation.
+
+Every turn that does not reach training is counted under the reason it was dropped, so a run's
+report says exactly what the logs held. Pure Python and numpy (no torch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from npcrl.bundle import sha256_file
+from npcrl.engagement import group_conversations, score_conversation
+from npcrl.errors import LogFormatError, TrainDataError
+from npcrl.playlog import LogReader, NpcTurn
+from npcrl.playlog.reader import list_log_files
+from npcrl.rewards import RewardSpec
+from npcrl.train.config import DataConfig
+
+# Reasons a logged turn is not trained on, in the order they are checked.
+DROP_REASONS = (
+    "filtered_or_fallback",  # the player saw a replacement line, not the model's (never trained on)
+    "other_tokenizer",  # logged by a bundle whose tokenizer is not the training bundle's
+    "greedy",  # drawn greedily: the behaviour policy is a point mass, no importance weight exists
+    "too_short",
+    "too_long",
+    "invalid",  # ids outside the vocabulary, non-finite log-probs
+)
+
+
+@dataclass(frozen=True)
+class TrainingTurn:
+    """One NPC turn as the trainer sees it (ALGORITHMS.md: one turn is one episode)."""
+
+    conversation_id: str
+    turn_index: int
+    npc_id: str
+    bundle_id: str
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+    behaviour_logprobs: tuple[float, ...]
+    """mu: log-probs of the distribution each token was drawn from (after penalty and truncation)"""
+    full_logprobs: tuple[float, ...]
+    """the bundle's temperature-scaled full softmax, logged beside mu"""
+    temperature: float
+    sampler: dict[str, Any]
+    reward: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.conversation_id}#{self.turn_index}"
+
+
+@dataclass
+class DataReport:
+    log_dir: str
+    log_files: list[dict[str, Any]] = field(default_factory=list)
+    records: int = 0
+    corrupt_records_skipped: int = 0
+    corrupt_bytes: int = 0
+    torn_tail_bytes: int = 0
+    unknown_record_kinds: int = 0
+    conversations: int = 0
+    turns_logged: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    train_conversations: int = 0
+    holdout_conversations: int = 0
+    train_turns: int = 0
+    holdout_turns: int = 0
+    train_reward_mean: float | None = None
+    holdout_reward_mean: float | None = None
+    bundles: dict[str, int] = field(default_factory=dict)
+    """usable turns per logging bundle id"""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        dropped = ", ".join(f"{k} {v}" for k, v in self.dropped.items() if v) or "none"
+        return (
+            f"{self.log_dir}: {len(self.log_files)} files, {self.records} records "
+            f"({self.corrupt_records_skipped} corrupt skipped, {self.torn_tail_bytes} torn-tail bytes); "
+            f"{self.turns_logged} turns logged, dropped: {dropped}; "
+            f"train {self.train_turns} turns / {self.train_conversations} conversations, "
+            f"holdout {self.holdout_turns} / {self.holdout_conversations}"
+        )
+
+
+@dataclass
+class TrainingData:
+    train: list[TrainingTurn]
+    holdout: list[TrainingTurn]
+    report: DataReport
+
+    def fingerprint(self) -> str:
+        """Identifies the exact training set: a resumed run refuses logs that changed underneath it."""
+        digest = hashlib.sha256()
+        for turn in self.train:
+            digest.update(f"{turn.key}:{len(turn.prompt_ids)}:{len(turn.response_ids)}:{turn.reward!r};".encode())
+        return digest.hexdigest()
+
+
+def _drop_reason(
+    turn: NpcTurn, trainable: bool, accepted_bundles: set[str], vocab_size: int, config: DataConfig
+) -> str | None:
+    if not trainable:
+        return "filtered_or_fallback"
+    if turn.bundle_id not in accepted_bundles:
+        return "other_tokenizer"
+    temperature = float(turn.sampler.get("temperature", 0.0) or 0.0)
+    if temperature <= 0.0:
+        return "greedy"
+    if len(turn.response_ids) < config.min_response_tokens:
+        return "too_short"
+    if len(turn.prompt_ids) + len(turn.response_ids) > config.max_sequence_tokens or not turn.prompt_ids:
+        return "too_long" if turn.prompt_ids else "invalid"
+    ids = list(turn.prompt_ids) + list(turn.response_ids)
+    if max(ids) >= vocab_size:
+        return "invalid"
+    values = list(turn.logprobs) + list(turn.full_logprobs)
+    if not all(math.isfinite(v) and v <= 1e-6 for v in values):
+        return "invalid"
+    return None
+
+
+def split_conversations(conversation_ids: list[str], holdout_fraction: float, seed: int) -> set[str]:
+    """Holdout conversation ids: the first ceil(fraction * n) in a seeded hash order (stable as logs grow)."""
+    if holdout_fraction <= 0 or len(conversation_ids) < 2:
+        return set()
+    ranked = sorted(conversation_ids, key=lambda cid: hashlib.sha256(f"{seed}:{cid}".encode()).hexdigest())
+    count = min(len(ranked) - 1, max(1, math.ceil(holdout_fraction * len(ranked))))
+    return set(ranked[:count])
+
+
+def load_training_data(
+    log_dir: str | Path,
+    spec: RewardSpec,
+    accepted_bundles: set[str],
+    vocab_size: int,
+    config: DataConfig,
+    seed: int,
+) -> TrainingData:
+    """Read every ``*.npl`` file in ``log_dir`` and return the usable turns split train/holdout.
+
+    Raises TrainDataError when the directory holds no log files or no usable turn, naming the counts.
+    """
+    log_dir = Path(log_dir)
+    try:
+        files = list_log_files(log_dir)
+    except LogFormatError as exc:
+        raise TrainDataError(str(exc)) from exc
+    if not files:
+        raise TrainDataError(f"{log_dir}: no play-log files (*.npl) to train on")
+    report = DataReport(log_dir=str(log_dir))
+    report.log_files = [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files]
+    reader = LogReader(log_dir)
+    conversations = group_conversations(reader)
+    stats = reader.stats
+    report.records = stats.records
+    report.corrupt_records_skipped = stats.corrupt_skipped
+    report.corrupt_bytes = stats.corrupt_bytes
+    report.torn_tail_bytes = stats.torn_tail_bytes
+    report.unknown_record_kinds = stats.unknown_kinds
+    report.conversations = len(conversations)
+
+    usable: dict[str, list[TrainingTurn]] = {}
+    for cid in sorted(conversations):
+        log = conversations[cid]
+        for reward in score_conversation(log, spec):
+            turn = log.turns[reward.turn_index]
+            report.turns_logged += 1
+            reason = _drop_reason(turn, reward.trainable, accepted_bundles, vocab_size, config)
+            if reason is not None:
+                report.dropped[reason] += 1
+                continue
+            report.bundles[turn.bundle_id] = report.bundles.get(turn.bundle_id, 0) + 1
+            usable.setdefault(cid, []).append(
+                TrainingTurn(
+                    conversation_id=cid,
+                    turn_index=turn.turn_index,
+                    npc_id=turn.npc_id,
+                    bundle_id=turn.bundle_id,
+                    prompt_ids=tuple(turn.prompt_ids),
+                    response_ids=tuple(turn.response_ids),
+                    behaviour_logprobs=tuple(turn.logprobs),
+                    full_logprobs=tuple(turn.full_logprobs),
+                    temperature=float(turn.sampler["temperature"]),
+                    sampler=dict(turn.sampler),
+                    reward=float(reward.reward),
+                )
+            )
+    if not usable:
+        raise TrainDataError(f"{log_dir}: no usable training turns. {report.summary()}")
+    holdout_ids = split_conversations(list(usable), config.holdout_fraction, seed)
+    report.holdout_conversations = len(holdout_ids)
+    report.train_conversations = len(usable) - len(holdout_ids)
+    train = [t for cid in sorted(usable) if cid not in holdout_ids for t in usable[cid]]
+    holdout = [t for cid in sorted(usable) if cid in holdout_ids for t in usable[cid]]
+    report.train_turns, report.holdout_turns = len(train), len(holdout)
+    report.train_reward_mean = _mean([t.reward for t in train])
+    report.holdout_reward_mean = _mean([t.reward for t in holdout])
+    return TrainingData(train=train, holdout=holdout, report=report)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None

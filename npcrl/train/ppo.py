@@ -1,0 +1,330 @@
+"""One PPO iteration over logged turns, in three stages that each fit on a screen:
+
+1. ``score``: pi_old log-probs, reference log-probs and values for the rollout batch (no grad);
+   under torchrun each rank scores its share and the results are gathered, so every rank holds
+   the whole batch.
+2. ``advantages``: KL-penalised per-token rewards, GAE, whitening and the truncated importance
+   weights pi_old/mu (ALGORITHMS.md) - computed identically on every rank.
+3. ``update``: epochs of clipped-policy + clipped-value (+ entropy) steps over shuffled minibatches
+   with gradient accumulation; a minibatch's loss is a sum over its tokens divided by the token
+   count of the whole (global) minibatch, so N processes take exactly the step of 1 process.
+
+Data and minibatch order come from the seed and the iteration number alone, which is what makes a
+resumed run end where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from npcrl.errors import TrainConfigError
+from npcrl.train.batching import Batch, collate
+from npcrl.train.config import TrainConfig
+from npcrl.train.data import TrainingTurn
+from npcrl.train.distributed import Dist
+from npcrl.train.policy import Policy, batch_inputs
+from npcrl.train.ppo_math import (
+    AdaptiveKLController,
+    FixedKLController,
+    approx_kl,
+    clip_scores,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    k3_kl,
+    kl_penalty_rewards,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+    truncated_importance_weights,
+)
+
+
+@dataclass
+class Rollout:
+    """A scored rollout batch, padded to (R, T)."""
+
+    turns: list[TrainingTurn]
+    batch: Batch
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    kl: torch.Tensor
+    """exact KL(pi_old || pi_ref) at each response state"""
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+
+def _pad_rows(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, row in enumerate(rows):
+        out[i, : row.numel()] = row
+    return out
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class PPOTrainer:
+    def __init__(
+        self,
+        policy: Policy,
+        train_turns: list[TrainingTurn],
+        config: TrainConfig,
+        dist: Dist,
+        pad_id: int,
+        progress: bool = False,
+    ) -> None:
+        ppo = config.ppo
+        if not train_turns:
+            raise TrainConfigError("no training turns")
+        if ppo.minibatch_turns % dist.world:
+            raise TrainConfigError(
+                f"ppo.minibatch_turns = {ppo.minibatch_turns}: must be divisible by the {dist.world} processes"
+            )
+        self.policy = policy
+        self.turns = train_turns
+        self.config = config
+        self.dist = dist
+        self.pad_id = pad_id
+        self.progress = progress and dist.is_main
+        params = [p for _, p in policy.trainable_parameters()]
+        self.optimizer = torch.optim.AdamW(params, lr=ppo.learning_rate, weight_decay=ppo.weight_decay)
+        self.kl_controller: AdaptiveKLController | FixedKLController = (
+            AdaptiveKLController(ppo.kl_coef, ppo.kl_target, ppo.kl_horizon)
+            if ppo.kl_target is not None
+            else FixedKLController(ppo.kl_coef)
+        )
+        self.iteration = 0  # iterations finished
+        self.updates = 0  # optimizer steps taken
+        self.metrics: list[dict[str, Any]] = []
+        self.total_iterations = ppo.iterations or math.ceil(ppo.passes * len(train_turns) / ppo.rollout_turns)
+        self.ddp: DistributedDataParallel | None = DistributedDataParallel(policy.module) if dist.enabled else None
+        self._orders: dict[int, np.ndarray] = {}
+
+    # -- data order ---------------------------------------------------------------------------
+    def rollout_turns(self, iteration: int) -> list[TrainingTurn]:
+        """The turns of ``iteration``: a stream of seeded permutations of the training set, one per pass."""
+        size, n = self.config.ppo.rollout_turns, len(self.turns)
+        picked = []
+        for k in range(iteration * size, (iteration + 1) * size):
+            data_pass, j = divmod(k, n)
+            if data_pass not in self._orders:
+                self._orders[data_pass] = np.random.default_rng([self.config.seed, data_pass]).permutation(n)
+            picked.append(self.turns[int(self._orders[data_pass][j])])
+        return picked
+
+    # -- stage 1 ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, turns: list[TrainingTurn]) -> Rollout:
+        micro = self.config.ppo.micro_batch_turns
+        mine = list(range(self.dist.rank, len(turns), self.dist.world))
+        scored: dict[int, tuple[torch.Tensor, ...]] = {}
+        for chunk in self._bar(list(_chunks(mine, micro)), "scoring"):
+            batch = collate([turns[i] for i in chunk], self.pad_id)
+            # Before the first update the policy is the reference: one forward pass serves both.
+            outputs = self.policy.score(batch, reference_is_policy=self.updates == 0)
+            for row, i in enumerate(chunk):
+                length = len(turns[i].response_ids)
+                scored[i] = tuple(t[row, :length].clone() for t in outputs)
+        for part in self.dist.all_gather_objects(scored):
+            scored.update(part)
+        batch = collate(turns, self.pad_id)
+        width = batch.mask.shape[1]
+
+        def padded(k: int) -> torch.Tensor:
+            return _pad_rows([scored[i][k] for i in range(len(turns))], width)
+
+        return Rollout(
+            turns=turns,
+            batch=batch,
+            old_logprobs=padded(0),
+            ref_logprobs=padded(1),
+            values=padded(2),
+            kl=padded(3),
+        )
+
+    # -- stage 2 ------------------------------------------------------------------------------
+    def advantages(self, rollout: Rollout) -> dict[str, float]:
+        ppo, mask = self.config.ppo, rollout.batch.mask
+        scores = clip_scores(rollout.batch.scores, ppo.reward_clip)
+        kl_coef = self.kl_controller.value
+        rewards = kl_penalty_rewards(rollout.kl, scores, mask, kl_coef)
+        advantages, returns = gae(rewards, rollout.values, mask, ppo.gamma, ppo.lam)
+        rollout.returns = returns
+        rollout.advantages = masked_whiten(advantages, mask) if ppo.whiten_advantages else advantages
+        rollout.weights, is_stats = truncated_importance_weights(
+            rollout.old_logprobs, rollout.batch.behaviour_logprobs, mask, ppo.is_cap
+        )
+        kl_per_turn = float(masked_sum(rollout.kl, mask, dim=1).mean())
+        logged_kl = masked_sum(rollout.old_logprobs - rollout.ref_logprobs, mask, dim=1).mean()
+        self.kl_controller.update(kl_per_turn, len(rollout.turns))
+        residual = masked_mean((returns - rollout.values) ** 2, mask)
+        variance = torch.var(returns[mask.bool()]) if int(mask.sum()) > 1 else torch.tensor(0.0)
+        return {
+            "reward_mean": float(rollout.batch.scores.mean()),
+            "reward_clipped_mean": float(scores.mean()),
+            "kl_coef": kl_coef,
+            "kl_per_turn": kl_per_turn,
+            "kl_logged_tokens_per_turn": float(logged_kl),
+            "kl_k3_per_token": float(masked_mean(k3_kl(rollout.old_logprobs, rollout.ref_logprobs), mask)),
+            "response_length_mean": float(mask.sum(dim=1).mean()),
+            "value_mean": float(masked_mean(rollout.values, mask)),
+            "return_mean": float(masked_mean(returns, mask)),
+            "explained_variance": float(1.0 - residual / variance) if float(variance) > 0 else 0.0,
+            "behaviour_logprob_gap": float(
+                masked_mean((rollout.old_logprobs - rollout.batch.behaviour_logprobs).abs(), mask)
+            ),
+            **is_stats,
+        }
+
+    # -- stage 3 ------------------------------------------------------------------------------
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        ppo, iteration = self.config.ppo, self.iteration
+        model = self.ddp if self.ddp is not None else self.policy.module
+        params = [p for _, p in self.policy.trainable_parameters()]
+        totals = dict.fromkeys(
+            ("policy_loss", "value_loss", "entropy", "clip_frac", "value_clip_frac", "approx_kl", "tokens"), 0.0
+        )
+        grad_norms: list[float] = []
+        epochs_run, stopped = 0, False
+        for epoch in range(ppo.epochs):
+            order = np.random.default_rng([self.config.seed, iteration, epoch, 1]).permutation(len(rollout.turns))
+            epochs_run += 1
+            for minibatch in self._bar(list(_chunks([int(i) for i in order], ppo.minibatch_turns)), f"epoch {epoch}"):
+                tokens = float(rollout.batch.mask[minibatch].sum())
+                mine = minibatch[self.dist.rank :: self.dist.world]
+                sums = [0.0] * 6
+                micros = list(_chunks(mine, ppo.micro_batch_turns))
+                for k, micro in enumerate(micros):
+                    last = k == len(micros) - 1
+                    sync = nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+                    with sync:
+                        part = self._micro_step(model, rollout, micro, tokens)
+                    sums = [a + b for a, b in zip(sums, part, strict=True)]
+                sums = self.dist.sum_all(sums)
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.updates += 1
+                for key, value in zip(
+                    ("policy_loss", "value_loss", "entropy", "clip_frac", "value_clip_frac", "approx_kl"),
+                    sums,
+                    strict=True,
+                ):
+                    totals[key] += value
+                totals["tokens"] += tokens
+                if ppo.kl_budget is not None and sums[5] / tokens > ppo.kl_budget:
+                    stopped = True  # the same all-reduced value on every rank: they stop together
+                    break
+            if stopped:
+                break
+        n = max(totals.pop("tokens"), 1.0)
+        out = {key: value / n for key, value in totals.items()}
+        out.update(
+            epochs_run=float(epochs_run),
+            early_stopped=float(stopped),
+            grad_norm=float(np.mean(grad_norms)),
+            learning_rate=float(self.optimizer.param_groups[0]["lr"]),
+        )
+        return out
+
+    def _micro_step(self, model: torch.nn.Module, rollout: Rollout, rows: list[int], tokens: float) -> list[float]:
+        """Forward/backward one micro-batch; returns token sums of the monitored quantities."""
+        ppo = self.config.ppo
+        batch = collate([rollout.turns[i] for i in rows], self.pad_id)
+        width = batch.mask.shape[1]
+        assert rollout.advantages is not None and rollout.returns is not None and rollout.weights is not None
+
+        def take(full: torch.Tensor) -> torch.Tensor:
+            return full[rows, :width]
+
+        mask = batch.mask
+        logprobs, values, entropy = model(*batch_inputs(batch))
+        old = take(rollout.old_logprobs)
+        policy_loss, clipped = clipped_policy_loss(
+            logprobs, old, take(rollout.advantages), ppo.clip_eps, take(rollout.weights)
+        )
+        value_loss, value_clipped = clipped_value_loss(
+            values, take(rollout.values), take(rollout.returns), ppo.value_clip_eps
+        )
+        per_token = policy_loss + ppo.value_coef * value_loss - ppo.entropy_coef * entropy
+        # Sum over this rank's tokens / tokens of the global minibatch; DDP averages over ranks, so
+        # scale by the world size to get the 1-process gradient.
+        loss = masked_sum(per_token, mask) / tokens * self.dist.world
+        loss.backward()
+        detached = logprobs.detach()
+        return [
+            float(masked_sum(policy_loss.detach(), mask)),
+            float(masked_sum(value_loss.detach(), mask)),
+            float(masked_sum(entropy.detach(), mask)),
+            float(masked_sum(clipped.float(), mask)),
+            float(masked_sum(value_clipped.float(), mask)),
+            float(masked_sum(approx_kl(detached, old), mask)),
+        ]
+
+    # -- one iteration ------------------------------------------------------------------------
+    def run_iteration(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        turns = self.rollout_turns(self.iteration)
+        rollout = self.score(turns)
+        stats = self.advantages(rollout)
+        stats.update(self.update(rollout))
+        elapsed = time.perf_counter() - started
+        sequence_tokens = float(rollout.batch.attention_mask.sum())
+        self.iteration += 1
+        record: dict[str, Any] = {
+            "iteration": self.iteration,
+            "turns": len(turns),
+            **stats,
+            "time_s": elapsed,
+            "sequence_tokens_per_s": sequence_tokens * stats["epochs_run"] / elapsed,
+        }
+        self.metrics.append(record)
+        return record
+
+    def _bar(self, items: list[Any], desc: str) -> Any:
+        if not self.progress or len(items) < 2:
+            return items
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
+
+    # -- checkpoint state ---------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {name: param for name, param in self.policy.trainable_parameters()}
+
+    def loop_state(self) -> dict[str, Any]:
+        return {"updates": self.updates, "kl_controller": self.kl_controller.state_dict(), "metrics": self.metrics}
+
+    def restore(
+        self, trainable: dict[str, torch.Tensor], optimizer: dict[str, Any], state: dict[str, Any], where: str
+    ) -> None:
+        params = dict(self.policy.trainable_parameters())
+        if set(params) != set(trainable):
+            missing = sorted(set(params) - set(trainable))[:3]
+            extra = sorted(set(trainable) - set(params))[:3]
+            raise TrainConfigError(
+                f"{where}: checkpoint parameters do not match this model (missing {missing}, unexpected {extra}); "
+                "was it written with a different model.mode or LoRA setting?"
+            )
+        with torch.no_grad():
+            for name, tensor in trainable.items():
+                params[name].copy_(tensor)
+        self.optimizer.load_state_dict(optimizer)
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.iteration = int(state["iteration"])
+        self.updates = int(state["updates"])
+        self.metrics = list(state["metrics"])

@@ -1,0 +1,305 @@
+"""``npcrl train``: play logs + bundle -> PPO -> HF checkpoint -> exported bundle + report.
+
+Output directory layout::
+
+    OUT/run.json            arguments and config of the run (a resume must match them)
+    OUT/state/ckpt-NNNNNN/  resumable checkpoints (the newest ``run.keep_checkpoints``)
+    OUT/report/             metrics.jsonl, training.png, samples.json, off_policy.json, data.json, report.md
+    OUT/checkpoint/         the trained model as an HF directory (safetensors) + value_head.safetensors
+    OUT/bundle/             the exported bundle (unless run.export_quant = "none")
+
+Under torchrun every rank trains; rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from npcrl.bundle import Bundle, load_bundle
+from npcrl.errors import BundleError, TrainError
+from npcrl.rewards import default_reward_spec, load_reward_spec
+from npcrl.train.config import TrainConfig
+from npcrl.train.data import TrainingData, load_training_data
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    checkpoint: Path
+    bundle: Path | None
+    report: Path
+    metrics: list[dict[str, Any]]
+    data: TrainingData
+    off_policy: dict[str, Any]
+
+
+def _log(message: str) -> None:
+    print(f"[npcrl train] {message}", flush=True)
+
+
+def tokenizer_sha256(bundle: Bundle) -> str:
+    return str(bundle.manifest.files[bundle.manifest.tokenizer_file]["sha256"])
+
+
+def accepted_bundle_ids(bundle: Bundle, extra_bundles: list[str]) -> tuple[set[str], list[str]]:
+    """Bundle ids whose logged token ids mean what the training bundle's tokenizer says.
+
+    The bundle itself, the ancestors recorded in its provenance (trained bundles keep their
+    parent's tokenizer), and any extra bundle whose tokenizer file has the same hash.
+    """
+    lineage = [str(i) for i in bundle.manifest.provenance.get("tokenizer_lineage", [])]
+    accepted = {bundle.bundle_id, *lineage}
+    mine = tokenizer_sha256(bundle)
+    for path in extra_bundles:
+        try:
+            other = load_bundle(path, verify=False)
+        except BundleError as exc:
+            raise TrainError(f"data.extra_bundles: {exc}") from exc
+        if tokenizer_sha256(other) != mine:
+            raise TrainError(f"data.extra_bundles: {path} has a different tokenizer than {bundle.root}")
+        accepted.add(other.bundle_id)
+    return accepted, [bundle.bundle_id, *lineage]
+
+
+def _prepare_out(out: Path, resume: bool, run_record: dict[str, Any]) -> None:
+    record_path = out / RUN_FILE
+    if resume:
+        if not record_path.is_file():
+            raise TrainError(f"{out}: nothing to resume ({RUN_FILE} is missing)")
+        previous = json.loads(record_path.read_text(encoding="utf-8"))
+        for key in ("logs", "bundle", "base_weights", "config"):
+            if previous.get(key) != run_record.get(key):
+                raise TrainError(
+                    f"{out}/{RUN_FILE}: the run was started with a different {key} "
+                    f"({previous.get(key)!r}, now {run_record.get(key)!r}); resume with the same arguments"
+                )
+        if (out / "checkpoint").exists():
+            raise TrainError(f"{out}: this run already finished (checkpoint/ exists)")
+        return
+    if out.exists() and any(out.iterdir()):
+        hint = " (pass --resume to continue it)" if record_path.is_file() else ""
+        raise TrainError(f"{out}: output directory is not empty{hint}")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = record_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(run_record, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, record_path)
+
+
+def train(
+    logs: str | Path,
+    bundle_dir: str | Path,
+    out: str | Path,
+    config: TrainConfig,
+    base_model: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult | None:
+    """Run the whole pipeline; returns None on ranks other than 0."""
+    import torch
+
+    from npcrl.train import checkpoint as ckpt
+    from npcrl.train.distributed import Dist
+    from npcrl.train.policy import build_policy, resolve_base_weights
+    from npcrl.train.ppo import PPOTrainer
+    from npcrl.train.report import METRICS_FILE, write_metrics
+
+    started = time.perf_counter()
+    dist = Dist.from_environment()
+    out = Path(out).expanduser().resolve()
+    bundle = load_bundle(bundle_dir)
+    base = resolve_base_weights(bundle, base_model)
+    spec = load_reward_spec(config.data.reward_spec) if config.data.reward_spec else default_reward_spec()
+    accepted, lineage = accepted_bundle_ids(bundle, config.data.extra_bundles)
+    data = load_training_data(logs, spec, accepted, bundle.manifest.vocab_size, config.data, config.seed)
+    run_record = {
+        "logs": str(Path(logs).expanduser().resolve()),
+        "bundle": str(bundle.root.resolve()),
+        "bundle_id": bundle.bundle_id,
+        "base_weights": str(base.resolve()),
+        "config": config.to_dict(),
+        "world_size": dist.world,
+    }
+    if dist.is_main:
+        _prepare_out(out, resume, run_record)
+        _log(data.report.summary())
+    dist.barrier()
+
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    torch.manual_seed(config.seed)
+    policy = build_policy(base, config.model, config.seed)
+    tokenizer = policy.tokenizer
+    pad_id = (
+        tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else bundle.manifest.special_tokens.eos_token_ids[0]
+    )
+    trainer = PPOTrainer(policy, data.train, config, dist, pad_id, progress=progress)
+    fingerprint = data.fingerprint()
+    state_dir, report_dir = out / "state", out / "report"
+    if resume:
+        ckpt.clean_staging(state_dir)
+        found = ckpt.list_checkpoints(state_dir)
+        if found:
+            trainable, optimizer, state = ckpt.load_checkpoint(found[-1])
+            if state.get("data_fingerprint") != fingerprint:
+                raise TrainError(
+                    f"{found[-1]}: the play logs changed since this run started; start a new run in another --out"
+                )
+            trainer.restore(trainable, optimizer, state, str(found[-1]))
+            if dist.is_main:
+                _log(f"resumed from {found[-1].name} ({trainer.iteration}/{trainer.total_iterations} iterations)")
+    if dist.is_main:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / "data.json").write_text(json.dumps(data.report.to_dict(), indent=1), encoding="utf-8")
+        _log(
+            f"{config.model.mode} training of {sum(p.numel() for _, p in policy.trainable_parameters()) / 1e6:.2f}M "
+            f"parameters, {trainer.total_iterations} iterations of {config.ppo.rollout_turns} turns"
+        )
+
+    bar = None
+    if progress and dist.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=trainer.total_iterations, initial=trainer.iteration, desc="ppo", dynamic_ncols=True)
+    while trainer.iteration < trainer.total_iterations:
+        record = trainer.run_iteration()
+        if not dist.is_main:
+            continue
+        write_metrics(report_dir / METRICS_FILE, trainer.metrics)
+        last = trainer.iteration == trainer.total_iterations
+        if trainer.iteration % config.run.checkpoint_every == 0 or last:
+            state = {**trainer.loop_state(), "data_fingerprint": fingerprint}
+            ckpt.save_checkpoint(
+                state_dir,
+                trainer.iteration,
+                trainer.trainable_state(),
+                trainer.optimizer,
+                state,
+                config.run.keep_checkpoints,
+            )
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl_per_turn']:.3f}")
+        else:
+            _log(
+                f"iteration {record['iteration']}/{trainer.total_iterations}: reward {record['reward_mean']:.3f} "
+                f"kl {record['kl_per_turn']:.4f} clip {record['clip_frac']:.3f} {record['time_s']:.1f}s"
+            )
+    if bar is not None:
+        bar.close()
+    dist.barrier()
+    if not dist.is_main:
+        dist.close()
+        return None
+    result = _finish(out, bundle, base, policy, trainer, data, config, lineage, pad_id, started)
+    dist.close()
+    return result
+
+
+def _finish(
+    out: Path,
+    bundle: Bundle,
+    base: Path,
+    policy: Any,
+    trainer: Any,
+    data: TrainingData,
+    config: TrainConfig,
+    lineage: list[str],
+    pad_id: int,
+    started: float,
+) -> TrainResult:
+    """Rank 0: evaluate, write the HF checkpoint, export the bundle, write the report."""
+    from npcrl.train.evaluate import evaluate_holdout, sample_lines
+    from npcrl.train.policy import VALUE_HEAD_FILE, save_value_head
+    from npcrl.train.report import PLOT_FILE, plot_metrics, write_markdown
+
+    report_dir = out / "report"
+    _log("evaluating on holdout logs")
+    off_policy = evaluate_holdout(policy, data.holdout, pad_id, config.run.ope_log_weight_clip)
+    samples: dict[str, Any] = {"before": [], "after": []}
+    if config.run.sample_prompts:
+        for name, reference in (("before", True), ("after", False)):
+            samples[name] = sample_lines(
+                policy,
+                data.holdout or data.train,
+                config.run.sample_prompts,
+                config.run.sample_tokens,
+                config.seed,
+                reference,
+            )
+    (report_dir / "off_policy.json").write_text(json.dumps(off_policy, indent=1), encoding="utf-8")
+    (report_dir / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False), encoding="utf-8")
+
+    checkpoint = out / "checkpoint"
+    staging = out / ".checkpoint-staging"
+    merged = policy.merged_lm()
+    merged.config.use_cache = True
+    merged.save_pretrained(str(staging), safe_serialization=True)
+    policy.tokenizer.save_pretrained(str(staging))
+    if getattr(merged, "generation_config", None) is not None:
+        merged.generation_config.save_pretrained(str(staging))
+    save_value_head(policy.module.value_head, staging / VALUE_HEAD_FILE)
+    os.replace(staging, checkpoint)
+
+    last = trainer.metrics[-1] if trainer.metrics else {}
+    provenance = {
+        "trainer": "npcrl offline PPO",
+        "parent_bundle": bundle.bundle_id,
+        "base_weights": str(base),
+        "tokenizer_lineage": lineage,
+        "logs": {"dir": data.report.log_dir, "files": data.report.log_files},
+        "data": {k: v for k, v in data.report.to_dict().items() if k not in ("log_files",)},
+        "config": config.to_dict(),
+        "iterations": trainer.iteration,
+        "final_metrics": last,
+        "off_policy": off_policy,
+    }
+    bundle_path: Path | None = None
+    bundle_id = None
+    if config.run.export_quant != "none":
+        from exporters.export import export_bundle
+
+        _log(f"exporting {config.run.export_quant} bundle")
+        exported = export_bundle(
+            checkpoint,
+            out / "bundle",
+            quant=config.run.export_quant,
+            parent=bundle.bundle_id,
+            provenance=provenance,
+            graph=config.run.export_graph,
+            overwrite=True,  # a bundle/ left by a run killed mid-export is ours to replace
+        )
+        bundle_path, bundle_id = exported.root, exported.bundle_id
+    (report_dir / "provenance.json").write_text(json.dumps(provenance, indent=1), encoding="utf-8")
+    if trainer.metrics:
+        plot_metrics(trainer.metrics, report_dir / PLOT_FILE)
+    summary = {
+        "parent_bundle": bundle.bundle_id,
+        "base_weights": str(base),
+        "bundle": str(bundle_path) if bundle_path else None,
+        "bundle_id": bundle_id,
+        "data_summary": data.report.summary(),
+        "time_s": time.perf_counter() - started,
+        "metrics": trainer.metrics,
+        "off_policy": off_policy,
+        "samples": samples,
+    }
+    write_markdown(report_dir / "report.md", summary)
+    _log(f"done: {checkpoint}" + (f", bundle {bundle_path} ({bundle_id})" if bundle_path else ""))
+    return TrainResult(
+        out=out,
+        checkpoint=checkpoint,
+        bundle=bundle_path,
+        report=report_dir,
+        metrics=trainer.metrics,
+        data=data,
+        off_policy=off_policy,
+    )

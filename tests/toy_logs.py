@@ -1,0 +1,101 @@
+"""Real play logs of a toy task for trainer tests: a tiny bundle speaks through the ONNX runtime
+(so the logged behaviour log-probs are the sampler's), and the "player" rewards a line when it
+contains one chosen token."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter
+from npcrl.runtime import OnnxCausalLM
+from npcrl.sampler import SamplerConfig
+
+TOY_SPEC = """
+discount = 0.0
+unknown_kinds = "ignore"
+
+[rules.found]
+weight = 1.0
+"""
+
+PLAYER_LINES = [
+    "Hello there!",
+    "What do you sell?",
+    "Any news from the village?",
+    "Can you fix my sword?",
+    "Where is the inn?",
+    "Tell me about the guard.",
+    "Is the gate closed?",
+    "Good morning, blacksmith.",
+]
+TOY_SAMPLER = SamplerConfig(temperature=1.0, top_p=0.95, max_new_tokens=8)
+
+
+def toy_prompts(bundle: Path) -> list[list[int]]:
+    tokenizer = OnnxCausalLM(bundle).tokenizer
+    return [
+        tokenizer.encode_chat([{"role": "system", "content": "You are Brom."}, {"role": "user", "content": line}])
+        for line in PLAYER_LINES
+    ]
+
+
+def generate_turns(bundle: Path, count: int, seed: int) -> list[tuple[list[int], object]]:
+    model = OnnxCausalLM(bundle)
+    prompts = toy_prompts(bundle)
+    out = []
+    for k in range(count):
+        prompt = prompts[k % len(prompts)]
+        config = SamplerConfig(**{**TOY_SAMPLER.to_dict(), "seed": seed + k})
+        result = model.generate(prompt, config, ignore_eos=True).run()
+        out.append((prompt, result))
+    return out
+
+
+def pick_target(turns: list[tuple[list[int], object]], rate: float = 0.3) -> int:
+    """The token present in a share of responses closest to ``rate`` (a learnable, not trivial, target)."""
+    presence: Counter[int] = Counter()
+    for _, result in turns:
+        presence.update(set(result.token_ids))  # type: ignore[attr-defined]
+    n = len(turns)
+    return min(presence, key=lambda t: (abs(presence[t] / n - rate), t))
+
+
+def write_toy_logs(bundle: Path, log_dir: Path, count: int, seed: int = 0) -> int:
+    """Write ``count`` one-turn conversations; returns the target token id."""
+    model = OnnxCausalLM(bundle)
+    turns = generate_turns(bundle, count, seed)
+    target = pick_target(turns)
+    now = time.time()
+    with PlayLogWriter(log_dir) as writer:
+        for k, (prompt, result) in enumerate(turns):
+            cid = f"toy-{seed}-{k:05d}"
+            writer.append(
+                ConversationStart(cid, "brom", "tester", "Brom", "toyhash", model.bundle_id, TOY_SAMPLER.to_dict(), now)
+            )
+            writer.append(
+                NpcTurn(
+                    conversation_id=cid,
+                    turn_index=0,
+                    npc_id="brom",
+                    bundle_id=model.bundle_id,
+                    player_text=PLAYER_LINES[k % len(PLAYER_LINES)],
+                    prompt_ids=list(prompt),
+                    response_ids=list(result.token_ids),  # type: ignore[attr-defined]
+                    logprobs=list(result.logprobs),  # type: ignore[attr-defined]
+                    full_logprobs=list(result.full_logprobs),  # type: ignore[attr-defined]
+                    text=result.text,  # type: ignore[attr-defined]
+                    stop_reason=result.stop_reason,  # type: ignore[attr-defined]
+                    sampler=TOY_SAMPLER.to_dict(),
+                    latency_s=0.01,
+                    time_to_first_token_s=0.001,
+                    filtered=False,
+                    fallback=False,
+                    time=now + k,
+                )
+            )
+            if target in result.token_ids:  # type: ignore[attr-defined]
+                writer.append(EngagementEvent(cid, 0, "found", 1.0, now + k + 0.5))
+            writer.append(ConversationEnd(cid, "done", now + k + 1))
+    return target
