@@ -157,3 +157,66 @@ def test_canary_never_reaches_the_player_under_hostile_input(real_runtime):
         raw_leaks += canary in raw
     # The filter is the guarantee; the raw count says how often it was needed.
     print(f"raw model output contained the canary in {raw_leaks} of 12 hostile turns")
+
+
+PLAYER_LINES = (
+    "Hello! Is there a room free tonight?",
+    "What news is there in the village?",
+    "Have you seen anything strange on the north road?",
+    "Can I get a hot meal here?",
+)
+
+
+def test_short_training_run_on_logged_turns_gives_a_loadable_bundle(real_bundle, real_runtime, tmp_path):
+    """A few dozen real logged turns -> npcrl train (LoRA, one iteration) -> a bundle the game loads.
+
+    fp32 export keeps the test short; the q8 route is tested above on the same model."""
+    import json
+
+    from npcrl.agent import AgentConfig, NpcAgent, with_sampler
+    from npcrl.bundle import load_bundle
+    from npcrl.persona import builtin_personas
+    from npcrl.playlog import PlayLogWriter
+    from npcrl.runtime import OnnxCausalLM
+    from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RunConfig, TrainConfig
+    from npcrl.train.run import train
+
+    writer = PlayLogWriter(tmp_path / "logs")
+    agent = NpcAgent(
+        real_runtime,
+        builtin_personas()["innkeeper"],
+        log_writer=writer,
+        config=with_sampler(AgentConfig(), seed=11, max_new_tokens=24),
+    )
+    for k in range(12):
+        conversation = agent.start_conversation(player_id=f"p{k}")
+        for line in PLAYER_LINES[k % 2 : k % 2 + 2]:
+            reply = conversation.respond(line)
+            conversation.rate("?" in reply.text)  # a toy player who likes being asked something back
+        conversation.end("done")
+    writer.close()
+
+    config = TrainConfig(
+        seed=0,
+        data=DataConfig(holdout_fraction=0.2),
+        model=ModelConfig(mode="lora"),
+        ppo=PPOConfig(rollout_turns=4, minibatch_turns=4, micro_batch_turns=2, epochs=1, iterations=1),
+        run=RunConfig(export_quant="fp32", sample_prompts=1, sample_tokens=16),
+    ).validate()
+    result = train(tmp_path / "logs", real_bundle.root, tmp_path / "run", config, progress=False)
+    assert result is not None and result.bundle is not None
+    assert result.data.report.turns_logged == 24
+    assert result.data.report.train_turns + result.data.report.holdout_turns + sum(
+        result.data.report.dropped.values()
+    ) == 24
+    new = load_bundle(result.bundle)
+    assert new.manifest.parent == real_bundle.bundle_id
+    assert new.manifest.provenance["iterations"] == 1
+    metrics = [json.loads(x) for x in (result.report / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and metrics[0]["kl_per_turn"] == 0.0  # iteration 1 scores with pi_old = reference
+    # pi_old at iteration 1 is the fp32 model; the logged full log-probs come from the q8 bundle
+    assert metrics[0]["logged_full_logprob_gap"] < 0.2
+    model = OnnxCausalLM(new)
+    prompt = model.tokenizer.encode_chat([{"role": "user", "content": "Hello!"}])
+    out = model.generate(prompt, SamplerConfig(temperature=0.0, max_new_tokens=8)).run()
+    assert out.token_ids and "<|" not in out.text

@@ -24,6 +24,7 @@ class Batch:
     response_ids: torch.Tensor  # (B, T)
     mask: torch.Tensor  # (B, T) float, 1 on real response tokens
     behaviour_logprobs: torch.Tensor  # (B, T) mu, the sampler's log-probs
+    logged_full_logprobs: torch.Tensor  # (B, T) the logging bundle's temperature-scaled softmax
     temperature: torch.Tensor  # (B,) the logged sampler temperature of each turn
     scores: torch.Tensor  # (B,) turn rewards (unclipped)
 
@@ -45,6 +46,7 @@ def collate(turns: Sequence[TrainingTurn], pad_id: int) -> Batch:
     response_ids = torch.full((batch, steps), pad_id, dtype=torch.long)
     mask = torch.zeros((batch, steps), dtype=torch.float32)
     behaviour = torch.zeros((batch, steps), dtype=torch.float32)
+    full = torch.zeros((batch, steps), dtype=torch.float32)
     for row, turn in enumerate(turns):
         prompt, response = len(turn.prompt_ids), len(turn.response_ids)
         input_ids[row, : prompt + response] = torch.tensor(turn.prompt_ids + turn.response_ids, dtype=torch.long)
@@ -53,6 +55,7 @@ def collate(turns: Sequence[TrainingTurn], pad_id: int) -> Batch:
         response_ids[row, :response] = torch.tensor(turn.response_ids, dtype=torch.long)
         mask[row, :response] = 1.0
         behaviour[row, :response] = torch.tensor(turn.behaviour_logprobs, dtype=torch.float32)
+        full[row, :response] = torch.tensor(turn.full_logprobs, dtype=torch.float32)
     return Batch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -60,6 +63,7 @@ def collate(turns: Sequence[TrainingTurn], pad_id: int) -> Batch:
         response_ids=response_ids,
         mask=mask,
         behaviour_logprobs=behaviour,
+        logged_full_logprobs=full,
         temperature=torch.tensor([t.temperature for t in turns], dtype=torch.float32),
         scores=torch.tensor([t.reward for t in turns], dtype=torch.float32),
     )

@@ -184,8 +184,14 @@ class PPOTrainer:
             "value_mean": float(masked_mean(rollout.values, mask)),
             "return_mean": float(masked_mean(returns, mask)),
             "explained_variance": float(1.0 - residual / variance) if float(variance) > 0 else 0.0,
+            # |pi_old - mu|: what the importance weights correct (sampler truncation, penalty, quantisation)
             "behaviour_logprob_gap": float(
                 masked_mean((rollout.old_logprobs - rollout.batch.behaviour_logprobs).abs(), mask)
+            ),
+            # |pi_old - pi_b|: the logging bundle's own softmax; ~0 at iteration 1 for an fp32 bundle, the
+            # quantisation error for q8/q4, large if prompts/tokens were misaligned
+            "logged_full_logprob_gap": float(
+                masked_mean((rollout.old_logprobs - rollout.batch.logged_full_logprobs).abs(), mask)
             ),
             **is_stats,
         }
