@@ -203,3 +203,13 @@ def test_config_file_values_are_used(tmp_path: Path) -> None:
     config = load_train_config(path)
     assert config.seed == 7 and config.ppo.kl_target == 0.5 and config.ppo.learning_rate == 1e-4
     assert config.data.reward_spec == "x.toml"
+
+
+def test_example_config_is_the_defaults_and_every_key_is_documented() -> None:
+    root = Path(__file__).resolve().parents[1]
+    assert load_train_config(root / "docs" / "train.example.toml") == load_train_config(None)
+    guide = (root / "docs" / "TRAINING.md").read_text(encoding="utf-8")
+    for section, values in TrainConfig().to_dict().items():
+        keys = [section] if not isinstance(values, dict) else [f"{section}.{key}" for key in values]
+        missing = [key for key in keys if f"`{key}`" not in guide]
+        assert not missing, f"docs/TRAINING.md does not document {missing}"
