@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -320,7 +321,10 @@ def run(args: argparse.Namespace, prompts: list[list[int]]) -> dict:
     )
 
     t0 = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)  # nothing is saved there (save_strategy "no")
     log(f"train() took {time.perf_counter() - t0:.1f} s")
 
     rows = clock.finish(args.updates)
