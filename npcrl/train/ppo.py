@@ -164,7 +164,9 @@ class PPOTrainer:
         rewards = kl_penalty_rewards(rollout.kl, scores, mask, kl_coef)
         advantages, returns = gae(rewards, rollout.values, mask, ppo.gamma, ppo.lam)
         rollout.returns = returns
-        rollout.advantages = masked_whiten(advantages, mask) if ppo.whiten_advantages else advantages
+        # Whitening needs a variance: a rollout of a single token is left as it is.
+        whiten = ppo.whiten_advantages and int(mask.sum()) >= 2
+        rollout.advantages = masked_whiten(advantages, mask) if whiten else advantages
         rollout.weights, is_stats = truncated_importance_weights(
             rollout.old_logprobs, rollout.batch.behaviour_logprobs, mask, ppo.is_cap
         )

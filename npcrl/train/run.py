@@ -68,7 +68,8 @@ def accepted_bundle_ids(bundle: Bundle, extra_bundles: list[str]) -> tuple[set[s
     return accepted, [bundle.bundle_id, *lineage]
 
 
-def _prepare_out(out: Path, resume: bool, run_record: dict[str, Any]) -> None:
+def _check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> None:
+    """Refuse an output directory that is in use (every rank checks, so all of them stop together)."""
     record_path = out / RUN_FILE
     if resume:
         if not record_path.is_file():
@@ -82,14 +83,16 @@ def _prepare_out(out: Path, resume: bool, run_record: dict[str, Any]) -> None:
                 )
         if (out / "checkpoint").exists():
             raise TrainError(f"{out}: this run already finished (checkpoint/ exists)")
-        return
-    if out.exists() and any(out.iterdir()):
+    elif out.exists() and any(out.iterdir()):
         hint = " (pass --resume to continue it)" if record_path.is_file() else ""
         raise TrainError(f"{out}: output directory is not empty{hint}")
+
+
+def _write_run_record(out: Path, run_record: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = record_path.with_suffix(".tmp")
+    tmp = (out / RUN_FILE).with_suffix(".tmp")
     tmp.write_text(json.dumps(run_record, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, record_path)
+    os.replace(tmp, out / RUN_FILE)
 
 
 def train(
@@ -126,8 +129,11 @@ def train(
         "config": config.to_dict(),
         "world_size": dist.world,
     }
+    _check_out(out, resume, run_record)
+    dist.barrier()  # every rank has checked before rank 0 writes into the directory
     if dist.is_main:
-        _prepare_out(out, resume, run_record)
+        if not resume:
+            _write_run_record(out, run_record)
         _log(data.report.summary())
     dist.barrier()
 
