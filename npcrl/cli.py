@@ -347,9 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("store")
     rollback.set_defaults(func=_cmd_rollback)
 
+    from npcrl.evaluation.cli import add_eval_parser
     from npcrl.playlog.cli import add_logs_parser
+    from npcrl.sim.cli import add_simulate_parser
 
     add_logs_parser(sub)
+    add_simulate_parser(sub)
+    add_eval_parser(sub)
 
     quick = sub.add_parser("quickstart", help="fetch + export the default model once, then let an NPC speak")
     quick.add_argument("--bundle", help=f"bundle directory (default: the user cache, {DEFAULT_QUANT})")

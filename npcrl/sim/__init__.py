@@ -1,0 +1,34 @@
+"""Simulated players: headless conversations that leave real play logs (no torch, no pygame).
+
+``features`` reads what a player notices in an NPC line, ``profiles`` turns that into engagement
+(TOML player profiles; four ship in ``npcrl/data/players``), ``simulate`` plays conversations
+through ``NpcAgent`` and ``cli`` adds ``npcrl simulate``.
+"""
+
+from __future__ import annotations
+
+from npcrl.sim.features import FEATURES, line_features
+from npcrl.sim.profiles import (
+    PlayerProfile,
+    PlayerProfileError,
+    Reaction,
+    builtin_profiles,
+    load_profile,
+    load_profiles,
+)
+from npcrl.sim.simulate import SimulatedConversation, SimulatedTurn, SimulationSummary, simulate
+
+__all__ = [
+    "FEATURES",
+    "PlayerProfile",
+    "PlayerProfileError",
+    "Reaction",
+    "SimulatedConversation",
+    "SimulatedTurn",
+    "SimulationSummary",
+    "builtin_profiles",
+    "line_features",
+    "load_profile",
+    "load_profiles",
+    "simulate",
+]
