@@ -54,6 +54,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_loop(args: argparse.Namespace) -> int:
+    """Rounds of simulate -> train -> export -> evaluate, promoting only a better, guarded candidate."""
+    from npcrl.loop import run_loop
+    from npcrl.sim.profiles import load_profiles
+    from npcrl.train.config import load_train_config
+
+    config = load_train_config(args.config)
+    players = list(load_profiles(args.players).values()) if args.players else None
+    results = run_loop(
+        args.bundle,
+        args.out,
+        rounds=args.rounds,
+        conversations=args.conversations,
+        eval_conversations=args.eval_conversations,
+        train_config=config,
+        seed=args.seed,
+        players=players,
+        store=args.store,
+        max_new_tokens=args.max_new_tokens,
+    )
+    print(
+        f"{sum(r.promoted for r in results)} of {len(results)} rounds promoted; summary in {Path(args.out) / 'loop.md'}"
+    )
+    return 0
+
+
 def _cmd_model_fetch(args: argparse.Namespace) -> int:
     from exporters.fetch import fetch_default_model
 
@@ -338,6 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
     train.set_defaults(func=_cmd_train)
+
+    loop = sub.add_parser("loop", help="simulate -> train -> export -> evaluate for K rounds, promoting only winners")
+    loop.add_argument("--bundle", required=True, help="the base bundle (round 1 starts from it; KL is measured to it)")
+    loop.add_argument("--out", required=True, help="output directory (one folder per round, loop.md)")
+    loop.add_argument("--rounds", type=int, default=1)
+    loop.add_argument("--conversations", type=int, default=48, help="simulated conversations to train on per round")
+    loop.add_argument("--eval-conversations", type=int, default=24, help="simulated conversations per evaluated bundle")
+    loop.add_argument("--config", help="training config TOML (docs/TRAINING.md)")
+    loop.add_argument("--players", help="player profile TOML or directory (default: the shipped profiles)")
+    loop.add_argument("--store", help="bundle store to promote winners into (games hot-swap from it)")
+    loop.add_argument("--seed", type=int, default=0)
+    loop.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")
+    loop.set_defaults(func=_cmd_loop)
 
     promote = sub.add_parser("promote", help="make a bundle the one games in a store pick up (atomic)")
     promote.add_argument("store", help="bundle store directory (holds the CURRENT pointer)")

@@ -1,0 +1,194 @@
+"""``npcrl loop``: base bundle -> simulate -> train -> export -> evaluate, for K rounds.
+
+Each round, the current bundle plays simulated players (its logs are real play logs), the
+trainer learns from them, and the candidate is evaluated against the current bundle with the same
+evaluation players and seeds. The candidate is promoted only when it engages more *and* passes
+every guard against reward hacking and language damage (KL to the base, perplexity, repetition,
+line length); the round's ``decision.json`` says why either way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENGAGEMENT = "reward / conversation (95% CI)"
+KL = "KL to reference (nats / line)"
+PERPLEXITY = "held-out persona perplexity"
+REPETITION = "repetition rate"
+WORDS = "words / line"
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Limits a winning candidate must also respect (the issue's targets are the defaults)."""
+
+    max_kl_per_line: float = 5.0
+    """KL to the base bundle, nats per NPC line"""
+    max_perplexity_increase: float = 0.15
+    """held-out persona perplexity may rise by at most this fraction of the base's"""
+    max_repetition_increase: float = 0.10
+    """repetition rate may rise by at most this much (absolute) over the current bundle"""
+    max_length_ratio: float = 1.5
+    """words per line may grow by at most this factor over the current bundle (length hacking)"""
+
+
+def _estimate(value: Any) -> float:
+    return float(value[0]) if isinstance(value, (tuple, list)) else float(value)
+
+
+def decide(
+    candidate: Mapping[str, Any], current: Mapping[str, Any], base_perplexity: float, guards: Guards
+) -> tuple[bool, list[str]]:
+    """(promote?, reasons). Pure: the rows are ``npcrl eval`` metrics of the two bundles."""
+    reasons = []
+    gain = _estimate(candidate[ENGAGEMENT]) - _estimate(current[ENGAGEMENT])
+    wins = gain > 0
+    reasons.append(
+        f"engagement {_estimate(candidate[ENGAGEMENT]):.3f} vs {_estimate(current[ENGAGEMENT]):.3f} "
+        f"({'better' if wins else 'not better'})"
+    )
+    kl = _estimate(candidate[KL])
+    if not math.isfinite(kl) or kl > guards.max_kl_per_line:
+        reasons.append(f"guard: KL to base {kl:.2f} nats/line > {guards.max_kl_per_line}")
+    limit = base_perplexity * (1 + guards.max_perplexity_increase)
+    if _estimate(candidate[PERPLEXITY]) > limit:
+        reasons.append(f"guard: perplexity {_estimate(candidate[PERPLEXITY]):.2f} > {limit:.2f}")
+    repetition = _estimate(candidate[REPETITION]) - _estimate(current[REPETITION])
+    if repetition > guards.max_repetition_increase:
+        reasons.append(f"guard: repetition rate rose by {repetition:.2f}")
+    current_words = _estimate(current[WORDS])
+    if current_words > 0 and _estimate(candidate[WORDS]) > guards.max_length_ratio * current_words:
+        reasons.append(
+            f"guard: words per line {_estimate(candidate[WORDS]):.1f} > {guards.max_length_ratio}x {current_words:.1f}"
+        )
+    broken = any(r.startswith("guard:") for r in reasons)
+    return wins and not broken, reasons
+
+
+@dataclass
+class RoundResult:
+    round: int
+    current: str
+    candidate: str | None
+    promoted: bool
+    reasons: list[str]
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_loop(
+    base: str | Path,
+    out: str | Path,
+    rounds: int,
+    conversations: int,
+    eval_conversations: int,
+    train_config: Any,
+    seed: int = 0,
+    players: Sequence[Any] | None = None,
+    personas: Sequence[Any] | None = None,
+    guards: Guards = Guards(),
+    store: str | Path | None = None,
+    max_new_tokens: int | None = None,
+    system_prompts: dict[str, str] | None = None,
+) -> list[RoundResult]:
+    from npcrl.agent import AgentConfig, with_sampler
+    from npcrl.evaluation.run import EvalSettings, evaluate_bundle
+    from npcrl.persona import builtin_personas
+    from npcrl.playlog import PlayLogWriter
+    from npcrl.promotion import promote
+    from npcrl.rewards import default_reward_spec, load_reward_spec
+    from npcrl.runtime import OnnxCausalLM
+    from npcrl.sim.profiles import builtin_profiles
+    from npcrl.sim.simulate import simulate
+    from npcrl.train.run import train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    personas = list(personas or builtin_personas().values())
+    players = list(players or builtin_profiles().values())
+    spec_path = train_config.data.reward_spec
+    spec = load_reward_spec(spec_path) if spec_path else default_reward_spec()
+    base_model = OnnxCausalLM(base)
+    agent_config = AgentConfig()
+    if max_new_tokens is not None:
+        agent_config = with_sampler(agent_config, max_new_tokens=max_new_tokens)
+    # Evaluation players and seeds stay the same in every round, so rounds are comparable.
+    settings = EvalSettings(conversations=eval_conversations, seed=seed + 10_000, max_new_tokens=max_new_tokens)
+    current = Path(base)
+    current_metrics: dict[str, Any] | None = None
+    base_perplexity: float | None = None
+    results: list[RoundResult] = []
+    for number in range(1, rounds + 1):
+        folder = out / f"round-{number}"
+        seconds: dict[str, float] = {}
+        started = time.perf_counter()
+        with PlayLogWriter(folder / "logs") as writer:
+            simulate(
+                OnnxCausalLM(current),
+                personas,
+                players,
+                writer,
+                conversations,
+                seed + number,
+                agent_config=agent_config,
+                system_prompts=system_prompts,
+            )
+        seconds["simulate"] = time.perf_counter() - started
+        started = time.perf_counter()
+        trained = train(folder / "logs", current, folder / "train", train_config, progress=False)
+        seconds["train_and_export"] = time.perf_counter() - started
+        assert trained is not None and trained.bundle is not None
+        started = time.perf_counter()
+        if current_metrics is None:
+            current_metrics = evaluate_bundle(
+                current, folder / "eval" / "current", personas, players, spec, settings, base_model, system_prompts
+            )
+            base_perplexity = _estimate(current_metrics[PERPLEXITY])
+        candidate_metrics = evaluate_bundle(
+            trained.bundle, folder / "eval" / "candidate", personas, players, spec, settings, base_model, system_prompts
+        )
+        seconds["evaluate"] = time.perf_counter() - started
+        assert base_perplexity is not None
+        promoted, reasons = decide(candidate_metrics, current_metrics, base_perplexity, guards)
+        result = RoundResult(
+            round=number,
+            current=str(current),
+            candidate=str(trained.bundle),
+            promoted=promoted,
+            reasons=reasons,
+            metrics={"current": current_metrics, "candidate": candidate_metrics},
+            seconds=seconds,
+        )
+        (folder / "decision.json").write_text(json.dumps(asdict(result), indent=1, default=list), encoding="utf-8")
+        results.append(result)
+        print(f"round {number}: {'promoted' if promoted else 'kept the current bundle'}; " + "; ".join(reasons))
+        if promoted:
+            if store is not None:
+                promote(store, trained.bundle)
+            current, current_metrics = trained.bundle, candidate_metrics
+    _write_summary(out / "loop.md", results)
+    return results
+
+
+def _write_summary(path: Path, results: list[RoundResult]) -> None:
+    lines = [
+        "# npcrl loop",
+        "",
+        "| round | engagement current | engagement candidate | KL/line | perplexity | promoted | simulate s | train+export s | eval s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        cur, cand = r.metrics["current"], r.metrics["candidate"]
+        lines.append(
+            f"| {r.round} | {_estimate(cur[ENGAGEMENT]):.3f} | {_estimate(cand[ENGAGEMENT]):.3f} | "
+            f"{_estimate(cand[KL]):.2f} | {_estimate(cand[PERPLEXITY]):.2f} | {r.promoted} | "
+            f"{r.seconds['simulate']:.0f} | {r.seconds['train_and_export']:.0f} | {r.seconds['evaluate']:.0f} |"
+        )
+    lines += ["", *(f"- round {r.round}: " + "; ".join(r.reasons) for r in results)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

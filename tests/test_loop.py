@@ -1,0 +1,81 @@
+"""``npcrl loop``: the promotion decision and its guards, and one round end to end on a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from npcrl.loop import ENGAGEMENT, KL, PERPLEXITY, REPETITION, WORDS, Guards, decide
+
+
+def rows(engagement: float, kl: float = 1.0, ppl: float = 50.0, repetition: float = 0.1, words: float = 20.0) -> dict:
+    return {
+        ENGAGEMENT: (engagement, engagement - 0.1, engagement + 0.1),
+        KL: kl,
+        PERPLEXITY: ppl,
+        REPETITION: repetition,
+        WORDS: words,
+    }
+
+
+def test_better_and_within_guards_is_promoted() -> None:
+    promoted, reasons = decide(rows(0.8), rows(0.5), base_perplexity=50.0, guards=Guards())
+    assert promoted and not any(r.startswith("guard") for r in reasons)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "guard"),
+    [
+        (rows(0.8, kl=6.0), "KL to base"),
+        (rows(0.8, ppl=58.0), "perplexity"),
+        (rows(0.8, repetition=0.3), "repetition"),
+        (rows(0.8, words=31.0), "words per line"),
+        (rows(0.8, kl=float("nan")), "KL to base"),
+    ],
+    ids=["kl", "perplexity", "repetition", "length-hacking", "kl-unmeasured"],
+)
+def test_a_winner_that_breaks_a_guard_is_not_promoted_and_says_why(candidate: dict, guard: str) -> None:
+    promoted, reasons = decide(candidate, rows(0.5), base_perplexity=50.0, guards=Guards())
+    assert not promoted
+    assert any(r.startswith("guard") and guard in r for r in reasons), reasons
+    assert "better" in reasons[0]
+
+
+def test_no_gain_is_not_promoted() -> None:
+    promoted, reasons = decide(rows(0.5), rows(0.5), base_perplexity=50.0, guards=Guards())
+    assert not promoted and "not better" in reasons[0]
+
+
+def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    import json
+
+    from npcrl.loop import run_loop
+    from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RunConfig, TrainConfig
+
+    config = TrainConfig(
+        data=DataConfig(holdout_fraction=0.2),
+        model=ModelConfig(mode="full"),
+        ppo=PPOConfig(rollout_turns=4, minibatch_turns=4, micro_batch_turns=4, epochs=1, iterations=1),
+        run=RunConfig(export_quant="fp32", sample_prompts=1, sample_tokens=4, threads=1),
+    ).validate()
+    short = {"blacksmith": "You are Brom.", "innkeeper": "You are Mara.", "guard": "You are Hedda."}
+    store = tmp_path / "store"
+    results = run_loop(
+        tiny_bundles["llama-fp32"],
+        tmp_path / "loop",
+        rounds=1,
+        conversations=6,
+        eval_conversations=3,
+        train_config=config,
+        seed=0,
+        store=store,
+        max_new_tokens=6,
+        system_prompts=short,
+    )
+    (result,) = results
+    decision = json.loads((tmp_path / "loop" / "round-1" / "decision.json").read_text())
+    assert decision["promoted"] == result.promoted and decision["reasons"] == result.reasons
+    assert set(decision["metrics"]) == {"current", "candidate"}
+    assert (store / "CURRENT").is_file() == result.promoted
+    assert "| 1 |" in (tmp_path / "loop" / "loop.md").read_text()
