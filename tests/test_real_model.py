@@ -206,9 +206,10 @@ def test_short_training_run_on_logged_turns_gives_a_loadable_bundle(real_bundle,
     result = train(tmp_path / "logs", real_bundle.root, tmp_path / "run", config, progress=False)
     assert result is not None and result.bundle is not None
     assert result.data.report.turns_logged == 24
-    assert result.data.report.train_turns + result.data.report.holdout_turns + sum(
-        result.data.report.dropped.values()
-    ) == 24
+    assert (
+        result.data.report.train_turns + result.data.report.holdout_turns + sum(result.data.report.dropped.values())
+        == 24
+    )
     new = load_bundle(result.bundle)
     assert new.manifest.parent == real_bundle.bundle_id
     assert new.manifest.provenance["iterations"] == 1
