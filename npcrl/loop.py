@@ -120,7 +120,7 @@ def run_loop(
         agent_config = with_sampler(agent_config, max_new_tokens=max_new_tokens)
     # Evaluation players and seeds stay the same in every round, so rounds are comparable.
     settings = EvalSettings(conversations=eval_conversations, seed=seed + 10_000, max_new_tokens=max_new_tokens)
-    current = Path(base)
+    current, current_model = Path(base), base_model
     current_metrics: dict[str, Any] | None = None
     base_perplexity: float | None = None
     results: list[RoundResult] = []
@@ -130,7 +130,7 @@ def run_loop(
         started = time.perf_counter()
         with PlayLogWriter(folder / "logs") as writer:
             simulate(
-                OnnxCausalLM(current),
+                current_model,
                 personas,
                 players,
                 writer,
@@ -145,13 +145,28 @@ def run_loop(
         seconds["train_and_export"] = time.perf_counter() - started
         assert trained is not None and trained.bundle is not None
         started = time.perf_counter()
+        candidate_model = OnnxCausalLM(trained.bundle)
         if current_metrics is None:
             current_metrics = evaluate_bundle(
-                current, folder / "eval" / "current", personas, players, spec, settings, base_model, system_prompts
+                current_model,
+                folder / "eval" / "current",
+                personas,
+                players,
+                spec,
+                settings,
+                base_model,
+                system_prompts,
             )
             base_perplexity = _estimate(current_metrics[PERPLEXITY])
         candidate_metrics = evaluate_bundle(
-            trained.bundle, folder / "eval" / "candidate", personas, players, spec, settings, base_model, system_prompts
+            candidate_model,
+            folder / "eval" / "candidate",
+            personas,
+            players,
+            spec,
+            settings,
+            base_model,
+            system_prompts,
         )
         seconds["evaluate"] = time.perf_counter() - started
         assert base_perplexity is not None
@@ -171,7 +186,7 @@ def run_loop(
         if promoted:
             if store is not None:
                 promote(store, trained.bundle)
-            current, current_metrics = trained.bundle, candidate_metrics
+            current, current_model, current_metrics = trained.bundle, candidate_model, candidate_metrics
     _write_summary(out / "loop.md", results)
     return results
 

@@ -24,7 +24,7 @@ def test_same_players_against_two_bundles(tiny_bundles: dict[str, Path], tmp_pat
     reference = OnnxCausalLM(tiny_bundles["llama-fp32"])
     rows = {
         name: evaluate_bundle(
-            tiny_bundles[name],
+            reference if name == "llama-fp32" else OnnxCausalLM(tiny_bundles[name]),
             tmp_path / name,
             personas,
             profiles,

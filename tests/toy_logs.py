@@ -33,17 +33,16 @@ PLAYER_LINES = [
 TOY_SAMPLER = SamplerConfig(temperature=1.0, top_p=0.95, max_new_tokens=8)
 
 
-def toy_prompts(bundle: Path) -> list[list[int]]:
-    tokenizer = OnnxCausalLM(bundle).tokenizer
+def toy_prompts(bundle: Path | OnnxCausalLM) -> list[list[int]]:
+    tokenizer = (bundle if isinstance(bundle, OnnxCausalLM) else OnnxCausalLM(bundle)).tokenizer
     return [
         tokenizer.encode_chat([{"role": "system", "content": "You are Brom."}, {"role": "user", "content": line}])
         for line in PLAYER_LINES
     ]
 
 
-def generate_turns(bundle: Path, count: int, seed: int) -> list[tuple[list[int], object]]:
-    model = OnnxCausalLM(bundle)
-    prompts = toy_prompts(bundle)
+def generate_turns(model: OnnxCausalLM, count: int, seed: int) -> list[tuple[list[int], object]]:
+    prompts = toy_prompts(model)
     out = []
     for k in range(count):
         prompt = prompts[k % len(prompts)]
@@ -65,7 +64,7 @@ def pick_target(turns: list[tuple[list[int], object]], rate: float = 0.3) -> int
 def write_toy_logs(bundle: Path, log_dir: Path, count: int, seed: int = 0) -> int:
     """Write ``count`` one-turn conversations; returns the target token id."""
     model = OnnxCausalLM(bundle)
-    turns = generate_turns(bundle, count, seed)
+    turns = generate_turns(model, count, seed)
     target = pick_target(turns)
     now = time.time()
     with PlayLogWriter(log_dir) as writer:

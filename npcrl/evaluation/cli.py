@@ -35,15 +35,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     spec = load_reward_spec(args.spec) if args.spec else default_reward_spec()
     personas = _personas(args.personas)
     profiles = list(load_profiles(args.players).values()) if args.players else list(builtin_profiles().values())
-    reference_dir = args.reference or args.against
-    reference = OnnxCausalLM(reference_dir) if reference_dir else None
     bundles = {"against": args.against, "bundle": args.bundle} if args.against else {"bundle": args.bundle}
+    models = {path: OnnxCausalLM(path) for path in {*bundles.values(), *([args.reference] if args.reference else [])}}
+    reference_dir = args.reference or args.against
+    reference = models[reference_dir] if reference_dir else None
     columns = {}
     for name, path in bundles.items():
         label = f"{name} ({Path(path).name})"
         print(f"evaluating {label} ...", flush=True)
         columns[label] = evaluate_bundle(
-            path, out / "logs" / name, personas, profiles, spec, settings, reference=reference
+            models[path], out / "logs" / name, personas, profiles, spec, settings, reference=reference
         )
     rows = rows_from_columns(columns)
     print(compare_table(rows))

@@ -36,7 +36,7 @@ class EvalSettings:
 
 
 def evaluate_bundle(
-    bundle: str | Path,
+    model: OnnxCausalLM,
     log_dir: Path,
     personas: Sequence[Persona],
     profiles: Sequence[object],
@@ -45,11 +45,13 @@ def evaluate_bundle(
     reference: OnnxCausalLM | None = None,
     system_prompts: dict[str, str] | None = None,
 ) -> dict[str, Value]:
-    """Simulate, then measure; returns report rows (metric -> value) for this bundle."""
+    """Simulate with ``model``, then measure; returns report rows (metric -> value) for its bundle.
+
+    Callers pass loaded models so one bundle used as candidate, reference and simulator is
+    loaded (and its files hashed) once."""
     from npcrl.agent import AgentConfig, with_sampler
     from npcrl.sim.simulate import simulate
 
-    model = OnnxCausalLM(bundle)
     config = AgentConfig()
     if settings.max_new_tokens is not None:
         config = with_sampler(config, max_new_tokens=settings.max_new_tokens)
@@ -66,11 +68,12 @@ def evaluate_bundle(
         )
     rows: dict[str, Value] = dict(log_metrics(log_dir, spec, settings.seed).as_dict())
     turns = [r for r in read_log_dir(log_dir) if isinstance(r, NpcTurn) and not (r.filtered or r.fallback)]
-    # No model line at all (every turn a fallback) leaves nothing to compare: reported as NaN.
-    rows["KL to reference (nats / line)"] = (
-        line_kl(model, reference, turns, max_turns=settings.kl_turns)
-        if reference is not None and turns
-        else (0.0 if reference is None else float("nan"))
-    )
+    if reference is None:
+        kl = 0.0
+    elif not turns:  # every turn a fallback: no model line to compare
+        kl = float("nan")
+    else:
+        kl = line_kl(model, reference, turns, max_turns=settings.kl_turns)
+    rows["KL to reference (nats / line)"] = kl
     rows["held-out persona perplexity"] = perplexity(model, heldout_persona_texts())
     return rows
