@@ -19,6 +19,7 @@ QUICK_REPLIES: dict[str, tuple[str, str, str]] = {
     "blacksmith": ("Can you fix my sword?", "Is there work for me?", "Any news from the north road?"),
     "innkeeper": ("A room for the night, please.", "Heard any gossip?", "Is there work for me here?"),
     "guard": ("I'm only passing through.", "Any trouble on the roads?", "Can I help the watch?"),
+    "miller": ("A sack of flour, please.", "Why is the wheel so slow?", "Is there work for me?"),
 }
 DEFAULT_QUICK_REPLIES = ("Hello there!", "Is there work for me?", "What news?")
 

@@ -35,9 +35,25 @@ PLAYER_TEXT: Color = (170, 210, 255)
 NOTICE: Color = (255, 214, 90)
 QUEST: Color = (140, 230, 140)
 PLAYER: Color = (60, 140, 230)
-NPC_COLORS: dict[str, Color] = {"blacksmith": (150, 78, 40), "innkeeper": (196, 86, 140), "guard": (70, 92, 168)}
-ROOFS: dict[str, Color] = {"house": (150, 60, 50), "forge": (70, 64, 64), "inn": (110, 70, 40)}
-WALLS: dict[str, Color] = {"house": (226, 210, 170), "forge": (112, 104, 100), "inn": (214, 190, 140)}
+NPC_COLORS: dict[str, Color] = {
+    "blacksmith": (150, 78, 40),
+    "innkeeper": (196, 86, 140),
+    "guard": (70, 92, 168),
+    "miller": (208, 172, 70),
+}
+ROOFS: dict[str, Color] = {
+    "house": (150, 60, 50),
+    "forge": (70, 64, 64),
+    "inn": (110, 70, 40),
+    "mill": (176, 150, 80),
+}
+WALLS: dict[str, Color] = {
+    "house": (226, 210, 170),
+    "forge": (112, 104, 100),
+    "inn": (214, 190, 140),
+    "mill": (196, 188, 170),
+}
+WATER: Color = (70, 130, 190)
 
 PANEL_HEIGHT = 250
 PANEL_MARGIN = 10
@@ -369,8 +385,22 @@ def _draw_building(surface: pygame.Surface, building: Building, font: pygame.fon
         sign = pygame.Rect(rect.left - 2, rect.bottom - 50, 44, 18)
         pygame.draw.rect(surface, WOOD, sign)
         pygame.draw.circle(surface, (230, 120, 40), sign.center, 6)  # the fox
+    elif building.kind == "mill":
+        _draw_water_wheel(surface, rect.right - 22, rect.bottom - 24)
     label = font.render(building.name, True, (255, 255, 240))
     surface.blit(label, (rect.centerx - label.get_width() // 2, rect.top + roof_height // 2 - label.get_height() // 2))
+
+
+def _draw_water_wheel(surface: pygame.Surface, cx: int, cy: int, radius: int = 17) -> None:
+    """The mill's wheel on its east wall, over the millstream running along the wall's foot."""
+    pygame.draw.rect(surface, WATER, (cx - radius - 4, cy + radius - 8, 2 * radius + 8, 10))
+    pygame.draw.circle(surface, WOOD, (cx, cy), radius)
+    pygame.draw.circle(surface, (80, 54, 30), (cx, cy), radius, 2)
+    for i in range(8):  # spokes and paddles
+        angle = i * math.pi / 4
+        end = (cx + round(math.cos(angle) * radius), cy + round(math.sin(angle) * radius))
+        pygame.draw.line(surface, (80, 54, 30), (cx, cy), end, 2)
+    pygame.draw.circle(surface, STONE_DARK, (cx, cy), 4)  # the axle
 
 
 def _draw_gate(surface: pygame.Surface, gate: Rect) -> None:

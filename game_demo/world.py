@@ -38,7 +38,7 @@ class Rect:
 class Building:
     name: str
     kind: str
-    """what the renderer draws: "house", "forge", "inn" or "wall"""
+    """what the renderer draws: "house", "forge", "inn", "mill" or "wall"""
     rect: Rect
 
 
@@ -96,14 +96,16 @@ class World:
 
 
 def village() -> World:
-    """Oakrest: a walled village with the gate in the north wall, Brom's forge on the west side of
-    the lane, Mara's inn on the east side, houses to the south, and trees around the edges."""
+    """Oakrest: a walled village with the gate in the north wall, Brom's forge and Osric's watermill
+    on the west side of the lane, Mara's inn on the east side, houses to the south, and trees around
+    the edges."""
     wall_y, wall_h = 0.0, 24.0
     gate = Rect(440, wall_y, 80, wall_h)
     buildings = (
         Building("north wall (west)", "wall", Rect(0, wall_y, gate.x, wall_h)),
         Building("north wall (east)", "wall", Rect(gate.right, wall_y, 960 - gate.right, wall_h)),
         Building("Anvil and Ember", "forge", Rect(110, 190, 170, 100)),
+        Building("Watermill", "mill", Rect(305, 200, 110, 90)),
         Building("Sleeping Fox", "inn", Rect(640, 170, 210, 120)),
         Building("Wenna's cottage", "house", Rect(110, 430, 110, 80)),
         Building("Miller's house", "house", Rect(290, 450, 90, 70)),
@@ -125,6 +127,7 @@ def village() -> World:
         NpcSpot("blacksmith", 195, 305),  # at the forge door
         NpcSpot("innkeeper", 745, 305),  # at the inn door
         NpcSpot("guard", 545, 50),  # beside the gate
+        NpcSpot("miller", 360, 305),  # at the mill door
     )
     return World(960, 640, buildings, trees, paths, npcs, player_start=(480, 560), gate=gate)
 

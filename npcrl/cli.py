@@ -175,7 +175,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _resolve_persona(spec: str):
-    """A built-in persona id (blacksmith, innkeeper, guard) or a path to a persona TOML card."""
+    """A built-in persona id (blacksmith, innkeeper, guard, miller) or a path to a persona TOML card."""
     from npcrl.persona import builtin_personas, load_persona
 
     builtin = builtin_personas()
@@ -331,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser("chat", help="talk to an NPC in the terminal (" + CHAT_HELP + ")")
     chat.add_argument("--bundle", required=True)
-    chat.add_argument("--persona", required=True, help="built-in id (blacksmith, innkeeper, guard) or a .toml card")
+    chat.add_argument(
+        "--persona", required=True, help="built-in id (blacksmith, innkeeper, guard, miller) or a .toml card"
+    )
     chat.add_argument("--logs", help="play-log directory (default: no log)")
     chat.add_argument("--player", default="player", help="player id written to the log")
     _add_sampler_args(chat)

@@ -14,7 +14,12 @@ from npcrl.runtime import OnnxCausalLM
 from npcrl.sim.profiles import builtin_profiles
 
 # The tiny test models have 256 positions: the built-in cards' system prompts do not fit.
-SHORT_PROMPTS = {"blacksmith": "You are Brom.", "innkeeper": "You are Mara.", "guard": "You are Hedda."}
+SHORT_PROMPTS = {
+    "blacksmith": "You are Brom.",
+    "innkeeper": "You are Mara.",
+    "guard": "You are Hedda.",
+    "miller": "You are Osric.",
+}
 
 
 def test_same_players_against_two_bundles(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:

@@ -59,7 +59,12 @@ def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path
         ppo=PPOConfig(rollout_turns=4, minibatch_turns=4, micro_batch_turns=4, epochs=1, iterations=1),
         run=RunConfig(export_quant="fp32", sample_prompts=1, sample_tokens=4, threads=1),
     ).validate()
-    short = {"blacksmith": "You are Brom.", "innkeeper": "You are Mara.", "guard": "You are Hedda."}
+    short = {
+        "blacksmith": "You are Brom.",
+        "innkeeper": "You are Mara.",
+        "guard": "You are Hedda.",
+        "miller": "You are Osric.",
+    }
     store = tmp_path / "store"
     results = run_loop(
         tiny_bundles["llama-fp32"],

@@ -406,7 +406,7 @@ def by_conversation(records):
 def test_simulation_writes_real_play_logs(sim_run):
     summary, results, records = sim_run
     persona_ids = list(builtin_personas())
-    assert [r.persona_id for r in results] == [persona_ids[k % 3] for k in range(6)]
+    assert [r.persona_id for r in results] == [persona_ids[k % len(persona_ids)] for k in range(6)]
     grouped = by_conversation(records)
     assert list(grouped) == [r.conversation_id for r in results]
     for result in results:
