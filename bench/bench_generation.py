@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bandwidth import graph_weight_bytes, memory_bandwidth_gbs  # noqa: E402
 from exporters.parity import log_softmax  # noqa: E402
 from npcrl.paths import default_bundle_dir, default_model_dir, user_cache_dir  # noqa: E402
 
@@ -253,6 +254,19 @@ def main() -> None:
         elif engine.startswith("genai-"):
             genai_model_dir(engine.split("-")[1])
         envs[engine] = env
+    # Bytes one decode step must read: the weights (one embedding row) and the KV cache at the
+    # mean context length; the HF model reads the same matrices as the fp32 graph.
+    kv_per_token = 2 * 30 * 3 * 64 * 4  # SmolLM2: layers x (K, V) x KV heads x head dim x fp32
+    kv_bytes = (len(prompt) + args.tokens / 2) * kv_per_token
+    step_bytes: dict[str, float] = {}
+    for engine in engines:
+        if engine == "hf" or engine.startswith("npcrl-"):
+            bundle = envs[engine].get("NPCRL_BENCH_BUNDLE") or str(default_bundle_dir("fp32"))
+            graph = Path(bundle) / "model.onnx"
+        else:
+            graph = genai_model_dir(engine.split("-")[1]) / "model.onnx"
+        step_bytes[engine] = graph_weight_bytes(graph)["weights"] + kv_bytes
+    bandwidth = [memory_bandwidth_gbs()]
     # Rounds interleave the engines, so slow phases of a shared machine hit all of them alike;
     # each figure is the median over rounds (and the runs inside each round).
     per_round: dict[str, list[dict]] = {engine: [] for engine in engines}
@@ -274,6 +288,7 @@ def main() -> None:
             print(
                 f"  round {round_index + 1}: {engine} {result['decode_tok_s']:.1f} tok/s", file=sys.stderr, flush=True
             )
+    bandwidth.append(memory_bandwidth_gbs())
     results: dict[str, dict] = {}
     for engine, rounds in per_round.items():
         speeds = [r["decode_tok_s"] for r in rounds]
@@ -283,6 +298,7 @@ def main() -> None:
             "decode_tok_s": float(np.median(speeds)),
             "decode_tok_s_range": [min(speeds), max(speeds)],
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds),
+            "mb_per_token": step_bytes[engine] / 1e6,
         }
 
     hf = results.get("hf", {}).get("decode_tok_s")
@@ -291,7 +307,12 @@ def main() -> None:
         f"\nprompt {len(prompt)} tokens, {args.tokens} new tokens; median over {args.rounds} interleaved rounds "
         f"of {args.repeats} runs each; cpu threads {os.cpu_count()}"
     )
-    header = f"{'engine':18s} {'TTFT ms':>8s} {'decode tok/s':>12s} {'(min-max)':>11s} {'x HF':>6s} {'x genai-int4':>12s} {'peak RSS MB':>11s} {'KL vs fp32':>10s} {'top-1':>6s}"
+    peak_bw = max(bandwidth)
+    print(
+        f"memory read bandwidth (numpy sum over 256 MB, best of 5) {bandwidth[0]:.1f} GB/s before, "
+        f"{bandwidth[1]:.1f} GB/s after; MB/token = weights read per decode step + KV at the mean context"
+    )
+    header = f"{'engine':18s} {'TTFT ms':>8s} {'decode tok/s':>12s} {'(min-max)':>11s} {'x HF':>6s} {'x genai-int4':>12s} {'MB/token':>8s} {'GB/s':>5s} {'% bw':>5s} {'peak RSS MB':>11s} {'KL vs fp32':>10s} {'top-1':>6s}"
     print(header)
     print("-" * len(header))
     for engine, r in results.items():
@@ -299,12 +320,17 @@ def main() -> None:
             f"{engine:18s} {r['ttft_s'] * 1000:8.0f} {r['decode_tok_s']:12.1f} "
             f"{r['decode_tok_s_range'][0]:5.0f}-{r['decode_tok_s_range'][1]:<5.0f} "
             f"{r['decode_tok_s'] / hf if hf else float('nan'):6.2f} "
-            f"{r['decode_tok_s'] / genai if genai else float('nan'):12.2f} {r['peak_rss_mb']:11.0f} "
+            f"{r['decode_tok_s'] / genai if genai else float('nan'):12.2f} "
+            f"{r['mb_per_token']:8.1f} {r['mb_per_token'] * r['decode_tok_s'] / 1e3:5.1f} "
+            f"{r['mb_per_token'] * r['decode_tok_s'] / 1e3 / peak_bw * 100:4.0f}% {r['peak_rss_mb']:11.0f} "
             f"{r['kl_vs_fp32']:10.4f} {r['top1_vs_fp32']:6.3f}"
         )
     if args.json:
         args.json.write_text(
-            json.dumps({"prompt_tokens": len(prompt), "tokens": args.tokens, "results": results}, indent=2)
+            json.dumps(
+                {"prompt_tokens": len(prompt), "tokens": args.tokens, "bandwidth_gbs": bandwidth, "results": results},
+                indent=2,
+            )
         )
 
 

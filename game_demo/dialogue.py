@@ -47,6 +47,7 @@ class ConversationLike(Protocol):
     @property
     def greeting(self) -> str: ...
     def respond_async(self, player_text: str) -> PendingLike: ...
+    def player_typing(self, text: str) -> None: ...
     def rate(self, positive: bool) -> None: ...
     def accept_quest(self, quest: str) -> None: ...
     def walk_away(self) -> None: ...
@@ -189,10 +190,17 @@ class Dialogue:
             # reply box should not show them in the first place.
             clean = "".join(ch for ch in text if ch.isprintable())
             self.draft = (self.draft + clean)[:MAX_DRAFT_CHARS]
+            self._draft_changed()
 
     def backspace(self) -> None:
         if self.typing:
             self.draft = self.draft[:-1]
+            self._draft_changed()
+
+    def _draft_changed(self) -> None:
+        # The NPC prefills the prompt as it would be sent now, so Enter gets an answer at once.
+        if self.draft.strip() and not self.npc_busy:
+            self.conversation.player_typing(self.draft)
 
     def cancel_typing(self) -> None:
         self.typing = False

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from npcrl.errors import NpcrlError
+from npcrl.kvcache import KVCache, common_prefix_length
 from npcrl.persona import Persona
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter
 from npcrl.postprocess import postprocess_line
-from npcrl.runtime import CancelToken, GenerationResult, KVCache, OnnxCausalLM
+from npcrl.runtime import CancelToken, GenerationResult, OnnxCausalLM
 from npcrl.safety import OutputFilter, delimit_player_text, sanitize_player_text
 from npcrl.sampler import SamplerConfig
 
@@ -172,19 +173,18 @@ class NpcAgent:
         self.npc_id = npc_id or persona.id
         self.output_filter = output_filter or OutputFilter(refuse_topics=persona.refuse_topics)
         self.system_prompt = system_prompt if system_prompt is not None else persona.system_prompt()
-        self._prefix_lock = threading.Lock()
-        self._prefix: tuple[str, str, KVCache] | None = None  # (bundle id, system prompt, its KV cache)
+        self._system_ids: tuple[str, str, list[int]] | None = None  # (bundle id, system prompt, its ids)
 
     def prefix_cache(self, model: OnnxCausalLM) -> KVCache | None:
-        """The KV cache of this NPC's system turn on ``model``, computed once and reused by every
-        turn: the persona is most of each prompt (about 600 of 700 tokens for the shipped cards)."""
-        with self._prefix_lock:
-            key = (model.bundle_id, self.system_prompt)
-            if self._prefix is None or self._prefix[:2] != key:
-                system = [{"role": "system", "content": self.system_prompt}]
-                ids = model.tokenizer.encode_chat(system, add_generation_prompt=False)
-                self._prefix = (*key, model.prefill(ids))
-            return self._prefix[2]
+        """The KV cache of this NPC's system turn on ``model``: computed once per persona and
+        bundle and kept in the model's LRU prefix store, so NPCs with the same persona share it.
+        The persona is most of each prompt (about 600 of 700 tokens for the shipped cards)."""
+        key = (model.bundle_id, self.system_prompt)
+        memo = self._system_ids
+        if memo is None or memo[:2] != key:
+            system = [{"role": "system", "content": self.system_prompt}]
+            memo = self._system_ids = (*key, model.tokenizer.encode_chat(system, add_generation_prompt=False))
+        return model.prefix_cache(memo[2])
 
     def start_conversation(self, player_id: str = "player") -> Conversation:
         return Conversation(self, player_id)
@@ -219,6 +219,8 @@ class Conversation:
         self._history_cache: KVCache | None = None
         self._history_ready = threading.Event()
         self._history_ready.set()
+        self._typed = ""  # the player's draft, for prefilling while they type
+        self._typing_worker = False
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._log(
@@ -251,9 +253,7 @@ class Conversation:
         if self._pending is not None and not self._pending.done:
             raise RuntimeError("the NPC is still answering; cancel() the pending line first")
         now = time.monotonic()
-        clean = sanitize_player_text(
-            player_text, self.model.tokenizer.special_token_strings, self.agent.config.max_player_chars
-        )
+        clean = self._clean(player_text)
         if self.lines and self._last_line_at is not None:
             # The player answered the NPC's last line: that is engagement with it.
             self.record("reply", value=now - self._last_line_at, text=clean, chars=len(clean))
@@ -332,8 +332,13 @@ class Conversation:
         self._history_ready.wait(config.time_budget_s)  # the previous turn's cache extension
         try:
             messages, prompt = self._prompt(clean)
+            history, self._history_cache = self._history_cache, None  # the generation owns it now
             generation = self.model.generate(
-                prompt, config.sampler, cancel=pending.cancel_token, prefix_cache=self._best_prefix(prompt)
+                prompt,
+                config.sampler,
+                cancel=pending.cancel_token,
+                prefix_cache=self._persona_prefix(prompt),
+                cache=history if config.reuse_persona_prefix else None,
             )
             watchdog = threading.Timer(config.time_budget_s, pending.cancel_token.cancel)
             watchdog.daemon = True
@@ -388,44 +393,103 @@ class Conversation:
                 filter_reason=reason,
             )
         )
-        if fallback or filtered or generation is None or generation.prompt_cache is None:
+        cache = generation.cache if generation is not None else None
+        if fallback or filtered or cache is None or not config.reuse_persona_prefix:
+            # the line is not part of the memory, but the prompt's KV up to it still is
+            self._history_cache = cache if config.reuse_persona_prefix and not self.ended else None
             pending._finish(line)
             return
         self._history_ready.clear()
         pending._finish(line)
         try:
-            self._extend_history(generation.prompt_cache, messages, prompt, text)
+            # While the player reads the line: the KV state of the conversation so far, up to where
+            # the player's next words will go, so the next turn prefills only those words.
+            self._history_cache = cache
+            self._prefill_ahead(self._next_prompt_stem())
         finally:
             self._history_ready.set()
 
-    def _best_prefix(self, prompt: list[int]) -> KVCache | None:
-        """The longest cached prefix of ``prompt``: this conversation's history, else the persona."""
+    def _persona_prefix(self, prompt: list[int]) -> KVCache | None:
         if not self.agent.config.reuse_persona_prefix:
             return None
-        for cache in (self._history_cache, self.agent.prefix_cache(self.model)):
-            if cache is not None and len(cache) < len(prompt) and prompt[: len(cache)] == cache.token_ids:
-                return cache
+        prefix = self.agent.prefix_cache(self.model)
+        if prefix is not None and len(prefix) < len(prompt) and prompt[: len(prefix)] == prefix.token_ids:
+            return prefix
         return None  # the template tokenised the system turn differently in context
 
-    def _extend_history(
-        self, prompt_cache: KVCache, messages: list[dict[str, str]], prompt: list[int], line: str
-    ) -> None:
-        """Prefill the NPC's shown line after the prompt, while the player reads it."""
-        self._history_cache = None
-        if not self.agent.config.reuse_persona_prefix or self.ended:
+    def _next_prompt_stem(self) -> list[int]:
+        """Token ids every next prompt starts with, whatever the player says: the prompts for two
+        different lines, up to one token before where they part (that token may merge with the
+        player's first word)."""
+        a = self.build_prompt("Hello there")
+        b = self.build_prompt("What now")
+        return a[: max(0, common_prefix_length(a, b) - 1)]
+
+    def _prefill_ahead(self, stem: list[int]) -> None:
+        """Bring the conversation's cache to hold ``stem`` (rewinding what differs), off the game thread."""
+        if self.ended or not stem:
             return
-        full = self.model.tokenizer.encode_chat(
-            [*messages, {"role": "assistant", "content": line}], add_generation_prompt=False
-        )
-        if full[: len(prompt)] != prompt or len(full) <= len(prompt):
-            return
-        cache = prompt_cache.fork()
+        cache = self._history_cache
+        if cache is None or not cache.alive:
+            prefix = self._persona_prefix(stem + [0])
+            cache = prefix.fork() if prefix is not None else self.model.new_cache()
+        shared = common_prefix_length(cache.token_ids, stem)
+        cache.truncate(shared)
         try:
-            self.model.forward(full[len(prompt) :], cache)
+            if shared < len(stem):
+                self.model.forward(stem[shared:], cache)
         except Exception:  # only an optimisation: the next turn starts from the persona prefix
             log.exception("could not extend the conversation cache of NPC %s", self.agent.npc_id)
-            return
+            cache.release()
+            cache = None
+        if self.ended and cache is not None:  # ended meanwhile: give the slot back now
+            cache.release()
+            cache = None
         self._history_cache = cache
+
+    def player_typing(self, text: str) -> None:
+        """The player has typed ``text`` so far: prefill, in a worker thread, the whole prompt the
+        NPC would get if the player sent it now. If the player does send it, the answer starts
+        without any prefill; if they type on, the cache is rewound to what still matches. Call it
+        on every key; it never blocks, and while a prefill runs only the latest text is kept."""
+        if self.ended or not self.agent.config.reuse_persona_prefix:
+            return
+        if self._pending is not None and not self._pending.done:
+            return
+        with self._lock:
+            self._typed = text
+            if self._typing_worker:
+                return  # the running worker picks the latest text up when it finishes
+            self._typing_worker = True
+            self._history_ready.clear()
+
+        def work() -> None:
+            done: str | None = None
+            try:
+                while True:
+                    with self._lock:
+                        typed = self._typed
+                        if typed == done or self.ended:
+                            self._typing_worker = False
+                            return
+                    self._prefill_ahead(self.build_prompt(self._clean(typed)))
+                    done = typed
+            finally:
+                with self._lock:
+                    self._typing_worker = False
+                self._history_ready.set()
+
+        worker = threading.Thread(target=self._tracked, args=(work,), name=f"npcrl-{self.agent.npc_id}-typing")
+        worker.daemon = True
+        with _WORKERS_LOCK:
+            _WORKERS.add(worker)
+        self._worker = worker
+        worker.start()
+
+    def _clean(self, player_text: str) -> str:
+        return sanitize_player_text(
+            player_text, self.model.tokenizer.special_token_strings, self.agent.config.max_player_chars
+        )
 
     def _final_text(
         self, result: GenerationResult | None, error: str | None, turn_index: int
@@ -492,7 +556,9 @@ class Conversation:
         if self.ended:
             return
         self.ended = True
-        self._history_cache = None  # free its memory (about 40 KB per token for SmolLM2)
+        cache, self._history_cache = self._history_cache, None
+        if cache is not None and self._history_ready.is_set():
+            cache.release()  # free its slot now (about 46 KB per token for SmolLM2)
         self._log(ConversationEnd(conversation_id=self.conversation_id, reason=reason, time=time.time()))
 
     def _log(self, record: Any) -> None:

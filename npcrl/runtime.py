@@ -1,9 +1,10 @@
 """Incremental generation with an exported bundle on onnxruntime (no torch).
 
-The KV cache lives in onnxruntime ``OrtValue``s bound through IO binding: each step's
-``present.*`` outputs are fed back as the next step's ``past.*`` inputs without a round trip
-through numpy, which was the main cost of a naive decode loop. ``InferenceSession.run`` releases
-the GIL, so generation in a worker thread leaves a game's main thread free.
+Fused graphs write keys and values in place into preallocated pool slots bound through IO
+binding (``npcrl.kvcache``): no per-step KV copies. Every forward pass of a model goes through
+one ``StepScheduler`` (``npcrl.scheduler``), which runs concurrent decode steps of several NPCs
+as one batched pass. ``InferenceSession.run`` releases the GIL, so generation in a worker
+thread leaves a game's main thread free.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import onnxruntime as ort
 
 from npcrl.bundle import Bundle, load_bundle
 from npcrl.errors import BundleError, GenerationError
+from npcrl.kvcache import ConcatCache, FrozenCache, KVCache, KVPool, PrefixStore, SlotCache, common_prefix_length
 from npcrl.sampler import SampledToken, Sampler, SamplerConfig
+from npcrl.scheduler import Job, StepScheduler
 from npcrl.streaming import IncrementalDecoder, StopStringMatcher
 from npcrl.tokenizer import BundleTokenizer
 
@@ -47,22 +50,18 @@ class SessionOptions:
     """let idle ORT threads busy-wait: faster decode, but burns a core a game's main loop may want"""
     verify_hashes: bool = True
     """re-hash bundle files on load (refuses tampered bundles; about 1 s per 500 MB)"""
-
-
-class KVCache:
-    """The past key/values of one sequence, held as OrtValues, plus the tokens they cover."""
-
-    def __init__(self, values: list[ort.OrtValue], token_ids: list[int]) -> None:
-        self.values = values
-        self.token_ids = token_ids
-
-    def __len__(self) -> int:
-        return len(self.token_ids)
-
-    def fork(self) -> KVCache:
-        """An independent copy that shares the tensors: ``forward`` never writes into its inputs, it
-        replaces ``values`` with new outputs, so a prefix cache can seed any number of sequences."""
-        return KVCache(list(self.values), list(self.token_ids))
+    kv_slots: int = 8
+    """fused graphs: sequences whose KV state is kept at once (conversations); LRU-evicted beyond"""
+    kv_capacity: int | None = None
+    """fused graphs: positions per slot (None: the model's positions, at most 2048)"""
+    prefix_cache_mb: float = 256.0
+    """memory for read-only prefix caches (persona system turns), LRU-evicted beyond"""
+    batch_decode: bool = True
+    """run concurrent one-token decode steps of several sequences as one batched pass"""
+    gather_ms: float = 3.0
+    """how long a pass waits for the other generating sequences' steps to join its batch"""
+    prefill_chunk: int = 32
+    """while other sequences generate, prefill in chunks of this many tokens so their steps interleave"""
 
 
 class CancelToken:
@@ -108,6 +107,21 @@ class OnnxCausalLM:
         self.session = self._create_session(bundle.onnx_path)
         self._check_graph_interface()
         self._kv_dtype = np.dtype(self.kv_layout.dtype)
+        self.in_place_kv = manifest.model.get("graph") == "fused"
+        """fused (GroupQueryAttention) graphs accept one buffer as past and present: KV pool slots"""
+        self.scheduler = StepScheduler(
+            self._run_decode_batch if self.in_place_kv and self.options.batch_decode else None,
+            gather_s=self.options.gather_ms / 1000,
+        )
+        self.pool: KVPool | None = None
+        if self.in_place_kv:
+            capacity = self.options.kv_capacity or min(self.max_positions or 2048, 2048)
+            self.pool = KVPool(self.kv_layout, self.options.kv_slots, capacity, exclusive=self.scheduler.call)
+        self.max_tokens = self.pool.max_tokens if self.pool is not None else self.max_positions
+        """most tokens one sequence may hold (positions, and the pool's capacity)"""
+        if self.pool is not None and self.max_positions is not None:
+            self.max_tokens = min(self.pool.max_tokens, self.max_positions)
+        self.prefixes = PrefixStore(int(self.options.prefix_cache_mb * 2**20), self.kv_layout.bytes_per_token())
 
     def _create_session(self, path: Path) -> ort.InferenceSession:
         so = ort.SessionOptions()
@@ -141,47 +155,152 @@ class OnnxCausalLM:
         return self.bundle.bundle_id
 
     def new_cache(self) -> KVCache:
+        """An empty cache (a pool slot for fused graphs; released when dropped)."""
+        if self.pool is not None:
+            return self.pool.acquire()
         layout = self.kv_layout
         empty = np.zeros((1, layout.num_kv_heads, 0, layout.head_dim), dtype=self._kv_dtype)
-        return KVCache([ort.OrtValue.ortvalue_from_numpy(empty) for _ in layout.past_names()], [])
+        return ConcatCache([ort.OrtValue.ortvalue_from_numpy(empty) for _ in layout.past_names()], [])
 
     def forward(self, token_ids: Sequence[int], cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Feed ``token_ids`` after what ``cache`` holds; returns the last position's logits (V,)
         or, with ``all_logits``, every fed position's logits (T, V). ``cache`` is updated in place."""
         if len(token_ids) == 0:
             raise GenerationError("forward() needs at least one token")
-        past_len = len(cache)
-        total = past_len + len(token_ids)
-        if self.max_positions is not None and total > self.max_positions:
-            raise GenerationError(f"sequence of {total} tokens exceeds the model's {self.max_positions} positions")
-        ids = np.asarray(token_ids, dtype=np.int64)[None, :]
+        if isinstance(cache, FrozenCache):
+            raise GenerationError("a FrozenCache is read-only: fork() it to continue from it")
+        if not cache.alive:
+            raise GenerationError("this KV cache was evicted or released; start again from a prefix")
+        total = len(cache) + len(token_ids)
+        if self.max_tokens is not None and total > self.max_tokens:
+            raise GenerationError(f"sequence of {total} tokens exceeds the {self.max_tokens} this model can hold")
+        ids = np.asarray(token_ids, dtype=np.int64)
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             raise GenerationError(f"token id out of range [0, {self.vocab_size}): {int(ids.min())}..{int(ids.max())}")
-        binding = self.session.io_binding()
+        if not isinstance(cache, SlotCache):
+            assert isinstance(cache, ConcatCache)
+            logits = self.scheduler.call(lambda: self._run_concat(ids, cache, all_logits))
+            cache.last_logits = logits[-1].copy()
+            return logits if all_logits else logits[-1]
+        assert self.pool is not None
+        self.pool.pin(cache)
+        try:
+            parts = []
+            start = 0
+            while start < len(ids):
+                # Alone, prefill in one pass (fastest); beside other generating sequences, in chunks
+                # so that their decode steps go on between them.
+                others = self.scheduler.active_sequences > 1
+                size = self.options.prefill_chunk if others and self.options.prefill_chunk > 0 else len(ids)
+                chunk = ids[start : start + size]
+                start += len(chunk)
+                want_all = all_logits or start == len(ids)
+                job = Job(
+                    lambda chunk=chunk, want_all=want_all: self._run_slot(chunk, cache, want_all),
+                    batch_key=self.pool if len(chunk) == 1 else None,
+                    payload=(cache, int(chunk[0])),
+                )
+                logits = self.scheduler.submit(job)
+                if want_all:
+                    parts.append(logits)
+        finally:
+            self.pool.unpin(cache)
+        logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        cache.last_logits = logits[-1].copy()
+        return logits if all_logits else logits[-1]
+
+    def _bind_common(self, binding: ort.IOBinding, ids: np.ndarray, mask: np.ndarray) -> None:
         binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
-        if self.kv_layout.position_ids:
-            binding.bind_cpu_input("position_ids", np.arange(past_len, total, dtype=np.int64)[None, :])
-        for name, value in zip(self.kv_layout.past_names(), cache.values, strict=True):
-            binding.bind_ortvalue_input(name, value)
+        binding.bind_cpu_input("attention_mask", mask)
         binding.bind_output("logits")
-        for name in self.kv_layout.present_names():
-            binding.bind_output(name)
+
+    def _run(self, binding: ort.IOBinding) -> list[ort.OrtValue]:
         try:
             self.session.run_with_iobinding(binding)
         except Exception as exc:
             raise GenerationError(f"onnxruntime failed on a forward pass: {exc}") from exc
-        outputs = binding.get_outputs()
+        return binding.get_outputs()
+
+    def _bind_rows(self, binding: ort.IOBinding, rows: list[np.ndarray]) -> None:
+        """Bind pool rows as both past input and present output: the graph writes in place."""
+        layout = self.kv_layout
+        for past, present, row in zip(layout.past_names(), layout.present_names(), rows, strict=True):
+            shape, ptr = list(row.shape), row.ctypes.data
+            binding.bind_input(past, "cpu", 0, self._kv_dtype, shape, ptr)
+            binding.bind_output(present, "cpu", 0, self._kv_dtype, shape, ptr)
+
+    def _run_slot(self, ids: np.ndarray, cache: SlotCache, all_logits: bool) -> np.ndarray:
+        """One sequence's pass in its pool slot (runs inside the scheduler)."""
+        assert self.pool is not None and cache.slot is not None
+        past = len(cache)
+        binding = self.session.io_binding()
+        self._bind_common(binding, ids[None, :], np.ones((1, past + len(ids)), dtype=np.int64))
+        self._bind_rows(binding, self.pool.rows(cache.slot, cache.slot))
+        logits = self._run(binding)[0].numpy()[0]
+        cache.token_ids.extend(int(t) for t in ids)
+        return logits if all_logits else logits[-1:]
+
+    def _run_decode_batch(self, jobs: list[Job]) -> list[np.ndarray]:
+        """One-token steps of several slots as one pass over the pool rows between them; rows
+        in between that are not stepping get a dummy token written at their length, which only
+        touches a position past the tokens they hold (runs inside the scheduler)."""
+        assert self.pool is not None
+        steps: list[tuple[SlotCache, int]] = [job.payload for job in jobs]
+        slots = [cache.slot for cache, _ in steps]
+        assert all(slot is not None for slot in slots)
+        lo, hi = min(slots), max(slots)  # type: ignore[type-var]
+        lengths = self.pool.lengths(lo, hi)
+        ids = np.zeros((hi - lo + 1, 1), dtype=np.int64)
+        for (_, token), slot in zip(steps, slots, strict=True):
+            ids[slot - lo, 0] = token
+        mask = (np.arange(int(lengths.max()) + 1)[None, :] <= lengths[:, None]).astype(np.int64)
+        binding = self.session.io_binding()
+        self._bind_common(binding, ids, mask)
+        self._bind_rows(binding, self.pool.rows(lo, hi))
+        logits = self._run(binding)[0].numpy()  # (rows, 1, V)
+        out = []
+        for (cache, token), slot in zip(steps, slots, strict=True):
+            cache.token_ids.append(token)
+            out.append(logits[slot - lo].copy())
+        return out
+
+    def _run_concat(self, ids: np.ndarray, cache: ConcatCache, all_logits: bool) -> np.ndarray:
+        """Traced graphs: past in, new present tensors out."""
+        past_len = len(cache)
+        total = past_len + len(ids)
+        binding = self.session.io_binding()
+        self._bind_common(binding, ids[None, :], np.ones((1, total), dtype=np.int64))
+        if self.kv_layout.position_ids:
+            binding.bind_cpu_input("position_ids", np.arange(past_len, total, dtype=np.int64)[None, :])
+        for name, value in zip(self.kv_layout.past_names(), cache.values, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        for name in self.kv_layout.present_names():
+            binding.bind_output(name)
+        outputs = self._run(binding)
         cache.values = list(outputs[1:])
-        cache.token_ids.extend(int(t) for t in token_ids)
+        cache.token_ids.extend(int(t) for t in ids)
         logits = outputs[0].numpy()[0]  # (T, V)
-        return logits if all_logits else logits[-1]
+        return logits if all_logits else logits[-1:]
 
     def prefill(self, token_ids: Sequence[int]) -> KVCache:
-        """The KV cache of ``token_ids`` (e.g. a persona's system prompt), to seed later generations."""
+        """A cache holding ``token_ids`` (e.g. a system prompt), to seed or continue generations."""
         cache = self.new_cache()
         self.forward(token_ids, cache)
         return cache
+
+    def prefix_cache(self, token_ids: Sequence[int]) -> KVCache:
+        """The read-only cache of ``token_ids``, computed once per model and kept in an LRU store
+        (``SessionOptions.prefix_cache_mb``): every NPC with the same persona shares it."""
+
+        def compute() -> KVCache:
+            cache = self.prefill(token_ids)
+            if isinstance(cache, SlotCache):
+                frozen = cache.freeze()
+                cache.release()
+                return frozen
+            return cache
+
+        return self.prefixes.get(token_ids, compute)
 
     def generate(
         self,
@@ -190,14 +309,18 @@ class OnnxCausalLM:
         cancel: CancelToken | None = None,
         ignore_eos: bool = False,
         prefix_cache: KVCache | None = None,
+        cache: KVCache | None = None,
     ) -> Generation:
         """Start generating after ``prompt_ids``; iterate the result for streamed text.
 
         ``prefix_cache`` holds a prefix of ``prompt_ids`` already computed (it is forked, not
-        changed), so only the rest is prefilled. ``ignore_eos`` keeps going past EOS (benchmarks
-        that need a fixed token count)."""
+        changed), so only the rest is prefilled. ``cache`` (e.g. a conversation's so far) is
+        continued in place instead, rewound to the longest prefix it shares with the prompt, when
+        that covers more of the prompt than ``prefix_cache``; the cache used is
+        ``Generation.cache``. ``ignore_eos`` keeps going past EOS (benchmarks that need a fixed
+        token count)."""
         return Generation(
-            self, list(prompt_ids), config or SamplerConfig(), cancel or CancelToken(), ignore_eos, prefix_cache
+            self, list(prompt_ids), config or SamplerConfig(), cancel or CancelToken(), ignore_eos, prefix_cache, cache
         )
 
     def generate_text(self, prompt_ids: Sequence[int], config: SamplerConfig | None = None) -> GenerationResult:
@@ -229,6 +352,8 @@ class GenerationResult:
     time_to_first_token_s: float
     total_s: float
     sampler: dict[str, object] = field(default_factory=dict)
+    reused_tokens: int = 0
+    """prompt tokens whose KV state came from a cache (only the rest was prefilled)"""
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -250,6 +375,7 @@ class Generation:
         cancel: CancelToken,
         ignore_eos: bool = False,
         prefix_cache: KVCache | None = None,
+        cache: KVCache | None = None,
     ):
         if not prompt_ids:
             raise GenerationError("the prompt is empty; at least one token is needed")
@@ -258,8 +384,10 @@ class Generation:
         ):
             raise GenerationError("prefix_cache does not hold a proper prefix of the prompt")
         self.prefix_cache = prefix_cache
-        self.prompt_cache: KVCache | None = None
-        """the KV cache of exactly the prompt, kept after the prefill so callers can extend it"""
+        self.cache: KVCache | None = cache
+        """the cache this generation runs in: the prompt, then every sampled token but the last"""
+        self.reused_tokens = 0
+        """prompt tokens that came from a cache rather than a prefill"""
         self.model = model
         self.prompt_ids = prompt_ids
         self.config = config
@@ -267,6 +395,26 @@ class Generation:
         self.ignore_eos = ignore_eos
         self.result: GenerationResult | None = None
         self._iterator = self._run()
+
+    def _start_cache(self) -> KVCache:
+        """The given cache rewound to what it shares with the prompt, a fork of the prefix cache,
+        or a new cache: whichever leaves the least to prefill."""
+        model, prompt = self.model, self.prompt_ids
+        own = self.cache
+        shared = 0
+        if own is not None and own.alive:
+            shared = common_prefix_length(own.token_ids, prompt)
+            if not (shared == len(prompt) == len(own) and own.last_logits is not None):
+                shared = min(shared, len(prompt) - 1)  # at least one token to feed for logits
+        prefix = len(self.prefix_cache) if self.prefix_cache is not None else 0
+        if own is not None and own.alive and shared >= prefix and shared > 0:
+            own.truncate(shared)
+            return own
+        if own is not None:
+            own.release()
+        if self.prefix_cache is not None and self.prefix_cache.alive:
+            return self.prefix_cache.fork()
+        return model.new_cache()
 
     def cancel(self) -> None:
         self.cancel_token.cancel()
@@ -286,26 +434,45 @@ class Generation:
         sampler = Sampler(config)
         decoder = IncrementalDecoder(model.tokenizer.tokenizer, skip_special_tokens=True)
         stops = StopStringMatcher(config.stop_strings)
-        cache = self.prefix_cache.fork() if self.prefix_cache is not None else model.new_cache()
+        start = time.perf_counter()  # time to first token includes seeding the cache
+        cache = self.cache = self._start_cache()
+        self.reused_tokens = len(cache)
+        pool = model.pool if isinstance(cache, SlotCache) else None
+        if pool is not None:
+            pool.pin(cache)  # type: ignore[arg-type]
+        model.scheduler.begin_sequence()
+        try:
+            yield from self._loop(cache, sampler, decoder, stops, start)
+        finally:
+            model.scheduler.end_sequence()
+            if pool is not None:
+                pool.unpin(cache)  # type: ignore[arg-type]
+
+    def _loop(
+        self, cache: KVCache, sampler: Sampler, decoder: IncrementalDecoder, stops: StopStringMatcher, start: float
+    ) -> Iterator[StreamChunk]:
+        model, config = self.model, self.config
         context = np.asarray(self.prompt_ids, dtype=np.int64)
         tokens: list[SampledToken] = []
         text_parts: list[str] = []
         stop_reason: StopReason = "max_new_tokens"
-        start = time.perf_counter()
         first_token_at = start
         feed = self.prompt_ids[len(cache) :]
         while len(tokens) < config.max_new_tokens:
             if self.cancel_token.cancelled:
                 stop_reason = "cancelled"
                 break
-            if model.max_positions is not None and len(cache) + len(feed) > model.max_positions:
+            if model.max_tokens is not None and len(cache) + len(feed) > model.max_tokens:
                 stop_reason = "context_full"
                 break
-            logits = model.forward(feed, cache)
+            if feed:
+                logits = model.forward(feed, cache)
+            else:  # the cache holds the whole prompt (prefilled while the player typed)
+                assert cache.last_logits is not None
+                logits = cache.last_logits
             token = sampler.sample(logits, context)
             if not tokens:
                 first_token_at = time.perf_counter()
-                self.prompt_cache = cache.fork()
             tokens.append(token)
             context = np.append(context, token.token_id)
             if token.token_id in model.eos_token_ids and not self.ignore_eos:
@@ -335,4 +502,5 @@ class Generation:
             time_to_first_token_s=(first_token_at - start) if tokens else 0.0,
             total_s=time.perf_counter() - start,
             sampler=config.to_dict(),
+            reused_tokens=self.reused_tokens,
         )

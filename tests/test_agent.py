@@ -228,8 +228,11 @@ def test_later_turns_prefill_only_the_new_player_line(model, monkeypatch):
     conversation = agent.start_conversation()
     first = conversation.respond("Hello there!")
     assert not first.fallback
-    history = conversation._history_cache  # the prompt and the shown line, prefilled after the turn
+    history = conversation._history_cache  # prompt, shown line and the next user header, prefilled after the turn
     assert history is not None and len(history) > len(first.generation.prompt_ids)
+    history_ids = list(history.token_ids)  # the cache object is continued in place by the next turn
+    # It reaches past the shown line to where the player's next words go (the user header).
+    assert history_ids == conversation._next_prompt_stem()
     fed: list[int] = []
     real_forward = model.forward
 
@@ -240,8 +243,9 @@ def test_later_turns_prefill_only_the_new_player_line(model, monkeypatch):
     monkeypatch.setattr(model, "forward", counting_forward)
     second = conversation.respond("And the anvil?")
     prompt = second.generation.prompt_ids
-    assert prompt[: len(history)] == history.token_ids
-    assert fed[0] == len(prompt) - len(history) < len(prompt) - len(agent.prefix_cache(model))
+    assert prompt[: len(history_ids)] == history_ids
+    assert second.generation.reused_tokens == len(history_ids)
+    assert fed[0] == len(prompt) - len(history_ids) < len(prompt) - len(agent.prefix_cache(model))
     # The cached start gives the same tokens as a fresh prefill of the same prompt.
     monkeypatch.undo()
     fresh = model.generate_text(prompt, agent.config.sampler)
@@ -273,6 +277,10 @@ def test_events_can_name_the_line_the_player_saw(model, tmp_path):
 
 def test_warm_up_computes_the_persona_prefix(model):
     agent = make_agent(model)
-    assert agent._prefix is None
+    agent.system_prompt = SHORT_SYSTEM + " Warm."  # a prefix no other test has computed on this model
+    before = model.prefixes.misses
     agent.warm_up()
-    assert agent._prefix is not None and agent._prefix[0] == model.bundle_id
+    assert model.prefixes.misses == before + 1  # computed now, not on the first turn
+    hits = model.prefixes.hits
+    prefix = agent.prefix_cache(model)
+    assert model.prefixes.hits == hits + 1 and len(prefix) > 10

@@ -3,6 +3,7 @@ state machine and the per-frame game rules (talk, walk-away, hot swap between co
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from collections import deque
@@ -17,7 +18,7 @@ from game_demo.game import LEAVE_RADIUS, MAX_FRAME_DT, TALK_RADIUS, Game
 from game_demo.layout import ScrollWindow, wrap_text
 from game_demo.npcs import Npc
 from game_demo.quests import offered_quest, quest_title, quests_from_goals
-from game_demo.world import Player, Rect, move, nearest_npc, village
+from game_demo.world import Player, Rect, distance, move, nearest_npc, village
 from npcrl.persona import builtin_personas
 
 LOGIC_MODULES = (
@@ -117,16 +118,29 @@ def test_every_npc_can_be_reached_from_the_start():
         assert near, f"no walkable place within talking distance of {spot.persona_id}"
 
 
-def test_village_has_the_three_builtin_npcs_at_their_places():
+def test_village_has_the_builtin_npcs_at_their_places():
     world = village()
     assert {spot.persona_id for spot in world.npcs} == set(builtin_personas())
     kinds = {b.kind for b in world.buildings}
-    assert {"forge", "inn", "house", "wall"} <= kinds
+    assert {"forge", "inn", "mill", "house", "wall"} <= kinds
     forge = next(b for b in world.buildings if b.kind == "forge").rect
     smith = next(s for s in world.npcs if s.persona_id == "blacksmith")
     assert forge.x <= smith.x <= forge.right and smith.y - forge.bottom < 30
+    mill = next(b for b in world.buildings if b.kind == "mill").rect
+    miller = next(s for s in world.npcs if s.persona_id == "miller")
+    assert mill.x <= miller.x <= mill.right and miller.y - mill.bottom < 30
     guard = next(s for s in world.npcs if s.persona_id == "guard")
     assert abs(guard.x - world.gate.center[0]) < 80 and guard.y < 80
+
+
+def test_npcs_stand_clear_of_buildings_trees_and_each_other():
+    world = village()
+    obstacles = [b.rect for b in world.buildings] + [t.trunk for t in world.trees]
+    for spot in world.npcs:
+        assert not any(spot.rect.intersects(rect) for rect in obstacles), spot.persona_id
+    for a, b in itertools.combinations(world.npcs, 2):
+        # No place is within talking distance of two NPCs: E always means one of them.
+        assert distance((a.x, a.y), (b.x, b.y)) > 2 * TALK_RADIUS, (a.persona_id, b.persona_id)
 
 
 def test_nearest_npc_within_radius_only():
@@ -262,6 +276,9 @@ class FakeConversation:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     pendings: list[FakePending] = field(default_factory=list)
 
+    def player_typing(self, text: str) -> None:
+        self.calls.append(("typing", text))
+
     def respond_async(self, player_text: str) -> FakePending:
         self.calls.append(("respond", player_text))
         pending = FakePending(len(self.pendings))
@@ -339,6 +356,9 @@ def test_reply_box_takes_text_only_while_open():
     assert len(dialogue.draft) == 200
     dialogue.cancel_typing()
     assert (dialogue.typing, dialogue.draft) == (False, "")
+    # every change of the draft reaches the NPC, so it can prefill the prompt while the player types
+    typed = [text for kind, text in dialogue.conversation.calls if kind == "typing"]
+    assert typed[:3] == ["Hi there", "Hi ther", "Hi ther" + "x" * 193]
     dialogue.begin_typing()
     assert not dialogue.submit() and not dialogue.typing  # an empty Enter closes the box
 
@@ -523,7 +543,9 @@ def test_dialogue_actions_reach_the_conversation():
     for piece in ("Thanks", "!"):
         game.apply(Action(Act.TYPE, text=piece))
     game.apply(Action(Act.SUBMIT))
-    assert conversation.calls[1:] == [("rate", False), ("respond", "Thanks!")]
+    # the draft reaches the NPC as it grows (it prefills the prompt), then Enter sends it
+    expected = [("rate", False), ("typing", "Thanks"), ("typing", "Thanks!"), ("respond", "Thanks!")]
+    assert conversation.calls[1:] == expected
 
 
 def test_hot_swap_waits_for_the_conversation_to_end():
@@ -540,7 +562,7 @@ def test_hot_swap_waits_for_the_conversation_to_end():
     assert swapper.idle_calls[-1] is True
     assert game.bundle_id == "new" and game.swaps == 1
     assert all(agent.models == ["MODEL"] for agent in agents.values())
-    assert warmer.calls == [("start", 3, "MODEL")]
+    assert warmer.calls == [("start", len(agents), "MODEL")]
 
 
 def test_swap_to_the_running_bundle_is_ignored():
