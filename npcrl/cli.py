@@ -54,6 +54,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reward_model_train(args: argparse.Namespace) -> int:
+    """Train an engagement predictor on the logs and print its held-out metrics."""
+    from npcrl.train.config import load_train_config
+    from npcrl.train.reward_model import METRICS_FILE, format_metrics_table, train_reward_model
+
+    config = load_train_config(args.config)
+    if args.seed is not None:
+        config.seed = args.seed
+        config.validate()
+    result = train_reward_model(
+        args.logs, args.bundle, args.out, config, base_model=args.base_model, progress=not args.no_progress
+    )
+    print(format_metrics_table(result.metrics))
+    print(json.dumps({"reward_model": str(result.out), "metrics": str(result.out / METRICS_FILE)}))
+    return 0
+
+
 def _cmd_loop(args: argparse.Namespace) -> int:
     """Rounds of simulate -> train -> export -> evaluate, promoting only a better, guarded candidate."""
     from npcrl.loop import run_loop
@@ -366,6 +383,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
     train.set_defaults(func=_cmd_train)
+
+    reward_model = sub.add_parser(
+        "reward-model", help="engagement predictors learned from play logs (needs npcrl[train])"
+    ).add_subparsers(dest="reward_model_command", required=True)
+    rm_train = reward_model.add_parser(
+        "train",
+        help="train a reward model (backbone + scalar head) on the logged turn rewards; prints held-out metrics",
+    )
+    rm_train.add_argument("--logs", required=True, help="play-log directory")
+    rm_train.add_argument("--bundle", required=True, help="the bundle the logs came from (its backbone is used)")
+    rm_train.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
+    rm_train.add_argument(
+        "--config", help="training config TOML ([data], [model] LoRA keys, [reward_model]; see docs/TRAINING.md)"
+    )
+    rm_train.add_argument(
+        "--base-model", help="HF directory with the bundle's weights (default: the manifest's source)"
+    )
+    rm_train.add_argument("--seed", type=int, help="overrides the config's seed (it also picks the holdout split)")
+    rm_train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rm_train.set_defaults(func=_cmd_reward_model_train)
 
     loop = sub.add_parser("loop", help="simulate -> train -> export -> evaluate for K rounds, promoting only winners")
     loop.add_argument("--bundle", required=True, help="the base bundle (round 1 starts from it; KL is measured to it)")

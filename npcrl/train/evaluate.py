@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from npcrl.train.batching import collate
 from npcrl.train.behaviour import sampler_logprobs
 from npcrl.train.data import TrainingTurn
 from npcrl.train.policy import Policy
+
+if TYPE_CHECKING:
+    from npcrl.train.reward_model import RewardModel
 
 # Below this effective sample size the estimate is reported but flagged as not to be trusted.
 MIN_TRUSTED_ESS = 10.0
@@ -94,9 +97,18 @@ def evaluate_holdout(
 
 
 def sample_lines(
-    policy: Policy, holdout: list[TrainingTurn], count: int, max_new_tokens: int, seed: int, reference: bool
+    policy: Policy,
+    holdout: list[TrainingTurn],
+    count: int,
+    max_new_tokens: int,
+    seed: int,
+    reference: bool,
+    judge: RewardModel | None = None,
 ) -> list[dict[str, Any]]:
-    """Responses to the first turn of up to ``count`` holdout conversations (same seeds before/after)."""
+    """Responses to the first turn of up to ``count`` holdout conversations (same seeds before/after).
+
+    With a ``judge`` (a reward model), each sample also carries its predicted reward.
+    """
     firsts: dict[str, TrainingTurn] = {}
     for turn in holdout:
         firsts.setdefault(turn.conversation_id, turn)
@@ -116,4 +128,6 @@ def sample_lines(
                 "tokens": len(ids),
             }
         )
+        if judge is not None:
+            out[-1]["reward_model_score"] = judge.predict_sequences([turn.prompt_ids], [ids])[0]
     return out

@@ -212,8 +212,34 @@ def _target_modules_present(model: nn.Module, targets: list[str]) -> list[str]:
     return [t for t in targets if t not in names]
 
 
-def build_policy(source: Path, config: ModelConfig, seed: int) -> Policy:
-    """Load the HF weights at ``source`` (safetensors only) and set up policy, value head and reference."""
+def apply_lora(model: nn.Module, config: ModelConfig, family: str, seed: int) -> nn.Module:
+    """``model`` wrapped with peft LoRA adapters on ``config.lora_target_modules`` (base weights frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    missing = _target_modules_present(model, config.lora_target_modules)
+    if missing:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ in ("Linear", "Conv1D")}
+        )
+        raise TrainConfigError(
+            f"model.lora_target_modules: {', '.join(missing)} not found in {type(model).__name__} "
+            f"(its linear layers: {', '.join(linear)})"
+        )
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft annotates int, uses it as a number
+        target_modules=list(config.lora_target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=family == "gpt2",  # GPT-2 stores its projections as Conv1D (in, out)
+    )
+    torch.manual_seed(seed)  # LoRA's A matrices are random (B starts at zero: the wrapped model == model)
+    return get_peft_model(model, lora)
+
+
+def load_backbone(source: Path) -> tuple[nn.Module, Any, str]:
+    """(causal LM with dropout off and no KV cache in forward passes, tokenizer, family) from an HF directory."""
     from exporters.source import load_model
 
     loaded = load_model(source)
@@ -224,44 +250,34 @@ def build_policy(source: Path, config: ModelConfig, seed: int) -> Policy:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+    return model, loaded.tokenizer, loaded.family
+
+
+def hidden_size_of(model: Any) -> int:
+    """Width of a transformers model's hidden states (Llama: hidden_size, GPT-2: n_embd)."""
+    config = model.config
+    return int(config.hidden_size if hasattr(config, "hidden_size") else config.n_embd)
+
+
+def build_policy(source: Path, config: ModelConfig, seed: int) -> Policy:
+    """Load the HF weights at ``source`` (safetensors only) and set up policy, value head and reference."""
+    model, tokenizer, family = load_backbone(source)
     reference_lm: nn.Module | None = None
     if config.mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        missing = _target_modules_present(model, config.lora_target_modules)
-        if missing:
-            linear = sorted(
-                {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ in ("Linear", "Conv1D")}
-            )
-            raise TrainConfigError(
-                f"model.lora_target_modules: {', '.join(missing)} not found in {type(model).__name__} "
-                f"(its linear layers: {', '.join(linear)})"
-            )
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft annotates int, uses it as a number
-            target_modules=list(config.lora_target_modules),
-            lora_dropout=0.0,
-            bias="none",
-            task_type="CAUSAL_LM",
-            fan_in_fan_out=loaded.family == "gpt2",  # GPT-2 stores its projections as Conv1D (in, out)
-        )
-        torch.manual_seed(seed)  # LoRA's A matrices are random (B starts at zero: policy == reference)
-        lm: nn.Module = get_peft_model(model, lora)
+        lm: nn.Module = apply_lora(model, config, family, seed)
     else:
         lm = model
         reference_lm = copy.deepcopy(model).eval()
         for param in reference_lm.parameters():
             param.requires_grad_(False)
-    hidden_size = int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd)
-    value_head = nn.Linear(hidden_size, 1)
+    value_head = nn.Linear(hidden_size_of(model), 1)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         value_head.weight.normal_(0.0, config.value_head_std, generator=generator)
         value_head.bias.zero_()
     module = PolicyWithValue(lm, value_head)
     module.eval()  # no dropout; gradients flow in eval mode too
-    return Policy(module=module, mode=config.mode, tokenizer=loaded.tokenizer, source=source, reference_lm=reference_lm)
+    return Policy(module=module, mode=config.mode, tokenizer=tokenizer, source=source, reference_lm=reference_lm)
 
 
 def save_value_head(value_head: nn.Linear, path: Path) -> None:

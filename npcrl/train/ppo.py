@@ -9,8 +9,12 @@
    with gradient accumulation; a minibatch's loss is a sum over its tokens divided by the token
    count of the whole (global) minibatch, so N processes take exactly the step of 1 process.
 
-Data and minibatch order come from the seed and the iteration number alone, which is what makes a
-resumed run end where an uninterrupted one would.
+In the on-policy mode (``data.mode = "reward_model"``) a stage 0 comes first: the current policy
+answers the rollout turns' prompts and a reward model scores the answers (``onpolicy.py``); the
+three stages then run unchanged, with the behaviour set to pi_old (importance weights 1).
+
+Data and minibatch order (and on-policy sampling seeds) come from the seed and the iteration
+number alone, which is what makes a resumed run end where an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,6 +51,9 @@ from npcrl.train.ppo_math import (
     masked_whiten,
     truncated_importance_weights,
 )
+
+if TYPE_CHECKING:
+    from npcrl.train.onpolicy import FreshRollouts
 
 
 @dataclass
@@ -86,7 +93,10 @@ class PPOTrainer:
         dist: Dist,
         pad_id: int,
         progress: bool = False,
+        fresh: FreshRollouts | None = None,
     ) -> None:
+        """``fresh`` switches to on-policy PPO: the rollout's responses are sampled from the current
+        policy and scored by a reward model (``npcrl.train.onpolicy``) instead of read from the logs."""
         ppo = config.ppo
         if not train_turns:
             raise TrainConfigError("no training turns")
@@ -100,6 +110,7 @@ class PPOTrainer:
         self.dist = dist
         self.pad_id = pad_id
         self.progress = progress and dist.is_main
+        self.fresh = fresh
         params = [p for _, p in policy.trainable_parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=ppo.learning_rate, weight_decay=ppo.weight_decay)
         self.kl_controller: AdaptiveKLController | FixedKLController = (
@@ -287,7 +298,15 @@ class PPOTrainer:
     def run_iteration(self) -> dict[str, Any]:
         started = time.perf_counter()
         turns = self.rollout_turns(self.iteration)
+        sampling_s = 0.0
+        if self.fresh is not None:
+            turns = self.fresh.sample(self.policy, turns, self.iteration)
+            sampling_s = time.perf_counter() - started
         rollout = self.score(turns)
+        if self.fresh is not None:
+            # The responses were drawn from pi_old itself: it is the behaviour, every importance weight is 1.
+            rollout.batch.behaviour_logprobs = rollout.old_logprobs.clone()
+            rollout.batch.logged_full_logprobs = rollout.old_logprobs.clone()
         stats = self.advantages(rollout)
         stats.update(self.update(rollout))
         elapsed = time.perf_counter() - started
@@ -298,6 +317,7 @@ class PPOTrainer:
             "turns": len(turns),
             **stats,
             "time_s": elapsed,
+            **({"sampling_s": sampling_s} if self.fresh is not None else {}),
             "sequence_tokens_per_s": sequence_tokens * stats["epochs_run"] / elapsed,
         }
         self.metrics.append(record)

@@ -54,12 +54,32 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _judged(sample: dict[str, Any]) -> str:
+    score = sample.get("reward_model_score")
+    return "" if score is None else f" (reward model {_fmt(score)})"
+
+
 def write_markdown(path: Path, summary: dict[str, Any]) -> None:
     lines = ["# Training report", ""]
     lines += [f"- parent bundle: `{summary['parent_bundle']}`", f"- base weights: `{summary['base_weights']}`"]
     if summary.get("bundle"):
         lines.append(f"- new bundle: `{summary['bundle']}` (id `{summary.get('bundle_id')}`)")
-    lines += [f"- data: {summary['data_summary']}", f"- time: {summary['time_s']:.1f} s", ""]
+    lines += [f"- data: {summary['data_summary']}", f"- time: {summary['time_s']:.1f} s"]
+    if summary.get("mode") == "reward_model":
+        lines.append("- mode: on-policy PPO, fresh samples scored by the reward model (rollout reward = its score)")
+    lines.append("")
+    judge = summary.get("reward_model")
+    if judge:
+        holdout = judge.get("holdout_metrics") or {}
+        lines += [
+            "## Reward model",
+            "",
+            f"- `{judge['path']}` ({judge['role']}); held-out Pearson {_fmt(holdout.get('pearson'))}, "
+            f"MSE skill {_fmt(holdout.get('mse_skill'))}",
+            f"- mean predicted reward of the samples below: before {_fmt(judge['sample_score_mean_before'])}, "
+            f"after {_fmt(judge['sample_score_mean_after'])}",
+            "",
+        ]
     metrics = summary["metrics"]
     if metrics:
         first, last = metrics[0], metrics[-1]
@@ -91,8 +111,8 @@ def write_markdown(path: Path, summary: dict[str, Any]) -> None:
                 f"**{before['npc_id']}**, conversation `{before['conversation_id']}` turn {before['turn_index']}",
                 "",
                 f"- logged (reward {_fmt(before['logged_reward'])}): {before['logged']!r}",
-                f"- before: {before['text']!r}",
-                f"- after: {after['text']!r}",
+                f"- before{_judged(before)}: {before['text']!r}",
+                f"- after{_judged(after)}: {after['text']!r}",
                 "",
             ]
     path.write_text("\n".join(lines), encoding="utf-8")

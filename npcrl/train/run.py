@@ -75,7 +75,7 @@ def _check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> None:
         if not record_path.is_file():
             raise TrainError(f"{out}: nothing to resume ({RUN_FILE} is missing)")
         previous = json.loads(record_path.read_text(encoding="utf-8"))
-        for key in ("logs", "bundle", "base_weights", "config"):
+        for key in ("logs", "bundle", "base_weights", "config", "reward_model"):
             if previous.get(key) != run_record.get(key):
                 raise TrainError(
                     f"{out}/{RUN_FILE}: the run was started with a different {key} "
@@ -109,9 +109,11 @@ def train(
 
     from npcrl.train import checkpoint as ckpt
     from npcrl.train.distributed import Dist
+    from npcrl.train.onpolicy import FreshRollouts
     from npcrl.train.policy import build_policy, resolve_base_weights
     from npcrl.train.ppo import PPOTrainer
     from npcrl.train.report import METRICS_FILE, write_metrics
+    from npcrl.train.reward_model import load_reward_model
 
     started = time.perf_counter()
     dist = Dist.from_environment()
@@ -121,12 +123,18 @@ def train(
     spec = load_reward_spec(config.data.reward_spec) if config.data.reward_spec else default_reward_spec()
     accepted, lineage = accepted_bundle_ids(bundle, config.data.extra_bundles)
     data = load_training_data(logs, spec, accepted, bundle.manifest.vocab_size, config.data, config.seed)
+    # Loaded up front in both modes, so a bad path fails before any training: in the on-policy mode it
+    # gives the rewards, in the logged mode it only judges the report's samples.
+    reward_model, reward_record = (
+        load_reward_model(config.reward_model.path, bundle) if config.reward_model.path else (None, None)
+    )
     run_record = {
         "logs": str(Path(logs).expanduser().resolve()),
         "bundle": str(bundle.root.resolve()),
         "bundle_id": bundle.bundle_id,
         "base_weights": str(base.resolve()),
         "config": config.to_dict(),
+        "reward_model": reward_record["tensors_sha256"] if reward_record else None,
         "world_size": dist.world,
     }
     _check_out(out, resume, run_record)
@@ -147,7 +155,11 @@ def train(
         if tokenizer.pad_token_id is not None
         else bundle.manifest.special_tokens.eos_token_ids[0]
     )
-    trainer = PPOTrainer(policy, data.train, config, dist, pad_id, progress=progress)
+    fresh = None
+    if config.data.mode == "reward_model":
+        assert reward_model is not None  # TrainConfig.validate requires reward_model.path in this mode
+        fresh = FreshRollouts(reward_model, bundle.manifest.special_tokens.eos_token_ids, config, dist)
+    trainer = PPOTrainer(policy, data.train, config, dist, pad_id, progress=progress, fresh=fresh)
     fingerprint = data.fingerprint()
     state_dir, report_dir = out / "state", out / "report"
     if resume:
@@ -165,9 +177,10 @@ def train(
     if dist.is_main:
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / "data.json").write_text(json.dumps(data.report.to_dict(), indent=1), encoding="utf-8")
+        source = "logged responses" if fresh is None else "fresh samples scored by the reward model"
         _log(
             f"{config.model.mode} training of {sum(p.numel() for _, p in policy.trainable_parameters()) / 1e6:.2f}M "
-            f"parameters, {trainer.total_iterations} iterations of {config.ppo.rollout_turns} turns"
+            f"parameters, {trainer.total_iterations} iterations of {config.ppo.rollout_turns} turns ({source})"
         )
 
     bar = None
@@ -205,7 +218,8 @@ def train(
     if not dist.is_main:
         dist.close()
         return None
-    result = _finish(out, bundle, base, policy, trainer, data, config, lineage, pad_id, started)
+    judge = (reward_model, reward_record) if reward_model is not None and reward_record is not None else None
+    result = _finish(out, bundle, base, policy, trainer, data, config, lineage, pad_id, started, judge)
     dist.close()
     return result
 
@@ -221,6 +235,7 @@ def _finish(
     lineage: list[str],
     pad_id: int,
     started: float,
+    judge: tuple[Any, dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Rank 0: evaluate, write the HF checkpoint, export the bundle, write the report."""
     from npcrl.train.evaluate import evaluate_holdout, sample_lines
@@ -240,7 +255,9 @@ def _finish(
                 config.run.sample_tokens,
                 config.seed,
                 reference,
+                judge[0] if judge is not None else None,
             )
+    reward_model_summary = _reward_model_summary(config, judge, samples)
     (report_dir / "off_policy.json").write_text(json.dumps(off_policy, indent=1), encoding="utf-8")
     (report_dir / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False), encoding="utf-8")
 
@@ -257,7 +274,7 @@ def _finish(
 
     last = trainer.metrics[-1] if trainer.metrics else {}
     provenance = {
-        "trainer": "npcrl offline PPO",
+        "trainer": "npcrl offline PPO" if config.data.mode == "logged" else "npcrl on-policy PPO (reward model)",
         "parent_bundle": bundle.bundle_id,
         "base_weights": str(base),
         "tokenizer_lineage": lineage,
@@ -268,6 +285,8 @@ def _finish(
         "final_metrics": last,
         "off_policy": off_policy,
     }
+    if reward_model_summary is not None:
+        provenance["reward_model"] = reward_model_summary
     bundle_path: Path | None = None
     bundle_id = None
     if config.run.export_quant != "none":
@@ -297,6 +316,8 @@ def _finish(
         "metrics": trainer.metrics,
         "off_policy": off_policy,
         "samples": samples,
+        "mode": config.data.mode,
+        "reward_model": reward_model_summary,
     }
     write_markdown(report_dir / "report.md", summary)
     _log(f"done: {checkpoint}" + (f", bundle {bundle_path} ({bundle_id})" if bundle_path else ""))
@@ -309,3 +330,22 @@ def _finish(
         data=data,
         off_policy=off_policy,
     )
+
+
+def _reward_model_summary(
+    config: TrainConfig, judge: tuple[Any, dict[str, Any]] | None, samples: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Which reward model was used and how it scores the report's samples before and after training."""
+    if judge is None:
+        return None
+    _, record = judge
+    out: dict[str, Any] = {
+        "path": config.reward_model.path,
+        "role": "reward" if config.data.mode == "reward_model" else "judge of the report samples",
+        "tensors_sha256": record["tensors_sha256"],
+        "holdout_metrics": record.get("metrics", {}).get("holdout"),
+    }
+    for name in ("before", "after"):
+        scores = [s["reward_model_score"] for s in samples.get(name, []) if "reward_model_score" in s]
+        out[f"sample_score_mean_{name}"] = sum(scores) / len(scores) if scores else None
+    return out

@@ -1,0 +1,87 @@
+"""On-policy rollouts for PPO with a reward model (``data.mode = "reward_model"``).
+
+Each iteration takes the same logged turns the logged mode would (the trainer's seeded stream
+over the training turns) but keeps only their prompts and sampler settings: the *current* policy
+answers each prompt (HF generate with the turn's temperature, top-k, top-p and repetition
+penalty, up to its max_new_tokens or ``reward_model.max_new_tokens``), and the reward model
+scores the answer. The answers were drawn from pi_old itself, so the trainer sets the behaviour
+log-probs to pi_old's and every importance weight is 1; the KL penalty to the reference, GAE,
+clipping and the update are the logged mode's, unchanged.
+
+Like TRL's PPO, the sampler's top-k/top-p truncation is not corrected for: the policy gradient is
+that of the temperature-scaled softmax the tokens were truncated from. Generation stops at an EOS
+token (kept, as the game's logs keep it) or at the length cap; the game's stop strings and line
+post-processing are not applied to these samples.
+
+Under torchrun each rank answers its share of the prompts and the answers are all-gathered, so
+every rank holds the same rollout (as for scoring in ``ppo.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+
+from npcrl.sampler import SamplerConfig
+from npcrl.train.config import TrainConfig
+from npcrl.train.data import TrainingTurn
+from npcrl.train.distributed import Dist
+from npcrl.train.policy import Policy
+from npcrl.train.reward_model import RewardModel
+
+
+def cut_at_eos(ids: list[int], eos_ids: Iterable[int]) -> list[int]:
+    """``ids`` up to and including the first EOS token (HF generate pads after it)."""
+    stops = set(eos_ids)
+    for k, token in enumerate(ids):
+        if token in stops:
+            return ids[: k + 1]
+    return ids
+
+
+class FreshRollouts:
+    """Replaces logged responses and rewards by the current policy's answers and their predicted reward."""
+
+    def __init__(self, reward_model: RewardModel, eos_ids: Iterable[int], config: TrainConfig, dist: Dist) -> None:
+        self.reward_model = reward_model
+        self.eos_ids = tuple(eos_ids)
+        self.config = config
+        self.dist = dist
+
+    def sample_seed(self, iteration: int, row: int) -> int:
+        """The generation seed of a rollout row: a function of the run's seed, iteration and row only
+        (so a resumed run samples what the uninterrupted one did)."""
+        return int(np.random.default_rng([self.config.seed, iteration, row, 3]).integers(2**31))
+
+    def sample(self, policy: Policy, turns: list[TrainingTurn], iteration: int) -> list[TrainingTurn]:
+        """Turns with the prompts of ``turns``, fresh responses, and the reward model's scores as rewards.
+
+        The behaviour log-probs are placeholders (zeros): the trainer replaces them by pi_old's once
+        it has scored the rollout.
+        """
+        mine = list(range(self.dist.rank, len(turns), self.dist.world))
+        responses = {}
+        for i in mine:
+            turn = turns[i]
+            sampler = SamplerConfig.from_dict(turn.sampler)
+            limit = self.config.reward_model.max_new_tokens or sampler.max_new_tokens
+            ids = policy.generate(list(turn.prompt_ids), sampler, limit, self.sample_seed(iteration, i))
+            responses[i] = cut_at_eos(ids, self.eos_ids)
+        scores = self.reward_model.predict_sequences(
+            [turns[i].prompt_ids for i in mine], [responses[i] for i in mine], self.config.ppo.micro_batch_turns
+        )
+        answered = {i: (responses[i], score) for i, score in zip(mine, scores, strict=True)}
+        for part in self.dist.all_gather_objects(answered):
+            answered.update(part)
+        fresh = []
+        for i, turn in enumerate(turns):
+            ids, score = answered[i]
+            zeros = (0.0,) * len(ids)
+            fresh.append(
+                dataclasses.replace(
+                    turn, response_ids=tuple(ids), behaviour_logprobs=zeros, full_logprobs=zeros, reward=float(score)
+                )
+            )
+        return fresh

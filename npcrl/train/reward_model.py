@@ -1,0 +1,505 @@
+"""An engagement predictor learned from play logs: the second way to learn from them.
+
+The model reads a logged turn (prompt + response) with the bundle's own backbone and puts a scalar
+head on the hidden state of the response's last token, the one state that has attended to the
+whole line. It is trained by regression (MSE) on the per-turn reward the trainer computes from the
+logs (``npcrl.engagement`` + the reward spec), with the trainer's conversation-level train/holdout
+split, and judged on the held-out conversations.
+
+Why regression on the reward and not a pairwise (Bradley-Terry) or a classification loss:
+* pairwise losses need two answers to the same prompt; play logs hold one answer per prompt
+  (the prompt carries the conversation so far), so pairs would compare different situations and
+  the model would learn which situations go well, not which lines do;
+* an engaged/not classifier throws away the reward's size (a quest accepted is worth more than a
+  reply), which is exactly what PPO maximises.
+The targets are standardised with the training turns' mean and standard deviation (the head's
+output is in those units; ``predict`` maps back to reward units), so one learning rate suits any
+reward spec.
+
+Held-out metrics (``regression_metrics``): Pearson and Spearman correlation, MSE against the
+baseline that predicts the training mean for every turn, and the accuracy of "engaged"
+(reward > ``reward_model.engaged_threshold``) next to the majority-class accuracy.
+
+On disk a reward model is a directory written atomically: ``reward_model.safetensors`` (the head
+and the trainable backbone tensors: LoRA adapters, or every weight for ``full``),
+``reward_model.json`` (format, settings, the base weights it adapts with their sha256, the
+tokenizer hash, target scaling, metrics) and ``metrics.json``. Only safetensors are ever loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from npcrl.bundle import Bundle, load_bundle, sha256_file
+from npcrl.errors import TrainError
+from npcrl.rewards import default_reward_spec, load_reward_spec
+from npcrl.train.batching import collate
+from npcrl.train.config import ModelConfig, RewardModelConfig, TrainConfig
+from npcrl.train.data import TrainingData, TrainingTurn, load_training_data
+from npcrl.train.policy import _decoder, apply_lora, hidden_size_of, load_backbone, resolve_base_weights
+
+FORMAT = "npcrl-reward-model"
+FORMAT_VERSION = 1
+TENSORS_FILE = "reward_model.safetensors"
+RECORD_FILE = "reward_model.json"
+METRICS_FILE = "metrics.json"
+HEAD_PREFIX = "head."
+BACKBONE_PREFIX = "backbone."
+HEAD_INIT_STD = 0.02  # transformers' initializer_range for new heads
+# A pickle (what torch.save writes, alone or inside a zip) starts with one of these.
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
+
+
+def _log(message: str) -> None:
+    print(f"[npcrl reward-model] {message}", flush=True)
+
+
+# --- metrics (pure) ------------------------------------------------------------------------------
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank (as Spearman's rho needs)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.arange(1, len(values) + 1, dtype=np.float64)
+    for value in np.unique(values):
+        tied = values == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    """None when either side is constant (the correlation is undefined, not 0)."""
+    dx, dy = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
+    return float((dx * dy).sum()) / denominator if denominator > 0 else None
+
+
+def regression_metrics(
+    predictions: Sequence[float], targets: Sequence[float], baseline: float, threshold: float
+) -> dict[str, Any]:
+    """How well ``predictions`` track ``targets`` (both in reward units).
+
+    ``baseline`` is the constant prediction to beat (the training turns' mean reward);
+    ``mse_skill = 1 - mse / baseline_mse`` (> 0: better than the baseline). "Engaged" means
+    reward > ``threshold``; ``engaged_accuracy`` is the share of turns where
+    (prediction > threshold) == (reward > threshold) and ``majority_accuracy`` what always
+    answering the commoner class scores.
+    """
+    p = np.asarray(predictions, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    if p.shape != t.shape or p.ndim != 1 or len(p) == 0:
+        raise ValueError(f"need two equally long non-empty lists, got {p.shape} and {t.shape}")
+    mse = float(((p - t) ** 2).mean())
+    baseline_mse = float(((baseline - t) ** 2).mean())
+    engaged = t > threshold
+    engaged_rate = float(engaged.mean())
+    return {
+        "turns": len(t),
+        "pearson": _pearson(p, t),
+        "spearman": _pearson(_ranks(p), _ranks(t)),
+        "mse": mse,
+        "baseline_mse": baseline_mse,
+        "baseline": float(baseline),
+        "mse_skill": 1.0 - mse / baseline_mse if baseline_mse > 0 else None,
+        "engaged_threshold": float(threshold),
+        "engaged_rate": engaged_rate,
+        "engaged_accuracy": float(((p > threshold) == engaged).mean()),
+        "majority_accuracy": max(engaged_rate, 1.0 - engaged_rate),
+        "prediction_mean": float(p.mean()),
+        "reward_mean": float(t.mean()),
+    }
+
+
+def format_metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
+    """The metrics of each split (columns) as an aligned text table."""
+    rows = [
+        ("turns", "turns", "{:d}"),
+        ("Pearson r", "pearson", "{:.3f}"),
+        ("Spearman rho", "spearman", "{:.3f}"),
+        ("MSE", "mse", "{:.4f}"),
+        ("MSE, predict the train mean", "baseline_mse", "{:.4f}"),
+        ("MSE skill (1 - MSE / baseline)", "mse_skill", "{:.3f}"),
+        ("engaged accuracy", "engaged_accuracy", "{:.3f}"),
+        ("majority-class accuracy", "majority_accuracy", "{:.3f}"),
+        ("engaged rate", "engaged_rate", "{:.3f}"),
+        ("mean reward", "reward_mean", "{:.4f}"),
+        ("mean prediction", "prediction_mean", "{:.4f}"),
+    ]
+    splits = list(metrics)
+    threshold = next(iter(metrics.values()))["engaged_threshold"]
+    lines = [f"{'metric':<32}" + "".join(f"{s:>12}" for s in splits)]
+    for label, key, fmt in rows:
+        cells = []
+        for split in splits:
+            value = metrics[split][key]
+            cells.append(f"{'n/a' if value is None else fmt.format(value):>12}")
+        lines.append(f"{label:<32}" + "".join(cells))
+    lines.append(f"(engaged: reward > {threshold:g})")
+    return "\n".join(lines)
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+class RewardModel(nn.Module):
+    """Backbone + scalar head on the last token's hidden state; ``forward`` is in standardised units."""
+
+    def __init__(
+        self, lm: nn.Module, head: nn.Linear, backbone: str, target_mean: float, target_std: float, pad_id: int
+    ) -> None:
+        super().__init__()
+        self.lm = lm
+        self.head = head
+        self.backbone = backbone
+        self.target_mean = float(target_mean)
+        self.target_std = float(target_std)
+        self.pad_id = int(pad_id)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) standardised predictions for right-padded (B, L) sequences."""
+        grad = torch.is_grad_enabled() and self.backbone != "frozen"
+        with torch.set_grad_enabled(grad):
+            out = _decoder(self.lm)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = out.last_hidden_state  # (B, L, H), after the final norm
+        last = attention_mask.sum(dim=1) - 1  # (B,) the last real token of each row
+        rows = torch.arange(hidden.shape[0])
+        return self.head(hidden[rows, last].float()).squeeze(-1)  # (B,)
+
+    def trainable_tensors(self) -> dict[str, torch.Tensor]:
+        """What is saved: the head and the backbone weights that train (LoRA adapters, all, or none).
+
+        Decided by the backbone setting, not by ``requires_grad``, so a loaded (frozen) model names the same set.
+        """
+        out: dict[str, torch.Tensor] = {f"{HEAD_PREFIX}{n}": p for n, p in self.head.named_parameters()}
+        for name, param in self.lm.named_parameters():
+            if self.backbone == "full" or (self.backbone == "lora" and "lora_" in name):
+                out[f"{BACKBONE_PREFIX}{name}"] = param
+        return out
+
+    @torch.no_grad()
+    def predict_sequences(
+        self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], batch: int = 8
+    ) -> list[float]:
+        """Predicted rewards (reward units) of prompt + response pairs."""
+        out: list[float] = []
+        for start in range(0, len(prompts), batch):
+            ids, mask = _pack(prompts[start : start + batch], responses[start : start + batch], self.pad_id)
+            scores = self(ids, mask) * self.target_std + self.target_mean
+            out.extend(float(s) for s in scores)
+        return out
+
+    def predict(self, turns: Sequence[TrainingTurn], batch: int = 8) -> list[float]:
+        return self.predict_sequences([t.prompt_ids for t in turns], [t.response_ids for t in turns], batch)
+
+
+def _pack(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (B, L) input ids and attention mask of prompt + response."""
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        sequence = list(prompt) + list(response)
+        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, : len(sequence)] = 1
+    return ids, mask
+
+
+def build_reward_model(
+    source: Path,
+    config: RewardModelConfig,
+    lora: ModelConfig,
+    seed: int,
+    target_mean: float = 0.0,
+    target_std: float = 1.0,
+    pad_id: int | None = None,
+) -> tuple[RewardModel, Any]:
+    """A fresh reward model on the HF weights at ``source`` (LoRA settings from ``lora``) and its tokenizer."""
+    model, tokenizer, family = load_backbone(source)
+    if config.backbone == "lora":
+        lm: nn.Module = apply_lora(model, lora, family, seed)
+    else:
+        lm = model
+        for param in lm.parameters():
+            param.requires_grad_(config.backbone == "full")
+    head = nn.Linear(hidden_size_of(model), 1)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.normal_(0.0, HEAD_INIT_STD, generator=generator)
+        head.bias.zero_()  # with standardised targets: the untrained model predicts the training mean
+    if pad_id is None:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    reward_model = RewardModel(lm, head, config.backbone, target_mean, target_std, int(pad_id))
+    reward_model.eval()  # no dropout; gradients flow in eval mode too
+    return reward_model, tokenizer
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def fit(
+    model: RewardModel, turns: list[TrainingTurn], config: RewardModelConfig, seed: int, progress: bool = False
+) -> list[dict[str, float]]:
+    """Minimise the MSE of standardised rewards over ``config.epochs`` seeded shuffles; per-epoch losses."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    targets = torch.tensor([(t.reward - model.target_mean) / model.target_std for t in turns], dtype=torch.float32)
+    history = []
+    for epoch in range(config.epochs):
+        started = time.perf_counter()
+        order = np.random.default_rng([seed, epoch, 7]).permutation(len(turns))
+        batches = [order[i : i + config.batch_turns] for i in range(0, len(order), config.batch_turns)]
+        total = 0.0
+        for rows in _bar(batches, f"epoch {epoch}", progress):
+            batch = collate([turns[int(i)] for i in rows], model.pad_id)
+            predictions = model(batch.input_ids, batch.attention_mask)  # (B,)
+            loss = torch.nn.functional.mse_loss(predictions, targets[torch.as_tensor(rows)])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += float(loss.detach()) * len(rows)
+        history.append({"epoch": epoch + 1, "loss": total / len(turns), "time_s": time.perf_counter() - started})
+    return history
+
+
+def _bar(items: list[Any], desc: str, progress: bool) -> Any:
+    if not progress or len(items) < 2:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def evaluate(model: RewardModel, data: TrainingData, threshold: float, batch: int) -> dict[str, dict[str, Any]]:
+    """Metrics on the held-out conversations and, for comparison, on the training turns."""
+    baseline = model.target_mean  # the training mean: what a model that learned nothing predicts
+    out = {}
+    for name, turns in (("holdout", data.holdout), ("train", data.train)):
+        predictions = model.predict(turns, batch)
+        out[name] = regression_metrics(predictions, [t.reward for t in turns], baseline, threshold)
+    return out
+
+
+@dataclass
+class RewardModelResult:
+    out: Path
+    model: RewardModel
+    data: TrainingData
+    metrics: dict[str, dict[str, Any]]
+    history: list[dict[str, float]]
+
+
+def _target_scaling(turns: list[TrainingTurn]) -> tuple[float, float]:
+    rewards = np.array([t.reward for t in turns], dtype=np.float64)
+    std = float(rewards.std())
+    return float(rewards.mean()), std if std > 1e-6 else 1.0  # constant rewards: nothing to scale
+
+
+def train_reward_model(
+    logs: str | Path,
+    bundle_dir: str | Path,
+    out: str | Path,
+    config: TrainConfig,
+    base_model: str | Path | None = None,
+    progress: bool = True,
+) -> RewardModelResult:
+    """Logs + bundle -> trained reward model in ``out`` (which must not exist or be empty)."""
+    from npcrl.train.run import accepted_bundle_ids, tokenizer_sha256
+
+    started = time.perf_counter()
+    out = Path(out).expanduser().resolve()
+    if out.is_file():
+        raise TrainError(f"{out}: is a file; --out must be a directory that does not exist or is empty")
+    if out.is_dir() and any(out.iterdir()):
+        raise TrainError(f"{out}: output directory is not empty")
+    rm = config.reward_model
+    bundle = load_bundle(bundle_dir)
+    base = resolve_base_weights(bundle, base_model)
+    spec = load_reward_spec(config.data.reward_spec) if config.data.reward_spec else default_reward_spec()
+    accepted, _ = accepted_bundle_ids(bundle, config.data.extra_bundles)
+    # The same turns and the same conversation split as `npcrl train` with this config and seed.
+    data = load_training_data(logs, spec, accepted, bundle.manifest.vocab_size, config.data, config.seed)
+    if not data.holdout:
+        raise TrainError(
+            f"{logs}: no held-out conversations to measure the reward model on "
+            f"(data.holdout_fraction = {config.data.holdout_fraction}, {data.report.conversations} conversations)"
+        )
+    _log(data.report.summary())
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    torch.manual_seed(config.seed)
+    mean, std = _target_scaling(data.train)
+    model, _ = build_reward_model(base, rm, config.model, config.seed, mean, std)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    _log(f"{rm.backbone} reward model: {trainable / 1e6:.2f}M trainable parameters, {len(data.train)} turns")
+    history = fit(model, data.train, rm, config.seed, progress)
+    metrics = evaluate(model, data, rm.engaged_threshold, config.reward_model.batch_turns)
+    record = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "backbone": rm.backbone,
+        "lora": {
+            "lora_r": config.model.lora_r,
+            "lora_alpha": config.model.lora_alpha,
+            "lora_target_modules": list(config.model.lora_target_modules),
+        },
+        "base_weights": str(base.resolve()),
+        "base_weights_sha256": base_weights_sha256(base),
+        "bundle_id": bundle.bundle_id,
+        "tokenizer_sha256": tokenizer_sha256(bundle),
+        "pad_id": model.pad_id,
+        "target_mean": mean,
+        "target_std": std,
+        "logs": str(Path(logs).expanduser().resolve()),
+        "data": {k: v for k, v in data.report.to_dict().items() if k != "log_files"},
+        "config": config.to_dict(),
+        "history": history,
+        "metrics": metrics,
+        "time_s": time.perf_counter() - started,
+    }
+    save_reward_model(model, record, out)
+    return RewardModelResult(out=out, model=model, data=data, metrics=metrics, history=history)
+
+
+# --- saving and loading --------------------------------------------------------------------------
+
+
+def base_weights_sha256(base: Path) -> dict[str, str]:
+    """sha256 of the files that define the backbone: config.json and every safetensors shard."""
+    names = ["config.json", *sorted(p.name for p in base.glob("*.safetensors"))]
+    return {name: sha256_file(base / name) for name in names}
+
+
+def save_reward_model(model: RewardModel, record: dict[str, Any], out: Path) -> None:
+    """Write ``out`` atomically: a staging directory beside it, fsynced, renamed into place."""
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-staging-", dir=out.parent))
+    try:
+        tensors = {k: v.detach().contiguous().clone() for k, v in model.trainable_tensors().items()}
+        save_file(tensors, str(staging / TENSORS_FILE))
+        record = {**record, "tensors_sha256": sha256_file(staging / TENSORS_FILE)}
+        (staging / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
+        (staging / METRICS_FILE).write_text(json.dumps(record["metrics"], indent=1), encoding="utf-8")
+        for name in (TENSORS_FILE, RECORD_FILE, METRICS_FILE):
+            with open(staging / name, "rb") as handle:
+                os.fsync(handle.fileno())
+        if out.exists():
+            out.rmdir()  # empty (checked by the caller): rename cannot replace a directory on every OS
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    record_path = path / RECORD_FILE
+    if not path.exists():
+        raise TrainError(f"{path}: no such reward model directory")
+    if not path.is_dir():
+        raise TrainError(
+            f"{path}: is a file; a reward model is the directory written by `npcrl reward-model train --out` "
+            f"(holding {RECORD_FILE} and {TENSORS_FILE})"
+        )
+    if not record_path.is_file():
+        raise TrainError(f"{record_path}: missing; {path} is not a reward model directory")
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TrainError(f"{record_path}: cannot read JSON: {exc}") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise TrainError(f"{record_path}: not a reward model record (format is not {FORMAT!r})")
+    if record.get("version") != FORMAT_VERSION:
+        raise TrainError(f"{record_path}: version {record.get('version')!r}; this npcrl reads {FORMAT_VERSION}")
+    needed = ("backbone", "lora", "base_weights", "base_weights_sha256", "tokenizer_sha256", "pad_id")
+    missing = [key for key in (*needed, "target_mean", "target_std", "tensors_sha256") if key not in record]
+    if missing:
+        raise TrainError(f"{record_path}: missing field(s) {', '.join(missing)}")
+    return record
+
+
+def _read_tensors(path: Path, expected_sha256: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise TrainError(f"{path}: missing")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(_PICKLE_MAGIC):
+        raise TrainError(f"{path}: a pickle (torch.save) file, not safetensors; only safetensors are loaded")
+    if sha256_file(path) != expected_sha256:
+        raise TrainError(f"{path}: sha256 differs from the one recorded in {RECORD_FILE}; the file was modified")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for malformed files
+        raise TrainError(f"{path}: not a readable safetensors file: {exc}") from exc
+
+
+def load_reward_model(path: str | Path, bundle: Bundle | None = None) -> tuple[RewardModel, dict[str, Any]]:
+    """The reward model saved in directory ``path`` and its record.
+
+    With ``bundle``, its tokenizer must be the one the reward model was trained with: it reads
+    the policy's token ids as they are.
+    """
+    path = Path(path).expanduser()
+    record = _read_record(path)
+    if bundle is not None:
+        from npcrl.train.run import tokenizer_sha256
+
+        if record["tokenizer_sha256"] != tokenizer_sha256(bundle):
+            raise TrainError(
+                f"{path / RECORD_FILE}: trained with another tokenizer than bundle {bundle.root}'s; "
+                "a reward model reads token ids, so it must share the policy's tokenizer"
+            )
+    tensors = _read_tensors(path / TENSORS_FILE, str(record["tensors_sha256"]))
+    base = Path(str(record["base_weights"]))
+    if not (base / "config.json").is_file():
+        raise TrainError(f"{path / RECORD_FILE}: its base weights {base} are gone (config.json is missing)")
+    if base_weights_sha256(base) != record["base_weights_sha256"]:
+        raise TrainError(f"{path / RECORD_FILE}: the base weights in {base} changed since the reward model was trained")
+    if record["backbone"] not in ("lora", "frozen", "full"):
+        raise TrainError(f"{path / RECORD_FILE}: backbone = {record['backbone']!r} is not lora, frozen or full")
+    config = RewardModelConfig(backbone=str(record["backbone"]))
+    try:
+        lora = ModelConfig(mode="lora", **record["lora"])
+    except TypeError as exc:
+        raise TrainError(f"{path / RECORD_FILE}: bad lora settings {record['lora']!r}: {exc}") from exc
+    model, _ = build_reward_model(
+        base, config, lora, 0, float(record["target_mean"]), float(record["target_std"]), int(record["pad_id"])
+    )
+    expected = model.trainable_tensors()
+    if set(expected) != set(tensors):
+        missing = sorted(set(expected) - set(tensors))[:3]
+        extra = sorted(set(tensors) - set(expected))[:3]
+        raise TrainError(
+            f"{path / TENSORS_FILE}: tensors do not match the model (missing {missing}, unexpected {extra})"
+        )
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if expected[name].shape != tensor.shape:
+                raise TrainError(
+                    f"{path / TENSORS_FILE}: {name} has shape {tuple(tensor.shape)}, "
+                    f"the model needs {tuple(expected[name].shape)}"
+                )
+            expected[name].copy_(tensor)
+    for param in model.parameters():
+        param.requires_grad_(False)  # a loaded reward model only scores
+    return model, record

@@ -1,0 +1,462 @@
+"""The reward model (engagement predictor) and on-policy PPO with it, on a tiny Llama and real play
+logs of the trainer's toy task (tests/toy_logs.py): the player engages when the NPC's line holds
+one chosen token. 960 one-turn conversations: with the trainer's 240 the predictor memorises its
+~20 rewarded training lines instead of learning to look for the token."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from toy_logs import TOY_SPEC, toy_prompts, write_toy_logs  # noqa: E402
+
+from npcrl.bundle import load_bundle  # noqa: E402
+from npcrl.errors import TrainConfigError, TrainError  # noqa: E402
+from npcrl.rewards import load_reward_spec  # noqa: E402
+from npcrl.train.config import (  # noqa: E402
+    DataConfig,
+    ModelConfig,
+    PPOConfig,
+    RewardModelConfig,
+    RunConfig,
+    TrainConfig,
+    load_train_config,
+)
+from npcrl.train.data import TrainingData, load_training_data  # noqa: E402
+from npcrl.train.distributed import Dist  # noqa: E402
+from npcrl.train.onpolicy import FreshRollouts, cut_at_eos  # noqa: E402
+from npcrl.train.policy import build_policy, resolve_base_weights  # noqa: E402
+from npcrl.train.ppo import PPOTrainer  # noqa: E402
+from npcrl.train.reward_model import (  # noqa: E402
+    METRICS_FILE,
+    RECORD_FILE,
+    TENSORS_FILE,
+    build_reward_model,
+    evaluate,
+    fit,
+    load_reward_model,
+    regression_metrics,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def toy(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("rm-toy")
+    bundle = tiny_bundles["llama-fp32"]
+    target = write_toy_logs(bundle, root / "logs", 960, seed=0)
+    spec = root / "toy-rewards.toml"
+    spec.write_text(TOY_SPEC, encoding="utf-8")
+    config = root / "rm.toml"
+    config.write_text(
+        "\n".join(
+            [
+                "seed = 0",
+                "[data]",
+                f"reward_spec = {json.dumps(str(spec))}",
+                "holdout_fraction = 0.2",
+                "[model]",
+                "lora_r = 8",
+                "[reward_model]",
+                "epochs = 6",
+                "learning_rate = 3e-3",
+                "engaged_threshold = 0.5",
+                "[run]",
+                "threads = 1",
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    return {"root": root, "bundle": bundle, "logs": root / "logs", "spec": spec, "target": target, "config": config}
+
+
+def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "npcrl.cli", *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(toy: dict[str, Any]) -> dict[str, Any]:
+    """A reward model trained through the command line, as a user would."""
+    out = toy["root"] / "rm"
+    proc = cli(
+        "reward-model", "train", "--logs", str(toy["logs"]), "--bundle", str(toy["bundle"]), "--out", str(out),
+        "--config", str(toy["config"]), "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"out": out, "stdout": proc.stdout}
+
+
+def toy_data(toy: dict[str, Any], config: TrainConfig) -> TrainingData:
+    bundle = load_bundle(toy["bundle"])
+    spec = load_reward_spec(toy["spec"])
+    return load_training_data(toy["logs"], spec, {bundle.bundle_id}, bundle.manifest.vocab_size, config.data, 0)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def test_metrics_match_a_hand_computation() -> None:
+    # p = t shuffled: deviations (-1.5, -.5, .5, 1.5) and (-1.5, .5, -.5, 1.5); sum of products 4, squares 5 and 5.
+    m = regression_metrics([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0], baseline=2.0, threshold=2.5)
+    assert m["pearson"] == pytest.approx(0.8)
+    assert m["spearman"] == pytest.approx(0.8)  # ranks are the values themselves
+    assert m["mse"] == pytest.approx(0.5)  # errors 0, 1, 1, 0
+    assert m["baseline_mse"] == pytest.approx(1.5)  # (2 - t)^2 = 1, 1, 0, 4
+    assert m["mse_skill"] == pytest.approx(1 - 0.5 / 1.5)
+    # engaged (t > 2.5): F T F T; predicted (p > 2.5): F F T T
+    assert m["engaged_accuracy"] == pytest.approx(0.5)
+    assert m["engaged_rate"] == pytest.approx(0.5) and m["majority_accuracy"] == pytest.approx(0.5)
+    assert m["turns"] == 4
+
+
+def test_spearman_averages_tied_ranks_and_differs_from_pearson() -> None:
+    # p ranks (1.5, 1.5, 3, 4): deviations (-1, -1, .5, 1.5) against t's (-1.5, -.5, .5, 1.5):
+    # 4.5 / sqrt(4.5 * 5). Pearson: p deviations (-2.5, -2.5, -1.5, 6.5): 14 / sqrt(57 * 5).
+    m = regression_metrics([1.0, 1.0, 2.0, 10.0], [1.0, 2.0, 3.0, 4.0], baseline=0.0, threshold=0.0)
+    assert m["spearman"] == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
+    assert m["pearson"] == pytest.approx(14 / (57 * 5) ** 0.5)
+    assert m["engaged_accuracy"] == 1.0 and m["majority_accuracy"] == 1.0
+
+
+def test_undefined_metrics_are_none_not_zero() -> None:
+    m = regression_metrics([0.3, 0.3, 0.3], [1.0, 1.0, 1.0], baseline=1.0, threshold=0.5)
+    assert m["pearson"] is None and m["spearman"] is None and m["mse_skill"] is None
+    assert m["mse"] == pytest.approx(0.49)
+    with pytest.raises(ValueError, match="equally long"):
+        regression_metrics([1.0], [1.0, 2.0], baseline=0.0, threshold=0.0)
+
+
+# -- learning -----------------------------------------------------------------------------------
+
+
+def test_reward_model_learns_the_toy_signal_on_held_out_conversations(
+    toy: dict[str, Any], trained: dict[str, Any]
+) -> None:
+    config = load_train_config(toy["config"])
+    data = toy_data(toy, config)
+    model, record = load_reward_model(trained["out"], load_bundle(toy["bundle"]))
+    holdout = record["metrics"]["holdout"]
+    # The split is the trainer's: the same held-out conversations, none of them trained on.
+    assert holdout["turns"] == len(data.holdout) > 50
+    assert {t.conversation_id for t in data.holdout}.isdisjoint({t.conversation_id for t in data.train})
+    assert record["data"]["holdout_conversations"] == data.report.holdout_conversations
+    # The recorded metrics are what the saved model predicts.
+    recomputed = regression_metrics(
+        model.predict(data.holdout), [t.reward for t in data.holdout], record["target_mean"], 0.5
+    )
+    assert recomputed == pytest.approx(holdout)
+    assert holdout["pearson"] > 0.7 and holdout["spearman"] > 0.4
+    assert holdout["mse"] < 0.5 * holdout["baseline_mse"]
+    assert holdout["engaged_accuracy"] > holdout["majority_accuracy"]
+    # Control: the same architecture untrained (head freshly initialised) predicts about the mean.
+    base = resolve_base_weights(load_bundle(toy["bundle"]), None)
+    untrained, _ = build_reward_model(
+        base, config.reward_model, config.model, 0, record["target_mean"], record["target_std"]
+    )
+    control = evaluate(untrained, data, 0.5, 8)["holdout"]
+    assert control["mse_skill"] < 0.1 < holdout["mse_skill"] - 0.4
+    assert abs(control["pearson"]) < 0.4
+
+
+def test_frozen_backbone_trains_and_saves_only_the_head(toy: dict[str, Any]) -> None:
+    torch.set_num_threads(1)
+    config = load_train_config(toy["config"])
+    data = toy_data(toy, config)
+    base = resolve_base_weights(load_bundle(toy["bundle"]), None)
+    model, _ = build_reward_model(base, RewardModelConfig(backbone="frozen", epochs=1), config.model, 0)
+    assert set(model.trainable_tensors()) == {"head.weight", "head.bias"}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, data.train[:16], RewardModelConfig(backbone="frozen", epochs=1, learning_rate=1e-2), 0)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"head.weight", "head.bias"}
+
+
+def test_cli_prints_and_writes_the_held_out_metrics(trained: dict[str, Any]) -> None:
+    out = trained["out"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([METRICS_FILE, RECORD_FILE, TENSORS_FILE])
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    assert metrics == json.loads((out / RECORD_FILE).read_text())["metrics"]
+    table = trained["stdout"]
+    assert "holdout" in table and "train" in table
+    row = next(line for line in table.splitlines() if line.startswith("Pearson r"))
+    assert row.split()[2] == f"{metrics['holdout']['pearson']:.3f}"
+    assert "(engaged: reward > 0.5)" in table
+    assert json.loads(table.strip().splitlines()[-1])["reward_model"] == str(out)
+
+
+def test_save_and_load_round_trip(toy: dict[str, Any], trained: dict[str, Any], tmp_path: Path) -> None:
+    model, record = load_reward_model(trained["out"])
+    data = toy_data(toy, load_train_config(toy["config"]))
+    first = model.predict(data.holdout[:12])
+    # A copy elsewhere loads to the same predictions; nothing it loads is a pickle.
+    copy = tmp_path / "copy"
+    shutil.copytree(trained["out"], copy)
+    again, _ = load_reward_model(copy)
+    assert again.predict(data.holdout[:12]) == first
+    assert not any(p.requires_grad for p in again.parameters())
+    assert record["backbone"] == "lora" and any("lora" in k for k in again.trainable_tensors())
+    # Predicting in batches or one by one gives the same scores (padding does not leak in).
+    single = [model.predict([turn])[0] for turn in data.holdout[:12]]
+    assert single == pytest.approx(first, abs=1e-5)
+
+
+def _corrupt(case: str, root: Path) -> Path:
+    """Break the reward model directory ``root`` in one way; returns the path to load."""
+    tensors, record = root / TENSORS_FILE, root / RECORD_FILE
+    if case == "missing":
+        return root / "nope"
+    if case == "file":
+        return tensors
+    if case == "no-record":
+        record.unlink()
+    elif case == "bad-json":
+        record.write_text("{not json", encoding="utf-8")
+    elif case == "other-format":
+        record.write_text(json.dumps({"format": "something-else"}), encoding="utf-8")
+    elif case == "pickle":
+        torch.save({"head.weight": torch.zeros(1)}, tensors)
+    elif case == "modified":
+        raw = bytearray(tensors.read_bytes())
+        raw[-1] ^= 0xFF
+        tensors.write_bytes(bytes(raw))
+    elif case == "other-tokenizer":
+        data = json.loads(record.read_text())
+        data["tokenizer_sha256"] = "0" * 64
+        record.write_text(json.dumps(data), encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("case", "message", "names"),
+    [
+        ("missing", "no such reward model directory", "nope"),
+        ("file", "is a file", TENSORS_FILE),
+        ("no-record", "missing", RECORD_FILE),
+        ("bad-json", "cannot read JSON", RECORD_FILE),
+        ("other-format", "not a reward model record", RECORD_FILE),
+        ("pickle", "pickle", TENSORS_FILE),
+        ("modified", "sha256 differs", TENSORS_FILE),
+        ("other-tokenizer", "another tokenizer", RECORD_FILE),
+    ],
+    ids=["missing", "file", "no-record", "bad-json", "other-format", "pickle", "modified", "other-tokenizer"],
+)
+def test_bad_reward_model_paths_name_the_file(
+    toy: dict[str, Any], trained: dict[str, Any], tmp_path: Path, case: str, message: str, names: str
+) -> None:
+    root = tmp_path / "rm"
+    shutil.copytree(trained["out"], root)
+    path = _corrupt(case, root)
+    with pytest.raises(TrainError, match=message) as info:
+        load_reward_model(path, load_bundle(toy["bundle"]))
+    assert names in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def test_reward_model_train_refuses_bad_inputs(toy: dict[str, Any], tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "x").write_text("x")
+    base = ["reward-model", "train", "--bundle", str(toy["bundle"]), "--config", str(toy["config"])]
+    proc = cli(*base, "--logs", str(empty), "--out", str(tmp_path / "a"))
+    assert proc.returncode == 2 and "no play-log files" in proc.stderr, proc.stderr
+    proc = cli(*base, "--logs", str(toy["logs"]), "--out", str(taken))
+    assert proc.returncode == 2 and f"{taken}: output directory is not empty" in proc.stderr, proc.stderr
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[data]\nmode = 'replay'\n", r"data.mode = 'replay': must be 'logged' or 'reward_model'"),
+        ("[data]\nmode = 'reward_model'\n", r"reward_model.path = None: must be set when data.mode = 'reward_model'"),
+        ("[reward_model]\nbackbone = 'half'\n", r"reward_model.backbone = 'half'"),
+        ("[reward_model]\nepochs = 0\n", r"reward_model.epochs = 0: must be >= 1"),
+        ("[reward_model]\nlearning_rate = 0\n", r"reward_model.learning_rate = 0.0: must be > 0"),
+        ("[reward_model]\nengaged_threshold = nan\n", r"reward_model.engaged_threshold = nan"),
+        ("[reward_model]\nlr = 1e-4\n", r"reward_model: unknown key\(s\) lr"),
+        ("[reward_model]\npath = 3\n", r"reward_model.path = 3: expected str"),
+    ],
+    ids=["mode", "mode-without-path", "backbone", "epochs", "learning-rate", "threshold", "unknown", "path-type"],
+)
+def test_reward_model_config_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "train.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(TrainConfigError, match=message) as info:
+        load_train_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_on_policy_mode_config_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "train.toml"
+    path.write_text("[data]\nmode = 'reward_model'\n[reward_model]\npath = 'rm'\nmax_new_tokens = 12\n")
+    config = load_train_config(path)
+    assert config.data.mode == "reward_model" and config.reward_model.path == "rm"
+    assert config.reward_model.max_new_tokens == 12
+    assert load_train_config(None).data.mode == "logged"
+
+
+# -- on-policy PPO --------------------------------------------------------------------------------
+
+
+def target_rate(trainer: PPOTrainer, toy: dict[str, Any], reference: bool = False) -> float:
+    """Share of freshly sampled 8-token lines (the logged sampler settings) that hold the rewarded token."""
+    policy = trainer.policy
+    lm = policy.reference_lm_module() if reference else policy.module.lm
+    ctx = policy.reference_context() if reference else contextlib.nullcontext()
+    hits = total = 0
+    torch.manual_seed(4321)
+    with ctx, torch.no_grad():
+        for prompt in toy_prompts(toy["bundle"]):
+            ids = torch.tensor([prompt])
+            out = lm.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=1.0,
+                top_p=0.95,
+                max_new_tokens=8,
+                min_new_tokens=8,
+                num_return_sequences=32,
+                pad_token_id=policy.tokenizer.pad_token_id,
+            )
+            for row in out[:, len(prompt) :].tolist():
+                hits += toy["target"] in row
+                total += 1
+    return hits / total
+
+
+def on_policy_trainer(toy: dict[str, Any], trained: dict[str, Any], iterations: int) -> PPOTrainer:
+    torch.set_num_threads(1)
+    config = TrainConfig(
+        seed=0,
+        data=DataConfig(holdout_fraction=0.2, mode="reward_model"),
+        model=ModelConfig(mode="lora", lora_r=8),
+        ppo=PPOConfig(
+            rollout_turns=32,
+            minibatch_turns=16,
+            micro_batch_turns=8,
+            epochs=2,
+            iterations=iterations,
+            learning_rate=5e-3,
+            kl_coef=0.2,
+            kl_target=3.0,
+            kl_horizon=200,
+        ),
+        reward_model=RewardModelConfig(path=str(trained["out"])),
+        run=RunConfig(threads=1),
+    ).validate()
+    bundle = load_bundle(toy["bundle"])
+    data = toy_data(toy, config)
+    policy = build_policy(resolve_base_weights(bundle, None), config.model, config.seed)
+    reward_model, _ = load_reward_model(trained["out"], bundle)
+    fresh = FreshRollouts(reward_model, bundle.manifest.special_tokens.eos_token_ids, config, Dist())
+    return PPOTrainer(policy, data.train, config, Dist(), policy.tokenizer.pad_token_id, fresh=fresh)
+
+
+def test_fresh_rollouts_are_the_policys_own_answers_scored_by_the_reward_model(
+    toy: dict[str, Any], trained: dict[str, Any]
+) -> None:
+    trainer = on_policy_trainer(toy, trained, iterations=1)
+    assert trainer.fresh is not None
+    logged = trainer.rollout_turns(0)
+    fresh = trainer.fresh.sample(trainer.policy, logged, 0)
+    assert [t.prompt_ids for t in fresh] == [t.prompt_ids for t in logged]
+    assert sum(f.response_ids != t.response_ids for f, t in zip(fresh, logged, strict=True)) > 0.9 * len(logged)
+    predicted = trainer.fresh.reward_model.predict(fresh)
+    assert [t.reward for t in fresh] == pytest.approx(predicted)
+    # Same seed and iteration, same samples (what makes a resumed run sample what it would have).
+    assert [t.response_ids for t in trainer.fresh.sample(trainer.policy, logged, 0)] == [t.response_ids for t in fresh]
+    record = trainer.run_iteration()
+    assert record["is_weight_mean"] == pytest.approx(1.0) and record["is_truncated_frac"] == 0.0
+    assert record["behaviour_logprob_gap"] == 0.0 and record["sampling_s"] > 0
+    assert record["reward_mean"] == pytest.approx(sum(t.reward for t in fresh) / len(fresh), abs=1e-5)
+
+
+def test_cut_at_eos_keeps_the_eos_token() -> None:
+    assert cut_at_eos([5, 6, 2, 2, 2], [2]) == [5, 6, 2]
+    assert cut_at_eos([5, 6], [2]) == [5, 6]
+
+
+def test_on_policy_ppo_with_the_reward_model_raises_the_engagement_rate(
+    toy: dict[str, Any], trained: dict[str, Any]
+) -> None:
+    trainer = on_policy_trainer(toy, trained, iterations=9)
+    base_rate = target_rate(trainer, toy, reference=True)
+    rates = []
+    for _ in range(3):
+        for _ in range(3):
+            trainer.run_iteration()
+        rates.append(target_rate(trainer, toy))
+    assert base_rate < 0.25
+    assert rates[0] < rates[2] and rates[-1] > 2.5 * base_rate, (base_rate, rates)
+    scores = [m["reward_mean"] for m in trainer.metrics]  # the reward model's view of each fresh rollout
+    assert sum(scores[-3:]) > sum(scores[:3]), scores
+    kl = [m["kl_per_turn"] for m in trainer.metrics]
+    assert kl[0] == 0.0 and all(k >= 0 for k in kl) and kl[-1] < 6.0, kl
+    # The reference is untouched by training.
+    assert target_rate(trainer, toy, reference=True) == base_rate
+
+
+def test_npcrl_train_on_policy_mode_writes_its_report(
+    toy: dict[str, Any], trained: dict[str, Any], tmp_path: Path
+) -> None:
+    config = tmp_path / "train.toml"
+    settings = [
+        "[data]",
+        "mode = 'reward_model'",
+        f"reward_spec = {json.dumps(str(toy['spec']))}",
+        "holdout_fraction = 0.2",
+        "[model]",
+        "lora_r = 8",
+        "[ppo]",
+        "rollout_turns = 16",
+        "minibatch_turns = 8",
+        "iterations = 2",
+        "learning_rate = 5e-3",
+        "[reward_model]",
+        f"path = {json.dumps(str(trained['out']))}",
+        "[run]",
+        "threads = 1",
+        "export_quant = 'none'",
+        "sample_prompts = 2",
+        "sample_tokens = 8",
+    ]
+    text = "\n".join(settings) + "\n"
+    config.write_text(text, encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["train", "--logs", str(toy["logs"]), "--bundle", str(toy["bundle"]), "--out", str(out)]
+    proc = cli(*args, "--config", str(config), "--no-progress")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "fresh samples scored by the reward model" in proc.stdout
+    provenance = json.loads((out / "report" / "provenance.json").read_text())
+    assert provenance["trainer"] == "npcrl on-policy PPO (reward model)"
+    assert provenance["reward_model"]["role"] == "reward"
+    samples = json.loads((out / "report" / "samples.json").read_text())
+    assert all("reward_model_score" in s for s in samples["before"] + samples["after"])
+    metrics = [json.loads(line) for line in (out / "report" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(m["is_weight_mean"] == pytest.approx(1.0) for m in metrics)
+    assert "## Reward model" in (out / "report" / "report.md").read_text()
+    assert json.loads((out / "run.json").read_text())["reward_model"]
+    # A bad reward_model.path stops the run before any training, naming the path.
+    config.write_text(text.replace(str(trained["out"]), str(tmp_path / "no-such-rm")), encoding="utf-8")
+    proc = cli("train", *args[1:-1], str(tmp_path / "run2"), "--config", str(config), "--no-progress")
+    assert proc.returncode == 2 and f"{tmp_path / 'no-such-rm'}: no such reward model directory" in proc.stderr
