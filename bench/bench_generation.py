@@ -309,7 +309,7 @@ def main() -> None:
     )
     peak_bw = max(bandwidth)
     print(
-        f"memory read bandwidth (numpy sum over 256 MB, best of 5) {bandwidth[0]:.1f} GB/s before, "
+        f"memory read bandwidth (numpy sums over 256 MB on every core, best of 5) {bandwidth[0]:.1f} GB/s before, "
         f"{bandwidth[1]:.1f} GB/s after; MB/token = weights read per decode step + KV at the mean context"
     )
     header = f"{'engine':18s} {'TTFT ms':>8s} {'decode tok/s':>12s} {'(min-max)':>11s} {'x HF':>6s} {'x genai-int4':>12s} {'MB/token':>8s} {'GB/s':>5s} {'% bw':>5s} {'peak RSS MB':>11s} {'KL vs fp32':>10s} {'top-1':>6s}"

@@ -58,7 +58,6 @@ class Talker:
         self.conversation = agent.start_conversation()
         self.pending: PendingLine | None = None
         self.turn = 0
-        self.tokens = 0
         self.ttft: list[float] = []
 
     def step(self) -> None:
@@ -68,7 +67,6 @@ class Talker:
         if self.pending is not None:
             line = self.pending.result(timeout=0)
             if line.generation is not None:
-                self.tokens += len(line.generation.token_ids)
                 self.ttft.append(line.time_to_first_token_s)
             self.turn += 1
             if self.turn % len(PLAYER_LINES) == 0:
@@ -98,6 +96,7 @@ def run_scenario(model: OnnxCausalLM, npcs: int, seconds: float) -> dict:
     for talker in talkers:
         talker.agent.warm_up()
     passes, rows = model.scheduler.batched_passes, model.scheduler.batched_rows
+    sampled = model.sampled_tokens
     intervals: list[float] = []
     start = last = time.perf_counter()
     next_tick = start + FRAME_S
@@ -113,7 +112,7 @@ def run_scenario(model: OnnxCausalLM, npcs: int, seconds: float) -> dict:
         intervals.append(now - last)
         last = now
     elapsed = last - start
-    tokens = sum(t.tokens for t in talkers)
+    tokens = model.sampled_tokens - sampled  # lines still streaming at the end count too
     for talker in talkers:
         talker.stop()
     batched_passes = model.scheduler.batched_passes - passes
@@ -132,7 +131,14 @@ def main() -> None:
     parser.add_argument("--npcs", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--configs", default="batched,serial,batched-2t")
+    parser.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=1.0,
+        help="Python's GIL switch interval (the demo sets 1 ms; Python's default is 5)",
+    )
     args = parser.parse_args()
+    sys.setswitchinterval(args.switch_interval_ms / 1000)
     results = []
     for name in args.configs.split(","):
         model = OnnxCausalLM(args.bundle, CONFIGS[name])
@@ -140,7 +146,10 @@ def main() -> None:
         for npcs in (1, args.npcs):
             results.append((name, run_scenario(model, npcs, args.seconds)))
             print(f"[{name}] {npcs} NPCs done", file=sys.stderr, flush=True)
-    print(f"bundle {args.bundle.name}; {os.cpu_count()} CPUs; 60 fps loop, {args.seconds:.0f} s per row")
+    print(
+        f"bundle {args.bundle.name}; {os.cpu_count()} CPUs; 60 fps loop, {args.seconds:.0f} s per row; "
+        f"GIL switch interval {args.switch_interval_ms:g} ms"
+    )
     header = (
         f"{'config':11s} {'NPCs':>4s} {'frames':>6s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'max':>6s} {'>20ms':>6s} "
         f"{'tok/s':>6s} {'x 1 NPC':>7s} {'rows/pass':>9s} {'TTFT p50':>8s} {'p99<=20':>7s}"

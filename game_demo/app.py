@@ -82,6 +82,7 @@ class EventQueue:
 
 
 SMALL_MACHINE_CORES = 2
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 def session_options(options: GameOptions, cores: int | None = None) -> SessionOptions:
@@ -107,6 +108,9 @@ class App:
         model_loader: ModelLoader | None = None,
     ) -> None:
         pygame.init()
+        # NPC turns run in worker threads; when one holds the GIL (sampling), the frame thread
+        # waits up to this interval for it. Python's 5 ms default is a third of a 60 fps frame.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.options = options
         self.world = village()
         self.screen = pygame.display.set_mode((int(self.world.width), int(self.world.height)))

@@ -114,6 +114,7 @@ class OnnxCausalLM:
             gather_s=self.options.gather_ms / 1000,
         )
         self.pool: KVPool | None = None
+        self._bindings: dict[tuple[int, int], ort.IOBinding] = {}  # pool rows -> their binding
         if self.in_place_kv:
             capacity = self.options.kv_capacity or min(self.max_positions or 2048, 2048)
             self.pool = KVPool(self.kv_layout, self.options.kv_slots, capacity, exclusive=self.scheduler.call)
@@ -122,6 +123,8 @@ class OnnxCausalLM:
         if self.pool is not None and self.max_positions is not None:
             self.max_tokens = min(self.pool.max_tokens, self.max_positions)
         self.prefixes = PrefixStore(int(self.options.prefix_cache_mb * 2**20), self.kv_layout.bytes_per_token())
+        self.sampled_tokens = 0
+        """tokens sampled by every generation on this model (a statistic for benchmarks)"""
 
     def _create_session(self, path: Path) -> ort.InferenceSession:
         so = ort.SessionOptions()
@@ -209,11 +212,6 @@ class OnnxCausalLM:
         cache.last_logits = logits[-1].copy()
         return logits if all_logits else logits[-1]
 
-    def _bind_common(self, binding: ort.IOBinding, ids: np.ndarray, mask: np.ndarray) -> None:
-        binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("attention_mask", mask)
-        binding.bind_output("logits")
-
     def _run(self, binding: ort.IOBinding) -> list[ort.OrtValue]:
         try:
             self.session.run_with_iobinding(binding)
@@ -229,14 +227,31 @@ class OnnxCausalLM:
             binding.bind_input(past, "cpu", 0, self._kv_dtype, shape, ptr)
             binding.bind_output(present, "cpu", 0, self._kv_dtype, shape, ptr)
 
+    def _run_rows(self, lo: int, hi: int, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """A pass over pool rows ``lo..hi``; returns logits ``(rows, T, V)``. The binding of those
+        rows is made once and kept (the KV pointers never move), so a pass only rebinds its ids,
+        mask and a fresh logits buffer: binding 60 KV tensors costs about a millisecond."""
+        binding = self._bindings.get((lo, hi))
+        if binding is None:
+            assert self.pool is not None
+            binding = self.session.io_binding()
+            self._bind_rows(binding, self.pool.rows(lo, hi))
+            self._bindings[(lo, hi)] = binding
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        logits = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), dtype=np.float32)
+        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise GenerationError(f"onnxruntime failed on a forward pass: {exc}") from exc
+        return logits
+
     def _run_slot(self, ids: np.ndarray, cache: SlotCache, all_logits: bool) -> np.ndarray:
         """One sequence's pass in its pool slot (runs inside the scheduler)."""
-        assert self.pool is not None and cache.slot is not None
-        past = len(cache)
-        binding = self.session.io_binding()
-        self._bind_common(binding, ids[None, :], np.ones((1, past + len(ids)), dtype=np.int64))
-        self._bind_rows(binding, self.pool.rows(cache.slot, cache.slot))
-        logits = self._run(binding)[0].numpy()[0]
+        assert cache.slot is not None
+        mask = np.ones((1, len(cache) + len(ids)), dtype=np.int64)
+        logits = self._run_rows(cache.slot, cache.slot, ids[None, :], mask)[0]
         cache.token_ids.extend(int(t) for t in ids)
         return logits if all_logits else logits[-1:]
 
@@ -254,14 +269,11 @@ class OnnxCausalLM:
         for (_, token), slot in zip(steps, slots, strict=True):
             ids[slot - lo, 0] = token
         mask = (np.arange(int(lengths.max()) + 1)[None, :] <= lengths[:, None]).astype(np.int64)
-        binding = self.session.io_binding()
-        self._bind_common(binding, ids, mask)
-        self._bind_rows(binding, self.pool.rows(lo, hi))
-        logits = self._run(binding)[0].numpy()  # (rows, 1, V)
+        logits = self._run_rows(lo, hi, ids, mask)  # (rows, 1, V)
         out = []
         for (cache, token), slot in zip(steps, slots, strict=True):
             cache.token_ids.append(token)
-            out.append(logits[slot - lo].copy())
+            out.append(logits[slot - lo])
         return out
 
     def _run_concat(self, ids: np.ndarray, cache: ConcatCache, all_logits: bool) -> np.ndarray:
@@ -269,7 +281,9 @@ class OnnxCausalLM:
         past_len = len(cache)
         total = past_len + len(ids)
         binding = self.session.io_binding()
-        self._bind_common(binding, ids[None, :], np.ones((1, total), dtype=np.int64))
+        binding.bind_cpu_input("input_ids", ids[None, :])
+        binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
+        binding.bind_output("logits")
         if self.kv_layout.position_ids:
             binding.bind_cpu_input("position_ids", np.arange(past_len, total, dtype=np.int64)[None, :])
         for name, value in zip(self.kv_layout.past_names(), cache.values, strict=True):
@@ -471,6 +485,7 @@ class Generation:
                 assert cache.last_logits is not None
                 logits = cache.last_logits
             token = sampler.sample(logits, context)
+            model.sampled_tokens += 1
             if not tokens:
                 first_token_at = time.perf_counter()
             tokens.append(token)
