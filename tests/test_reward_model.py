@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ def toy(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
                 "lora_r = 8",
                 "[reward_model]",
                 "epochs = 6",
+                "micro_batch_turns = 8",  # whole batches; accumulation is checked on its own below
                 "learning_rate = 3e-3",
                 "engaged_threshold = 0.5",
                 "[run]",
@@ -187,6 +189,22 @@ def test_frozen_backbone_trains_and_saves_only_the_head(toy: dict[str, Any]) -> 
     assert changed == {"head.weight", "head.bias"}
 
 
+def test_micro_batches_take_the_same_step_as_one_batch(toy: dict[str, Any]) -> None:
+    """Gradient accumulation over micro-batches (bounded memory) is the whole batch's mean loss."""
+    torch.set_num_threads(1)
+    config = load_train_config(toy["config"])
+    data = toy_data(toy, config)
+    base = resolve_base_weights(load_bundle(toy["bundle"]), None)
+    heads = []
+    for micro in (8, 2):
+        rm_config = RewardModelConfig(backbone="frozen", epochs=1, batch_turns=8, micro_batch_turns=micro)
+        model, _ = build_reward_model(base, rm_config, config.model, 0)
+        history = fit(model, data.train[:8], replace(rm_config, learning_rate=1e-2), 0)
+        heads.append((model.head.weight.detach().clone(), history[0]["loss"]))
+    torch.testing.assert_close(heads[0][0], heads[1][0], atol=1e-5, rtol=1e-4)
+    assert heads[0][1] == pytest.approx(heads[1][1], rel=1e-4)
+
+
 def test_cli_prints_and_writes_the_held_out_metrics(trained: dict[str, Any]) -> None:
     out = trained["out"]
     assert sorted(p.name for p in out.iterdir()) == sorted([METRICS_FILE, RECORD_FILE, TENSORS_FILE])
@@ -290,12 +308,23 @@ def test_reward_model_train_refuses_bad_inputs(toy: dict[str, Any], tmp_path: Pa
         ("[data]\nmode = 'reward_model'\n", r"reward_model.path = None: must be set when data.mode = 'reward_model'"),
         ("[reward_model]\nbackbone = 'half'\n", r"reward_model.backbone = 'half'"),
         ("[reward_model]\nepochs = 0\n", r"reward_model.epochs = 0: must be >= 1"),
+        ("[reward_model]\nmicro_batch_turns = 3\n", r"reward_model.micro_batch_turns = 3: must be a divisor"),
         ("[reward_model]\nlearning_rate = 0\n", r"reward_model.learning_rate = 0.0: must be > 0"),
         ("[reward_model]\nengaged_threshold = nan\n", r"reward_model.engaged_threshold = nan"),
         ("[reward_model]\nlr = 1e-4\n", r"reward_model: unknown key\(s\) lr"),
         ("[reward_model]\npath = 3\n", r"reward_model.path = 3: expected str"),
     ],
-    ids=["mode", "mode-without-path", "backbone", "epochs", "learning-rate", "threshold", "unknown", "path-type"],
+    ids=[
+        "mode",
+        "mode-without-path",
+        "backbone",
+        "epochs",
+        "micro-batch",
+        "learning-rate",
+        "threshold",
+        "unknown",
+        "path-type",
+    ],
 )
 def test_reward_model_config_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "train.toml"

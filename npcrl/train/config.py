@@ -207,6 +207,9 @@ class RewardModelConfig:
     """passes over the training turns"""
     batch_turns: int = 8
     """turns per optimizer step"""
+    micro_batch_turns: int = 2
+    """turns per forward/backward; gradients accumulate over batch_turns / micro_batch_turns. Real
+    game turns are ~700 tokens: a backward over 8 of them at once held 18 GB on the real model"""
     learning_rate: float = 1e-4
     """AdamW step size (LoRA and head; use ~1e-5 for 'full', ~1e-3 for 'frozen')"""
     weight_decay: float = 0.0
@@ -227,8 +230,14 @@ class RewardModelConfig:
             self.backbone,
             "'lora', 'frozen' or 'full'",
         )
-        for key in ("epochs", "batch_turns"):
+        for key in ("epochs", "batch_turns", "micro_batch_turns"):
             _check(getattr(self, key) >= 1, f"reward_model.{key}", getattr(self, key), ">= 1")
+        _check(
+            self.batch_turns % self.micro_batch_turns == 0,
+            "reward_model.micro_batch_turns",
+            self.micro_batch_turns,
+            f"a divisor of reward_model.batch_turns ({self.batch_turns})",
+        )
         for key in ("learning_rate", "max_grad_norm"):
             _check(getattr(self, key) > 0, f"reward_model.{key}", getattr(self, key), "> 0")
         _check(self.weight_decay >= 0, "reward_model.weight_decay", self.weight_decay, ">= 0")

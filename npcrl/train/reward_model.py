@@ -267,14 +267,18 @@ def fit(
         batches = [order[i : i + config.batch_turns] for i in range(0, len(order), config.batch_turns)]
         total = 0.0
         for rows in _bar(batches, f"epoch {epoch}", progress):
-            batch = collate([turns[int(i)] for i in rows], model.pad_id)
-            predictions = model(batch.input_ids, batch.attention_mask)  # (B,)
-            loss = torch.nn.functional.mse_loss(predictions, targets[torch.as_tensor(rows)])
-            loss.backward()
+            # Micro-batches bound activation memory; each adds its share of the batch's mean loss.
+            for start in range(0, len(rows), config.micro_batch_turns):
+                micro = rows[start : start + config.micro_batch_turns]
+                batch = collate([turns[int(i)] for i in micro], model.pad_id)
+                predictions = model(batch.input_ids, batch.attention_mask)  # (b,)
+                errors = (predictions - targets[torch.as_tensor(micro)]) ** 2
+                loss = errors.sum() / len(rows)
+                loss.backward()
+                total += float(errors.detach().sum())
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            total += float(loss.detach()) * len(rows)
         history.append({"epoch": epoch + 1, "loss": total / len(turns), "time_s": time.perf_counter() - started})
     return history
 
