@@ -1,7 +1,7 @@
 """Prepare each NPC's persona prefix (its system turn's KV cache) in the background.
 
 The persona is most of every prompt (about 600 tokens for the shipped cards) and its prefill
-takes seconds on a small CPU; npcrl computes it once per NPC and bundle. Doing that at start-up
+takes seconds on a small CPU; npcrl computes it once per persona and bundle. Doing that at start-up
 and right after a hot swap, instead of in the first turn, turns a ~5 s "thinking…" into the
 usual fraction of a second. A turn that starts meanwhile simply waits for that NPC's prefix.
 """

@@ -71,8 +71,8 @@ class AgentConfig:
     max_player_chars: int = 300
     """player input is cut to this many characters"""
     reuse_persona_prefix: bool = True
-    """start every turn from cached KV: the persona's system turn (computed once per NPC and bundle)
-    and, within a conversation, everything up to the player's new line"""
+    """start every turn from cached KV: the persona's system turn and user header (computed once per
+    persona and bundle) and, within a conversation, everything up to the player's new line"""
 
     def __post_init__(self) -> None:
         if self.prompt_token_budget <= self.sampler.max_new_tokens:
