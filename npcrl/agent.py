@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -187,14 +188,12 @@ class NpcAgent:
         return model.prefix_cache(memo[2])
 
     def _prefix_ids(self, model: OnnxCausalLM) -> list[int]:
-        """The first-turn prompts for two different player lines, up to one token before they part
-        (that token may merge with the player's first word)."""
+        """What every first-turn prompt starts with: the system turn and the user header."""
         system = {"role": "system", "content": self.system_prompt}
-        a, b = (
-            model.tokenizer.encode_chat([system, {"role": "user", "content": delimit_player_text(text)}])
-            for text in ("Hello there", "What now")
+        stem = prompt_stem(
+            lambda text: model.tokenizer.encode_chat([system, {"role": "user", "content": delimit_player_text(text)}])
         )
-        return a[: max(1, common_prefix_length(a, b) - 1)]
+        return stem or model.tokenizer.encode_chat([system])[:1]
 
     def start_conversation(self, player_id: str = "player") -> Conversation:
         return Conversation(self, player_id)
@@ -431,12 +430,8 @@ class Conversation:
         return None  # the template tokenised the system turn differently in context
 
     def _next_prompt_stem(self) -> list[int]:
-        """Token ids every next prompt starts with, whatever the player says: the prompts for two
-        different lines, up to one token before where they part (that token may merge with the
-        player's first word)."""
-        a = self.build_prompt("Hello there")
-        b = self.build_prompt("What now")
-        return a[: max(0, common_prefix_length(a, b) - 1)]
+        """Token ids every next prompt starts with, whatever the player says."""
+        return prompt_stem(self.build_prompt)
 
     def _prefill_ahead(self, stem: list[int]) -> None:
         """Bring the conversation's cache to hold ``stem`` (rewinding what differs), off the game thread."""
@@ -576,6 +571,13 @@ class Conversation:
             self.agent.log_writer.append(record)
         except NpcrlError:  # e.g. the writer was closed while a turn finished: the game goes on
             log.exception("play log refused a %s record", type(record).__name__)
+
+
+def prompt_stem(prompt_for: Callable[[str], list[int]]) -> list[int]:
+    """The tokens a prompt has before the player's words: the prompts for two different lines, up
+    to one token before where they part (that token may still merge with the player's first word)."""
+    a, b = prompt_for("Hello there"), prompt_for("What now")
+    return a[: max(0, common_prefix_length(a, b) - 1)]
 
 
 def with_sampler(config: AgentConfig, **changes: Any) -> AgentConfig:
