@@ -20,6 +20,7 @@ from npcrl.train.batching import collate
 from npcrl.train.behaviour import sampler_logprobs
 from npcrl.train.data import TrainingTurn
 from npcrl.train.policy import Policy
+from npcrl.train.shared_prefix import group_by_prefix
 
 if TYPE_CHECKING:
     from npcrl.train.reward_model import RewardModel
@@ -47,15 +48,26 @@ class OffPolicyEstimate:
         return asdict(self)
 
 
-def turn_log_weights(policy: Policy, turns: list[TrainingTurn], pad_id: int, reference: bool = False) -> list[float]:
-    """Per turn ``sum_t log mu_new(a_t) - log mu(a_t)`` (``-inf`` when mu_new gives a token zero mass)."""
-    out = []
-    for turn in turns:
-        batch = collate([turn], pad_id)
-        logits = policy.full_logits(batch, reference=reference)[0, : len(turn.response_ids)]
-        new = sampler_logprobs(logits, turn.prompt_ids, turn.response_ids, SamplerConfig.from_dict(turn.sampler))
-        behaviour = torch.tensor(turn.behaviour_logprobs, dtype=torch.float64)
-        out.append(float((new - behaviour).sum()))
+def turn_log_weights(
+    policy: Policy, turns: list[TrainingTurn], pad_id: int, reference: bool = False, batch_turns: int = 4
+) -> list[float]:
+    """Per turn ``sum_t log mu_new(a_t) - log mu(a_t)`` (``-inf`` when mu_new gives a token zero mass).
+
+    Turns sharing a persona prefix are scored ``batch_turns`` at a time (the prefix runs once)."""
+    out = [0.0] * len(turns)
+    prompts = [t.prompt_ids for t in turns]
+    for chunk in group_by_prefix(range(len(turns)), prompts, batch_turns):
+        logits = policy.full_logits(collate([turns[i] for i in chunk], pad_id), reference=reference)
+        for row, i in enumerate(chunk):
+            turn = turns[i]
+            new = sampler_logprobs(
+                logits[row, : len(turn.response_ids)],
+                turn.prompt_ids,
+                turn.response_ids,
+                SamplerConfig.from_dict(turn.sampler),
+            )
+            behaviour = torch.tensor(turn.behaviour_logprobs, dtype=torch.float64)
+            out[i] = float((new - behaviour).sum())
     return out
 
 

@@ -27,6 +27,7 @@ from npcrl.sampler import SamplerConfig
 from npcrl.train.batching import Batch
 from npcrl.train.config import ModelConfig
 from npcrl.train.ppo_math import entropy_from_logits, selective_log_softmax
+from npcrl.train.shared_prefix import decoder_hidden
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -83,10 +84,14 @@ def _lm_head(lm: nn.Module) -> nn.Module:
 def response_hidden(
     lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
 ) -> torch.Tensor:
-    """Last hidden states at the positions that predict each response token: (B, T, H)."""
-    out = _decoder(lm)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    hidden = out.last_hidden_state  # (B, L, H), after the final norm
-    index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, T, H)
+    """Last hidden states at the positions that predict each response token: (B, T, H).
+
+    Rows sharing a prompt prefix run it once (``shared_prefix.decoder_hidden``: exact, ~3x less work
+    on persona prompts)."""
+    # Step 0 is real in every row (a turn has a response token); padded steps hold position 0.
+    first = int(positions[:, 0].min())
+    hidden, offset = decoder_hidden(_decoder(lm), input_ids, attention_mask, limit=first)  # after the final norm
+    index = (positions - offset).clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, T, H)
     return hidden.gather(1, index)
 
 

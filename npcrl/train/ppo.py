@@ -51,6 +51,7 @@ from npcrl.train.ppo_math import (
     masked_whiten,
     truncated_importance_weights,
 )
+from npcrl.train.shared_prefix import group_by_prefix
 
 if TYPE_CHECKING:
     from npcrl.train.onpolicy import FreshRollouts
@@ -143,7 +144,8 @@ class PPOTrainer:
         micro = self.config.ppo.micro_batch_turns
         mine = list(range(self.dist.rank, len(turns), self.dist.world))
         scored: dict[int, tuple[torch.Tensor, ...]] = {}
-        for chunk in self._bar(list(_chunks(mine, micro)), "scoring"):
+        prompts = [t.prompt_ids for t in turns]
+        for chunk in self._bar(group_by_prefix(mine, prompts, micro), "scoring"):
             batch = collate([turns[i] for i in chunk], self.pad_id)
             # Before the first update the policy is the reference: one forward pass serves both.
             outputs = self.policy.score(batch, reference_is_policy=self.updates == 0)
@@ -218,6 +220,7 @@ class PPOTrainer:
             ("policy_loss", "value_loss", "entropy", "clip_frac", "value_clip_frac", "approx_kl", "tokens"), 0.0
         )
         grad_norms: list[float] = []
+        prompts = [t.prompt_ids for t in rollout.turns]
         epochs_run, stopped = 0, False
         for epoch in range(ppo.epochs):
             order = np.random.default_rng([self.config.seed, iteration, epoch, 1]).permutation(len(rollout.turns))
@@ -226,7 +229,7 @@ class PPOTrainer:
                 tokens = float(rollout.batch.mask[minibatch].sum())
                 mine = minibatch[self.dist.rank :: self.dist.world]
                 sums = [0.0] * 6
-                micros = list(_chunks(mine, ppo.micro_batch_turns))
+                micros = group_by_prefix(mine, prompts, ppo.micro_batch_turns)
                 for k, micro in enumerate(micros):
                     last = k == len(micros) - 1
                     sync = nullcontext() if last or self.ddp is None else self.ddp.no_sync()

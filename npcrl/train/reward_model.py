@@ -50,6 +50,7 @@ from npcrl.train.batching import collate
 from npcrl.train.config import ModelConfig, RewardModelConfig, TrainConfig
 from npcrl.train.data import TrainingData, TrainingTurn, load_training_data
 from npcrl.train.policy import _decoder, apply_lora, hidden_size_of, load_backbone, resolve_base_weights
+from npcrl.train.shared_prefix import decoder_hidden, group_by_prefix
 
 FORMAT = "npcrl-reward-model"
 FORMAT_VERSION = 1
@@ -173,12 +174,12 @@ class RewardModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B,) standardised predictions for right-padded (B, L) sequences."""
         grad = torch.is_grad_enabled() and self.backbone != "frozen"
-        with torch.set_grad_enabled(grad):
-            out = _decoder(self.lm)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        hidden = out.last_hidden_state  # (B, L, H), after the final norm
         last = attention_mask.sum(dim=1) - 1  # (B,) the last real token of each row
+        with torch.set_grad_enabled(grad):
+            # after the final norm; rows sharing a prompt prefix run it once (exact)
+            hidden, offset = decoder_hidden(_decoder(self.lm), input_ids, attention_mask, limit=int(last.min()))
         rows = torch.arange(hidden.shape[0])
-        return self.head(hidden[rows, last].float()).squeeze(-1)  # (B,)
+        return self.head(hidden[rows, last - offset].float()).squeeze(-1)  # (B,)
 
     def trainable_tensors(self) -> dict[str, torch.Tensor]:
         """What is saved: the head and the backbone weights that train (LoRA adapters, all, or none).
@@ -196,11 +197,12 @@ class RewardModel(nn.Module):
         self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], batch: int = 8
     ) -> list[float]:
         """Predicted rewards (reward units) of prompt + response pairs."""
-        out: list[float] = []
-        for start in range(0, len(prompts), batch):
-            ids, mask = _pack(prompts[start : start + batch], responses[start : start + batch], self.pad_id)
+        out = [0.0] * len(prompts)
+        for chunk in group_by_prefix(range(len(prompts)), prompts, batch):
+            ids, mask = _pack([prompts[i] for i in chunk], [responses[i] for i in chunk], self.pad_id)
             scores = self(ids, mask) * self.target_std + self.target_mean
-            out.extend(float(s) for s in scores)
+            for i, score in zip(chunk, scores, strict=True):
+                out[i] = float(score)
         return out
 
     def predict(self, turns: Sequence[TrainingTurn], batch: int = 8) -> list[float]:
@@ -260,6 +262,7 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     targets = torch.tensor([(t.reward - model.target_mean) / model.target_std for t in turns], dtype=torch.float32)
+    prompts = [t.prompt_ids for t in turns]
     history = []
     for epoch in range(config.epochs):
         started = time.perf_counter()
@@ -268,8 +271,7 @@ def fit(
         total = 0.0
         for rows in _bar(batches, f"epoch {epoch}", progress):
             # Micro-batches bound activation memory; each adds its share of the batch's mean loss.
-            for start in range(0, len(rows), config.micro_batch_turns):
-                micro = rows[start : start + config.micro_batch_turns]
+            for micro in group_by_prefix([int(i) for i in rows], prompts, config.micro_batch_turns):
                 batch = collate([turns[int(i)] for i in micro], model.pad_id)
                 predictions = model(batch.input_ids, batch.attention_mask)  # (b,)
                 errors = (predictions - targets[torch.as_tensor(micro)]) ** 2

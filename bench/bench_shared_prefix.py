@@ -1,0 +1,111 @@
+"""Training forward/backward cost on real play logs, with and without running each micro-batch's
+shared persona prefix once (``npcrl.train.shared_prefix``), side by side in one process.
+
+Takes ``--turns`` training turns (a seeded sample of the logs' train split, so personas are mixed as
+in a PPO rollout) and times, for each way:
+* scoring: pi_old + reference log-probs, values and exact KL (``Policy.score``, no grad), and
+* an update pass: forward + backward of every micro-batch (LoRA policy with value head).
+"before" is the trainer as it was: micro-batches cut from the rollout in its shuffled order, every row
+run whole. "after" groups rows by prompt prefix and runs the shared prefix once per micro-batch.
+It also prints the largest difference in log-probs between the two (they compute the same thing).
+
+Usage: python bench/bench_shared_prefix.py --logs DIR --bundle BUNDLE [--turns 16] [--micro 4]
+(logs from e.g. ``npcrl simulate --bundle BUNDLE --conversations 16 --logs DIR --max-new-tokens 40``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--logs", required=True)
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--turns", type=int, default=16)
+    parser.add_argument("--micro", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from npcrl.bundle import load_bundle
+    from npcrl.train import shared_prefix
+    from npcrl.train.batching import collate
+    from npcrl.train.config import DataConfig, ModelConfig
+    from npcrl.train.data import load_training_data
+    from npcrl.train.policy import batch_inputs, build_policy, resolve_base_weights
+    from npcrl.train.run import accepted_bundle_ids, default_reward_spec
+    from npcrl.train.shared_prefix import group_by_prefix
+
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    accepted, _ = accepted_bundle_ids(bundle, [])
+    data = load_training_data(
+        args.logs, default_reward_spec(), accepted, bundle.manifest.vocab_size, DataConfig(holdout_fraction=0.0), 0
+    )
+    picked = np.random.default_rng(0).permutation(len(data.train))[: args.turns]
+    turns = [data.train[int(i)] for i in picked]
+    policy = build_policy(resolve_base_weights(bundle, None), ModelConfig(mode="lora"), seed=0)
+    with torch.no_grad():  # a moved adapter, so the reference pass is not skipped and differs
+        for name, param in policy.module.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.01)
+    pad = policy.tokenizer.pad_token_id
+    prompts = [t.prompt_ids for t in turns]
+    rows = list(range(len(turns)))
+    ways = {
+        "before (whole rows, shuffled micro-batches)": [
+            rows[i : i + args.micro] for i in range(0, len(rows), args.micro)
+        ],
+        "after (shared prefix, grouped micro-batches)": group_by_prefix(rows, prompts, args.micro),
+    }
+    tokens = sum(len(t.prompt_ids) + len(t.response_ids) for t in turns)
+    print(
+        f"{len(turns)} turns, {tokens} tokens (prompt {np.mean([len(p) for p in prompts]):.0f} + "
+        f"response {np.mean([len(t.response_ids) for t in turns]):.0f} per turn), micro-batch {args.micro}, "
+        f"{args.threads} threads"
+    )
+    results: dict[str, dict[str, float]] = {}
+    logprobs: dict[str, dict[int, torch.Tensor]] = {}
+    for name, chunks in ways.items():
+        share = name.startswith("after")
+        shared_prefix.MIN_SHARED_PREFIX = 32 if share else 10**9
+        started = time.perf_counter()
+        got: dict[int, torch.Tensor] = {}
+        for chunk in chunks:
+            batch = collate([turns[i] for i in chunk], pad)
+            old, *_ = policy.score(batch, reference_is_policy=False)
+            for row, i in enumerate(chunk):
+                got[i] = old[row, : len(turns[i].response_ids)]
+        score_s = time.perf_counter() - started
+        started = time.perf_counter()
+        for chunk in chunks:
+            batch = collate([turns[i] for i in chunk], pad)
+            lp, values, entropy = policy.module(*batch_inputs(batch))
+            ((lp + values + entropy) * batch.mask).sum().backward()
+        update_s = time.perf_counter() - started
+        policy.module.zero_grad(set_to_none=True)
+        results[name] = {"score": score_s, "update": update_s}
+        logprobs[name] = got
+        print(f"{name}: score {score_s:.1f} s, forward+backward {update_s:.1f} s", flush=True)
+    before, after = (results[k] for k in ways)
+    a, b = (logprobs[k] for k in ways)
+    gap = max(float((a[i] - b[i]).abs().max()) for i in rows)
+    print(
+        f"speed-up: score {before['score'] / after['score']:.2f}x, forward+backward "
+        f"{before['update'] / after['update']:.2f}x, total "
+        f"{(before['score'] + before['update']) / (after['score'] + after['update']):.2f}x; "
+        f"max |log-prob difference| {gap:.2e}"
+    )
+
+
+if __name__ == "__main__":
+    main()

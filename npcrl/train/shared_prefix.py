@@ -1,0 +1,80 @@
+"""Run a batch's shared prompt prefix through the decoder once instead of once per row.
+
+Every turn of one NPC starts with the same persona prefix (system turn, lore, the user header:
+~620 of ~830 tokens for the shipped personas), so most of a training forward pass recomputes the
+same keys and values. ``decoder_hidden`` runs the rows' longest common prefix as a single row,
+expands its KV cache to the batch (a view, no copy) and runs only the rows' own suffixes. This is
+exact, not an approximation: causal attention means the prefix's keys and values do not depend on
+what follows, and gradients flow back through the expanded cache into the one prefix pass (summed
+over the rows), so values, log-probs and gradients equal the full pass up to float rounding.
+
+``group_by_prefix`` orders a batch's rows so that micro-batches hold rows that share a prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+MIN_SHARED_PREFIX = 32
+"""shorter common prefixes are run with the rows (a second pass costs more than it saves)"""
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, limit: int) -> int:
+    """Tokens at the start that every row holds alike (real tokens only), at most ``limit``; 0 if
+    fewer than ``MIN_SHARED_PREFIX`` or a single row."""
+    if input_ids.shape[0] < 2 or limit < MIN_SHARED_PREFIX:
+        return 0
+    same = ((input_ids == input_ids[:1]) & attention_mask.bool()).all(dim=0)  # (L,)
+    common = int(same.long().cumprod(dim=0).sum())
+    shared = min(common, limit)
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
+def decoder_hidden(
+    decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, limit: int, share_prefix: bool = True
+) -> tuple[torch.Tensor, int]:
+    """(last hidden states of positions ``offset:``, ``offset``) for right-padded (B, L) rows.
+
+    ``limit`` caps the shared prefix: the caller needs the hidden states of every position from
+    ``limit`` on (e.g. the first position that predicts a response token).
+    """
+    shared = shared_prefix_length(input_ids, attention_mask, limit) if share_prefix else 0
+    if shared == 0:
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state, 0
+    from transformers.cache_utils import DynamicCache
+
+    rows = input_ids.shape[0]
+    prefix = decoder(input_ids=input_ids[:1, :shared], use_cache=True).past_key_values
+    expanded = [(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1)) for layer in prefix.layers]
+    cache = DynamicCache(expanded, config=decoder.config)
+    out = decoder(input_ids=input_ids[:, shared:], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+    return out.last_hidden_state, shared
+
+
+def group_by_prefix(rows: Sequence[int], prompts: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    """``rows`` cut into chunks of at most ``size``, each holding rows whose prompts (``prompts[row]``)
+    share a prefix of at least ``MIN_SHARED_PREFIX`` tokens where the data allows it.
+
+    Deterministic: rows are ordered by prompt, and runs of prompts sharing a prefix with the run's
+    first are chunked separately, so a chunk never straddles two personas.
+    """
+    ordered = sorted(rows, key=lambda r: (tuple(prompts[r]), r))
+    runs: list[list[int]] = []
+    for row in ordered:
+        if runs and _common(prompts[runs[-1][0]], prompts[row]) >= MIN_SHARED_PREFIX:
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return [run[i : i + size] for run in runs for i in range(0, len(run), size)]
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b), MIN_SHARED_PREFIX)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
