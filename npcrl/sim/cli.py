@@ -34,7 +34,8 @@ def add_concurrent_argument(parser: argparse.ArgumentParser) -> None:
         "--concurrent",
         type=_positive_int,
         default=DEFAULT_CONCURRENT,
-        help=f"conversations played at once (default {DEFAULT_CONCURRENT}); the results do not depend on it",
+        help=f"conversations played at once (default {DEFAULT_CONCURRENT}; at most half the model's KV slots,"
+        " 4 by default); the results do not depend on it",
     )
 
 
