@@ -19,12 +19,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from npcrl.errors import NpcrlError
 from npcrl.kvcache import KVCache, common_prefix_length
 from npcrl.persona import Persona
-from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter
+from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, Record
 from npcrl.postprocess import postprocess_line
 from npcrl.runtime import CancelToken, GenerationResult, OnnxCausalLM
 from npcrl.safety import OutputFilter, delimit_player_text, sanitize_player_text
@@ -153,6 +153,12 @@ class PendingLine:
         return self._line
 
 
+class RecordSink(Protocol):
+    """Where an agent logs: a ``PlayLogWriter``, or anything that takes records the same way."""
+
+    def append(self, record: Record) -> None: ...
+
+
 class NpcAgent:
     """One NPC: a persona speaking through a shared model."""
 
@@ -161,7 +167,7 @@ class NpcAgent:
         model: OnnxCausalLM,
         persona: Persona,
         *,
-        log_writer: PlayLogWriter | None = None,
+        log_writer: RecordSink | None = None,
         config: AgentConfig | None = None,
         npc_id: str | None = None,
         output_filter: OutputFilter | None = None,

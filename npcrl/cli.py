@@ -90,6 +90,7 @@ def _cmd_loop(args: argparse.Namespace) -> int:
         players=players,
         store=args.store,
         max_new_tokens=args.max_new_tokens,
+        concurrency=args.concurrent,
     )
     print(
         f"{sum(r.promoted for r in results)} of {len(results)} rounds promoted; summary in {Path(args.out) / 'loop.md'}"
@@ -404,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     rm_train.add_argument("--no-progress", action="store_true", help="no progress bars")
     rm_train.set_defaults(func=_cmd_reward_model_train)
 
+    from npcrl.sim.cli import add_concurrent_argument
+
     loop = sub.add_parser("loop", help="simulate -> train -> export -> evaluate for K rounds, promoting only winners")
     loop.add_argument("--bundle", required=True, help="the base bundle (round 1 starts from it; KL is measured to it)")
     loop.add_argument("--out", required=True, help="output directory (one folder per round, loop.md)")
@@ -415,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--store", help="bundle store to promote winners into (games hot-swap from it)")
     loop.add_argument("--seed", type=int, default=0)
     loop.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")
+    add_concurrent_argument(loop)
     loop.set_defaults(func=_cmd_loop)
 
     promote = sub.add_parser("promote", help="make a bundle the one games in a store pick up (atomic)")

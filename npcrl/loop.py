@@ -96,7 +96,10 @@ def run_loop(
     store: str | Path | None = None,
     max_new_tokens: int | None = None,
     system_prompts: dict[str, str] | None = None,
+    concurrency: int = 1,
 ) -> list[RoundResult]:
+    """Run ``rounds`` rounds into ``out``; ``concurrency`` conversations are simulated at once, for
+    training and evaluation alike (faster; the results do not depend on it)."""
     from npcrl.agent import AgentConfig, with_sampler
     from npcrl.evaluation.run import EvalSettings, evaluate_bundle
     from npcrl.persona import builtin_personas
@@ -119,7 +122,9 @@ def run_loop(
     if max_new_tokens is not None:
         agent_config = with_sampler(agent_config, max_new_tokens=max_new_tokens)
     # Evaluation players and seeds stay the same in every round, so rounds are comparable.
-    settings = EvalSettings(conversations=eval_conversations, seed=seed + 10_000, max_new_tokens=max_new_tokens)
+    settings = EvalSettings(
+        conversations=eval_conversations, seed=seed + 10_000, max_new_tokens=max_new_tokens, concurrency=concurrency
+    )
     current, current_model = Path(base), base_model
     current_metrics: dict[str, Any] | None = None
     base_perplexity: float | None = None
@@ -138,6 +143,7 @@ def run_loop(
                 seed + number,
                 agent_config=agent_config,
                 system_prompts=system_prompts,
+                concurrency=concurrency,
             )
         seconds["simulate"] = time.perf_counter() - started
         started = time.perf_counter()

@@ -48,10 +48,30 @@ def test_same_players_against_two_bundles(tiny_bundles: dict[str, Path], tmp_pat
     assert fp32["filtered rate"] < 1.0  # real model lines, not fallbacks
 
 
+def test_metrics_do_not_depend_on_concurrency(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    # kl_turns below the turns played: the KL reads the first turns of the log, so the log order counts
+    model = OnnxCausalLM(tiny_bundles["llama-fp32"])
+    rows = [
+        evaluate_bundle(
+            model,
+            tmp_path / f"concurrency-{concurrency}",
+            list(builtin_personas().values()),
+            list(builtin_profiles().values()),
+            default_reward_spec(),
+            EvalSettings(conversations=5, seed=2, kl_turns=3, max_new_tokens=8, concurrency=concurrency),
+            reference=OnnxCausalLM(tiny_bundles["llama-q8"]),
+            system_prompts=SHORT_PROMPTS,
+        )
+        for concurrency in (1, 3)
+    ]
+    assert rows[0]["KL to reference (nats / line)"] > 0.0
+    assert rows[1] == rows[0]
+
+
 def test_eval_cli_writes_table_metrics_and_report(tiny_bundles: dict[str, Path], tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
     argv = ["eval", "--bundle", str(tiny_bundles["llama-q8"]), "--against", str(tiny_bundles["llama-fp32"])]
-    argv += ["--conversations", "2", "--max-new-tokens", "4", "--out", str(out)]
+    argv += ["--conversations", "2", "--max-new-tokens", "4", "--concurrent", "2", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "reward / conversation (95% CI)" in printed and "held-out persona perplexity" in printed

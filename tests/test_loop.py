@@ -77,6 +77,7 @@ def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path
         store=store,
         max_new_tokens=6,
         system_prompts=short,
+        concurrency=2,
     )
     (result,) = results
     decision = json.loads((tmp_path / "loop" / "round-1" / "decision.json").read_text())

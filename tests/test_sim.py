@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import random
 import re
 import textwrap
+import threading
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from npcrl.agent import AgentConfig
@@ -24,9 +27,10 @@ from npcrl.sim import profiles as profiles_module
 from npcrl.sim.cli import add_simulate_parser, format_summary
 from npcrl.sim.features import FEATURES, best_quest, line_features, persona_topics
 from npcrl.sim.profiles import PlayerProfile, PlayerProfileError, builtin_profiles, load_profile, load_profiles
-from npcrl.sim.simulate import SimulatedConversation, derive_seed, simulate
+from npcrl.sim.simulate import SimulatedConversation, derive_seed, max_concurrency, simulate
 
 BROM = builtin_personas()["blacksmith"]
+simulate_module = importlib.import_module("npcrl.sim.simulate")  # the package exports the function as `simulate`
 
 
 def words_line(n: int) -> str:
@@ -369,7 +373,7 @@ def short_prompts() -> dict[str, str]:
     return {pid: f"You are {p.name}. Answer in one or two sentences." for pid, p in builtin_personas().items()}
 
 
-def run_sim(model, log_dir: Path, conversations: int = 6, seed: int = 3):
+def run_sim(model, log_dir: Path, conversations: int = 6, seed: int = 3, concurrency: int = 1):
     results: list[SimulatedConversation] = []
     with PlayLogWriter(log_dir) as writer:
         summary = simulate(
@@ -382,6 +386,7 @@ def run_sim(model, log_dir: Path, conversations: int = 6, seed: int = 3):
             agent_config=SIM_CONFIG,
             on_conversation=results.append,
             system_prompts=short_prompts(),
+            concurrency=concurrency,
         )
     return summary, results, list(read_log_dir(log_dir))
 
@@ -523,6 +528,117 @@ def test_simulate_rejects_empty_inputs(model):
         simulate(model, builtin_personas(), builtin_profiles(), None, -1, 0)
 
 
+# ------------------------------------------------------------------------------------- concurrency
+
+
+def spy_on_conversations(monkeypatch, meet: int = 0, fail_at: int | None = None) -> dict:
+    """Wraps ``play_conversation``: records which conversations start and the most played at once;
+    the first ``meet`` wait for each other (they must run at the same time), and conversation
+    ``fail_at`` raises."""
+    real = simulate_module.play_conversation
+    lock = threading.Lock()
+    seen = {"started": [], "active": 0, "peak": 0}
+    barrier = threading.Barrier(meet, timeout=20) if meet else None
+
+    def spy(agent, profile, rng, index=0):
+        with lock:
+            seen["started"].append(index)
+            seen["active"] += 1
+            seen["peak"] = max(seen["peak"], seen["active"])
+        try:
+            if barrier is not None and index < meet:
+                barrier.wait()
+            if index == fail_at:
+                raise RuntimeError(f"boom in conversation {index}")
+            return real(agent, profile, rng, index)
+        finally:
+            with lock:
+                seen["active"] -= 1
+
+    monkeypatch.setattr(simulate_module, "play_conversation", spy)
+    return seen
+
+
+def turns_of(records, results) -> dict[int, list[NpcTurn]]:
+    """The logged NPC turns of each conversation, by conversation index."""
+    grouped = by_conversation(records)
+    return {r.index: [t for t in grouped[r.conversation_id] if isinstance(t, NpcTurn)] for r in results}
+
+
+def test_concurrent_conversations_equal_the_serial_run(sim_run, model, tmp_path, monkeypatch):
+    summary, results, records = sim_run
+    evictions = model.pool.evictions
+    seen = spy_on_conversations(monkeypatch, meet=3)
+    c_summary, c_results, c_records = run_sim(model, tmp_path / "concurrent", concurrency=3)
+    assert seen["peak"] == 3  # three conversations really ran at once
+    assert model.pool.evictions == evictions  # within half the slots: no conversation lost its KV
+    # the callback saw the conversations in order, each as the serial run played it
+    assert [r.index for r in c_results] == list(range(6))
+    assert [(r.persona_id, r.profile, r.end_reason, r.turns) for r in c_results] == [
+        (r.persona_id, r.profile, r.end_reason, r.turns) for r in results
+    ]
+    assert {**c_summary.to_dict(), "seconds": 0} == {**summary.to_dict(), "seconds": 0}
+    # per conversation, the same prompts and tokens; the log-probs to float32 rounding (a batched
+    # pass over several slots may round differently from a solo one: about 1e-6 seen)
+    serial_turns, concurrent_turns = turns_of(records, results), turns_of(c_records, c_results)
+    assert serial_turns.keys() == concurrent_turns.keys() == set(range(6))
+    for k, turns in serial_turns.items():
+        assert len(concurrent_turns[k]) == len(turns)
+        for got, want in zip(concurrent_turns[k], turns, strict=True):
+            assert (got.prompt_ids, got.response_ids, got.text) == (want.prompt_ids, want.response_ids, want.text)
+            np.testing.assert_allclose(got.logprobs, want.logprobs, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(got.full_logprobs, want.full_logprobs, rtol=0, atol=1e-5)
+    # and every record in the serial run's order (eval reads the log in order)
+    assert comparable(c_records) == comparable(records)
+
+
+def test_concurrency_is_capped_at_half_the_kv_slots(model, monkeypatch):
+    assert max_concurrency(model) == model.pool.slots // 2 == 4
+    seen = spy_on_conversations(monkeypatch, meet=4)
+    summary = simulate(
+        model, builtin_personas(), builtin_profiles(), None, 6, 3, SIM_CONFIG,
+        system_prompts=short_prompts(), concurrency=8,
+    )  # fmt: skip
+    assert summary.conversations == 6 and sorted(seen["started"]) == list(range(6))
+    assert seen["peak"] == 4
+
+
+@pytest.mark.parametrize("where", ["worker", "callback"])
+def test_an_error_in_a_conversation_propagates_and_stops_the_run(model, monkeypatch, where):
+    seen = spy_on_conversations(monkeypatch, fail_at=4 if where == "worker" else None)
+    finished: list[int] = []
+
+    def on_conversation(result: SimulatedConversation) -> None:
+        if where == "callback" and result.index == 4:
+            raise RuntimeError("boom in conversation 4")
+        finished.append(result.index)
+
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            simulate(
+                model, builtin_personas(), builtin_profiles(), None, 16, 3, SIM_CONFIG,
+                on_conversation=on_conversation, system_prompts=short_prompts(), concurrency=3,
+            )  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "simulate hung after a failed conversation"
+    assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError) and "boom in conversation 4" in str(outcome[0])
+    assert finished == [0, 1, 2, 3]  # the ones before it, in order
+    assert len(seen["started"]) < 16  # no new conversations after the failure
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", None])
+def test_simulate_rejects_bad_concurrency(model, bad):
+    with pytest.raises(ValueError, match="concurrency must be an int >= 1"):
+        simulate(model, builtin_personas(), builtin_profiles(), None, 1, 0, concurrency=bad)
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 
@@ -536,7 +652,9 @@ def test_cli_parses_defaults_and_rejects_bad_counts(capsys):
     args = parse(["simulate", "--bundle", "b", "--conversations", "3", "--logs", "l"])
     assert (args.bundle, args.conversations, args.logs, args.seed) == ("b", 3, "l", 0)
     assert args.players is None and args.personas is None and args.max_new_tokens is None and not args.json
-    for bad in (["--conversations", "0"], ["--conversations", "x"], ["--conversations", "2", "--seed", "-1"]):
+    assert args.concurrent == 4
+    bads = (["--conversations", "0"], ["--conversations", "x"], ["--conversations", "2", "--seed", "-1"])
+    for bad in (*bads, ["--conversations", "2", "--concurrent", "0"]):
         with pytest.raises(SystemExit):
             parse(["simulate", "--bundle", "b", "--logs", "l", *bad])
     capsys.readouterr()
@@ -574,7 +692,7 @@ def test_cli_simulates_into_a_log_directory(tiny_bundles, tmp_path, capsys):
     out = capsys.readouterr()
     summary = json.loads(out.out)
     assert summary["conversations"] == 2 and set(summary["per_profile"]) == {"tester"}
-    assert "[2/2] smith x tester" in out.err
+    assert "[2/2] smith x tester" in out.err and out.err.index("[1/2]") < out.err.index("[2/2]")
     records = list(read_log_dir(logs))
     starts = [r for r in records if isinstance(r, ConversationStart)]
     assert [s.npc_id for s in starts] == ["smith", "smith"]

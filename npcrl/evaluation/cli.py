@@ -30,7 +30,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise NpcrlError(f"{out}: report directory is not empty")
     settings = EvalSettings(
-        conversations=args.conversations, seed=args.seed, kl_turns=args.kl_turns, max_new_tokens=args.max_new_tokens
+        conversations=args.conversations,
+        seed=args.seed,
+        kl_turns=args.kl_turns,
+        max_new_tokens=args.max_new_tokens,
+        concurrency=args.concurrent,
     )
     spec = load_reward_spec(args.spec) if args.spec else default_reward_spec()
     personas = _personas(args.personas)
@@ -55,6 +59,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_eval_parser(sub: Any) -> None:
+    from npcrl.sim.cli import add_concurrent_argument
+
     parser = sub.add_parser("eval", help="simulated players against one bundle or two side by side")
     parser.add_argument("--bundle", required=True, help="the bundle to evaluate")
     parser.add_argument("--against", help="a second bundle (e.g. the base) played with the same players and seeds")
@@ -66,5 +72,6 @@ def add_eval_parser(sub: Any) -> None:
     parser.add_argument("--spec", help="reward spec TOML (default: the shipped one)")
     parser.add_argument("--kl-turns", type=int, default=48, help="NPC turns used for the KL per line")
     parser.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")
+    add_concurrent_argument(parser)
     parser.add_argument("--out", default="eval-report", help="report directory (logs, metrics.json, HTML, PNG)")
     parser.set_defaults(func=_cmd_eval)

@@ -33,6 +33,8 @@ class EvalSettings:
     """NPC turns teacher-forced through the reference for the KL per line"""
     max_new_tokens: int | None = None
     """cap on each NPC line (None: the agent's default)"""
+    concurrency: int = 1
+    """simulated conversations played at once (faster; the metrics do not depend on it)"""
 
 
 def evaluate_bundle(
@@ -65,6 +67,7 @@ def evaluate_bundle(
             settings.seed,
             agent_config=config,
             system_prompts=system_prompts,
+            concurrency=settings.concurrency,
         )
     rows: dict[str, Value] = dict(log_metrics(log_dir, spec, settings.seed).as_dict())
     turns = [r for r in read_log_dir(log_dir) if isinstance(r, NpcTurn) and not (r.filtered or r.fallback)]
