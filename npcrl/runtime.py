@@ -195,6 +195,10 @@ class OnnxCausalLM:
                 # so that their decode steps go on between them.
                 others = self.scheduler.active_sequences > 1
                 size = self.options.prefill_chunk if others and self.options.prefill_chunk > 0 else len(ids)
+                if len(ids) - start - size == 1:
+                    # Never leave a one-token tail: quantised (MatMulNBits) graphs take another kernel
+                    # for one row, and the prompt's last logits would depend on the chunking.
+                    size += 1
                 chunk = ids[start : start + size]
                 start += len(chunk)
                 want_all = all_logits or start == len(ids)
