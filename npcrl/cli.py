@@ -91,6 +91,7 @@ def _cmd_loop(args: argparse.Namespace) -> int:
         store=args.store,
         max_new_tokens=args.max_new_tokens,
         concurrency=args.concurrent,
+        promote_when=args.promote_when,
     )
     print(
         f"{sum(r.promoted for r in results)} of {len(results)} rounds promoted; summary in {Path(args.out) / 'loop.md'}"
@@ -418,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--store", help="bundle store to promote winners into (games hot-swap from it)")
     loop.add_argument("--seed", type=int, default=0)
     loop.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")
+    loop.add_argument(
+        "--promote-when",
+        choices=("better", "significant"),
+        default="better",
+        help="promote a guarded candidate whose mean engagement is higher (better), or only when the "
+        "paired 95%% interval of its gain is above 0 (significant)",
+    )
     add_concurrent_argument(loop)
     loop.set_defaults(func=_cmd_loop)
 

@@ -22,6 +22,7 @@ KL = "KL to reference (nats / line)"
 PERPLEXITY = "held-out persona perplexity"
 REPETITION = "repetition rate"
 WORDS = "words / line"
+PAIRED_GAIN = "engagement gain, paired (95% CI)"  # = npcrl.evaluation.metrics.PAIRED_GAIN
 
 
 @dataclass(frozen=True)
@@ -42,17 +43,39 @@ def _estimate(value: Any) -> float:
     return float(value[0]) if isinstance(value, (tuple, list)) else float(value)
 
 
+PROMOTE_WHEN = ("better", "significant")
+"""``better``: the candidate's mean engagement is higher; ``significant``: the lower end of the paired
+95% interval of its gain is above 0 (conversations with the same players and seeds compared)"""
+
+
 def decide(
-    candidate: Mapping[str, Any], current: Mapping[str, Any], base_perplexity: float, guards: Guards
+    candidate: Mapping[str, Any],
+    current: Mapping[str, Any],
+    base_perplexity: float,
+    guards: Guards,
+    promote_when: str = "better",
 ) -> tuple[bool, list[str]]:
-    """(promote?, reasons). Pure: the rows are ``npcrl eval`` metrics of the two bundles."""
+    """(promote?, reasons). Pure: the rows are ``npcrl eval`` metrics of the two bundles; the
+    candidate's may hold the paired gain (``PAIRED_GAIN``), which ``promote_when="significant"`` needs."""
+    if promote_when not in PROMOTE_WHEN:
+        raise ValueError(f"promote_when must be one of {', '.join(PROMOTE_WHEN)}, got {promote_when!r}")
     reasons = []
     gain = _estimate(candidate[ENGAGEMENT]) - _estimate(current[ENGAGEMENT])
-    wins = gain > 0
+    paired = candidate.get(PAIRED_GAIN)
+    if promote_when == "significant":
+        wins = paired is not None and float(paired[1]) > 0
+    else:
+        wins = gain > 0
+    verdict = "better" if wins else "not better"
+    if promote_when == "significant":
+        verdict = "significantly better" if wins else "not significantly better"
     reasons.append(
-        f"engagement {_estimate(candidate[ENGAGEMENT]):.3f} vs {_estimate(current[ENGAGEMENT]):.3f} "
-        f"({'better' if wins else 'not better'})"
+        f"engagement {_estimate(candidate[ENGAGEMENT]):.3f} vs {_estimate(current[ENGAGEMENT]):.3f} ({verdict})"
     )
+    if paired is not None:
+        reasons.append(
+            f"paired gain {float(paired[0]):+.3f} per conversation, 95% CI [{paired[1]:.3f}, {paired[2]:.3f}]"
+        )
     kl = _estimate(candidate[KL])
     if not math.isfinite(kl) or kl > guards.max_kl_per_line:
         reasons.append(f"guard: KL to base {kl:.2f} nats/line > {guards.max_kl_per_line}")
@@ -97,10 +120,12 @@ def run_loop(
     max_new_tokens: int | None = None,
     system_prompts: dict[str, str] | None = None,
     concurrency: int = 1,
+    promote_when: str = "better",
 ) -> list[RoundResult]:
     """Run ``rounds`` rounds into ``out``; ``concurrency`` conversations are simulated at once, for
     training and evaluation alike (faster; the results do not depend on it)."""
     from npcrl.agent import AgentConfig, with_sampler
+    from npcrl.evaluation.metrics import conversation_rewards, paired_gain
     from npcrl.evaluation.run import EvalSettings, evaluate_bundle
     from npcrl.persona import builtin_personas
     from npcrl.playlog import PlayLogWriter
@@ -125,7 +150,10 @@ def run_loop(
     settings = EvalSettings(
         conversations=eval_conversations, seed=seed + 10_000, max_new_tokens=max_new_tokens, concurrency=concurrency
     )
+    if promote_when not in PROMOTE_WHEN:
+        raise ValueError(f"promote_when must be one of {', '.join(PROMOTE_WHEN)}, got {promote_when!r}")
     current, current_model = Path(base), base_model
+    current_eval_logs: Path | None = None
     current_metrics: dict[str, Any] | None = None
     base_perplexity: float | None = None
     results: list[RoundResult] = []
@@ -164,6 +192,7 @@ def run_loop(
                 system_prompts,
             )
             base_perplexity = _estimate(current_metrics[PERPLEXITY])
+            current_eval_logs = folder / "eval" / "current"
         candidate_metrics = evaluate_bundle(
             candidate_model,
             folder / "eval" / "candidate",
@@ -175,8 +204,16 @@ def run_loop(
             system_prompts,
         )
         seconds["evaluate"] = time.perf_counter() - started
-        assert base_perplexity is not None
-        promoted, reasons = decide(candidate_metrics, current_metrics, base_perplexity, guards)
+        assert base_perplexity is not None and current_eval_logs is not None
+        try:
+            candidate_metrics[PAIRED_GAIN] = paired_gain(
+                conversation_rewards(folder / "eval" / "candidate", spec),
+                conversation_rewards(current_eval_logs, spec),
+                seed=settings.seed,
+            )
+        except ValueError:  # a conversation without NPC turns on one side: no pairing (never significant)
+            candidate_metrics[PAIRED_GAIN] = (math.nan, math.nan, math.nan)
+        promoted, reasons = decide(candidate_metrics, current_metrics, base_perplexity, guards, promote_when)
         result = RoundResult(
             round=number,
             current=str(current),
@@ -192,7 +229,9 @@ def run_loop(
         if promoted:
             if store is not None:
                 promote(store, trained.bundle)
-            current, current_model, current_metrics = trained.bundle, candidate_model, candidate_metrics
+            current, current_model = trained.bundle, candidate_model
+            current_metrics = {k: v for k, v in candidate_metrics.items() if k != PAIRED_GAIN}
+            current_eval_logs = folder / "eval" / "candidate"
     _write_summary(out / "loop.md", results)
     return results
 
@@ -201,15 +240,23 @@ def _write_summary(path: Path, results: list[RoundResult]) -> None:
     lines = [
         "# npcrl loop",
         "",
-        "| round | engagement current | engagement candidate | KL/line | perplexity | promoted | simulate s | train+export s | eval s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| round | engagement current | engagement candidate | paired gain [95% CI] | KL/line | perplexity | promoted "
+        "| simulate s | train+export s | eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         cur, cand = r.metrics["current"], r.metrics["candidate"]
         lines.append(
             f"| {r.round} | {_estimate(cur[ENGAGEMENT]):.3f} | {_estimate(cand[ENGAGEMENT]):.3f} | "
-            f"{_estimate(cand[KL]):.2f} | {_estimate(cand[PERPLEXITY]):.2f} | {r.promoted} | "
+            f"{_paired_cell(cand.get(PAIRED_GAIN))} | {_estimate(cand[KL]):.2f} | {_estimate(cand[PERPLEXITY]):.2f} | {r.promoted} | "
             f"{r.seconds['simulate']:.0f} | {r.seconds['train_and_export']:.0f} | {r.seconds['evaluate']:.0f} |"
         )
     lines += ["", *(f"- round {r.round}: " + "; ".join(r.reasons) for r in results)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _paired_cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    mean, low, high = (float(v) for v in value)
+    return f"{mean:+.3f} [{low:.3f}, {high:.3f}]"

@@ -6,7 +6,10 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from npcrl.cli import main
+from npcrl.evaluation.metrics import conversation_rewards
 from npcrl.evaluation.run import EvalSettings, evaluate_bundle
 from npcrl.persona import builtin_personas
 from npcrl.rewards import default_reward_spec
@@ -81,6 +84,20 @@ def test_eval_cli_writes_table_metrics_and_report(tiny_bundles: dict[str, Path],
     assert all(math.isnan(c["KL to reference (nats / line)"]) for c in columns.values())
     assert (out / "evaluation.html").is_file()
     assert sorted(p.name for p in (out / "logs").iterdir()) == ["against", "bundle"]
+    # the paired gain: per-conversation differences of the two bundles' logged rewards
+    bundle_label = next(label for label in columns if label.startswith("bundle"))
+    gain, low, high = columns[bundle_label]["engagement gain, paired (95% CI)"]
+    spec = default_reward_spec()
+    differences = [
+        a - b
+        for a, b in zip(
+            conversation_rewards(out / "logs" / "bundle", spec),
+            conversation_rewards(out / "logs" / "against", spec),
+            strict=True,
+        )
+    ]
+    assert gain == pytest.approx(sum(differences) / 2) and low <= gain <= high
+    assert "engagement gain, paired" in printed
 
 
 def test_eval_refuses_a_used_report_directory(tiny_bundles: dict[str, Path], tmp_path: Path, capsys) -> None:

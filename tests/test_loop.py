@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from npcrl.loop import ENGAGEMENT, KL, PERPLEXITY, REPETITION, WORDS, Guards, decide
+from npcrl.evaluation.metrics import PAIRED_GAIN as METRICS_PAIRED_GAIN
+from npcrl.evaluation.metrics import paired_gain
+from npcrl.loop import ENGAGEMENT, KL, PAIRED_GAIN, PERPLEXITY, REPETITION, WORDS, Guards, decide
 
 
 def rows(engagement: float, kl: float = 1.0, ppl: float = 50.0, repetition: float = 0.1, words: float = 20.0) -> dict:
@@ -47,6 +49,31 @@ def test_no_gain_is_not_promoted() -> None:
     assert not promoted and "not better" in reasons[0]
 
 
+def test_paired_gain_is_tighter_than_two_separate_intervals() -> None:
+    # Players differ a lot (their spread dominates), the candidate adds ~0.3 to each conversation.
+    current = [0.0, 4.0, 1.0, 6.0, 2.0, 5.0, 3.0, 7.0, 0.5, 6.5]
+    candidate = [c + 0.3 + 0.05 * (i % 3) for i, c in enumerate(current)]
+    mean, low, high = paired_gain(candidate, current, seed=0)
+    assert mean == pytest.approx(0.345, abs=1e-9)
+    assert 0.3 <= low <= mean <= high <= 0.4  # the gain is resolved although the two means' intervals overlap
+    with pytest.raises(ValueError, match="same conversations"):
+        paired_gain(candidate[:-1], current)
+    assert PAIRED_GAIN == METRICS_PAIRED_GAIN
+
+
+def test_significant_rule_needs_the_paired_interval_above_zero() -> None:
+    winner = {**rows(0.8), PAIRED_GAIN: (0.3, 0.1, 0.5)}
+    noisy = {**rows(0.8), PAIRED_GAIN: (0.3, -0.2, 0.8)}
+    current = rows(0.5)
+    assert decide(winner, current, 50.0, Guards(), "significant")[0]
+    promoted, reasons = decide(noisy, current, 50.0, Guards(), "significant")
+    assert not promoted and "not significantly better" in reasons[0] and "95% CI [-0.200, 0.800]" in reasons[1]
+    assert decide(noisy, current, 50.0, Guards(), "better")[0]  # the default rule: the mean is higher
+    assert not decide(rows(0.8), current, 50.0, Guards(), "significant")[0]  # no paired gain measured
+    with pytest.raises(ValueError, match="promote_when"):
+        decide(winner, current, 50.0, Guards(), "sometimes")
+
+
 def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
     import json
 
@@ -85,3 +112,5 @@ def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path
     assert set(decision["metrics"]) == {"current", "candidate"}
     assert (store / "CURRENT").is_file() == result.promoted
     assert "| 1 |" in (tmp_path / "loop" / "loop.md").read_text()
+    gain, low, high = decision["metrics"]["candidate"][PAIRED_GAIN]
+    assert low <= gain <= high and any(r.startswith("paired gain") for r in result.reasons)

@@ -20,6 +20,7 @@ def _personas(directory: str | None) -> list[Any]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from npcrl.evaluation.metrics import PAIRED_GAIN, conversation_rewards, paired_gain
     from npcrl.evaluation.report import compare_table, rows_from_columns, write_report
     from npcrl.evaluation.run import EvalSettings, evaluate_bundle
     from npcrl.rewards import default_reward_spec, load_reward_spec
@@ -49,6 +50,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"evaluating {label} ...", flush=True)
         columns[label] = evaluate_bundle(
             models[path], out / "logs" / name, personas, profiles, spec, settings, reference=reference
+        )
+    if args.against:
+        # Same players and seeds: conversation k of one bundle is paired with conversation k of the other.
+        label = f"bundle ({Path(args.bundle).name})"
+        columns[label][PAIRED_GAIN] = paired_gain(
+            conversation_rewards(out / "logs" / "bundle", spec),
+            conversation_rewards(out / "logs" / "against", spec),
+            seed=args.seed,
         )
     rows = rows_from_columns(columns)
     print(compare_table(rows))

@@ -254,3 +254,30 @@ def log_metrics(
         ]
         where += f" (bundle {bundle_id})"
     return conversation_metrics(conversations, spec, seed=seed, where=where)
+
+
+PAIRED_GAIN = "engagement gain, paired (95% CI)"
+"""report row: mean per-conversation reward difference to the compared bundle, with its interval"""
+
+
+def conversation_rewards(log_dir: str | os.PathLike[str], spec: RewardSpec) -> list[float]:
+    """Reward earned by each conversation with an NPC turn in ``log_dir``, in log order (which is
+    conversation order for ``npcrl simulate`` logs, whatever its concurrency)."""
+    conversations = group_conversations(read_log_dir(log_dir)).values()
+    return [math.fsum(r.reward for r in score_conversation(log, spec)) for log in conversations if log.turns]
+
+
+def paired_gain(candidate: Sequence[float], current: Sequence[float], *, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) of the per-conversation reward difference candidate - current.
+
+    Evaluation plays conversation k with the same player, profile and seeds for every bundle, so
+    the two runs are paired: the bootstrap of the differences removes the spread between players
+    that makes the two bundles' own intervals wide and overlapping."""
+    if len(candidate) != len(current):
+        raise ValueError(
+            f"paired comparison needs the same conversations: {len(candidate)} vs {len(current)} "
+            "(evaluate both bundles with the same --conversations and --seed)"
+        )
+    differences = np.asarray(candidate, dtype=np.float64) - np.asarray(current, dtype=np.float64)
+    low, high = bootstrap_ci(differences, seed=seed)
+    return float(differences.mean()), low, high
