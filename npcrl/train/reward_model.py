@@ -282,6 +282,9 @@ def fit(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         history.append({"epoch": epoch + 1, "loss": total / len(turns), "time_s": time.perf_counter() - started})
+        _log(
+            f"epoch {epoch + 1}/{config.epochs}: loss {total / len(turns):.4f} (standardised), {history[-1]['time_s']:.0f} s"
+        )
     return history
 
 
@@ -356,6 +359,7 @@ def train_reward_model(
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _log(f"{rm.backbone} reward model: {trainable / 1e6:.2f}M trainable parameters, {len(data.train)} turns")
     history = fit(model, data.train, rm, config.seed, progress)
+    _log(f"scoring {len(data.holdout)} holdout and {len(data.train)} training turns")
     metrics = evaluate(model, data, rm.engaged_threshold, config.reward_model.batch_turns)
     record = {
         "format": FORMAT,
