@@ -75,9 +75,10 @@ def main() -> None:
     )
     results: dict[str, dict[str, float]] = {}
     logprobs: dict[str, dict[int, torch.Tensor]] = {}
+    sharing_threshold = shared_prefix.MIN_SHARED_PREFIX
     for name, chunks in ways.items():
         share = name.startswith("after")
-        shared_prefix.MIN_SHARED_PREFIX = 32 if share else 10**9
+        shared_prefix.MIN_SHARED_PREFIX = sharing_threshold if share else 10**9  # "before": never share
         started = time.perf_counter()
         got: dict[int, torch.Tensor] = {}
         for chunk in chunks:

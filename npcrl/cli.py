@@ -406,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm_train.add_argument("--no-progress", action="store_true", help="no progress bars")
     rm_train.set_defaults(func=_cmd_reward_model_train)
 
+    from npcrl.loop import PROMOTE_WHEN
     from npcrl.sim.cli import add_concurrent_argument
 
     loop = sub.add_parser("loop", help="simulate -> train -> export -> evaluate for K rounds, promoting only winners")
@@ -421,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")
     loop.add_argument(
         "--promote-when",
-        choices=("better", "significant"),
+        choices=PROMOTE_WHEN,
         default="better",
         help="promote a guarded candidate whose mean engagement is higher (better), or only when the "
         "paired 95%% interval of its gain is above 0 (significant)",

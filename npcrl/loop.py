@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npcrl.evaluation.metrics import PAIRED_GAIN
+
 ENGAGEMENT = "reward / conversation (95% CI)"
 KL = "KL to reference (nats / line)"
 PERPLEXITY = "held-out persona perplexity"
 REPETITION = "repetition rate"
 WORDS = "words / line"
-PAIRED_GAIN = "engagement gain, paired (95% CI)"  # = npcrl.evaluation.metrics.PAIRED_GAIN
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ PROMOTE_WHEN = ("better", "significant")
 95% interval of its gain is above 0 (conversations with the same players and seeds compared)"""
 
 
+def _check_promote_when(promote_when: str) -> None:
+    if promote_when not in PROMOTE_WHEN:
+        raise ValueError(f"promote_when must be one of {', '.join(PROMOTE_WHEN)}, got {promote_when!r}")
+
+
 def decide(
     candidate: Mapping[str, Any],
     current: Mapping[str, Any],
@@ -57,18 +63,15 @@ def decide(
 ) -> tuple[bool, list[str]]:
     """(promote?, reasons). Pure: the rows are ``npcrl eval`` metrics of the two bundles; the
     candidate's may hold the paired gain (``PAIRED_GAIN``), which ``promote_when="significant"`` needs."""
-    if promote_when not in PROMOTE_WHEN:
-        raise ValueError(f"promote_when must be one of {', '.join(PROMOTE_WHEN)}, got {promote_when!r}")
+    _check_promote_when(promote_when)
     reasons = []
-    gain = _estimate(candidate[ENGAGEMENT]) - _estimate(current[ENGAGEMENT])
     paired = candidate.get(PAIRED_GAIN)
     if promote_when == "significant":
         wins = paired is not None and float(paired[1]) > 0
-    else:
-        wins = gain > 0
-    verdict = "better" if wins else "not better"
-    if promote_when == "significant":
         verdict = "significantly better" if wins else "not significantly better"
+    else:
+        wins = _estimate(candidate[ENGAGEMENT]) > _estimate(current[ENGAGEMENT])
+        verdict = "better" if wins else "not better"
     reasons.append(
         f"engagement {_estimate(candidate[ENGAGEMENT]):.3f} vs {_estimate(current[ENGAGEMENT]):.3f} ({verdict})"
     )
@@ -150,8 +153,7 @@ def run_loop(
     settings = EvalSettings(
         conversations=eval_conversations, seed=seed + 10_000, max_new_tokens=max_new_tokens, concurrency=concurrency
     )
-    if promote_when not in PROMOTE_WHEN:
-        raise ValueError(f"promote_when must be one of {', '.join(PROMOTE_WHEN)}, got {promote_when!r}")
+    _check_promote_when(promote_when)  # before hours of simulation and training, not after
     current, current_model = Path(base), base_model
     current_eval_logs: Path | None = None
     current_metrics: dict[str, Any] | None = None

@@ -45,16 +45,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     reference_dir = args.reference or args.against
     reference = models[reference_dir] if reference_dir else None
     columns = {}
+    labels = {}
     for name, path in bundles.items():
-        label = f"{name} ({Path(path).name})"
+        label = labels[name] = f"{name} ({Path(path).name})"
         print(f"evaluating {label} ...", flush=True)
         columns[label] = evaluate_bundle(
             models[path], out / "logs" / name, personas, profiles, spec, settings, reference=reference
         )
     if args.against:
         # Same players and seeds: conversation k of one bundle is paired with conversation k of the other.
-        label = f"bundle ({Path(args.bundle).name})"
-        columns[label][PAIRED_GAIN] = paired_gain(
+        columns[labels["bundle"]][PAIRED_GAIN] = paired_gain(
             conversation_rewards(out / "logs" / "bundle", spec),
             conversation_rewards(out / "logs" / "against", spec),
             seed=args.seed,
