@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -43,11 +44,15 @@ from npcrl.train.reward_model import (  # noqa: E402
     RECORD_FILE,
     TENSORS_FILE,
     build_reward_model,
+    conversation_folds,
     evaluate,
     fit,
     load_reward_model,
+    pooled_features,
     regression_metrics,
+    ridge_fit,
 )
+from npcrl.train.shared_prefix import decoder_hidden  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -205,6 +210,89 @@ def test_micro_batches_take_the_same_step_as_one_batch(toy: dict[str, Any]) -> N
     assert heads[0][1] == pytest.approx(heads[1][1], rel=1e-4)
 
 
+# -- frozen backbone, mean pooling, ridge head --------------------------------------------------------
+
+
+def test_ridge_fit_solves_the_penalised_normal_equations() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)) * np.array([1.0, 10.0, 0.1, 1.0, 3.0, 1.0]) + 5.0
+    y = x @ rng.normal(size=6) + rng.normal(size=40)
+    xc, yc = x - x.mean(axis=0), y - y.mean()
+    scale = float((np.linalg.svd(xc, compute_uv=False) ** 2).mean())
+    for penalty, (weights, bias) in zip((1e-3, 1.0), ridge_fit(x, y, (1e-3, 1.0)), strict=True):
+        expected = np.linalg.solve(xc.T @ xc + penalty * scale * np.eye(6), xc.T @ yc)
+        np.testing.assert_allclose(weights, expected, rtol=1e-8, atol=1e-10)
+        assert bias == pytest.approx(y.mean() - x.mean(axis=0) @ expected)
+    # A tiny penalty is least squares: the residual is orthogonal to the (centred) features.
+    weights, bias = ridge_fit(x, y, (1e-12,))[0]
+    np.testing.assert_allclose(xc.T @ (x @ weights + bias - y), 0.0, atol=1e-6)
+
+
+def test_conversation_folds_keep_each_conversation_on_one_side(toy: dict[str, Any]) -> None:
+    turns = toy_data(toy, load_train_config(toy["config"])).train
+    folds = conversation_folds(turns, 5, seed=0)
+    assert len(folds) == 5 and sum(int(f.sum()) for f in folds) == len(turns)
+    assert all(0.1 * len(turns) < f.sum() < 0.3 * len(turns) for f in folds)
+    for held in folds:
+        inside = {t.conversation_id for t, h in zip(turns, held, strict=True) if h}
+        outside = {t.conversation_id for t, h in zip(turns, held, strict=True) if not h}
+        assert inside.isdisjoint(outside)
+    assert [f.tolist() for f in conversation_folds(turns, 5, seed=0)] == [f.tolist() for f in folds]
+    with pytest.raises(TrainError, match=">= 2 training conversations"):
+        conversation_folds([t for t in turns if t.conversation_id == turns[0].conversation_id], 5, seed=0)
+
+
+def test_mean_pooling_averages_the_response_states_of_a_full_pass(toy: dict[str, Any]) -> None:
+    torch.set_num_threads(1)
+    config = load_train_config(toy["config"])
+    turns = toy_data(toy, config).train[:6]
+    base = resolve_base_weights(load_bundle(toy["bundle"]), None)
+    model, _ = build_reward_model(base, RewardModelConfig(backbone="frozen", pooling="mean"), config.model, 0)
+    features = pooled_features(model, turns, batch=4)  # shared-prefix batches
+    from npcrl.train.policy import _decoder
+
+    for row, turn in enumerate(turns):
+        ids = torch.tensor([turn.prompt_ids + turn.response_ids])
+        with torch.no_grad():
+            hidden, _ = decoder_hidden(_decoder(model.lm), ids, torch.ones_like(ids), limit=0, share_prefix=False)
+        expected = hidden[0, len(turn.prompt_ids) :].mean(dim=0).double().numpy()
+        np.testing.assert_allclose(features[row], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_ridge_head_on_a_frozen_backbone_learns_the_toy_signal(toy: dict[str, Any], tmp_path: Path) -> None:
+    """Mean pooling + a closed-form ridge head: one forward pass, held-out skill, saved and reloaded exactly."""
+    config = tmp_path / "ridge.toml"
+    text = (
+        toy["config"]
+        .read_text(encoding="utf-8")
+        .replace("[reward_model]", "[reward_model]\nbackbone = 'frozen'\npooling = 'mean'\nhead_fit = 'ridge'")
+    )
+    config.write_text(text, encoding="utf-8")
+    out = tmp_path / "rm"
+    proc = cli(
+        "reward-model", "train", "--logs", str(toy["logs"]), "--bundle", str(toy["bundle"]), "--out", str(out),
+        "--config", str(config), "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ridge penalty" in proc.stdout
+    model, record = load_reward_model(out, load_bundle(toy["bundle"]))
+    assert (record["backbone"], record["pooling"], record["head_fit"]) == ("frozen", "mean", "ridge")
+    assert set(model.trainable_tensors()) == {"head.weight", "head.bias"}
+    curve = record["history"]
+    assert sum(point["chosen"] for point in curve) == 1
+    chosen = next(point for point in curve if point["chosen"])
+    # Cross-validated MSE in standardised units (1.0 = predicting the mean); the penalty is an interior optimum.
+    assert chosen["cv_mse"] == min(point["cv_mse"] for point in curve) < 0.95
+    assert curve[0]["cv_mse"] > chosen["cv_mse"] < curve[-1]["cv_mse"]
+    holdout = record["metrics"]["holdout"]
+    assert holdout["pearson"] > 0.45 and holdout["mse_skill"] > 0.2, holdout
+    data = toy_data(toy, load_train_config(config))
+    for split, turns in (("holdout", data.holdout), ("train", data.train)):
+        # The train metrics reuse the fit's features; both splits are what the saved model predicts.
+        recomputed = regression_metrics(model.predict(turns), [t.reward for t in turns], record["target_mean"], 0.5)
+        assert recomputed == pytest.approx(record["metrics"][split], rel=1e-4, abs=1e-6), split
+
+
 def test_cli_prints_and_writes_the_held_out_metrics(trained: dict[str, Any]) -> None:
     out = trained["out"]
     assert sorted(p.name for p in out.iterdir()) == sorted([METRICS_FILE, RECORD_FILE, TENSORS_FILE])
@@ -313,6 +401,12 @@ def test_reward_model_train_refuses_bad_inputs(toy: dict[str, Any], tmp_path: Pa
         ("[reward_model]\nengaged_threshold = nan\n", r"reward_model.engaged_threshold = nan"),
         ("[reward_model]\nlr = 1e-4\n", r"reward_model: unknown key\(s\) lr"),
         ("[reward_model]\npath = 3\n", r"reward_model.path = 3: expected str"),
+        ("[reward_model]\npooling = 'max'\n", r"reward_model.pooling = 'max': must be 'last' or 'mean'"),
+        (
+            "[reward_model]\nhead_fit = 'ridge'\n",
+            r"reward_model.head_fit = 'ridge': must be 'adamw' with backbone 'lora'",
+        ),
+        ("[reward_model]\nridge_folds = 1\n", r"reward_model.ridge_folds = 1: must be >= 2"),
     ],
     ids=[
         "mode",
@@ -324,6 +418,9 @@ def test_reward_model_train_refuses_bad_inputs(toy: dict[str, Any], tmp_path: Pa
         "threshold",
         "unknown",
         "path-type",
+        "pooling",
+        "ridge-needs-frozen",
+        "folds",
     ],
 )
 def test_reward_model_config_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:

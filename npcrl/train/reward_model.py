@@ -1,10 +1,16 @@
 """An engagement predictor learned from play logs: the second way to learn from them.
 
 The model reads a logged turn (prompt + response) with the bundle's own backbone and puts a scalar
-head on the hidden state of the response's last token, the one state that has attended to the
-whole line. It is trained by regression (MSE) on the per-turn reward the trainer computes from the
-logs (``npcrl.engagement`` + the reward spec), with the trainer's conversation-level train/holdout
-split, and judged on the held-out conversations.
+head on the response's hidden states: the last token's (``pooling = "last"``, the one state that
+has attended to the whole line) or their mean (``"mean"``). It is trained by regression (MSE) on
+the per-turn reward the trainer computes from the logs (``npcrl.engagement`` + the reward spec),
+with the trainer's conversation-level train/holdout split, and judged on the held-out conversations.
+
+Two ways to fit it: AdamW steps on the head and the trainable backbone (LoRA, full, or head
+only), or, on a frozen backbone, ridge regression in closed form (``head_fit = "ridge"``): one
+forward pass gives every turn's features, and the penalty is chosen by cross-validation over the
+training conversations. With a few hundred logged turns the second is the one that generalises:
+LoRA regression on 230 real turns fitted noise (held-out r < 0, docs/RESULTS.md).
 
 Why regression on the reward and not a pairwise (Bradley-Terry) or a classification loss:
 * pairwise losses need two answers to the same prompt; play logs hold one answer per prompt
@@ -47,7 +53,7 @@ from npcrl.bundle import Bundle, load_bundle, sha256_file
 from npcrl.errors import TrainError
 from npcrl.rewards import default_reward_spec, load_reward_spec
 from npcrl.train.batching import collate
-from npcrl.train.config import ModelConfig, RewardModelConfig, TrainConfig
+from npcrl.train.config import REWARD_MODEL_POOLINGS, ModelConfig, RewardModelConfig, TrainConfig
 from npcrl.train.data import TrainingData, TrainingTurn, load_training_data
 from npcrl.train.policy import _decoder, apply_lora, hidden_size_of, load_backbone, resolve_base_weights
 from npcrl.train.shared_prefix import decoder_hidden, group_by_prefix
@@ -158,10 +164,21 @@ def format_metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
 
 
 class RewardModel(nn.Module):
-    """Backbone + scalar head on the last token's hidden state; ``forward`` is in standardised units."""
+    """Backbone + scalar head on the response's pooled hidden state; ``forward`` is in standardised units.
+
+    ``pooling`` 'last' reads the hidden state of the response's last token (it has attended to the
+    whole line), 'mean' the mean of the response tokens' hidden states.
+    """
 
     def __init__(
-        self, lm: nn.Module, head: nn.Linear, backbone: str, target_mean: float, target_std: float, pad_id: int
+        self,
+        lm: nn.Module,
+        head: nn.Linear,
+        backbone: str,
+        target_mean: float,
+        target_std: float,
+        pad_id: int,
+        pooling: str = "last",
     ) -> None:
         super().__init__()
         self.lm = lm
@@ -170,16 +187,33 @@ class RewardModel(nn.Module):
         self.target_mean = float(target_mean)
         self.target_std = float(target_std)
         self.pad_id = int(pad_id)
+        self.pooling = pooling
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B,) standardised predictions for right-padded (B, L) sequences."""
+    def features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, H) pooled hidden states for right-padded (B, L) rows whose responses start at ``response_start``."""
         grad = torch.is_grad_enabled() and self.backbone != "frozen"
         last = attention_mask.sum(dim=1) - 1  # (B,) the last real token of each row
+        first = torch.minimum(response_start.to(last.device), last)  # an empty response pools its last prompt token
+        needed = last if self.pooling == "last" else first
         with torch.set_grad_enabled(grad):
             # after the final norm; rows sharing a prompt prefix run it once (exact)
-            hidden, offset = decoder_hidden(_decoder(self.lm), input_ids, attention_mask, limit=int(last.min()))
+            hidden, offset = decoder_hidden(_decoder(self.lm), input_ids, attention_mask, limit=int(needed.min()))
+        hidden = hidden.float()
         rows = torch.arange(hidden.shape[0])
-        return self.head(hidden[rows, last - offset].float()).squeeze(-1)  # (B,)
+        if self.pooling == "last":
+            return hidden[rows, last - offset]
+        positions = torch.arange(hidden.shape[1], device=hidden.device) + offset  # (L - offset,)
+        inside = (positions[None, :] >= first[:, None]) & (positions[None, :] <= last[:, None])  # (B, L - offset)
+        weights = inside.to(hidden.dtype)
+        return (hidden * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: torch.Tensor
+    ) -> torch.Tensor:
+        """(B,) standardised predictions for right-padded (B, L) rows."""
+        return self.head(self.features(input_ids, attention_mask, response_start)).squeeze(-1)
 
     def trainable_tensors(self) -> dict[str, torch.Tensor]:
         """What is saved: the head and the backbone weights that train (LoRA adapters, all, or none).
@@ -200,7 +234,8 @@ class RewardModel(nn.Module):
         out = [0.0] * len(prompts)
         for chunk in group_by_prefix(range(len(prompts)), prompts, batch):
             ids, mask = _pack([prompts[i] for i in chunk], [responses[i] for i in chunk], self.pad_id)
-            scores = self(ids, mask) * self.target_std + self.target_mean
+            starts = torch.tensor([len(prompts[i]) for i in chunk], dtype=torch.long)
+            scores = self(ids, mask, starts) * self.target_std + self.target_mean
             for i, score in zip(chunk, scores, strict=True):
                 out[i] = float(score)
         return out
@@ -247,7 +282,7 @@ def build_reward_model(
         head.bias.zero_()  # with standardised targets: the untrained model predicts the training mean
     if pad_id is None:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    reward_model = RewardModel(lm, head, config.backbone, target_mean, target_std, int(pad_id))
+    reward_model = RewardModel(lm, head, config.backbone, target_mean, target_std, int(pad_id), config.pooling)
     reward_model.eval()  # no dropout; gradients flow in eval mode too
     return reward_model, tokenizer
 
@@ -273,7 +308,8 @@ def fit(
             # Micro-batches bound activation memory; each adds its share of the batch's mean loss.
             for micro in group_by_prefix([int(i) for i in rows], prompts, config.micro_batch_turns):
                 batch = collate([turns[int(i)] for i in micro], model.pad_id)
-                predictions = model(batch.input_ids, batch.attention_mask)  # (b,)
+                starts = torch.tensor([len(turns[int(i)].prompt_ids) for i in micro], dtype=torch.long)
+                predictions = model(batch.input_ids, batch.attention_mask, starts)  # (b,)
                 errors = (predictions - targets[torch.as_tensor(micro)]) ** 2
                 loss = errors.sum() / len(rows)
                 loss.backward()
@@ -288,6 +324,86 @@ def fit(
     return history
 
 
+RIDGE_PENALTIES = tuple(10.0**k for k in range(-4, 5))
+"""ridge penalties tried, in units of the mean squared singular value of the centred features (scale-free)"""
+
+
+@torch.no_grad()
+def pooled_features(model: RewardModel, turns: Sequence[TrainingTurn], batch: int) -> np.ndarray:
+    """(N, H) float64: what the head reads for each turn."""
+    out = np.zeros((len(turns), model.head.in_features), dtype=np.float64)
+    prompts = [t.prompt_ids for t in turns]
+    for chunk in group_by_prefix(range(len(turns)), prompts, batch):
+        packed = collate([turns[i] for i in chunk], model.pad_id)
+        starts = torch.tensor([len(turns[i].prompt_ids) for i in chunk], dtype=torch.long)
+        out[chunk] = model.features(packed.input_ids, packed.attention_mask, starts).double().numpy()
+    return out
+
+
+def ridge_fit(features: np.ndarray, targets: np.ndarray, penalties: Sequence[float]) -> list[tuple[np.ndarray, float]]:
+    """(weights, bias) minimising ``|X w + b - y|^2 + lam |w|^2`` for each penalty (b is not penalised).
+
+    One SVD of the centred features serves every penalty; a penalty is ``penalty * mean(s^2)``.
+    """
+    x_mean, y_mean = features.mean(axis=0), float(targets.mean())
+    u, s, vt = np.linalg.svd(features - x_mean, full_matrices=False)
+    scale = float((s**2).mean()) if s.size and float((s**2).mean()) > 0 else 1.0
+    projected = u.T @ (targets - y_mean)
+    solutions = []
+    for penalty in penalties:
+        weights = vt.T @ (s / (s**2 + penalty * scale) * projected)
+        solutions.append((weights, y_mean - float(x_mean @ weights)))
+    return solutions
+
+
+def conversation_folds(turns: Sequence[TrainingTurn], folds: int, seed: int) -> list[np.ndarray]:
+    """Boolean held-out masks over ``turns``: conversations dealt into ``folds`` seeded groups (fewer
+    when there are fewer conversations), so no conversation is on both sides of a fold."""
+    conversations = sorted({t.conversation_id for t in turns})
+    if len(conversations) < 2:
+        raise TrainError(
+            f"cross-validating the ridge penalty needs >= 2 training conversations, got {len(conversations)}"
+        )
+    order = np.random.default_rng([seed, 11]).permutation(len(conversations))
+    fold_of = {conversations[c]: k % folds for k, c in enumerate(order)}
+    ids = np.array([fold_of[t.conversation_id] for t in turns])
+    return [ids == k for k in range(min(folds, len(conversations)))]
+
+
+def fit_ridge(
+    model: RewardModel, turns: list[TrainingTurn], config: RewardModelConfig, seed: int
+) -> list[dict[str, float]]:
+    """Set the head of a frozen-backbone model in closed form; the cross-validation curve.
+
+    Features come from one forward pass; the penalty with the lowest cross-validated MSE (folds by
+    conversation, as the holdout is split) is refitted on all ``turns``.
+    """
+    started = time.perf_counter()
+    features = pooled_features(model, turns, config.micro_batch_turns)
+    targets = np.array([(t.reward - model.target_mean) / model.target_std for t in turns], dtype=np.float64)
+    _log(f"features of {len(turns)} turns: {time.perf_counter() - started:.0f} s")
+    squared = np.zeros(len(RIDGE_PENALTIES))
+    for held in conversation_folds(turns, config.ridge_folds, seed):
+        for k, (weights, bias) in enumerate(ridge_fit(features[~held], targets[~held], RIDGE_PENALTIES)):
+            squared[k] += float(((features[held] @ weights + bias - targets[held]) ** 2).sum())
+    cv_mse = squared / len(turns)
+    best = int(np.argmin(cv_mse))
+    weights, bias = ridge_fit(features, targets, [RIDGE_PENALTIES[best]])[0]
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(weights).to(model.head.weight.dtype)[None, :])
+        model.head.bias.fill_(bias)
+    _log(
+        f"ridge penalty {RIDGE_PENALTIES[best]:g} (cross-validated MSE {cv_mse[best]:.4f} standardised; "
+        f"1.0 = predicting the mean), {time.perf_counter() - started:.0f} s"
+    )
+    curve = [
+        {"penalty": penalty, "cv_mse": float(mse), "chosen": k == best}
+        for k, (penalty, mse) in enumerate(zip(RIDGE_PENALTIES, cv_mse, strict=True))
+    ]
+    fitted = (features @ weights + bias) * model.target_std + model.target_mean
+    return curve, [float(v) for v in fitted]
+
+
 def _bar(items: list[Any], desc: str, progress: bool) -> Any:
     if not progress or len(items) < 2:
         return items
@@ -296,12 +412,23 @@ def _bar(items: list[Any], desc: str, progress: bool) -> Any:
     return tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def evaluate(model: RewardModel, data: TrainingData, threshold: float, batch: int) -> dict[str, dict[str, Any]]:
-    """Metrics on the held-out conversations and, for comparison, on the training turns."""
+def evaluate(
+    model: RewardModel,
+    data: TrainingData,
+    threshold: float,
+    batch: int,
+    train_predictions: Sequence[float] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Metrics on the held-out conversations and, for comparison, on the training turns.
+
+    ``train_predictions`` (reward units), when the fit already has them, spare a second forward
+    pass over the training turns.
+    """
     baseline = model.target_mean  # the training mean: what a model that learned nothing predicts
     out = {}
     for name, turns in (("holdout", data.holdout), ("train", data.train)):
-        predictions = model.predict(turns, batch)
+        known = train_predictions if name == "train" else None
+        predictions = list(known) if known is not None else model.predict(turns, batch)
         out[name] = regression_metrics(predictions, [t.reward for t in turns], baseline, threshold)
     return out
 
@@ -358,13 +485,20 @@ def train_reward_model(
     model, _ = build_reward_model(base, rm, config.model, config.seed, mean, std)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _log(f"{rm.backbone} reward model: {trainable / 1e6:.2f}M trainable parameters, {len(data.train)} turns")
-    history = fit(model, data.train, rm, config.seed, progress)
-    _log(f"scoring {len(data.holdout)} holdout and {len(data.train)} training turns")
-    metrics = evaluate(model, data, rm.engaged_threshold, config.reward_model.batch_turns)
+    train_predictions = None
+    if rm.head_fit == "ridge":
+        history, train_predictions = fit_ridge(model, data.train, rm, config.seed)
+        _log(f"scoring {len(data.holdout)} holdout turns")
+    else:
+        history = fit(model, data.train, rm, config.seed, progress)
+        _log(f"scoring {len(data.holdout)} holdout and {len(data.train)} training turns")
+    metrics = evaluate(model, data, rm.engaged_threshold, rm.batch_turns, train_predictions)
     record = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "backbone": rm.backbone,
+        "pooling": rm.pooling,
+        "head_fit": rm.head_fit,
         "lora": {
             "lora_r": config.model.lora_r,
             "lora_alpha": config.model.lora_alpha,
@@ -487,7 +621,12 @@ def load_reward_model(path: str | Path, bundle: Bundle | None = None) -> tuple[R
         raise TrainError(f"{path / RECORD_FILE}: the base weights in {base} changed since the reward model was trained")
     if record["backbone"] not in ("lora", "frozen", "full"):
         raise TrainError(f"{path / RECORD_FILE}: backbone = {record['backbone']!r} is not lora, frozen or full")
-    config = RewardModelConfig(backbone=str(record["backbone"]))
+    pooling = str(record.get("pooling", "last"))  # records written before pooling existed read the last token
+    if pooling not in REWARD_MODEL_POOLINGS:
+        raise TrainError(
+            f"{path / RECORD_FILE}: pooling = {pooling!r} is not one of {', '.join(REWARD_MODEL_POOLINGS)}"
+        )
+    config = RewardModelConfig(backbone=str(record["backbone"]), pooling=pooling)
     try:
         lora = ModelConfig(mode="lora", **record["lora"])
     except TypeError as exc:

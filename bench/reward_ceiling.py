@@ -1,0 +1,84 @@
+"""How predictable is a logged turn's reward at all? A reference for any learned reward model.
+
+The simulated players react to a few text features of each NPC line (``npcrl.sim.features``) plus
+Gaussian noise, and events (ratings, quests) are drawn at random. This script fits the reward
+model's own ridge regression (``npcrl.train.reward_model.ridge_fit``) on the *simulator's own
+features* of each line, cross-validated with folds by conversation, and prints the Pearson r and
+MSE skill of the best penalty of the grid (chosen on the same folds: slightly optimistic, which is
+what a ceiling should be) next to each feature's correlation with the reward.
+
+A learned predictor sees only tokens, never these features, so its held-out skill should be read
+against this ceiling, not against 1.
+
+Usage: python bench/reward_ceiling.py --logs DIR [--folds 5] [--personas DIR]
+(simulated logs, e.g. the ``logs`` folder of an ``npcrl loop`` round)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--logs", required=True)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--personas", default=None, help="persona directory (default: the built-in NPCs)")
+    args = parser.parse_args()
+
+    from npcrl.engagement import group_conversations, score_conversation
+    from npcrl.persona import builtin_personas, load_personas
+    from npcrl.playlog import LogReader
+    from npcrl.rewards import default_reward_spec
+    from npcrl.sim.features import FEATURES, line_features
+    from npcrl.train.reward_model import RIDGE_PENALTIES, ridge_fit
+
+    personas = load_personas(args.personas) if args.personas else builtin_personas()
+    spec = default_reward_spec()
+    rows, rewards, conversations = [], [], []
+    for cid, log in sorted(group_conversations(LogReader(args.logs)).items()):
+        earlier: list[str] = []
+        for reward in score_conversation(log, spec):
+            turn = log.turns[reward.turn_index]
+            persona = personas.get(turn.npc_id)
+            if persona is None:
+                raise SystemExit(f"{args.logs}: conversation {cid} is with NPC {turn.npc_id!r}, not in the personas")
+            text = turn.text
+            features = line_features(text, persona, earlier)
+            earlier.append(text)
+            rows.append([features[name] for name in FEATURES])
+            rewards.append(reward.reward)
+            conversations.append(cid)
+    x, y = np.array(rows), np.array(rewards)
+    print(f"{len(y)} turns in {len(set(conversations))} conversations; reward mean {y.mean():.3f}, sd {y.std():.3f}")
+    for k, name in enumerate(FEATURES):
+        r = f"{np.corrcoef(x[:, k], y)[0, 1]:+.3f}" if x[:, k].std() > 0 else "n/a (constant)"
+        print(f"  {name:<15} mean {x[:, k].mean():.3f}  r with reward {r}")
+
+    names = sorted(set(conversations))
+    order = np.random.default_rng(11).permutation(len(names))
+    fold_of = {names[c]: k % args.folds for k, c in enumerate(order)}
+    fold = np.array([fold_of[c] for c in conversations])
+    predictions = np.zeros((len(RIDGE_PENALTIES), len(y)))
+    for k in range(args.folds):
+        held = fold == k
+        for p, (weights, bias) in enumerate(ridge_fit(x[~held], y[~held], RIDGE_PENALTIES)):
+            predictions[p, held] = x[held] @ weights + bias
+    mse = ((predictions - y) ** 2).mean(axis=1)
+    best = int(np.argmin(mse))
+    r = np.corrcoef(predictions[best], y)[0, 1]
+    print(
+        f"ridge on the simulator's features, {args.folds}-fold CV by conversation (best penalty "
+        f"{RIDGE_PENALTIES[best]:g}): Pearson r {r:.3f}, MSE skill {1 - mse[best] / y.var():.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
