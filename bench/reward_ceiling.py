@@ -1,11 +1,11 @@
 """How predictable is a logged turn's reward at all? A reference for any learned reward model.
 
 The simulated players react to a few text features of each NPC line (``npcrl.sim.features``) plus
-Gaussian noise, and events (ratings, quests) are drawn at random. This script fits the reward
-model's own ridge regression (``npcrl.train.reward_model.ridge_fit``) on the *simulator's own
-features* of each line, cross-validated with folds by conversation, and prints the Pearson r and
-MSE skill of the best penalty of the grid (chosen on the same folds: slightly optimistic, which is
-what a ceiling should be) next to each feature's correlation with the reward.
+Gaussian noise, and events (ratings, quests) are drawn at random. This script cross-validates
+the reward model's own ridge regression over its conversation folds (``npcrl.train.reward_model``)
+on the *simulator's own features* of each line, and prints the Pearson r and MSE skill of the
+grid's best penalty (chosen on the same folds: slightly optimistic, which is what a ceiling should
+be) next to each feature's correlation with the reward.
 
 A learned predictor sees only tokens, never these features, so its held-out skill should be read
 against this ceiling, not against 1.
@@ -38,7 +38,7 @@ def main() -> None:
     from npcrl.playlog import LogReader
     from npcrl.rewards import default_reward_spec
     from npcrl.sim.features import FEATURES, line_features
-    from npcrl.train.reward_model import RIDGE_PENALTIES, ridge_fit
+    from npcrl.train.reward_model import RIDGE_PENALTIES, conversation_folds, cross_validated_predictions
 
     personas = load_personas(args.personas) if args.personas else builtin_personas()
     spec = default_reward_spec()
@@ -62,15 +62,8 @@ def main() -> None:
         r = f"{np.corrcoef(x[:, k], y)[0, 1]:+.3f}" if x[:, k].std() > 0 else "n/a (constant)"
         print(f"  {name:<15} mean {x[:, k].mean():.3f}  r with reward {r}")
 
-    names = sorted(set(conversations))
-    order = np.random.default_rng(11).permutation(len(names))
-    fold_of = {names[c]: k % args.folds for k, c in enumerate(order)}
-    fold = np.array([fold_of[c] for c in conversations])
-    predictions = np.zeros((len(RIDGE_PENALTIES), len(y)))
-    for k in range(args.folds):
-        held = fold == k
-        for p, (weights, bias) in enumerate(ridge_fit(x[~held], y[~held], RIDGE_PENALTIES)):
-            predictions[p, held] = x[held] @ weights + bias
+    folds = conversation_folds(conversations, args.folds, seed=0)
+    predictions = cross_validated_predictions(x, y, folds, RIDGE_PENALTIES)
     mse = ((predictions - y) ** 2).mean(axis=1)
     best = int(np.argmin(mse))
     r = np.corrcoef(predictions[best], y)[0, 1]

@@ -230,16 +230,17 @@ def test_ridge_fit_solves_the_penalised_normal_equations() -> None:
 
 def test_conversation_folds_keep_each_conversation_on_one_side(toy: dict[str, Any]) -> None:
     turns = toy_data(toy, load_train_config(toy["config"])).train
-    folds = conversation_folds(turns, 5, seed=0)
+    ids = [t.conversation_id for t in turns]
+    folds = conversation_folds(ids, 5, seed=0)
     assert len(folds) == 5 and sum(int(f.sum()) for f in folds) == len(turns)
     assert all(0.1 * len(turns) < f.sum() < 0.3 * len(turns) for f in folds)
     for held in folds:
         inside = {t.conversation_id for t, h in zip(turns, held, strict=True) if h}
         outside = {t.conversation_id for t, h in zip(turns, held, strict=True) if not h}
         assert inside.isdisjoint(outside)
-    assert [f.tolist() for f in conversation_folds(turns, 5, seed=0)] == [f.tolist() for f in folds]
+    assert [f.tolist() for f in conversation_folds(ids, 5, seed=0)] == [f.tolist() for f in folds]
     with pytest.raises(TrainError, match=">= 2 training conversations"):
-        conversation_folds([t for t in turns if t.conversation_id == turns[0].conversation_id], 5, seed=0)
+        conversation_folds([c for c in ids if c == ids[0]], 5, seed=0)
 
 
 def test_mean_pooling_averages_the_response_states_of_a_full_pass(toy: dict[str, Any]) -> None:

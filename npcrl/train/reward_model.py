@@ -53,7 +53,13 @@ from npcrl.bundle import Bundle, load_bundle, sha256_file
 from npcrl.errors import TrainError
 from npcrl.rewards import default_reward_spec, load_reward_spec
 from npcrl.train.batching import collate
-from npcrl.train.config import REWARD_MODEL_POOLINGS, ModelConfig, RewardModelConfig, TrainConfig
+from npcrl.train.config import (
+    REWARD_MODEL_BACKBONES,
+    REWARD_MODEL_POOLINGS,
+    ModelConfig,
+    RewardModelConfig,
+    TrainConfig,
+)
 from npcrl.train.data import TrainingData, TrainingTurn, load_training_data
 from npcrl.train.policy import _decoder, apply_lora, hidden_size_of, load_backbone, resolve_base_weights
 from npcrl.train.shared_prefix import decoder_hidden, group_by_prefix
@@ -234,14 +240,18 @@ class RewardModel(nn.Module):
         out = [0.0] * len(prompts)
         for chunk in group_by_prefix(range(len(prompts)), prompts, batch):
             ids, mask = _pack([prompts[i] for i in chunk], [responses[i] for i in chunk], self.pad_id)
-            starts = torch.tensor([len(prompts[i]) for i in chunk], dtype=torch.long)
-            scores = self(ids, mask, starts) * self.target_std + self.target_mean
+            scores = self(ids, mask, _response_starts([prompts[i] for i in chunk])) * self.target_std + self.target_mean
             for i, score in zip(chunk, scores, strict=True):
                 out[i] = float(score)
         return out
 
     def predict(self, turns: Sequence[TrainingTurn], batch: int = 8) -> list[float]:
         return self.predict_sequences([t.prompt_ids for t in turns], [t.response_ids for t in turns], batch)
+
+
+def _response_starts(prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B,) where each row's response starts: its prompt's length."""
+    return torch.tensor([len(prompt) for prompt in prompts], dtype=torch.long)
 
 
 def _pack(
@@ -308,7 +318,7 @@ def fit(
             # Micro-batches bound activation memory; each adds its share of the batch's mean loss.
             for micro in group_by_prefix([int(i) for i in rows], prompts, config.micro_batch_turns):
                 batch = collate([turns[int(i)] for i in micro], model.pad_id)
-                starts = torch.tensor([len(turns[int(i)].prompt_ids) for i in micro], dtype=torch.long)
+                starts = _response_starts([prompts[int(i)] for i in micro])
                 predictions = model(batch.input_ids, batch.attention_mask, starts)  # (b,)
                 errors = (predictions - targets[torch.as_tensor(micro)]) ** 2
                 loss = errors.sum() / len(rows)
@@ -335,7 +345,7 @@ def pooled_features(model: RewardModel, turns: Sequence[TrainingTurn], batch: in
     prompts = [t.prompt_ids for t in turns]
     for chunk in group_by_prefix(range(len(turns)), prompts, batch):
         packed = collate([turns[i] for i in chunk], model.pad_id)
-        starts = torch.tensor([len(turns[i].prompt_ids) for i in chunk], dtype=torch.long)
+        starts = _response_starts([prompts[i] for i in chunk])
         out[chunk] = model.features(packed.input_ids, packed.attention_mask, starts).double().numpy()
     return out
 
@@ -356,24 +366,37 @@ def ridge_fit(features: np.ndarray, targets: np.ndarray, penalties: Sequence[flo
     return solutions
 
 
-def conversation_folds(turns: Sequence[TrainingTurn], folds: int, seed: int) -> list[np.ndarray]:
-    """Boolean held-out masks over ``turns``: conversations dealt into ``folds`` seeded groups (fewer
-    when there are fewer conversations), so no conversation is on both sides of a fold."""
-    conversations = sorted({t.conversation_id for t in turns})
+def conversation_folds(conversation_ids: Sequence[str], folds: int, seed: int) -> list[np.ndarray]:
+    """Boolean held-out masks over rows whose conversations are ``conversation_ids``: conversations
+    dealt into ``folds`` seeded groups (fewer when there are fewer conversations), so no
+    conversation is on both sides of a fold."""
+    conversations = sorted(set(conversation_ids))
     if len(conversations) < 2:
         raise TrainError(
             f"cross-validating the ridge penalty needs >= 2 training conversations, got {len(conversations)}"
         )
     order = np.random.default_rng([seed, 11]).permutation(len(conversations))
     fold_of = {conversations[c]: k % folds for k, c in enumerate(order)}
-    ids = np.array([fold_of[t.conversation_id] for t in turns])
+    ids = np.array([fold_of[c] for c in conversation_ids])
     return [ids == k for k in range(min(folds, len(conversations)))]
+
+
+def cross_validated_predictions(
+    features: np.ndarray, targets: np.ndarray, folds: Sequence[np.ndarray], penalties: Sequence[float]
+) -> np.ndarray:
+    """(len(penalties), N): each row's prediction by the ridge fitted on the other folds, per penalty."""
+    predictions = np.zeros((len(penalties), len(targets)))
+    for held in folds:
+        for k, (weights, bias) in enumerate(ridge_fit(features[~held], targets[~held], penalties)):
+            predictions[k, held] = features[held] @ weights + bias
+    return predictions
 
 
 def fit_ridge(
     model: RewardModel, turns: list[TrainingTurn], config: RewardModelConfig, seed: int
-) -> list[dict[str, float]]:
-    """Set the head of a frozen-backbone model in closed form; the cross-validation curve.
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """Set the head of a frozen-backbone model in closed form: (the cross-validation curve, the
+    fitted model's predictions on ``turns`` in reward units).
 
     Features come from one forward pass; the penalty with the lowest cross-validated MSE (folds by
     conversation, as the holdout is split) is refitted on all ``turns``.
@@ -382,11 +405,8 @@ def fit_ridge(
     features = pooled_features(model, turns, config.micro_batch_turns)
     targets = np.array([(t.reward - model.target_mean) / model.target_std for t in turns], dtype=np.float64)
     _log(f"features of {len(turns)} turns: {time.perf_counter() - started:.0f} s")
-    squared = np.zeros(len(RIDGE_PENALTIES))
-    for held in conversation_folds(turns, config.ridge_folds, seed):
-        for k, (weights, bias) in enumerate(ridge_fit(features[~held], targets[~held], RIDGE_PENALTIES)):
-            squared[k] += float(((features[held] @ weights + bias - targets[held]) ** 2).sum())
-    cv_mse = squared / len(turns)
+    folds = conversation_folds([t.conversation_id for t in turns], config.ridge_folds, seed)
+    cv_mse = ((cross_validated_predictions(features, targets, folds, RIDGE_PENALTIES) - targets) ** 2).mean(axis=1)
     best = int(np.argmin(cv_mse))
     weights, bias = ridge_fit(features, targets, [RIDGE_PENALTIES[best]])[0]
     with torch.no_grad():
@@ -619,7 +639,7 @@ def load_reward_model(path: str | Path, bundle: Bundle | None = None) -> tuple[R
         raise TrainError(f"{path / RECORD_FILE}: its base weights {base} are gone (config.json is missing)")
     if base_weights_sha256(base) != record["base_weights_sha256"]:
         raise TrainError(f"{path / RECORD_FILE}: the base weights in {base} changed since the reward model was trained")
-    if record["backbone"] not in ("lora", "frozen", "full"):
+    if record["backbone"] not in REWARD_MODEL_BACKBONES:
         raise TrainError(f"{path / RECORD_FILE}: backbone = {record['backbone']!r} is not lora, frozen or full")
     pooling = str(record.get("pooling", "last"))  # records written before pooling existed read the last token
     if pooling not in REWARD_MODEL_POOLINGS:
