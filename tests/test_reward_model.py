@@ -36,7 +36,7 @@ from npcrl.train.config import (  # noqa: E402
 )
 from npcrl.train.data import TrainingData, load_training_data  # noqa: E402
 from npcrl.train.distributed import Dist  # noqa: E402
-from npcrl.train.onpolicy import FreshRollouts, cut_at_eos  # noqa: E402
+from npcrl.train.onpolicy import FreshRollouts  # noqa: E402
 from npcrl.train.policy import build_policy, resolve_base_weights  # noqa: E402
 from npcrl.train.ppo import PPOTrainer  # noqa: E402
 from npcrl.train.reward_model import (  # noqa: E402
@@ -516,11 +516,6 @@ def test_fresh_rollouts_are_the_policys_own_answers_scored_by_the_reward_model(
     assert record["is_weight_mean"] == pytest.approx(1.0) and record["is_truncated_frac"] == 0.0
     assert record["behaviour_logprob_gap"] == 0.0 and record["sampling_s"] > 0
     assert record["reward_mean"] == pytest.approx(sum(t.reward for t in fresh) / len(fresh), abs=1e-5)
-
-
-def test_cut_at_eos_keeps_the_eos_token() -> None:
-    assert cut_at_eos([5, 6, 2, 2, 2], [2]) == [5, 6, 2]
-    assert cut_at_eos([5, 6], [2]) == [5, 6]
 
 
 def test_on_policy_ppo_with_the_reward_model_raises_the_engagement_rate(

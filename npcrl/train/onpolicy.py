@@ -2,9 +2,10 @@
 
 Each iteration takes the same logged turns the logged mode would (the trainer's seeded stream
 over the training turns) but keeps only their prompts and sampler settings: the *current* policy
-answers each prompt (HF generate with the turn's temperature, top-k, top-p and repetition
+answers each prompt (the game's sampler with the turn's temperature, top-k, top-p and repetition
 penalty, up to its max_new_tokens or ``reward_model.max_new_tokens``), and the reward model
-scores the answer. The answers were drawn from pi_old itself, so the trainer sets the behaviour
+scores the answer. Prompts that share a persona prefix are answered together, ``ppo.micro_batch_turns``
+at a time (``sampling.sample_responses``: the prefix runs once, the rows decode as one batch). The answers were drawn from pi_old itself, so the trainer sets the behaviour
 log-probs to pi_old's and every importance weight is 1; the KL penalty to the reference, GAE,
 clipping and the update are the logged mode's, unchanged.
 
@@ -28,17 +29,10 @@ from npcrl.sampler import SamplerConfig
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingTurn
 from npcrl.train.distributed import Dist
-from npcrl.train.policy import Policy
+from npcrl.train.policy import Policy, _decoder, _lm_head
 from npcrl.train.reward_model import RewardModel
-
-
-def cut_at_eos(ids: list[int], eos_ids: Iterable[int]) -> list[int]:
-    """``ids`` up to and including the first EOS token (HF generate pads after it)."""
-    stops = set(eos_ids)
-    for k, token in enumerate(ids):
-        if token in stops:
-            return ids[: k + 1]
-    return ids
+from npcrl.train.sampling import sample_responses
+from npcrl.train.shared_prefix import group_by_prefix
 
 
 class FreshRollouts:
@@ -62,13 +56,25 @@ class FreshRollouts:
         it has scored the rollout.
         """
         mine = list(range(self.dist.rank, len(turns), self.dist.world))
+        prompts = [turn.prompt_ids for turn in turns]
+        lm = policy.module.lm
         responses = {}
-        for i in mine:
-            turn = turns[i]
-            sampler = SamplerConfig.from_dict(turn.sampler)
-            limit = self.config.reward_model.max_new_tokens or sampler.max_new_tokens
-            ids = policy.generate(list(turn.prompt_ids), sampler, limit, self.sample_seed(iteration, i))
-            responses[i] = cut_at_eos(ids, self.eos_ids)
+        for group in group_by_prefix(mine, prompts, self.config.ppo.micro_batch_turns):
+            samplers, limits = [], []
+            for i in group:
+                sampler = SamplerConfig.from_dict(turns[i].sampler)
+                samplers.append(dataclasses.replace(sampler, seed=self.sample_seed(iteration, i)))
+                limits.append(self.config.reward_model.max_new_tokens or sampler.max_new_tokens)
+            lines = sample_responses(
+                _decoder(lm),
+                _lm_head(lm),
+                [prompts[i] for i in group],
+                samplers,
+                limits,
+                self.eos_ids,
+                policy.tokenizer.pad_token_id,
+            )
+            responses.update(zip(group, lines, strict=True))
         scores = self.reward_model.predict_sequences(
             [turns[i].prompt_ids for i in mine], [responses[i] for i in mine], self.config.ppo.micro_batch_turns
         )
