@@ -245,10 +245,7 @@ class OnnxCausalLM:
         binding.bind_cpu_input("attention_mask", mask)
         logits = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), dtype=np.float32)
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-        try:
-            self.session.run_with_iobinding(binding)
-        except Exception as exc:
-            raise GenerationError(f"onnxruntime failed on a forward pass: {exc}") from exc
+        self._run(binding)  # the outputs are written into the bound buffers
         return logits
 
     def _run_slot(self, ids: np.ndarray, cache: SlotCache, all_logits: bool) -> np.ndarray:
