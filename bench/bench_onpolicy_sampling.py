@@ -14,7 +14,6 @@ Usage: python bench/bench_onpolicy_sampling.py --logs DIR --bundle BUNDLE [--tur
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -23,42 +22,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import logged_turns  # noqa: E402
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--logs", required=True)
-    parser.add_argument("--bundle", required=True)
-    parser.add_argument("--turns", type=int, default=16)
-    parser.add_argument("--micro", type=int, default=8)
+    parser = logged_turns.parser(__doc__, micro=8)
     parser.add_argument("--tokens", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
     import numpy as np
     import torch
 
-    from npcrl.bundle import load_bundle
     from npcrl.sampler import SamplerConfig
-    from npcrl.train.config import DataConfig, ModelConfig
-    from npcrl.train.data import load_training_data
-    from npcrl.train.policy import _decoder, _lm_head, build_policy, resolve_base_weights
-    from npcrl.train.run import accepted_bundle_ids, default_reward_spec
+    from npcrl.train.policy import _decoder, _lm_head
     from npcrl.train.sampling import sample_responses
     from npcrl.train.shared_prefix import group_by_prefix
 
     torch.set_num_threads(args.threads)
-    bundle = load_bundle(args.bundle)
-    accepted, _ = accepted_bundle_ids(bundle, [])
-    data = load_training_data(
-        args.logs, default_reward_spec(), accepted, bundle.manifest.vocab_size, DataConfig(holdout_fraction=0.0), 0
-    )
-    picked = np.random.default_rng(0).permutation(len(data.train))[: args.turns]
-    turns = [data.train[int(i)] for i in picked]
-    policy = build_policy(resolve_base_weights(bundle, None), ModelConfig(mode="lora"), seed=0)
-    with torch.no_grad():
-        for name, param in policy.module.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.01)
+    bundle, turns = logged_turns.sample_train_turns(args.logs, args.bundle, args.turns)
+    policy = logged_turns.moved_lora_policy(bundle)
     eos = set(bundle.manifest.special_tokens.eos_token_ids)
     prompts = [list(t.prompt_ids) for t in turns]
     samplers = [dataclasses.replace(SamplerConfig.from_dict(t.sampler), seed=i) for i, t in enumerate(turns)]
@@ -92,7 +74,9 @@ def main() -> None:
 
     before_tokens = sum(len(x) for x in one_by_one)
     after_tokens = sum(len(x) for x in batched)
-    print(f"HF generate, one turn at a time: {before_s:.1f} s, {before_tokens} tokens ({before_tokens / before_s:.1f}/s)")
+    print(
+        f"HF generate, one turn at a time: {before_s:.1f} s, {before_tokens} tokens ({before_tokens / before_s:.1f}/s)"
+    )
     print(f"sample_responses, batched:       {after_s:.1f} s, {after_tokens} tokens ({after_tokens / after_s:.1f}/s)")
     print(
         f"speed-up: {before_s / after_s:.2f}x per rollout, "

@@ -15,7 +15,6 @@ Usage: python bench/bench_shared_prefix.py --logs DIR --bundle BUNDLE [--turns 1
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,41 +22,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import logged_turns  # noqa: E402
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--logs", required=True)
-    parser.add_argument("--bundle", required=True)
-    parser.add_argument("--turns", type=int, default=16)
-    parser.add_argument("--micro", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = logged_turns.parser(__doc__, micro=4)
     args = parser.parse_args()
 
     import numpy as np
     import torch
 
-    from npcrl.bundle import load_bundle
     from npcrl.train import shared_prefix
     from npcrl.train.batching import collate
-    from npcrl.train.config import DataConfig, ModelConfig
-    from npcrl.train.data import load_training_data
-    from npcrl.train.policy import batch_inputs, build_policy, resolve_base_weights
-    from npcrl.train.run import accepted_bundle_ids, default_reward_spec
+    from npcrl.train.policy import batch_inputs
     from npcrl.train.shared_prefix import group_by_prefix
 
     torch.set_num_threads(args.threads)
-    bundle = load_bundle(args.bundle)
-    accepted, _ = accepted_bundle_ids(bundle, [])
-    data = load_training_data(
-        args.logs, default_reward_spec(), accepted, bundle.manifest.vocab_size, DataConfig(holdout_fraction=0.0), 0
-    )
-    picked = np.random.default_rng(0).permutation(len(data.train))[: args.turns]
-    turns = [data.train[int(i)] for i in picked]
-    policy = build_policy(resolve_base_weights(bundle, None), ModelConfig(mode="lora"), seed=0)
-    with torch.no_grad():  # a moved adapter, so the reference pass is not skipped and differs
-        for name, param in policy.module.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.01)
+    bundle, turns = logged_turns.sample_train_turns(args.logs, args.bundle, args.turns)
+    policy = logged_turns.moved_lora_policy(bundle)
     pad = policy.tokenizer.pad_token_id
     prompts = [t.prompt_ids for t in turns]
     rows = list(range(len(turns)))
