@@ -216,12 +216,11 @@ class OnnxCausalLM:
         cache.last_logits = logits[-1].copy()
         return logits if all_logits else logits[-1]
 
-    def _run(self, binding: ort.IOBinding) -> list[ort.OrtValue]:
+    def _run(self, binding: ort.IOBinding) -> None:
         try:
             self.session.run_with_iobinding(binding)
         except Exception as exc:
             raise GenerationError(f"onnxruntime failed on a forward pass: {exc}") from exc
-        return binding.get_outputs()
 
     def _bind_rows(self, binding: ort.IOBinding, rows: list[np.ndarray]) -> None:
         """Bind pool rows as both past input and present output: the graph writes in place."""
@@ -245,7 +244,7 @@ class OnnxCausalLM:
         binding.bind_cpu_input("attention_mask", mask)
         logits = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), dtype=np.float32)
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-        self._run(binding)  # the outputs are written into the bound buffers
+        self._run(binding)  # writes into the bound buffers
         return logits
 
     def _run_slot(self, ids: np.ndarray, cache: SlotCache, all_logits: bool) -> np.ndarray:
@@ -291,7 +290,8 @@ class OnnxCausalLM:
             binding.bind_ortvalue_input(name, value)
         for name in self.kv_layout.present_names():
             binding.bind_output(name)
-        outputs = self._run(binding)
+        self._run(binding)
+        outputs = binding.get_outputs()
         cache.values = list(outputs[1:])
         cache.token_ids.extend(int(t) for t in ids)
         logits = outputs[0].numpy()[0]  # (T, V)
