@@ -29,6 +29,7 @@ from npcrl.train.ppo_math import (
     masked_var,
     masked_whiten,
     selective_log_softmax,
+    standardize_scores,
     truncated_importance_weights,
 )
 
@@ -738,3 +739,14 @@ def test_adaptive_controller_rejects_bad_updates_and_states() -> None:
     with pytest.raises(ValueError, match="target"):
         ctl.load_state_dict({"value": 0.1, "target": -6.0, "horizon": 10})
     assert ctl.state_dict() == {"value": 0.1, "target": 6.0, "horizon": 100}  # a failed load changes nothing
+
+
+def test_standardize_scores() -> None:
+    scores = torch.tensor([0.47, 0.49, 0.52, 0.44], dtype=torch.float64)
+    out = standardize_scores(scores)
+    assert float(out.mean()) == pytest.approx(0.0, abs=1e-12)
+    assert float(out.std()) == pytest.approx(1.0)
+    assert torch.argsort(out).tolist() == torch.argsort(scores).tolist()  # order kept
+    torch.testing.assert_close(out, (scores - scores.mean()) / scores.std())
+    assert standardize_scores(torch.tensor([0.3, 0.3])).tolist() == [0.0, 0.0]  # no spread: centred only
+    assert standardize_scores(torch.tensor([0.7])).tolist() == [0.0]

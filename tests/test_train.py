@@ -164,6 +164,21 @@ def test_importance_weights_correct_for_the_sampler(toy: dict[str, Any]) -> None
     assert float(weights.max()) <= 1.0 + 1e-4 and float(weights.min()) > 0.5
 
 
+@pytest.mark.parametrize("standardize", [False, True])
+def test_turn_rewards_reach_the_returns_standardized_when_asked(toy: dict[str, Any], standardize: bool) -> None:
+    # gamma = lam = 1 and no KL at iteration 0 (pi_old is the reference): a turn's return at every
+    # token is its (standardised) score.
+    config = toy_config(iterations=1, gamma=1.0, lam=1.0, standardize_rewards=standardize)
+    trainer = make_trainer(toy, config)
+    rollout = trainer.score(trainer.rollout_turns(0))
+    trainer.advantages(rollout)
+    scores = rollout.batch.scores.double()
+    assert float(scores.std()) > 0  # the toy rollout has a spread to standardise
+    expected = (scores - scores.mean()) / scores.std() if standardize else scores
+    assert rollout.returns is not None
+    torch.testing.assert_close(rollout.returns[:, 0].double(), expected, atol=1e-5, rtol=1e-5)
+
+
 # -- command line: resume, distributed, outputs ---------------------------------------------------
 
 

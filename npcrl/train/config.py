@@ -129,6 +129,9 @@ class PPOConfig:
     """turn rewards are clipped to [-reward_clip, reward_clip] (None = off)"""
     whiten_advantages: bool = True
     """normalise advantages over the rollout batch"""
+    standardize_rewards: bool = False
+    """shift and scale the (clipped) turn rewards to mean 0, sd 1 over each rollout before the KL
+    penalty is added (a reward model's small spread then weighs against kl_coef on a unit scale)"""
     kl_budget: float | None = 0.05
     """stop an iteration's epochs early when approx-KL to pi_old exceeds this (None = never)"""
 

@@ -49,6 +49,7 @@ from npcrl.train.ppo_math import (
     masked_mean,
     masked_sum,
     masked_whiten,
+    standardize_scores,
     truncated_importance_weights,
 )
 from npcrl.train.shared_prefix import group_by_prefix
@@ -173,6 +174,8 @@ class PPOTrainer:
     def advantages(self, rollout: Rollout) -> dict[str, float]:
         ppo, mask = self.config.ppo, rollout.batch.mask
         scores = clip_scores(rollout.batch.scores, ppo.reward_clip)
+        if ppo.standardize_rewards:
+            scores = standardize_scores(scores)
         kl_coef = self.kl_controller.value
         rewards = kl_penalty_rewards(rollout.kl, scores, mask, kl_coef)
         advantages, returns = gae(rewards, rollout.values, mask, ppo.gamma, ppo.lam)

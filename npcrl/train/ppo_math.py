@@ -402,6 +402,20 @@ def clip_scores(scores: Tensor, bound: float | None) -> Tensor:
     return scores.clamp(-bound, bound)
 
 
+def standardize_scores(scores: Tensor) -> Tensor:
+    """Turn scores shifted to mean 0 and scaled to standard deviation 1 over the rollout.
+
+    A reward model's predictions can spread by a few hundredths while the per-token KL penalty and
+    the value head's errors are ~0.1 per line: standardising gives the reward its own unit scale
+    beside them. One score (or equal scores) has no spread: those are only centred.
+    """
+    centred = scores - scores.mean()
+    if scores.numel() < 2:
+        return centred
+    std = float(scores.std())
+    return centred / std if std > 1e-12 else centred
+
+
 # --- KL coefficient controllers ----------------------------------------------------------------
 
 
