@@ -4,10 +4,11 @@ Each iteration takes the same logged turns the logged mode would (the trainer's 
 over the training turns) but keeps only their prompts and sampler settings: the *current* policy
 answers each prompt (the game's sampler with the turn's temperature, top-k, top-p and repetition
 penalty, up to its max_new_tokens or ``reward_model.max_new_tokens``), and the reward model
-scores the answer. Prompts that share a persona prefix are answered together, ``ppo.micro_batch_turns``
-at a time (``sampling.sample_responses``: the prefix runs once, the rows decode as one batch). The answers were drawn from pi_old itself, so the trainer sets the behaviour
-log-probs to pi_old's and every importance weight is 1; the KL penalty to the reference, GAE,
-clipping and the update are the logged mode's, unchanged.
+scores the answer. Prompts that share a persona prefix are answered together,
+``ppo.micro_batch_turns`` at a time (``sampling.sample_responses``: the prefix runs once, the
+rows decode as one batch). The answers were drawn from pi_old itself, so the trainer sets the
+behaviour log-probs to pi_old's and every importance weight is 1; the KL penalty to the
+reference, GAE, clipping and the update are the logged mode's, unchanged.
 
 Like TRL's PPO, the sampler's top-k/top-p truncation is not corrected for: the policy gradient is
 that of the temperature-scaled softmax the tokens were truncated from. Generation stops at an EOS

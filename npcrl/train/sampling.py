@@ -5,7 +5,7 @@ seed), so every fresh line re-ran its whole ~700-token persona prompt and decode
 ``sample_responses`` answers a group of prompts together:
 
 * the rows' longest common prompt prefix runs once, as one row, and its KV cache is expanded to
-  the batch (as ``shared_prefix.decoder_hidden`` does for training passes);
+  the batch (``shared_prefix.expanded_prefix_cache``, as training passes do);
 * the rows' own prompt suffixes are left-padded *after* the prefix (masked out, positions taken
   from the mask), then all rows decode one token per step together;
 * each row draws its tokens with the game's own :class:`npcrl.sampler.Sampler`, seeded per row, so
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from npcrl.sampler import Sampler, SamplerConfig
-from npcrl.train.shared_prefix import MIN_SHARED_PREFIX
+from npcrl.train.shared_prefix import MIN_SHARED_PREFIX, expanded_prefix_cache
 
 
 def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
@@ -40,17 +40,6 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     while n < limit and all(p[n] == first[n] for p in prompts):
         n += 1
     return n if n >= MIN_SHARED_PREFIX else 0
-
-
-def _prefix_cache(decoder: nn.Module, prefix: Sequence[int], rows: int) -> object | None:
-    """The KV cache of ``prefix`` run once, expanded (a view) to ``rows`` rows; None if empty."""
-    if not prefix:
-        return None
-    from transformers.cache_utils import DynamicCache
-
-    cache = decoder(input_ids=torch.tensor([list(prefix)], dtype=torch.long), use_cache=True).past_key_values
-    expanded = [(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1)) for layer in cache.layers]
-    return DynamicCache(expanded, config=decoder.config)
 
 
 @torch.no_grad()
@@ -86,7 +75,8 @@ def sample_responses(
         input_ids[i, width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
         mask[i, shared + width - len(suffix) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    cache = _prefix_cache(decoder, prompts[0][:shared], rows)
+    prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long)
+    cache = expanded_prefix_cache(decoder, prefix, rows) if shared else None
 
     draws = [Sampler(config) for config in samplers]
     contexts = [np.asarray(p, dtype=np.int64) for p in prompts]

@@ -14,6 +14,7 @@ over the rows), so values, log-probs and gradients equal the full pass up to flo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,14 +46,18 @@ def decoder_hidden(
     if shared == 0:
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state, 0
-    from transformers.cache_utils import DynamicCache
-
-    rows = input_ids.shape[0]
-    prefix = decoder(input_ids=input_ids[:1, :shared], use_cache=True).past_key_values
-    expanded = [(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1)) for layer in prefix.layers]
-    cache = DynamicCache(expanded, config=decoder.config)
+    cache = expanded_prefix_cache(decoder, input_ids[:1, :shared], input_ids.shape[0])
     out = decoder(input_ids=input_ids[:, shared:], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
     return out.last_hidden_state, shared
+
+
+def expanded_prefix_cache(decoder: nn.Module, prefix_ids: torch.Tensor, rows: int) -> Any:
+    """The KV cache of the (1, n) ``prefix_ids`` run once, expanded (a view, no copy) to ``rows`` rows."""
+    from transformers.cache_utils import DynamicCache
+
+    prefix = decoder(input_ids=prefix_ids, use_cache=True).past_key_values
+    expanded = [(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1)) for layer in prefix.layers]
+    return DynamicCache(expanded, config=decoder.config)
 
 
 def group_by_prefix(rows: Sequence[int], prompts: Sequence[Sequence[int]], size: int) -> list[list[int]]:
