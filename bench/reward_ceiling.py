@@ -24,6 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def main() -> None:
@@ -33,44 +34,34 @@ def main() -> None:
     parser.add_argument("--personas", default=None, help="persona directory (default: the built-in NPCs)")
     args = parser.parse_args()
 
-    from npcrl.engagement import group_conversations, score_conversation
+    from simulator_features import design_row, logged_feature_rows
+
     from npcrl.persona import builtin_personas, load_personas
-    from npcrl.playlog import LogReader
-    from npcrl.rewards import default_reward_spec
-    from npcrl.sim.features import FEATURES, line_features
+    from npcrl.sim.features import FEATURES
     from npcrl.train.reward_model import RIDGE_PENALTIES, conversation_folds, cross_validated_predictions
 
     personas = load_personas(args.personas) if args.personas else builtin_personas()
-    spec = default_reward_spec()
-    rows, rewards, conversations = [], [], []
-    for cid, log in sorted(group_conversations(LogReader(args.logs)).items()):
-        earlier: list[str] = []
-        for reward in score_conversation(log, spec):
-            turn = log.turns[reward.turn_index]
-            persona = personas.get(turn.npc_id)
-            if persona is None:
-                raise SystemExit(f"{args.logs}: conversation {cid} is with NPC {turn.npc_id!r}, not in the personas")
-            text = turn.text
-            features = line_features(text, persona, earlier)
-            earlier.append(text)
-            rows.append([features[name] for name in FEATURES])
-            rewards.append(reward.reward)
-            conversations.append(cid)
-    x, y = np.array(rows), np.array(rewards)
+    rows = logged_feature_rows(args.logs, personas)
+    conversations = [row.conversation_id for row in rows]
+    x = np.array([[row.features[name] for name in FEATURES] for row in rows])
+    y = np.array([row.reward for row in rows])
     print(f"{len(y)} turns in {len(set(conversations))} conversations; reward mean {y.mean():.3f}, sd {y.std():.3f}")
     for k, name in enumerate(FEATURES):
         r = f"{np.corrcoef(x[:, k], y)[0, 1]:+.3f}" if x[:, k].std() > 0 else "n/a (constant)"
         print(f"  {name:<15} mean {x[:, k].mean():.3f}  r with reward {r}")
 
     folds = conversation_folds(conversations, args.folds, seed=0)
-    predictions = cross_validated_predictions(x, y, folds, RIDGE_PENALTIES)
-    mse = ((predictions - y) ** 2).mean(axis=1)
-    best = int(np.argmin(mse))
-    r = np.corrcoef(predictions[best], y)[0, 1]
-    print(
-        f"ridge on the simulator's features, {args.folds}-fold CV by conversation (best penalty "
-        f"{RIDGE_PENALTIES[best]:g}): Pearson r {r:.3f}, MSE skill {1 - mse[best] / y.var():.3f}"
-    )
+    profiles = sorted({row.profile for row in rows})
+    with_profile = np.array([design_row(row.features, row.profile, profiles, FEATURES) for row in rows])
+    for label, design in (("the line's features", x), ("features x the player's profile", with_profile)):
+        predictions = cross_validated_predictions(design, y, folds, RIDGE_PENALTIES)
+        mse = ((predictions - y) ** 2).mean(axis=1)
+        best = int(np.argmin(mse))
+        r = np.corrcoef(predictions[best], y)[0, 1]
+        print(
+            f"ridge on {label}, {args.folds}-fold CV by conversation (best penalty "
+            f"{RIDGE_PENALTIES[best]:g}): Pearson r {r:.3f}, MSE skill {1 - mse[best] / y.var():.3f}"
+        )
 
 
 if __name__ == "__main__":

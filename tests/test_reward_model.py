@@ -583,3 +583,37 @@ def test_npcrl_train_on_policy_mode_writes_its_report(
     config.write_text(text.replace(str(trained["out"]), str(tmp_path / "no-such-rm")), encoding="utf-8")
     proc = cli("train", *args[1:-1], str(tmp_path / "run2"), "--config", str(config), "--no-progress")
     assert proc.returncode == 2 and f"{tmp_path / 'no-such-rm'}: no such reward model directory" in proc.stderr
+
+
+class TargetTokenScorer:
+    """A scorer that is not a saved reward model: 1 for an answer holding the toy's rewarded token."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.calls = 0
+
+    def predict_sequences(self, prompts: Any, responses: Any, batch: int = 8) -> list[float]:
+        self.calls += 1
+        return [float(self.target in response) for response in responses]
+
+
+def test_train_takes_an_injected_scorer_in_place_of_reward_model_path(toy: dict[str, Any], tmp_path: Path) -> None:
+    from npcrl.train.run import train
+
+    config = TrainConfig(
+        seed=0,
+        data=DataConfig(holdout_fraction=0.2, mode="reward_model", reward_spec=str(toy["spec"])),
+        model=ModelConfig(mode="lora", lora_r=8),
+        ppo=PPOConfig(rollout_turns=16, minibatch_turns=8, micro_batch_turns=8, epochs=1, iterations=1),
+        # Never read: the injected scorer replaces it.
+        reward_model=RewardModelConfig(path=str(tmp_path / "no-such-rm")),
+        run=RunConfig(threads=1, export_quant="none", sample_prompts=1, sample_tokens=4),
+    ).validate()
+    scorer = TargetTokenScorer(toy["target"])
+    out = tmp_path / "run"
+    train(toy["logs"], toy["bundle"], out, config, progress=False, scorer=(scorer, {"tensors_sha256": "abc"}))
+    assert scorer.calls >= 1
+    assert json.loads((out / "run.json").read_text())["reward_model"] == "abc"
+    metrics = [json.loads(line) for line in (out / "report" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and 0.0 <= metrics[0]["reward_mean"] <= 1.0
+    assert json.loads((out / "report" / "provenance.json").read_text())["reward_model"]["role"] == "reward"

@@ -22,7 +22,8 @@ every rank holds the same rollout (as for scoring in ``ppo.py``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -31,15 +32,22 @@ from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingTurn
 from npcrl.train.distributed import Dist
 from npcrl.train.policy import Policy, _decoder, _lm_head
-from npcrl.train.reward_model import RewardModel
 from npcrl.train.sampling import sample_responses
 from npcrl.train.shared_prefix import group_by_prefix
+
+
+class RewardScorer(Protocol):
+    """What scores fresh answers: ``RewardModel``, or any object with its ``predict_sequences``."""
+
+    def predict_sequences(
+        self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], batch: int = 8
+    ) -> list[float]: ...
 
 
 class FreshRollouts:
     """Replaces logged responses and rewards by the current policy's answers and their predicted reward."""
 
-    def __init__(self, reward_model: RewardModel, eos_ids: Iterable[int], config: TrainConfig, dist: Dist) -> None:
+    def __init__(self, reward_model: RewardScorer, eos_ids: Iterable[int], config: TrainConfig, dist: Dist) -> None:
         self.reward_model = reward_model
         self.eos_ids = tuple(eos_ids)
         self.config = config
@@ -59,7 +67,7 @@ class FreshRollouts:
         mine = list(range(self.dist.rank, len(turns), self.dist.world))
         prompts = [turn.prompt_ids for turn in turns]
         lm = policy.module.lm
-        responses = {}
+        responses: dict[int, list[int]] = {}
         for group in group_by_prefix(mine, prompts, self.config.ppo.micro_batch_turns):
             samplers, limits = [], []
             for i in group:

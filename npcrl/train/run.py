@@ -18,13 +18,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from npcrl.bundle import Bundle, load_bundle
 from npcrl.errors import BundleError, TrainError
 from npcrl.rewards import default_reward_spec, load_reward_spec
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingData, load_training_data
+
+if TYPE_CHECKING:
+    from npcrl.train.onpolicy import RewardScorer
 
 RUN_FILE = "run.json"
 
@@ -103,8 +106,14 @@ def train(
     base_model: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    scorer: tuple[RewardScorer, dict[str, Any]] | None = None,
 ) -> TrainResult | None:
-    """Run the whole pipeline; returns None on ranks other than 0."""
+    """Run the whole pipeline; returns None on ranks other than 0.
+
+    ``scorer`` is an already built reward scorer and its record, used instead of loading
+    ``config.reward_model.path``: an object with ``predict_sequences(prompts, responses, batch)``
+    (as ``RewardModel``) and a dict with at least ``tensors_sha256`` (what identifies it in the run
+    record). Benchmarks plug scorers that are not a saved predictor in here."""
     import torch
 
     from npcrl.train import checkpoint as ckpt
@@ -125,9 +134,14 @@ def train(
     data = load_training_data(logs, spec, accepted, bundle.manifest.vocab_size, config.data, config.seed)
     # Loaded up front in both modes, so a bad path fails before any training: in the on-policy mode it
     # gives the rewards, in the logged mode it only judges the report's samples.
-    reward_model, reward_record = (
-        load_reward_model(config.reward_model.path, bundle) if config.reward_model.path else (None, None)
-    )
+    reward_model: RewardScorer | None
+    reward_record: dict[str, Any] | None
+    if scorer is not None:
+        reward_model, reward_record = scorer
+    else:
+        reward_model, reward_record = (
+            load_reward_model(config.reward_model.path, bundle) if config.reward_model.path else (None, None)
+        )
     run_record = {
         "logs": str(Path(logs).expanduser().resolve()),
         "bundle": str(bundle.root.resolve()),
