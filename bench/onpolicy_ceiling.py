@@ -35,7 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from simulator_features import FeatureRow, design_row, logged_feature_rows  # noqa: E402
+from simulator_features import (  # noqa: E402
+    FeatureRow,
+    cross_validated_ridge,
+    design_row,
+    logged_feature_rows,
+    profile_design,
+)
 
 
 class SimulatorFeatureScorer:
@@ -43,31 +49,15 @@ class SimulatorFeatureScorer:
 
     def __init__(self, rows: list[FeatureRow], personas: dict, tokenizer, folds: int = 5) -> None:
         from npcrl.sim.features import FEATURES
-        from npcrl.train.reward_model import (
-            RIDGE_PENALTIES,
-            conversation_folds,
-            cross_validated_predictions,
-            ridge_fit,
-        )
 
         self.names = FEATURES
         self.profiles = sorted({row.profile for row in rows})
         self.personas = personas
         self.tokenizer = tokenizer
         self.context = {row.prompt_ids: row for row in rows}
-        x = np.array([design_row(row.features, row.profile, self.profiles, FEATURES) for row in rows])
-        y = np.array([row.reward for row in rows])
-        held = conversation_folds([row.conversation_id for row in rows], folds, seed=0)
-        predictions = cross_validated_predictions(x, y, held, RIDGE_PENALTIES)
-        mse = ((predictions - y) ** 2).mean(axis=1)
-        best = int(np.argmin(mse))
-        self.weights, self.bias = ridge_fit(x, y, [RIDGE_PENALTIES[best]])[0]
-        self.cv = {
-            "penalty": RIDGE_PENALTIES[best],
-            "pearson_r": float(np.corrcoef(predictions[best], y)[0, 1]),
-            "mse_skill": float(1 - mse[best] / y.var()),
-            "turns": len(rows),
-        }
+        fit = cross_validated_ridge(profile_design(rows, self.profiles), rows, folds)
+        self.weights, self.bias = fit.weights, fit.bias
+        self.cv = {"penalty": fit.penalty, "pearson_r": fit.pearson_r, "mse_skill": fit.mse_skill, "turns": len(rows)}
         digest = hashlib.sha256(np.concatenate([self.weights, [self.bias]]).tobytes()).hexdigest()
         self.record = {"tensors_sha256": digest, "metrics": {"holdout": self.cv}}
 

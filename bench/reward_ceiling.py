@@ -34,33 +34,27 @@ def main() -> None:
     parser.add_argument("--personas", default=None, help="persona directory (default: the built-in NPCs)")
     args = parser.parse_args()
 
-    from simulator_features import design_row, logged_feature_rows
+    from simulator_features import cross_validated_ridge, logged_feature_rows, profile_design
 
     from npcrl.persona import builtin_personas, load_personas
     from npcrl.sim.features import FEATURES
-    from npcrl.train.reward_model import RIDGE_PENALTIES, conversation_folds, cross_validated_predictions
 
     personas = load_personas(args.personas) if args.personas else builtin_personas()
     rows = logged_feature_rows(args.logs, personas)
-    conversations = [row.conversation_id for row in rows]
     x = np.array([[row.features[name] for name in FEATURES] for row in rows])
     y = np.array([row.reward for row in rows])
-    print(f"{len(y)} turns in {len(set(conversations))} conversations; reward mean {y.mean():.3f}, sd {y.std():.3f}")
+    conversations = {row.conversation_id for row in rows}
+    print(f"{len(y)} turns in {len(conversations)} conversations; reward mean {y.mean():.3f}, sd {y.std():.3f}")
     for k, name in enumerate(FEATURES):
         r = f"{np.corrcoef(x[:, k], y)[0, 1]:+.3f}" if x[:, k].std() > 0 else "n/a (constant)"
         print(f"  {name:<15} mean {x[:, k].mean():.3f}  r with reward {r}")
 
-    folds = conversation_folds(conversations, args.folds, seed=0)
-    profiles = sorted({row.profile for row in rows})
-    with_profile = np.array([design_row(row.features, row.profile, profiles, FEATURES) for row in rows])
+    with_profile = profile_design(rows, sorted({row.profile for row in rows}))
     for label, design in (("the line's features", x), ("features x the player's profile", with_profile)):
-        predictions = cross_validated_predictions(design, y, folds, RIDGE_PENALTIES)
-        mse = ((predictions - y) ** 2).mean(axis=1)
-        best = int(np.argmin(mse))
-        r = np.corrcoef(predictions[best], y)[0, 1]
+        fit = cross_validated_ridge(design, rows, args.folds)
         print(
             f"ridge on {label}, {args.folds}-fold CV by conversation (best penalty "
-            f"{RIDGE_PENALTIES[best]:g}): Pearson r {r:.3f}, MSE skill {1 - mse[best] / y.var():.3f}"
+            f"{fit.penalty:g}): Pearson r {fit.pearson_r:.3f}, MSE skill {fit.mse_skill:.3f}"
         )
 
 

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PROFILE_PREFIX = "sim-"  # simulated conversations log their player as "sim-<profile>"
-
 
 @dataclass(frozen=True)
 class FeatureRow:
@@ -33,12 +31,13 @@ def logged_feature_rows(logs: str, personas: dict) -> list[FeatureRow]:
     from npcrl.playlog import LogReader
     from npcrl.rewards import default_reward_spec
     from npcrl.sim.features import line_features
+    from npcrl.sim.simulate import PLAYER_ID_PREFIX
 
     spec = default_reward_spec()
     rows = []
     for cid, log in sorted(group_conversations(LogReader(logs)).items()):
         player = log.start.player_id if log.start is not None else ""
-        profile = player[len(PROFILE_PREFIX) :] if player.startswith(PROFILE_PREFIX) else player
+        profile = player.removeprefix(PLAYER_ID_PREFIX)
         earlier: list[str] = []
         for reward in score_conversation(log, spec):
             turn = log.turns[reward.turn_index]
@@ -70,3 +69,40 @@ def design_row(features: dict[str, float], profile: str, profiles: list[str], na
     f = np.array([features[name] for name in names])
     onehot = np.array([1.0 if profile == p else 0.0 for p in profiles])
     return np.concatenate([f, onehot, np.outer(onehot, f).ravel()])
+
+
+def profile_design(rows: list[FeatureRow], profiles: list[str]) -> np.ndarray:
+    """``design_row`` of every row, one row each."""
+    from npcrl.sim.features import FEATURES
+
+    return np.array([design_row(row.features, row.profile, profiles, FEATURES) for row in rows])
+
+
+@dataclass(frozen=True)
+class RidgeFit:
+    penalty: float
+    pearson_r: float
+    """of the cross-validated predictions at the chosen penalty"""
+    mse_skill: float
+    """1 - cross-validated MSE / the rewards' variance"""
+    weights: np.ndarray
+    bias: float
+    """refitted on every row at the chosen penalty"""
+
+
+def cross_validated_ridge(x: np.ndarray, rows: list[FeatureRow], folds: int) -> RidgeFit:
+    """Ridge of the rows' rewards on ``x``, the penalty chosen by cross-validation with folds by
+    conversation (as the reward model chooses its own), refitted on every row."""
+    from npcrl.train.reward_model import RIDGE_PENALTIES, conversation_folds, ridge_fit, select_ridge_penalty
+
+    y = np.array([row.reward for row in rows])
+    held = conversation_folds([row.conversation_id for row in rows], folds, seed=0)
+    predictions, cv_mse, best = select_ridge_penalty(x, y, held)
+    weights, bias = ridge_fit(x, y, [RIDGE_PENALTIES[best]])[0]
+    return RidgeFit(
+        RIDGE_PENALTIES[best],
+        float(np.corrcoef(predictions[best], y)[0, 1]),
+        float(1 - cv_mse[best] / y.var()),
+        weights,
+        bias,
+    )

@@ -45,6 +45,9 @@ from npcrl.sim.profiles import PlayerProfile, Reaction
 _SEED_MASK = (1 << 63) - 1
 log = logging.getLogger(__name__)
 
+PLAYER_ID_PREFIX = "sim-"
+"""a simulated conversation logs its player as this prefix + the profile's name"""
+
 
 def derive_seed(seed: int, index: int, purpose: str) -> int:
     """A seed for one purpose of conversation ``index``, stable across runs and platforms."""
@@ -153,7 +156,7 @@ def play_conversation(
 ) -> SimulatedConversation:
     """One conversation between ``agent`` and a player of ``profile``, drawing from ``rng``."""
     persona = agent.persona
-    conversation = _SimulatedConversation(agent, player_id=f"sim-{profile.name}")
+    conversation = _SimulatedConversation(agent, player_id=f"{PLAYER_ID_PREFIX}{profile.name}")
     shown: list[str] = []
     turns: list[SimulatedTurn] = []
     accepted: set[str] = set()

@@ -392,6 +392,15 @@ def cross_validated_predictions(
     return predictions
 
 
+def select_ridge_penalty(
+    features: np.ndarray, targets: np.ndarray, folds: Sequence[np.ndarray], penalties: Sequence[float] = RIDGE_PENALTIES
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(cross-validated predictions per penalty, their MSE per penalty, the index of the lowest MSE)."""
+    predictions = cross_validated_predictions(features, targets, folds, penalties)
+    cv_mse = ((predictions - targets) ** 2).mean(axis=1)
+    return predictions, cv_mse, int(np.argmin(cv_mse))
+
+
 def fit_ridge(
     model: RewardModel, turns: list[TrainingTurn], config: RewardModelConfig, seed: int
 ) -> tuple[list[dict[str, Any]], list[float]]:
@@ -406,8 +415,7 @@ def fit_ridge(
     targets = np.array([(t.reward - model.target_mean) / model.target_std for t in turns], dtype=np.float64)
     _log(f"features of {len(turns)} turns: {time.perf_counter() - started:.0f} s")
     folds = conversation_folds([t.conversation_id for t in turns], config.ridge_folds, seed)
-    cv_mse = ((cross_validated_predictions(features, targets, folds, RIDGE_PENALTIES) - targets) ** 2).mean(axis=1)
-    best = int(np.argmin(cv_mse))
+    _, cv_mse, best = select_ridge_penalty(features, targets, folds)
     weights, bias = ridge_fit(features, targets, [RIDGE_PENALTIES[best]])[0]
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(weights).to(model.head.weight.dtype)[None, :])
