@@ -26,20 +26,22 @@ import torch
 from torch import nn
 
 from npcrl.sampler import Sampler, SamplerConfig
-from npcrl.train.shared_prefix import MIN_SHARED_PREFIX, expanded_prefix_cache
+from npcrl.train.shared_prefix import expanded_prefix_cache, shared_prefix_length
 
 
 def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     """Tokens every prompt starts with alike; at most the shortest prompt's length minus one (each
-    row needs a token of its own to predict from), and 0 below ``MIN_SHARED_PREFIX``."""
+    row needs a token of its own to predict from), and 0 below ``MIN_SHARED_PREFIX``: the rule of
+    ``shared_prefix.shared_prefix_length``, applied to unpadded token lists."""
     if len(prompts) < 2:
         return 0
-    limit = min(len(p) for p in prompts) - 1
-    first = prompts[0]
-    n = 0
-    while n < limit and all(p[n] == first[n] for p in prompts):
-        n += 1
-    return n if n >= MIN_SHARED_PREFIX else 0
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, : len(prompt)] = 1
+    return shared_prefix_length(ids, mask, limit=min(len(p) for p in prompts) - 1)
 
 
 @torch.no_grad()
