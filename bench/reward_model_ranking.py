@@ -36,7 +36,7 @@ def main() -> None:
     from npcrl.rewards import default_reward_spec
     from npcrl.train.config import DataConfig
     from npcrl.train.data import load_training_data
-    from npcrl.train.reward_model import load_reward_model
+    from npcrl.train.reward_model import load_reward_model, regression_metrics
     from npcrl.train.run import accepted_bundle_ids
 
     bundle = load_bundle(args.bundle)
@@ -51,12 +51,12 @@ def main() -> None:
         data = load_training_data(
             logs, default_reward_spec(), accepted, bundle.manifest.vocab_size, DataConfig(holdout_fraction=0.0), seed=0
         )
-        predictions = np.asarray(model.predict(data.train, 8))
-        rewards = np.asarray([t.reward for t in data.train])
-        r = float(np.corrcoef(predictions, rewards)[0, 1]) if len(rewards) > 1 else float("nan")
+        predictions = model.predict(data.train, 8)
+        m = regression_metrics(predictions, [t.reward for t in data.train], model.target_mean, threshold=0.0)
+        r = "undefined" if m["pearson"] is None else f"{m['pearson']:.3f}"
         print(
-            f"{logs}: {len(rewards)} turns, mean reward {rewards.mean():.4f}, mean prediction "
-            f"{predictions.mean():.4f} (sd {predictions.std():.4f}), r {r:.3f}, {time.perf_counter() - started:.0f} s",
+            f"{logs}: {m['turns']} turns, mean reward {m['reward_mean']:.4f}, mean prediction "
+            f"{m['prediction_mean']:.4f} (sd {np.std(predictions):.4f}), r {r}, {time.perf_counter() - started:.0f} s",
             flush=True,
         )
 

@@ -25,23 +25,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from npcrl.kvcache import common_prefix_length as pair_prefix_length
 from npcrl.sampler import Sampler, SamplerConfig
-from npcrl.train.shared_prefix import expanded_prefix_cache, shared_prefix_length
+from npcrl.train.shared_prefix import MIN_SHARED_PREFIX, expanded_prefix_cache
 
 
 def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     """Tokens every prompt starts with alike; at most the shortest prompt's length minus one (each
-    row needs a token of its own to predict from), and 0 below ``MIN_SHARED_PREFIX``: the rule of
-    ``shared_prefix.shared_prefix_length``, applied to unpadded token lists."""
+    row needs a token of its own to predict from), and 0 below ``MIN_SHARED_PREFIX`` (the rule of
+    ``shared_prefix.shared_prefix_length`` for padded tensors)."""
     if len(prompts) < 2:
         return 0
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, : len(prompt)] = torch.tensor(list(prompt), dtype=torch.long)
-        mask[row, : len(prompt)] = 1
-    return shared_prefix_length(ids, mask, limit=min(len(p) for p in prompts) - 1)
+    limit = min(len(p) for p in prompts) - 1
+    shared = min(min(pair_prefix_length(prompts[0], p) for p in prompts[1:]), limit)
+    return shared if shared >= MIN_SHARED_PREFIX else 0
 
 
 @torch.no_grad()
