@@ -71,6 +71,22 @@ def _cmd_reward_model_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reward_model_score(args: argparse.Namespace) -> int:
+    """Score play logs with a saved reward model: its predictions next to the logged rewards."""
+    from npcrl.train.reward_model import format_metrics_table
+    from npcrl.train.reward_model_scoring import check_new_file, score_logs, write_predictions
+
+    if args.predictions:
+        check_new_file(args.predictions)  # before the scoring, not after it
+    scored = score_logs(args.reward_model, args.bundle, args.logs, spec_path=args.spec)
+    print(format_metrics_table({s.logs: s.metrics for s in scored}))
+    summary: dict[str, object] = {"metrics": {s.logs: s.metrics for s in scored}}
+    if args.predictions:
+        summary["predictions"] = str(write_predictions(scored, args.predictions))
+    print(json.dumps(summary))
+    return 0
+
+
 def _cmd_loop(args: argparse.Namespace) -> int:
     """Rounds of simulate -> train -> export -> evaluate, promoting only a better, guarded candidate."""
     from npcrl.loop import run_loop
@@ -405,6 +421,22 @@ def build_parser() -> argparse.ArgumentParser:
     rm_train.add_argument("--seed", type=int, help="overrides the config's seed (it also picks the holdout split)")
     rm_train.add_argument("--no-progress", action="store_true", help="no progress bars")
     rm_train.set_defaults(func=_cmd_reward_model_train)
+    rm_score = reward_model.add_parser(
+        "score",
+        help="score play logs with a saved reward model: predictions next to the logged rewards, per directory",
+    )
+    rm_score.add_argument("logs", nargs="+", help="play-log directories (e.g. the evaluation logs of two bundles)")
+    rm_score.add_argument("--reward-model", required=True, help="directory written by npcrl reward-model train")
+    rm_score.add_argument(
+        "--bundle",
+        required=True,
+        action="append",
+        help="a bundle whose logged turns to read (it and its recorded ancestors; repeat for more); "
+        "each must share the reward model's tokenizer",
+    )
+    rm_score.add_argument("--spec", help="reward spec TOML (default: the one the reward model was trained with)")
+    rm_score.add_argument("--predictions", help="also write one JSON line per turn to this new file")
+    rm_score.set_defaults(func=_cmd_reward_model_score)
 
     from npcrl.loop import PROMOTE_WHEN
     from npcrl.sim.cli import add_concurrent_argument

@@ -6,6 +6,7 @@ one chosen token. 960 one-turn conversations: with the trainer's 240 the predict
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -52,7 +53,10 @@ from npcrl.train.reward_model import (  # noqa: E402
     regression_metrics,
     ridge_fit,
 )
+from npcrl.train.reward_model_scoring import score_logs  # noqa: E402
 from npcrl.train.shared_prefix import decoder_hidden  # noqa: E402
+
+run_module = importlib.import_module("npcrl.train.run")
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -385,6 +389,67 @@ def test_reward_model_train_refuses_bad_inputs(toy: dict[str, Any], tmp_path: Pa
     assert proc.returncode == 2 and "no play-log files" in proc.stderr, proc.stderr
     proc = cli(*base, "--logs", str(toy["logs"]), "--out", str(taken))
     assert proc.returncode == 2 and f"{taken}: output directory is not empty" in proc.stderr, proc.stderr
+
+
+def test_score_reads_every_conversation_with_the_training_rules(
+    toy: dict[str, Any], trained: dict[str, Any], tmp_path: Path
+) -> None:
+    """`reward-model score` on logs: the model's predictions of every usable turn (no holdout), the
+    rewards of the spec it was trained with, and a per-turn file for further analysis."""
+    predictions = tmp_path / "predictions.jsonl"
+    proc = cli(
+        "reward-model", "score", str(toy["logs"]), "--reward-model", str(trained["out"]),
+        "--bundle", str(toy["bundle"]), "--predictions", str(predictions),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    metrics = summary["metrics"][str(toy["logs"])]
+
+    model, record = load_reward_model(trained["out"], load_bundle(toy["bundle"]))
+    config = load_train_config(toy["config"])
+    every = toy_data(toy, replace(config, data=replace(config.data, holdout_fraction=0.0))).train
+    expected = model.predict(every)
+    assert metrics["turns"] == len(every) == 960
+    assert metrics == pytest.approx(
+        regression_metrics(expected, [t.reward for t in every], record["target_mean"], 0.5)
+        | {"prediction_sd": float(np.std(expected))},
+        rel=1e-4,
+        abs=1e-6,
+    )
+    # The toy spec (rewards 0 or 1), not the default one, scored the turns.
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [(r["conversation_id"], r["turn_index"]) for r in rows] == [(t.conversation_id, t.turn_index) for t in every]
+    assert [r["reward"] for r in rows] == [t.reward for t in every] and {r["reward"] for r in rows} == {0.0, 1.0}
+    assert [r["prediction"] for r in rows] == pytest.approx(expected, abs=1e-5)
+    assert summary["predictions"] == str(predictions)
+    table = proc.stdout
+    assert str(toy["logs"]) in table.splitlines()[0] and "prediction sd" in table
+
+
+def test_score_refuses_bundles_it_cannot_read_and_keeps_existing_files(
+    toy: dict[str, Any],
+    tiny_bundles: dict[str, Path],
+    trained: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The tiny families share one tokenizer file, so another tokenizer is simulated by its hash.
+    other = load_bundle(tiny_bundles["gpt2-fp32"]).root
+    real = run_module.tokenizer_sha256
+    monkeypatch.setattr(run_module, "tokenizer_sha256", lambda b: "other" if b.root == other else real(b))
+    with pytest.raises(TrainError, match=f"another tokenizer than bundle {other}"):
+        score_logs(trained["out"], [toy["bundle"], other], [toy["logs"]])
+    monkeypatch.undo()
+
+    base = ["reward-model", "score", str(toy["logs"]), "--reward-model", str(trained["out"])]
+    # Same tokenizer, but the q8 bundle did not write these logs: nothing to score, and it says why.
+    proc = cli(*base, "--bundle", str(tiny_bundles["llama-q8"]))
+    assert proc.returncode == 2 and "no usable training turns" in proc.stderr, proc.stderr
+    taken = tmp_path / "taken.jsonl"
+    taken.write_text("kept\n")
+    proc = cli(*base, "--bundle", str(toy["bundle"]), "--predictions", str(taken))
+    assert proc.returncode == 2 and f"{taken}: already exists" in proc.stderr, proc.stderr
+    assert taken.read_text() == "kept\n"
 
 
 # -- config -------------------------------------------------------------------------------------

@@ -139,7 +139,8 @@ def regression_metrics(
 
 
 def format_metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """The metrics of each split (columns) as an aligned text table."""
+    """The metrics of each split (columns) as an aligned text table; rows whose key the first
+    split lacks (``prediction_sd`` is only computed when scoring logs) are left out."""
     rows = [
         ("turns", "turns", "{:d}"),
         ("Pearson r", "pearson", "{:.3f}"),
@@ -152,17 +153,21 @@ def format_metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
         ("engaged rate", "engaged_rate", "{:.3f}"),
         ("mean reward", "reward_mean", "{:.4f}"),
         ("mean prediction", "prediction_mean", "{:.4f}"),
+        ("prediction sd", "prediction_sd", "{:.4f}"),
     ]
     splits = list(metrics)
-    threshold = next(iter(metrics.values()))["engaged_threshold"]
-    lines = [f"{'metric':<32}" + "".join(f"{s:>12}" for s in splits)]
+    first = next(iter(metrics.values()))
+    widths = [max(12, len(split) + 2) for split in splits]
+    lines = [f"{'metric':<32}" + "".join(f"{s:>{w}}" for s, w in zip(splits, widths, strict=True))]
     for label, key, fmt in rows:
+        if key not in first:
+            continue
         cells = []
-        for split in splits:
+        for split, width in zip(splits, widths, strict=True):
             value = metrics[split][key]
-            cells.append(f"{'n/a' if value is None else fmt.format(value):>12}")
+            cells.append(f"{'n/a' if value is None else fmt.format(value):>{width}}")
         lines.append(f"{label:<32}" + "".join(cells))
-    lines.append(f"(engaged: reward > {threshold:g})")
+    lines.append(f"(engaged: reward > {first['engaged_threshold']:g})")
     return "\n".join(lines)
 
 
