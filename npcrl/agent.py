@@ -51,6 +51,7 @@ atexit.register(_join_workers)
 # Stop as soon as the model starts a new chat turn or speaks for the player.
 DEFAULT_STOPS = ("<|im_start|>", "\nPlayer:", "\nTraveller:", "\nTraveler:", "\nUser:", "\nYou:")
 BUILTIN_EVENTS = ("reply", "rating", "walk_away", "quest_accepted", "trade")
+MAX_CONVERSATION_ID = 128
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,10 @@ class NpcAgent:
         )
         return stem or model.tokenizer.encode_chat([system])[:1]
 
-    def start_conversation(self, player_id: str = "player") -> Conversation:
-        return Conversation(self, player_id)
+    def start_conversation(self, player_id: str = "player", conversation_id: str | None = None) -> Conversation:
+        """A new conversation; ``conversation_id`` (default: a random uuid) names it in the log and
+        must be unique there: records are grouped by it."""
+        return Conversation(self, player_id, conversation_id)
 
     def warm_up(self) -> None:
         """Compute the persona prefix now (seconds on a small CPU) rather than on the first turn;
@@ -219,11 +222,18 @@ class Conversation:
     """One conversation between an NPC and a player. Methods are meant for the game thread; the
     generation itself runs in a worker thread for ``respond_async``."""
 
-    def __init__(self, agent: NpcAgent, player_id: str) -> None:
+    def __init__(self, agent: NpcAgent, player_id: str, conversation_id: str | None = None) -> None:
+        if conversation_id is not None and (
+            not isinstance(conversation_id, str) or not 0 < len(conversation_id) <= MAX_CONVERSATION_ID
+        ):
+            raise ValueError(
+                f"conversation_id must be a non-empty str of at most {MAX_CONVERSATION_ID} characters, "
+                f"got {conversation_id!r}"
+            )
         self.agent = agent
         self.model = agent.model  # fixed for the whole conversation, even if the agent swaps
         self.player_id = player_id
-        self.conversation_id = uuid.uuid4().hex
+        self.conversation_id = conversation_id or uuid.uuid4().hex
         self.exchanges: list[tuple[str, str]] = []  # (delimited player text, NPC line) kept as memory
         self.lines: list[NpcLine] = []
         self.ended = False

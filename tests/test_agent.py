@@ -57,6 +57,17 @@ def test_blocking_turn_is_logged_with_exact_ids_and_logprobs(model, tmp_path):
     assert turn.sampler["seed"] == 1 and not turn.filtered and not turn.fallback
 
 
+def test_a_game_may_name_its_conversations(model, tmp_path):
+    agent = make_agent(model, tmp_path)
+    conversation = agent.start_conversation("p1", conversation_id="save-7/market-day-2")
+    conversation.respond("Hello there, smith!")
+    assert {r.conversation_id for r in records_of(agent)} == {"save-7/market-day-2"}
+    assert len(agent.start_conversation().conversation_id) == 32  # default: a random uuid
+    for bad in ("", "x" * 129, 7):
+        with pytest.raises(ValueError, match="conversation_id must be a non-empty str of at most 128"):
+            agent.start_conversation("p1", conversation_id=bad)
+
+
 def test_async_turn_streams_without_blocking_the_game_loop(model):
     agent = make_agent(model, max_new_tokens=40)
     conversation = agent.start_conversation()

@@ -27,7 +27,13 @@ from npcrl.sim import profiles as profiles_module
 from npcrl.sim.cli import add_simulate_parser, format_summary
 from npcrl.sim.features import FEATURES, best_quest, line_features, persona_topics
 from npcrl.sim.profiles import PlayerProfile, PlayerProfileError, builtin_profiles, load_profile, load_profiles
-from npcrl.sim.simulate import SimulatedConversation, derive_seed, max_concurrency, simulate
+from npcrl.sim.simulate import (
+    SimulatedConversation,
+    derive_seed,
+    max_concurrency,
+    simulate,
+    simulated_conversation_id,
+)
 
 BROM = builtin_personas()["blacksmith"]
 simulate_module = importlib.import_module("npcrl.sim.simulate")  # the package exports the function as `simulate`
@@ -515,6 +521,29 @@ def test_another_seed_gives_other_conversations(sim_run, model, tmp_path):
     _, other, other_records = run_sim(model, tmp_path / "other", conversations=2, seed=4)
     first_two = sum(1 for r in records if r.conversation_id in {c.conversation_id for c in results[:2]})
     assert comparable(other_records) != comparable(records[:first_two])
+    # Other ids too, so the two runs' logs can be pooled in one directory.
+    assert not {r.conversation_id for r in other} & {r.conversation_id for r in results}
+
+
+def test_conversation_ids_follow_bundle_seed_and_index(sim_run, model, tmp_path):
+    """Reruns log the same ids (the trainer's holdout split ranks them), and a directory that holds
+    a run's conversations refuses the same run again instead of merging two runs' records."""
+    _, results, records = sim_run
+    ids = [simulated_conversation_id(model.bundle_id, 3, k) for k in range(6)]
+    assert [r.conversation_id for r in results] == ids == list(by_conversation(records))
+    assert len(set(ids)) == 6 and simulated_conversation_id("another-bundle", 3, 0) not in ids
+    log_dir = tmp_path / "pooled"
+    run_sim(model, log_dir, conversations=2, seed=5)
+    before = sorted((p.name, p.read_bytes()) for p in log_dir.iterdir())
+    with pytest.raises(ValueError, match=rf"{log_dir}: already holds conversation sim-.*-s5-000000"):
+        run_sim(model, log_dir, conversations=3, seed=5)
+    # nothing logged by the refused run; the directory's files are as they were (the refused
+    # run's writer may leave an empty file of its own, with only the header)
+    kept = sorted((p.name, p.read_bytes()) for p in log_dir.iterdir() if p.name in dict(before))
+    assert kept == before
+    assert [r.conversation_id for r in read_log_dir(log_dir) if isinstance(r, ConversationStart)] == [
+        simulated_conversation_id(model.bundle_id, 5, k) for k in range(2)
+    ]
 
 
 def test_simulate_rejects_empty_inputs(model):
@@ -540,7 +569,7 @@ def spy_on_conversations(monkeypatch, meet: int = 0, fail_at: int | None = None)
     seen = {"started": [], "active": 0, "peak": 0}
     barrier = threading.Barrier(meet, timeout=20) if meet else None
 
-    def spy(agent, profile, rng, index=0):
+    def spy(agent, profile, rng, index=0, conversation_id=None):
         with lock:
             seen["started"].append(index)
             seen["active"] += 1
@@ -550,7 +579,7 @@ def spy_on_conversations(monkeypatch, meet: int = 0, fail_at: int | None = None)
                 barrier.wait()
             if index == fail_at:
                 raise RuntimeError(f"boom in conversation {index}")
-            return real(agent, profile, rng, index)
+            return real(agent, profile, rng, index, conversation_id)
         finally:
             with lock:
                 seen["active"] -= 1

@@ -10,9 +10,11 @@ Time is simulated: nothing sleeps. The player's answer delay is drawn from the p
 becomes the value of the ``reply`` event that the agent records when the next line is sent (see
 ``_SimulatedConversation``). A run is reproducible from ``seed``: conversation k's profile, its
 random stream and its sampler seed depend only on (seed, k), so the first 6 conversations of a
-12-conversation run equal a 6-conversation run. Conversation ids and wall-clock times differ
-between runs; a turn that runs past the agent's time budget (a very busy machine) ends in a
-fallback line and may make two runs differ.
+12-conversation run equal a 6-conversation run. Conversation ids depend on (bundle, seed, k) too
+(``simulated_conversation_id``), so the trainer's holdout split of a rerun's logs is the same; a
+directory that already holds this bundle's and seed's conversations is refused. Wall-clock times
+differ between runs; a turn that runs past the agent's time budget (a very busy machine) ends in
+a fallback line and may make two runs differ.
 
 ``concurrency`` plays several conversations at once, in worker threads with NPC agents of their
 own; the model's scheduler batches their decode steps into one pass (four NPCs generating at once
@@ -32,12 +34,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from npcrl.agent import AgentConfig, Conversation, NpcAgent, with_sampler
 from npcrl.errors import NpcrlError
 from npcrl.persona import Persona
-from npcrl.playlog import PlayLogWriter, Record
+from npcrl.playlog import ConversationStart, LogReader, PlayLogWriter, Record, list_log_files
 from npcrl.runtime import OnnxCausalLM
 from npcrl.sim.features import FEATURES, best_quest, line_features
 from npcrl.sim.profiles import PlayerProfile, Reaction
@@ -151,12 +154,24 @@ def _as_list(items: Mapping[str, Any] | Sequence[Any], what: str) -> list[Any]:
     return values
 
 
+def simulated_conversation_id(bundle_id: str, seed: int, index: int) -> str:
+    """The log id of conversation ``index`` of a simulation: the same for the same bundle and seed,
+    so a rerun writes the same logs (and the trainer's holdout split, which ranks conversation ids,
+    picks the same conversations); different for other bundles or seeds, so their logs can be pooled."""
+    return f"sim-{bundle_id[:16]}-s{seed}-{index:06d}"
+
+
 def play_conversation(
-    agent: NpcAgent, profile: PlayerProfile, rng: random.Random, index: int = 0
+    agent: NpcAgent,
+    profile: PlayerProfile,
+    rng: random.Random,
+    index: int = 0,
+    conversation_id: str | None = None,
 ) -> SimulatedConversation:
-    """One conversation between ``agent`` and a player of ``profile``, drawing from ``rng``."""
+    """One conversation between ``agent`` and a player of ``profile``, drawing from ``rng``
+    (``conversation_id``: its id in the log; default a random one)."""
     persona = agent.persona
-    conversation = _SimulatedConversation(agent, player_id=f"{PLAYER_ID_PREFIX}{profile.name}")
+    conversation = _SimulatedConversation(agent, f"{PLAYER_ID_PREFIX}{profile.name}", conversation_id)
     shown: list[str] = []
     turns: list[SimulatedTurn] = []
     accepted: set[str] = set()
@@ -250,6 +265,8 @@ def simulate(
     if concurrency > cap and conversations > cap:
         log.info("simulating %d conversations at once, not %d: half the model's KV slots", cap, concurrency)
     workers = max(1, min(concurrency, conversations, cap))
+    if isinstance(log_writer, PlayLogWriter):
+        _refuse_logged_ids(log_writer.directory, {simulated_conversation_id(model.bundle_id, seed, 0)})
 
     def new_agents() -> list[NpcAgent]:
         return [
@@ -271,7 +288,8 @@ def simulate(
             if buffer is not None:
                 agent.log_writer = buffer
             profile = profile_list[random.Random(derive_seed(seed, k, "profile")).randrange(len(profile_list))]
-            return play_conversation(agent, profile, random.Random(derive_seed(seed, k, "player")), k)
+            rng = random.Random(derive_seed(seed, k, "player"))
+            return play_conversation(agent, profile, rng, k, simulated_conversation_id(model.bundle_id, seed, k))
         finally:
             idle.put(agents)
 
@@ -295,6 +313,19 @@ def simulate(
         log_writer.flush()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _refuse_logged_ids(log_dir: Path, ids: set[str]) -> None:
+    """Refuse to log conversations whose ids ``log_dir`` already holds: the reader would merge the
+    two runs' records into one conversation. (The same bundle and seed give the same ids.)"""
+    if not list_log_files(log_dir):
+        return
+    for record in LogReader(log_dir):
+        if isinstance(record, ConversationStart) and record.conversation_id in ids:
+            raise ValueError(
+                f"{log_dir}: already holds conversation {record.conversation_id} (this bundle, this seed); "
+                "simulate with another seed or into another directory"
+            )
 
 
 def _play_concurrently(
