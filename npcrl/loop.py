@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,7 @@ def run_loop(
     from npcrl.runtime import OnnxCausalLM
     from npcrl.sim.profiles import builtin_profiles
     from npcrl.sim.simulate import simulate
+    from npcrl.train.reward_model import train_reward_model
     from npcrl.train.run import train
 
     out = Path(out)
@@ -176,8 +177,18 @@ def run_loop(
                 concurrency=concurrency,
             )
         seconds["simulate"] = time.perf_counter() - started
+        round_config = train_config
+        if train_config.data.mode == "reward_model" and train_config.reward_model.retrain_each_round:
+            started = time.perf_counter()
+            predictor = train_reward_model(
+                folder / "logs", current, folder / "reward-model", train_config, progress=False
+            )
+            round_config = replace(
+                train_config, reward_model=replace(train_config.reward_model, path=str(predictor.out))
+            )
+            seconds["reward_model"] = time.perf_counter() - started
         started = time.perf_counter()
-        trained = train(folder / "logs", current, folder / "train", train_config, progress=False)
+        trained = train(folder / "logs", current, folder / "train", round_config, progress=False)
         seconds["train_and_export"] = time.perf_counter() - started
         assert trained is not None and trained.bundle is not None
         started = time.perf_counter()

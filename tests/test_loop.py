@@ -114,3 +114,47 @@ def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path
     assert "| 1 |" in (tmp_path / "loop" / "loop.md").read_text()
     gain, low, high = decision["metrics"]["candidate"][PAIRED_GAIN]
     assert low <= gain <= high and any(r.startswith("paired gain") for r in result.reasons)
+
+
+def test_a_round_can_retrain_its_reward_model_on_its_own_logs(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    """data.mode = 'reward_model' with reward_model.retrain_each_round: the round trains a predictor
+    on its own simulated logs and the on-policy run is scored by that one (no fixed path)."""
+    import json
+
+    from npcrl.errors import TrainError
+    from npcrl.loop import run_loop
+    from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RewardModelConfig, RunConfig, TrainConfig
+    from npcrl.train.run import train
+
+    config = TrainConfig(
+        data=DataConfig(holdout_fraction=0.2, mode="reward_model"),
+        model=ModelConfig(mode="lora", lora_r=4),
+        ppo=PPOConfig(rollout_turns=4, minibatch_turns=4, micro_batch_turns=4, epochs=1, iterations=1),
+        run=RunConfig(export_quant="fp32", sample_prompts=1, sample_tokens=4, threads=1),
+        reward_model=RewardModelConfig(
+            backbone="frozen", pooling="mean", head_fit="ridge", ridge_folds=2, retrain_each_round=True
+        ),
+    ).validate()
+    short = {p: "You are Brom." for p in ("blacksmith", "innkeeper", "guard", "miller")}
+    (result,) = run_loop(
+        tiny_bundles["llama-fp32"],
+        tmp_path / "loop",
+        rounds=1,
+        conversations=6,
+        eval_conversations=2,
+        train_config=config,
+        seed=0,
+        max_new_tokens=6,
+        system_prompts=short,
+        concurrency=2,
+    )
+    round_dir = tmp_path / "loop" / "round-1"
+    record = json.loads((round_dir / "reward-model" / "reward_model.json").read_text())
+    assert record["logs"] == str((round_dir / "logs").resolve()) and record["metrics"]["holdout"]["turns"] > 0
+    run_record = json.loads((round_dir / "train" / "run.json").read_text())
+    assert run_record["config"]["reward_model"]["path"] == str(round_dir / "reward-model")
+    assert run_record["reward_model"] == record["tensors_sha256"]  # the round's predictor scored the samples
+    assert result.seconds["reward_model"] > 0
+    # `npcrl train` itself needs a reward model directory: the setting is the loop's.
+    with pytest.raises(TrainError, match="reward_model.retrain_each_round is read by npcrl loop only"):
+        train(round_dir / "logs", tiny_bundles["llama-fp32"], tmp_path / "alone", config, progress=False)

@@ -238,6 +238,10 @@ class RewardModelConfig:
     training conversations; the data-efficient choice for a few hundred turns)"""
     ridge_folds: int = 5
     """conversation folds of the ridge penalty's cross-validation"""
+    retrain_each_round: bool = False
+    """``npcrl loop`` only: train a reward model with these settings on each round's own logs (saved in the
+    round's ``reward-model`` folder) and let it score that round's on-policy samples, so the predictor
+    follows the policy it judges; ``path`` is then not read. ``npcrl train`` needs ``path``"""
 
     def validate(self) -> None:
         _check(self.path is None or bool(self.path), "reward_model.path", self.path, "a directory path or absent")
@@ -291,7 +295,9 @@ class TrainConfig:
         for section in (self.data, self.model, self.ppo, self.run, self.reward_model):
             section.validate()
         _check(
-            self.data.mode != "reward_model" or self.reward_model.path is not None,
+            self.data.mode != "reward_model"
+            or self.reward_model.path is not None
+            or self.reward_model.retrain_each_round,
             "reward_model.path",
             self.reward_model.path,
             "set when data.mode = 'reward_model' (a directory written by npcrl reward-model train)",

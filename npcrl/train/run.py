@@ -142,6 +142,11 @@ def train(
         reward_model, reward_record = (
             load_reward_model(config.reward_model.path, bundle) if config.reward_model.path else (None, None)
         )
+    if config.data.mode == "reward_model" and reward_model is None:
+        raise TrainError(
+            "reward_model.path = None: on-policy training needs a reward model directory "
+            "(reward_model.retrain_each_round is read by npcrl loop only)"
+        )
     run_record = {
         "logs": str(Path(logs).expanduser().resolve()),
         "bundle": str(bundle.root.resolve()),
@@ -171,7 +176,7 @@ def train(
     )
     fresh = None
     if config.data.mode == "reward_model":
-        assert reward_model is not None  # TrainConfig.validate requires reward_model.path in this mode
+        assert reward_model is not None  # checked above
         fresh = FreshRollouts(reward_model, bundle.manifest.special_tokens.eos_token_ids, config, dist)
     trainer = PPOTrainer(policy, data.train, config, dist, pad_id, progress=progress, fresh=fresh)
     fingerprint = data.fingerprint()
