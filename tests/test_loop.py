@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,10 +75,38 @@ def test_significant_rule_needs_the_paired_interval_above_zero() -> None:
         decide(winner, current, 50.0, Guards(), "sometimes")
 
 
+# The tiny test model has 256 positions; the real cards' system prompts are longer than that.
+TINY_SYSTEM_PROMPTS = {
+    "blacksmith": "You are Brom.",
+    "innkeeper": "You are Mara.",
+    "guard": "You are Hedda.",
+    "miller": "You are Osric.",
+}
+
+
+def one_tiny_round(bundle: Path, out: Path, config: Any, eval_conversations: int, **options: Any) -> Any:
+    """One loop round of 6 short simulated conversations on a tiny bundle; its RoundResult."""
+    from npcrl.loop import run_loop
+
+    (result,) = run_loop(
+        bundle,
+        out,
+        rounds=1,
+        conversations=6,
+        eval_conversations=eval_conversations,
+        train_config=config,
+        seed=0,
+        max_new_tokens=6,
+        system_prompts=TINY_SYSTEM_PROMPTS,
+        concurrency=2,
+        **options,
+    )
+    return result
+
+
 def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
     import json
 
-    from npcrl.loop import run_loop
     from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RunConfig, TrainConfig
 
     config = TrainConfig(
@@ -86,27 +115,8 @@ def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path
         ppo=PPOConfig(rollout_turns=4, minibatch_turns=4, micro_batch_turns=4, epochs=1, iterations=1),
         run=RunConfig(export_quant="fp32", sample_prompts=1, sample_tokens=4, threads=1),
     ).validate()
-    short = {
-        "blacksmith": "You are Brom.",
-        "innkeeper": "You are Mara.",
-        "guard": "You are Hedda.",
-        "miller": "You are Osric.",
-    }
     store = tmp_path / "store"
-    results = run_loop(
-        tiny_bundles["llama-fp32"],
-        tmp_path / "loop",
-        rounds=1,
-        conversations=6,
-        eval_conversations=3,
-        train_config=config,
-        seed=0,
-        store=store,
-        max_new_tokens=6,
-        system_prompts=short,
-        concurrency=2,
-    )
-    (result,) = results
+    result = one_tiny_round(tiny_bundles["llama-fp32"], tmp_path / "loop", config, eval_conversations=3, store=store)
     decision = json.loads((tmp_path / "loop" / "round-1" / "decision.json").read_text())
     assert decision["promoted"] == result.promoted and decision["reasons"] == result.reasons
     assert set(decision["metrics"]) == {"current", "candidate"}
@@ -122,7 +132,6 @@ def test_a_round_can_retrain_its_reward_model_on_its_own_logs(tiny_bundles: dict
     import json
 
     from npcrl.errors import TrainError
-    from npcrl.loop import run_loop
     from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RewardModelConfig, RunConfig, TrainConfig
     from npcrl.train.run import train
 
@@ -135,19 +144,7 @@ def test_a_round_can_retrain_its_reward_model_on_its_own_logs(tiny_bundles: dict
             backbone="frozen", pooling="mean", head_fit="ridge", ridge_folds=2, retrain_each_round=True
         ),
     ).validate()
-    short = {p: "You are Brom." for p in ("blacksmith", "innkeeper", "guard", "miller")}
-    (result,) = run_loop(
-        tiny_bundles["llama-fp32"],
-        tmp_path / "loop",
-        rounds=1,
-        conversations=6,
-        eval_conversations=2,
-        train_config=config,
-        seed=0,
-        max_new_tokens=6,
-        system_prompts=short,
-        concurrency=2,
-    )
+    result = one_tiny_round(tiny_bundles["llama-fp32"], tmp_path / "loop", config, eval_conversations=2)
     round_dir = tmp_path / "loop" / "round-1"
     record = json.loads((round_dir / "reward-model" / "reward_model.json").read_text())
     assert record["logs"] == str((round_dir / "logs").resolve()) and record["metrics"]["holdout"]["turns"] > 0

@@ -266,7 +266,7 @@ def simulate(
         log.info("simulating %d conversations at once, not %d: half the model's KV slots", cap, concurrency)
     workers = max(1, min(concurrency, conversations, cap))
     if isinstance(log_writer, PlayLogWriter):
-        _refuse_logged_ids(log_writer.directory, {simulated_conversation_id(model.bundle_id, seed, 0)})
+        _refuse_logged_run(log_writer.directory, simulated_conversation_id(model.bundle_id, seed, 0))
 
     def new_agents() -> list[NpcAgent]:
         return [
@@ -315,13 +315,13 @@ def simulate(
     return summary
 
 
-def _refuse_logged_ids(log_dir: Path, ids: set[str]) -> None:
-    """Refuse to log conversations whose ids ``log_dir`` already holds: the reader would merge the
-    two runs' records into one conversation. (The same bundle and seed give the same ids.)"""
+def _refuse_logged_run(log_dir: Path, first_id: str) -> None:
+    """Refuse a run whose first conversation id ``log_dir`` already holds: the same bundle and seed
+    give the same ids, and the reader would merge the two runs' records into one conversation."""
     if not list_log_files(log_dir):
         return
     for record in LogReader(log_dir):
-        if isinstance(record, ConversationStart) and record.conversation_id in ids:
+        if isinstance(record, ConversationStart) and record.conversation_id == first_id:
             raise ValueError(
                 f"{log_dir}: already holds conversation {record.conversation_id} (this bundle, this seed); "
                 "simulate with another seed or into another directory"

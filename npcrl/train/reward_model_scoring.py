@@ -56,11 +56,10 @@ def score_logs(
     bundles = [load_bundle(path) for path in bundle_dirs]
     model, record = load_reward_model(reward_model_dir, bundles[0])  # refuses another tokenizer
     where = f"{Path(reward_model_dir).expanduser() / RECORD_FILE}"
-    accepted: set[str] = set()
-    for bundle in bundles:
+    for bundle in bundles[1:]:
         if tokenizer_sha256(bundle) != record["tokenizer_sha256"]:
             raise TrainError(f"{where}: trained with another tokenizer than bundle {bundle.root}'s")
-        accepted |= accepted_bundle_ids(bundle, [])[0]
+    accepted = set().union(*(accepted_bundle_ids(bundle, [])[0] for bundle in bundles))
     config = TrainConfig.from_dict(record["config"], where=where)
     spec_path = spec_path or config.data.reward_spec
     if spec_path and not Path(spec_path).is_file():
