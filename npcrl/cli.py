@@ -409,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a reward model (backbone + scalar head) on the logged turn rewards; prints held-out metrics",
     )
-    rm_train.add_argument("--logs", required=True, help="play-log directory")
+    rm_train.add_argument(
+        "--logs", required=True, nargs="+", help="play-log directory, or several to pool (different conversations)"
+    )
     rm_train.add_argument("--bundle", required=True, help="the bundle the logs came from (its backbone is used)")
     rm_train.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     rm_train.add_argument(

@@ -180,8 +180,14 @@ def run_loop(
         round_config = train_config
         if train_config.data.mode == "reward_model" and train_config.reward_model.retrain_each_round:
             started = time.perf_counter()
+            # Earlier rounds' logs come from this bundle or its ancestors, so their turns are accepted.
+            pooled = range(1, number + 1) if train_config.reward_model.pool_rounds else [number]
             predictor = train_reward_model(
-                folder / "logs", current, folder / "reward-model", train_config, progress=False
+                [out / f"round-{k}" / "logs" for k in pooled],
+                current,
+                folder / "reward-model",
+                train_config,
+                progress=False,
             )
             round_config = replace(
                 train_config, reward_model=replace(train_config.reward_model, path=str(predictor.out))
@@ -254,18 +260,23 @@ def _write_summary(path: Path, results: list[RoundResult]) -> None:
         "# npcrl loop",
         "",
         "| round | engagement current | engagement candidate | paired gain [95% CI] | KL/line | perplexity | promoted "
-        "| simulate s | train+export s | eval s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| simulate s | reward model s | train+export s | eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         cur, cand = r.metrics["current"], r.metrics["candidate"]
         lines.append(
             f"| {r.round} | {_estimate(cur[ENGAGEMENT]):.3f} | {_estimate(cand[ENGAGEMENT]):.3f} | "
             f"{_paired_cell(cand.get(PAIRED_GAIN))} | {_estimate(cand[KL]):.2f} | {_estimate(cand[PERPLEXITY]):.2f} | {r.promoted} | "
-            f"{r.seconds['simulate']:.0f} | {r.seconds['train_and_export']:.0f} | {r.seconds['evaluate']:.0f} |"
+            f"{r.seconds['simulate']:.0f} | {_seconds_cell(r.seconds.get('reward_model'))} | "
+            f"{r.seconds['train_and_export']:.0f} | {r.seconds['evaluate']:.0f} |"
         )
     lines += ["", *(f"- round {r.round}: " + "; ".join(r.reasons) for r in results)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _seconds_cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _paired_cell(value: Any) -> str:

@@ -84,14 +84,14 @@ TINY_SYSTEM_PROMPTS = {
 }
 
 
-def one_tiny_round(bundle: Path, out: Path, config: Any, eval_conversations: int, **options: Any) -> Any:
-    """One loop round of 6 short simulated conversations on a tiny bundle; its RoundResult."""
+def tiny_loop(bundle: Path, out: Path, config: Any, eval_conversations: int, rounds: int = 1, **options: Any) -> Any:
+    """Loop rounds of 6 short simulated conversations each on a tiny bundle; their RoundResults."""
     from npcrl.loop import run_loop
 
-    (result,) = run_loop(
+    return run_loop(
         bundle,
         out,
-        rounds=1,
+        rounds=rounds,
         conversations=6,
         eval_conversations=eval_conversations,
         train_config=config,
@@ -101,7 +101,6 @@ def one_tiny_round(bundle: Path, out: Path, config: Any, eval_conversations: int
         concurrency=2,
         **options,
     )
-    return result
 
 
 def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
@@ -116,7 +115,7 @@ def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path
         run=RunConfig(export_quant="fp32", sample_prompts=1, sample_tokens=4, threads=1),
     ).validate()
     store = tmp_path / "store"
-    result = one_tiny_round(tiny_bundles["llama-fp32"], tmp_path / "loop", config, eval_conversations=3, store=store)
+    (result,) = tiny_loop(tiny_bundles["llama-fp32"], tmp_path / "loop", config, eval_conversations=3, store=store)
     decision = json.loads((tmp_path / "loop" / "round-1" / "decision.json").read_text())
     assert decision["promoted"] == result.promoted and decision["reasons"] == result.reasons
     assert set(decision["metrics"]) == {"current", "candidate"}
@@ -126,9 +125,12 @@ def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path
     assert low <= gain <= high and any(r.startswith("paired gain") for r in result.reasons)
 
 
-def test_a_round_can_retrain_its_reward_model_on_its_own_logs(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
-    """data.mode = 'reward_model' with reward_model.retrain_each_round: the round trains a predictor
-    on its own simulated logs and the on-policy run is scored by that one (no fixed path)."""
+def test_each_round_can_retrain_its_reward_model_on_the_logs_so_far(
+    tiny_bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    """data.mode = 'reward_model' with reward_model.retrain_each_round: each round trains a predictor
+    on the simulated logs of the rounds so far (pool_rounds, the default) and the on-policy run is
+    scored by that one (no fixed path)."""
     import json
 
     from npcrl.errors import TrainError
@@ -144,14 +146,20 @@ def test_a_round_can_retrain_its_reward_model_on_its_own_logs(tiny_bundles: dict
             backbone="frozen", pooling="mean", head_fit="ridge", ridge_folds=2, retrain_each_round=True
         ),
     ).validate()
-    result = one_tiny_round(tiny_bundles["llama-fp32"], tmp_path / "loop", config, eval_conversations=2)
+    results = tiny_loop(tiny_bundles["llama-fp32"], tmp_path / "loop", config, eval_conversations=2, rounds=2)
+    logs = [str((tmp_path / "loop" / f"round-{k}" / "logs").resolve()) for k in (1, 2)]
+    for number, result in enumerate(results, start=1):
+        round_dir = tmp_path / "loop" / f"round-{number}"
+        record = json.loads((round_dir / "reward-model" / "reward_model.json").read_text())
+        assert record["logs"] == logs[:number] and record["metrics"]["holdout"]["turns"] > 0
+        # round 2 reads round 1's logs too, whether or not round 1's candidate was promoted
+        assert record["data"]["conversations"] == 6 * number and record["data"]["dropped"]["other_tokenizer"] == 0
+        run_record = json.loads((round_dir / "train" / "run.json").read_text())
+        assert run_record["config"]["reward_model"]["path"] == str(round_dir / "reward-model")
+        assert run_record["reward_model"] == record["tensors_sha256"]  # the round's predictor scored the samples
+        assert result.seconds["reward_model"] > 0
+    assert "| reward model s |" in (tmp_path / "loop" / "loop.md").read_text()
     round_dir = tmp_path / "loop" / "round-1"
-    record = json.loads((round_dir / "reward-model" / "reward_model.json").read_text())
-    assert record["logs"] == str((round_dir / "logs").resolve()) and record["metrics"]["holdout"]["turns"] > 0
-    run_record = json.loads((round_dir / "train" / "run.json").read_text())
-    assert run_record["config"]["reward_model"]["path"] == str(round_dir / "reward-model")
-    assert run_record["reward_model"] == record["tensors_sha256"]  # the round's predictor scored the samples
-    assert result.seconds["reward_model"] > 0
     # `npcrl train` itself needs a reward model directory: the setting is the loop's.
     with pytest.raises(TrainError, match="reward_model.retrain_each_round is read by npcrl loop only"):
         train(round_dir / "logs", tiny_bundles["llama-fp32"], tmp_path / "alone", config, progress=False)

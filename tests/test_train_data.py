@@ -135,6 +135,21 @@ def test_empty_directory_is_a_clear_error(tmp_path: Path) -> None:
         load(tmp_path / "missing")
 
 
+def test_several_directories_are_pooled_and_may_not_share_a_conversation(tmp_path: Path) -> None:
+    first, second = tmp_path / "round-1", tmp_path / "round-2"
+    write(first, conversation("c1", turn("c1")) + conversation("c2", turn("c2")))
+    write(second, conversation("c3", turn("c3"), rating=-1.0))
+    data = load_training_data([first, second], default_reward_spec(), {"b1"}, 100, DataConfig(holdout_fraction=0.0), 0)
+    assert sorted(t.conversation_id for t in data.train) == ["c1", "c2", "c3"]
+    assert data.report.conversations == 3 and len(data.report.log_files) == 2
+    assert {Path(f["path"]).parent for f in data.report.log_files} == {first, second}
+    write(second, conversation("c2", turn("c2")))  # the same conversation in both: records would merge
+    with pytest.raises(TrainDataError, match=r"round-2: conversation c2 is also in .*round-1"):
+        load_training_data([first, second], default_reward_spec(), {"b1"}, 100, DataConfig(), 0)
+    with pytest.raises(TrainDataError, match="no play-log directory"):
+        load_training_data([], default_reward_spec(), {"b1"}, 100, DataConfig(), 0)
+
+
 def test_logs_without_usable_turns_say_why(tmp_path: Path) -> None:
     write(tmp_path, conversation("c1", turn("c1", filtered=True)))
     with pytest.raises(TrainDataError, match="filtered_or_fallback 1"):

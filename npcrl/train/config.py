@@ -242,6 +242,10 @@ class RewardModelConfig:
     """``npcrl loop`` only: train a reward model with these settings on each round's own logs (saved in the
     round's ``reward-model`` folder) and let it score that round's on-policy samples, so the predictor
     follows the policy it judges; ``path`` is then not read. ``npcrl train`` needs ``path``"""
+    pool_rounds: bool = True
+    """with ``retrain_each_round``: round K's reward model learns from the logs of rounds 1..K pooled, not
+    round K's alone (the predictor is data-limited: held-out r 0.17 on one round's 334 turns, 0.30 on 983
+    pooled); its holdout, like the trainer's, is a stable hash split of all pooled conversations"""
 
     def validate(self) -> None:
         _check(self.path is None or bool(self.path), "reward_model.path", self.path, "a directory path or absent")

@@ -1,4 +1,4 @@
-"""From a play-log directory to training turns: read, score, filter, split by conversation.
+"""From play-log directories to training turns: read, score, filter, split by conversation.
 
 Every turn that does not reach training is counted under the reason it was dropped, so a run's
 report says exactly what the logs held. Pure Python and numpy (no torch).
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from npcrl.bundle import sha256_file
-from npcrl.engagement import group_conversations, score_conversation
+from npcrl.engagement import ConversationLog, group_conversations, score_conversation
 from npcrl.errors import LogFormatError, TrainDataError
 from npcrl.playlog import LogReader, NpcTurn
 from npcrl.playlog.reader import list_log_files
@@ -136,34 +137,50 @@ def split_conversations(conversation_ids: list[str], holdout_fraction: float, se
 
 
 def load_training_data(
-    log_dir: str | Path,
+    log_dirs: str | Path | Sequence[str | Path],
     spec: RewardSpec,
     accepted_bundles: set[str],
     vocab_size: int,
     config: DataConfig,
     seed: int,
 ) -> TrainingData:
-    """Read every ``*.npl`` file in ``log_dir`` and return the usable turns split train/holdout.
+    """Read every ``*.npl`` file in ``log_dirs`` (one play-log directory, or several pooled) and
+    return the usable turns split train/holdout.
 
-    Raises TrainDataError when the directory holds no log files or no usable turn, naming the counts.
+    Raises TrainDataError when a directory holds no log files, when two pooled directories hold
+    the same conversation (their records would merge), or when no turn is usable, naming the counts.
     """
-    log_dir = Path(log_dir)
-    try:
-        files = list_log_files(log_dir)
-    except LogFormatError as exc:
-        raise TrainDataError(str(exc)) from exc
-    if not files:
-        raise TrainDataError(f"{log_dir}: no play-log files (*.npl) to train on")
-    report = DataReport(log_dir=str(log_dir))
-    report.log_files = [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files]
-    reader = LogReader(log_dir)
-    conversations = group_conversations(reader)
-    stats = reader.stats
-    report.records = stats.records
-    report.corrupt_records_skipped = stats.corrupt_skipped
-    report.corrupt_bytes = stats.corrupt_bytes
-    report.torn_tail_bytes = stats.torn_tail_bytes
-    report.unknown_record_kinds = stats.unknown_kinds
+    dirs = [Path(log_dirs)] if isinstance(log_dirs, (str, Path)) else [Path(d) for d in log_dirs]
+    if not dirs:
+        raise TrainDataError("no play-log directory to train on")
+    report = DataReport(log_dir=", ".join(str(d) for d in dirs))
+    conversations: dict[str, ConversationLog] = {}
+    found_in: dict[str, Path] = {}
+    for log_dir in dirs:
+        try:
+            files = list_log_files(log_dir)
+        except LogFormatError as exc:
+            raise TrainDataError(str(exc)) from exc
+        if not files:
+            raise TrainDataError(f"{log_dir}: no play-log files (*.npl) to train on")
+        report.log_files += [
+            {"name": p.name, "path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files
+        ]
+        reader = LogReader(log_dir)
+        for cid, log in group_conversations(reader).items():
+            if cid in found_in:
+                raise TrainDataError(
+                    f"{log_dir}: conversation {cid} is also in {found_in[cid]}; "
+                    "pooled log directories must hold different conversations"
+                )
+            found_in[cid] = log_dir
+            conversations[cid] = log
+        stats = reader.stats
+        report.records += stats.records
+        report.corrupt_records_skipped += stats.corrupt_skipped
+        report.corrupt_bytes += stats.corrupt_bytes
+        report.torn_tail_bytes += stats.torn_tail_bytes
+        report.unknown_record_kinds += stats.unknown_kinds
     report.conversations = len(conversations)
 
     usable: dict[str, list[TrainingTurn]] = {}
@@ -193,7 +210,7 @@ def load_training_data(
                 )
             )
     if not usable:
-        raise TrainDataError(f"{log_dir}: no usable training turns. {report.summary()}")
+        raise TrainDataError(f"{report.log_dir}: no usable training turns. {report.summary()}")
     holdout_ids = split_conversations(list(usable), config.holdout_fraction, seed)
     report.holdout_conversations = len(holdout_ids)
     report.train_conversations = len(usable) - len(holdout_ids)

@@ -482,14 +482,15 @@ def _target_scaling(turns: list[TrainingTurn]) -> tuple[float, float]:
 
 
 def train_reward_model(
-    logs: str | Path,
+    logs: str | Path | Sequence[str | Path],
     bundle_dir: str | Path,
     out: str | Path,
     config: TrainConfig,
     base_model: str | Path | None = None,
     progress: bool = True,
 ) -> RewardModelResult:
-    """Logs + bundle -> trained reward model in ``out`` (which must not exist or be empty)."""
+    """Logs (one play-log directory, or several pooled) + bundle -> trained reward model in ``out``
+    (which must not exist or be empty)."""
     from npcrl.train.run import accepted_bundle_ids, tokenizer_sha256
 
     started = time.perf_counter()
@@ -507,7 +508,7 @@ def train_reward_model(
     data = load_training_data(logs, spec, accepted, bundle.manifest.vocab_size, config.data, config.seed)
     if not data.holdout:
         raise TrainError(
-            f"{logs}: no held-out conversations to measure the reward model on "
+            f"{data.report.log_dir}: no held-out conversations to measure the reward model on "
             f"(data.holdout_fraction = {config.data.holdout_fraction}, {data.report.conversations} conversations)"
         )
     _log(data.report.summary())
@@ -544,7 +545,7 @@ def train_reward_model(
         "pad_id": model.pad_id,
         "target_mean": mean,
         "target_std": std,
-        "logs": str(Path(logs).expanduser().resolve()),
+        "logs": [str(Path(d).expanduser().resolve()) for d in ([logs] if isinstance(logs, (str, Path)) else logs)],
         "data": {k: v for k, v in data.report.to_dict().items() if k != "log_files"},
         "config": config.to_dict(),
         "history": history,
