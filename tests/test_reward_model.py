@@ -603,7 +603,10 @@ def test_on_policy_ppo_with_the_reward_model_raises_the_engagement_rate(
     # below the target and raising it above; it moves beta by at most ~3% per rollout of 32 turns, so
     # KL overshoots the target here (7.5 nats on one CPU, under 7.5 on another): bounded, not on target.
     assert kl[0] == 0.0 and all(k >= 0 for k in kl) and kl[-1] < 4 * 3.0, kl
-    assert [after > before for before, after in zip(beta, beta[1:])] == [k > 3.0 for k in kl[:-1]], (kl, beta)
+    assert [after > before for before, after in zip(beta[:-1], beta[1:], strict=True)] == [k > 3.0 for k in kl[:-1]], (
+        kl,
+        beta,
+    )
     # The reference is untouched by training.
     assert target_rate(trainer, toy, reference=True) == base_rate
 
