@@ -136,6 +136,11 @@ def split_conversations(conversation_ids: list[str], holdout_fraction: float, se
     return set(ranked[:count])
 
 
+def log_directories(log_dirs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One play-log directory or several, as a list of paths."""
+    return [Path(log_dirs)] if isinstance(log_dirs, (str, Path)) else [Path(d) for d in log_dirs]
+
+
 def load_training_data(
     log_dirs: str | Path | Sequence[str | Path],
     spec: RewardSpec,
@@ -150,7 +155,7 @@ def load_training_data(
     Raises TrainDataError when a directory holds no log files, when two pooled directories hold
     the same conversation (their records would merge), or when no turn is usable, naming the counts.
     """
-    dirs = [Path(log_dirs)] if isinstance(log_dirs, (str, Path)) else [Path(d) for d in log_dirs]
+    dirs = log_directories(log_dirs)
     if not dirs:
         raise TrainDataError("no play-log directory to train on")
     report = DataReport(log_dir=", ".join(str(d) for d in dirs))

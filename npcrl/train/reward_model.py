@@ -60,7 +60,7 @@ from npcrl.train.config import (
     RewardModelConfig,
     TrainConfig,
 )
-from npcrl.train.data import TrainingData, TrainingTurn, load_training_data
+from npcrl.train.data import TrainingData, TrainingTurn, load_training_data, log_directories
 from npcrl.train.policy import _decoder, apply_lora, hidden_size_of, load_backbone, resolve_base_weights
 from npcrl.train.shared_prefix import decoder_hidden, group_by_prefix
 
@@ -545,7 +545,7 @@ def train_reward_model(
         "pad_id": model.pad_id,
         "target_mean": mean,
         "target_std": std,
-        "logs": [str(Path(d).expanduser().resolve()) for d in ([logs] if isinstance(logs, (str, Path)) else logs)],
+        "logs": [str(d.expanduser().resolve()) for d in log_directories(logs)],
         "data": {k: v for k, v in data.report.to_dict().items() if k != "log_files"},
         "config": config.to_dict(),
         "history": history,
