@@ -398,7 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="training config TOML ([data], [model], [ppo], [run]; see docs/TRAINING.md)")
     train.add_argument("--base-model", help="HF directory with the bundle's weights (default: the manifest's source)")
     train.add_argument("--seed", type=int, help="overrides the config's seed")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (a config with only ppo.iterations raised extends a finished run)",
+    )
     train.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
     train.set_defaults(func=_cmd_train)
 

@@ -248,7 +248,7 @@ def metrics_without_timing(out: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k not in ("time_s", "sequence_tokens_per_s")} for row in rows]
 
 
-def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(toy: dict[str, Any], tmp_path: Path) -> None:
+def test_killed_and_extended_runs_resume_to_the_uninterrupted_result(toy: dict[str, Any], tmp_path: Path) -> None:
     config = write_config(tmp_path / "train.toml", toy["spec"], iterations=8)
     straight = tmp_path / "straight"
     run_ok(train_command(toy, straight, config))
@@ -277,6 +277,25 @@ def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(toy: dict[s
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
     assert metrics_without_timing(straight) == metrics_without_timing(killed)
+
+    # A finished 3-iteration run, extended to 8 by raising ppo.iterations, ends where the straight one did.
+    short = tmp_path / "short"
+    run_ok(train_command(toy, short, write_config(tmp_path / "short.toml", toy["spec"], iterations=3)))
+    again = subprocess.run(
+        train_command(toy, short, tmp_path / "short.toml", "--resume"), capture_output=True, text=True, cwd=REPO
+    )
+    assert again.returncode == 2 and "already finished" in again.stderr
+    other = write_config(tmp_path / "other.toml", toy["spec"], iterations=8, mode="lora")
+    changed = subprocess.run(train_command(toy, short, other, "--resume"), capture_output=True, text=True, cwd=REPO)
+    assert changed.returncode == 2 and "only ppo.iterations" in changed.stderr  # only the length may change
+    extended = run_ok(train_command(toy, short, config, "--resume"))
+    assert "extending the run from 3 to 8 iterations" in extended.stdout
+    assert json.loads((short / "run.json").read_text())["extended_from_iterations"] == [3]
+    c = checkpoint_tensors(short)
+    assert c.keys() == a.keys() and not (short / ".checkpoint-retired").exists()
+    for name in a:
+        assert torch.allclose(a[name], c[name], atol=1e-6, rtol=0), name
+    assert metrics_without_timing(straight) == metrics_without_timing(short)
 
 
 def free_port() -> int:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from npcrl.bundle import Bundle, load_bundle
-from npcrl.errors import BundleError, TrainError
+from npcrl.errors import BundleError, TrainConfigError, TrainError
 from npcrl.rewards import default_reward_spec, load_reward_spec
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingData, load_training_data
@@ -71,24 +72,55 @@ def accepted_bundle_ids(bundle: Bundle, extra_bundles: list[str]) -> tuple[set[s
     return accepted, [bundle.bundle_id, *lineage]
 
 
-def _check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> None:
-    """Refuse an output directory that is in use (every rank checks, so all of them stop together)."""
+def _iterations(config: dict[str, Any]) -> Any:
+    return config.get("ppo", {}).get("iterations")
+
+
+def _without_iterations(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config, "ppo": {k: v for k, v in config.get("ppo", {}).items() if k != "iterations"}}
+
+
+def _check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> bool:
+    """Refuse an output directory that is in use (every rank checks, so all of them stop together).
+
+    Returns True when the resume extends the run: the config differs from the recorded one only
+    by a larger ``ppo.iterations``. Sampling seeds depend on the iteration number and nothing is
+    scheduled by the total, so an extended run ends where an uninterrupted longer one would."""
     record_path = out / RUN_FILE
-    if resume:
-        if not record_path.is_file():
-            raise TrainError(f"{out}: nothing to resume ({RUN_FILE} is missing)")
-        previous = json.loads(record_path.read_text(encoding="utf-8"))
-        for key in ("logs", "bundle", "base_weights", "config", "reward_model"):
-            if previous.get(key) != run_record.get(key):
-                raise TrainError(
-                    f"{out}/{RUN_FILE}: the run was started with a different {key} "
-                    f"({previous.get(key)!r}, now {run_record.get(key)!r}); resume with the same arguments"
-                )
-        if (out / "checkpoint").exists():
-            raise TrainError(f"{out}: this run already finished (checkpoint/ exists)")
-    elif out.exists() and any(out.iterdir()):
-        hint = " (pass --resume to continue it)" if record_path.is_file() else ""
-        raise TrainError(f"{out}: output directory is not empty{hint}")
+    if not resume:
+        if out.exists() and any(out.iterdir()):
+            hint = " (pass --resume to continue it)" if record_path.is_file() else ""
+            raise TrainError(f"{out}: output directory is not empty{hint}")
+        return False
+    if not record_path.is_file():
+        raise TrainError(f"{out}: nothing to resume ({RUN_FILE} is missing)")
+    previous = json.loads(record_path.read_text(encoding="utf-8"))
+    for key in ("logs", "bundle", "base_weights", "reward_model"):
+        if previous.get(key) != run_record.get(key):
+            raise TrainError(
+                f"{out}/{RUN_FILE}: the run was started with a different {key} "
+                f"({previous.get(key)!r}, now {run_record.get(key)!r}); resume with the same arguments"
+            )
+    # Read the recorded config back through the parser, so keys added since it was written take
+    # their defaults instead of counting as a change.
+    try:
+        before = TrainConfig.from_dict(previous.get("config", {}), where=f"{out}/{RUN_FILE}").to_dict()
+    except TrainConfigError as exc:
+        raise TrainError(f"{out}/{RUN_FILE}: the recorded config no longer parses ({exc})") from exc
+    now = run_record["config"]
+    extends = False
+    if before != now:
+        was, will = _iterations(before), _iterations(now)
+        raised = isinstance(was, int) and isinstance(will, int) and will > was
+        if not raised or _without_iterations(before) != _without_iterations(now):
+            raise TrainError(
+                f"{out}/{RUN_FILE}: the run was started with a different config; resume with the same "
+                "config, or change only ppo.iterations (raised) to extend it"
+            )
+        extends = True
+    if (out / "checkpoint").exists() and not extends:
+        raise TrainError(f"{out}: this run already finished (checkpoint/ exists); raise ppo.iterations to extend it")
+    return extends
 
 
 def _write_run_record(out: Path, run_record: dict[str, Any]) -> None:
@@ -156,10 +188,15 @@ def train(
         "reward_model": reward_record["tensors_sha256"] if reward_record else None,
         "world_size": dist.world,
     }
-    _check_out(out, resume, run_record)
+    extends = _check_out(out, resume, run_record)
     dist.barrier()  # every rank has checked before rank 0 writes into the directory
     if dist.is_main:
-        if not resume:
+        if extends:
+            previous = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+            history = [*previous.get("extended_from_iterations", []), _iterations(previous["config"])]
+            _write_run_record(out, {**run_record, "extended_from_iterations": history})
+            _log(f"extending the run from {history[-1]} to {config.ppo.iterations} iterations")
+        elif not resume:
             _write_run_record(out, run_record)
         _log(data.report.summary())
     dist.barrier()
@@ -289,7 +326,14 @@ def _finish(
     if getattr(merged, "generation_config", None) is not None:
         merged.generation_config.save_pretrained(str(staging))
     save_value_head(policy.module.value_head, staging / VALUE_HEAD_FILE)
-    os.replace(staging, checkpoint)
+    if checkpoint.exists():  # an extended run replaces its shorter self's checkpoint
+        retired = out / ".checkpoint-retired"
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(checkpoint, retired)
+        os.replace(staging, checkpoint)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, checkpoint)
 
     last = trainer.metrics[-1] if trainer.metrics else {}
     provenance = {
