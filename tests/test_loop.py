@@ -45,6 +45,15 @@ def test_a_winner_that_breaks_a_guard_is_not_promoted_and_says_why(candidate: di
     assert "better" in reasons[0]
 
 
+def test_the_repetition_guard_stops_the_measured_over_optimised_round() -> None:
+    # Repetition rates measured on SmolLM2 (48 conversations each): an over-optimised candidate
+    # repeated itself six times as often as the base; a healthy round rose by a few thousandths.
+    base = rows(2.585, repetition=0.0138)
+    promoted, reasons = decide(rows(2.798, kl=3.34, repetition=0.0887), base, 50.0, Guards())
+    assert not promoted and any("guard: repetition rate rose by 0.07" in r for r in reasons), reasons
+    assert decide(rows(3.151, kl=1.39, repetition=0.0171), base, 50.0, Guards())[0]
+
+
 def test_no_gain_is_not_promoted() -> None:
     promoted, reasons = decide(rows(0.5), rows(0.5), base_perplexity=50.0, guards=Guards())
     assert not promoted and "not better" in reasons[0]
