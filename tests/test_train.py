@@ -290,12 +290,43 @@ def test_killed_and_extended_runs_resume_to_the_uninterrupted_result(toy: dict[s
     assert changed.returncode == 2 and "only ppo.iterations" in changed.stderr  # only the length may change
     extended = run_ok(train_command(toy, short, config, "--resume"))
     assert "extending the run from 3 to 8 iterations" in extended.stdout
-    assert json.loads((short / "run.json").read_text())["extended_from_iterations"] == [3]
+    recorded = json.loads((short / "run.json").read_text())
+    assert recorded["extended_from_iterations"] == [3] and recorded["finished_iterations"] == 8
     c = checkpoint_tensors(short)
     assert c.keys() == a.keys() and not (short / ".checkpoint-retired").exists()
     for name in a:
         assert torch.allclose(a[name], c[name], atol=1e-6, rtol=0), name
     assert metrics_without_timing(straight) == metrics_without_timing(short)
+
+
+def test_which_resumes_the_output_directory_allows(tmp_path: Path) -> None:
+    from npcrl.errors import TrainError
+    from npcrl.train.run import RUN_FILE, _check_out
+
+    def record(iterations: int, **extra: Any) -> dict[str, Any]:
+        config = TrainConfig(ppo=PPOConfig(iterations=iterations)).to_dict()
+        return {"logs": "L", "bundle": "B", "base_weights": "W", "reward_model": None, "config": config, **extra}
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / RUN_FILE).write_text(json.dumps(record(3)))
+    with pytest.raises(TrainError, match="not empty.*--resume"):
+        _check_out(out, False, record(3))
+    assert _check_out(out, True, record(3)) is False  # killed mid-way: plain resume
+    with pytest.raises(TrainError, match="only ppo.iterations"):
+        _check_out(out, True, record(2))  # fewer iterations is a different run, not an extension
+    (out / "checkpoint").mkdir()
+    with pytest.raises(TrainError, match="already finished"):
+        _check_out(out, True, record(3))
+    assert _check_out(out, True, record(5)) is True  # extend a finished run
+    with pytest.raises(TrainError, match="different logs"):
+        _check_out(out, True, {**record(5), "logs": "other"})
+    # An extension to 5 killed before its checkpoint/ replaced the 3-iteration one: resumable as is.
+    (out / RUN_FILE).write_text(json.dumps(record(5, finished_iterations=3, extended_from_iterations=[3])))
+    assert _check_out(out, True, record(5)) is False
+    (out / RUN_FILE).write_text(json.dumps(record(5, finished_iterations=5, extended_from_iterations=[3])))
+    with pytest.raises(TrainError, match="already finished"):
+        _check_out(out, True, record(5))
 
 
 def free_port() -> int:

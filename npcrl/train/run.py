@@ -2,7 +2,8 @@
 
 Output directory layout::
 
-    OUT/run.json            arguments and config of the run (a resume must match them)
+    OUT/run.json            arguments and config of the run (a resume must match them, or raise only
+                            ppo.iterations to extend it), finished_iterations once checkpoint/ is written
     OUT/state/ckpt-NNNNNN/  resumable checkpoints (the newest ``run.keep_checkpoints``)
     OUT/report/             metrics.jsonl, training.png, samples.json, off_policy.json, data.json, report.md
     OUT/checkpoint/         the trained model as an HF directory (safetensors) + value_head.safetensors
@@ -119,7 +120,13 @@ def _check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> bool:
             )
         extends = True
     if (out / "checkpoint").exists() and not extends:
-        raise TrainError(f"{out}: this run already finished (checkpoint/ exists); raise ppo.iterations to extend it")
+        # checkpoint/ is the result of a run of ``finished_iterations``; an extension that was killed
+        # before it wrote its own still has iterations to go.
+        done, will = previous.get("finished_iterations"), _iterations(now)
+        if not (isinstance(done, int) and isinstance(will, int) and will > done):
+            raise TrainError(
+                f"{out}: this run already finished (checkpoint/ exists); raise ppo.iterations to extend it"
+            )
     return extends
 
 
@@ -194,7 +201,8 @@ def train(
         if extends:
             previous = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
             history = [*previous.get("extended_from_iterations", []), _iterations(previous["config"])]
-            _write_run_record(out, {**run_record, "extended_from_iterations": history})
+            kept = {k: previous[k] for k in ("finished_iterations",) if k in previous}
+            _write_run_record(out, {**run_record, **kept, "extended_from_iterations": history})
             _log(f"extending the run from {history[-1]} to {config.ppo.iterations} iterations")
         elif not resume:
             _write_run_record(out, run_record)
@@ -276,6 +284,8 @@ def train(
         return None
     judge = (reward_model, reward_record) if reward_model is not None and reward_record is not None else None
     result = _finish(out, bundle, base, policy, trainer, data, config, lineage, pad_id, started, judge)
+    record = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+    _write_run_record(out, {**record, "finished_iterations": trainer.iteration})
     dist.close()
     return result
 
