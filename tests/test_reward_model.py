@@ -25,7 +25,9 @@ from toy_logs import TOY_SPEC, toy_prompts, write_toy_logs  # noqa: E402
 
 from npcrl.bundle import load_bundle  # noqa: E402
 from npcrl.errors import TrainConfigError, TrainError  # noqa: E402
+from npcrl.evaluation.metrics import word_tokens  # noqa: E402
 from npcrl.rewards import load_reward_spec  # noqa: E402
+from npcrl.train import onpolicy  # noqa: E402
 from npcrl.train.config import (  # noqa: E402
     DataConfig,
     ModelConfig,
@@ -37,7 +39,7 @@ from npcrl.train.config import (  # noqa: E402
 )
 from npcrl.train.data import TrainingData, load_training_data  # noqa: E402
 from npcrl.train.distributed import Dist  # noqa: E402
-from npcrl.train.onpolicy import FreshRollouts  # noqa: E402
+from npcrl.train.onpolicy import FreshRollouts, logged_lines  # noqa: E402
 from npcrl.train.policy import build_policy, resolve_base_weights  # noqa: E402
 from npcrl.train.ppo import PPOTrainer  # noqa: E402
 from npcrl.train.reward_model import (  # noqa: E402
@@ -473,6 +475,7 @@ def test_score_refuses_bundles_it_cannot_read_and_keeps_existing_files(
             r"reward_model.head_fit = 'ridge': must be 'adamw' with backbone 'lora'",
         ),
         ("[reward_model]\nridge_folds = 1\n", r"reward_model.ridge_folds = 1: must be >= 2"),
+        ("[reward_model]\nrepetition_penalty = -0.5\n", r"reward_model.repetition_penalty = -0.5: must be >= 0"),
     ],
     ids=[
         "mode",
@@ -487,6 +490,7 @@ def test_score_refuses_bundles_it_cannot_read_and_keeps_existing_files(
         "pooling",
         "ridge-needs-frozen",
         "folds",
+        "repetition-penalty",
     ],
 )
 def test_reward_model_config_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -536,7 +540,9 @@ def target_rate(trainer: PPOTrainer, toy: dict[str, Any], reference: bool = Fals
     return hits / total
 
 
-def on_policy_trainer(toy: dict[str, Any], trained: dict[str, Any], iterations: int) -> PPOTrainer:
+def on_policy_trainer(
+    toy: dict[str, Any], trained: dict[str, Any], iterations: int, repetition_penalty: float = 0.0
+) -> PPOTrainer:
     torch.set_num_threads(1)
     config = TrainConfig(
         seed=0,
@@ -553,14 +559,15 @@ def on_policy_trainer(toy: dict[str, Any], trained: dict[str, Any], iterations: 
             kl_target=3.0,
             kl_horizon=200,
         ),
-        reward_model=RewardModelConfig(path=str(trained["out"])),
+        reward_model=RewardModelConfig(path=str(trained["out"]), repetition_penalty=repetition_penalty),
         run=RunConfig(threads=1),
     ).validate()
     bundle = load_bundle(toy["bundle"])
     data = toy_data(toy, config)
     policy = build_policy(resolve_base_weights(bundle, None), config.model, config.seed)
     reward_model, _ = load_reward_model(trained["out"], bundle)
-    fresh = FreshRollouts(reward_model, bundle.manifest.special_tokens.eos_token_ids, config, Dist())
+    eos = bundle.manifest.special_tokens.eos_token_ids
+    fresh = FreshRollouts(reward_model, eos, config, Dist(), logged_lines([*data.train, *data.holdout]))
     return PPOTrainer(policy, data.train, config, Dist(), policy.tokenizer.pad_token_id, fresh=fresh)
 
 
@@ -581,6 +588,34 @@ def test_fresh_rollouts_are_the_policys_own_answers_scored_by_the_reward_model(
     assert record["is_weight_mean"] == pytest.approx(1.0) and record["is_truncated_frac"] == 0.0
     assert record["behaviour_logprob_gap"] == 0.0 and record["sampling_s"] > 0
     assert record["reward_mean"] == pytest.approx(sum(t.reward for t in fresh) / len(fresh), abs=1e-5)
+
+
+def test_the_repetition_penalty_charges_a_line_for_what_the_npc_already_said(
+    toy: dict[str, Any], trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = on_policy_trainer(toy, trained, iterations=1, repetition_penalty=0.5)
+    assert trainer.fresh is not None
+    rollouts, tokenizer = trainer.fresh, trainer.policy.tokenizer
+    logged = trainer.rollout_turns(0)
+    line = tokenizer.encode("Take the old road past the mill, friend.", add_special_tokens=False)
+    # The toy conversations have one turn each: give half of them an earlier NPC line, this very one.
+    said_it = {t.conversation_id for t in logged if int(t.conversation_id[-1]) % 2 == 0}
+    rollouts.logged_lines = {cid: {-1: tuple(line)} for cid in said_it}
+    monkeypatch.setattr(onpolicy, "sample_responses", lambda d, h, prompts, *rest: [list(line) for _ in prompts])
+    fresh = rollouts.sample(trainer.policy, logged, 0)
+    scores = rollouts.reward_model.predict(fresh)
+    shares = [1.0 if t.conversation_id in said_it else 0.0 for t in logged]
+    assert 0 < sum(shares) < len(shares)  # both kinds of turn are in the rollout
+    assert [t.reward for t in fresh] == pytest.approx([s - 0.5 * r for s, r in zip(scores, shares, strict=True)])
+    assert rollouts.last_stats["repeated_share_mean"] == pytest.approx(sum(shares) / len(shares))
+    assert rollouts.last_stats["reward_model_score_mean"] == pytest.approx(sum(scores) / len(scores))
+    # An earlier line that shares 4 of the line's 6 word 3-grams ("take the old" ... "road past the").
+    part = tokenizer.encode("Take the old road past the inn, then turn at the gate.", add_special_tokens=False)
+    assert len(word_tokens(tokenizer.decode(line))) == 8
+    rollouts.logged_lines = {t.conversation_id: {-1: tuple(part)} for t in logged}
+    fresh = rollouts.sample(trainer.policy, logged, 0)
+    assert rollouts.last_stats["repeated_share_mean"] == pytest.approx(4 / 6)
+    assert [t.reward for t in fresh] == pytest.approx([s - 0.5 * 4 / 6 for s in scores])
 
 
 def test_on_policy_ppo_with_the_reward_model_raises_the_engagement_rate(

@@ -11,6 +11,7 @@ from npcrl.evaluation.metrics import (
     distinct_n,
     log_metrics,
     ngrams,
+    repeated_share,
     repetition_flags,
     word_tokens,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "log_metrics",
     "ngrams",
     "perplexity",
+    "repeated_share",
     "repetition_flags",
     "rows_from_columns",
     "text_nll",

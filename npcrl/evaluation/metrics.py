@@ -66,6 +66,17 @@ def distinct_n(lines: Sequence[Sequence[str]], n: int) -> float:
     return len(unique) / total if total else math.nan
 
 
+def repeated_share(line: Sequence[str], earlier: Sequence[Sequence[str]], n: int = REPETITION_N) -> float:
+    """Share of ``line``'s n-grams (counted with multiplicity) that occur in the ``earlier`` lines;
+    for a line too short to hold an n-gram, 1.0 when an earlier line has exactly its words (0.0 when
+    empty). ``repetition_flags`` marks a line whose share is above the threshold."""
+    grams = ngrams(line, n)
+    if not grams:
+        return float(bool(line) and tuple(line) in {tuple(e) for e in earlier})
+    seen = {gram for e in earlier for gram in ngrams(e, n)}
+    return sum(gram in seen for gram in grams) / len(grams)
+
+
 def repetition_flags(
     lines: Sequence[Sequence[str]], n: int = REPETITION_N, threshold: float = REPETITION_THRESHOLD
 ) -> list[bool]:
@@ -74,19 +85,10 @@ def repetition_flags(
     A line repeats when more than ``threshold`` of its n-grams (counted with multiplicity) occur in
     earlier lines of the conversation. A line too short to hold an n-gram repeats when an earlier
     line has exactly the same words; an empty line never repeats."""
-    seen: set[tuple[str, ...]] = set()
-    earlier_lines: set[tuple[str, ...]] = set()
     flags = []
-    for line in lines:
-        words = tuple(line)
-        grams = ngrams(words, n)
-        if grams:
-            repeated = sum(gram in seen for gram in grams)
-            flags.append(repeated / len(grams) > threshold)
-        else:
-            flags.append(bool(words) and words in earlier_lines)
-        seen.update(grams)
-        earlier_lines.add(words)
+    for i, line in enumerate(lines):
+        share = repeated_share(line, lines[:i], n)
+        flags.append(share > threshold if len(line) >= n else share == 1.0)
     return flags
 
 

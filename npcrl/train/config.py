@@ -242,6 +242,12 @@ class RewardModelConfig:
     """``npcrl loop`` only: train a reward model with these settings on each round's own logs (saved in the
     round's ``reward-model`` folder) and let it score that round's on-policy samples, so the predictor
     follows the policy it judges; ``path`` is then not read. ``npcrl train`` needs ``path``"""
+    repetition_penalty: float = 0.0
+    """on-policy only: each fresh line's reward is the reward model's score minus this times the share of
+    the line's word 3-grams that the NPC already said earlier in the conversation (the evaluation's
+    repetition measure, as a fraction). The frozen probe rates lines that repeat only ~0.04 lower where the
+    simulated players gave ~0.09 lower, and PPO pushed past 2 nats of KL found that gap (docs/RESULTS.md);
+    0 turns it off"""
     pool_rounds: bool = True
     """with ``retrain_each_round``: round K's reward model learns from the logs of rounds 1..K pooled, not
     round K's alone (the predictor is data-limited: held-out r 0.17 on one round's 334 turns, 0.30 on 983
@@ -282,6 +288,12 @@ class RewardModelConfig:
             f"'adamw' with backbone {self.backbone!r} (a closed-form head needs fixed features: backbone 'frozen')",
         )
         _check(self.ridge_folds >= 2, "reward_model.ridge_folds", self.ridge_folds, ">= 2")
+        _check(
+            math.isfinite(self.repetition_penalty) and self.repetition_penalty >= 0,
+            "reward_model.repetition_penalty",
+            self.repetition_penalty,
+            ">= 0",
+        )
 
 
 @dataclass

@@ -15,6 +15,10 @@ that of the temperature-scaled softmax the tokens were truncated from. Generatio
 token (kept, as the game's logs keep it) or at the length cap; the game's stop strings and line
 post-processing are not applied to these samples.
 
+With ``reward_model.repetition_penalty`` the reward is the score minus that times the share of the
+fresh line's word 3-grams the NPC already said earlier in the logged conversation (its earlier
+logged lines, which the prompt holds; ``evaluation.metrics.repeated_share``).
+
 Under torchrun each rank answers its share of the prompts and the answers are all-gathered, so
 every rank holds the same rollout (as for scoring in ``ppo.py``).
 """
@@ -22,11 +26,12 @@ every rank holds the same rollout (as for scoring in ``ppo.py``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
+from npcrl.evaluation.metrics import repeated_share, word_tokens
 from npcrl.sampler import SamplerConfig
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingTurn
@@ -47,11 +52,32 @@ class RewardScorer(Protocol):
 class FreshRollouts:
     """Replaces logged responses and rewards by the current policy's answers and their predicted reward."""
 
-    def __init__(self, reward_model: RewardScorer, eos_ids: Iterable[int], config: TrainConfig, dist: Dist) -> None:
+    def __init__(
+        self,
+        reward_model: RewardScorer,
+        eos_ids: Iterable[int],
+        config: TrainConfig,
+        dist: Dist,
+        logged_lines: Mapping[str, Mapping[int, Sequence[int]]] | None = None,
+    ) -> None:
+        """``logged_lines``: conversation id -> turn index -> the NPC line's logged token ids (see
+        ``logged_lines``); needed when ``reward_model.repetition_penalty`` is set."""
         self.reward_model = reward_model
         self.eos_ids = tuple(eos_ids)
         self.config = config
         self.dist = dist
+        self.logged_lines = logged_lines or {}
+        self.last_stats: dict[str, float] = {}
+        """means over the last rollout: the reward model's score and the repeated share of the lines"""
+
+    def earlier_words(self, tokenizer: Any, turn: TrainingTurn) -> list[list[str]]:
+        """Words of the NPC's logged lines before ``turn`` in its conversation."""
+        lines = self.logged_lines.get(turn.conversation_id, {})
+        return [
+            word_tokens(tokenizer.decode(list(lines[index]), skip_special_tokens=True))
+            for index in sorted(lines)
+            if index < turn.turn_index
+        ]
 
     def sample_seed(self, iteration: int, row: int) -> int:
         """The generation seed of a rollout row: a function of the run's seed, iteration and row only
@@ -87,16 +113,40 @@ class FreshRollouts:
         scores = self.reward_model.predict_sequences(
             [turns[i].prompt_ids for i in mine], [responses[i] for i in mine], self.config.ppo.micro_batch_turns
         )
-        answered = {i: (responses[i], score) for i, score in zip(mine, scores, strict=True)}
+        penalty = self.config.reward_model.repetition_penalty
+        answered = {}
+        for i, score in zip(mine, scores, strict=True):
+            share = 0.0
+            if penalty:
+                line = word_tokens(policy.tokenizer.decode(responses[i], skip_special_tokens=True))
+                share = repeated_share(line, self.earlier_words(policy.tokenizer, turns[i]))
+            answered[i] = (responses[i], float(score), share)
         for part in self.dist.all_gather_objects(answered):
             answered.update(part)
         fresh = []
         for i, turn in enumerate(turns):
-            ids, score = answered[i]
+            ids, score, share = answered[i]
             zeros = (0.0,) * len(ids)
             fresh.append(
                 dataclasses.replace(
-                    turn, response_ids=tuple(ids), behaviour_logprobs=zeros, full_logprobs=zeros, reward=float(score)
+                    turn,
+                    response_ids=tuple(ids),
+                    behaviour_logprobs=zeros,
+                    full_logprobs=zeros,
+                    reward=score - penalty * share,
                 )
             )
+        n = max(len(turns), 1)
+        self.last_stats = {
+            "reward_model_score_mean": sum(answered[i][1] for i in range(len(turns))) / n,
+            "repeated_share_mean": sum(answered[i][2] for i in range(len(turns))) / n,
+        }
         return fresh
+
+
+def logged_lines(turns: Iterable[TrainingTurn]) -> dict[str, dict[int, tuple[int, ...]]]:
+    """conversation id -> turn index -> logged response ids, over every loaded turn (train and holdout)."""
+    lines: dict[str, dict[int, tuple[int, ...]]] = {}
+    for turn in turns:
+        lines.setdefault(turn.conversation_id, {})[turn.turn_index] = turn.response_ids
+    return lines

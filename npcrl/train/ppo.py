@@ -323,7 +323,7 @@ class PPOTrainer:
             "turns": len(turns),
             **stats,
             "time_s": elapsed,
-            **({"sampling_s": sampling_s} if self.fresh is not None else {}),
+            **({"sampling_s": sampling_s, **self.fresh.last_stats} if self.fresh is not None else {}),
             "sequence_tokens_per_s": sequence_tokens * stats["epochs_run"] / elapsed,
         }
         self.metrics.append(record)

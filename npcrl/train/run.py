@@ -157,7 +157,7 @@ def train(
 
     from npcrl.train import checkpoint as ckpt
     from npcrl.train.distributed import Dist
-    from npcrl.train.onpolicy import FreshRollouts
+    from npcrl.train.onpolicy import FreshRollouts, logged_lines
     from npcrl.train.policy import build_policy, resolve_base_weights
     from npcrl.train.ppo import PPOTrainer
     from npcrl.train.report import METRICS_FILE, write_metrics
@@ -222,7 +222,13 @@ def train(
     fresh = None
     if config.data.mode == "reward_model":
         assert reward_model is not None  # checked above
-        fresh = FreshRollouts(reward_model, bundle.manifest.special_tokens.eos_token_ids, config, dist)
+        fresh = FreshRollouts(
+            reward_model,
+            bundle.manifest.special_tokens.eos_token_ids,
+            config,
+            dist,
+            logged_lines([*data.train, *data.holdout]),
+        )
     trainer = PPOTrainer(policy, data.train, config, dist, pad_id, progress=progress, fresh=fresh)
     fingerprint = data.fingerprint()
     state_dir, report_dir = out / "state", out / "report"
