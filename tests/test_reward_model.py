@@ -588,6 +588,8 @@ def test_fresh_rollouts_are_the_policys_own_answers_scored_by_the_reward_model(
     assert record["is_weight_mean"] == pytest.approx(1.0) and record["is_truncated_frac"] == 0.0
     assert record["behaviour_logprob_gap"] == 0.0 and record["sampling_s"] > 0
     assert record["reward_mean"] == pytest.approx(sum(t.reward for t in fresh) / len(fresh), abs=1e-5)
+    assert record["reward_model_score_mean"] == pytest.approx(record["reward_mean"], abs=1e-5)  # no penalty
+    assert 0.0 <= record["repeated_share_mean"] <= 1.0
 
 
 def test_the_repetition_penalty_charges_a_line_for_what_the_npc_already_said(

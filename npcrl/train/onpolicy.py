@@ -61,7 +61,7 @@ class FreshRollouts:
         logged_lines: Mapping[str, Mapping[int, Sequence[int]]] | None = None,
     ) -> None:
         """``logged_lines``: conversation id -> turn index -> the NPC line's logged token ids (see
-        ``logged_lines``); needed when ``reward_model.repetition_penalty`` is set."""
+        ``logged_lines``): what the repeated share of each fresh line is measured against."""
         self.reward_model = reward_model
         self.eos_ids = tuple(eos_ids)
         self.config = config
@@ -116,10 +116,9 @@ class FreshRollouts:
         penalty = self.config.reward_model.repetition_penalty
         answered = {}
         for i, score in zip(mine, scores, strict=True):
-            share = 0.0
-            if penalty:
-                line = word_tokens(policy.tokenizer.decode(responses[i], skip_special_tokens=True))
-                share = repeated_share(line, self.earlier_words(policy.tokenizer, turns[i]))
+            # Measured with the penalty off too: the share is the run's repetition monitor.
+            line = word_tokens(policy.tokenizer.decode(responses[i], skip_special_tokens=True))
+            share = repeated_share(line, self.earlier_words(policy.tokenizer, turns[i]))
             answered[i] = (responses[i], float(score), share)
         for part in self.dist.all_gather_objects(answered):
             answered.update(part)
