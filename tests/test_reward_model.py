@@ -567,7 +567,9 @@ def on_policy_trainer(
     policy = build_policy(resolve_base_weights(bundle, None), config.model, config.seed)
     reward_model, _ = load_reward_model(trained["out"], bundle)
     eos = bundle.manifest.special_tokens.eos_token_ids
-    fresh = FreshRollouts(reward_model, eos, config, Dist(), logged_lines([*data.train, *data.holdout]))
+    fresh = FreshRollouts(
+        reward_model, eos, config, Dist(), logged_lines([*data.train, *data.holdout], policy.tokenizer)
+    )
     return PPOTrainer(policy, data.train, config, Dist(), policy.tokenizer.pad_token_id, fresh=fresh)
 
 
@@ -602,7 +604,7 @@ def test_the_repetition_penalty_charges_a_line_for_what_the_npc_already_said(
     line = tokenizer.encode("Take the old road past the mill, friend.", add_special_tokens=False)
     # The toy conversations have one turn each: give half of them an earlier NPC line, this very one.
     said_it = {t.conversation_id for t in logged if int(t.conversation_id[-1]) % 2 == 0}
-    rollouts.logged_lines = {cid: {-1: tuple(line)} for cid in said_it}
+    rollouts.logged_lines = {cid: {-1: word_tokens(tokenizer.decode(line))} for cid in said_it}
     monkeypatch.setattr(onpolicy, "sample_responses", lambda d, h, prompts, *rest: [list(line) for _ in prompts])
     fresh = rollouts.sample(trainer.policy, logged, 0)
     scores = rollouts.reward_model.predict(fresh)
@@ -614,7 +616,7 @@ def test_the_repetition_penalty_charges_a_line_for_what_the_npc_already_said(
     # An earlier line that shares 4 of the line's 6 word 3-grams ("take the old" ... "road past the").
     part = tokenizer.encode("Take the old road past the inn, then turn at the gate.", add_special_tokens=False)
     assert len(word_tokens(tokenizer.decode(line))) == 8
-    rollouts.logged_lines = {t.conversation_id: {-1: tuple(part)} for t in logged}
+    rollouts.logged_lines = {t.conversation_id: {-1: word_tokens(tokenizer.decode(part))} for t in logged}
     fresh = rollouts.sample(trainer.policy, logged, 0)
     assert rollouts.last_stats["repeated_share_mean"] == pytest.approx(4 / 6)
     assert [t.reward for t in fresh] == pytest.approx([s - 0.5 * 4 / 6 for s in scores])

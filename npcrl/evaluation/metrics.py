@@ -70,10 +70,17 @@ def repeated_share(line: Sequence[str], earlier: Sequence[Sequence[str]], n: int
     """Share of ``line``'s n-grams (counted with multiplicity) that occur in the ``earlier`` lines;
     for a line too short to hold an n-gram, 1.0 when an earlier line has exactly its words (0.0 when
     empty). ``repetition_flags`` marks a line whose share is above the threshold."""
-    grams = ngrams(line, n)
-    if not grams:
-        return float(bool(line) and tuple(line) in {tuple(e) for e in earlier})
     seen = {gram for e in earlier for gram in ngrams(e, n)}
+    return _share(tuple(line), ngrams(line, n), seen, {tuple(e) for e in earlier})
+
+
+def _share(
+    words: tuple[str, ...], grams: list[tuple[str, ...]], seen: set[tuple[str, ...]], earlier: set[tuple[str, ...]]
+) -> float:
+    """``repeated_share`` given the earlier lines' n-grams and word tuples (``repetition_flags`` keeps them
+    as it goes, so a conversation is read once)."""
+    if not grams:
+        return float(bool(words) and words in earlier)
     return sum(gram in seen for gram in grams) / len(grams)
 
 
@@ -85,10 +92,15 @@ def repetition_flags(
     A line repeats when more than ``threshold`` of its n-grams (counted with multiplicity) occur in
     earlier lines of the conversation. A line too short to hold an n-gram repeats when an earlier
     line has exactly the same words; an empty line never repeats."""
+    seen: set[tuple[str, ...]] = set()
+    earlier: set[tuple[str, ...]] = set()
     flags = []
-    for i, line in enumerate(lines):
-        share = repeated_share(line, lines[:i], n)
-        flags.append(share > threshold if len(line) >= n else share == 1.0)
+    for line in lines:
+        words, grams = tuple(line), ngrams(line, n)
+        share = _share(words, grams, seen, earlier)
+        flags.append(share > threshold if grams else share == 1.0)
+        seen.update(grams)
+        earlier.add(words)
     return flags
 
 

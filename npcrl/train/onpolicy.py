@@ -58,9 +58,9 @@ class FreshRollouts:
         eos_ids: Iterable[int],
         config: TrainConfig,
         dist: Dist,
-        logged_lines: Mapping[str, Mapping[int, Sequence[int]]] | None = None,
+        logged_lines: Mapping[str, Mapping[int, Sequence[str]]] | None = None,
     ) -> None:
-        """``logged_lines``: conversation id -> turn index -> the NPC line's logged token ids (see
+        """``logged_lines``: conversation id -> turn index -> the words of the NPC's logged line (see
         ``logged_lines``): what the repeated share of each fresh line is measured against."""
         self.reward_model = reward_model
         self.eos_ids = tuple(eos_ids)
@@ -70,14 +70,10 @@ class FreshRollouts:
         self.last_stats: dict[str, float] = {}
         """means over the last rollout: the reward model's score and the repeated share of the lines"""
 
-    def earlier_words(self, tokenizer: Any, turn: TrainingTurn) -> list[list[str]]:
+    def earlier_words(self, turn: TrainingTurn) -> list[Sequence[str]]:
         """Words of the NPC's logged lines before ``turn`` in its conversation."""
         lines = self.logged_lines.get(turn.conversation_id, {})
-        return [
-            word_tokens(tokenizer.decode(list(lines[index]), skip_special_tokens=True))
-            for index in sorted(lines)
-            if index < turn.turn_index
-        ]
+        return [lines[index] for index in sorted(lines) if index < turn.turn_index]
 
     def sample_seed(self, iteration: int, row: int) -> int:
         """The generation seed of a rollout row: a function of the run's seed, iteration and row only
@@ -118,7 +114,7 @@ class FreshRollouts:
         for i, score in zip(mine, scores, strict=True):
             # Measured with the penalty off too: the share is the run's repetition monitor.
             line = word_tokens(policy.tokenizer.decode(responses[i], skip_special_tokens=True))
-            share = repeated_share(line, self.earlier_words(policy.tokenizer, turns[i]))
+            share = repeated_share(line, self.earlier_words(turns[i]))
             answered[i] = (responses[i], float(score), share)
         for part in self.dist.all_gather_objects(answered):
             answered.update(part)
@@ -143,9 +139,11 @@ class FreshRollouts:
         return fresh
 
 
-def logged_lines(turns: Iterable[TrainingTurn]) -> dict[str, dict[int, tuple[int, ...]]]:
-    """conversation id -> turn index -> logged response ids, over every loaded turn (train and holdout)."""
-    lines: dict[str, dict[int, tuple[int, ...]]] = {}
+def logged_lines(turns: Iterable[TrainingTurn], tokenizer: Any) -> dict[str, dict[int, list[str]]]:
+    """conversation id -> turn index -> words of the logged NPC line, over every loaded turn (train and
+    holdout); decoded once, since every iteration's fresh lines are compared with them."""
+    lines: dict[str, dict[int, list[str]]] = {}
     for turn in turns:
-        lines.setdefault(turn.conversation_id, {})[turn.turn_index] = turn.response_ids
+        text = tokenizer.decode(list(turn.response_ids), skip_special_tokens=True)
+        lines.setdefault(turn.conversation_id, {})[turn.turn_index] = word_tokens(text)
     return lines

@@ -201,8 +201,10 @@ def train(
         if extends:
             previous = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
             history = [*previous.get("extended_from_iterations", []), _iterations(previous["config"])]
-            kept = {k: previous[k] for k in ("finished_iterations",) if k in previous}
-            _write_run_record(out, {**run_record, **kept, "extended_from_iterations": history})
+            extended = {**run_record, "extended_from_iterations": history}
+            if "finished_iterations" in previous:  # checkpoint/ stays the shorter run's until this one ends
+                extended["finished_iterations"] = previous["finished_iterations"]
+            _write_run_record(out, extended)
             _log(f"extending the run from {history[-1]} to {config.ppo.iterations} iterations")
         elif not resume:
             _write_run_record(out, run_record)
@@ -227,7 +229,7 @@ def train(
             bundle.manifest.special_tokens.eos_token_ids,
             config,
             dist,
-            logged_lines([*data.train, *data.holdout]),
+            logged_lines([*data.train, *data.holdout], tokenizer),
         )
     trainer = PPOTrainer(policy, data.train, config, dist, pad_id, progress=progress, fresh=fresh)
     fingerprint = data.fingerprint()
