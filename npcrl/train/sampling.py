@@ -27,18 +27,17 @@ from torch import nn
 
 from npcrl.kvcache import common_prefix_length as pair_prefix_length
 from npcrl.sampler import Sampler, SamplerConfig
-from npcrl.train.shared_prefix import MIN_SHARED_PREFIX, expanded_prefix_cache
+from npcrl.train.shared_prefix import expanded_prefix_cache, worth_sharing
 
 
 def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     """Tokens every prompt starts with alike; at most the shortest prompt's length minus one (each
-    row needs a token of its own to predict from), and 0 below ``MIN_SHARED_PREFIX`` (the rule of
-    ``shared_prefix.shared_prefix_length`` for padded tensors)."""
+    row needs a token of its own to predict from), and 0 where ``shared_prefix.worth_sharing`` says
+    sharing does not pay (the rule ``shared_prefix_length`` applies to padded tensors)."""
     if len(prompts) < 2:
         return 0
     limit = min(len(p) for p in prompts) - 1
-    shared = min(min(pair_prefix_length(prompts[0], p) for p in prompts[1:]), limit)
-    return shared if shared >= MIN_SHARED_PREFIX else 0
+    return worth_sharing(min(min(pair_prefix_length(prompts[0], p) for p in prompts[1:]), limit))
 
 
 @torch.no_grad()

@@ -23,6 +23,11 @@ MIN_SHARED_PREFIX = 32
 """shorter common prefixes are run with the rows (a second pass costs more than it saves)"""
 
 
+def worth_sharing(common: int) -> int:
+    """``common`` prefix tokens if sharing them pays (at least ``MIN_SHARED_PREFIX``), else 0."""
+    return common if common >= MIN_SHARED_PREFIX else 0
+
+
 def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, limit: int) -> int:
     """Tokens at the start that every row holds alike (real tokens only), at most ``limit``; 0 if
     fewer than ``MIN_SHARED_PREFIX`` or a single row."""
@@ -30,8 +35,7 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         return 0
     same = ((input_ids == input_ids[:1]) & attention_mask.bool()).all(dim=0)  # (L,)
     common = int(same.long().cumprod(dim=0).sum())
-    shared = min(common, limit)
-    return shared if shared >= MIN_SHARED_PREFIX else 0
+    return worth_sharing(min(common, limit))
 
 
 def decoder_hidden(
