@@ -5,7 +5,6 @@ one chosen token. 960 one-turn conversations: with the trainer's 240 the predict
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
@@ -21,7 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from toy_logs import TOY_SPEC, toy_prompts, write_toy_logs  # noqa: E402
+from toy_logs import TOY_SPEC, target_rate, write_toy_logs  # noqa: E402
 
 from npcrl.bundle import load_bundle  # noqa: E402
 from npcrl.errors import TrainConfigError, TrainError  # noqa: E402
@@ -513,33 +512,6 @@ def test_on_policy_mode_config_is_accepted(tmp_path: Path) -> None:
 # -- on-policy PPO --------------------------------------------------------------------------------
 
 
-def target_rate(trainer: PPOTrainer, toy: dict[str, Any], reference: bool = False) -> float:
-    """Share of freshly sampled 8-token lines (the logged sampler settings) that hold the rewarded token."""
-    policy = trainer.policy
-    lm = policy.reference_lm_module() if reference else policy.module.lm
-    ctx = policy.reference_context() if reference else contextlib.nullcontext()
-    hits = total = 0
-    torch.manual_seed(4321)
-    with ctx, torch.no_grad():
-        for prompt in toy_prompts(toy["bundle"]):
-            ids = torch.tensor([prompt])
-            out = lm.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=1.0,
-                top_p=0.95,
-                max_new_tokens=8,
-                min_new_tokens=8,
-                num_return_sequences=32,
-                pad_token_id=policy.tokenizer.pad_token_id,
-            )
-            for row in out[:, len(prompt) :].tolist():
-                hits += toy["target"] in row
-                total += 1
-    return hits / total
-
-
 def on_policy_trainer(
     toy: dict[str, Any], trained: dict[str, Any], iterations: int, repetition_penalty: float = 0.0
 ) -> PPOTrainer:
@@ -626,12 +598,12 @@ def test_on_policy_ppo_with_the_reward_model_raises_the_engagement_rate(
     toy: dict[str, Any], trained: dict[str, Any]
 ) -> None:
     trainer = on_policy_trainer(toy, trained, iterations=9)
-    base_rate = target_rate(trainer, toy, reference=True)
+    base_rate = target_rate(trainer, toy, reference=True, seed=4321)
     rates = []
     for _ in range(3):
         for _ in range(3):
             trainer.run_iteration()
-        rates.append(target_rate(trainer, toy))
+        rates.append(target_rate(trainer, toy, seed=4321))
     assert base_rate < 0.25
     assert rates[0] < rates[2] and rates[-1] > 2.5 * base_rate, (base_rate, rates)
     scores = [m["reward_mean"] for m in trainer.metrics]  # the reward model's view of each fresh rollout
@@ -647,7 +619,7 @@ def test_on_policy_ppo_with_the_reward_model_raises_the_engagement_rate(
         beta,
     )
     # The reference is untouched by training.
-    assert target_rate(trainer, toy, reference=True) == base_rate
+    assert target_rate(trainer, toy, reference=True, seed=4321) == base_rate
 
 
 def test_npcrl_train_on_policy_mode_writes_its_report(

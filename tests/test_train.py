@@ -3,7 +3,6 @@ runs resume exactly after SIGKILL, 2 gloo processes match 1, and the CLI writes 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -19,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from safetensors.torch import load_file  # noqa: E402
-from toy_logs import TOY_SPEC, toy_prompts, write_toy_logs  # noqa: E402
+from toy_logs import TOY_SPEC, target_rate, toy_prompts, write_toy_logs  # noqa: E402
 
 from npcrl.bundle import load_bundle  # noqa: E402
 from npcrl.rewards import load_reward_spec  # noqa: E402
@@ -71,33 +70,6 @@ def make_trainer(toy: dict[str, Any], config: TrainConfig) -> PPOTrainer:
     )
     policy = build_policy(resolve_base_weights(bundle, None), config.model, config.seed)
     return PPOTrainer(policy, data.train, config, Dist(), policy.tokenizer.pad_token_id)
-
-
-def target_rate(trainer: PPOTrainer, toy: dict[str, Any], reference: bool = False) -> float:
-    """Share of freshly sampled 8-token lines (logged sampler settings) that contain the target token."""
-    policy = trainer.policy
-    lm = policy.reference_lm_module() if reference else policy.module.lm
-    ctx = policy.reference_context() if reference else contextlib.nullcontext()
-    hits = total = 0
-    torch.manual_seed(1234)
-    with ctx, torch.no_grad():
-        for prompt in toy_prompts(toy["bundle"]):
-            ids = torch.tensor([prompt])
-            out = lm.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=1.0,
-                top_p=0.95,
-                max_new_tokens=8,
-                min_new_tokens=8,
-                num_return_sequences=32,
-                pad_token_id=policy.tokenizer.pad_token_id,
-            )
-            for row in out[:, len(prompt) :].tolist():
-                hits += toy["target"] in row
-                total += 1
-    return hits / total
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])

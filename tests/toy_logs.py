@@ -4,9 +4,11 @@ contains one chosen token."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter
 from npcrl.runtime import OnnxCausalLM
@@ -98,3 +100,33 @@ def write_toy_logs(bundle: Path, log_dir: Path, count: int, seed: int = 0) -> in
                 writer.append(EngagementEvent(cid, 0, "found", 1.0, now + k + 0.5))
             writer.append(ConversationEnd(cid, "done", now + k + 1))
     return target
+
+
+def target_rate(trainer: Any, toy: dict[str, Any], reference: bool = False, seed: int = 1234) -> float:
+    """Share of freshly sampled 8-token lines (the logged sampler settings) of ``trainer``'s policy,
+    or its reference, that hold the toy's rewarded token."""
+    import torch  # the trainer tests' dependency; writing toy logs needs only the runtime
+
+    policy = trainer.policy
+    lm = policy.reference_lm_module() if reference else policy.module.lm
+    ctx = policy.reference_context() if reference else contextlib.nullcontext()
+    hits = total = 0
+    torch.manual_seed(seed)
+    with ctx, torch.no_grad():
+        for prompt in toy_prompts(toy["bundle"]):
+            ids = torch.tensor([prompt])
+            out = lm.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=TOY_SAMPLER.temperature,
+                top_p=TOY_SAMPLER.top_p,
+                max_new_tokens=TOY_SAMPLER.max_new_tokens,
+                min_new_tokens=TOY_SAMPLER.max_new_tokens,
+                num_return_sequences=32,
+                pad_token_id=policy.tokenizer.pad_token_id,
+            )
+            for row in out[:, len(prompt) :].tolist():
+                hits += toy["target"] in row
+                total += 1
+    return hits / total
