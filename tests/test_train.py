@@ -284,18 +284,18 @@ def test_which_resumes_the_output_directory_allows(tmp_path: Path) -> None:
     (out / RUN_FILE).write_text(json.dumps(record(3)))
     with pytest.raises(TrainError, match="not empty.*--resume"):
         _check_out(out, False, record(3))
-    assert _check_out(out, True, record(3)) is False  # killed mid-way: plain resume
+    assert _check_out(out, True, record(3))[0] is False  # killed mid-way: plain resume
     with pytest.raises(TrainError, match="only ppo.iterations"):
         _check_out(out, True, record(2))  # fewer iterations is a different run, not an extension
     (out / "checkpoint").mkdir()
     with pytest.raises(TrainError, match="already finished"):
         _check_out(out, True, record(3))
-    assert _check_out(out, True, record(5)) is True  # extend a finished run
+    assert _check_out(out, True, record(5))[0] is True  # extend a finished run
     with pytest.raises(TrainError, match="different logs"):
         _check_out(out, True, {**record(5), "logs": "other"})
     # An extension to 5 killed before its checkpoint/ replaced the 3-iteration one: resumable as is.
     (out / RUN_FILE).write_text(json.dumps(record(5, finished_iterations=3, extended_from_iterations=[3])))
-    assert _check_out(out, True, record(5)) is False
+    assert _check_out(out, True, record(5))[0] is False
     (out / RUN_FILE).write_text(json.dumps(record(5, finished_iterations=5, extended_from_iterations=[3])))
     with pytest.raises(TrainError, match="already finished"):
         _check_out(out, True, record(5))

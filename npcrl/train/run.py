@@ -81,18 +81,18 @@ def _without_iterations(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "ppo": {k: v for k, v in config.get("ppo", {}).items() if k != "iterations"}}
 
 
-def _check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> bool:
+def _check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
     """Refuse an output directory that is in use (every rank checks, so all of them stop together).
 
-    Returns True when the resume extends the run: the config differs from the recorded one only
-    by a larger ``ppo.iterations``. Sampling seeds depend on the iteration number and nothing is
+    Returns (extends, the recorded run.json or None when not resuming); extends is True when the
+    resume extends the run: the config differs from the recorded one only by a larger ``ppo.iterations``. Sampling seeds depend on the iteration number and nothing is
     scheduled by the total, so an extended run ends where an uninterrupted longer one would."""
     record_path = out / RUN_FILE
     if not resume:
         if out.exists() and any(out.iterdir()):
             hint = " (pass --resume to continue it)" if record_path.is_file() else ""
             raise TrainError(f"{out}: output directory is not empty{hint}")
-        return False
+        return False, None
     if not record_path.is_file():
         raise TrainError(f"{out}: nothing to resume ({RUN_FILE} is missing)")
     previous = json.loads(record_path.read_text(encoding="utf-8"))
@@ -127,7 +127,7 @@ def _check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> bool:
             raise TrainError(
                 f"{out}: this run already finished (checkpoint/ exists); raise ppo.iterations to extend it"
             )
-    return extends
+    return extends, previous
 
 
 def _write_run_record(out: Path, run_record: dict[str, Any]) -> None:
@@ -186,7 +186,7 @@ def train(
             "reward_model.path = None: on-policy training needs a reward model directory "
             "(reward_model.retrain_each_round is read by npcrl loop only)"
         )
-    run_record = {
+    run_record: dict[str, Any] = {
         "logs": str(Path(logs).expanduser().resolve()),
         "bundle": str(bundle.root.resolve()),
         "bundle_id": bundle.bundle_id,
@@ -195,18 +195,22 @@ def train(
         "reward_model": reward_record["tensors_sha256"] if reward_record else None,
         "world_size": dist.world,
     }
-    extends = _check_out(out, resume, run_record)
+    extends, previous = _check_out(out, resume, run_record)
+    if extends:
+        assert previous is not None
+        history = [*previous.get("extended_from_iterations", []), _iterations(previous["config"])]
+        run_record = {**run_record, "extended_from_iterations": history}
+        if "finished_iterations" in previous:  # checkpoint/ stays the shorter run's until this one ends
+            run_record["finished_iterations"] = previous["finished_iterations"]
+    elif previous is not None:
+        run_record = previous  # a plain resume goes on under the record it was started with
     dist.barrier()  # every rank has checked before rank 0 writes into the directory
     if dist.is_main:
         if extends:
-            previous = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
-            history = [*previous.get("extended_from_iterations", []), _iterations(previous["config"])]
-            extended = {**run_record, "extended_from_iterations": history}
-            if "finished_iterations" in previous:  # checkpoint/ stays the shorter run's until this one ends
-                extended["finished_iterations"] = previous["finished_iterations"]
-            _write_run_record(out, extended)
-            _log(f"extending the run from {history[-1]} to {config.ppo.iterations} iterations")
-        elif not resume:
+            _log(
+                f"extending the run from {run_record['extended_from_iterations'][-1]} to {config.ppo.iterations} iterations"
+            )
+        if previous is None or extends:
             _write_run_record(out, run_record)
         _log(data.report.summary())
     dist.barrier()
@@ -292,8 +296,7 @@ def train(
         return None
     judge = (reward_model, reward_record) if reward_model is not None and reward_record is not None else None
     result = _finish(out, bundle, base, policy, trainer, data, config, lineage, pad_id, started, judge)
-    record = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
-    _write_run_record(out, {**record, "finished_iterations": trainer.iteration})
+    _write_run_record(out, {**run_record, "finished_iterations": trainer.iteration})
     dist.close()
     return result
 
