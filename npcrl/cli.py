@@ -108,6 +108,7 @@ def _cmd_loop(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         concurrency=args.concurrent,
         promote_when=args.promote_when,
+        confirm_conversations=args.confirm_conversations,
     )
     print(
         f"{sum(r.promoted for r in results)} of {len(results)} rounds promoted; summary in {Path(args.out) / 'loop.md'}"
@@ -464,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="better",
         help="promote a guarded candidate whose mean engagement is higher (better), or only when the "
         "paired 95%% interval of its gain is above 0 (significant)",
+    )
+    loop.add_argument(
+        "--confirm-conversations",
+        type=int,
+        default=0,
+        help="also play a winning candidate and the current bundle against this many fresh players "
+        "(a new seed each round) and promote only if it wins there too (default 0: no confirmation)",
     )
     add_concurrent_argument(loop)
     loop.set_defaults(func=_cmd_loop)

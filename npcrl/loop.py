@@ -4,7 +4,10 @@ Each round, the current bundle plays simulated players (its logs are real play l
 trainer learns from them, and the candidate is evaluated against the current bundle with the same
 evaluation players and seeds. The candidate is promoted only when it engages more *and* passes
 every guard against reward hacking and language damage (KL to the base, perplexity, repetition,
-line length); the round's ``decision.json`` says why either way.
+line length); the round's ``decision.json`` says why either way. With ``confirm_conversations``
+a candidate that wins is also played against the current bundle by players the loop has not used
+before (a new seed each round) and is promoted only if it wins there too: the evaluation players
+are the same in every round, so a gain can be theirs rather than the policy's (docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -126,11 +129,13 @@ def run_loop(
     system_prompts: dict[str, str] | None = None,
     concurrency: int = 1,
     promote_when: str = "better",
+    confirm_conversations: int = 0,
 ) -> list[RoundResult]:
     """Run ``rounds`` rounds into ``out``; ``concurrency`` conversations are simulated at once, for
-    training and evaluation alike (faster; the results do not depend on it)."""
+    training and evaluation alike (faster; the results do not depend on it). ``confirm_conversations``
+    > 0: a candidate the evaluation would promote must also win, by the same rule and guards, on that
+    many conversations with fresh players (seed ``seed + 20_000 + round - 1``) before it is promoted."""
     from npcrl.agent import AgentConfig, with_sampler
-    from npcrl.evaluation.metrics import conversation_rewards, paired_gain
     from npcrl.evaluation.run import EvalSettings, evaluate_bundle
     from npcrl.persona import builtin_personas
     from npcrl.playlog import PlayLogWriter
@@ -142,6 +147,9 @@ def run_loop(
     from npcrl.train.reward_model import train_reward_model
     from npcrl.train.run import train
 
+    _check_promote_when(promote_when)  # before hours of simulation and training, not after
+    if confirm_conversations < 0:
+        raise ValueError(f"confirm_conversations must be 0 (no confirmation) or more, got {confirm_conversations}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     personas = list(personas or builtin_personas().values())
@@ -156,7 +164,6 @@ def run_loop(
     settings = EvalSettings(
         conversations=eval_conversations, seed=seed + 10_000, max_new_tokens=max_new_tokens, concurrency=concurrency
     )
-    _check_promote_when(promote_when)  # before hours of simulation and training, not after
     current, current_model = Path(base), base_model
     current_eval_logs: Path | None = None
     current_metrics: dict[str, Any] | None = None
@@ -226,22 +233,45 @@ def run_loop(
         )
         seconds["evaluate"] = time.perf_counter() - started
         assert base_perplexity is not None and current_eval_logs is not None
-        try:
-            candidate_metrics[PAIRED_GAIN] = paired_gain(
-                conversation_rewards(folder / "eval" / "candidate", spec),
-                conversation_rewards(current_eval_logs, spec),
-                seed=settings.seed,
-            )
-        except ValueError:  # a conversation without NPC turns on one side: no pairing (never significant)
-            candidate_metrics[PAIRED_GAIN] = (math.nan, math.nan, math.nan)
+        candidate_metrics[PAIRED_GAIN] = _paired_gain_or_nan(
+            folder / "eval" / "candidate", current_eval_logs, spec, settings.seed
+        )
         promoted, reasons = decide(candidate_metrics, current_metrics, base_perplexity, guards, promote_when)
+        metrics = {"current": current_metrics, "candidate": candidate_metrics}
+        if promoted and confirm_conversations > 0:
+            started = time.perf_counter()
+            confirm_settings = replace(settings, conversations=confirm_conversations, seed=seed + 20_000 + number - 1)
+            confirmation = {
+                side: evaluate_bundle(
+                    model,
+                    folder / "confirm" / side,
+                    personas,
+                    players,
+                    spec,
+                    confirm_settings,
+                    base_model,
+                    system_prompts,
+                )
+                for side, model in (("current", current_model), ("candidate", candidate_model))
+            }
+            confirmation["candidate"][PAIRED_GAIN] = _paired_gain_or_nan(
+                folder / "confirm" / "candidate", folder / "confirm" / "current", spec, confirm_settings.seed
+            )
+            promoted, confirm_reasons = decide(
+                confirmation["candidate"], confirmation["current"], base_perplexity, guards, promote_when
+            )
+            reasons += [
+                f"fresh players ({confirm_conversations}, seed {confirm_settings.seed}): {r}" for r in confirm_reasons
+            ]
+            metrics.update({f"confirm_{side}": rows for side, rows in confirmation.items()})
+            seconds["confirm"] = time.perf_counter() - started
         result = RoundResult(
             round=number,
             current=str(current),
             candidate=str(trained.bundle),
             promoted=promoted,
             reasons=reasons,
-            metrics={"current": current_metrics, "candidate": candidate_metrics},
+            metrics=metrics,
             seconds=seconds,
         )
         (folder / "decision.json").write_text(json.dumps(asdict(result), indent=1, default=list), encoding="utf-8")
@@ -257,21 +287,34 @@ def run_loop(
     return results
 
 
+def _paired_gain_or_nan(candidate_logs: Path, current_logs: Path, spec: Any, seed: int) -> tuple[float, float, float]:
+    """The paired gain (mean, 95% CI) of the candidate's conversations over the current bundle's."""
+    from npcrl.evaluation.metrics import conversation_rewards, paired_gain
+
+    try:
+        return paired_gain(
+            conversation_rewards(candidate_logs, spec), conversation_rewards(current_logs, spec), seed=seed
+        )
+    except ValueError:  # a conversation without NPC turns on one side: no pairing (never significant)
+        return (math.nan, math.nan, math.nan)
+
+
 def _write_summary(path: Path, results: list[RoundResult]) -> None:
     lines = [
         "# npcrl loop",
         "",
-        "| round | engagement current | engagement candidate | paired gain [95% CI] | KL/line | perplexity | promoted "
-        "| simulate s | reward model s | train+export s | eval s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| round | engagement current | engagement candidate | paired gain [95% CI] | fresh players' paired gain "
+        "| KL/line | perplexity | promoted | simulate s | reward model s | train+export s | eval s | fresh players s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         cur, cand = r.metrics["current"], r.metrics["candidate"]
         lines.append(
             f"| {r.round} | {_estimate(cur[ENGAGEMENT]):.3f} | {_estimate(cand[ENGAGEMENT]):.3f} | "
-            f"{_paired_cell(cand.get(PAIRED_GAIN))} | {_estimate(cand[KL]):.2f} | {_estimate(cand[PERPLEXITY]):.2f} | {r.promoted} | "
+            f"{_paired_cell(cand.get(PAIRED_GAIN))} | {_paired_cell(r.metrics.get('confirm_candidate', {}).get(PAIRED_GAIN))} | "
+            f"{_estimate(cand[KL]):.2f} | {_estimate(cand[PERPLEXITY]):.2f} | {r.promoted} | "
             f"{r.seconds['simulate']:.0f} | {_seconds_cell(r.seconds.get('reward_model'))} | "
-            f"{r.seconds['train_and_export']:.0f} | {r.seconds['evaluate']:.0f} |"
+            f"{r.seconds['train_and_export']:.0f} | {r.seconds['evaluate']:.0f} | {_seconds_cell(r.seconds.get('confirm'))} |"
         )
     lines += ["", *(f"- round {r.round}: " + "; ".join(r.reasons) for r in results)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -172,3 +172,74 @@ def test_each_round_can_retrain_its_reward_model_on_the_logs_so_far(
     # `npcrl train` itself needs a reward model directory: the setting is the loop's.
     with pytest.raises(TrainError, match="reward_model.retrain_each_round is read by npcrl loop only"):
         train(round_dir / "logs", tiny_bundles["llama-fp32"], tmp_path / "alone", config, progress=False)
+
+
+def test_a_winner_must_also_win_with_fresh_players_before_it_is_promoted(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With confirm_conversations, a candidate the evaluation players would promote plays fresh
+    players (a new seed each round) beside the current bundle, and their verdict decides. The tiny
+    model's engagement is noise, so the verdicts are scripted: round 1 wins on the evaluation
+    players and loses on the fresh ones (kept out), round 2 wins on both (promoted)."""
+    import json
+
+    import npcrl.loop
+    from npcrl.playlog import NpcTurn, read_log_dir
+    from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RunConfig, TrainConfig
+
+    verdicts = iter([True, False, True, True])
+    calls: list[tuple[dict, dict]] = []
+
+    def scripted_decide(candidate: dict, current: dict, *args: Any) -> tuple[bool, list[str]]:
+        calls.append((candidate, current))
+        return next(verdicts), decide(candidate, current, *args)[1]
+
+    monkeypatch.setattr(npcrl.loop, "decide", scripted_decide)
+    config = TrainConfig(
+        data=DataConfig(holdout_fraction=0.2),
+        model=ModelConfig(mode="full"),
+        ppo=PPOConfig(rollout_turns=4, minibatch_turns=4, micro_batch_turns=4, epochs=1, iterations=1),
+        run=RunConfig(export_quant="fp32", sample_prompts=1, sample_tokens=4, threads=1),
+    ).validate()
+    out = tmp_path / "loop"
+    first, second = tiny_loop(
+        tiny_bundles["llama-fp32"], out, config, eval_conversations=2, rounds=2, confirm_conversations=3
+    )
+    assert not first.promoted and second.promoted
+    assert len(calls) == 4 and all(PAIRED_GAIN in candidate for candidate, _ in calls)
+    assert any(r.startswith("fresh players (3, seed 20000): engagement") for r in first.reasons), first.reasons
+    assert second.current == str(tiny_bundles["llama-fp32"])  # round 1's candidate was kept out
+    for number, result in ((1, first), (2, second)):
+        decision = json.loads((out / f"round-{number}" / "decision.json").read_text())
+        assert set(decision["metrics"]) == {"current", "candidate", "confirm_current", "confirm_candidate"}
+        assert decision["promoted"] == result.promoted and result.seconds["confirm"] > 0
+        for side in ("current", "candidate"):
+            turns = [r for r in read_log_dir(out / f"round-{number}" / "confirm" / side) if isinstance(r, NpcTurn)]
+            conversations = {t.conversation_id for t in turns}
+            assert len(conversations) == 3
+            assert all(f"-s{20_000 + number - 1}-" in c for c in conversations)  # fresh players each round
+    summary = (out / "loop.md").read_text()
+    assert "fresh players' paired gain" in summary and "fresh players (3, seed 20001)" in summary
+    with pytest.raises(ValueError, match="confirm_conversations"):
+        tiny_loop(tiny_bundles["llama-fp32"], tmp_path / "bad", config, eval_conversations=2, confirm_conversations=-1)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_the_command_line_passes_the_loop_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import npcrl.loop
+    from npcrl.cli import main
+
+    seen: dict[str, Any] = {}
+
+    def fake_run_loop(base: str, out: str, **kwargs: Any) -> list:
+        seen.update(kwargs, base=base, out=out)
+        return []
+
+    monkeypatch.setattr(npcrl.loop, "run_loop", fake_run_loop)
+    argv = ["loop", "--bundle", "B", "--out", str(tmp_path), "--rounds", "2", "--eval-conversations", "48"]
+    assert main([*argv, "--confirm-conversations", "24", "--promote-when", "significant"]) == 0
+    assert seen["confirm_conversations"] == 24 and seen["promote_when"] == "significant" and seen["rounds"] == 2
+    assert main(argv) == 0 and seen["confirm_conversations"] == 0  # off unless asked for
+    assert "0 of 0 rounds promoted" in capsys.readouterr().out
