@@ -112,17 +112,22 @@ def tiny_loop(bundle: Path, out: Path, config: Any, eval_conversations: int, rou
     )
 
 
-def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
-    import json
-
+def full_tiny_config() -> Any:
+    """Logged-mode training of the whole tiny model: one PPO iteration on 4 turns."""
     from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RunConfig, TrainConfig
 
-    config = TrainConfig(
+    return TrainConfig(
         data=DataConfig(holdout_fraction=0.2),
         model=ModelConfig(mode="full"),
         ppo=PPOConfig(rollout_turns=4, minibatch_turns=4, micro_batch_turns=4, epochs=1, iterations=1),
         run=RunConfig(export_quant="fp32", sample_prompts=1, sample_tokens=4, threads=1),
     ).validate()
+
+
+def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    import json
+
+    config = full_tiny_config()
     store = tmp_path / "store"
     (result,) = tiny_loop(tiny_bundles["llama-fp32"], tmp_path / "loop", config, eval_conversations=3, store=store)
     decision = json.loads((tmp_path / "loop" / "round-1" / "decision.json").read_text())
@@ -185,7 +190,6 @@ def test_a_winner_must_also_win_with_fresh_players_before_it_is_promoted(
 
     import npcrl.loop
     from npcrl.playlog import NpcTurn, read_log_dir
-    from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RunConfig, TrainConfig
 
     verdicts = iter([True, False, True, True])
     calls: list[tuple[dict, dict]] = []
@@ -195,12 +199,7 @@ def test_a_winner_must_also_win_with_fresh_players_before_it_is_promoted(
         return next(verdicts), decide(candidate, current, *args)[1]
 
     monkeypatch.setattr(npcrl.loop, "decide", scripted_decide)
-    config = TrainConfig(
-        data=DataConfig(holdout_fraction=0.2),
-        model=ModelConfig(mode="full"),
-        ppo=PPOConfig(rollout_turns=4, minibatch_turns=4, micro_batch_turns=4, epochs=1, iterations=1),
-        run=RunConfig(export_quant="fp32", sample_prompts=1, sample_tokens=4, threads=1),
-    ).validate()
+    config = full_tiny_config()
     out = tmp_path / "loop"
     first, second = tiny_loop(
         tiny_bundles["llama-fp32"], out, config, eval_conversations=2, rounds=2, confirm_conversations=3
