@@ -85,8 +85,9 @@ def _check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> tuple[boo
     """Refuse an output directory that is in use (every rank checks, so all of them stop together).
 
     Returns (extends, the recorded run.json or None when not resuming); extends is True when the
-    resume extends the run: the config differs from the recorded one only by a larger ``ppo.iterations``. Sampling seeds depend on the iteration number and nothing is
-    scheduled by the total, so an extended run ends where an uninterrupted longer one would."""
+    resume extends the run: the config differs from the recorded one only by a larger
+    ``ppo.iterations``. Sampling seeds depend on the iteration number and nothing is scheduled by
+    the total, so an extended run ends where an uninterrupted longer one would."""
     record_path = out / RUN_FILE
     if not resume:
         if out.exists() and any(out.iterdir()):
