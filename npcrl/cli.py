@@ -109,6 +109,7 @@ def _cmd_loop(args: argparse.Namespace) -> int:
         concurrency=args.concurrent,
         promote_when=args.promote_when,
         confirm_conversations=args.confirm_conversations,
+        resume=args.resume,
     )
     print(
         f"{sum(r.promoted for r in results)} of {len(results)} rounds promoted; summary in {Path(args.out) / 'loop.md'}"
@@ -472,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="also play a winning candidate and the current bundle against this many fresh players "
         "(a new seed each round) and promote only if it wins there too (default 0: no confirmation)",
+    )
+    loop.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the run in --out (same settings): finished rounds are kept, an unfinished one "
+        "goes on from its last finished stage; a larger --rounds adds rounds to a finished run",
     )
     add_concurrent_argument(loop)
     loop.set_defaults(func=_cmd_loop)

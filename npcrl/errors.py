@@ -41,3 +41,7 @@ class TrainConfigError(TrainError):
 
 class TrainDataError(TrainError):
     """The play logs give no usable training data; the message says what was found and dropped."""
+
+
+class LoopError(NpcrlError, ValueError):
+    """``npcrl loop`` cannot start or resume (a setting out of range, an output directory in use)."""

@@ -20,7 +20,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from npcrl.errors import LoopError
 from npcrl.evaluation.metrics import PAIRED_GAIN
+from npcrl.loop_state import (
+    DECISION_FILE,
+    RoundStages,
+    check_loop_out,
+    fingerprint,
+    finished_rounds,
+    read_decision,
+    write_decision,
+    write_loop_record,
+)
 
 ENGAGEMENT = "reward / conversation (95% CI)"
 KL = "KL to reference (nats / line)"
@@ -130,33 +141,52 @@ def run_loop(
     concurrency: int = 1,
     promote_when: str = "better",
     confirm_conversations: int = 0,
+    resume: bool = False,
 ) -> list[RoundResult]:
     """Run ``rounds`` rounds into ``out``; ``concurrency`` conversations are simulated at once, for
     training and evaluation alike (faster; the results do not depend on it). ``confirm_conversations``
     > 0: a candidate the evaluation would promote must also win, by the same rule and guards, on that
-    many conversations with fresh players (seed ``seed + 20_000 + round - 1``) before it is promoted."""
+    many conversations with fresh players (seed ``seed + 20_000 + round - 1``) before it is promoted.
+
+    ``resume``: go on with the run in ``out`` (same settings; ``rounds`` may be raised to add rounds
+    to a finished run). Finished rounds are read back, and an unfinished round goes on from its last
+    finished stage (npcrl/loop_state.py)."""
     from npcrl.agent import AgentConfig, with_sampler
     from npcrl.evaluation.run import EvalSettings, evaluate_bundle
     from npcrl.persona import builtin_personas
     from npcrl.playlog import PlayLogWriter
-    from npcrl.promotion import promote
     from npcrl.rewards import default_reward_spec, load_reward_spec
     from npcrl.runtime import OnnxCausalLM
     from npcrl.sim.profiles import builtin_profiles
     from npcrl.sim.simulate import simulate
     from npcrl.train.reward_model import train_reward_model
-    from npcrl.train.run import train
 
     _check_promote_when(promote_when)  # before hours of simulation and training, not after
     if confirm_conversations < 0:
-        raise ValueError(f"confirm_conversations must be 0 (no confirmation) or more, got {confirm_conversations}")
+        raise LoopError(f"confirm_conversations must be 0 (no confirmation) or more, got {confirm_conversations}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     personas = list(personas or builtin_personas().values())
     players = list(players or builtin_profiles().values())
+    record = {
+        "base": str(Path(base).resolve()),
+        "conversations": conversations,
+        "eval_conversations": eval_conversations,
+        "seed": seed,
+        "players": fingerprint(players),
+        "personas": fingerprint(personas),
+        "system_prompts": system_prompts,
+        "max_new_tokens": max_new_tokens,
+        "train_config": train_config.to_dict(),
+        "guards": asdict(guards),
+        "promote_when": promote_when,
+        "confirm_conversations": confirm_conversations,
+        "rounds": rounds,
+    }
+    check_loop_out(out, resume, record)
     spec_path = train_config.data.reward_spec
     spec = load_reward_spec(spec_path) if spec_path else default_reward_spec()
     base_model = OnnxCausalLM(base)
+    write_loop_record(out, record)  # once the inputs are known good: a typo must not claim the directory
     agent_config = AgentConfig()
     if max_new_tokens is not None:
         agent_config = with_sampler(agent_config, max_new_tokens=max_new_tokens)
@@ -164,74 +194,71 @@ def run_loop(
     settings = EvalSettings(
         conversations=eval_conversations, seed=seed + 10_000, max_new_tokens=max_new_tokens, concurrency=concurrency
     )
-    current, current_model = Path(base), base_model
-    current_eval_logs: Path | None = None
-    current_metrics: dict[str, Any] | None = None
-    base_perplexity: float | None = None
-    results: list[RoundResult] = []
-    for number in range(1, rounds + 1):
+
+    def evaluated(stages: RoundStages, name: str, log_dir: Path, model: Any, eval_settings: Any) -> dict[str, Any]:
+        if not stages.done(name):
+            stages.set_aside(log_dir)
+            started = time.perf_counter()
+            rows = evaluate_bundle(model, log_dir, personas, players, spec, eval_settings, base_model, system_prompts)
+            stages.finish(name, time.perf_counter() - started, rows)
+        return dict(stages.result(name))
+
+    results, state = _finished(out)
+    current = Path(state.current) if state.current is not None else Path(base)
+    current_model = base_model if state.current is None else OnnxCausalLM(current)
+    current_metrics, current_eval_logs, base_perplexity = state.metrics, state.eval_logs, state.base_perplexity
+    for number in range(len(results) + 1, rounds + 1):
         folder = out / f"round-{number}"
-        seconds: dict[str, float] = {}
-        started = time.perf_counter()
-        with PlayLogWriter(folder / "logs") as writer:
-            simulate(
-                current_model,
-                personas,
-                players,
-                writer,
-                conversations,
-                seed + number,
-                agent_config=agent_config,
-                system_prompts=system_prompts,
-                concurrency=concurrency,
-            )
-        seconds["simulate"] = time.perf_counter() - started
+        stages = RoundStages(folder)
+        if not stages.done("simulate"):
+            stages.set_aside(folder / "logs")
+            started = time.perf_counter()
+            with PlayLogWriter(folder / "logs") as writer:
+                simulate(
+                    current_model,
+                    personas,
+                    players,
+                    writer,
+                    conversations,
+                    seed + number,
+                    agent_config=agent_config,
+                    system_prompts=system_prompts,
+                    concurrency=concurrency,
+                )
+            stages.finish("simulate", time.perf_counter() - started)
         round_config = train_config
         if train_config.data.mode == "reward_model" and train_config.reward_model.retrain_each_round:
-            started = time.perf_counter()
-            # Earlier rounds' logs come from this bundle or its ancestors, so their turns are accepted.
-            pooled = range(1, number + 1) if train_config.reward_model.pool_rounds else [number]
-            predictor = train_reward_model(
-                [out / f"round-{k}" / "logs" for k in pooled],
-                current,
-                folder / "reward-model",
-                train_config,
-                progress=False,
-            )
+            if not stages.done("reward_model"):
+                stages.set_aside(folder / "reward-model")
+                started = time.perf_counter()
+                # Earlier rounds' logs come from this bundle or its ancestors, so their turns are accepted.
+                pooled = range(1, number + 1) if train_config.reward_model.pool_rounds else [number]
+                train_reward_model(
+                    [out / f"round-{k}" / "logs" for k in pooled],
+                    current,
+                    folder / "reward-model",
+                    train_config,
+                    progress=False,
+                )
+                stages.finish("reward_model", time.perf_counter() - started)
             round_config = replace(
-                train_config, reward_model=replace(train_config.reward_model, path=str(predictor.out))
+                train_config, reward_model=replace(train_config.reward_model, path=str(folder / "reward-model"))
             )
-            seconds["reward_model"] = time.perf_counter() - started
-        started = time.perf_counter()
-        trained = train(folder / "logs", current, folder / "train", round_config, progress=False)
-        seconds["train_and_export"] = time.perf_counter() - started
-        assert trained is not None and trained.bundle is not None
-        started = time.perf_counter()
-        candidate_model = OnnxCausalLM(trained.bundle)
+        if not stages.done("train_and_export"):
+            started = time.perf_counter()
+            trained = _train_or_resume(folder / "logs", current, folder / "train", round_config, stages)
+            stages.finish("train_and_export", time.perf_counter() - started, str(trained))
+        candidate = Path(stages.result("train_and_export"))
+        candidate_model = OnnxCausalLM(candidate)
         if current_metrics is None:
-            current_metrics = evaluate_bundle(
-                current_model,
-                folder / "eval" / "current",
-                personas,
-                players,
-                spec,
-                settings,
-                base_model,
-                system_prompts,
+            current_metrics = evaluated(
+                stages, "evaluate_current", folder / "eval" / "current", current_model, settings
             )
             base_perplexity = _estimate(current_metrics[PERPLEXITY])
             current_eval_logs = folder / "eval" / "current"
-        candidate_metrics = evaluate_bundle(
-            candidate_model,
-            folder / "eval" / "candidate",
-            personas,
-            players,
-            spec,
-            settings,
-            base_model,
-            system_prompts,
+        candidate_metrics = evaluated(
+            stages, "evaluate_candidate", folder / "eval" / "candidate", candidate_model, settings
         )
-        seconds["evaluate"] = time.perf_counter() - started
         assert base_perplexity is not None and current_eval_logs is not None
         candidate_metrics[PAIRED_GAIN] = _paired_gain_or_nan(
             folder / "eval" / "candidate", current_eval_logs, spec, settings.seed
@@ -239,19 +266,9 @@ def run_loop(
         promoted, reasons = decide(candidate_metrics, current_metrics, base_perplexity, guards, promote_when)
         metrics = {"current": current_metrics, "candidate": candidate_metrics}
         if promoted and confirm_conversations > 0:
-            started = time.perf_counter()
             confirm_settings = replace(settings, conversations=confirm_conversations, seed=seed + 20_000 + number - 1)
             confirmation = {
-                side: evaluate_bundle(
-                    model,
-                    folder / "confirm" / side,
-                    personas,
-                    players,
-                    spec,
-                    confirm_settings,
-                    base_model,
-                    system_prompts,
-                )
+                side: evaluated(stages, f"confirm_{side}", folder / "confirm" / side, model, confirm_settings)
                 for side, model in (("current", current_model), ("candidate", candidate_model))
             }
             confirmation["candidate"][PAIRED_GAIN] = _paired_gain_or_nan(
@@ -264,27 +281,93 @@ def run_loop(
                 f"fresh players ({confirm_conversations}, seed {confirm_settings.seed}): {r}" for r in confirm_reasons
             ]
             metrics.update({f"confirm_{side}": rows for side, rows in confirmation.items()})
-            seconds["confirm"] = time.perf_counter() - started
         result = RoundResult(
             round=number,
             current=str(current),
-            candidate=str(trained.bundle),
+            candidate=str(candidate),
             promoted=promoted,
             reasons=reasons,
             metrics=metrics,
-            seconds=seconds,
+            seconds=_round_seconds(stages.seconds()),
         )
-        (folder / "decision.json").write_text(json.dumps(asdict(result), indent=1, default=list), encoding="utf-8")
+        if promoted and store is not None:
+            _promote_once(store, candidate)  # before the decision: a resumed round promotes what a stop skipped
+        result = RoundResult(**write_decision(folder, asdict(result)))
         results.append(result)
+        _write_summary(out / "loop.md", results)
         print(f"round {number}: {'promoted' if promoted else 'kept the current bundle'}; " + "; ".join(reasons))
         if promoted:
-            if store is not None:
-                promote(store, trained.bundle)
-            current, current_model = trained.bundle, candidate_model
+            current, current_model = candidate, candidate_model
             current_metrics = {k: v for k, v in candidate_metrics.items() if k != PAIRED_GAIN}
             current_eval_logs = folder / "eval" / "candidate"
     _write_summary(out / "loop.md", results)
     return results
+
+
+@dataclass
+class _LoopState:
+    """What the finished rounds leave for the next: the current bundle and its evaluation."""
+
+    current: str | None = None
+    metrics: dict[str, Any] | None = None
+    eval_logs: Path | None = None
+    base_perplexity: float | None = None
+
+
+def _finished(out: Path) -> tuple[list[RoundResult], _LoopState]:
+    """The finished rounds' results, read back, and the state they hand on (as the run had it)."""
+    results: list[RoundResult] = []
+    state = _LoopState()
+    for number in range(1, finished_rounds(out) + 1):
+        folder = out / f"round-{number}"
+        try:
+            result = RoundResult(**read_decision(folder))
+            current_rows, candidate_rows = result.metrics["current"], result.metrics["candidate"]
+            if state.metrics is None:  # round 1 evaluated the base
+                state.metrics, state.eval_logs = current_rows, folder / "eval" / "current"
+                state.base_perplexity = _estimate(current_rows[PERPLEXITY])
+            if result.promoted:
+                state.current = result.candidate
+                state.metrics = {k: v for k, v in candidate_rows.items() if k != PAIRED_GAIN}
+                state.eval_logs = folder / "eval" / "candidate"
+        except (TypeError, KeyError, IndexError, ValueError) as exc:
+            raise LoopError(f"{folder / DECISION_FILE}: not a decision this loop wrote ({exc!r})") from None
+        results.append(result)
+    return results, state
+
+
+def _train_or_resume(logs: Path, current: Path, train_dir: Path, config: Any, stages: RoundStages) -> Path:
+    """Train the round's candidate; a run a stop interrupted goes on from its last checkpoint."""
+    from npcrl.train.run import RUN_FILE, train
+
+    record_path = train_dir / RUN_FILE
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if "finished_iterations" in record and (train_dir / "bundle").is_dir():
+            return train_dir / "bundle"  # finished; the stop came before the stage was recorded
+        trained = train(logs, current, train_dir, config, progress=False, resume=True)
+    else:
+        stages.set_aside(train_dir)
+        trained = train(logs, current, train_dir, config, progress=False)
+    assert trained is not None and trained.bundle is not None  # the loop exports every round
+    return trained.bundle
+
+
+def _promote_once(store: str | Path, bundle: Path) -> None:
+    from npcrl.promotion import current_bundle, promote
+
+    now = current_bundle(store)
+    if now is None or now.bundle_dir != bundle.resolve():
+        promote(store, bundle)
+
+
+def _round_seconds(stages: Mapping[str, float]) -> dict[str, float]:
+    """Stage seconds as loop.md reports them: both evaluations under evaluate, both confirmations under confirm."""
+    seconds: dict[str, float] = {}
+    for name, value in stages.items():
+        key = name.split("_")[0] if name.startswith(("evaluate_", "confirm_")) else name
+        seconds[key] = seconds.get(key, 0.0) + value
+    return seconds
 
 
 def _paired_gain_or_nan(candidate_logs: Path, current_logs: Path, spec: Any, seed: int) -> tuple[float, float, float]:

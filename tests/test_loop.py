@@ -93,7 +93,9 @@ TINY_SYSTEM_PROMPTS = {
 }
 
 
-def tiny_loop(bundle: Path, out: Path, config: Any, eval_conversations: int, rounds: int = 1, **options: Any) -> Any:
+def tiny_loop(
+    bundle: Path, out: Path, config: Any, eval_conversations: int, rounds: int = 1, seed: int = 0, **options: Any
+) -> Any:
     """Loop rounds of 6 short simulated conversations each on a tiny bundle; their RoundResults."""
     from npcrl.loop import run_loop
 
@@ -104,7 +106,7 @@ def tiny_loop(bundle: Path, out: Path, config: Any, eval_conversations: int, rou
         conversations=6,
         eval_conversations=eval_conversations,
         train_config=config,
-        seed=0,
+        seed=seed,
         max_new_tokens=6,
         system_prompts=TINY_SYSTEM_PROMPTS,
         concurrency=2,
@@ -240,5 +242,71 @@ def test_the_command_line_passes_the_loop_its_settings(
     argv = ["loop", "--bundle", "B", "--out", str(tmp_path), "--rounds", "2", "--eval-conversations", "48"]
     assert main([*argv, "--confirm-conversations", "24", "--promote-when", "significant"]) == 0
     assert seen["confirm_conversations"] == 24 and seen["promote_when"] == "significant" and seen["rounds"] == 2
-    assert main(argv) == 0 and seen["confirm_conversations"] == 0  # off unless asked for
+    assert main(argv) == 0 and seen["confirm_conversations"] == 0 and not seen["resume"]  # off unless asked for
+    assert main([*argv, "--resume"]) == 0 and seen["resume"]
     assert "0 of 0 rounds promoted" in capsys.readouterr().out
+
+
+def test_a_stopped_loop_resumes_from_its_last_finished_stage(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stop in training resumes from the trainer's checkpoint; a stop in an evaluation sets the
+    partial logs aside and plays the same seeded conversations again; finished stages and rounds are
+    read back, not redone; a larger ``rounds`` extends a finished run; other settings are refused."""
+    import json
+
+    import npcrl.evaluation.run
+    import npcrl.train.run
+    from npcrl.errors import LoopError
+
+    config = full_tiny_config()
+    out = tmp_path / "loop"
+    real_finish, real_evaluate = npcrl.train.run._finish, npcrl.evaluation.run.evaluate_bundle
+    evaluated: dict[str, dict] = {}
+
+    def stop_after_training(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # after the trainer's last checkpoint, before its export
+
+    def stop_after_evaluating(model: Any, log_dir: Path, *args: Any, **kwargs: Any) -> Any:
+        evaluated[log_dir.name] = real_evaluate(model, log_dir, *args, **kwargs)
+        if log_dir.name == "candidate":
+            raise KeyboardInterrupt  # its logs are written, its stage is not recorded
+        return evaluated[log_dir.name]
+
+    monkeypatch.setattr(npcrl.train.run, "_finish", stop_after_training)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2)
+    round_dir = out / "round-1"
+    stages = json.loads((round_dir / "stages.json").read_text())
+    assert set(stages) == {"simulate"} and (round_dir / "train" / "state" / "ckpt-000001").is_dir()
+    with pytest.raises(LoopError, match="pass --resume"):
+        tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2)
+
+    monkeypatch.setattr(npcrl.train.run, "_finish", real_finish)
+    monkeypatch.setattr(npcrl.evaluation.run, "evaluate_bundle", stop_after_evaluating)
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2, resume=True)
+    assert "resumed from ckpt-000001 (1/1 iterations)" in capsys.readouterr().out
+    after_stop = json.loads((round_dir / "stages.json").read_text())
+    assert set(after_stop) == {"simulate", "train_and_export", "evaluate_current"}
+    assert after_stop["simulate"] == stages["simulate"]  # read back, not simulated again
+
+    monkeypatch.setattr(npcrl.evaluation.run, "evaluate_bundle", real_evaluate)
+    (first,) = tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2, resume=True)
+    assert (round_dir / "eval" / "candidate.interrupted-1").is_dir()  # set aside, not deleted
+    finished = json.loads((round_dir / "stages.json").read_text())
+    assert {k: finished[k] for k in after_stop} == after_stop
+    candidate = {k: v for k, v in first.metrics["candidate"].items() if k != PAIRED_GAIN}
+    assert candidate == json.loads(json.dumps(evaluated["candidate"], default=list))  # the same conversations
+
+    with pytest.raises(LoopError, match="different seed"):
+        tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2, resume=True, seed=1)
+    with pytest.raises(LoopError, match="1 rounds are already finished"):
+        tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2, resume=True, rounds=0)
+    again, second = tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2, resume=True, rounds=2)
+    assert again == first and second.round == 2
+    assert second.current == (first.candidate if first.promoted else str(tiny_bundles["llama-fp32"]))
+    summary = (out / "loop.md").read_text()
+    assert "| 1 |" in summary and "| 2 |" in summary
+    assert json.loads((out / "loop.json").read_text())["rounds"] == 2

@@ -1,0 +1,141 @@
+"""Where an ``npcrl loop`` run stands on disk, so a stopped run resumes instead of starting over.
+
+    OUT/loop.json               the loop's settings; a resume must match them (only ``rounds`` may change)
+    OUT/round-N/stages.json     the round's finished stages: seconds and results, rewritten atomically
+    OUT/round-N/decision.json   written last: the round is finished
+
+A round's stages take hours on a laptop-class CPU, so a stop loses at most the stage it was in. That
+stage's partial output is moved aside (``NAME.interrupted-K``), never deleted, and the stage runs
+again; simulation and evaluation are seeded, so the redo plays the same conversations. Training is
+the exception: it resumes from its own last checkpoint (``npcrl train --resume``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from npcrl.errors import LoopError
+
+LOOP_FILE = "loop.json"
+STAGES_FILE = "stages.json"
+DECISION_FILE = "decision.json"
+
+
+def fingerprint(items: Sequence[Any]) -> str:
+    """Identifies player profiles, personas or prompts by value (their reprs hold every field)."""
+    return hashlib.sha256(repr(list(items)).encode("utf-8")).hexdigest()
+
+
+def check_loop_out(out: Path, resume: bool, record: dict[str, Any]) -> None:
+    """Refuse an output directory in use unless resuming, and a resume whose settings differ.
+
+    ``record`` is this run's settings; every key but ``rounds`` must equal the recorded run's, so the
+    rounds already finished are rounds this run would have played."""
+    path = out / LOOP_FILE
+    if out.exists() and not out.is_dir():
+        raise LoopError(f"{out}: is a file; --out must be a directory")
+    if not resume:
+        if out.exists() and any(out.iterdir()):
+            hint = " (pass --resume to continue it)" if path.is_file() else ""
+            raise LoopError(f"{out}: output directory is not empty{hint}")
+        return
+    if not path.is_file():
+        raise LoopError(f"{out}: nothing to resume ({LOOP_FILE} is missing)")
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LoopError(f"{path}: cannot be read ({exc})") from None
+    # JSON round trip, so tuples and lists compare alike
+    now = json.loads(json.dumps(record))
+    for key in sorted(set(previous) | set(now)):
+        if key != "rounds" and previous.get(key) != now.get(key):
+            raise LoopError(
+                f"{path}: the loop was started with a different {key} "
+                f"({previous.get(key)!r}, now {now.get(key)!r}); resume with the same settings"
+            )
+    finished = finished_rounds(out)
+    if record["rounds"] < finished:
+        raise LoopError(f"{out}: {finished} rounds are already finished; --rounds must be at least that")
+
+
+def write_loop_record(out: Path, record: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / LOOP_FILE, record)
+
+
+def finished_rounds(out: Path) -> int:
+    """How many rounds, counting from 1 without a gap, have their decision written."""
+    number = 0
+    while (out / f"round-{number + 1}" / DECISION_FILE).is_file():
+        number += 1
+    return number
+
+
+def read_decision(folder: Path) -> dict[str, Any]:
+    path = folder / DECISION_FILE
+    try:
+        decision = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LoopError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(decision, dict):
+        raise LoopError(f"{path}: not a round decision (a JSON object)")
+    return decision
+
+
+def write_decision(folder: Path, decision: dict[str, Any]) -> dict[str, Any]:
+    """Write the round's decision; returns it as a resumed run reads it back (tuples become lists)."""
+    _write_json(folder / DECISION_FILE, decision)
+    return dict(json.loads(json.dumps(decision, default=list)))
+
+
+class RoundStages:
+    """The finished stages of one round (``round-N/stages.json``), each with its seconds and result."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / STAGES_FILE
+        self._stages: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            try:
+                loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise LoopError(f"{self.path}: cannot be read ({exc})") from None
+            if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+                raise LoopError(f"{self.path}: not a record of stages (name -> {{seconds, result}})")
+            self._stages = loaded
+
+    def done(self, name: str) -> bool:
+        return name in self._stages
+
+    def result(self, name: str) -> Any:
+        return self._stages[name].get("result")
+
+    def seconds(self) -> dict[str, float]:
+        return {name: float(stage["seconds"]) for name, stage in self._stages.items()}
+
+    def finish(self, name: str, seconds: float, result: Any = None) -> None:
+        # stored as read back, so a resumed round decides on exactly what an uninterrupted one did
+        self._stages[name] = {"seconds": seconds, "result": json.loads(json.dumps(result, default=list))}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _write_json(self.path, self._stages)
+
+    def set_aside(self, output: Path) -> Path | None:
+        """Move an unfinished stage's partial ``output`` out of the way; returns where it went."""
+        if not output.exists():
+            return None
+        k = 1
+        while (aside := output.with_name(f"{output.name}.interrupted-{k}")).exists():
+            k += 1
+        os.replace(output, aside)
+        return aside
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=list), encoding="utf-8")
+    os.replace(tmp, path)
