@@ -372,12 +372,10 @@ def _round_seconds(stages: Mapping[str, float]) -> dict[str, float]:
 
 def _paired_gain_or_nan(candidate_logs: Path, current_logs: Path, spec: Any, seed: int) -> tuple[float, float, float]:
     """The paired gain (mean, 95% CI) of the candidate's conversations over the current bundle's."""
-    from npcrl.evaluation.metrics import conversation_rewards, paired_gain
+    from npcrl.evaluation.metrics import paired_gain_of_logs
 
     try:
-        return paired_gain(
-            conversation_rewards(candidate_logs, spec), conversation_rewards(current_logs, spec), seed=seed
-        )
+        return paired_gain_of_logs(candidate_logs, current_logs, spec, seed=seed)
     except ValueError:  # a conversation without NPC turns on one side: no pairing (never significant)
         return (math.nan, math.nan, math.nan)
 

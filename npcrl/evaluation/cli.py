@@ -20,7 +20,7 @@ def _personas(directory: str | None) -> list[Any]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from npcrl.evaluation.metrics import PAIRED_GAIN, conversation_rewards, paired_gain
+    from npcrl.evaluation.metrics import PAIRED_GAIN, paired_gain_of_logs
     from npcrl.evaluation.report import compare_table, rows_from_columns, write_report
     from npcrl.evaluation.run import EvalSettings, evaluate_bundle
     from npcrl.rewards import default_reward_spec, load_reward_spec
@@ -54,10 +54,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
     if args.against:
         # Same players and seeds: conversation k of one bundle is paired with conversation k of the other.
-        columns[labels["bundle"]][PAIRED_GAIN] = paired_gain(
-            conversation_rewards(out / "logs" / "bundle", spec),
-            conversation_rewards(out / "logs" / "against", spec),
-            seed=args.seed,
+        columns[labels["bundle"]][PAIRED_GAIN] = paired_gain_of_logs(
+            out / "logs" / "bundle", out / "logs" / "against", spec, seed=args.seed
         )
     rows = rows_from_columns(columns)
     print(compare_table(rows))

@@ -281,6 +281,14 @@ def conversation_rewards(log_dir: str | os.PathLike[str], spec: RewardSpec) -> l
     return [math.fsum(r.reward for r in score_conversation(log, spec)) for log in conversations if log.turns]
 
 
+def paired_gain_of_logs(
+    candidate_logs: str | os.PathLike[str], current_logs: str | os.PathLike[str], spec: RewardSpec, *, seed: int = 0
+) -> tuple[float, float, float]:
+    """``paired_gain`` of two evaluation log directories played with the same players and seeds
+    (conversation k of one is paired with conversation k of the other)."""
+    return paired_gain(conversation_rewards(candidate_logs, spec), conversation_rewards(current_logs, spec), seed=seed)
+
+
 def paired_gain(candidate: Sequence[float], current: Sequence[float], *, seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high) of the per-conversation reward difference candidate - current.
 
