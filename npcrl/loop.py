@@ -26,6 +26,7 @@ from npcrl.loop_state import (
     DECISION_FILE,
     RoundStages,
     check_loop_out,
+    exclusive,
     fingerprint,
     finished_rounds,
     read_decision,
@@ -182,126 +183,132 @@ def run_loop(
         "confirm_conversations": confirm_conversations,
         "rounds": rounds,
     }
-    check_loop_out(out, resume, record)
-    spec_path = train_config.data.reward_spec
-    spec = load_reward_spec(spec_path) if spec_path else default_reward_spec()
-    base_model = OnnxCausalLM(base)
-    write_loop_record(out, record)  # once the inputs are known good: a typo must not claim the directory
-    agent_config = AgentConfig()
-    if max_new_tokens is not None:
-        agent_config = with_sampler(agent_config, max_new_tokens=max_new_tokens)
-    # Evaluation players and seeds stay the same in every round, so rounds are comparable.
-    settings = EvalSettings(
-        conversations=eval_conversations, seed=seed + 10_000, max_new_tokens=max_new_tokens, concurrency=concurrency
-    )
+    with exclusive(out):  # a second loop on the same directory stops here instead of interleaving
+        check_loop_out(out, resume, record)
+        spec_path = train_config.data.reward_spec
+        spec = load_reward_spec(spec_path) if spec_path else default_reward_spec()
+        base_model = OnnxCausalLM(base)
+        write_loop_record(out, record)  # once the inputs are known good: a typo must not claim the directory
+        agent_config = AgentConfig()
+        if max_new_tokens is not None:
+            agent_config = with_sampler(agent_config, max_new_tokens=max_new_tokens)
+        # Evaluation players and seeds stay the same in every round, so rounds are comparable.
+        settings = EvalSettings(
+            conversations=eval_conversations, seed=seed + 10_000, max_new_tokens=max_new_tokens, concurrency=concurrency
+        )
 
-    def evaluated(stages: RoundStages, name: str, log_dir: Path, model: Any, eval_settings: Any) -> dict[str, Any]:
-        if not stages.done(name):
-            stages.set_aside(log_dir)
-            started = time.perf_counter()
-            rows = evaluate_bundle(model, log_dir, personas, players, spec, eval_settings, base_model, system_prompts)
-            stages.finish(name, time.perf_counter() - started, rows)
-        return dict(stages.result(name))
-
-    results, state = _finished(out)
-    current = Path(state.current) if state.current is not None else Path(base)
-    current_model = base_model if state.current is None else OnnxCausalLM(current)
-    current_metrics, current_eval_logs, base_perplexity = state.metrics, state.eval_logs, state.base_perplexity
-    for number in range(len(results) + 1, rounds + 1):
-        folder = out / f"round-{number}"
-        stages = RoundStages(folder)
-        if not stages.done("simulate"):
-            stages.set_aside(folder / "logs")
-            started = time.perf_counter()
-            with PlayLogWriter(folder / "logs") as writer:
-                simulate(
-                    current_model,
-                    personas,
-                    players,
-                    writer,
-                    conversations,
-                    seed + number,
-                    agent_config=agent_config,
-                    system_prompts=system_prompts,
-                    concurrency=concurrency,
-                )
-            stages.finish("simulate", time.perf_counter() - started)
-        round_config = train_config
-        if train_config.data.mode == "reward_model" and train_config.reward_model.retrain_each_round:
-            if not stages.done("reward_model"):
-                stages.set_aside(folder / "reward-model")
+        def evaluated(stages: RoundStages, name: str, log_dir: Path, model: Any, eval_settings: Any) -> dict[str, Any]:
+            if not stages.done(name):
+                stages.set_aside(log_dir)
                 started = time.perf_counter()
-                # Earlier rounds' logs come from this bundle or its ancestors, so their turns are accepted.
-                pooled = range(1, number + 1) if train_config.reward_model.pool_rounds else [number]
-                train_reward_model(
-                    [out / f"round-{k}" / "logs" for k in pooled],
-                    current,
-                    folder / "reward-model",
-                    train_config,
-                    progress=False,
+                rows = evaluate_bundle(
+                    model, log_dir, personas, players, spec, eval_settings, base_model, system_prompts
                 )
-                stages.finish("reward_model", time.perf_counter() - started)
-            round_config = replace(
-                train_config, reward_model=replace(train_config.reward_model, path=str(folder / "reward-model"))
+                stages.finish(name, time.perf_counter() - started, rows)
+            return dict(stages.result(name))
+
+        results, state = _finished(out)
+        current = Path(state.current) if state.current is not None else Path(base)
+        current_model = base_model if state.current is None else OnnxCausalLM(current)
+        current_metrics, current_eval_logs, base_perplexity = state.metrics, state.eval_logs, state.base_perplexity
+        for number in range(len(results) + 1, rounds + 1):
+            folder = out / f"round-{number}"
+            stages = RoundStages(folder)
+            if not stages.done("simulate"):
+                stages.set_aside(folder / "logs")
+                started = time.perf_counter()
+                with PlayLogWriter(folder / "logs") as writer:
+                    simulate(
+                        current_model,
+                        personas,
+                        players,
+                        writer,
+                        conversations,
+                        seed + number,
+                        agent_config=agent_config,
+                        system_prompts=system_prompts,
+                        concurrency=concurrency,
+                    )
+                stages.finish("simulate", time.perf_counter() - started)
+            round_config = train_config
+            if train_config.data.mode == "reward_model" and train_config.reward_model.retrain_each_round:
+                if not stages.done("reward_model"):
+                    stages.set_aside(folder / "reward-model")
+                    started = time.perf_counter()
+                    # Earlier rounds' logs come from this bundle or its ancestors, so their turns are accepted.
+                    pooled = range(1, number + 1) if train_config.reward_model.pool_rounds else [number]
+                    train_reward_model(
+                        [out / f"round-{k}" / "logs" for k in pooled],
+                        current,
+                        folder / "reward-model",
+                        train_config,
+                        progress=False,
+                    )
+                    stages.finish("reward_model", time.perf_counter() - started)
+                round_config = replace(
+                    train_config, reward_model=replace(train_config.reward_model, path=str(folder / "reward-model"))
+                )
+            if not stages.done("train_and_export"):
+                started = time.perf_counter()
+                trained = _train_or_resume(folder / "logs", current, folder / "train", round_config, stages)
+                stages.finish("train_and_export", time.perf_counter() - started, str(trained))
+            candidate = Path(stages.result("train_and_export"))
+            candidate_model = OnnxCausalLM(candidate)
+            if current_metrics is None:
+                current_metrics = evaluated(
+                    stages, "evaluate_current", folder / "eval" / "current", current_model, settings
+                )
+                base_perplexity = _estimate(current_metrics[PERPLEXITY])
+                current_eval_logs = folder / "eval" / "current"
+            candidate_metrics = evaluated(
+                stages, "evaluate_candidate", folder / "eval" / "candidate", candidate_model, settings
             )
-        if not stages.done("train_and_export"):
-            started = time.perf_counter()
-            trained = _train_or_resume(folder / "logs", current, folder / "train", round_config, stages)
-            stages.finish("train_and_export", time.perf_counter() - started, str(trained))
-        candidate = Path(stages.result("train_and_export"))
-        candidate_model = OnnxCausalLM(candidate)
-        if current_metrics is None:
-            current_metrics = evaluated(
-                stages, "evaluate_current", folder / "eval" / "current", current_model, settings
+            assert base_perplexity is not None and current_eval_logs is not None
+            candidate_metrics[PAIRED_GAIN] = _paired_gain_or_nan(
+                folder / "eval" / "candidate", current_eval_logs, spec, settings.seed
             )
-            base_perplexity = _estimate(current_metrics[PERPLEXITY])
-            current_eval_logs = folder / "eval" / "current"
-        candidate_metrics = evaluated(
-            stages, "evaluate_candidate", folder / "eval" / "candidate", candidate_model, settings
-        )
-        assert base_perplexity is not None and current_eval_logs is not None
-        candidate_metrics[PAIRED_GAIN] = _paired_gain_or_nan(
-            folder / "eval" / "candidate", current_eval_logs, spec, settings.seed
-        )
-        promoted, reasons = decide(candidate_metrics, current_metrics, base_perplexity, guards, promote_when)
-        metrics = {"current": current_metrics, "candidate": candidate_metrics}
-        if promoted and confirm_conversations > 0:
-            confirm_settings = replace(settings, conversations=confirm_conversations, seed=seed + 20_000 + number - 1)
-            confirmation = {
-                side: evaluated(stages, f"confirm_{side}", folder / "confirm" / side, model, confirm_settings)
-                for side, model in (("current", current_model), ("candidate", candidate_model))
-            }
-            confirmation["candidate"][PAIRED_GAIN] = _paired_gain_or_nan(
-                folder / "confirm" / "candidate", folder / "confirm" / "current", spec, confirm_settings.seed
+            promoted, reasons = decide(candidate_metrics, current_metrics, base_perplexity, guards, promote_when)
+            metrics = {"current": current_metrics, "candidate": candidate_metrics}
+            if promoted and confirm_conversations > 0:
+                confirm_settings = replace(
+                    settings, conversations=confirm_conversations, seed=seed + 20_000 + number - 1
+                )
+                confirmation = {
+                    side: evaluated(stages, f"confirm_{side}", folder / "confirm" / side, model, confirm_settings)
+                    for side, model in (("current", current_model), ("candidate", candidate_model))
+                }
+                confirmation["candidate"][PAIRED_GAIN] = _paired_gain_or_nan(
+                    folder / "confirm" / "candidate", folder / "confirm" / "current", spec, confirm_settings.seed
+                )
+                promoted, confirm_reasons = decide(
+                    confirmation["candidate"], confirmation["current"], base_perplexity, guards, promote_when
+                )
+                reasons += [
+                    f"fresh players ({confirm_conversations}, seed {confirm_settings.seed}): {r}"
+                    for r in confirm_reasons
+                ]
+                metrics.update({f"confirm_{side}": rows for side, rows in confirmation.items()})
+            result = RoundResult(
+                round=number,
+                current=str(current),
+                candidate=str(candidate),
+                promoted=promoted,
+                reasons=reasons,
+                metrics=metrics,
+                seconds=_round_seconds(stages.seconds()),
             )
-            promoted, confirm_reasons = decide(
-                confirmation["candidate"], confirmation["current"], base_perplexity, guards, promote_when
-            )
-            reasons += [
-                f"fresh players ({confirm_conversations}, seed {confirm_settings.seed}): {r}" for r in confirm_reasons
-            ]
-            metrics.update({f"confirm_{side}": rows for side, rows in confirmation.items()})
-        result = RoundResult(
-            round=number,
-            current=str(current),
-            candidate=str(candidate),
-            promoted=promoted,
-            reasons=reasons,
-            metrics=metrics,
-            seconds=_round_seconds(stages.seconds()),
-        )
-        if promoted and store is not None:
-            _promote_once(store, candidate)  # before the decision: a resumed round promotes what a stop skipped
-        result = RoundResult(**write_decision(folder, asdict(result)))
-        results.append(result)
+            if promoted and store is not None:
+                _promote_once(store, candidate)  # before the decision: a resumed round promotes what a stop skipped
+            result = RoundResult(**write_decision(folder, asdict(result)))
+            results.append(result)
+            _write_summary(out / "loop.md", results)
+            print(f"round {number}: {'promoted' if promoted else 'kept the current bundle'}; " + "; ".join(reasons))
+            if promoted:
+                current, current_model = candidate, candidate_model
+                current_metrics = {k: v for k, v in candidate_metrics.items() if k != PAIRED_GAIN}
+                current_eval_logs = folder / "eval" / "candidate"
         _write_summary(out / "loop.md", results)
-        print(f"round {number}: {'promoted' if promoted else 'kept the current bundle'}; " + "; ".join(reasons))
-        if promoted:
-            current, current_model = candidate, candidate_model
-            current_metrics = {k: v for k, v in candidate_metrics.items() if k != PAIRED_GAIN}
-            current_eval_logs = folder / "eval" / "candidate"
-    _write_summary(out / "loop.md", results)
-    return results
+        return results
 
 
 @dataclass

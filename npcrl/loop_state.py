@@ -1,6 +1,7 @@
 """Where an ``npcrl loop`` run stands on disk, so a stopped run resumes instead of starting over.
 
     OUT/loop.json               the loop's settings; a resume must match them (only ``rounds`` may change)
+    OUT/loop.lock               held (flock) while a run works in OUT
     OUT/round-N/stages.json     the round's finished stages: seconds and results, rewritten atomically
     OUT/round-N/decision.json   written last: the round is finished
 
@@ -15,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from npcrl.errors import LoopError
 
 LOOP_FILE = "loop.json"
+LOCK_FILE = "loop.lock"
 STAGES_FILE = "stages.json"
 DECISION_FILE = "decision.json"
 
@@ -40,7 +43,7 @@ def check_loop_out(out: Path, resume: bool, record: dict[str, Any]) -> None:
     if out.exists() and not out.is_dir():
         raise LoopError(f"{out}: is a file; --out must be a directory")
     if not resume:
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(entry.name != LOCK_FILE for entry in out.iterdir()):
             hint = " (pass --resume to continue it)" if path.is_file() else ""
             raise LoopError(f"{out}: output directory is not empty{hint}")
         return
@@ -61,6 +64,28 @@ def check_loop_out(out: Path, resume: bool, record: dict[str, Any]) -> None:
     finished = finished_rounds(out)
     if record["rounds"] < finished:
         raise LoopError(f"{out}: {finished} rounds are already finished; --rounds must be at least that")
+
+
+@contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """Hold ``OUT/loop.lock`` while a run works in ``out``: a second ``npcrl loop`` there (say, a
+    resume started while the first run still goes) fails at once instead of writing the same
+    round's files. The OS drops the lock when the process ends, however it ends. POSIX only (fcntl);
+    elsewhere runs are not guarded."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    if out.exists() and not out.is_dir():
+        raise LoopError(f"{out}: is a file; --out must be a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "a", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise LoopError(f"{out}: another npcrl loop is working in this directory ({LOCK_FILE} is held)") from None
+        yield
 
 
 def write_loop_record(out: Path, record: dict[str, Any]) -> None:

@@ -310,3 +310,17 @@ def test_a_stopped_loop_resumes_from_its_last_finished_stage(
     summary = (out / "loop.md").read_text()
     assert "| 1 |" in summary and "| 2 |" in summary
     assert json.loads((out / "loop.json").read_text())["rounds"] == 2
+
+
+def test_a_second_loop_in_the_same_directory_stops_at_once(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    """A resume started while the first run still works in --out must not write the same round."""
+    from npcrl.errors import LoopError
+    from npcrl.loop_state import exclusive
+
+    out = tmp_path / "loop"
+    with exclusive(out):  # what a running loop holds
+        with pytest.raises(LoopError, match="another npcrl loop is working in this directory"):
+            tiny_loop(tiny_bundles["llama-fp32"], out, full_tiny_config(), eval_conversations=2)
+    assert [p.name for p in out.iterdir()] == ["loop.lock"]  # nothing else written
+    with pytest.raises(LoopError, match="nothing to resume"):  # the lock file alone is no run
+        tiny_loop(tiny_bundles["llama-fp32"], out, full_tiny_config(), eval_conversations=2, resume=True)
