@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -198,13 +197,11 @@ def run_loop(
         )
 
         def evaluated(stages: RoundStages, name: str, log_dir: Path, model: Any, eval_settings: Any) -> dict[str, Any]:
-            if not stages.done(name):
-                stages.set_aside(log_dir)
-                started = time.perf_counter()
+            if stages.start(name, output=log_dir):
                 rows = evaluate_bundle(
                     model, log_dir, personas, players, spec, eval_settings, base_model, system_prompts
                 )
-                stages.finish(name, time.perf_counter() - started, rows)
+                stages.finish(name, rows)
             return dict(stages.result(name))
 
         results, state = _finished(out)
@@ -214,9 +211,7 @@ def run_loop(
         for number in range(len(results) + 1, rounds + 1):
             folder = out / f"round-{number}"
             stages = RoundStages(folder)
-            if not stages.done("simulate"):
-                stages.set_aside(folder / "logs")
-                started = time.perf_counter()
+            if stages.start("simulate", output=folder / "logs"):
                 with PlayLogWriter(folder / "logs") as writer:
                     simulate(
                         current_model,
@@ -229,12 +224,10 @@ def run_loop(
                         system_prompts=system_prompts,
                         concurrency=concurrency,
                     )
-                stages.finish("simulate", time.perf_counter() - started)
+                stages.finish("simulate")
             round_config = train_config
             if train_config.data.mode == "reward_model" and train_config.reward_model.retrain_each_round:
-                if not stages.done("reward_model"):
-                    stages.set_aside(folder / "reward-model")
-                    started = time.perf_counter()
+                if stages.start("reward_model", output=folder / "reward-model"):
                     # Earlier rounds' logs come from this bundle or its ancestors, so their turns are accepted.
                     pooled = range(1, number + 1) if train_config.reward_model.pool_rounds else [number]
                     train_reward_model(
@@ -244,14 +237,13 @@ def run_loop(
                         train_config,
                         progress=False,
                     )
-                    stages.finish("reward_model", time.perf_counter() - started)
+                    stages.finish("reward_model")
                 round_config = replace(
                     train_config, reward_model=replace(train_config.reward_model, path=str(folder / "reward-model"))
                 )
-            if not stages.done("train_and_export"):
-                started = time.perf_counter()
+            if stages.start("train_and_export"):  # a cut-off training run resumes instead (_train_or_resume)
                 trained = _train_or_resume(folder / "logs", current, folder / "train", round_config, stages)
-                stages.finish("train_and_export", time.perf_counter() - started, str(trained))
+                stages.finish("train_and_export", str(trained))
             candidate = Path(stages.result("train_and_export"))
             candidate_model = OnnxCausalLM(candidate)
             if current_metrics is None:

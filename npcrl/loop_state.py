@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,6 +126,7 @@ class RoundStages:
         self.folder = folder
         self.path = folder / STAGES_FILE
         self._stages: dict[str, dict[str, Any]] = {}
+        self._started: dict[str, float] = {}
         if self.path.is_file():
             try:
                 loaded = json.loads(self.path.read_text(encoding="utf-8"))
@@ -143,11 +145,27 @@ class RoundStages:
     def seconds(self) -> dict[str, float]:
         return {name: float(stage["seconds"]) for name, stage in self._stages.items()}
 
-    def finish(self, name: str, seconds: float, result: Any = None) -> None:
+    def start(self, name: str, output: Path | None = None) -> bool:
+        """True when the stage is to run now (it did not finish earlier); its clock starts, and
+        ``output``, the directory it writes, is set aside if a cut-off attempt left one."""
+        label = f"[npcrl loop] {self.folder.name}: {name}"
+        if self.done(name):
+            print(f"{label} finished earlier, read back", flush=True)
+            return False
+        if output is not None and (aside := self.set_aside(output)) is not None:
+            print(f"{label} was cut off; its partial output moved to {aside}", flush=True)
+        print(f"{label} ...", flush=True)
+        self._started[name] = time.perf_counter()
+        return True
+
+    def finish(self, name: str, result: Any = None) -> None:
+        """Record a started stage as finished, with its seconds and ``result`` (JSON)."""
+        seconds = time.perf_counter() - self._started.pop(name)
         # stored as read back, so a resumed round decides on exactly what an uninterrupted one did
         self._stages[name] = {"seconds": seconds, "result": json.loads(json.dumps(result, default=list))}
         self.folder.mkdir(parents=True, exist_ok=True)
         _write_json(self.path, self._stages)
+        print(f"[npcrl loop] {self.folder.name}: {name} done in {seconds:.0f} s", flush=True)
 
     def set_aside(self, output: Path) -> Path | None:
         """Move an unfinished stage's partial ``output`` out of the way; returns where it went."""

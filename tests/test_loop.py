@@ -293,8 +293,12 @@ def test_a_stopped_loop_resumes_from_its_last_finished_stage(
     assert after_stop["simulate"] == stages["simulate"]  # read back, not simulated again
 
     monkeypatch.setattr(npcrl.evaluation.run, "evaluate_bundle", real_evaluate)
+    capsys.readouterr()
     (first,) = tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2, resume=True)
     assert (round_dir / "eval" / "candidate.interrupted-1").is_dir()  # set aside, not deleted
+    said = capsys.readouterr().out
+    assert "[npcrl loop] round-1: simulate finished earlier, read back" in said
+    assert f"round-1: evaluate_candidate was cut off; its partial output moved to {round_dir}" in said
     finished = json.loads((round_dir / "stages.json").read_text())
     assert {k: finished[k] for k in after_stop} == after_stop
     candidate = {k: v for k, v in first.metrics["candidate"].items() if k != PAIRED_GAIN}
