@@ -328,3 +328,18 @@ def test_a_second_loop_in_the_same_directory_stops_at_once(tiny_bundles: dict[st
     assert [p.name for p in out.iterdir()] == ["loop.lock"]  # nothing else written
     with pytest.raises(LoopError, match="nothing to resume"):  # the lock file alone is no run
         tiny_loop(tiny_bundles["llama-fp32"], out, full_tiny_config(), eval_conversations=2, resume=True)
+
+
+def test_the_command_line_refuses_a_used_directory_and_a_bad_count_with_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from npcrl.cli import main
+
+    out = tmp_path / "loop"
+    out.mkdir()
+    (out / "loop.json").write_text("{}")
+    assert main(["loop", "--bundle", str(tmp_path / "no-bundle"), "--out", str(out)]) == 2
+    assert f"{out}: output directory is not empty (pass --resume to continue it)" in capsys.readouterr().err
+    assert main(["loop", "--bundle", "B", "--out", str(tmp_path / "new"), "--confirm-conversations", "-1"]) == 2
+    assert "confirm_conversations must be 0 (no confirmation) or more" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
