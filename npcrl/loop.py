@@ -12,7 +12,6 @@ are the same in every round, so a gain can be theirs rather than the policy's (d
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +28,7 @@ from npcrl.loop_state import (
     fingerprint,
     finished_rounds,
     read_decision,
+    set_aside,
     write_decision,
     write_loop_record,
 )
@@ -205,9 +205,8 @@ def run_loop(
             return dict(stages.result(name))
 
         results, state = _finished(out)
-        current = Path(state.current) if state.current is not None else Path(base)
+        current = state.current or Path(base)
         current_model = base_model if state.current is None else OnnxCausalLM(current)
-        current_metrics, current_eval_logs, base_perplexity = state.metrics, state.eval_logs, state.base_perplexity
         for number in range(len(results) + 1, rounds + 1):
             folder = out / f"round-{number}"
             stages = RoundStages(folder)
@@ -242,22 +241,20 @@ def run_loop(
                     train_config, reward_model=replace(train_config.reward_model, path=str(folder / "reward-model"))
                 )
             if stages.start("train_and_export"):  # a cut-off training run resumes instead (_train_or_resume)
-                trained = _train_or_resume(folder / "logs", current, folder / "train", round_config, stages)
+                trained = _train_or_resume(folder / "logs", current, folder / "train", round_config)
                 stages.finish("train_and_export", str(trained))
             candidate = Path(stages.result("train_and_export"))
             candidate_model = OnnxCausalLM(candidate)
-            if current_metrics is None:
-                current_metrics = evaluated(
-                    stages, "evaluate_current", folder / "eval" / "current", current_model, settings
-                )
-                base_perplexity = _estimate(current_metrics[PERPLEXITY])
-                current_eval_logs = folder / "eval" / "current"
+            if state.metrics is None:  # round 1 evaluates the base; later rounds reuse the current bundle's rows
+                rows = evaluated(stages, "evaluate_current", folder / "eval" / "current", current_model, settings)
+                state.base_evaluated(rows, folder / "eval" / "current")
+            current_metrics, base_perplexity = state.metrics, state.base_perplexity
             candidate_metrics = evaluated(
                 stages, "evaluate_candidate", folder / "eval" / "candidate", candidate_model, settings
             )
-            assert base_perplexity is not None and current_eval_logs is not None
+            assert current_metrics is not None and base_perplexity is not None and state.eval_logs is not None
             candidate_metrics[PAIRED_GAIN] = _paired_gain_or_nan(
-                folder / "eval" / "candidate", current_eval_logs, spec, settings.seed
+                folder / "eval" / "candidate", state.eval_logs, spec, settings.seed
             )
             promoted, reasons = decide(candidate_metrics, current_metrics, base_perplexity, guards, promote_when)
             metrics = {"current": current_metrics, "candidate": candidate_metrics}
@@ -297,8 +294,7 @@ def run_loop(
             print(f"round {number}: {'promoted' if promoted else 'kept the current bundle'}; " + "; ".join(reasons))
             if promoted:
                 current, current_model = candidate, candidate_model
-                current_metrics = {k: v for k, v in candidate_metrics.items() if k != PAIRED_GAIN}
-                current_eval_logs = folder / "eval" / "candidate"
+                state.promoted(candidate, candidate_metrics, folder / "eval" / "candidate")
         _write_summary(out / "loop.md", results)
         return results
 
@@ -307,10 +303,20 @@ def run_loop(
 class _LoopState:
     """What the finished rounds leave for the next: the current bundle and its evaluation."""
 
-    current: str | None = None
+    current: Path | None = None
+    """the bundle rounds start from; None: the base"""
     metrics: dict[str, Any] | None = None
+    """its evaluation rows; None until round 1 evaluates the base"""
     eval_logs: Path | None = None
     base_perplexity: float | None = None
+
+    def base_evaluated(self, rows: dict[str, Any], logs: Path) -> None:
+        self.metrics, self.eval_logs = rows, logs
+        self.base_perplexity = _estimate(rows[PERPLEXITY])
+
+    def promoted(self, candidate: Path, rows: Mapping[str, Any], logs: Path) -> None:
+        self.current, self.eval_logs = candidate, logs
+        self.metrics = {k: v for k, v in rows.items() if k != PAIRED_GAIN}  # the gain was over the bundle it replaces
 
 
 def _finished(out: Path) -> tuple[list[RoundResult], _LoopState]:
@@ -321,32 +327,29 @@ def _finished(out: Path) -> tuple[list[RoundResult], _LoopState]:
         folder = out / f"round-{number}"
         try:
             result = RoundResult(**read_decision(folder))
-            current_rows, candidate_rows = result.metrics["current"], result.metrics["candidate"]
             if state.metrics is None:  # round 1 evaluated the base
-                state.metrics, state.eval_logs = current_rows, folder / "eval" / "current"
-                state.base_perplexity = _estimate(current_rows[PERPLEXITY])
+                state.base_evaluated(result.metrics["current"], folder / "eval" / "current")
             if result.promoted:
-                state.current = result.candidate
-                state.metrics = {k: v for k, v in candidate_rows.items() if k != PAIRED_GAIN}
-                state.eval_logs = folder / "eval" / "candidate"
+                if result.candidate is None:
+                    raise ValueError("promoted without a candidate")
+                state.promoted(Path(result.candidate), result.metrics["candidate"], folder / "eval" / "candidate")
         except (TypeError, KeyError, IndexError, ValueError) as exc:
             raise LoopError(f"{folder / DECISION_FILE}: not a decision this loop wrote ({exc!r})") from None
         results.append(result)
     return results, state
 
 
-def _train_or_resume(logs: Path, current: Path, train_dir: Path, config: Any, stages: RoundStages) -> Path:
+def _train_or_resume(logs: Path, current: Path, train_dir: Path, config: Any) -> Path:
     """Train the round's candidate; a run a stop interrupted goes on from its last checkpoint."""
-    from npcrl.train.run import RUN_FILE, train
+    from npcrl.train.run import RUN_FILE, finished_bundle, train
 
-    record_path = train_dir / RUN_FILE
-    if record_path.is_file():
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        if "finished_iterations" in record and (train_dir / "bundle").is_dir():
-            return train_dir / "bundle"  # finished; the stop came before the stage was recorded
+    if (train_dir / RUN_FILE).is_file():
+        finished = finished_bundle(train_dir)
+        if finished is not None:
+            return finished  # the stop came after training, before the stage was recorded
         trained = train(logs, current, train_dir, config, progress=False, resume=True)
     else:
-        stages.set_aside(train_dir)
+        set_aside(train_dir)
         trained = train(logs, current, train_dir, config, progress=False)
     assert trained is not None and trained.bundle is not None  # the loop exports every round
     return trained.bundle

@@ -41,8 +41,6 @@ def check_loop_out(out: Path, resume: bool, record: dict[str, Any]) -> None:
     ``record`` is this run's settings; every key but ``rounds`` must equal the recorded run's, so the
     rounds already finished are rounds this run would have played."""
     path = out / LOOP_FILE
-    if out.exists() and not out.is_dir():
-        raise LoopError(f"{out}: is a file; --out must be a directory")
     if not resume:
         if out.exists() and any(entry.name != LOCK_FILE for entry in out.iterdir()):
             hint = " (pass --resume to continue it)" if path.is_file() else ""
@@ -54,8 +52,7 @@ def check_loop_out(out: Path, resume: bool, record: dict[str, Any]) -> None:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise LoopError(f"{path}: cannot be read ({exc})") from None
-    # JSON round trip, so tuples and lists compare alike
-    now = json.loads(json.dumps(record))
+    now = as_read_back(record)  # so tuples and lists compare alike
     for key in sorted(set(previous) | set(now)):
         if key != "rounds" and previous.get(key) != now.get(key):
             raise LoopError(
@@ -73,13 +70,13 @@ def exclusive(out: Path) -> Iterator[None]:
     resume started while the first run still goes) fails at once instead of writing the same
     round's files. The OS drops the lock when the process ends, however it ends. POSIX only (fcntl);
     elsewhere runs are not guarded."""
+    if out.exists() and not out.is_dir():
+        raise LoopError(f"{out}: is a file; --out must be a directory")
     try:
         import fcntl
     except ImportError:  # Windows
         yield
         return
-    if out.exists() and not out.is_dir():
-        raise LoopError(f"{out}: is a file; --out must be a directory")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / LOCK_FILE, "a", encoding="utf-8") as handle:
         try:
@@ -116,7 +113,7 @@ def read_decision(folder: Path) -> dict[str, Any]:
 def write_decision(folder: Path, decision: dict[str, Any]) -> dict[str, Any]:
     """Write the round's decision; returns it as a resumed run reads it back (tuples become lists)."""
     _write_json(folder / DECISION_FILE, decision)
-    return dict(json.loads(json.dumps(decision, default=list)))
+    return dict(as_read_back(decision))
 
 
 class RoundStages:
@@ -152,7 +149,7 @@ class RoundStages:
         if self.done(name):
             print(f"{label} finished earlier, read back", flush=True)
             return False
-        if output is not None and (aside := self.set_aside(output)) is not None:
+        if output is not None and (aside := set_aside(output)) is not None:
             print(f"{label} was cut off; its partial output moved to {aside}", flush=True)
         print(f"{label} ...", flush=True)
         self._started[name] = time.perf_counter()
@@ -162,20 +159,26 @@ class RoundStages:
         """Record a started stage as finished, with its seconds and ``result`` (JSON)."""
         seconds = time.perf_counter() - self._started.pop(name)
         # stored as read back, so a resumed round decides on exactly what an uninterrupted one did
-        self._stages[name] = {"seconds": seconds, "result": json.loads(json.dumps(result, default=list))}
+        self._stages[name] = {"seconds": seconds, "result": as_read_back(result)}
         self.folder.mkdir(parents=True, exist_ok=True)
         _write_json(self.path, self._stages)
         print(f"[npcrl loop] {self.folder.name}: {name} done in {seconds:.0f} s", flush=True)
 
-    def set_aside(self, output: Path) -> Path | None:
-        """Move an unfinished stage's partial ``output`` out of the way; returns where it went."""
-        if not output.exists():
-            return None
-        k = 1
-        while (aside := output.with_name(f"{output.name}.interrupted-{k}")).exists():
-            k += 1
-        os.replace(output, aside)
-        return aside
+
+def set_aside(output: Path) -> Path | None:
+    """Move an unfinished stage's partial ``output`` out of the way (never deleted); returns where it went."""
+    if not output.exists():
+        return None
+    k = 1
+    while (aside := output.with_name(f"{output.name}.interrupted-{k}")).exists():
+        k += 1
+    os.replace(output, aside)
+    return aside
+
+
+def as_read_back(value: Any) -> Any:
+    """``value`` as it reads back from the JSON the loop writes (tuples become lists)."""
+    return json.loads(json.dumps(value, default=list))
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -131,6 +131,16 @@ def _check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> tuple[boo
     return extends, previous
 
 
+def finished_bundle(out: Path) -> Path | None:
+    """The exported bundle of a run in ``out`` that finished, or None (unfinished, or not exported)."""
+    record_path = out / RUN_FILE
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    finished = "finished_iterations" in record and (out / "bundle").is_dir()
+    return out / "bundle" if finished else None
+
+
 def _write_run_record(out: Path, run_record: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = (out / RUN_FILE).with_suffix(".tmp")
