@@ -121,7 +121,8 @@ class RoundResult:
     promoted: bool
     reasons: list[str]
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, cut-off attempts included
+    cut_off_seconds: dict[str, float] = field(default_factory=dict)  # what those attempts spent
 
 
 def run_loop(
@@ -240,7 +241,8 @@ def run_loop(
                 round_config = replace(
                     train_config, reward_model=replace(train_config.reward_model, path=str(folder / "reward-model"))
                 )
-            if stages.start("train_and_export"):  # a cut-off training run resumes instead (_train_or_resume)
+            # a cut-off training run resumes from its checkpoint (_train_or_resume), so its output stays
+            if stages.start("train_and_export", output=folder / "train", resumes_output=True):
                 trained = _train_or_resume(folder / "logs", current, folder / "train", round_config)
                 stages.finish("train_and_export", str(trained))
             candidate = Path(stages.result("train_and_export"))
@@ -285,6 +287,7 @@ def run_loop(
                 reasons=reasons,
                 metrics=metrics,
                 seconds=_round_seconds(stages.seconds()),
+                cut_off_seconds=_round_seconds(stages.cut_off_seconds()),
             )
             if promoted and store is not None:
                 _promote_once(store, candidate)  # before the decision: a resumed round promotes what a stop skipped
@@ -400,7 +403,17 @@ def _write_summary(path: Path, results: list[RoundResult]) -> None:
             f"{r.seconds['train_and_export']:.0f} | {r.seconds['evaluate']:.0f} | {_seconds_cell(r.seconds.get('confirm'))} |"
         )
     lines += ["", *(f"- round {r.round}: " + "; ".join(r.reasons) for r in results)]
+    lines += [
+        f"- round {r.round}: stopped and resumed; the seconds include {_cut_off_text(r.cut_off_seconds)} "
+        "spent in cut-off attempts (until their last write)"
+        for r in results
+        if r.cut_off_seconds
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _cut_off_text(seconds: Mapping[str, float]) -> str:
+    return ", ".join(f"{value:.0f} s of {name}" for name, value in seconds.items())
 
 
 def _seconds_cell(value: float | None) -> str:

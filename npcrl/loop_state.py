@@ -2,7 +2,8 @@
 
     OUT/loop.json               the loop's settings; a resume must match them (only ``rounds`` may change)
     OUT/loop.lock               held (flock) while a run works in OUT
-    OUT/round-N/stages.json     the round's finished stages: seconds and results, rewritten atomically
+    OUT/round-N/stages.json     the round's stages: finished ones' seconds and results, and when the
+                                unfinished one started; rewritten atomically
     OUT/round-N/decision.json   written last: the round is finished
 
 A round's stages take hours on a laptop-class CPU, so a stop loses at most the stage it was in. That
@@ -28,6 +29,8 @@ LOOP_FILE = "loop.json"
 LOCK_FILE = "loop.lock"
 STAGES_FILE = "stages.json"
 DECISION_FILE = "decision.json"
+STARTED = "started"  # wall-clock time an unfinished stage started
+CUT_OFF = "cut_off_seconds"  # what cut-off attempts of a stage spent
 
 
 def fingerprint(items: Sequence[Any]) -> str:
@@ -117,7 +120,9 @@ def write_decision(folder: Path, decision: dict[str, Any]) -> dict[str, Any]:
 
 
 class RoundStages:
-    """The finished stages of one round (``round-N/stages.json``), each with its seconds and result."""
+    """The stages of one round (``round-N/stages.json``): each finished one with its seconds and
+    result, and the one in progress with when it started, so a resume can count what a cut-off
+    attempt spent."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -134,35 +139,65 @@ class RoundStages:
             self._stages = loaded
 
     def done(self, name: str) -> bool:
-        return name in self._stages
+        return "seconds" in self._stages.get(name, {})
 
     def result(self, name: str) -> Any:
         return self._stages[name].get("result")
 
     def seconds(self) -> dict[str, float]:
-        return {name: float(stage["seconds"]) for name, stage in self._stages.items()}
+        """Each finished stage's seconds, cut-off attempts included (see ``cut_off_seconds``)."""
+        return {
+            name: float(stage["seconds"]) + float(stage.get(CUT_OFF, 0.0))
+            for name, stage in self._stages.items()
+            if "seconds" in stage
+        }
 
-    def start(self, name: str, output: Path | None = None) -> bool:
-        """True when the stage is to run now (it did not finish earlier); its clock starts, and
-        ``output``, the directory it writes, is set aside if a cut-off attempt left one."""
+    def cut_off_seconds(self) -> dict[str, float]:
+        """The finished stages that were cut off before, with what those attempts spent: from each
+        one's start to the last file it wrote, so an undercount of the compute the stop lost."""
+        return {name: float(stage[CUT_OFF]) for name, stage in self._stages.items() if stage.get(CUT_OFF)}
+
+    def start(self, name: str, output: Path | None = None, *, resumes_output: bool = False) -> bool:
+        """True when the stage is to run now (it did not finish earlier); its clock starts. ``output``
+        is the directory it writes: a cut-off attempt's is set aside, unless the stage resumes from
+        it (``resumes_output``, as training resumes from its checkpoint)."""
         label = f"[npcrl loop] {self.folder.name}: {name}"
         if self.done(name):
             print(f"{label} finished earlier, read back", flush=True)
             return False
-        if output is not None and (aside := set_aside(output)) is not None:
+        cut_off = float(self._stages.get(name, {}).get(CUT_OFF, 0.0))
+        if STARTED in self._stages.get(name, {}) and output is not None:
+            cut_off += max(0.0, _last_write(output) - float(self._stages[name][STARTED]))
+        if output is not None and not resumes_output and (aside := set_aside(output)) is not None:
             print(f"{label} was cut off; its partial output moved to {aside}", flush=True)
         print(f"{label} ...", flush=True)
         self._started[name] = time.perf_counter()
+        self._record(name, {STARTED: time.time(), CUT_OFF: cut_off})
         return True
 
     def finish(self, name: str, result: Any = None) -> None:
         """Record a started stage as finished, with its seconds and ``result`` (JSON)."""
         seconds = time.perf_counter() - self._started.pop(name)
+        cut_off = float(self._stages[name].get(CUT_OFF, 0.0))
         # stored as read back, so a resumed round decides on exactly what an uninterrupted one did
-        self._stages[name] = {"seconds": seconds, "result": as_read_back(result)}
+        self._record(
+            name, {"seconds": seconds, "result": as_read_back(result)} | ({CUT_OFF: cut_off} if cut_off else {})
+        )
+        earlier = f" (and {cut_off:.0f} s in cut-off attempts)" if cut_off else ""
+        print(f"[npcrl loop] {self.folder.name}: {name} done in {seconds:.0f} s{earlier}", flush=True)
+
+    def _record(self, name: str, stage: dict[str, Any]) -> None:
+        self._stages[name] = stage
         self.folder.mkdir(parents=True, exist_ok=True)
         _write_json(self.path, self._stages)
-        print(f"[npcrl loop] {self.folder.name}: {name} done in {seconds:.0f} s", flush=True)
+
+
+def _last_write(output: Path) -> float:
+    """When anything under ``output`` was last written (0 when nothing is there)."""
+    if not output.exists():
+        return 0.0
+    times = [output.stat().st_mtime] + [p.stat().st_mtime for p in output.rglob("*") if p.is_file()]
+    return max(times)
 
 
 def set_aside(output: Path) -> Path | None:

@@ -278,7 +278,8 @@ def test_a_stopped_loop_resumes_from_its_last_finished_stage(
         tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2)
     round_dir = out / "round-1"
     stages = json.loads((round_dir / "stages.json").read_text())
-    assert set(stages) == {"simulate"} and (round_dir / "train" / "state" / "ckpt-000001").is_dir()
+    assert finished_stages(stages) == {"simulate"} and (round_dir / "train" / "state" / "ckpt-000001").is_dir()
+    assert "started" in stages["train_and_export"]  # in progress when it stopped
     with pytest.raises(LoopError, match="pass --resume"):
         tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2)
 
@@ -289,7 +290,8 @@ def test_a_stopped_loop_resumes_from_its_last_finished_stage(
         tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2, resume=True)
     assert "resumed from ckpt-000001 (1/1 iterations)" in capsys.readouterr().out
     after_stop = json.loads((round_dir / "stages.json").read_text())
-    assert set(after_stop) == {"simulate", "train_and_export", "evaluate_current"}
+    assert finished_stages(after_stop) == {"simulate", "train_and_export", "evaluate_current"}
+    assert after_stop["train_and_export"]["cut_off_seconds"] > 0  # the stopped attempt's time is counted
     assert after_stop["simulate"] == stages["simulate"]  # read back, not simulated again
 
     monkeypatch.setattr(npcrl.evaluation.run, "evaluate_bundle", real_evaluate)
@@ -300,7 +302,12 @@ def test_a_stopped_loop_resumes_from_its_last_finished_stage(
     assert "[npcrl loop] round-1: simulate finished earlier, read back" in said
     assert f"round-1: evaluate_candidate was cut off; its partial output moved to {round_dir}" in said
     finished = json.loads((round_dir / "stages.json").read_text())
-    assert {k: finished[k] for k in after_stop} == after_stop
+    assert {k: finished[k] for k in finished_stages(after_stop)} == {
+        k: after_stop[k] for k in finished_stages(after_stop)
+    }
+    assert set(first.cut_off_seconds) == {"train_and_export", "evaluate"}
+    assert first.seconds["evaluate"] > first.cut_off_seconds["evaluate"] > 0
+    assert "stopped and resumed; the seconds include" in (out / "loop.md").read_text()
     candidate = {k: v for k, v in first.metrics["candidate"].items() if k != PAIRED_GAIN}
     assert candidate == json.loads(json.dumps(evaluated["candidate"], default=list))  # the same conversations
 
@@ -314,6 +321,10 @@ def test_a_stopped_loop_resumes_from_its_last_finished_stage(
     summary = (out / "loop.md").read_text()
     assert "| 1 |" in summary and "| 2 |" in summary
     assert json.loads((out / "loop.json").read_text())["rounds"] == 2
+
+
+def finished_stages(stages: dict[str, dict[str, Any]]) -> set[str]:
+    return {name for name, stage in stages.items() if "seconds" in stage}
 
 
 def test_a_second_loop_in_the_same_directory_stops_at_once(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
