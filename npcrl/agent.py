@@ -66,8 +66,9 @@ class AgentConfig:
     """sampling settings of every NPC turn (logged with each turn)"""
     prompt_token_budget: int = 1024
     """max prompt tokens: the persona is always kept, the oldest exchanges are dropped first"""
-    time_budget_s: float = 20.0
-    """a turn still generating after this many seconds is cancelled and answered with a fallback"""
+    time_budget_s: float | None = 20.0
+    """a turn still generating after this many seconds is cancelled and answered with a fallback;
+    None: no limit (headless play, where a wall-clock limit makes results depend on machine load)"""
     max_line_chars: int = 280
     """length cap of a displayed NPC line"""
     max_player_chars: int = 300
@@ -82,7 +83,7 @@ class AgentConfig:
                 f"prompt_token_budget={self.prompt_token_budget} must exceed sampler.max_new_tokens="
                 f"{self.sampler.max_new_tokens}"
             )
-        if not self.time_budget_s > 0:
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
 
 
@@ -368,15 +369,18 @@ class Conversation:
                 prefix_cache=self._persona_prefix(prompt),
                 cache=history if config.reuse_persona_prefix else None,
             )
-            watchdog = threading.Timer(config.time_budget_s, pending.cancel_token.cancel)
-            watchdog.daemon = True
-            watchdog.start()
+            watchdog = None
+            if config.time_budget_s is not None:
+                watchdog = threading.Timer(config.time_budget_s, pending.cancel_token.cancel)
+                watchdog.daemon = True
+                watchdog.start()
             try:
                 for chunk in generation:
                     if chunk.text:
                         pending._push(self.model.tokenizer.strip_special_tokens(chunk.text))
             finally:
-                watchdog.cancel()
+                if watchdog is not None:
+                    watchdog.cancel()
             result = generation.result
         except Exception as exc:  # a turn must never take the game down
             error = f"{type(exc).__name__}: {exc}"

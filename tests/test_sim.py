@@ -516,6 +516,28 @@ def test_same_seed_same_logs_and_the_first_conversations_do_not_depend_on_the_co
     assert comparable(records_fewer) == comparable(records[:first_two])
 
 
+def test_headless_play_has_no_wall_clock_budget(sim_run, model, tmp_path):
+    """A budget the agent would miss on a loaded machine changes no simulated line: the same
+    conversations as the run without one, and no turn cancelled."""
+    from dataclasses import replace
+
+    _, _, records = sim_run
+    with PlayLogWriter(tmp_path / "budget") as writer:
+        simulate(
+            model,
+            builtin_personas(),
+            builtin_profiles(),
+            writer,
+            6,
+            3,
+            agent_config=replace(SIM_CONFIG, time_budget_s=1e-6),
+            system_prompts=short_prompts(),
+        )
+    budgeted = list(read_log_dir(tmp_path / "budget"))
+    assert not [r for r in budgeted if isinstance(r, NpcTurn) and r.stop_reason == "cancelled"]
+    assert comparable(budgeted) == comparable(records)
+
+
 def test_another_seed_gives_other_conversations(sim_run, model, tmp_path):
     _, results, records = sim_run
     _, other, other_records = run_sim(model, tmp_path / "other", conversations=2, seed=4)

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +241,8 @@ def simulate(
 
     Conversation k talks to persona ``k % len(personas)`` (one ``NpcAgent`` per persona on the
     shared ``model``) with a player profile drawn from a seeded generator; the NPC samples with
-    ``agent_config`` (default ``AgentConfig()``) under a sampler seed derived from (seed, k).
+    ``agent_config`` (default ``AgentConfig()``) under a sampler seed derived from (seed, k), without
+    its wall-clock ``time_budget_s``, so a run's conversations do not depend on the machine's load.
     ``system_prompts`` optionally replaces a persona's system prompt by persona id (a model with a
     short context, as in tests). ``on_conversation`` is called after each conversation, in order.
 
@@ -256,7 +257,9 @@ def simulate(
         raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
     persona_list: list[Persona] = _as_list(personas, "persona")
     profile_list: list[PlayerProfile] = _as_list(profiles, "player profile")
-    base = agent_config or AgentConfig()
+    # No player waits on a headless line, and a wall-clock budget would make a run's conversations
+    # depend on machine load (a 20 s budget cut two lines of an evaluation run beside another job).
+    base = replace(agent_config or AgentConfig(), time_budget_s=None)
     prompts = system_prompts or {}
     unknown = sorted(set(prompts) - {p.id for p in persona_list})
     if unknown:
