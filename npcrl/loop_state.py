@@ -165,9 +165,10 @@ class RoundStages:
         if self.done(name):
             print(f"{label} finished earlier, read back", flush=True)
             return False
-        cut_off = float(self._stages.get(name, {}).get(CUT_OFF, 0.0))
-        if STARTED in self._stages.get(name, {}) and output is not None:
-            cut_off += max(0.0, _last_write(output) - float(self._stages[name][STARTED]))
+        unfinished = self._stages.get(name, {})  # a cut-off attempt's record, if one was cut off
+        cut_off = float(unfinished.get(CUT_OFF, 0.0))
+        if STARTED in unfinished and output is not None:
+            cut_off += max(0.0, _last_write(output) - float(unfinished[STARTED]))
         if output is not None and not resumes_output and (aside := set_aside(output)) is not None:
             print(f"{label} was cut off; its partial output moved to {aside}", flush=True)
         print(f"{label} ...", flush=True)
