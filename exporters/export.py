@@ -15,15 +15,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from exporters.fused_export import FUSED_FAMILIES, export_fused, fused_export_available, fused_kv_layout
+from exporters.fused_export import (
+    FUSED_FAMILIES,
+    export_fused,
+    fused_export_available,
+    fused_kv_layout,
+    fused_unsupported_reason,
+)
 from exporters.onnx_export import export_onnx, kv_layout_of
 from exporters.parity import HELDOUT_PASSAGE, PARITY_TEXT, QUALITY_PROMPTS, check_parity, measure_quality
 from exporters.quantize import QUANT_SPECS, quantize_onnx
 from exporters.source import LoadedModel, load_model, save_as_hf_dir
 from npcrl.bundle import Bundle, Manifest, SpecialTokens, describe_files, load_bundle, write_manifest
 from npcrl.errors import NpcrlError
+from npcrl.onnx_refs import external_data_references
 
-EXPORTER_VERSION = 1
+EXPORTER_VERSION = 2
 ONNX_NAME = "model.onnx"
 TOKENIZER_NAME = "tokenizer.json"
 
@@ -107,19 +114,27 @@ def _materialise_hf_dir(loaded: LoadedModel, staging: Path) -> Path:
     return target
 
 
-def choose_graph(family: str, graph: str) -> str:
-    """'fused' (onnxruntime-genai builder) for Llama-family models when available, else 'torch'."""
+def choose_graph(family: str, graph: str, unsupported: str | None = None) -> str:
+    """'fused' (onnxruntime-genai builder) for Llama-family models it can run, else 'torch'.
+
+    ``unsupported`` is why the fused graph's kernels cannot run this model (``fused_unsupported_reason``):
+    'auto' then takes the traced graph and says why; an explicit 'fused' is refused.
+    """
     if graph not in ("auto", "fused", "torch"):
         raise ExportError(f"graph {graph!r} is not one of auto, fused, torch")
     fusable = family in FUSED_FAMILIES
     if graph == "fused":
         if not fusable:
             raise ExportError(f"the fused graph supports {', '.join(FUSED_FAMILIES)} models, not {family}")
+        if unsupported is not None:
+            raise ExportError(f"the fused graph cannot run this model: {unsupported}; export it with graph 'torch'")
         if not fused_export_available():
             raise ExportError("the fused graph needs onnxruntime-genai (pip install onnxruntime-genai)")
         return "fused"
     if graph == "auto" and fusable and fused_export_available():
-        return "fused"
+        if unsupported is None:
+            return "fused"
+        _log(f"not using the fused graph: {unsupported}; taking the traced graph")
     return "torch"
 
 
@@ -146,8 +161,8 @@ def export_bundle(
     _log(f"loading {source}")
     loaded = load_model(source)
     model, tok = loaded.model, loaded.tokenizer
-    route = choose_graph(loaded.family, graph)
     layout = kv_layout_of(model)
+    route = choose_graph(loaded.family, graph, fused_unsupported_reason(model.config, layout))
     if route == "fused":
         layout = fused_kv_layout(layout)
     _log(
@@ -206,7 +221,8 @@ def export_bundle(
         if (staging / "_hf").exists():
             shutil.rmtree(staging / "_hf")
         tokenizer_path = _save_tokenizer(tok, staging)
-        onnx_files = [ONNX_NAME] + ([ONNX_NAME + ".data"] if (staging / (ONNX_NAME + ".data")).is_file() else [])
+        # Every file the graph loads is listed, and so hashed into the bundle's identity.
+        onnx_files = [ONNX_NAME, *(n for n in external_data_references(staging / ONNX_NAME) if n != ONNX_NAME)]
         config = model.config
         manifest = Manifest(
             files=describe_files(staging, [*onnx_files, TOKENIZER_NAME]),

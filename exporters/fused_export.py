@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from npcrl.bundle import KVLayout
 from npcrl.errors import NpcrlError
@@ -36,6 +37,28 @@ def fused_export_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def fused_unsupported_reason(config: Any, layout: KVLayout) -> str | None:
+    """Why the fused graph cannot run this model on CPU, or None when it can.
+
+    onnxruntime's CPU GroupQueryAttention with rotary embedding inside refuses, at the first run
+    (not when the graph is built or loaded): a head size that is not a multiple of 16, a rotary
+    dimension whose half is not a multiple of 8 (the cos/sin cache width), and query heads that
+    are not a multiple of the KV heads.
+    """
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    if layout.head_dim % 16:
+        return f"head size {layout.head_dim} is not a multiple of 16, which GroupQueryAttention on CPU requires"
+    if heads <= 0 or heads % layout.num_kv_heads:
+        return f"{heads} attention heads are not a multiple of the {layout.num_kv_heads} KV heads"
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    rope = rope if isinstance(rope, dict) else {}
+    partial = float(getattr(config, "partial_rotary_factor", None) or rope.get("partial_rotary_factor") or 1.0)
+    rotary = int(layout.head_dim * partial)
+    if rotary % 16:
+        return f"rotary dimension {rotary} is not a multiple of 16, which GroupQueryAttention on CPU requires"
+    return None
 
 
 def fused_kv_layout(base: KVLayout) -> KVLayout:

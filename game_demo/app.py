@@ -30,6 +30,7 @@ from game_demo.stats import StatsWorker
 from game_demo.swap import ModelSwapper
 from game_demo.warmup import Prewarmer
 from game_demo.world import village
+from npcrl.bundle_migrate import migrate_if_old
 from npcrl.errors import NpcrlError
 from npcrl.paths import default_bundle_dir
 from npcrl.persona import Persona, builtin_personas
@@ -142,6 +143,11 @@ class App:
     def _start(self, loader: ModelLoader, factory: AgentFactory, personas: Mapping[str, Persona] | None) -> None:
         options = self.options
         default = default_bundle_dir("q8")
+        try:
+            migrate_if_old(default)  # a cache exported by an earlier npcrl
+        except NpcrlError as exc:
+            self.message = ["The cached model bundle cannot be used:", str(exc), "", "Press any key to quit."]
+            return
         choice = choose_bundle(options.bundle, options.store, default)
         if choice is None:
             self.message = first_start_message(default)

@@ -1,9 +1,13 @@
 """Model bundles: a directory holding an ONNX graph, ``tokenizer.json`` and ``manifest.json``.
 
-The manifest lists every file of the bundle with its size and sha256; the bundle's content hash
-(its id in play logs) is the hash of that list. Loading re-hashes the files and refuses a bundle
-whose files do not match, whose paths leave the bundle directory, or which holds anything but
-ONNX, JSON and safetensors (no pickles, ever).
+The manifest lists every file of the bundle with its size and sha256. The bundle's identity (its
+content hash; the first 16 hex digits are the ``bundle_id`` in play logs) is the sha256 of the
+whole manifest in canonical JSON, less the ``content_hash`` field itself: so it covers every byte
+the runtime reads — the graph and all its external data and the tokenizer (through their listed
+hashes) and every manifest setting (chat template, special tokens, KV layout, model numbers,
+provenance). Loading re-hashes the files, refuses a manifest whose stored hash disagrees (an
+edited manifest), a graph that loads external data the manifest does not list, paths that leave
+the bundle directory, and anything but ONNX, JSON and safetensors (no pickles, ever).
 """
 
 from __future__ import annotations
@@ -15,15 +19,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npcrl import manifest_fields as mf
 from npcrl.errors import BundleError
+from npcrl.onnx_refs import check_listed, external_data_references
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "npcrl-bundle"
-BUNDLE_FORMAT_VERSION = 1
+# Version 2: the identity covers the whole manifest, not only the file list (version 1).
+BUNDLE_FORMAT_VERSION = 2
+MIGRATE_COMMAND = "python -m npcrl.bundle_migrate"
+MAX_MANIFEST_BYTES = 16 << 20
 # Suffixes a bundle may hold. Everything else (.bin, .pt, .pkl, ...) may be a pickle: refused.
 ALLOWED_SUFFIXES = (".onnx", ".onnx.data", ".json", ".safetensors")
 _PICKLE_MAGIC = b"\x80"  # every pickle protocol >= 2 starts with PROTO (0x80)
 _HASH_CHUNK = 1 << 20
+_IDENTITY_DOMAIN = b"npcrl-bundle-identity-v2\n"
+_KV_KEYS = frozenset(
+    {"num_layers", "num_kv_heads", "head_dim", "dtype", "axes", "past_name", "present_name", "position_ids"}
+)
+_SPECIAL_KEYS = frozenset(
+    {"eos_token_ids", "bos_token_id", "pad_token_id", "special_token_ids", "special_token_strings"}
+)
+_MANIFEST_KEYS = frozenset(
+    {
+        "format",
+        "format_version",
+        "content_hash",
+        "files",
+        "onnx_file",
+        "tokenizer_file",
+        "kv_cache",
+        "special_tokens",
+        "vocab_size",
+        "chat_template",
+        "model",
+        "quantization",
+        "parity",
+        "parent",
+        "provenance",
+    }
+)
 
 
 def sha256_file(path: Path) -> str:
@@ -35,12 +70,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def content_hash(files: dict[str, dict[str, Any]]) -> str:
-    """The bundle's identity: sha256 over the sorted (name, sha256) pairs of its files."""
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(f"{name}\0{files[name]['sha256']}\n".encode())
-    return digest.hexdigest()
+def canonical_json(data: Any) -> bytes:
+    """One byte string per JSON value: sorted keys, no spaces, ASCII only."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def identity_hash(body: dict[str, Any]) -> str:
+    """The bundle's identity: sha256 over the canonical JSON of the manifest less ``content_hash``."""
+    return hashlib.sha256(_IDENTITY_DOMAIN + canonical_json(body)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -51,7 +88,7 @@ class KVLayout:
     num_kv_heads: int
     head_dim: int
     dtype: str = "float32"
-    # Axis order of every past/present tensor.
+    # Axis order of every past/present tensor (the only order the runtime's KV pool supports).
     axes: tuple[str, ...] = ("batch", "kv_heads", "seq", "head_dim")
     # Graph tensor names; {layer} and {kind} (key/value) are filled in per tensor.
     past_name: str = "past.{layer}.{kind}"
@@ -82,26 +119,30 @@ class KVLayout:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> KVLayout:
-        try:
-            layout = cls(
-                num_layers=int(data["num_layers"]),
-                num_kv_heads=int(data["num_kv_heads"]),
-                head_dim=int(data["head_dim"]),
-                dtype=str(data.get("dtype", "float32")),
-                axes=tuple(data.get("axes", cls.axes)),
-                past_name=str(data.get("past_name", cls.past_name)),
-                present_name=str(data.get("present_name", cls.present_name)),
-                position_ids=bool(data.get("position_ids", True)),
-            )
-            layout.past_names()
-            layout.present_names()
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise BundleError(f"{where}: field 'kv_cache' is malformed: {exc!r}") from exc
-        if layout.dtype not in ("float32", "float16"):
-            raise BundleError(f"{where}: field 'kv_cache.dtype' = {layout.dtype!r} is not supported")
-        if min(layout.num_layers, layout.num_kv_heads, layout.head_dim) < 1:
-            raise BundleError(f"{where}: field 'kv_cache' has a non-positive size: {data}")
+    def from_dict(cls, data: Any, where: str) -> KVLayout:
+        data = mf.mapping(data, "kv_cache", where, _KV_KEYS)
+        for key in ("num_layers", "num_kv_heads", "head_dim"):
+            if key not in data:
+                raise BundleError(f"{where}: field 'kv_cache.{key}' is missing")
+        dtype = mf.text(data.get("dtype", "float32"), "kv_cache.dtype", where, 16)
+        if dtype not in ("float32", "float16"):
+            raise BundleError(f"{where}: field 'kv_cache.dtype' = {dtype!r} is not supported")
+        axes = data.get("axes", list(cls.axes))
+        if axes != list(cls.axes):
+            raise BundleError(f"{where}: field 'kv_cache.axes' = {str(axes)[:80]} must be {list(cls.axes)}")
+        layout = cls(
+            num_layers=mf.integer(data["num_layers"], "kv_cache.num_layers", where, 1, mf.MAX_LAYERS),
+            num_kv_heads=mf.integer(data["num_kv_heads"], "kv_cache.num_kv_heads", where, 1, mf.MAX_HEADS),
+            head_dim=mf.integer(data["head_dim"], "kv_cache.head_dim", where, 1, mf.MAX_HEAD_DIM),
+            dtype=dtype,
+            past_name=mf.tensor_name_pattern(data.get("past_name", cls.past_name), "kv_cache.past_name", where),
+            present_name=mf.tensor_name_pattern(
+                data.get("present_name", cls.present_name), "kv_cache.present_name", where
+            ),
+            position_ids=mf.boolean(data.get("position_ids", True), "kv_cache.position_ids", where),
+        )
+        if layout.past_name == layout.present_name:
+            raise BundleError(f"{where}: fields 'kv_cache.past_name' and 'present_name' must differ")
         return layout
 
 
@@ -126,17 +167,26 @@ class SpecialTokens:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> SpecialTokens:
-        try:
-            return cls(
-                eos_token_ids=tuple(int(i) for i in data["eos_token_ids"]),
-                bos_token_id=data.get("bos_token_id"),
-                pad_token_id=data.get("pad_token_id"),
-                special_token_ids=tuple(int(i) for i in data.get("special_token_ids", ())),
-                special_token_strings=tuple(str(s) for s in data.get("special_token_strings", ())),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{where}: field 'special_tokens' is malformed: {exc!r}") from exc
+    def from_dict(cls, data: Any, where: str, vocab_size: int) -> SpecialTokens:
+        """EOS and BOS ids are fed to or sampled from the model, so they must lie below ``vocab_size``."""
+        data = mf.mapping(data, "special_tokens", where, _SPECIAL_KEYS)
+        if "eos_token_ids" not in data:
+            raise BundleError(f"{where}: field 'special_tokens.eos_token_ids' is missing")
+        top = vocab_size - 1
+        count = mf.MAX_SPECIAL_TOKENS
+        return cls(
+            eos_token_ids=mf.integer_list(data["eos_token_ids"], "special_tokens.eos_token_ids", where, top, count),
+            bos_token_id=mf.optional_integer(data.get("bos_token_id"), "special_tokens.bos_token_id", where, 0, top),
+            pad_token_id=mf.optional_integer(
+                data.get("pad_token_id"), "special_tokens.pad_token_id", where, 0, mf.MAX_VOCAB
+            ),
+            special_token_ids=mf.integer_list(
+                data.get("special_token_ids", []), "special_tokens.special_token_ids", where, mf.MAX_VOCAB, count
+            ),
+            special_token_strings=mf.text_list(
+                data.get("special_token_strings", []), "special_tokens.special_token_strings", where, count
+            ),
+        )
 
 
 @dataclass
@@ -158,18 +208,18 @@ class Manifest:
 
     @property
     def content_hash(self) -> str:
-        return content_hash(self.files)
+        return identity_hash(self.body())
 
     @property
     def bundle_id(self) -> str:
         """Short id used in logs and UIs: the first 16 hex digits of the content hash."""
         return self.content_hash[:16]
 
-    def to_dict(self) -> dict[str, Any]:
+    def body(self) -> dict[str, Any]:
+        """The manifest as JSON, less ``content_hash``: exactly what the identity covers."""
         return {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
-            "content_hash": self.content_hash,
             "files": self.files,
             "onnx_file": self.onnx_file,
             "tokenizer_file": self.tokenizer_file,
@@ -184,54 +234,70 @@ class Manifest:
             "provenance": self.provenance,
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        body = self.body()
+        head = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION, "content_hash": identity_hash(body)}
+        return head | body
+
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> Manifest:
-        if not isinstance(data, dict):
-            raise BundleError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        if data.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{where}: field 'format' = {data.get('format')!r}, expected {BUNDLE_FORMAT!r}")
-        version = data.get("format_version")
-        if version != BUNDLE_FORMAT_VERSION:
-            raise BundleError(
-                f"{where}: field 'format_version' = {version!r}; this npcrl reads version {BUNDLE_FORMAT_VERSION}"
-            )
-        for key in ("files", "onnx_file", "tokenizer_file", "kv_cache", "special_tokens", "vocab_size"):
-            if key not in data:
-                raise BundleError(f"{where}: required field {key!r} is missing")
-        files = data["files"]
-        if not isinstance(files, dict) or not files:
-            raise BundleError(f"{where}: field 'files' must be a non-empty object")
-        for name, entry in files.items():
-            if (
-                not isinstance(entry, dict)
-                or not isinstance(entry.get("sha256"), str)
-                or not isinstance(entry.get("bytes"), int)
-            ):
-                raise BundleError(f"{where}: field 'files.{name}' needs 'sha256' (str) and 'bytes' (int)")
+    def from_dict(cls, data: Any, where: str, *, check_hash: bool = True) -> Manifest:
+        """Parse and bound every field; ``check_hash=False`` (migration only) skips the stored hash."""
+        _check_header(data, where)
+        if check_hash and "content_hash" not in data:
+            raise BundleError(f"{where}: required field 'content_hash' is missing")
+        files_value = mf.mapping(data["files"], "files", where)
+        if not files_value or len(files_value) > mf.MAX_FILES:
+            raise BundleError(f"{where}: field 'files' must list 1 to {mf.MAX_FILES} files")
+        files = {name: mf.file_entry(name, entry, where) for name, entry in files_value.items()}
+        vocab_size = mf.integer(data["vocab_size"], "vocab_size", where, 1, mf.MAX_VOCAB)
         manifest = cls(
             files=files,
-            onnx_file=str(data["onnx_file"]),
-            tokenizer_file=str(data["tokenizer_file"]),
+            onnx_file=mf.text(data["onnx_file"], "onnx_file", where, mf.MAX_NAME_CHARS),
+            tokenizer_file=mf.text(data["tokenizer_file"], "tokenizer_file", where, mf.MAX_NAME_CHARS),
             kv_cache=KVLayout.from_dict(data["kv_cache"], where),
-            special_tokens=SpecialTokens.from_dict(data["special_tokens"], where),
-            vocab_size=int(data["vocab_size"]),
-            chat_template=data.get("chat_template"),
-            model=dict(data.get("model") or {}),
-            quantization=dict(data.get("quantization") or {"method": "none"}),
-            parity=dict(data.get("parity") or {}),
-            parent=data.get("parent"),
-            provenance=dict(data.get("provenance") or {}),
+            special_tokens=SpecialTokens.from_dict(data["special_tokens"], where, vocab_size),
+            vocab_size=vocab_size,
+            chat_template=mf.optional_text(data.get("chat_template"), "chat_template", where),
+            model=mf.model_info(data.get("model", {}), where),
+            quantization=dict(mf.mapping(data.get("quantization", {"method": "none"}), "quantization", where)),
+            parity=dict(mf.mapping(data.get("parity", {}), "parity", where)),
+            parent=mf.optional_text(data.get("parent"), "parent", where, 64),
+            provenance=dict(mf.mapping(data.get("provenance", {}), "provenance", where)),
         )
         for key in ("onnx_file", "tokenizer_file"):
             if getattr(manifest, key) not in files:
                 raise BundleError(f"{where}: field {key!r} = {getattr(manifest, key)!r} is not listed in 'files'")
         stored = data.get("content_hash")
-        if stored is not None and stored != manifest.content_hash:
+        if check_hash and stored != manifest.content_hash:
             raise BundleError(
-                f"{where}: field 'content_hash' = {stored!r} does not match the hash of the listed files "
-                f"({manifest.content_hash!r}); the manifest was edited"
+                f"{where}: field 'content_hash' = {str(stored)[:80]!r} does not match "
+                f"the hash of the manifest and its files ({manifest.content_hash!r}); the manifest was edited"
             )
         return manifest
+
+
+def _check_header(data: Any, where: str) -> None:
+    """Format, version, known keys only, required keys present."""
+    if not isinstance(data, dict):
+        raise BundleError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    if data.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{where}: field 'format' = {str(data.get('format'))[:80]!r}, expected {BUNDLE_FORMAT!r}")
+    version = data.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version == 1:
+        raise BundleError(
+            f"{where}: field 'format_version' = 1: this bundle was written by an older npcrl whose bundle id "
+            "did not cover the chat template and manifest settings, so its id cannot be trusted. Migrate it "
+            f"with `{MIGRATE_COMMAND} <bundle dir>` (checks its files, gives it a new id and records the old "
+            "one), or export it again"
+        )
+    if isinstance(version, bool) or version != BUNDLE_FORMAT_VERSION:
+        raise BundleError(
+            f"{where}: field 'format_version' = {str(version)[:20]}; this npcrl reads version {BUNDLE_FORMAT_VERSION}"
+        )
+    mf.mapping(data, "manifest", where, _MANIFEST_KEYS)
+    for key in ("files", "onnx_file", "tokenizer_file", "kv_cache", "special_tokens", "vocab_size"):
+        if key not in data:
+            raise BundleError(f"{where}: required field {key!r} is missing")
 
 
 def _safe_member(root: Path, name: str, where: str) -> Path:
@@ -269,27 +335,28 @@ class Bundle:
         return self.root / self.manifest.tokenizer_file
 
 
-def read_manifest(root: Path) -> Manifest:
+def read_manifest_json(root: Path) -> Any:
+    """The parsed JSON of ``root/manifest.json``, size-bounded; any JSON value (checked by the caller)."""
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise BundleError(f"{root}: not a model bundle ({MANIFEST_NAME} is missing)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: {size} bytes is too large for a manifest (at most {MAX_MANIFEST_BYTES})")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and over-long integer literals; RecursionError deep nesting.
         raise BundleError(f"{path}: cannot be read as JSON: {exc}") from exc
-    return Manifest.from_dict(data, str(path))
 
 
-def load_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
-    """Open a bundle directory and check it against its manifest.
+def read_manifest(root: Path) -> Manifest:
+    return Manifest.from_dict(read_manifest_json(root), str(root / MANIFEST_NAME))
 
-    ``verify=True`` re-hashes every file (about 1 s per 500 MB); ``False`` checks only sizes, for
-    callers that verified the same bundle moments ago.
-    """
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise BundleError(f"{root}: bundle directory does not exist")
-    manifest = read_manifest(root)
+
+def verify_files(root: Path, manifest: Manifest, *, verify: bool = True) -> None:
+    """Every listed file is inside ``root``, of an allowed type and size, and (``verify``) hash; the
+    graph's external-data references are all listed. Nothing is handed to onnxruntime before this."""
     where = str(root / MANIFEST_NAME)
     for name, entry in manifest.files.items():
         member = _safe_member(root, name, where)
@@ -303,6 +370,22 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
                 raise BundleError(f"{member}: looks like a Python pickle, not ONNX; refusing to load it")
         if verify and sha256_file(member) != entry["sha256"]:
             raise BundleError(f"{member}: sha256 does not match the manifest; the file was modified or corrupted")
+    onnx_path = root / manifest.onnx_file
+    for location in external_data_references(onnx_path):
+        check_listed(location, manifest.files, onnx_path)
+
+
+def load_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
+    """Open a bundle directory and check it against its manifest.
+
+    ``verify=True`` re-hashes every file (about 1 s per 500 MB); ``False`` checks only sizes, for
+    callers that verified the same bundle moments ago.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise BundleError(f"{root}: bundle directory does not exist")
+    manifest = read_manifest(root)
+    verify_files(root, manifest, verify=verify)
     return Bundle(root=root, manifest=manifest)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -72,7 +73,7 @@ def test_manifest_that_is_not_json(bundle_copy):
         ("format", "something-else", "field 'format'"),
         ("content_hash", "0" * 64, "field 'content_hash'"),
         ("onnx_file", "other.onnx", "field 'onnx_file' = 'other.onnx' is not listed"),
-        ("kv_cache", {"num_layers": "x"}, "field 'kv_cache' is malformed"),
+        ("kv_cache", {"num_layers": "x"}, r"field 'kv_cache\."),
     ],
     ids=["version", "format", "content-hash", "onnx-file", "kv-cache"],
 )
@@ -127,13 +128,16 @@ def test_garbage_onnx_with_matching_hash_fails_with_the_file_named(bundle_copy):
     manifest = read_manifest(bundle_copy)
     manifest.files.update(describe_files(bundle_copy, ["model.onnx"]))
     write_manifest(bundle_copy, manifest)
-    with pytest.raises(BundleError, match=r"model\.onnx: onnxruntime cannot load this graph"):
+    # Refused by the external-data reader before onnxruntime sees it, or by onnxruntime itself.
+    with pytest.raises(
+        BundleError, match=r"model\.onnx: (not a valid ONNX protobuf|onnxruntime cannot load this graph)"
+    ):
         OnnxCausalLM(bundle_copy)
 
 
 def test_kv_layout_that_disagrees_with_the_graph_is_refused(bundle_copy):
-    data = json.loads((bundle_copy / "manifest.json").read_text())
-    data["kv_cache"]["num_layers"] = 3
-    (bundle_copy / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(BundleError, match="graph interface does not match the manifest's kv_cache"):
+    manifest = read_manifest(bundle_copy)
+    manifest.kv_cache = dataclasses.replace(manifest.kv_cache, num_layers=3)
+    write_manifest(bundle_copy, manifest)  # a consistent manifest: only the graph check can catch it
+    with pytest.raises(BundleError, match="graph interface does not match the manifest"):
         OnnxCausalLM(bundle_copy)

@@ -162,3 +162,52 @@ def test_unknown_quantisation_is_refused(tiny_model_dirs, tmp_path):
 def test_export_leaves_no_staging_directory(tiny_bundles):
     parent = Path(tiny_bundles["llama-fp32"]).parent
     assert not [p for p in parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def head_dim_8_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama whose head size (8) onnxruntime's CPU GroupQueryAttention cannot run."""
+    import torch
+    from conftest import CHATML_TEMPLATE, build_tokenizer_json
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("head-dim-8")
+    build_tokenizer_json(root / "tokenizer.json")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(root / "tokenizer.json"), bos_token="<|im_start|>", eos_token="<|im_end|>"
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    out = root / "model"
+    LlamaForCausalLM(config).eval().save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return out
+
+
+def test_explicit_fused_route_is_refused_for_a_head_size_the_kernel_cannot_run(head_dim_8_llama, tmp_path):
+    with pytest.raises(ExportError, match="fused graph cannot run this model: head size 8 is not a multiple of 16"):
+        export_bundle(head_dim_8_llama, tmp_path / "out", quant="fp32", graph="fused")
+    assert not (tmp_path / "out").exists()
+
+
+def test_auto_route_takes_the_traced_graph_for_a_head_size_the_kernel_cannot_run(head_dim_8_llama, tmp_path, capfd):
+    from exporters.fused_export import fused_export_available
+
+    bundle = export_bundle(head_dim_8_llama, tmp_path / "out", quant="fp32")
+    assert bundle.manifest.model["graph"] == "torch"
+    assert bundle.manifest.kv_cache.head_dim == 8
+    if fused_export_available():
+        assert "not using the fused graph: head size 8 is not a multiple of 16" in capfd.readouterr().err
+    model = OnnxCausalLM(bundle.root)
+    assert model.forward(model.tokenizer.encode("Ale or cider?"), model.new_cache()).shape == (model.vocab_size,)

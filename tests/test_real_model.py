@@ -33,8 +33,10 @@ def real_model_dir():
 def real_bundle(real_model_dir):
     from exporters.export import export_bundle
     from npcrl.bundle import load_bundle
+    from npcrl.bundle_migrate import migrate_if_old
 
     path = default_bundle_dir("q8")
+    migrate_if_old(path)  # a cache exported by an earlier npcrl
     if not (path / "manifest.json").is_file():
         export_bundle(real_model_dir, path, quant="q8")
     return load_bundle(path)
