@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from npcrl.errors import RewardSpecError
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, Record
 from npcrl.rewards import RewardSpec, TurnOutcome, conversation_rewards
 
@@ -83,11 +84,20 @@ def score_conversation(log: ConversationLog, spec: RewardSpec) -> list[TurnRewar
     ]
 
 
-def turn_rewards(records: Iterable[Record], spec: RewardSpec) -> list[TurnReward]:
-    """Every logged NPC turn with its reward, conversation by conversation."""
+def turn_rewards(records: Iterable[Record], spec: RewardSpec, unscorable: list[str] | None = None) -> list[TurnReward]:
+    """Every logged NPC turn with its reward, conversation by conversation.
+
+    A conversation whose events the spec cannot score (a value-scaled kind logged without a value)
+    raises ``RewardSpecError``; given an ``unscorable`` list, it is skipped and described there
+    instead, so one odd record does not stop a whole directory."""
     result: list[TurnReward] = []
     for log in group_conversations(records).values():
-        result.extend(score_conversation(log, spec))
+        try:
+            result.extend(score_conversation(log, spec))
+        except RewardSpecError as exc:
+            if unscorable is None:
+                raise
+            unscorable.append(f"conversation {log.conversation_id}: {exc}")
     return result
 
 

@@ -61,3 +61,15 @@ def test_conversations_are_kept_apart_and_orphan_events_ignored():
 def test_default_spec_scores_a_rating():
     scored = turn_rewards([turn("c", 0), event("c", 0, "rating", 1.0)], default_reward_spec())
     assert scored[0].reward == pytest.approx(0.5)
+
+
+def test_a_conversation_the_spec_cannot_score_is_skipped_and_named_not_fatal():
+    from npcrl.errors import RewardSpecError
+
+    records = [turn("bad", 0), event("bad", 0, "rating", None), turn("good", 0), event("good", 0, "rating", 1.0)]
+    with pytest.raises(RewardSpecError, match="needs a value"):
+        turn_rewards(records, default_reward_spec())
+    unscorable: list[str] = []
+    scored = turn_rewards(records, default_reward_spec(), unscorable)
+    assert [r.conversation_id for r in scored] == ["good"]
+    assert len(unscorable) == 1 and unscorable[0].startswith("conversation bad:")

@@ -83,12 +83,14 @@ def test_each_kind_of_unusable_turn_is_dropped_and_counted(tmp_path: Path) -> No
         turn("c1", 5, response_ids=[], logprobs=[], full_logprobs=[]),
         turn("c1", 6, prompt_ids=list(range(50))),
         turn("c1", 7, response_ids=[4, 500]),
-        turn("c1", 8, logprobs=[-0.5, float("nan")]),
+        turn("c1", 8, logprobs=[-0.5, float("-inf")]),
     )
     write(tmp_path, records)
     data = load(tmp_path, DataConfig(holdout_fraction=0.0, max_sequence_tokens=20))
     assert [t.turn_index for t in data.train] == [0]
     assert data.report.dropped == {
+        "conflicting_records": 0,
+        "unscorable_events": 0,
         "filtered_or_fallback": 2,
         "other_tokenizer": 1,
         "greedy": 1,
@@ -228,3 +230,13 @@ def test_example_config_is_the_defaults_and_every_key_is_documented() -> None:
         keys = [section] if not isinstance(values, dict) else [f"{section}.{key}" for key in values]
         missing = [key for key in keys if f"`{key}`" not in guide]
         assert not missing, f"docs/TRAINING.md does not document {missing}"
+
+
+def test_a_conversation_with_an_unscorable_event_is_dropped_not_fatal(tmp_path: Path) -> None:
+    write(tmp_path, conversation("c1", turn("c1")) + conversation("c2", turn("c2"), rating=None))
+    now = time.time()
+    with PlayLogWriter(tmp_path) as writer:
+        writer.append(EngagementEvent("c2", 0, "rating", None, now))  # value-scaled kind without a value
+    data = load(tmp_path, DataConfig(holdout_fraction=0.0))
+    assert [t.conversation_id for t in data.train] == ["c1"]
+    assert data.report.dropped["unscorable_events"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from npcrl.playlog.dedupe import LogRepeat, RecordIndex
 from npcrl.playlog.framing import FORMAT_VERSION, MAX_PAYLOAD_BYTES
 from npcrl.playlog.reader import (
     LogEntry,
@@ -35,9 +36,11 @@ __all__ = [
     "LogIssue",
     "LogReadStats",
     "LogReader",
+    "LogRepeat",
     "NpcTurn",
     "PlayLogWriter",
     "Record",
+    "RecordIndex",
     "SyncPolicy",
     "WriterStats",
     "decode_record",

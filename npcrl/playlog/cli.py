@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from npcrl.errors import LogFormatError
+from npcrl.playlog.dedupe import RecordIndex
 from npcrl.playlog.reader import LogEntry, LogReader, LogReadStats
 from npcrl.playlog.records import (
     KIND_NAMES,
@@ -150,7 +151,10 @@ def summarize(reader: LogReader) -> dict[str, Any]:
         "unknown_kinds": s.unknown_kinds,
         "corrupt_skipped": s.corrupt_skipped,
         "corrupt_bytes": s.corrupt_bytes,
+        "invalid_records": s.invalid_records,
         "torn_tail_bytes": s.torn_tail_bytes,
+        "duplicate_records": s.duplicates,
+        "conflicting_records": s.conflicts,
     }
 
 
@@ -177,15 +181,21 @@ def _report_issues(stats: LogReadStats) -> None:
     total = stats.corrupt_skipped + (1 if stats.torn_tail_bytes else 0)
     if shown < total:
         print(f"... and more issues not listed (only the first {shown} are kept)")
+    for repeat in stats.repeats:
+        print(repeat.describe())
+    if len(stats.repeats) < stats.duplicates + stats.conflicts:
+        print(f"... and more repeated records not listed (only the first {len(stats.repeats)} are kept)")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Reads each file on its own, so that one unreadable file does not hide the others."""
+    """Reads each file on its own, so that one unreadable file does not hide the others; one
+    record index spans them all, so a record repeated in another file is found too."""
     files = LogReader(args.dir).files()
-    records = corrupt = corrupt_bytes = torn = unknown = 0
+    records = corrupt = corrupt_bytes = torn = unknown = invalid = duplicates = conflicts = 0
     unreadable = 0
+    index = RecordIndex()
     for path in files:
-        reader = LogReader(path)
+        reader = LogReader(path, index=index)
         try:
             for _ in reader:
                 pass
@@ -198,10 +208,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         corrupt_bytes += reader.stats.corrupt_bytes
         torn += reader.stats.torn_tail_bytes
         unknown += reader.stats.unknown_kinds
+        invalid += reader.stats.invalid_records
+        duplicates += reader.stats.duplicates
+        conflicts += reader.stats.conflicts
     print(
         f"{len(files)} file(s), {records} record(s), {unknown} of unknown kind, {corrupt} corrupt stretch(es)"
-        f" ({corrupt_bytes} bytes), {torn} torn-tail byte(s), {unreadable} unreadable file(s)"
+        f" ({corrupt_bytes} bytes; {invalid} invalid record(s)), {torn} torn-tail byte(s),"
+        f" {unreadable} unreadable file(s), {duplicates} duplicate record(s), {conflicts} conflicting record(s)"
     )
-    ok = corrupt == 0 and unreadable == 0
-    print("OK" if ok else "CORRUPT")
-    return 0 if ok else 1
+    # Identical duplicates are read once and change nothing; a conflict means the logs disagree.
+    status = "CORRUPT" if corrupt or unreadable else "CONFLICTING" if conflicts else "OK"
+    print(status + (" (duplicates are counted once)" if status == "OK" and duplicates else ""))
+    return 0 if status == "OK" else 1

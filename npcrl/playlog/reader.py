@@ -6,7 +6,10 @@ where a whole frame with a valid checksum begins and carries on from there, coun
 skipped. A frame that runs past the end of the file, with no valid frame after it, is a torn tail
 (a writer that crashed or is still writing): not an error, the reader stops there and reports its
 size; with ``follow`` it waits for the rest instead. A valid frame whose payload does not decode
-is skipped as corrupt; a frame of an unknown kind is skipped as unknown (a newer writer).
+or validate (a wrong type, a non-finite number) is skipped as an invalid record, named by file and
+offset; a frame of an unknown kind is skipped as unknown (a newer writer). A record whose identity
+was already read in this pass (a copied file, a concatenation) is skipped as a duplicate or, with
+other content, a conflict (``dedupe``): every record counts once.
 
 Memory stays bounded: the reader holds a window of the file of at most about one chunk plus one
 maximal frame, and never reads past the file's current size, so a forged length field costs
@@ -23,12 +26,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from npcrl.errors import LogFormatError
+from npcrl.playlog.dedupe import LogRepeat, RecordIndex
 from npcrl.playlog.framing import (
     CANDIDATE,
     CANDIDATE_OFFSET,
     FILE_HEADER,
     FILE_SUFFIX,
     FRAME_HEADER,
+    MAGIC,
     MAP_MARKERS,
     MAX_PAYLOAD_BYTES,
     check_file_header,
@@ -61,6 +66,21 @@ class LogReadStats:
     unknown_kinds: int = 0  # valid frames of a kind this version does not know
     torn_tail_bytes: int = 0
     issues: list[LogIssue] = field(default_factory=list)  # the first 1000 corrupt stretches and torn tails
+    invalid_records: int = 0  # of corrupt_skipped: whole frames whose payload did not decode or validate
+    duplicates: int = 0  # records read again with the same bytes: skipped, the first read counts
+    conflicts: int = 0  # records whose identity was read before with other content: skipped
+    repeats: list[LogRepeat] = field(default_factory=list)  # the first 1000 duplicates and conflicts
+    conflicting_conversations: set[str] = field(default_factory=set)
+
+    def warning(self) -> str | None:
+        """One line on records read more than once, for commands that read whole directories."""
+        if not (self.duplicates or self.conflicts):
+            return None
+        first = self.repeats[0].describe() if self.repeats else ""
+        return (
+            f"warning: {self.duplicates} duplicate record(s) counted once and {self.conflicts} conflicting"
+            f" record(s) skipped (first: {first}); `npcrl logs validate` lists them"
+        )
 
 
 @dataclass(frozen=True)
@@ -201,6 +221,7 @@ class LogReader:
         follow: bool = False,
         poll_interval_s: float = 0.05,
         idle_timeout_s: float | None = None,
+        index: RecordIndex | None = None,
     ) -> None:
         self.path = Path(path)
         if self.path.is_dir():
@@ -220,6 +241,8 @@ class LogReader:
         self._follow = follow
         self._poll_interval_s = poll_interval_s
         self._idle_timeout_s = idle_timeout_s
+        self._shared_index = index
+        self._index = RecordIndex()
         self.stats = LogReadStats()
 
     def files(self) -> list[Path]:
@@ -231,6 +254,7 @@ class LogReader:
 
     def entries(self) -> Iterator[LogEntry]:
         self.stats = LogReadStats()
+        self._index = self._shared_index if self._shared_index is not None else RecordIndex()
         for path in self.files():
             yield from self._read_file(path)
 
@@ -242,6 +266,35 @@ class LogReader:
             self.stats.torn_tail_bytes += size
         if len(self.stats.issues) < _MAX_ISSUES:
             self.stats.issues.append(LogIssue(path, offset, size, corrupt, problem))
+
+    def _repeat(self, repeat: LogRepeat) -> None:
+        if repeat.conflict:
+            self.stats.conflicts += 1
+            self.stats.conflicting_conversations.add(repeat.conversation_id)
+        else:
+            self.stats.duplicates += 1
+        if len(self.stats.repeats) < _MAX_ISSUES:
+            self.stats.repeats.append(repeat)
+
+    def _entry(self, win: _Window, path: Path, offset: int, kind: int, length: int) -> LogEntry | None:
+        """The record in a whole, checksum-valid frame, or None when it is skipped and counted."""
+        if kind not in KIND_NAMES:
+            self.stats.unknown_kinds += 1
+            return None
+        i = offset + FRAME_HEADER.size - win.base
+        payload = win.data[i : i + length]
+        try:
+            record = decode_record(kind, payload)
+        except LogFormatError as exc:
+            self.stats.invalid_records += 1
+            self._issue(path, offset, FRAME_HEADER.size + length, True, f"invalid record: {exc}")
+            return None
+        repeat = self._index.check(path, offset, record, payload)
+        if repeat is not None:
+            self._repeat(repeat)
+            return None
+        self.stats.records += 1
+        return LogEntry(path, offset, kind, record)
 
     def _wait(self, win: _Window, observed: int) -> bool:
         """Following: True once the file's size differs from ``observed`` (the size before the
@@ -282,24 +335,19 @@ class LogReader:
                     observed = win.size()
                     status, kind, length = _frame_at(win, pos)
                 if status == _OK:
-                    offset, pos = pos, pos + FRAME_HEADER.size + length
-                    if kind not in KIND_NAMES:
-                        self.stats.unknown_kinds += 1
-                        continue
-                    i = offset + FRAME_HEADER.size - win.base
-                    try:
-                        record = decode_record(kind, win.data[i : i + length])
-                    except LogFormatError as exc:
-                        self._issue(path, offset, pos - offset, True, str(exc))
-                        continue
-                    self.stats.records += 1
-                    yield LogEntry(path, offset, kind, record)
+                    entry = self._entry(win, path, pos, kind, length)
+                    pos += FRAME_HEADER.size + length
+                    if entry is not None:
+                        yield entry
                     continue
+                seam = status == _BAD and win.data.startswith(MAGIC, pos - win.base)
                 resume = _resync(win, pos + 1)
                 if resume is not None and status == _SHORT and _frame_at(win, pos)[0] == _OK:
                     continue  # the file grew while we searched: the frame is whole now, not corrupt
                 if resume is not None:
                     problem = "bad frame" if status == _BAD else "frame runs past a valid frame"
+                    if seam:
+                        problem = "a file header inside the file (log files concatenated?)"
                     self._issue(path, pos, resume - pos, True, f"{problem} (length {length}, kind {kind})")
                     pos = resume
                     continue

@@ -7,11 +7,20 @@ types skip conversion (the append hot path); anything else is checked and normal
 scalars and arrays become Python values). Float lists are msgpack float64 values, so log-probs
 round-trip bit for bit. Decoding ignores keys it does not know (a newer writer may add fields) and
 refuses missing or mistyped ones with a LogFormatError naming the field.
+
+Numbers must be finite, in both directions: a NaN or infinity in a time, a latency, an event value
+or anywhere inside a ``dict`` field would poison every reward and average computed from the log.
+The one exception is ``-inf`` in a log-prob list (the log of a zero probability, which format
+version 1 has always carried); NaN and ``+inf`` are refused there too.
+
+Fields added to a kind after format version 1 first shipped are written only when they differ from
+their default, so a record that does not use them keeps its version-1 bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +78,7 @@ class NpcTurn:
     fallback: bool
     time: float
     filter_reason: str | None = None
+    queue_s: float = 0.0
 
 
 @dataclass
@@ -79,6 +89,9 @@ class EngagementEvent:
     value: float | None
     time: float
     data: dict[str, Any] = field(default_factory=dict)
+    # Set by PlayLogWriter.append ("" in logs written before events had ids); bookkeeping for
+    # recognising a record read twice, so == compares what happened and leaves it out.
+    event_id: str = field(default="", compare=False)
 
 
 @dataclass
@@ -89,6 +102,9 @@ class ConversationEnd:
 
 
 Record = ConversationStart | NpcTurn | EngagementEvent | ConversationEnd
+# How many leading fields each kind had when format version 1 first shipped; fields after them are
+# optional additions, written only when they differ from their default (see the module docstring).
+_FIRST_FIELDS = {ConversationStart: 8, NpcTurn: 18, EngagementEvent: 6, ConversationEnd: 3}
 
 
 class _Invalid(Exception):
@@ -116,7 +132,10 @@ def _index(value: Any) -> int:
 def _float(value: Any) -> float:
     if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, (bool, np.bool_)):
         raise _Invalid(f"expected a number, got {type(value).__name__}")
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise _Invalid(f"expected a finite number, got {number!r}")
+    return number
 
 
 def _opt_float(value: Any) -> float | None:
@@ -150,24 +169,33 @@ def _int_list(value: Any) -> list[int]:
 
 
 def _float_list(value: Any) -> list[float]:
-    return _number_array(value, "fiu", "numbers").astype(np.float64, copy=False).tolist()
+    array = _number_array(value, "fiu", "numbers").astype(np.float64, copy=False)
+    bad = np.flatnonzero(np.isnan(array) | np.isposinf(array))
+    if bad.size:
+        raise _Invalid(f"expected log-probs (finite or -inf), got {float(array[bad[0]])!r} at index {int(bad[0])}")
+    return array.tolist()
 
 
-def _plain(value: Any, depth: int) -> None:
-    """Refuse what msgpack cannot write or our strict reader would not read back."""
+def _plain(value: Any, depth: int, where: str = "") -> None:
+    """Refuse what msgpack cannot write, our strict reader would not read back, or is not a finite
+    number; ``where`` is the path to ``value`` inside the field, for the message."""
     if depth > _MAX_NESTING:
         raise _Invalid(f"nested deeper than {_MAX_NESTING} levels")
-    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Invalid(f"non-finite number {value!r} at {where or 'the top level'}")
+        return
+    if value is None or isinstance(value, (bool, int, str, bytes)):
         return
     if isinstance(value, (list, tuple)):
-        for item in value:
-            _plain(item, depth + 1)
+        for i, item in enumerate(value):
+            _plain(item, depth + 1, f"{where}[{i}]")
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _Invalid(f"map keys must be str, got {type(key).__name__} {key!r}")
-            _plain(item, depth + 1)
+            _plain(item, depth + 1, f"{where}[{key!r}]")
         return
     raise _Invalid(
         f"{type(value).__name__} values cannot be logged (use None, bool, int, float, str, bytes, list, dict)"
@@ -177,7 +205,7 @@ def _plain(value: Any, depth: int) -> None:
 def _str_dict(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Invalid(f"expected a dict, got {type(value).__name__}")
-    _plain(value, 0)
+    _plain(value, 0, "")
     return dict(value)
 
 
@@ -209,7 +237,8 @@ _EXACT: dict[str, tuple[type, ...]] = {
     "list[float]": (list,),
     "dict[str, Any]": (dict,),
 }
-_SCALARS = frozenset({_NONE, bool, int, float, str, bytes})
+_SCALARS = frozenset({_NONE, bool, int, str, bytes})
+_isfinite = math.isfinite
 
 
 def _ints_ok(value: list[Any]) -> bool:
@@ -217,16 +246,26 @@ def _ints_ok(value: list[Any]) -> bool:
 
 
 def _floats_ok(value: list[Any]) -> bool:
-    return set(map(type, value)) <= {float}
+    # One C-speed sum tests for NaN and +inf: either makes the sum NaN or +inf (+inf and -inf
+    # together give NaN). -inf alone, allowed, stays -inf; finite values that overflow to +inf
+    # only send the list to the exact per-element check.
+    if not set(map(type, value)) <= {float}:
+        return False
+    total = sum(value)
+    return total == total and total != math.inf
 
 
 def _plain_ok(value: dict[str, Any]) -> bool:
     for key, item in value.items():
         if type(key) is not str:
             return False
-        if type(item) not in _SCALARS:
+        kind = type(item)
+        if kind is float:
+            if not _isfinite(item):
+                return False
+        elif kind not in _SCALARS:
             try:
-                _plain(item, 1)
+                _plain(item, 1, "")
             except _Invalid:
                 return False
     return True
@@ -234,6 +273,8 @@ def _plain_ok(value: dict[str, Any]) -> bool:
 
 _CONTENT_OK: dict[str, Callable[[Any], bool]] = {
     "int": lambda value: value >= 0,
+    "float": _isfinite,
+    "float | None": lambda value: value is None or _isfinite(value),
     "list[int]": _ints_ok,
     "list[float]": _floats_ok,
     "dict[str, Any]": _plain_ok,
@@ -243,8 +284,8 @@ _CANONICAL_TERMS = {
     "str": "type({v}) is str",
     "str | None": "({v} is None or type({v}) is str)",
     "int": "(type({v}) is int and {v} >= 0)",
-    "float": "type({v}) is float",
-    "float | None": "({v} is None or type({v}) is float)",
+    "float": "(type({v}) is float and _isfinite({v}))",
+    "float | None": "({v} is None or (type({v}) is float and _isfinite({v})))",
     "bool": "type({v}) is bool",
     "list[int]": "(type({v}) is list and _ints_ok({v}))",
     "list[float]": "(type({v}) is list and _floats_ok({v}))",
@@ -266,7 +307,12 @@ def _compile_canonical(cls: type, annotated: list[tuple[dataclasses.Field[Any], 
         + " and ".join(terms)
         + "\n    except KeyError:\n        return False\n"
     )
-    namespace: dict[str, Any] = {"_ints_ok": _ints_ok, "_floats_ok": _floats_ok, "_plain_ok": _plain_ok}
+    namespace: dict[str, Any] = {
+        "_ints_ok": _ints_ok,
+        "_floats_ok": _floats_ok,
+        "_plain_ok": _plain_ok,
+        "_isfinite": _isfinite,
+    }
     exec(compile(source, f"<npcrl.playlog canonical check for {cls.__name__}>", "exec"), namespace)
     return namespace["canonical"]
 
@@ -286,6 +332,8 @@ class _Spec:
     cls: type
     fields: tuple[_Field, ...]
     canonical: Callable[[dict[str, Any]], bool]
+    added: tuple[tuple[str, Any], ...]  # (name, default) of the fields added after the first version 1
+    any_added_at_default: Callable[[dict[str, Any]], bool]
 
 
 def _spec(kind: int, cls: type) -> _Spec:
@@ -305,7 +353,25 @@ def _spec(kind: int, cls: type) -> _Spec:
             for f, t in annotated
         ),
         canonical=_compile_canonical(cls, annotated),
+        added=(added := tuple((f.name, _default(f)) for f, _ in annotated[_FIRST_FIELDS[cls] :])),
+        any_added_at_default=_compile_at_default(cls, added),
     )
+
+
+def _compile_at_default(cls: type, added: tuple[tuple[str, Any], ...]) -> Callable[[dict[str, Any]], bool]:
+    """``at_default(values)``: True when an added field holds its default (and must be left out).
+    Generated like ``canonical``, as one flat expression: it runs on every append."""
+    terms = [f"d[{name!r}] == _default{i}" for i, (name, _) in enumerate(added)] or ["False"]
+    namespace: dict[str, Any] = {f"_default{i}": default for i, (_, default) in enumerate(added)}
+    source = "def at_default(d):\n    return " + " or ".join(terms) + "\n"
+    exec(compile(source, f"<npcrl.playlog default check for {cls.__name__}>", "exec"), namespace)
+    return namespace["at_default"]
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        raise TypeError(f"{f.name}: a field added to a version-1 record kind needs a default")
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
 
 
 _SPECS: dict[type, _Spec] = {
@@ -376,17 +442,24 @@ def _payload(spec: _Spec, record: Record) -> bytes:
     values = record.__dict__
     if not spec.canonical(values):
         values = _normalised(spec, record)
+    if spec.any_added_at_default(values):
+        values = _without_defaults(spec, values)
     try:
         payload = _packer().pack(values)
     except (TypeError, ValueError, OverflowError) as exc:
-        if values is record.__dict__:
-            _normalised(spec, record)  # raises naming the field, when one field is at fault
+        _normalised(spec, record)  # raises naming the field, when one field is at fault
         raise LogFormatError(f"{spec.cls.__name__}: cannot be encoded ({exc})") from None
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise LogFormatError(
             f"{spec.cls.__name__}: payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit"
         )
     return payload
+
+
+def _without_defaults(spec: _Spec, values: dict[str, Any]) -> dict[str, Any]:
+    """The payload map without the added fields that hold their default (version-1 bytes)."""
+    at_default = {name for name, default in spec.added if values[name] == default}
+    return {name: value for name, value in values.items() if name not in at_default}
 
 
 def decode_record(kind: int, payload: bytes | memoryview) -> Record:

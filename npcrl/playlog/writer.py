@@ -20,6 +20,9 @@ Sync policies, and what a crash can lose:
 A write cut short leaves a torn frame at the end of a file, which the reader ignores. Every writer
 starts new files (opened with mode "x") and never appends to or truncates an existing one, so a
 crashed writer's torn tail is never followed by new records.
+
+Every engagement event without an ``event_id`` gets one at append (``identity.EventIds``), so the
+same event read twice (a log file copied, two files concatenated) is recognisably one event.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import BinaryIO, Literal
 
 from npcrl.errors import LogFormatError
 from npcrl.playlog.framing import FILE_HEADER, FILE_SUFFIX, file_header
+from npcrl.playlog.identity import EventIds
 from npcrl.playlog.records import Record, frame_record
 
 SyncPolicy = Literal["flush", "fsync_interval", "always"]
@@ -131,6 +135,7 @@ class PlayLogWriter:
         self._fsync_interval_s = fsync_interval_s
         self._queue_size = queue_size
         self._prefix = prefix
+        self._event_ids = EventIds()
 
         self._queue: deque[bytes | _FlushRequest | object] = deque()
         self._wake = threading.Event()
@@ -166,10 +171,11 @@ class PlayLogWriter:
     # -- caller side -------------------------------------------------------------------------
 
     def append(self, record: Record) -> None:
-        """Queue one record; never waits. Raises LogFormatError for an invalid record or a closed writer."""
+        """Queue one record; never waits. Raises LogFormatError for an invalid record (a non-finite
+        number included) or a closed writer. An engagement event without an id gets one."""
         if self._closed:
             raise LogFormatError("play-log writer is closed")
-        frame = frame_record(record)
+        frame = self._frame(record)
         if len(self._queue) >= self._queue_size:
             with self._lock:
                 self._dropped += 1
@@ -182,7 +188,7 @@ class PlayLogWriter:
         """Queue records in order; all are validated before any is queued. A full queue keeps the earliest."""
         if self._closed:
             raise LogFormatError("play-log writer is closed")
-        frames = [frame_record(record) for record in records]
+        frames = [self._frame(record) for record in records]
         room = max(0, self._queue_size - len(self._queue))
         if room < len(frames):
             with self._lock:
@@ -192,6 +198,11 @@ class PlayLogWriter:
             self._queue.extend(frames)
             if not self._wake.is_set():
                 self._wake.set()
+
+    def _frame(self, record: Record) -> bytes:
+        # Validation (finite numbers included) raises here, in the caller's thread, before anything is queued.
+        self._event_ids.assign(record)
+        return frame_record(record)
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every record appended before this call is written (and fsynced unless sync is

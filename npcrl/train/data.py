@@ -15,14 +15,16 @@ from typing import Any
 
 from npcrl.bundle import sha256_file
 from npcrl.engagement import ConversationLog, group_conversations, score_conversation
-from npcrl.errors import LogFormatError, TrainDataError
-from npcrl.playlog import LogReader, NpcTurn
+from npcrl.errors import LogFormatError, RewardSpecError, TrainDataError
+from npcrl.playlog import LogReader, NpcTurn, RecordIndex
 from npcrl.playlog.reader import list_log_files
 from npcrl.rewards import RewardSpec
 from npcrl.train.config import DataConfig
 
 # Reasons a logged turn is not trained on, in the order they are checked.
 DROP_REASONS = (
+    "conflicting_records",  # its conversation holds two different records of one identity: which is true is unknown
+    "unscorable_events",  # an event the reward spec cannot score (a value-scaled kind without a value)
     "filtered_or_fallback",  # the player saw a replacement line, not the model's (never trained on)
     "other_tokenizer",  # logged by a bundle whose tokenizer is not the training bundle's
     "greedy",  # drawn greedily: the behaviour policy is a point mass, no importance weight exists
@@ -30,6 +32,7 @@ DROP_REASONS = (
     "too_long",
     "invalid",  # ids outside the vocabulary, non-finite log-probs
 )
+_MAX_REPEATS = 20  # duplicates and conflicts listed in the report (all are counted)
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,17 @@ class DataReport:
     log_files: list[dict[str, Any]] = field(default_factory=list)
     records: int = 0
     corrupt_records_skipped: int = 0
+    invalid_records_skipped: int = 0
+    """of corrupt_records_skipped: whole records refused on decode (a bad field, a non-finite number)"""
     corrupt_bytes: int = 0
     torn_tail_bytes: int = 0
     unknown_record_kinds: int = 0
+    duplicate_records: int = 0
+    """records read again (a copied or concatenated file), counted once"""
+    conflicting_records: int = 0
+    """records whose identity was read before with other content; their conversations are dropped"""
+    repeats: list[str] = field(default_factory=list)
+    """the first duplicates and conflicts, each with both places (file@offset)"""
     conversations: int = 0
     turns_logged: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
@@ -87,6 +98,15 @@ class DataReport:
             f"{self.turns_logged} turns logged, dropped: {dropped}; "
             f"train {self.train_turns} turns / {self.train_conversations} conversations, "
             f"holdout {self.holdout_turns} / {self.holdout_conversations}"
+        ) + self._repeat_warning()
+
+    def _repeat_warning(self) -> str:
+        if not (self.duplicate_records or self.conflicting_records):
+            return ""
+        first = f" (first: {self.repeats[0]})" if self.repeats else ""
+        return (
+            f"\nwarning: {self.duplicate_records} duplicate record(s) counted once, {self.conflicting_records}"
+            f" conflicting record(s) skipped, their conversations dropped{first}"
         )
 
 
@@ -159,42 +179,23 @@ def load_training_data(
     if not dirs:
         raise TrainDataError("no play-log directory to train on")
     report = DataReport(log_dir=", ".join(str(d) for d in dirs))
-    conversations: dict[str, ConversationLog] = {}
-    found_in: dict[str, Path] = {}
-    for log_dir in dirs:
-        try:
-            files = list_log_files(log_dir)
-        except LogFormatError as exc:
-            raise TrainDataError(str(exc)) from exc
-        if not files:
-            raise TrainDataError(f"{log_dir}: no play-log files (*.npl) to train on")
-        report.log_files += [
-            {"name": p.name, "path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files
-        ]
-        reader = LogReader(log_dir)
-        for cid, log in group_conversations(reader).items():
-            if cid in found_in:
-                raise TrainDataError(
-                    f"{log_dir}: conversation {cid} is also in {found_in[cid]}; "
-                    "pooled log directories must hold different conversations"
-                )
-            found_in[cid] = log_dir
-            conversations[cid] = log
-        stats = reader.stats
-        report.records += stats.records
-        report.corrupt_records_skipped += stats.corrupt_skipped
-        report.corrupt_bytes += stats.corrupt_bytes
-        report.torn_tail_bytes += stats.torn_tail_bytes
-        report.unknown_record_kinds += stats.unknown_kinds
+    conversations, conflicting = _read_conversations(dirs, report)
     report.conversations = len(conversations)
 
     usable: dict[str, list[TrainingTurn]] = {}
     for cid in sorted(conversations):
         log = conversations[cid]
-        for reward in score_conversation(log, spec):
+        try:
+            rewards = score_conversation(log, spec)
+        except RewardSpecError:
+            report.turns_logged += len(log.turns)
+            report.dropped["unscorable_events"] += len(log.turns)
+            continue
+        for reward in rewards:
             turn = log.turns[reward.turn_index]
             report.turns_logged += 1
-            reason = _drop_reason(turn, reward.trainable, accepted_bundles, vocab_size, config)
+            reason = "conflicting_records" if cid in conflicting else None
+            reason = reason or _drop_reason(turn, reward.trainable, accepted_bundles, vocab_size, config)
             if reason is not None:
                 report.dropped[reason] += 1
                 continue
@@ -225,6 +226,46 @@ def load_training_data(
     report.train_reward_mean = _mean([t.reward for t in train])
     report.holdout_reward_mean = _mean([t.reward for t in holdout])
     return TrainingData(train=train, holdout=holdout, report=report)
+
+
+def _read_conversations(dirs: list[Path], report: DataReport) -> tuple[dict[str, ConversationLog], set[str]]:
+    """The conversations in ``dirs`` and the ids of those holding conflicting records; fills the
+    report's file list and read counts. Each record counts once, across directories too."""
+    conversations: dict[str, ConversationLog] = {}
+    found_in: dict[str, Path] = {}
+    conflicting: set[str] = set()
+    index = RecordIndex()  # one for all directories: a file copied into two of them counts once
+    for log_dir in dirs:
+        try:
+            files = list_log_files(log_dir)
+        except LogFormatError as exc:
+            raise TrainDataError(str(exc)) from exc
+        if not files:
+            raise TrainDataError(f"{log_dir}: no play-log files (*.npl) to train on")
+        report.log_files += [
+            {"name": p.name, "path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files
+        ]
+        reader = LogReader(log_dir, index=index)
+        for cid, log in group_conversations(reader).items():
+            if cid in found_in:
+                raise TrainDataError(
+                    f"{log_dir}: conversation {cid} is also in {found_in[cid]}; "
+                    "pooled log directories must hold different conversations"
+                )
+            found_in[cid] = log_dir
+            conversations[cid] = log
+        stats = reader.stats
+        report.records += stats.records
+        report.corrupt_records_skipped += stats.corrupt_skipped
+        report.invalid_records_skipped += stats.invalid_records
+        report.corrupt_bytes += stats.corrupt_bytes
+        report.torn_tail_bytes += stats.torn_tail_bytes
+        report.unknown_record_kinds += stats.unknown_kinds
+        report.duplicate_records += stats.duplicates
+        report.conflicting_records += stats.conflicts
+        report.repeats += [r.describe() for r in stats.repeats[: _MAX_REPEATS - len(report.repeats)]]
+        conflicting |= stats.conflicting_conversations
+    return conversations, conflicting
 
 
 def _mean(values: list[float]) -> float | None:
