@@ -65,6 +65,11 @@ PROMOTE_WHEN = ("better", "significant")
 95% interval of its gain is above 0 (conversations with the same players and seeds compared)"""
 
 
+def _exceeds(value: float, limit: float) -> bool:
+    """A guard metric over its limit; NaN counts as over (``nan > limit`` is False, which would pass it)."""
+    return not math.isfinite(value) or value > limit
+
+
 def _check_promote_when(promote_when: str) -> None:
     if promote_when not in PROMOTE_WHEN:
         raise ValueError(f"promote_when must be one of {', '.join(PROMOTE_WHEN)}, got {promote_when!r}")
@@ -99,13 +104,13 @@ def decide(
     if not math.isfinite(kl) or kl > guards.max_kl_per_line:
         reasons.append(f"guard: KL to base {kl:.2f} nats/line > {guards.max_kl_per_line}")
     limit = base_perplexity * (1 + guards.max_perplexity_increase)
-    if _estimate(candidate[PERPLEXITY]) > limit:
+    if _exceeds(_estimate(candidate[PERPLEXITY]), limit):
         reasons.append(f"guard: perplexity {_estimate(candidate[PERPLEXITY]):.2f} > {limit:.2f}")
     repetition = _estimate(candidate[REPETITION]) - _estimate(current[REPETITION])
-    if repetition > guards.max_repetition_increase:
+    if _exceeds(repetition, guards.max_repetition_increase):
         reasons.append(f"guard: repetition rate rose by {repetition:.2f}")
     current_words = _estimate(current[WORDS])
-    if current_words > 0 and _estimate(candidate[WORDS]) > guards.max_length_ratio * current_words:
+    if current_words > 0 and _exceeds(_estimate(candidate[WORDS]), guards.max_length_ratio * current_words):
         reasons.append(
             f"guard: words per line {_estimate(candidate[WORDS]):.1f} > {guards.max_length_ratio}x {current_words:.1f}"
         )

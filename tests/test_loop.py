@@ -35,8 +35,20 @@ def test_better_and_within_guards_is_promoted() -> None:
         (rows(0.8, repetition=0.3), "repetition"),
         (rows(0.8, words=31.0), "words per line"),
         (rows(0.8, kl=float("nan")), "KL to base"),
+        (rows(0.8, ppl=float("nan")), "perplexity"),
+        (rows(0.8, repetition=float("nan")), "repetition"),
+        (rows(0.8, words=float("inf")), "words per line"),
     ],
-    ids=["kl", "perplexity", "repetition", "length-hacking", "kl-unmeasured"],
+    ids=[
+        "kl",
+        "perplexity",
+        "repetition",
+        "length-hacking",
+        "kl-unmeasured",
+        "perplexity-nan",
+        "repetition-nan",
+        "words-inf",
+    ],
 )
 def test_a_winner_that_breaks_a_guard_is_not_promoted_and_says_why(candidate: dict, guard: str) -> None:
     promoted, reasons = decide(candidate, rows(0.5), base_perplexity=50.0, guards=Guards())

@@ -201,7 +201,11 @@ def train_command(toy: dict[str, Any], out: Path, config: Path, *extra: str) -> 
     ]
 
 
-def run_ok(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+HANG_GUARD_S = 1800
+"""subprocess limit of a training run: a hang guard only, far above the work (a minute when the machine is idle)"""
+
+
+def run_ok(cmd: list[str], timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -230,7 +234,7 @@ def test_killed_and_extended_runs_resume_to_the_uninterrupted_result(toy: dict[s
     proc = subprocess.Popen(
         train_command(toy, killed, config), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + HANG_GUARD_S
     while not (killed / "state" / "ckpt-000003").exists():
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline
@@ -239,7 +243,9 @@ def test_killed_and_extended_runs_resume_to_the_uninterrupted_result(toy: dict[s
     assert proc.wait() == -signal.SIGKILL
     assert not (killed / "checkpoint").exists()
 
-    fresh = subprocess.run(train_command(toy, killed, config), capture_output=True, text=True, cwd=REPO)
+    fresh = subprocess.run(
+        train_command(toy, killed, config), capture_output=True, text=True, cwd=REPO, timeout=HANG_GUARD_S
+    )
     assert fresh.returncode == 2 and "--resume" in fresh.stderr  # never silently restarts or overwrites
     resumed = run_ok(train_command(toy, killed, config, "--resume"))
     assert "resumed from ckpt-" in resumed.stdout
@@ -254,11 +260,17 @@ def test_killed_and_extended_runs_resume_to_the_uninterrupted_result(toy: dict[s
     short = tmp_path / "short"
     run_ok(train_command(toy, short, write_config(tmp_path / "short.toml", toy["spec"], iterations=3)))
     again = subprocess.run(
-        train_command(toy, short, tmp_path / "short.toml", "--resume"), capture_output=True, text=True, cwd=REPO
+        train_command(toy, short, tmp_path / "short.toml", "--resume"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=HANG_GUARD_S,
     )
     assert again.returncode == 2 and "already finished" in again.stderr
     other = write_config(tmp_path / "other.toml", toy["spec"], iterations=8, mode="lora")
-    changed = subprocess.run(train_command(toy, short, other, "--resume"), capture_output=True, text=True, cwd=REPO)
+    changed = subprocess.run(
+        train_command(toy, short, other, "--resume"), capture_output=True, text=True, cwd=REPO, timeout=HANG_GUARD_S
+    )
     assert changed.returncode == 2 and "only ppo.iterations" in changed.stderr  # only the length may change
     extended = run_ok(train_command(toy, short, config, "--resume"))
     assert "extending the run from 3 to 8 iterations" in extended.stdout
@@ -387,6 +399,6 @@ def test_cli_errors_are_clear(toy: dict[str, Any], tmp_path: Path) -> None:
         cmd = train_command(toy, tmp_path / "out", config)
         for flag, value in zip(overrides[::2], overrides[1::2], strict=True):
             cmd[cmd.index(flag) + 1] = value
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=HANG_GUARD_S)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr, proc.stderr

@@ -6,7 +6,13 @@ plus the optimizer's scalar settings in ``state.json`` with the loop state (KL c
 so far, data fingerprint). Only safetensors and JSON are written and read: no pickles.
 
 It is written into a temporary directory, fsynced, and renamed into place, so a run killed at
-any instant (SIGKILL included) leaves the previous checkpoint intact and never a half one.
+any instant (SIGKILL included) leaves the previous checkpoint intact and never a half one. A
+checkpoint whose weights or optimizer state hold a NaN or an infinity is refused before anything
+is written.
+
+The run's final HF directory (``OUT/checkpoint``) is replaced the same way by ``swap_directory``:
+the new one is complete and fsynced before the old one moves aside, and a run killed between the
+two renames gets the old one back from ``restore_retired`` when it resumes.
 """
 
 from __future__ import annotations
@@ -17,12 +23,16 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from npcrl.errors import TrainError
+from npcrl.train.finite import require_finite_tensors
+
+if TYPE_CHECKING:
+    from npcrl.train.policy import Policy
 
 PREFIX = "ckpt-"
 _NAME = re.compile(rf"^{PREFIX}(\d{{6}})$")
@@ -76,12 +86,15 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Write checkpoint ``iteration`` atomically and keep only the ``keep`` newest."""
-    state_dir.mkdir(parents=True, exist_ok=True)
     final = state_dir / f"{PREFIX}{iteration:06d}"
+    opt_tensors, opt_settings = _optimizer_to_flat(optimizer.state_dict())
+    where = f"{final}: not written"
+    require_finite_tensors(trainable.items(), where, "trainable parameters")
+    require_finite_tensors(opt_tensors.items(), where, "optimizer state")
+    state_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=state_dir))
     try:
         save_file({k: v.detach().contiguous().clone() for k, v in trainable.items()}, str(staging / TRAINABLE_FILE))
-        opt_tensors, opt_settings = _optimizer_to_flat(optimizer.state_dict())
         save_file(opt_tensors, str(staging / OPTIMIZER_FILE))
         state = {"iteration": iteration, "optimizer": opt_settings, **loop_state}
         (staging / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
@@ -124,3 +137,67 @@ def clean_staging(state_dir: Path) -> None:
     if state_dir.is_dir():
         for leftover in state_dir.glob(".staging-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _retired(final: Path) -> Path:
+    return final.with_name(f".{final.name}-retired")
+
+
+def swap_directory(staging: Path, final: Path) -> None:
+    """Move the complete directory ``staging`` to ``final``, replacing what is there.
+
+    The old ``final`` is renamed aside first and deleted only once the new one is in place: a kill
+    between the two renames leaves it whole under ``_retired(final)`` for ``restore_retired``.
+    """
+    for path in staging.iterdir():
+        if path.is_file():
+            _fsync_file(path)
+    if final.exists():
+        retired = _retired(final)
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(final, retired)
+        os.replace(staging, final)
+        _fsync_dir(final.parent)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, final)
+        _fsync_dir(final.parent)
+
+
+def restore_retired(final: Path) -> None:
+    """Put back the directory a run killed inside ``swap_directory`` moved aside, if ``final`` is missing."""
+    retired = _retired(final)
+    if retired.is_dir() and not final.exists():
+        try:
+            os.replace(retired, final)
+        except FileNotFoundError:  # another rank of the same run restored it first
+            pass
+
+
+def write_final_checkpoint(policy: Policy, final: Path) -> None:
+    """Write the trained model at ``final``: an HF directory (LoRA merged in, safetensors) plus the
+    value head, replacing an earlier one only once the new one is complete.
+
+    Every parameter, and every merged weight, is checked finite first: a bad model never replaces
+    a good one, and nothing is written for it.
+    """
+    from npcrl.train.policy import VALUE_HEAD_FILE, save_value_head
+
+    where = f"{final}: not written"
+    require_finite_tensors(policy.module.named_parameters(), where, "parameters")
+    merged: Any = policy.merged_lm()  # a transformers model (save_pretrained, config)
+    require_finite_tensors(merged.state_dict().items(), where, "merged weights")
+    merged.config.use_cache = True
+    for leftover in final.parent.glob(f".{final.name}-staging*"):  # of a run killed while writing
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-staging-", dir=final.parent))
+    try:
+        merged.save_pretrained(str(staging), safe_serialization=True)
+        policy.tokenizer.save_pretrained(str(staging))
+        if getattr(merged, "generation_config", None) is not None:
+            merged.generation_config.save_pretrained(str(staging))
+        save_value_head(policy.module.value_head, staging / VALUE_HEAD_FILE)
+        swap_directory(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

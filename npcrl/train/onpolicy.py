@@ -36,6 +36,7 @@ from npcrl.sampler import SamplerConfig
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingTurn
 from npcrl.train.distributed import Dist
+from npcrl.train.finite import require_finite_rewards
 from npcrl.train.policy import Policy, _decoder, _lm_head
 from npcrl.train.sampling import sample_responses
 from npcrl.train.shared_prefix import group_by_prefix
@@ -118,6 +119,10 @@ class FreshRollouts:
             answered[i] = (responses[i], float(score), share)
         for part in self.dist.all_gather_objects(answered):
             answered.update(part)
+        # Checked on the gathered scores, so every rank refuses together; a NaN reward would reach
+        # every weight through GAE and the update.
+        scores_of_all = [answered[i][1] for i in range(len(turns))]
+        require_finite_rewards([t.key for t in turns], scores_of_all, f"iteration {iteration + 1}", "predicted reward")
         fresh = []
         for i, turn in enumerate(turns):
             ids, score, share = answered[i]

@@ -35,6 +35,12 @@ from npcrl.train.batching import Batch, collate
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingTurn
 from npcrl.train.distributed import Dist
+from npcrl.train.finite import (
+    require_finite_masked,
+    require_finite_numbers,
+    require_finite_rewards,
+    require_finite_tensors,
+)
 from npcrl.train.policy import Policy, batch_inputs
 from npcrl.train.ppo_math import (
     AdaptiveKLController,
@@ -173,6 +179,7 @@ class PPOTrainer:
     # -- stage 2 ------------------------------------------------------------------------------
     def advantages(self, rollout: Rollout) -> dict[str, float]:
         ppo, mask = self.config.ppo, rollout.batch.mask
+        self._check_rollout(rollout)
         scores = clip_scores(rollout.batch.scores, ppo.reward_clip)
         if ppo.standardize_rewards:
             scores = standardize_scores(scores)
@@ -186,6 +193,8 @@ class PPOTrainer:
         rollout.weights, is_stats = truncated_importance_weights(
             rollout.old_logprobs, rollout.batch.behaviour_logprobs, mask, ppo.is_cap
         )
+        targets = {"advantages": rollout.advantages, "returns": returns, "importance weights": rollout.weights}
+        require_finite_masked(targets, mask, self._where())
         kl_per_turn = float(masked_sum(rollout.kl, mask, dim=1).mean())
         logged_kl = masked_sum(rollout.old_logprobs - rollout.ref_logprobs, mask, dim=1).mean()
         self.kl_controller.update(kl_per_turn, len(rollout.turns))
@@ -214,6 +223,35 @@ class PPOTrainer:
             **is_stats,
         }
 
+    def _where(self) -> str:
+        return f"iteration {self.iteration + 1}"
+
+    def _check_rollout(self, rollout: Rollout) -> None:
+        """Refuse a non-finite reward (raw: clipping would hide an infinity) or model output before GAE uses it."""
+        scores = [float(s) for s in rollout.batch.scores]
+        require_finite_rewards([t.key for t in rollout.turns], scores, self._where())
+        outputs = {
+            "pi_old log-probs": rollout.old_logprobs,
+            "reference log-probs": rollout.ref_logprobs,
+            "values": rollout.values,
+            "KL to the reference": rollout.kl,
+            "behaviour log-probs": rollout.batch.behaviour_logprobs,
+        }
+        require_finite_masked(outputs, rollout.batch.mask, self._where())
+
+    def _step(self, params: list[torch.nn.Parameter], sums: list[float], where: str) -> float:
+        """Clip and apply the gradient unless the loss or its norm is not finite (all-reduced: every rank agrees)."""
+        ppo = self.config.ppo
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm))
+        monitored = {"policy loss": sums[0], "value loss": sums[1], "entropy": sums[2], "gradient norm": grad_norm}
+        if not all(math.isfinite(v) for v in monitored.values()):
+            self.optimizer.zero_grad(set_to_none=True)  # dropped, never applied
+            require_finite_numbers(monitored, where, "the optimizer step was skipped and the weights are unchanged")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        return grad_norm
+
     # -- stage 3 ------------------------------------------------------------------------------
     def update(self, rollout: Rollout) -> dict[str, float]:
         ppo, iteration = self.config.ppo, self.iteration
@@ -228,7 +266,8 @@ class PPOTrainer:
         for epoch in range(ppo.epochs):
             order = np.random.default_rng([self.config.seed, iteration, epoch, 1]).permutation(len(rollout.turns))
             epochs_run += 1
-            for minibatch in self._bar(list(_chunks([int(i) for i in order], ppo.minibatch_turns)), f"epoch {epoch}"):
+            minibatches = list(_chunks([int(i) for i in order], ppo.minibatch_turns))
+            for number, minibatch in enumerate(self._bar(minibatches, f"epoch {epoch}"), start=1):
                 tokens = float(rollout.batch.mask[minibatch].sum())
                 mine = minibatch[self.dist.rank :: self.dist.world]
                 sums = [0.0] * 6
@@ -240,10 +279,7 @@ class PPOTrainer:
                         part = self._micro_step(model, rollout, micro, tokens)
                     sums = [a + b for a, b in zip(sums, part, strict=True)]
                 sums = self.dist.sum_all(sums)
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.updates += 1
+                grad_norms.append(self._step(params, sums, f"{self._where()}, epoch {epoch + 1}, minibatch {number}"))
                 for key, value in zip(
                     ("policy_loss", "value_loss", "entropy", "clip_frac", "value_clip_frac", "approx_kl"),
                     sums,
@@ -315,6 +351,7 @@ class PPOTrainer:
             rollout.batch.logged_full_logprobs = rollout.old_logprobs.clone()
         stats = self.advantages(rollout)
         stats.update(self.update(rollout))
+        require_finite_tensors(self.policy.trainable_parameters(), self._where(), "parameters after the update")
         elapsed = time.perf_counter() - started
         sequence_tokens = float(rollout.batch.attention_mask.sum())
         self.iteration += 1

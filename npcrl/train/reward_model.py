@@ -61,6 +61,7 @@ from npcrl.train.config import (
     TrainConfig,
 )
 from npcrl.train.data import TrainingData, TrainingTurn, load_training_data, log_directories
+from npcrl.train.finite import require_finite_numbers, require_finite_rewards, require_finite_tensors
 from npcrl.train.policy import _decoder, apply_lora, hidden_size_of, load_backbone, resolve_base_weights
 from npcrl.train.shared_prefix import decoder_hidden, group_by_prefix
 
@@ -329,7 +330,14 @@ def fit(
                 loss = errors.sum() / len(rows)
                 loss.backward()
                 total += float(errors.detach().sum())
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            if not (math.isfinite(total) and math.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)  # dropped, never applied
+                require_finite_numbers(
+                    {"loss so far": total, "gradient norm": grad_norm},
+                    f"reward model epoch {epoch + 1}",
+                    "the optimizer step was skipped; nothing was written",
+                )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         history.append({"epoch": epoch + 1, "loss": total / len(turns), "time_s": time.perf_counter() - started})
@@ -417,6 +425,7 @@ def fit_ridge(
     """
     started = time.perf_counter()
     features = pooled_features(model, turns, config.micro_batch_turns)
+    require_finite_tensors([("pooled features", torch.from_numpy(features))], "reward model ridge fit", "inputs")
     targets = np.array([(t.reward - model.target_mean) / model.target_std for t in turns], dtype=np.float64)
     _log(f"features of {len(turns)} turns: {time.perf_counter() - started:.0f} s")
     folds = conversation_folds([t.conversation_id for t in turns], config.ridge_folds, seed)
@@ -514,6 +523,8 @@ def train_reward_model(
     _log(data.report.summary())
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
+    turns = [*data.train, *data.holdout]
+    require_finite_rewards([t.key for t in turns], [t.reward for t in turns], f"{data.report.log_dir}")
     torch.manual_seed(config.seed)
     mean, std = _target_scaling(data.train)
     model, _ = build_reward_model(base, rm, config.model, config.seed, mean, std)
@@ -569,10 +580,11 @@ def save_reward_model(model: RewardModel, record: dict[str, Any], out: Path) -> 
     """Write ``out`` atomically: a staging directory beside it, fsynced, renamed into place."""
     from safetensors.torch import save_file
 
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.trainable_tensors().items()}
+    require_finite_tensors(tensors.items(), f"{out}: not written", "reward model tensors")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-staging-", dir=out.parent))
     try:
-        tensors = {k: v.detach().contiguous().clone() for k, v in model.trainable_tensors().items()}
         save_file(tensors, str(staging / TENSORS_FILE))
         record = {**record, "tensors_sha256": sha256_file(staging / TENSORS_FILE)}
         (staging / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
@@ -648,6 +660,7 @@ def load_reward_model(path: str | Path, bundle: Bundle | None = None) -> tuple[R
                 "a reward model reads token ids, so it must share the policy's tokenizer"
             )
     tensors = _read_tensors(path / TENSORS_FILE, str(record["tensors_sha256"]))
+    require_finite_tensors(tensors.items(), str(path / TENSORS_FILE), "tensors")  # would score every line NaN
     base = Path(str(record["base_weights"]))
     if not (base / "config.json").is_file():
         raise TrainError(f"{path / RECORD_FILE}: its base weights {base} are gone (config.json is missing)")

@@ -24,6 +24,7 @@ from npcrl.errors import TrainError
 from npcrl.rewards import default_reward_spec, load_reward_spec
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingTurn, load_training_data
+from npcrl.train.finite import require_finite_rewards
 from npcrl.train.reward_model import RECORD_FILE, load_reward_model, regression_metrics
 
 
@@ -71,6 +72,9 @@ def score_logs(
     for logs in logs_dirs:
         data = load_training_data(logs, spec, accepted, bundles[0].manifest.vocab_size, every_conversation, config.seed)
         predictions = model.predict(data.train, batch)
+        require_finite_rewards(
+            [t.key for t in data.train], predictions, f"{logs}: {reward_model_dir}", "predicted reward"
+        )
         metrics = regression_metrics(
             predictions, [t.reward for t in data.train], model.target_mean, config.reward_model.engaged_threshold
         )

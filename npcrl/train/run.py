@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +205,8 @@ def train(
         "reward_model": reward_record["tensors_sha256"] if reward_record else None,
         "world_size": dist.world,
     }
+    if resume:
+        ckpt.restore_retired(out / "checkpoint")  # a run killed while replacing it
     extends, previous = _check_out(out, resume, run_record)
     if extends:
         assert previous is not None
@@ -326,10 +327,13 @@ def _finish(
     judge: tuple[Any, dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Rank 0: evaluate, write the HF checkpoint, export the bundle, write the report."""
+    from npcrl.train.checkpoint import write_final_checkpoint
     from npcrl.train.evaluate import evaluate_holdout, sample_lines
-    from npcrl.train.policy import VALUE_HEAD_FILE, save_value_head
+    from npcrl.train.finite import require_finite_tensors
     from npcrl.train.report import PLOT_FILE, plot_metrics, write_markdown
 
+    # Before the report files too: a model with a NaN weight is not evaluated, saved or exported.
+    require_finite_tensors(policy.module.named_parameters(), f"{out}: nothing written", "parameters")
     report_dir = out / "report"
     _log("evaluating on holdout logs")
     off_policy = evaluate_holdout(policy, data.holdout, pad_id, config.run.ope_log_weight_clip)
@@ -350,22 +354,7 @@ def _finish(
     (report_dir / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False), encoding="utf-8")
 
     checkpoint = out / "checkpoint"
-    staging = out / ".checkpoint-staging"
-    merged = policy.merged_lm()
-    merged.config.use_cache = True
-    merged.save_pretrained(str(staging), safe_serialization=True)
-    policy.tokenizer.save_pretrained(str(staging))
-    if getattr(merged, "generation_config", None) is not None:
-        merged.generation_config.save_pretrained(str(staging))
-    save_value_head(policy.module.value_head, staging / VALUE_HEAD_FILE)
-    if checkpoint.exists():  # an extended run replaces its shorter self's checkpoint
-        retired = out / ".checkpoint-retired"
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(checkpoint, retired)
-        os.replace(staging, checkpoint)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, checkpoint)
+    write_final_checkpoint(policy, checkpoint)  # an extended run replaces its shorter self's
 
     last = trainer.metrics[-1] if trainer.metrics else {}
     provenance = {
