@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from importlib.resources import files
@@ -23,6 +24,7 @@ from typing import Any
 
 from npcrl.errors import RewardSpecError
 from npcrl.tomlfile import read_toml
+from npcrl.validate import ConfigValueError, check_number
 
 # Events the game emits. A spec need not give all of them a rule: a built-in kind without one is
 # worth 0; only kinds outside this set and the spec's rules are "unknown".
@@ -39,13 +41,20 @@ class _Invalid(RewardSpecError):
         self.problem = problem
 
 
-def _finite_number(field: str, value: Any) -> float:
-    # TOML booleans are ints in Python; a weight of `true` is a mistake, not 1.0.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Invalid(field, f"must be a number, not {type(value).__name__}")
-    if not math.isfinite(value):
-        raise _Invalid(field, f"must be finite, got {value}")
-    return float(value)
+# Every number of a spec lies within +-MAX_MAGNITUDE (discount within [0, 1]), so a spec alone
+# cannot overflow. An event's value is only bounded by its rule's min/max when it has them, so
+# conversation_rewards also checks each sum (see _turn_credit).
+MAX_MAGNITUDE = 1e6
+_EVENT_VALUE_LIMIT = sys.float_info.max  # an int event value beyond it would overflow a float
+
+
+def _finite_number(field: str, value: Any, low: float = -MAX_MAGNITUDE, high: float = MAX_MAGNITUDE) -> float:
+    try:
+        return float(check_number(field, value, low, high))
+    except ConfigValueError as exc:
+        raise _Invalid(
+            field, f"must be a finite number {exc.requirement}, got {type(value).__name__} {value!r}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ class RewardSpec:
     turn_min: float = -1.0
     turn_max: float = 1.0
     unknown_kinds: str = "ignore"
+    source: str = field(default="reward spec", init=False, repr=False, compare=False)
+    """what errors call the spec: its file once loaded"""
     _known: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -105,10 +116,7 @@ class RewardSpec:
         # A read-only copy: a spec must not change under a trainer that holds it.
         object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
         object.__setattr__(self, "_known", BUILTIN_KINDS | frozenset(self.rules))
-        discount = _finite_number("discount", self.discount)
-        if not 0.0 <= discount <= 1.0:
-            raise _Invalid("discount", f"must be within [0, 1], got {discount}")
-        object.__setattr__(self, "discount", discount)
+        object.__setattr__(self, "discount", _finite_number("discount", self.discount, 0.0, 1.0))
         object.__setattr__(self, "turn_min", _finite_number("turn_min", self.turn_min))
         object.__setattr__(self, "turn_max", _finite_number("turn_max", self.turn_max))
         if self.turn_min > self.turn_max:
@@ -118,10 +126,13 @@ class RewardSpec:
 
     def event_value(self, kind: str, value: float | None, where: str) -> float:
         """One event's contribution to the turn it follows (0 for an ignored kind)."""
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-        ):
-            raise RewardSpecError(f"{where}: {kind!r} event has value {value!r}; a finite number or None is needed")
+        if value is not None:
+            try:
+                value = check_number("value", value, -_EVENT_VALUE_LIMIT, _EVENT_VALUE_LIMIT)
+            except ConfigValueError:
+                raise RewardSpecError(
+                    f"{where}: {kind!r} event has value {value!r}; a finite number or None is needed"
+                ) from None
         rule = self.rules.get(kind)
         if rule is None:
             if kind not in self._known and self.unknown_kinds == "error":
@@ -171,10 +182,15 @@ def _spec_from_toml(path: Path, data: dict[str, Any]) -> RewardSpec:
 
 def load_reward_spec(path: str | os.PathLike[str]) -> RewardSpec:
     """Read a reward spec from TOML: top-level ``discount``, ``turn_min``, ``turn_max``,
-    ``unknown_kinds`` and one ``[rules.<kind>]`` table per event kind."""
+    ``unknown_kinds`` and one ``[rules.<kind>]`` table per event kind.
+
+    ``discount`` lies in [0, 1]; every other number (weights, min, max, turn bounds) is finite and
+    within +-1e6. Errors name the file, the field and the value."""
     path = Path(path)
     data = read_toml(path, RewardSpecError, "reward spec")
-    return _spec_from_toml(path, data)
+    spec = _spec_from_toml(path, data)
+    object.__setattr__(spec, "source", str(path))
+    return spec
 
 
 def default_reward_spec() -> RewardSpec:
@@ -210,7 +226,7 @@ def conversation_rewards(turns: Sequence[TurnOutcome], spec: RewardSpec) -> list
                 f"turn_index: turns must be in strictly increasing order, got {turn.turn_index} after {previous}"
             )
         previous = turn.turn_index
-    own = [sum(spec.event_value(kind, value, f"turn {t.turn_index}") for kind, value in t.events) for t in turns]
+    own = [_turn_credit(turn, spec) for turn in turns]
     # Back to front: each turn's credit is its own events plus the next turn's credit, discounted
     # by the number of steps between them. O(turns) rather than O(turns * events).
     totals = [0.0] * len(turns)
@@ -219,9 +235,30 @@ def conversation_rewards(turns: Sequence[TurnOutcome], spec: RewardSpec) -> list
         if i + 1 < len(turns):
             carried *= spec.discount ** (turns[i + 1].turn_index - turns[i].turn_index)
         carried += own[i]
+        if not math.isfinite(carried):
+            kinds = sorted({kind for turn in turns[i:] for kind, _ in turn.events})
+            raise RewardSpecError(
+                f"{spec.source}: turn {turns[i].turn_index}: the discounted credit of event kinds "
+                f"{', '.join(map(repr, kinds))} adds up to {carried}; no finite reward exists"
+            )
         totals[i] = carried
     rewards = []
     for turn, total in zip(turns, totals, strict=True):
         reward = min(max(total, spec.turn_min), spec.turn_max)
         rewards.append(min(reward, 0.0) if turn.filtered else reward)
     return rewards
+
+
+def _turn_credit(turn: TurnOutcome, spec: RewardSpec) -> float:
+    """The sum of the events after one turn. A sum that overflows is an error, not a reward: an
+    infinite credit would turn into NaN against an opposite one and reach the trainer as a target."""
+    where = f"turn {turn.turn_index}"
+    total = 0.0
+    for kind, value in turn.events:
+        total += spec.event_value(kind, value, where)
+        if not math.isfinite(total):
+            raise RewardSpecError(
+                f"{spec.source}: {where}: {kind!r} event (value {value!r}) brings the turn's credit to {total};"
+                " no finite reward exists"
+            )
+    return total

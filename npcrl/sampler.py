@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from npcrl.validate import ConfigValueError, check_number, check_optional
+
 # Top-p without top-k ranks this many best candidates first (the nucleus of a trained LM usually
 # fits), then 16 times as many while that can still suffice, then sorts the whole vocabulary.
 _TOP_P_CANDIDATES = 256
@@ -38,12 +40,13 @@ _REUSE_RANGE = 20.0
 _DRAW_BLOCK = 512
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+# Config ranges. With logits within float32 range, temperature >= MIN_TEMPERATURE and the penalty
+# within its range, logits / T after the penalty stay finite in float64: no inf - inf, no NaN.
+MIN_TEMPERATURE = 1e-3
+MAX_TEMPERATURE = 100.0
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
+MAX_TOP_K = 10_000_000
+MAX_NEW_TOKENS = 65_536
 
 
 @dataclass(frozen=True)
@@ -61,36 +64,26 @@ class SamplerConfig:
     stop_strings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not _is_real(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0, got {self.top_k!r}")
-        if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
-        if (
-            not _is_real(self.repetition_penalty)
-            or not math.isfinite(self.repetition_penalty)
-            or self.repetition_penalty <= 0
-        ):
-            raise ValueError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty!r}")
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
-            raise ValueError(f"seed must be None or an int >= 0, got {self.seed!r}")
+        # Numbers are ConfigValueErrors, which are ValueErrors: callers catch one exception type.
+        temperature = check_number("temperature", self.temperature, 0.0, MAX_TEMPERATURE)
+        if 0.0 < temperature < MIN_TEMPERATURE:
+            raise ConfigValueError("temperature", self.temperature, f"0 (greedy) or >= {MIN_TEMPERATURE}")
+        object.__setattr__(self, "temperature", temperature)
+        object.__setattr__(self, "top_k", check_number("top_k", self.top_k, 0, MAX_TOP_K, integer=True))
+        object.__setattr__(self, "top_p", check_number("top_p", self.top_p, 0.0, 1.0, low_open=True))
+        penalty = check_number("repetition_penalty", self.repetition_penalty, *REPETITION_PENALTY_RANGE)
+        object.__setattr__(self, "repetition_penalty", penalty)
+        tokens = check_number("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS, integer=True)
+        object.__setattr__(self, "max_new_tokens", tokens)
+        object.__setattr__(self, "seed", check_optional("seed", self.seed, 0, 2**64 - 1, integer=True))
         # A bare str is iterable too: it would silently become one stop string per character.
-        # Bad config values of any kind are ValueErrors, so callers catch one exception type.
         if isinstance(self.stop_strings, str) or not isinstance(self.stop_strings, (list, tuple)):
             raise ValueError(f"stop_strings must be a list or tuple of str, got {self.stop_strings!r}")
         for stop in self.stop_strings:
             if not isinstance(stop, str) or not stop:
                 raise ValueError(f"stop_strings must hold non-empty str, got {stop!r}")
-        # Normalise types so that configs read from JSON/msgpack compare and log identically.
-        object.__setattr__(self, "temperature", float(self.temperature))
-        object.__setattr__(self, "top_k", int(self.top_k))
-        object.__setattr__(self, "top_p", float(self.top_p))
-        object.__setattr__(self, "repetition_penalty", float(self.repetition_penalty))
-        object.__setattr__(self, "max_new_tokens", int(self.max_new_tokens))
-        object.__setattr__(self, "seed", None if self.seed is None else int(self.seed))
+        # Types are normalised (int, float, tuple) so that configs read from JSON/msgpack compare
+        # and log identically.
         object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
 
     @property

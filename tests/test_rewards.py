@@ -280,7 +280,7 @@ def test_load_reward_spec(tmp_path):
 @pytest.mark.parametrize(
     ("text", "fragments"),
     [
-        (VALID_SPEC.replace("discount = 0.25", "discount = 1.5"), ("'discount'", "[0, 1]")),
+        (VALID_SPEC.replace("discount = 0.25", "discount = 1.5"), ("'discount'", ">= 0 and <= 1")),
         (VALID_SPEC.replace("discount = 0.25", 'discount = "high"'), ("'discount'", "number")),
         (VALID_SPEC.replace("discount = 0.25", "discounts = 0.25"), ("'discounts'", "unknown")),
         (VALID_SPEC.replace("weight = 0.8", "weight = 0.8\nbonus = 1"), ("'rules.gift_given.bonus'", "unknown")),

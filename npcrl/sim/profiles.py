@@ -25,20 +25,20 @@ the shipped ones). Unknown keys, unknown feature names and values out of range a
 the file and the key. A complete example, ``haggler.toml``::
 
     description = "Wants prices and quests, and does not care for the scenery."
-    bias = -0.2                      # score of a line with no feature at all
-    noise = 0.3                      # std of the Gaussian noise added to each score (>= 0)
-    walk_away_below = -0.7           # leaves when a line scores below this
+    bias = -0.2                      # score of a line with no feature at all (in [-1000, 1000])
+    noise = 0.3                      # std of the Gaussian noise added to each score (in [0, 1000])
+    walk_away_below = -0.7           # leaves when a line scores below this (in [-1e6, 1e6])
     rating_probability = 0.4         # chance to rate a line, in [0, 1]
-    rating_threshold = 0.3           # rates +1 above it, -1 at or below it
+    rating_threshold = 0.3           # rates +1 above it, -1 at or below it (in [-1e6, 1e6])
     quest_accept_probability = 0.8   # in [0, 1], scaled by sigmoid(score)
-    reply_latency_s = 4.0            # mean seconds before the player answers (> 0)
-    reply_latency_jitter_s = 1.5     # std of that delay (>= 0)
+    reply_latency_s = 4.0            # mean seconds before the player answers (in (0, 3600])
+    reply_latency_jitter_s = 1.5     # std of that delay (in [0, 3600])
     max_turns = 6                    # NPC lines before the player leaves contented (1-100)
     topics = ["prices", "the road"]  # optional; default: names and places from the persona's lore
     openers = ["Good day, {npc}. What do you sell?"]                 # first player line
     follow_ups = ["How much for that?", "What do you know of {topic}?"]  # later player lines
 
-    [weights]                        # feature -> weight; features left out weigh 0
+    [weights]                        # feature -> weight in [-1000, 1000]; features left out weigh 0
     offers_quest = 1.2
     asks_back = 0.2
     mentions_lore = -0.2
@@ -47,7 +47,7 @@ the file and the key. A complete example, ``haggler.toml``::
     empty = -1.5
 
 Player lines may use two slots: ``{npc}`` (the NPC's name) and ``{topic}`` (one of ``topics``,
-or of the persona's lore names when ``topics`` is empty). Weighted features: asks_back,
+or of the persona's lore names when ``topics`` is empty), without format specs or conversions. Weighted features: asks_back,
 offers_quest, mentions_lore, in_character, concise, chatty, repeats_itself, empty.
 """
 
@@ -70,9 +70,15 @@ from npcrl.errors import NpcrlError
 from npcrl.persona import Persona
 from npcrl.sim.features import FEATURES, persona_topics
 from npcrl.tomlfile import read_toml
+from npcrl.validate import ConfigValueError, check_number
 
 TEMPLATE_SLOTS = ("npc", "topic")
 MAX_TURNS = 100
+# Bounds that keep a score finite whatever the features (each in [0, 1]) and the noise draw: a
+# score is bias + the weights + noise * N(0, 1), and thresholds only compare with it.
+MAX_WEIGHT = 1000.0
+MAX_THRESHOLD = 1e6
+MAX_LATENCY_S = 3600.0
 MAX_LINE_CHARS = 300  # the agent cuts player text there anyway
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 DEFAULT_TOPIC = "these parts"
@@ -114,19 +120,12 @@ class Reaction:
     """simulated seconds before the player's next line (used only if the player stays)"""
 
 
-def _number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _FieldProblem(key, f"must be a number, not {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise _FieldProblem(key, f"must be finite, got {value}")
-    return float(value)
-
-
-def _in_range(key: str, value: Any, low: float, high: float) -> float:
-    number = _number(key, value)
-    if not low <= number <= high:
-        raise _FieldProblem(key, f"must be within [{low}, {high}], got {number}")
-    return number
+def _number(key: str, value: Any, low: float, high: float, *, integer: bool = False, low_open: bool = False) -> Any:
+    try:
+        return check_number(key, value, low, high, integer=integer, low_open=low_open)
+    except ConfigValueError as exc:
+        kind = "" if integer else "a finite number "
+        raise _FieldProblem(key, f"must be {kind}{exc.requirement}, got {value!r}") from None
 
 
 def _text_list(key: str, value: Any, *, templates: bool, min_items: int) -> tuple[str, ...]:
@@ -143,9 +142,13 @@ def _text_list(key: str, value: Any, *, templates: bool, min_items: int) -> tupl
             raise _FieldProblem(key, f"item {i} is {len(text)} characters long; at most {MAX_LINE_CHARS}")
         if templates:
             try:
-                slots = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+                parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(text)]
             except ValueError as exc:
                 raise _FieldProblem(key, f"item {i} {text!r} is not a valid template: {exc}") from None
+            slots = [name for name, _, _ in parsed if name is not None]
+            if any(spec or conversion for _, spec, conversion in parsed):
+                # A format spec such as {npc:>999999999} would build a gigabyte string per line.
+                raise _FieldProblem(key, f"item {i} {text!r}: slots take no format spec or conversion")
             bad = [slot for slot in slots if slot not in TEMPLATE_SLOTS]
             if bad:
                 raise _FieldProblem(
@@ -216,34 +219,24 @@ class PlayerProfile:
                 close = difflib.get_close_matches(str(feature), FEATURES, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise _FieldProblem(f"weights.{feature}", f"unknown feature{hint}; features: {', '.join(FEATURES)}")
-            weights[feature] = _number(f"weights.{feature}", weight)
+            weights[feature] = _number(f"weights.{feature}", weight, -MAX_WEIGHT, MAX_WEIGHT)
         object.__setattr__(self, "weights", MappingProxyType(weights))
         object.__setattr__(self, "_weights", tuple(weights.items()))
-        object.__setattr__(self, "bias", _number("bias", self.bias))
-        object.__setattr__(self, "noise", _in_range("noise", self.noise, 0.0, math.inf))
-        object.__setattr__(self, "walk_away_below", _number("walk_away_below", self.walk_away_below))
-        object.__setattr__(
-            self, "rating_probability", _in_range("rating_probability", self.rating_probability, 0.0, 1.0)
-        )
-        object.__setattr__(self, "rating_threshold", _number("rating_threshold", self.rating_threshold))
-        object.__setattr__(
-            self,
-            "quest_accept_probability",
-            _in_range("quest_accept_probability", self.quest_accept_probability, 0.0, 1.0),
-        )
-        latency = _number("reply_latency_s", self.reply_latency_s)
-        if not latency > 0:
-            raise _FieldProblem("reply_latency_s", f"must be > 0, got {latency}")
-        object.__setattr__(self, "reply_latency_s", latency)
-        object.__setattr__(
-            self,
-            "reply_latency_jitter_s",
-            _in_range("reply_latency_jitter_s", self.reply_latency_jitter_s, 0.0, math.inf),
-        )
-        if isinstance(self.max_turns, bool) or not isinstance(self.max_turns, int):
-            raise _FieldProblem("max_turns", f"must be an integer, not {type(self.max_turns).__name__}")
-        if not 1 <= self.max_turns <= MAX_TURNS:
-            raise _FieldProblem("max_turns", f"must be within [1, {MAX_TURNS}], got {self.max_turns}")
+        numbers = {
+            "bias": _number("bias", self.bias, -MAX_WEIGHT, MAX_WEIGHT),
+            "noise": _number("noise", self.noise, 0.0, MAX_WEIGHT),
+            "walk_away_below": _number("walk_away_below", self.walk_away_below, -MAX_THRESHOLD, MAX_THRESHOLD),
+            "rating_probability": _number("rating_probability", self.rating_probability, 0.0, 1.0),
+            "rating_threshold": _number("rating_threshold", self.rating_threshold, -MAX_THRESHOLD, MAX_THRESHOLD),
+            "quest_accept_probability": _number("quest_accept_probability", self.quest_accept_probability, 0.0, 1.0),
+            "reply_latency_s": _number("reply_latency_s", self.reply_latency_s, 0.0, MAX_LATENCY_S, low_open=True),
+            "reply_latency_jitter_s": _number(
+                "reply_latency_jitter_s", self.reply_latency_jitter_s, 0.0, MAX_LATENCY_S
+            ),
+            "max_turns": _number("max_turns", self.max_turns, 1, MAX_TURNS, integer=True),
+        }
+        for key, value in numbers.items():
+            object.__setattr__(self, key, value)
         object.__setattr__(self, "openers", _text_list("openers", self.openers, templates=True, min_items=1))
         object.__setattr__(self, "follow_ups", _text_list("follow_ups", self.follow_ups, templates=True, min_items=1))
         object.__setattr__(self, "topics", _text_list("topics", self.topics, templates=False, min_items=0))

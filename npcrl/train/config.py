@@ -10,13 +10,13 @@ Pure Python: importable without torch.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from npcrl.errors import TrainConfigError
 from npcrl.tomlfile import read_toml
+from npcrl.train.config_ranges import check_fields as _check_fields
 
 DATA_MODES = ("logged", "reward_model")
 REWARD_MODEL_BACKBONES = ("lora", "frozen", "full")
@@ -27,6 +27,15 @@ REWARD_MODEL_HEAD_FITS = ("adamw", "ridge")
 def _check(condition: bool, key: str, value: Any, requirement: str) -> None:
     if not condition:
         raise TrainConfigError(f"{key} = {value!r}: must be {requirement}")
+
+
+def _check_path(key: str, value: Any) -> None:
+    _check(
+        value is None or (isinstance(value, str) and bool(value) and "\0" not in value),
+        key,
+        value,
+        "a non-empty path without NUL characters, or absent",
+    )
 
 
 @dataclass
@@ -48,10 +57,12 @@ class DataConfig:
     the current policy answers the logged prompts and the reward model at reward_model.path scores it)"""
 
     def validate(self) -> None:
+        _check_fields(self, "data.")
         _check(self.mode in DATA_MODES, "data.mode", self.mode, "'logged' or 'reward_model'")
-        _check(0.0 <= self.holdout_fraction < 1.0, "data.holdout_fraction", self.holdout_fraction, "in [0, 1)")
-        _check(self.max_sequence_tokens >= 2, "data.max_sequence_tokens", self.max_sequence_tokens, ">= 2")
-        _check(self.min_response_tokens >= 1, "data.min_response_tokens", self.min_response_tokens, ">= 1")
+        _check_path("data.reward_spec", self.reward_spec)
+        _check(isinstance(self.extra_bundles, list), "data.extra_bundles", self.extra_bundles, "a list of paths")
+        for bundle in self.extra_bundles:
+            _check_path("data.extra_bundles[]", bundle)
 
 
 @dataclass
@@ -71,16 +82,14 @@ class ModelConfig:
     """init std of the scalar value head's weight (0 = zeros: values start at 0, as in cleanrl's critic bias)"""
 
     def validate(self) -> None:
+        _check_fields(self, "model.")
         _check(self.mode in ("lora", "full"), "model.mode", self.mode, "'lora' or 'full'")
-        _check(self.lora_r >= 1, "model.lora_r", self.lora_r, ">= 1")
-        _check(self.lora_alpha > 0, "model.lora_alpha", self.lora_alpha, "> 0")
         _check(
             bool(self.lora_target_modules) and all(isinstance(m, str) and m for m in self.lora_target_modules),
             "model.lora_target_modules",
             self.lora_target_modules,
             "a non-empty list of module names",
         )
-        _check(self.value_head_std >= 0, "model.value_head_std", self.value_head_std, ">= 0")
 
 
 @dataclass
@@ -136,8 +145,7 @@ class PPOConfig:
     """stop an iteration's epochs early when approx-KL to pi_old exceeds this (None = never)"""
 
     def validate(self) -> None:
-        for key in ("rollout_turns", "minibatch_turns", "micro_batch_turns", "epochs", "kl_horizon"):
-            _check(getattr(self, key) >= 1, f"ppo.{key}", getattr(self, key), ">= 1")
+        _check_fields(self, "ppo.")
         _check(
             self.minibatch_turns <= self.rollout_turns,
             "ppo.minibatch_turns",
@@ -150,18 +158,6 @@ class PPOConfig:
             self.micro_batch_turns,
             f"a divisor of ppo.minibatch_turns ({self.minibatch_turns})",
         )
-        _check(self.passes > 0 and math.isfinite(self.passes), "ppo.passes", self.passes, "a positive number")
-        _check(self.iterations >= 0, "ppo.iterations", self.iterations, ">= 0")
-        for key in ("learning_rate", "max_grad_norm", "clip_eps", "value_clip_eps"):
-            _check(getattr(self, key) > 0, f"ppo.{key}", getattr(self, key), "> 0")
-        for key in ("weight_decay", "value_coef", "entropy_coef", "kl_coef"):
-            _check(getattr(self, key) >= 0, f"ppo.{key}", getattr(self, key), ">= 0")
-        for key in ("gamma", "lam"):
-            _check(0.0 <= getattr(self, key) <= 1.0, f"ppo.{key}", getattr(self, key), "in [0, 1]")
-        _check(self.is_cap >= 1.0, "ppo.is_cap", self.is_cap, ">= 1")
-        for key in ("kl_target", "reward_clip", "kl_budget"):
-            value = getattr(self, key)
-            _check(value is None or value > 0, f"ppo.{key}", value, "> 0 or absent")
 
 
 @dataclass
@@ -186,16 +182,11 @@ class RunConfig:
     """torch intra-op threads (0 = torch's default)"""
 
     def validate(self) -> None:
-        _check(self.checkpoint_every >= 1, "run.checkpoint_every", self.checkpoint_every, ">= 1")
-        _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints, ">= 1")
+        _check_fields(self, "run.")
         quants = ("fp32", "q8", "q4", "none")
         _check(self.export_quant in quants, "run.export_quant", self.export_quant, f"one of {', '.join(quants)}")
         graphs = ("auto", "fused", "torch")
         _check(self.export_graph in graphs, "run.export_graph", self.export_graph, f"one of {', '.join(graphs)}")
-        _check(self.sample_prompts >= 0, "run.sample_prompts", self.sample_prompts, ">= 0")
-        _check(self.sample_tokens >= 1, "run.sample_tokens", self.sample_tokens, ">= 1")
-        _check(self.ope_log_weight_clip > 0, "run.ope_log_weight_clip", self.ope_log_weight_clip, "> 0")
-        _check(self.threads >= 0, "run.threads", self.threads, ">= 0")
 
 
 @dataclass
@@ -254,31 +245,20 @@ class RewardModelConfig:
     pooled); its holdout, like the trainer's, is a stable hash split of all pooled conversations"""
 
     def validate(self) -> None:
-        _check(self.path is None or bool(self.path), "reward_model.path", self.path, "a directory path or absent")
+        _check_fields(self, "reward_model.")
+        _check_path("reward_model.path", self.path)
         _check(
             self.backbone in REWARD_MODEL_BACKBONES,
             "reward_model.backbone",
             self.backbone,
             "'lora', 'frozen' or 'full'",
         )
-        for key in ("epochs", "batch_turns", "micro_batch_turns"):
-            _check(getattr(self, key) >= 1, f"reward_model.{key}", getattr(self, key), ">= 1")
         _check(
             self.batch_turns % self.micro_batch_turns == 0,
             "reward_model.micro_batch_turns",
             self.micro_batch_turns,
             f"a divisor of reward_model.batch_turns ({self.batch_turns})",
         )
-        for key in ("learning_rate", "max_grad_norm"):
-            _check(getattr(self, key) > 0, f"reward_model.{key}", getattr(self, key), "> 0")
-        _check(self.weight_decay >= 0, "reward_model.weight_decay", self.weight_decay, ">= 0")
-        _check(
-            math.isfinite(self.engaged_threshold),
-            "reward_model.engaged_threshold",
-            self.engaged_threshold,
-            "a finite number",
-        )
-        _check(self.max_new_tokens >= 0, "reward_model.max_new_tokens", self.max_new_tokens, ">= 0")
         _check(self.pooling in REWARD_MODEL_POOLINGS, "reward_model.pooling", self.pooling, "'last' or 'mean'")
         _check(self.head_fit in REWARD_MODEL_HEAD_FITS, "reward_model.head_fit", self.head_fit, "'adamw' or 'ridge'")
         _check(
@@ -287,13 +267,16 @@ class RewardModelConfig:
             self.head_fit,
             f"'adamw' with backbone {self.backbone!r} (a closed-form head needs fixed features: backbone 'frozen')",
         )
-        _check(self.ridge_folds >= 2, "reward_model.ridge_folds", self.ridge_folds, ">= 2")
-        _check(
-            math.isfinite(self.repetition_penalty) and self.repetition_penalty >= 0,
-            "reward_model.repetition_penalty",
-            self.repetition_penalty,
-            ">= 0",
-        )
+
+
+SECTION_CLASSES: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "ppo": PPOConfig,
+    "run": RunConfig,
+    "reward_model": RewardModelConfig,
+}
+"""the config file's sections and the dataclass of each"""
 
 
 @dataclass
@@ -307,7 +290,7 @@ class TrainConfig:
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
 
     def validate(self) -> TrainConfig:
-        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _check_fields(self, "")
         for section in (self.data, self.model, self.ppo, self.run, self.reward_model):
             section.validate()
         _check(
@@ -326,13 +309,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:
         """Build from a (TOML-shaped) mapping; unknown sections/keys and wrongly typed values are errors."""
-        sections = {
-            "data": DataConfig,
-            "model": ModelConfig,
-            "ppo": PPOConfig,
-            "run": RunConfig,
-            "reward_model": RewardModelConfig,
-        }
+        sections = SECTION_CLASSES
         unknown = sorted(set(data) - set(sections) - {"seed"})
         if unknown:
             raise TrainConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: seed, {', '.join(sections)})")
@@ -369,7 +346,8 @@ def _section(section_cls: type, values: dict[str, Any], where: str) -> Any:
         elif annotation.startswith("int"):
             kwargs[key] = _typed(value, int, f"{where}.{key}")
         elif annotation.startswith("float"):
-            kwargs[key] = float(_typed(value, (int, float), f"{where}.{key}"))
+            # validate() stores it as a float once it is known to be in range (a huge int is not).
+            kwargs[key] = _typed(value, (int, float), f"{where}.{key}")
         elif annotation.startswith("str"):
             kwargs[key] = _typed(value, str, f"{where}.{key}")
         elif annotation.startswith("list"):
