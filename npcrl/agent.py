@@ -26,9 +26,10 @@ from npcrl.kvcache import KVCache, common_prefix_length
 from npcrl.persona import Persona
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, Record
 from npcrl.postprocess import postprocess_line
-from npcrl.runtime import CancelToken, GenerationResult, OnnxCausalLM
+from npcrl.runtime import CancelToken, Generation, GenerationResult, OnnxCausalLM
 from npcrl.safety import OutputFilter, delimit_player_text, sanitize_player_text
 from npcrl.sampler import SamplerConfig
+from npcrl.validate import ConfigValueError, check_bool, check_number, check_optional
 
 log = logging.getLogger("npcrl.agent")
 
@@ -78,13 +79,19 @@ class AgentConfig:
     persona and bundle) and, within a conversation, everything up to the player's new line"""
 
     def __post_init__(self) -> None:
+        # ConfigValueError is a ValueError naming the field and value; upper bounds are far above use.
+        if not isinstance(self.sampler, SamplerConfig):
+            raise ConfigValueError("sampler", self.sampler, "a SamplerConfig")
+        check_number("prompt_token_budget", self.prompt_token_budget, 2, 1 << 20, integer=True)
         if self.prompt_token_budget <= self.sampler.max_new_tokens:
             raise ValueError(
                 f"prompt_token_budget={self.prompt_token_budget} must exceed sampler.max_new_tokens="
                 f"{self.sampler.max_new_tokens}"
             )
-        if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
+        check_optional("time_budget_s", self.time_budget_s, 0.0, 86_400.0, low_open=True)
+        check_number("max_line_chars", self.max_line_chars, 1, 100_000, integer=True)
+        check_number("max_player_chars", self.max_player_chars, 1, 100_000, integer=True)
+        check_bool("reuse_persona_prefix", self.reuse_persona_prefix)
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,9 @@ class NpcLine:
     time_to_first_token_s: float
     stop_reason: str
     generation: GenerationResult | None = None
+    queue_s: float = 0.0
+    """time the turn waited before its own work: for a KV slot while others generated, and for the
+    persona's prefix (included in ``time_to_first_token_s``)"""
 
 
 class PendingLine:
@@ -339,74 +349,115 @@ class Conversation:
             history.pop(0)  # oldest exchange first; the persona always stays
 
     def _run_turn(self, pending: PendingLine, turn_index: int, raw_player_text: str, clean: str) -> None:
+        """A whole turn in its worker; nothing raised here ever leaves the thread: a failure becomes
+        a fallback line, a logged turn whose ``filter_reason`` names the cause, and a log message."""
+        started = time.perf_counter()
+        kept = logged = False
         try:
-            self._turn(pending, turn_index, raw_player_text, clean)
+            result, error, prompt, generation, waited = self._generate(pending, clean, started)
+            line = self._make_line(turn_index, result, error, started, waited)
+            self._keep_line(line, clean)
+            kept = True
+            self._log_turn(line, raw_player_text, prompt)
+            logged = True
+            self._after_line(pending, line, generation)
+        except Exception as exc:  # a turn must never take the game (or its thread) down
+            log.exception("NPC %s: turn %d failed; answering with a fallback line", self.agent.npc_id, turn_index)
+            if not pending.done:
+                line = self._make_line(turn_index, None, f"{type(exc).__name__}: {exc}", started, 0.0)
+                try:
+                    if not kept:
+                        self._keep_line(line, clean)
+                    if not logged:
+                        self._log_turn(line, raw_player_text, [])
+                except Exception:
+                    log.exception("NPC %s: could not log the fallback of turn %d", self.agent.npc_id, turn_index)
+                pending._finish(line)
         finally:
-            if not pending.done:  # something failed after the line was built: never leave a game waiting
-                persona = self.agent.persona
-                pending._finish(
-                    NpcLine(
-                        turn_index, persona.fallback_line(turn_index), False, True, "internal_error", 0.0, 0.0, "error"
-                    )
-                )
+            if not pending.done:  # interrupted by a BaseException: still never leave a game waiting
+                pending._finish(self._make_line(turn_index, None, "interrupted", started, 0.0))
 
-    def _turn(self, pending: PendingLine, turn_index: int, raw_player_text: str, clean: str) -> None:
-        started = time.monotonic()
-        agent, config = self.agent, self.agent.config
-        result: GenerationResult | None = None
-        error: str | None = None
+    def _generate(
+        self, pending: PendingLine, clean: str, started: float
+    ) -> tuple[GenerationResult | None, str | None, list[int], Generation | None, float]:
+        """(result, error, prompt, generation, time waited for the persona prefix)."""
+        config = self.agent.config
         prompt: list[int] = []
-        messages: list[dict[str, str]] = []
-        generation = None
+        generation: Generation | None = None
+        waited = 0.0
         self._history_ready.wait(config.time_budget_s)  # the previous turn's cache extension
         try:
-            messages, prompt = self._prompt(clean)
+            _, prompt = self._prompt(clean)
             history, self._history_cache = self._history_cache, None  # the generation owns it now
+            asked = time.perf_counter()
+            prefix = self._persona_prefix(prompt)  # another NPC may be computing it: wait for that
+            waited = time.perf_counter() - asked
             generation = self.model.generate(
                 prompt,
                 config.sampler,
                 cancel=pending.cancel_token,
-                prefix_cache=self._persona_prefix(prompt),
+                prefix_cache=prefix,
                 cache=history if config.reuse_persona_prefix else None,
+                started_at=started,
             )
-            watchdog = None
-            if config.time_budget_s is not None:
-                watchdog = threading.Timer(config.time_budget_s, pending.cancel_token.cancel)
+            self._stream(generation, pending)
+            return generation.result, None, prompt, generation, waited
+        except Exception as exc:  # the model failed: a fallback line, the cause in the log
+            log.exception("NPC %s failed to generate; answering with a fallback line", self.agent.npc_id)
+            return None, f"{type(exc).__name__}: {exc}", prompt, generation, waited
+
+    def _stream(self, generation: Generation, pending: PendingLine) -> None:
+        """Run ``generation``, pushing its text to ``pending``. The time budget starts once the
+        generation holds its KV slot: waiting in line behind other NPCs is not the turn's fault."""
+        budget = self.agent.config.time_budget_s
+        watchdogs: list[threading.Timer] = []
+
+        def arm() -> None:
+            if budget is not None:
+                watchdog = threading.Timer(budget, pending.cancel_token.cancel)
                 watchdog.daemon = True
+                watchdogs.append(watchdog)
                 watchdog.start()
-            try:
-                for chunk in generation:
-                    if chunk.text:
-                        pending._push(self.model.tokenizer.strip_special_tokens(chunk.text))
-            finally:
-                if watchdog is not None:
-                    watchdog.cancel()
-            result = generation.result
-        except Exception as exc:  # a turn must never take the game down
-            error = f"{type(exc).__name__}: {exc}"
-            log.exception("NPC %s failed to generate; answering with a fallback line", agent.npc_id)
-        latency = time.monotonic() - started
+
+        generation.on_admitted = arm
+        try:
+            for chunk in generation:
+                if chunk.text:
+                    pending._push(self.model.tokenizer.strip_special_tokens(chunk.text))
+        finally:
+            for watchdog in watchdogs:
+                watchdog.cancel()
+
+    def _make_line(
+        self, turn_index: int, result: GenerationResult | None, error: str | None, started: float, waited: float
+    ) -> NpcLine:
         text, filtered, fallback, reason = self._final_text(result, error, turn_index)
-        line = NpcLine(
+        return NpcLine(
             turn_index=turn_index,
             text=text,
             filtered=filtered,
             fallback=fallback,
             filter_reason=reason,
-            latency_s=latency,
+            latency_s=time.perf_counter() - started,
             time_to_first_token_s=result.time_to_first_token_s if result else 0.0,
             stop_reason=result.stop_reason if result else "error",
             generation=result,
+            queue_s=waited + (result.queue_s if result else 0.0),
         )
+
+    def _keep_line(self, line: NpcLine, clean: str) -> None:
         with self._lock:
             self.lines.append(line)
-            if not fallback and not filtered:
-                self.exchanges.append((delimit_player_text(clean), text))
+            if not line.fallback and not line.filtered:
+                self.exchanges.append((delimit_player_text(clean), line.text))
             self._last_line_at = time.monotonic()
+
+    def _log_turn(self, line: NpcLine, raw_player_text: str, prompt: list[int]) -> None:
+        agent, config, result = self.agent, self.agent.config, line.generation
         self._log(
             NpcTurn(
                 conversation_id=self.conversation_id,
-                turn_index=turn_index,
+                turn_index=line.turn_index,
                 npc_id=agent.npc_id,
                 bundle_id=self.model.bundle_id,
                 player_text=raw_player_text[: config.max_player_chars * 4],
@@ -414,32 +465,45 @@ class Conversation:
                 response_ids=list(result.token_ids) if result else [],
                 logprobs=list(result.logprobs) if result else [],
                 full_logprobs=list(result.full_logprobs) if result else [],
-                text=text,
+                text=line.text,
                 stop_reason=line.stop_reason,
                 sampler=config.sampler.to_dict(),
-                latency_s=latency,
+                latency_s=line.latency_s,
                 time_to_first_token_s=line.time_to_first_token_s,
-                filtered=filtered,
-                fallback=fallback,
+                filtered=line.filtered,
+                fallback=line.fallback,
                 time=time.time(),
-                filter_reason=reason,
+                filter_reason=line.filter_reason,
+                queue_s=line.queue_s,
             )
         )
+
+    def _after_line(self, pending: PendingLine, line: NpcLine, generation: Generation | None) -> None:
+        """Show the line, then (while the player reads it) extend the cache for the next turn."""
+        reuse = self.agent.config.reuse_persona_prefix
         cache = generation.cache if generation is not None else None
-        if fallback or filtered or cache is None or not config.reuse_persona_prefix:
+        if line.fallback or line.filtered or cache is None or not reuse:
             # the line is not part of the memory, but the prompt's KV up to it still is
-            self._history_cache = cache if config.reuse_persona_prefix and not self.ended else None
+            self._store_cache(cache if reuse else None)
             pending._finish(line)
             return
         self._history_ready.clear()
         pending._finish(line)
         try:
-            # While the player reads the line: the KV state of the conversation so far, up to where
-            # the player's next words will go, so the next turn prefills only those words.
+            # The KV state of the conversation so far, up to where the player's next words will go,
+            # so the next turn prefills only those words.
             self._history_cache = cache
             self._prefill_ahead(self._next_prompt_stem())
         finally:
             self._history_ready.set()
+
+    def _store_cache(self, cache: KVCache | None) -> None:
+        """Keep ``cache`` for the next turn, or give its slot back if the conversation has ended."""
+        with self._lock:
+            if not self.ended:
+                self._history_cache, cache = cache, None
+        if cache is not None:
+            cache.release()
 
     def _persona_prefix(self, prompt: list[int]) -> KVCache | None:
         if not self.agent.config.reuse_persona_prefix:
@@ -454,26 +518,20 @@ class Conversation:
         return prompt_stem(self.build_prompt)
 
     def _prefill_ahead(self, stem: list[int]) -> None:
-        """Bring the conversation's cache to hold ``stem`` (rewinding what differs), off the game thread."""
+        """Bring the conversation's cache to hold ``stem`` (rewinding what differs), off the game
+        thread. Only an optimisation: on any failure the next turn starts from the persona prefix."""
+        cache, self._history_cache = self._history_cache, None  # end() meanwhile will not free it under us
         if self.ended or not stem:
+            self._store_cache(cache)
             return
-        cache = self._history_cache
-        if cache is None or not cache.alive:
-            prefix = self._persona_prefix(stem + [0])
-            cache = prefix.fork() if prefix is not None else self.model.new_cache()
-        shared = common_prefix_length(cache.token_ids, stem)
-        cache.truncate(shared)
         try:
-            if shared < len(stem):
-                self.model.forward(stem[shared:], cache)
-        except Exception:  # only an optimisation: the next turn starts from the persona prefix
+            cache = self.model.extend(stem, cache, self._persona_prefix(stem + [0]))
+        except Exception:
             log.exception("could not extend the conversation cache of NPC %s", self.agent.npc_id)
-            cache.release()
+            if cache is not None:
+                cache.release()
             cache = None
-        if self.ended and cache is not None:  # ended meanwhile: give the slot back now
-            cache.release()
-            cache = None
-        self._history_cache = cache
+        self._store_cache(cache)
 
     def player_typing(self, text: str) -> None:
         """The player has typed ``text`` so far: prefill, in a worker thread, the whole prompt the
@@ -502,6 +560,8 @@ class Conversation:
                             return
                     self._prefill_ahead(self.build_prompt(self._clean(typed)))
                     done = typed
+            except Exception:  # only an optimisation: never let it escape the worker thread
+                log.exception("NPC %s: prefilling the typed text failed", self.agent.npc_id)
             finally:
                 with self._lock:
                     self._typing_worker = False
@@ -576,12 +636,15 @@ class Conversation:
         self.end("walked_away")
 
     def end(self, reason: str = "ended") -> None:
-        if self.ended:
-            return
-        self.ended = True
-        cache, self._history_cache = self._history_cache, None
-        if cache is not None and self._history_ready.is_set():
-            cache.release()  # free its slot now (about 46 KB per token for SmolLM2)
+        with self._lock:
+            if self.ended:
+                return
+            self.ended = True
+            cache, self._history_cache = self._history_cache, None
+        if cache is not None:
+            # free its slot now (about 46 KB per token for SmolLM2); a worker that holds the cache
+            # took it out of _history_cache first and frees it itself when it sees the end
+            cache.release()
         self._log(ConversationEnd(conversation_id=self.conversation_id, reason=reason, time=time.time()))
 
     def _log(self, record: Any) -> None:

@@ -5,11 +5,14 @@ that is bound as both ``past_*`` input and ``present.*`` output, so nothing is c
 ``KVPool`` preallocates those buffers as the rows of one array per layer tensor, shaped
 ``(slots, kv_heads, capacity, head_dim)``: a ``SlotCache`` owns one row, and concurrent one-token
 decode steps of several sequences can run as a single batched pass over adjacent rows.
+Every sequence that runs in a slot pins it; a sequence that needs a new slot while every slot is
+pinned waits in a fair line (``npcrl.slotqueue``) instead of failing.
 The arrays are zero-filled lazily by the OS, so a slot costs memory only for the positions it
 has used (about 46 KB per token for SmolLM2); a pool's worst case is
 ``slots × capacity × bytes_per_token``. When every slot is taken, the least recently used slot
-that is not generating is evicted: its cache reports ``alive == False`` and its owner starts
-again from a prefix.
+that is not pinned is evicted: its cache reports ``alive == False`` and its owner starts again
+from a prefix. A slot comes back when its cache is released (a release while pinned takes effect
+at the last unpin) or garbage collected.
 
 ``FrozenCache`` is a compact read-only copy (a persona's system turn) that seeds slots, and
 ``PrefixStore`` keeps those per token sequence, evicting by LRU within a byte budget.
@@ -22,7 +25,6 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -30,6 +32,20 @@ import onnxruntime as ort
 
 from npcrl.bundle import KVLayout
 from npcrl.errors import GenerationError
+from npcrl.prefixstore import PrefixStore
+from npcrl.slotqueue import FairQueue, SlotWait, SlotWaitCancelled
+
+__all__ = [
+    "ConcatCache",
+    "FrozenCache",
+    "KVCache",
+    "KVPool",
+    "PrefixStore",
+    "SlotCache",
+    "SlotWait",
+    "SlotWaitCancelled",
+    "common_prefix_length",
+]
 
 
 class KVCache:
@@ -118,6 +134,8 @@ class SlotCache(KVCache):
         self.pool = pool
         self.slot: int | None = slot
         self.token_ids: list[int] = []
+        self.release_pending = False
+        """released while pinned: the slot is freed at the last unpin"""
 
     @property
     def alive(self) -> bool:
@@ -144,7 +162,10 @@ class KVPool:
     """Preallocated KV rows for a fused graph (see the module docstring).
 
     Memory writes (seeding, copying) and forward passes must not overlap on a slot; the runtime
-    runs both through one serialising scheduler, and ``exclusive`` is the hook it provides.
+    runs both through one serialising scheduler, and ``exclusive`` is the hook it provides. A
+    slot being written (seeded, copied, frozen, stepped) is pinned for the whole write, so it is
+    never evicted or handed to another cache underneath it. All bookkeeping is under ``_cond``,
+    which is never held while waiting on the scheduler.
     """
 
     def __init__(
@@ -153,6 +174,7 @@ class KVPool:
         slots: int,
         capacity: int,
         exclusive: Callable[[Callable[[], object]], object] | None = None,
+        queue_limit: int = 1024,
     ) -> None:
         if slots < 1 or capacity < 2:
             raise ValueError(f"a KV pool needs >= 1 slot and >= 2 positions, got {slots} and {capacity}")
@@ -164,10 +186,11 @@ class KVPool:
         # np.zeros maps fresh pages lazily: untouched positions cost no resident memory.
         self.arrays = [np.zeros(shape, dtype=dtype) for _ in layout.past_names()]
         self._exclusive = exclusive or (lambda fn: fn())
-        self._lock = threading.RLock()
+        self._cond = threading.Condition(threading.RLock())
         self._owners: list[weakref.ref[SlotCache] | None] = [None] * slots
-        self._pinned = [0] * slots
+        self._pins: list[list[int]] = [[] for _ in range(slots)]  # ids of the threads pinning each slot
         self._last_used = [0.0] * slots
+        self.queue = FairQueue(self._cond, queue_limit, f"one of {slots} KV slots (SessionOptions.kv_slots)")
         self.evictions = 0
 
     @property
@@ -176,76 +199,128 @@ class KVPool:
         return self.capacity - 1
 
     def bytes_in_use(self) -> int:
-        with self._lock:
-            caches = [ref() for ref in self._owners if ref is not None]
+        with self._cond:
+            caches = [self._owner(slot) for slot in range(self.slots)]
         return sum(len(c) for c in caches if c is not None) * self.layout.bytes_per_token()
 
-    # ------------------------------------------------------------------ slots
+    # ------------------------------------------------------------------ bookkeeping (lock held)
 
-    def acquire(self) -> SlotCache:
-        """An empty cache in a free slot, evicting the least recently used idle slot if none is free."""
-        with self._lock:
-            slot = self._free_slot()
-            cache = SlotCache(self, slot)
-            self._owners[slot] = weakref.ref(cache)
-            self._last_used[slot] = time.monotonic()
-            return cache
+    def _owner(self, slot: int) -> SlotCache | None:
+        ref = self._owners[slot]
+        return ref() if ref is not None else None
 
-    def _free_slot(self) -> int:
-        for slot, ref in enumerate(self._owners):
-            if ref is None or ref() is None:  # never used, released, or its cache was collected
-                self._pinned[slot] = 0
+    def _available(self) -> bool:
+        """A slot can be had now: a free one, or an unpinned one to evict."""
+        return any(self._owner(s) is None or not self._pins[s] for s in range(self.slots))
+
+    def _stuck(self) -> str | None:
+        """Why waiting for a slot can never end: every pin is the waiting thread's own."""
+        me = threading.get_ident()
+        pins = [t for slot in range(self.slots) if self._owner(slot) is not None for t in self._pins[slot]]
+        if self._available() or not pins or any(t != me for t in pins):
+            return None
+        return f"all {self.slots} KV slots are pinned by the thread that needs another; raise SessionOptions.kv_slots"
+
+    def _take_slot(self) -> int:
+        for slot in range(self.slots):
+            if self._owner(slot) is None:  # never used, released, or its cache was collected
+                self._owners[slot], self._pins[slot] = None, []
                 return slot
-        idle = [s for s in range(self.slots) if self._pinned[s] == 0]
-        if not idle:
-            raise GenerationError(f"all {self.slots} KV slots are generating at once; raise SessionOptions.kv_slots")
-        victim = min(idle, key=lambda s: self._last_used[s])
-        ref = self._owners[victim]
-        evicted = ref() if ref is not None else None
+        victim = min((s for s in range(self.slots) if not self._pins[s]), key=lambda s: self._last_used[s])
+        evicted = self._owner(victim)
         if evicted is not None:
-            evicted.slot = None
-            evicted.token_ids = []
+            evicted.slot, evicted.token_ids, evicted.last_logits = None, [], None
         self.evictions += 1
         return victim
 
-    def release(self, cache: SlotCache) -> None:
-        with self._lock:
-            slot = cache.slot
-            if slot is None:
+    def _free(self, cache: SlotCache) -> None:
+        slot = cache.slot
+        if slot is not None and self._owner(slot) is cache:
+            self._owners[slot], self._pins[slot] = None, []
+        cache.slot, cache.token_ids, cache.last_logits = None, [], None
+        cache.release_pending = False
+        self._cond.notify_all()
+
+    # ------------------------------------------------------------------ slots
+
+    def acquire(self, pin: bool = False, wait: SlotWait | None = None) -> SlotCache:
+        """An empty cache in a free slot, evicting the least recently used unpinned slot if none is
+        free; while every slot is pinned, waits in line (cancellable through ``wait``)."""
+        with self._cond:
+            self.queue.wait(self._available, wait, self._stuck)
+            slot = self._take_slot()
+            cache = SlotCache(self, slot)
+            self._owners[slot] = weakref.ref(cache)
+            self._pins[slot] = [threading.get_ident()] if pin else []
+            self._last_used[slot] = time.monotonic()
+            return cache
+
+    def claim(self, cache: SlotCache, wait: SlotWait | None = None) -> bool:
+        """Pin ``cache`` for a new sequence, in line behind earlier waiters; False (nothing pinned)
+        if it was evicted or released meanwhile."""
+        with self._cond:
+            self.queue.wait(lambda: True, wait)
+            if cache.slot is None or cache.release_pending:
+                return False
+            self._pin(cache)
+            return True
+
+    def hold(self, cache: SlotCache, wait: SlotWait | None = None) -> None:
+        """Pin ``cache`` for a pass: at once if it is already pinned (a step of a running
+        sequence), else in line like ``claim``."""
+        with self._cond:
+            if cache.slot is not None and self._pins[cache.slot]:
+                self._pin(cache)
                 return
-            ref = self._owners[slot]
-            if ref is not None and ref() is cache:
-                self._owners[slot] = None
-                self._pinned[slot] = 0
-            cache.slot = None
-            cache.token_ids = []
+            if not self.claim(cache, wait):
+                raise GenerationError("this KV cache was evicted or released; start again from a prefix")
 
     def pin(self, cache: SlotCache) -> None:
         """Keep ``cache`` from eviction (while it generates); ``unpin`` undoes one pin."""
-        with self._lock:
-            if cache.slot is None:
-                raise GenerationError("this KV cache was evicted or released; start again from a prefix")
-            self._pinned[cache.slot] += 1
-            self._last_used[cache.slot] = time.monotonic()
+        with self._cond:
+            self._pin(cache)
+
+    def _pin(self, cache: SlotCache) -> None:
+        if cache.slot is None:
+            raise GenerationError("this KV cache was evicted or released; start again from a prefix")
+        self._pins[cache.slot].append(threading.get_ident())
+        self._last_used[cache.slot] = time.monotonic()
 
     def unpin(self, cache: SlotCache) -> None:
-        with self._lock:
-            if cache.slot is not None and self._pinned[cache.slot] > 0:
-                self._pinned[cache.slot] -= 1
-                self._last_used[cache.slot] = time.monotonic()
+        with self._cond:
+            slot = cache.slot
+            if slot is None or not self._pins[slot]:
+                return
+            pins = self._pins[slot]
+            me = threading.get_ident()
+            if me in pins:
+                pins.remove(me)
+            else:
+                pins.pop()  # a generation may be finished by another thread than the one that began it
+            self._last_used[slot] = time.monotonic()
+            if not pins and cache.release_pending:
+                self._free(cache)
+            self._cond.notify_all()
+
+    def release(self, cache: SlotCache) -> None:
+        """Give the slot back now, or at the last unpin if a pass or generation still runs in it."""
+        with self._cond:
+            if cache.slot is not None and self._pins[cache.slot]:
+                cache.release_pending = True
+                return
+            self._free(cache)
 
     def touch(self, cache: SlotCache) -> None:
-        with self._lock:
+        with self._cond:
             if cache.slot is not None:
                 self._last_used[cache.slot] = time.monotonic()
 
     def lengths(self, lo: int, hi: int) -> np.ndarray:
         """Token counts of slots ``lo..hi`` (0 for free ones): where idle rows of a batch write."""
-        with self._lock:
+        with self._cond:
             out = np.zeros(hi - lo + 1, dtype=np.int64)
             for i, slot in enumerate(range(lo, hi + 1)):
-                ref = self._owners[slot]
-                cache = ref() if ref is not None else None
+                cache = self._owner(slot)
                 if cache is not None:
                     out[i] = len(cache.token_ids)
             return out
@@ -254,91 +329,75 @@ class KVPool:
         """Views of slots ``lo..hi`` of every layer tensor (contiguous: they can be bound as a batch)."""
         return [a[lo : hi + 1] for a in self.arrays]
 
+    def usage(self) -> tuple[int, int, int]:
+        """(free, owned, pinned) slot counts."""
+        with self._cond:
+            owned = [s for s in range(self.slots) if self._owner(s) is not None]
+            return self.slots - len(owned), len(owned), sum(1 for s in owned if self._pins[s])
+
+    def invariant_violations(self) -> list[str]:
+        """What is wrong with the bookkeeping (empty when it is sound): every live owner sits in
+        the slot it names, no slot has two owners, pins only on owned slots."""
+        problems: list[str] = []
+        with self._cond:
+            seen: dict[int, int] = {}
+            for slot in range(self.slots):
+                cache = self._owner(slot)
+                if cache is None:
+                    if self._pins[slot] and self._owners[slot] is None:
+                        problems.append(f"slot {slot} is free but pinned {len(self._pins[slot])} times")
+                    continue
+                if cache.slot != slot:
+                    problems.append(f"slot {slot}'s owner says it holds slot {cache.slot}")
+                if id(cache) in seen:
+                    problems.append(f"one cache owns slots {seen[id(cache)]} and {slot}")
+                seen[id(cache)] = slot
+                if len(cache.token_ids) > self.max_tokens:
+                    problems.append(f"slot {slot} holds {len(cache.token_ids)} > {self.max_tokens} tokens")
+        return problems
+
     # ------------------------------------------------------------------ copies
 
-    def seed(self, frozen: FrozenCache) -> SlotCache:
-        """A new slot holding ``frozen``'s tokens."""
-        cache = self.acquire()
+    def seed(self, frozen: FrozenCache, pin: bool = False, wait: SlotWait | None = None) -> SlotCache:
+        """A new slot holding ``frozen``'s tokens (pinned for the caller with ``pin``)."""
+        cache = self.acquire(pin=True, wait=wait)  # pinned while written: never evicted mid-copy
         n = len(frozen.token_ids)
+        slot = cache.slot
+        assert slot is not None
 
         def copy() -> None:
-            assert cache.slot is not None
             for dst, src in zip(self.arrays, frozen.arrays, strict=True):
-                dst[cache.slot, :, :n] = src[0]
+                dst[slot, :, :n] = src[0]
             # set inside the exclusive section: a batched pass writes idle rows at their length
             cache.token_ids = list(frozen.token_ids)
             cache.last_logits = frozen.last_logits
 
-        self._exclusive(copy)
-        return cache
-
-    def copy(self, source: SlotCache) -> SlotCache:
-        if source.slot is None:
-            raise GenerationError("cannot fork an evicted or released KV cache")
-        self.pin(source)  # acquiring a slot must not evict the source
         try:
-            cache = self.acquire()
-        finally:
-            self.unpin(source)
-        n = len(source.token_ids)
-
-        def copy() -> None:
-            assert cache.slot is not None and source.slot is not None
-            for a in self.arrays:
-                a[cache.slot, :, :n] = a[source.slot, :, :n]
-            cache.token_ids = list(source.token_ids[:n])
-            cache.last_logits = source.last_logits
-
-        self._exclusive(copy)
+            self._exclusive(copy)
+        except BaseException:
+            self.release(cache)
+            self.unpin(cache)
+            raise
+        if not pin:
+            self.unpin(cache)
         return cache
+
+    def copy(self, source: SlotCache, pin: bool = False, wait: SlotWait | None = None) -> SlotCache:
+        """A new slot holding ``source``'s tokens. Goes through a frozen copy, so the caller never
+        holds the source pinned while it waits for a second slot (which could wait on itself)."""
+        return self.seed(self.freeze(source), pin=pin, wait=wait)
 
     def freeze(self, source: SlotCache) -> FrozenCache:
         if source.slot is None:
             raise GenerationError("cannot freeze an evicted or released KV cache")
-        n = len(source.token_ids)
-
-        def copy() -> list[np.ndarray]:
-            assert source.slot is not None
-            return [a[source.slot : source.slot + 1, :, :n].copy() for a in self.arrays]
-
-        arrays = self._exclusive(copy)
-        frozen = FrozenCache(self, arrays, list(source.token_ids))  # type: ignore[arg-type]
-        frozen.last_logits = source.last_logits
+        self.pin(source)  # the source may not be evicted or reused while it is read
+        try:
+            slot, ids, logits = source.slot, list(source.token_ids), source.last_logits
+            assert slot is not None
+            n = len(ids)
+            arrays = self._exclusive(lambda: [a[slot : slot + 1, :, :n].copy() for a in self.arrays])
+        finally:
+            self.unpin(source)
+        frozen = FrozenCache(self, arrays, ids)  # type: ignore[arg-type]
+        frozen.last_logits = logits
         return frozen
-
-
-class PrefixStore:
-    """Read-only prefix caches by token sequence, evicted least recently used first beyond ``max_bytes``."""
-
-    def __init__(self, max_bytes: int, bytes_per_token: int) -> None:
-        self.max_bytes = max_bytes
-        self.bytes_per_token = bytes_per_token
-        self._entries: OrderedDict[tuple[int, ...], KVCache] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
-
-    def get(self, ids: Sequence[int], compute: Callable[[], KVCache]) -> KVCache:
-        key = tuple(ids)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return entry
-            self.misses += 1
-        entry = compute()  # outside the lock: a prefill takes seconds; a rare duplicate is harmless
-        with self._lock:
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            while len(self._entries) > 1 and self.bytes_in_use() > self.max_bytes:
-                self._entries.popitem(last=False)
-                self.evictions += 1
-        return entry
-
-    def bytes_in_use(self) -> int:
-        return sum(len(e) for e in self._entries.values()) * self.bytes_per_token
-
-    def __len__(self) -> int:
-        return len(self._entries)

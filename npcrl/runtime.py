@@ -4,31 +4,38 @@ Fused graphs write keys and values in place into preallocated pool slots bound t
 binding (``npcrl.kvcache``): no per-step KV copies. Every forward pass of a model goes through
 one ``StepScheduler`` (``npcrl.scheduler``), which runs concurrent decode steps of several NPCs
 as one batched pass. ``InferenceSession.run`` releases the GIL, so generation in a worker
-thread leaves a game's main thread free.
+thread leaves a game's main thread free. Generations themselves are in ``npcrl.generation``.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 
 from npcrl.bundle import Bundle, load_bundle
 from npcrl.errors import BundleError, GenerationError
-from npcrl.kvcache import ConcatCache, FrozenCache, KVCache, KVPool, PrefixStore, SlotCache, common_prefix_length
-from npcrl.sampler import SampledToken, Sampler, SamplerConfig
+from npcrl.generation import CancelToken, Generation, GenerationResult, StopReason, StreamChunk, start_cache
+from npcrl.kvcache import ConcatCache, FrozenCache, KVCache, KVPool, PrefixStore, SlotCache, SlotWait
+from npcrl.sampler import SamplerConfig
 from npcrl.scheduler import Job, StepScheduler
-from npcrl.streaming import IncrementalDecoder, StopStringMatcher
 from npcrl.tokenizer import BundleTokenizer
+from npcrl.validate import check_bool, check_number, check_optional
 
-StopReason = Literal["eos", "stop_string", "max_new_tokens", "cancelled", "context_full"]
+__all__ = [
+    "CancelToken",
+    "Generation",
+    "GenerationResult",
+    "OnnxCausalLM",
+    "SessionOptions",
+    "StopReason",
+    "StreamChunk",
+    "default_thread_count",
+]
 
 
 def default_thread_count() -> int:
@@ -62,20 +69,21 @@ class SessionOptions:
     """how long a pass waits for the other generating sequences' steps to join its batch"""
     prefill_chunk: int = 32
     """while other sequences generate, prefill in chunks of this many tokens so their steps interleave"""
+    kv_queue_limit: int = 1024
+    """fused graphs: most sequences that may wait at once for a KV slot while all ``kv_slots`` are
+    generating (they queue first come, first served); one more is refused with a GenerationError"""
 
-
-class CancelToken:
-    """Set from any thread to stop a generation before its next token."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
+    def __post_init__(self) -> None:
+        # ConfigValueError is a ValueError naming the field and value; upper bounds are far above use.
+        check_optional("intra_op_threads", self.intra_op_threads, 0, 1024, integer=True)
+        for flag in ("allow_spinning", "verify_hashes", "batch_decode"):
+            check_bool(flag, getattr(self, flag))
+        check_number("kv_slots", self.kv_slots, 1, 4096, integer=True)
+        check_optional("kv_capacity", self.kv_capacity, 1, 1 << 20, integer=True)
+        check_number("prefix_cache_mb", self.prefix_cache_mb, 0.0, float(1 << 20))
+        check_number("gather_ms", self.gather_ms, 0.0, 10_000.0)
+        check_number("prefill_chunk", self.prefill_chunk, 0, 1 << 20, integer=True)
+        check_number("kv_queue_limit", self.kv_queue_limit, 0, 1 << 20, integer=True)
 
 
 class OnnxCausalLM:
@@ -117,7 +125,13 @@ class OnnxCausalLM:
         self._bindings: dict[tuple[int, int], ort.IOBinding] = {}  # pool rows -> their binding
         if self.in_place_kv:
             capacity = self.options.kv_capacity or min(self.max_positions or 2048, 2048)
-            self.pool = KVPool(self.kv_layout, self.options.kv_slots, capacity, exclusive=self.scheduler.call)
+            self.pool = KVPool(
+                self.kv_layout,
+                self.options.kv_slots,
+                capacity,
+                exclusive=self.scheduler.call,
+                queue_limit=self.options.kv_queue_limit,
+            )
         self.max_tokens = self.pool.max_tokens if self.pool is not None else self.max_positions
         """most tokens one sequence may hold (positions, and the pool's capacity)"""
         if self.pool is not None and self.max_positions is not None:
@@ -139,18 +153,45 @@ class OnnxCausalLM:
             raise BundleError(f"{path}: onnxruntime cannot load this graph: {exc}") from exc
 
     def _check_graph_interface(self) -> None:
-        """The graph must take and return exactly what the manifest's KV layout says."""
-        inputs = {i.name for i in self.session.get_inputs()}
-        outputs = {o.name for o in self.session.get_outputs()}
-        want_in = {"input_ids", "attention_mask", *self.kv_layout.past_names()}
-        if self.kv_layout.position_ids:
-            want_in.add("position_ids")
-        want_out = {"logits", *self.kv_layout.present_names()}
-        if inputs != want_in or not want_out <= outputs:
+        """The graph must take and return exactly what the manifest says: the tensor names of its KV
+        layout, 2 past inputs per layer, and wherever the graph declares a size statically, the KV
+        heads, head size, KV dtype and vocabulary (a wrong number would size KV buffers wrongly or
+        let sampling index past the logits)."""
+        where = f"{self.bundle.onnx_path}: graph interface does not match the manifest"
+        layout = self.kv_layout
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        past_like = len(set(inputs) - {"input_ids", "attention_mask", "position_ids"})
+        if past_like != 2 * layout.num_layers:
             raise BundleError(
-                f"{self.bundle.onnx_path}: graph interface does not match the manifest's kv_cache "
-                f"(missing inputs {sorted(want_in - inputs)}, unexpected inputs {sorted(inputs - want_in)}, "
-                f"missing outputs {sorted(want_out - outputs)})"
+                f"{where}: the graph has {past_like} past key/value inputs, but field 'kv_cache.num_layers' = "
+                f"{layout.num_layers} means {2 * layout.num_layers}"
+            )
+        want_in = {"input_ids", "attention_mask", *layout.past_names()}
+        if layout.position_ids:
+            want_in.add("position_ids")
+        want_out = {"logits", *layout.present_names()}
+        if set(inputs) != want_in or not want_out <= set(outputs):
+            raise BundleError(
+                f"{where}'s kv_cache (missing inputs {sorted(want_in - set(inputs))}, unexpected inputs "
+                f"{sorted(set(inputs) - want_in)}, missing outputs {sorted(want_out - set(outputs))})"
+            )
+        kv_type = {"float32": "tensor(float)", "float16": "tensor(float16)"}[layout.dtype]
+        sizes = {1: ("kv_cache.num_kv_heads", layout.num_kv_heads), 3: ("kv_cache.head_dim", layout.head_dim)}
+        for arg in [*(inputs[n] for n in layout.past_names()), *(outputs[n] for n in layout.present_names())]:
+            if arg.type != kv_type:
+                raise BundleError(f"{where}: {arg.name} is {arg.type}, but field 'kv_cache.dtype' = {layout.dtype!r}")
+            if arg.shape and len(arg.shape) != 4:
+                raise BundleError(f"{where}: {arg.name} has {len(arg.shape)} axes, expected 4 {layout.axes}")
+            for axis, (name, value) in sizes.items():
+                if arg.shape and isinstance(arg.shape[axis], int) and arg.shape[axis] != value:
+                    raise BundleError(
+                        f"{where}: {arg.name} has {arg.shape[axis]} on axis {axis}, but field '{name}' = {value}"
+                    )
+        logits = outputs["logits"].shape
+        if logits and isinstance(logits[-1], int) and logits[-1] != self.vocab_size:
+            raise BundleError(
+                f"{where}: logits have {logits[-1]} entries per position, but field 'vocab_size' = {self.vocab_size}"
             )
 
     @property
@@ -186,7 +227,7 @@ class OnnxCausalLM:
             cache.last_logits = logits[-1].copy()
             return logits if all_logits else logits[-1]
         assert self.pool is not None
-        self.pool.pin(cache)
+        self.pool.hold(cache)  # at once inside a running generation; else in line for a slot
         try:
             parts = []
             start = 0
@@ -299,21 +340,50 @@ class OnnxCausalLM:
 
     def prefill(self, token_ids: Sequence[int]) -> KVCache:
         """A cache holding ``token_ids`` (e.g. a system prompt), to seed or continue generations."""
-        cache = self.new_cache()
-        self.forward(token_ids, cache)
-        return cache
+        if self.pool is None:
+            cache = self.new_cache()
+            self.forward(token_ids, cache)
+            return cache
+        slot_cache = self.pool.acquire(pin=True)  # pinned from the start: not evicted before its pass
+        try:
+            self.forward(token_ids, slot_cache)
+        finally:
+            self.pool.unpin(slot_cache)
+        return slot_cache
+
+    def extend(
+        self, token_ids: Sequence[int], cache: KVCache | None = None, prefix_cache: KVCache | None = None
+    ) -> KVCache:
+        """A cache holding ``token_ids``: ``cache`` rewound to what it shares with them, else a
+        fork of ``prefix_cache`` (a prefix of them), else a new one, then prefilled with the rest
+        (``cache`` is released if not used). Its slot stays pinned throughout, so it cannot be
+        evicted between being taken and filled; while every slot is generating it waits in line."""
+        ids = list(token_ids)
+        if prefix_cache is not None and prefix_cache.token_ids != ids[: len(prefix_cache)]:
+            raise GenerationError("prefix_cache does not hold a prefix of the tokens to extend to")
+        held = start_cache(self, ids, cache, prefix_cache, SlotWait(), need_logits=False)
+        try:
+            if len(held) < len(ids):
+                self.forward(ids[len(held) :], held)
+        finally:
+            if isinstance(held, SlotCache):
+                held.pool.unpin(held)
+        return held
 
     def prefix_cache(self, token_ids: Sequence[int]) -> KVCache:
         """The read-only cache of ``token_ids``, computed once per model and kept in an LRU store
         (``SessionOptions.prefix_cache_mb``): every NPC with the same persona shares it."""
 
         def compute() -> KVCache:
-            cache = self.prefill(token_ids)
-            if isinstance(cache, SlotCache):
-                frozen = cache.freeze()
-                cache.release()
-                return frozen
-            return cache
+            if self.pool is None:
+                return self.prefill(token_ids)
+            cache = self.pool.acquire(pin=True)
+            try:
+                self.forward(token_ids, cache)
+                return cache.freeze()
+            finally:
+                self.pool.release(cache)  # freed at the unpin below
+                self.pool.unpin(cache)
 
         return self.prefixes.get(token_ids, compute)
 
@@ -325,6 +395,7 @@ class OnnxCausalLM:
         ignore_eos: bool = False,
         prefix_cache: KVCache | None = None,
         cache: KVCache | None = None,
+        started_at: float | None = None,
     ) -> Generation:
         """Start generating after ``prompt_ids``; iterate the result for streamed text.
 
@@ -333,190 +404,20 @@ class OnnxCausalLM:
         continued in place instead, rewound to the longest prefix it shares with the prompt, when
         that covers more of the prompt than ``prefix_cache``; the cache used is
         ``Generation.cache``. ``ignore_eos`` keeps going past EOS (benchmarks that need a fixed
-        token count)."""
+        token count). ``started_at`` (a ``time.perf_counter()`` value) is when the request began, if
+        before this call: time to first token counts from there. While every KV slot is generating,
+        the generation waits in line for one (``GenerationResult.queue_s``)."""
         return Generation(
-            self, list(prompt_ids), config or SamplerConfig(), cancel or CancelToken(), ignore_eos, prefix_cache, cache
+            self,
+            list(prompt_ids),
+            config or SamplerConfig(),
+            cancel or CancelToken(),
+            ignore_eos,
+            prefix_cache,
+            cache,
+            started_at,
         )
 
     def generate_text(self, prompt_ids: Sequence[int], config: SamplerConfig | None = None) -> GenerationResult:
         """Blocking form of ``generate``."""
         return self.generate(prompt_ids, config).run()
-
-
-@dataclass
-class StreamChunk:
-    """Text made final by one sampled token (may be empty while bytes are pending); the last
-    chunk of a generation may carry held-back text and no token."""
-
-    text: str
-    token: SampledToken | None
-
-
-@dataclass
-class GenerationResult:
-    """What a finished generation produced: exact ids and both log-probs per token for the logs."""
-
-    prompt_ids: list[int]
-    token_ids: list[int]
-    logprobs: list[float]
-    """log-prob of each token under the distribution it was drawn from (behaviour policy)"""
-    full_logprobs: list[float]
-    """log-prob under the temperature-scaled full softmax of the model's logits"""
-    text: str
-    stop_reason: StopReason
-    time_to_first_token_s: float
-    total_s: float
-    sampler: dict[str, object] = field(default_factory=dict)
-    reused_tokens: int = 0
-    """prompt tokens whose KV state came from a cache (only the rest was prefilled)"""
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        decode_time = self.total_s - self.time_to_first_token_s
-        return (len(self.token_ids) - 1) / decode_time if len(self.token_ids) > 1 and decode_time > 0 else 0.0
-
-
-class Generation:
-    """An in-progress generation: iterate for ``StreamChunk``s; ``result`` once finished.
-
-    Not thread-safe to iterate from two threads; ``cancel()`` may be called from any thread.
-    """
-
-    def __init__(
-        self,
-        model: OnnxCausalLM,
-        prompt_ids: list[int],
-        config: SamplerConfig,
-        cancel: CancelToken,
-        ignore_eos: bool = False,
-        prefix_cache: KVCache | None = None,
-        cache: KVCache | None = None,
-    ):
-        if not prompt_ids:
-            raise GenerationError("the prompt is empty; at least one token is needed")
-        if prefix_cache is not None and (
-            len(prefix_cache) >= len(prompt_ids) or prompt_ids[: len(prefix_cache)] != prefix_cache.token_ids
-        ):
-            raise GenerationError("prefix_cache does not hold a proper prefix of the prompt")
-        self.prefix_cache = prefix_cache
-        self.cache: KVCache | None = cache
-        """the cache this generation runs in: the prompt, then every sampled token but the last"""
-        self.reused_tokens = 0
-        """prompt tokens that came from a cache rather than a prefill"""
-        self.model = model
-        self.prompt_ids = prompt_ids
-        self.config = config
-        self.cancel_token = cancel
-        self.ignore_eos = ignore_eos
-        self.result: GenerationResult | None = None
-        self._iterator = self._run()
-
-    def _start_cache(self) -> KVCache:
-        """The given cache rewound to what it shares with the prompt, a fork of the prefix cache,
-        or a new cache: whichever leaves the least to prefill."""
-        model, prompt = self.model, self.prompt_ids
-        own = self.cache
-        shared = 0
-        if own is not None and own.alive:
-            shared = common_prefix_length(own.token_ids, prompt)
-            if not (shared == len(prompt) == len(own) and own.last_logits is not None):
-                shared = min(shared, len(prompt) - 1)  # at least one token to feed for logits
-        prefix = len(self.prefix_cache) if self.prefix_cache is not None else 0
-        if own is not None and own.alive and shared >= prefix and shared > 0:
-            own.truncate(shared)
-            return own
-        if own is not None:
-            own.release()
-        if self.prefix_cache is not None and self.prefix_cache.alive:
-            return self.prefix_cache.fork()
-        return model.new_cache()
-
-    def cancel(self) -> None:
-        self.cancel_token.cancel()
-
-    def __iter__(self) -> Iterator[StreamChunk]:
-        return self._iterator
-
-    def run(self) -> GenerationResult:
-        """Drive the generation to its end and return the result."""
-        for _ in self._iterator:
-            pass
-        assert self.result is not None
-        return self.result
-
-    def _run(self) -> Iterator[StreamChunk]:
-        model, config = self.model, self.config
-        sampler = Sampler(config)
-        decoder = IncrementalDecoder(model.tokenizer.tokenizer, skip_special_tokens=True)
-        stops = StopStringMatcher(config.stop_strings)
-        start = time.perf_counter()  # time to first token includes seeding the cache
-        cache = self.cache = self._start_cache()
-        self.reused_tokens = len(cache)
-        pool = model.pool if isinstance(cache, SlotCache) else None
-        if pool is not None:
-            pool.pin(cache)  # type: ignore[arg-type]
-        model.scheduler.begin_sequence()
-        try:
-            yield from self._loop(cache, sampler, decoder, stops, start)
-        finally:
-            model.scheduler.end_sequence()
-            if pool is not None:
-                pool.unpin(cache)  # type: ignore[arg-type]
-
-    def _loop(
-        self, cache: KVCache, sampler: Sampler, decoder: IncrementalDecoder, stops: StopStringMatcher, start: float
-    ) -> Iterator[StreamChunk]:
-        model, config = self.model, self.config
-        context = np.asarray(self.prompt_ids, dtype=np.int64)
-        tokens: list[SampledToken] = []
-        text_parts: list[str] = []
-        stop_reason: StopReason = "max_new_tokens"
-        first_token_at = start
-        feed = self.prompt_ids[len(cache) :]
-        while len(tokens) < config.max_new_tokens:
-            if self.cancel_token.cancelled:
-                stop_reason = "cancelled"
-                break
-            if model.max_tokens is not None and len(cache) + len(feed) > model.max_tokens:
-                stop_reason = "context_full"
-                break
-            if feed:
-                logits = model.forward(feed, cache)
-            else:  # the cache holds the whole prompt (prefilled while the player typed)
-                assert cache.last_logits is not None
-                logits = cache.last_logits
-            token = sampler.sample(logits, context)
-            model.sampled_tokens += 1
-            if not tokens:
-                first_token_at = time.perf_counter()
-            tokens.append(token)
-            context = np.append(context, token.token_id)
-            if token.token_id in model.eos_token_ids and not self.ignore_eos:
-                stop_reason = "eos"
-                break
-            shown, stopped = stops.feed(decoder.push(token.token_id))
-            if shown:
-                text_parts.append(shown)
-            yield StreamChunk(shown, token)
-            if stopped:
-                stop_reason = "stop_string"
-                break
-            feed = [token.token_id]
-        if stop_reason != "stop_string":
-            tail, _ = stops.feed(decoder.flush())
-            tail += stops.flush()
-            if tail:
-                text_parts.append(tail)
-                yield StreamChunk(tail, None)
-        self.result = GenerationResult(
-            prompt_ids=self.prompt_ids,
-            token_ids=[t.token_id for t in tokens],
-            logprobs=[t.logprob for t in tokens],
-            full_logprobs=[t.full_logprob for t in tokens],
-            text="".join(text_parts),
-            stop_reason=stop_reason,
-            time_to_first_token_s=(first_token_at - start) if tokens else 0.0,
-            total_s=time.perf_counter() - start,
-            sampler=config.to_dict(),
-            reused_tokens=self.reused_tokens,
-        )
