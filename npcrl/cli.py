@@ -142,6 +142,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bundle_migrate(args: argparse.Namespace) -> int:
+    from npcrl.bundle_migrate import main as migrate_main
+
+    return migrate_main(list(args.bundles))
+
+
 def _cmd_bundle_info(args: argparse.Namespace) -> int:
     from npcrl.bundle import load_bundle
 
@@ -195,9 +201,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     """Fetch the default model, export its bundle once, and let an NPC speak."""
+    from npcrl.bundle_migrate import migrate_if_old
     from npcrl.runtime import OnnxCausalLM
 
     bundle_dir = Path(args.bundle) if args.bundle else default_bundle_dir(DEFAULT_QUANT)
+    if not args.bundle:
+        migrate_if_old(bundle_dir)  # a cache filled by an earlier npcrl
     if not (bundle_dir / "manifest.json").is_file():
         from exporters.export import export_bundle
 
@@ -293,20 +302,46 @@ def _cmd_rewards(args: argparse.Namespace) -> int:
 
     spec = load_reward_spec(args.spec) if args.spec else default_reward_spec()
     reader = LogReader(args.dir)
-    rewards = turn_rewards(reader, spec)
+    unscorable: list[str] = []
+    rewards = turn_rewards(reader, spec, unscorable)
+    if unscorable:
+        print(f"warning: {len(unscorable)} conversation(s) skipped, not scorable: {unscorable[0]}", file=sys.stderr)
+    warning = reader.stats.warning()  # records read twice (a copied file): counted once, said so
+    if warning:
+        print(warning, file=sys.stderr)
     if args.json:
         for r in rewards:
             print(json.dumps(r.__dict__ | {"events": [list(e) for e in r.events]}))
         return 0
     summary = reward_summary(rewards)
     summary["corrupt_records_skipped"] = reader.stats.corrupt_skipped
+    summary["duplicate_records"] = reader.stats.duplicates
+    summary["conflicting_records"] = reader.stats.conflicts
+    summary["unscorable_conversations"] = len(unscorable)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from npcrl.promotion import promote
+    from npcrl.promotion import promote, repair
 
+    if args.repair:
+        if args.bundle is not None:
+            raise NpcrlError(
+                f"promote --repair takes only STORE; it restores a bundle from HISTORY, not {args.bundle!r}"
+            )
+        result = repair(args.store)
+        for problem in result.problems:
+            print(f"dropped: {problem}")
+        if result.current is None:
+            print(f"nothing promoted in {args.store} yet; nothing to repair")
+        elif result.restored:
+            print(f"repaired {args.store}: restored {result.current.bundle_id} ({result.current.bundle_dir})")
+        else:
+            print(f"{args.store} is sound: current {result.current.bundle_id} ({result.current.bundle_dir})")
+        return 0
+    if args.bundle is None:
+        raise NpcrlError("promote needs STORE and BUNDLE (or --repair STORE)")
     promotion = promote(args.store, args.bundle)
     print(f"promoted {promotion.bundle_id} ({promotion.bundle_dir}) in {args.store}")
     return 0
@@ -358,6 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     info = bundle.add_parser("info", help="verify a bundle and print its manifest")
     info.add_argument("bundle")
     info.set_defaults(func=_cmd_bundle_info)
+    migrate = bundle.add_parser(
+        "migrate",
+        help="bring format-version-1 bundles to the current format (their id then covers the whole manifest)",
+        description="Verify each bundle against its old id and rewrite its manifest in the current format; "
+        "the old id is kept in provenance so its play logs still train. Example: npcrl bundle migrate bundles/smol-q8",
+    )
+    migrate.add_argument("bundles", nargs="+", help="bundle directories")
+    migrate.set_defaults(func=_cmd_bundle_migrate)
 
     generate = sub.add_parser("generate", help="stream one NPC line from a bundle")
     generate.add_argument("--bundle", required=True)
@@ -485,7 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     promote = sub.add_parser("promote", help="make a bundle the one games in a store pick up (atomic)")
     promote.add_argument("store", help="bundle store directory (holds the CURRENT pointer)")
-    promote.add_argument("bundle", help="bundle directory to promote")
+    promote.add_argument("bundle", nargs="?", help="bundle directory to promote (not with --repair)")
+    promote.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild a corrupt CURRENT from the newest HISTORY entry whose bundle still verifies",
+    )
     promote.set_defaults(func=_cmd_promote)
     rollback = sub.add_parser("rollback", help="re-promote the store's previous bundle")
     rollback.add_argument("store")

@@ -19,7 +19,7 @@ from npcrl.promotion import CURRENT, promote
 from npcrl.rewards import default_reward_spec
 
 
-def wait_for(condition: Any, timeout: float = 10.0) -> bool:
+def wait_for(condition: Any, timeout: float = 120.0) -> bool:  # a hang guard, far above the work
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -76,7 +76,7 @@ def test_stats_worker_reads_the_log_directory_in_the_background(tmp_path):
     worker = StatsWorker(tmp_path / "logs", flush=flush)
     assert worker.result is None
     assert worker.request()
-    assert worker.wait(timeout=10)
+    assert worker.wait(timeout=300)
     assert flushed.is_set()  # queued records reach the disk before they are read
     assert worker.error is None and worker.result is not None and worker.result.turns == 4
     writer.close()
@@ -85,7 +85,7 @@ def test_stats_worker_reads_the_log_directory_in_the_background(tmp_path):
 def test_stats_worker_reports_an_unreadable_log_dir(tmp_path):
     worker = StatsWorker(tmp_path / "missing")
     worker.request()
-    worker.wait(timeout=10)
+    worker.wait(timeout=300)
     assert worker.result is None and worker.error is not None and "does not exist" in worker.error
 
 

@@ -151,7 +151,7 @@ def test_garbage_between_records_is_skipped_in_one_stretch(tmp_path: Path) -> No
     assert records == RECORDS
     assert (reader.stats.corrupt_skipped, reader.stats.corrupt_bytes) == (1, len(garbage))
     assert peak < 8 * 1024 * 1024, peak  # a window of about one chunk plus one maximal frame
-    assert elapsed < 10, elapsed
+    assert elapsed < 120, elapsed  # a hang guard: a rescan per byte would take hours, not seconds
 
 
 @pytest.mark.parametrize("length", [0xFFFFFFFF, 0x7FFFFFFF, MAX_PAYLOAD_BYTES + 1, MAX_PAYLOAD_BYTES])
@@ -291,7 +291,7 @@ def test_follow_stops_after_idle_timeout_and_reports_the_torn_tail(tmp_path: Pat
     began = time.monotonic()
     reader = LogReader(path, follow=True, poll_interval_s=0.01, idle_timeout_s=0.2)
     assert list(reader) == RECORDS[:2]
-    assert 0.2 <= time.monotonic() - began < 5
+    assert 0.2 <= time.monotonic() - began < 120  # waited the idle timeout; the upper bound only guards a hang
     assert reader.stats.torn_tail_bytes == 5
 
 

@@ -57,13 +57,9 @@ def test_append_never_blocks_and_counts_drops(tmp_path: Path) -> None:
 
     writer._write = hanging_disk  # type: ignore[method-assign]
     writer.append(event(index=0))
-    assert stalled.wait(5)  # the writer thread now hangs in a write
-    slowest = 0.0
-    for i in range(1, 201):
-        began = time.perf_counter()
+    assert stalled.wait(120)  # the writer thread now hangs in a write (a hang guard, not a timing)
+    for i in range(1, 201):  # all return while the disk hangs: an append that waited would never return
         writer.append(event(index=i))
-        slowest = max(slowest, time.perf_counter() - began)
-    assert slowest < 0.05, slowest
     assert (writer.stats.dropped, writer.stats.queued) == (196, 4)
     release.set()
     writer.close()
@@ -223,7 +219,9 @@ def test_fsync_interval_syncs_without_further_appends(tmp_path: Path, monkeypatc
     with PlayLogWriter(tmp_path, sync="fsync_interval", fsync_interval_s=0.05) as writer:
         synced.clear()
         writer.append(event())
-        time.sleep(0.5)
+        hang_guard = time.monotonic() + 120
+        while not synced and time.monotonic() < hang_guard:
+            time.sleep(0.01)
         assert len(synced) >= 1  # the interval timer fired with no append to wake the thread
         before = len(synced)
         writer.flush()  # nothing new to sync
@@ -260,7 +258,7 @@ def test_sigkill_mid_stream_leaves_a_readable_log(tmp_path: Path) -> None:
             flushed = int(line)
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc.wait(timeout=300)
     assert proc.returncode == -signal.SIGKILL
     reader = LogReader(tmp_path)
     indices = []

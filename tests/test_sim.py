@@ -237,12 +237,12 @@ def test_the_documented_example_profile_loads(tmp_path):
         ({"name": '"x"'}, "asks_back = 1.0", "name", "file stem"),
         ({}, "asks_back = 1.0\nflattery = 0.5", "weights.flattery", "unknown feature"),
         ({}, "words = 0.1", "weights.words", "unknown feature"),
-        ({}, "asks_back = true", "weights.asks_back", "must be a number"),
-        ({"rating_probability": "1.5"}, "", "rating_probability", "[0.0, 1.0]"),
-        ({"quest_accept_probability": "-0.1"}, "", "quest_accept_probability", "[0.0, 1.0]"),
-        ({"noise": "-1.0"}, "", "noise", "within"),
+        ({}, "asks_back = true", "weights.asks_back", "must be a finite number"),
+        ({"rating_probability": "1.5"}, "", "rating_probability", ">= 0 and <= 1"),
+        ({"quest_accept_probability": "-0.1"}, "", "quest_accept_probability", ">= 0 and <= 1"),
+        ({"noise": "-1.0"}, "", "noise", ">= 0 and <= 1000"),
         ({"reply_latency_s": "0"}, "", "reply_latency_s", "> 0"),
-        ({"max_turns": "0"}, "", "max_turns", "[1, 100]"),
+        ({"max_turns": "0"}, "", "max_turns", "an integer >= 1 and <= 100"),
         ({"max_turns": "2.5"}, "", "max_turns", "integer"),
         ({"openers": '["Hello, {player}."]'}, "", "openers", "{player}"),
         ({"follow_ups": "[]"}, "", "follow_ups", "at least 1"),
@@ -589,7 +589,7 @@ def spy_on_conversations(monkeypatch, meet: int = 0, fail_at: int | None = None)
     real = simulate_module.play_conversation
     lock = threading.Lock()
     seen = {"started": [], "active": 0, "peak": 0}
-    barrier = threading.Barrier(meet, timeout=20) if meet else None
+    barrier = threading.Barrier(meet, timeout=300) if meet else None
 
     def spy(agent, profile, rng, index=0, conversation_id=None):
         with lock:
@@ -677,7 +677,7 @@ def test_an_error_in_a_conversation_propagates_and_stops_the_run(model, monkeypa
 
     thread = threading.Thread(target=run)
     thread.start()
-    thread.join(120)
+    thread.join(600)
     assert not thread.is_alive(), "simulate hung after a failed conversation"
     assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError) and "boom in conversation 4" in str(outcome[0])
     assert finished == [0, 1, 2, 3]  # the ones before it, in order
