@@ -138,6 +138,24 @@ def choose_graph(family: str, graph: str, unsupported: str | None = None) -> str
     return "torch"
 
 
+def _set_aside_name(out: Path) -> Path:
+    return out.with_name(f".{out.name}.old")
+
+
+def restore_cut_off_swap(out: str | Path) -> bool:
+    """Put a bundle set aside by a replacement that was cut off back in place; True if it was.
+
+    Replacing a bundle renames the old one aside, then the new one into place: a process killed
+    between the two renames leaves no bundle at ``out``, only the old one beside it."""
+    out = Path(out).expanduser()
+    old = _set_aside_name(out)
+    if out.exists() or not old.is_dir():
+        return False
+    old.rename(out)
+    _log(f"restored {out} from a replacement that was cut off")
+    return True
+
+
 def export_bundle(
     source: str | Path,
     out: str | Path,
@@ -155,6 +173,7 @@ def export_bundle(
         raise ExportError(f"quantisation {quant!r} is not one of {', '.join(QUANT_SPECS)}")
     spec = QUANT_SPECS[quant]
     out = Path(out).expanduser()
+    restore_cut_off_swap(out)
     if out.exists() and not overwrite:
         raise ExportError(f"{out}: already exists (pass overwrite=True / --force to replace it)")
     started = time.perf_counter()
@@ -258,7 +277,7 @@ def export_bundle(
         write_manifest(staging, manifest)
         bundle = load_bundle(staging)  # the same checks a game will run
         # Swap into place: the old bundle (if replaced) is removed only after the new one is there.
-        old = out.with_name(f".{out.name}.old")
+        old = _set_aside_name(out)
         if out.exists():
             if old.exists():
                 shutil.rmtree(old)

@@ -211,3 +211,17 @@ def test_auto_route_takes_the_traced_graph_for_a_head_size_the_kernel_cannot_run
         assert "not using the fused graph: head size 8 is not a multiple of 16" in capfd.readouterr().err
     model = OnnxCausalLM(bundle.root)
     assert model.forward(model.tokenizer.encode("Ale or cider?"), model.new_cache()).shape == (model.vocab_size,)
+
+
+def test_a_replacement_cut_off_between_its_renames_gets_the_old_bundle_back(tmp_path):
+    from exporters.export import restore_cut_off_swap
+
+    out = tmp_path / "bundle"
+    aside = tmp_path / ".bundle.old"  # where a replacement puts the old bundle before renaming the new one in
+    aside.mkdir()
+    (aside / "manifest.json").write_text("{}")
+    assert restore_cut_off_swap(out)
+    assert (out / "manifest.json").read_text() == "{}" and not aside.exists()
+    assert not restore_cut_off_swap(out)  # a bundle in place is left alone
+    aside.mkdir()
+    assert not restore_cut_off_swap(out) and aside.exists()  # the finished swap's leftover is not restored over it
