@@ -4,8 +4,9 @@ Each player thread walks up to an NPC, takes a few turns with think-time between
 turns, polled like a game loop), then ends the conversation, walks away mid-talk, or just drops it
 without ending it. Reported per player count: lines, fallbacks (capacity = the model was busy,
 other), time to first token p50/p99 including the wait for a KV slot, resident memory sampled over
-the run and its slope after a warm-up (least-squares, MB/min), and play-log records written against
-records read back.
+the run and its slope after a warm-up (least-squares, MB/min), the same less the KV pool's pages
+touched so far (see ``KvHighWater``), and play-log records written against records read back.
+Each player count runs in its own process.
 
 Usage: python bench/bench_soak.py [--bundle DIR] [--players 8 16] [--minutes 10]
 """
@@ -13,9 +14,12 @@ Usage: python bench/bench_soak.py [--bundle DIR] [--players 8 16] [--minutes 10]
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
+import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -108,6 +112,11 @@ def slope_mb_per_min(samples: list[tuple[float, float]], warmup_s: float) -> flo
     return float(np.polyfit(t / 60, m, 1)[0])
 
 
+def fallback_reasons(lines: list[LineStats]) -> str:
+    counts = collections.Counter(line.reason.split(":")[0] or "none" for line in lines if line.fallback)
+    return ", ".join(f"{reason} {n}" for reason, n in counts.most_common()) or "-"
+
+
 def soak(bundle: Path, players: int, minutes: float, think_s: float) -> dict[str, float]:
     model = OnnxCausalLM(bundle, SessionOptions())
     log_dir = Path(tempfile.mkdtemp(prefix="npcrl-soak-"))
@@ -131,19 +140,39 @@ def soak(bundle: Path, players: int, minutes: float, think_s: float) -> dict[str
     ]
     for thread in threads:
         thread.start()
+    touched = KvHighWater(model)
     while any(thread.is_alive() for thread in threads):
-        samples.append((time.monotonic() - start, rss_mb()))
+        samples.append((time.monotonic() - start, rss_mb(), touched.sample_mb()))
         time.sleep(min(2.0, minutes * 60 / 50))
     gc.collect()
-    samples.append((time.monotonic() - start, rss_mb()))
+    samples.append((time.monotonic() - start, rss_mb(), touched.sample_mb()))
     writer.close()
     read_back = sum(1 for _ in read_log_dir(log_dir))
-    return summarise(tally.lines, samples, min(60.0, minutes * 12), sink.count, read_back, model)
+    return summarise(tally.lines, samples, min(120.0, minutes * 12), sink.count, read_back, model)
+
+
+class KvHighWater:
+    """The KV pool's resident memory, estimated from each slot's deepest position seen so far.
+
+    The pool's arrays are mapped lazily: a slot's pages become resident as its sequences reach
+    deeper positions and stay resident when the slot is reused. RSS therefore climbs towards
+    slots x deepest conversation x bytes per token — bounded by design, not a leak. Sampling the
+    slots' lengths (every two seconds) tells that growth apart from the rest of the process."""
+
+    def __init__(self, model: OnnxCausalLM) -> None:
+        self.pool = model.pool
+        self.deepest = np.zeros(self.pool.slots if self.pool is not None else 0, dtype=np.int64)
+
+    def sample_mb(self) -> float:
+        if self.pool is None:
+            return 0.0
+        np.maximum(self.deepest, self.pool.lengths(0, self.pool.slots - 1), out=self.deepest)
+        return float(self.deepest.sum()) * self.pool.layout.bytes_per_token() / 2**20
 
 
 def summarise(
     lines: list[LineStats],
-    samples: list[tuple[float, float]],
+    samples: list[tuple[float, float, float]],
     warmup_s: float,
     written: int,
     read_back: int,
@@ -161,12 +190,23 @@ def summarise(
         "ttft_p99_ms": float(np.percentile(ttft, 99)),
         "queue_p99_ms": float(np.percentile(queue, 99)),
         "max_waiters": float(pool.queue.max_seen) if pool is not None else 0.0,
+        "fallback_reasons": fallback_reasons(lines),
         "rss_start_mb": samples[0][1],
         "rss_end_mb": samples[-1][1],
-        "rss_slope_mb_min": slope_mb_per_min(samples, warmup_s),
+        "kv_touched_end_mb": samples[-1][2],
+        "rss_slope_mb_min": slope_mb_per_min([(t, m) for t, m, _ in samples], warmup_s),
+        "rss_less_kv_slope_mb_min": slope_mb_per_min([(t, m - kv) for t, m, kv in samples], warmup_s),
         "records_written": written,
         "records_read": read_back,
     }
+
+
+def soak_in_child(args: argparse.Namespace, players: int) -> dict[str, float]:
+    """One row in a fresh process, so that its memory figures do not start from the last row's."""
+    cmd = [sys.executable, __file__, "--one", "--bundle", str(args.bundle), "--players", str(players)]
+    cmd += ["--minutes", str(args.minutes), "--think-s", str(args.think_s)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -175,8 +215,12 @@ def main() -> None:
     parser.add_argument("--players", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--think-s", type=float, default=2.0, help="mean think-time between a player's turns")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one row, as JSON (a child process)
     args = parser.parse_args()
-    rows = [(n, soak(args.bundle, n, args.minutes, args.think_s)) for n in args.players]
+    if args.one:
+        print(json.dumps(soak(args.bundle, args.players[0], args.minutes, args.think_s)))
+        return
+    rows = [(n, soak_in_child(args, n)) for n in args.players]
     print(f"\nbundle {args.bundle.name}; {os.cpu_count()} CPUs; {args.minutes:g} min per row\n")
     keys = list(rows[0][1])
     print("| players | " + " | ".join(keys) + " |")

@@ -28,16 +28,23 @@ class FeatureRow:
 def logged_feature_rows(logs: str, personas: dict) -> list[FeatureRow]:
     """Every scored turn of the simulated play logs in ``logs``, with the simulator's features of its line."""
     from npcrl.engagement import group_conversations, score_conversation
+    from npcrl.paths import default_key_path
     from npcrl.playlog import LogReader
+    from npcrl.privacy.pseudonym import load_or_create_key, pseudonym
     from npcrl.rewards import default_reward_spec
     from npcrl.sim.features import line_features
+    from npcrl.sim.profiles import builtin_profiles
     from npcrl.sim.simulate import PLAYER_ID_PREFIX
 
     spec = default_reward_spec()
+    # The writer stores a keyed pseudonym of each player id: map the simulated players' ids back
+    # with the same (default) key; logs written before pseudonyms carry the id itself.
+    key = load_or_create_key(default_key_path())
+    profiles = {pseudonym(f"{PLAYER_ID_PREFIX}{name}", key): name for name in builtin_profiles()}
     rows = []
     for cid, log in sorted(group_conversations(LogReader(logs)).items()):
         player = log.start.player_id if log.start is not None else ""
-        profile = player.removeprefix(PLAYER_ID_PREFIX)
+        profile = profiles.get(player, player.removeprefix(PLAYER_ID_PREFIX))
         earlier: list[str] = []
         for reward in score_conversation(log, spec):
             turn = log.turns[reward.turn_index]

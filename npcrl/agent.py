@@ -26,6 +26,7 @@ from npcrl.kvcache import KVCache, common_prefix_length
 from npcrl.persona import Persona
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, Record
 from npcrl.postprocess import postprocess_line
+from npcrl.privacy.player_text import RESPONSE_WITHHELD, PlayerTextStorage, check_storage_mode
 from npcrl.runtime import CancelToken, Generation, GenerationResult, OnnxCausalLM
 from npcrl.safety import OutputFilter, delimit_player_text, sanitize_player_text
 from npcrl.sampler import SamplerConfig
@@ -77,6 +78,9 @@ class AgentConfig:
     reuse_persona_prefix: bool = True
     """start every turn from cached KV: the persona's system turn and user header (computed once per
     persona and bundle) and, within a conversation, everything up to the player's new line"""
+    player_text_storage: str = "scrubbed"
+    """what of the player's words the play log keeps: "scrubbed" (personal data masked), "none" (no
+    player words at all) or "raw" (as typed); the model always sees them as typed (docs/PRIVACY.md)"""
 
     def __post_init__(self) -> None:
         # ConfigValueError is a ValueError naming the field and value; upper bounds are far above use.
@@ -92,6 +96,7 @@ class AgentConfig:
         check_number("max_line_chars", self.max_line_chars, 1, 100_000, integer=True)
         check_number("max_player_chars", self.max_player_chars, 1, 100_000, integer=True)
         check_bool("reuse_persona_prefix", self.reuse_persona_prefix)
+        check_storage_mode("player_text_storage", self.player_text_storage)
 
 
 @dataclass(frozen=True)
@@ -246,6 +251,7 @@ class Conversation:
         self.player_id = player_id
         self.conversation_id = conversation_id or uuid.uuid4().hex
         self.exchanges: list[tuple[str, str]] = []  # (delimited player text, NPC line) kept as memory
+        self._storage = PlayerTextStorage(agent.config.player_text_storage)
         self.lines: list[NpcLine] = []
         self.ended = False
         self._pending: PendingLine | None = None
@@ -292,7 +298,7 @@ class Conversation:
         clean = self._clean(player_text)
         if self.lines and self._last_line_at is not None:
             # The player answered the NPC's last line: that is engagement with it.
-            self.record("reply", value=now - self._last_line_at, text=clean, chars=len(clean))
+            self.record("reply", value=now - self._last_line_at, **self._storage.reply_data(clean))
         pending = PendingLine()
         self._pending = pending
         turn_index = len(self.lines)
@@ -335,18 +341,26 @@ class Conversation:
         config = self.agent.config
         limit = min(config.prompt_token_budget, self.model.max_positions or config.prompt_token_budget)
         budget = limit - config.sampler.max_new_tokens
-        tokenizer = self.model.tokenizer
-        current = {"role": "user", "content": delimit_player_text(clean_player_text)}
-        system = {"role": "system", "content": self.agent.system_prompt}
         history = list(self.exchanges)
         while True:
-            messages = [system]
-            for player, npc in history:
-                messages += [{"role": "user", "content": player}, {"role": "assistant", "content": npc}]
-            ids = tokenizer.encode_chat([*messages, current])
+            messages = self._messages(history, delimit_player_text(clean_player_text))
+            ids = self.model.tokenizer.encode_chat(messages)
             if len(ids) <= budget or not history:
-                return [*messages, current], ids
+                return messages, ids
             history.pop(0)  # oldest exchange first; the persona always stays
+
+    def _messages(self, history: list[tuple[str, str]], current: str) -> list[dict[str, str]]:
+        messages = [{"role": "system", "content": self.agent.system_prompt}]
+        for player, npc in history:
+            messages += [{"role": "user", "content": player}, {"role": "assistant", "content": npc}]
+        return [*messages, {"role": "user", "content": current}]
+
+    def _stored_prompt(self, messages: list[dict[str, str]], prompt: list[int]) -> list[int]:
+        """The prompt as the play log keeps it (``player_text_storage``): the same messages as the
+        model's prompt ``messages``, each player line and NPC line in its stored form."""
+        if self._storage.raw or not prompt:
+            return prompt
+        return self.model.tokenizer.encode_chat([self._storage.stored_message(m) for m in messages])
 
     def _run_turn(self, pending: PendingLine, turn_index: int, raw_player_text: str, clean: str) -> None:
         """A whole turn in its worker; nothing raised here ever leaves the thread: a failure becomes
@@ -380,14 +394,15 @@ class Conversation:
     def _generate(
         self, pending: PendingLine, clean: str, started: float
     ) -> tuple[GenerationResult | None, str | None, list[int], Generation | None, float]:
-        """(result, error, prompt, generation, time waited for the persona prefix)."""
+        """(result, error, prompt as logged, generation, time waited for the persona prefix)."""
         config = self.agent.config
         prompt: list[int] = []
+        messages: list[dict[str, str]] = []
         generation: Generation | None = None
         waited = 0.0
         self._history_ready.wait(config.time_budget_s)  # the previous turn's cache extension
         try:
-            _, prompt = self._prompt(clean)
+            messages, prompt = self._prompt(clean)
             history, self._history_cache = self._history_cache, None  # the generation owns it now
             asked = time.perf_counter()
             prefix = self._persona_prefix(prompt)  # another NPC may be computing it: wait for that
@@ -401,10 +416,12 @@ class Conversation:
                 started_at=started,
             )
             self._stream(generation, pending)
-            return generation.result, None, prompt, generation, waited
+            # rendered after the line, off the time to first token; only the log needs it
+            return generation.result, None, self._stored_prompt(messages, prompt), generation, waited
         except Exception as exc:  # the model failed: a fallback line, the cause in the log
             log.exception("NPC %s failed to generate; answering with a fallback line", self.agent.npc_id)
-            return None, f"{type(exc).__name__}: {exc}", prompt, generation, waited
+            stored = self._stored_prompt(messages, prompt)
+            return None, f"{type(exc).__name__}: {exc}", stored, generation, waited
 
     def _stream(self, generation: Generation, pending: PendingLine) -> None:
         """Run ``generation``, pushing its text to ``pending``. The time budget starts once the
@@ -453,19 +470,25 @@ class Conversation:
             self._last_line_at = time.monotonic()
 
     def _log_turn(self, line: NpcLine, raw_player_text: str, prompt: list[int]) -> None:
-        agent, config, result = self.agent, self.agent.config, line.generation
+        """Log the turn as ``player_text_storage`` allows; ``prompt`` is already the stored one."""
+        agent, config, result, storage = self.agent, self.agent.config, line.generation, self._storage
+        reason = line.filter_reason
+        sampled = self.model.tokenizer.decode(result.token_ids) if result is not None else ""
+        if result is not None and storage.withholds_response(sampled, line.text):
+            # the sample decodes to personal data: its ids cannot be logged, so neither can it be trained on
+            result, reason = None, reason or RESPONSE_WITHHELD
         self._log(
             NpcTurn(
                 conversation_id=self.conversation_id,
                 turn_index=line.turn_index,
                 npc_id=agent.npc_id,
                 bundle_id=self.model.bundle_id,
-                player_text=raw_player_text[: config.max_player_chars * 4],
+                player_text=storage.player_text(raw_player_text, config.max_player_chars * 4),
                 prompt_ids=list(prompt),
                 response_ids=list(result.token_ids) if result else [],
                 logprobs=list(result.logprobs) if result else [],
                 full_logprobs=list(result.full_logprobs) if result else [],
-                text=line.text,
+                text=storage.npc_text(line.text),
                 stop_reason=line.stop_reason,
                 sampler=config.sampler.to_dict(),
                 latency_s=line.latency_s,
@@ -473,7 +496,7 @@ class Conversation:
                 filtered=line.filtered,
                 fallback=line.fallback,
                 time=time.time(),
-                filter_reason=line.filter_reason,
+                filter_reason=reason,
                 queue_s=line.queue_s,
             )
         )

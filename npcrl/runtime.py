@@ -21,6 +21,7 @@ from npcrl.bundle import Bundle, load_bundle
 from npcrl.errors import BundleError, GenerationError
 from npcrl.generation import CancelToken, Generation, GenerationResult, StopReason, StreamChunk, start_cache
 from npcrl.kvcache import ConcatCache, FrozenCache, KVCache, KVPool, PrefixStore, SlotCache, SlotWait
+from npcrl.malloc import limit_malloc_arenas
 from npcrl.sampler import SamplerConfig
 from npcrl.scheduler import Job, StepScheduler
 from npcrl.tokenizer import BundleTokenizer
@@ -72,6 +73,9 @@ class SessionOptions:
     kv_queue_limit: int = 1024
     """fused graphs: most sequences that may wait at once for a KV slot while all ``kv_slots`` are
     generating (they queue first come, first served); one more is refused with a GenerationError"""
+    malloc_arenas: int | None = 2
+    """glibc only, process-wide: cap malloc arenas so that memory freed by NPC turns' worker
+    threads is reused instead of creeping up (``npcrl.malloc``); None leaves glibc's default"""
 
     def __post_init__(self) -> None:
         # ConfigValueError is a ValueError naming the field and value; upper bounds are far above use.
@@ -84,6 +88,7 @@ class SessionOptions:
         check_number("gather_ms", self.gather_ms, 0.0, 10_000.0)
         check_number("prefill_chunk", self.prefill_chunk, 0, 1 << 20, integer=True)
         check_number("kv_queue_limit", self.kv_queue_limit, 0, 1 << 20, integer=True)
+        check_optional("malloc_arenas", self.malloc_arenas, 1, 1024, integer=True)
 
 
 class OnnxCausalLM:
@@ -95,6 +100,8 @@ class OnnxCausalLM:
 
     def __init__(self, bundle: Bundle | str | Path, options: SessionOptions | None = None) -> None:
         self.options = options or SessionOptions()
+        if self.options.malloc_arenas is not None:
+            limit_malloc_arenas(self.options.malloc_arenas)
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle, verify=self.options.verify_hashes)
         self.bundle = bundle

@@ -6,6 +6,7 @@ small corpus (multi-byte text included) and given a ChatML chat template like Sm
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,17 @@ def build_tiny_model_dir(root: Path, family: str) -> Path:
     model.eval().save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pseudonym_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Play-log writers key player-id pseudonyms from a key of this test run (``NPCRL_KEY_FILE``,
+    inherited by subprocesses), never from the user's own key file."""
+    patch = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("pseudonym-key") / "pseudonym.key"
+    patch.setenv("NPCRL_KEY_FILE", str(path))
+    yield path
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

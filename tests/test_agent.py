@@ -13,6 +13,7 @@ from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, N
 from npcrl.runtime import OnnxCausalLM
 from npcrl.safety import FilterResult, OutputFilter
 from npcrl.sampler import SamplerConfig
+from npcrl.validate import ConfigValueError
 
 SHORT_SYSTEM = "You are Brom, the village blacksmith. Answer in one or two sentences."
 
@@ -297,3 +298,88 @@ def test_warm_up_computes_the_persona_prefix(model):
     hits = model.prefixes.hits
     prefix = agent.prefix_cache(model)
     assert model.prefixes.hits == hits + 1 and len(prefix) > 10
+
+
+# ---------------------------------------------------------------- player text in the play log
+
+EMAIL, PHONE, CARD, IP = "jane.doe@example.com", "+44 20 7946 0958", "4111 1111 1111 1111", "192.0.2.14"
+PII_LINES = (
+    f"Write to {EMAIL} or call {PHONE}.",
+    f"Pay with {CARD}, I am at {IP}.",
+    "The sword for 1500 gold?",
+)
+# each value as typed and as its bare digits, the way it could also be spelled out in a log
+PII_FORMS = (EMAIL, PHONE, CARD, IP, "442079460958", "4111111111111111", "jane.doe")
+
+
+def talk(model, tmp_path, monkeypatch, line: str = "Aye.", **config):
+    """Three turns that all stay in the NPC's memory (every line shown), then the logged records."""
+    monkeypatch.setattr("npcrl.agent.postprocess_line", lambda text, **_: line)
+    agent = make_agent(model, tmp_path, max_new_tokens=8, prompt_token_budget=250, **config)
+    agent.system_prompt = "You are Brom."  # short, so the tiny model's 256 positions hold every line
+    conversation = agent.start_conversation("p1")
+    lines = [conversation.respond(text) for text in PII_LINES]
+    assert len(conversation.exchanges) == 3  # the history of the last prompt holds every earlier line
+    records = records_of(agent)
+    return lines, [r for r in records if isinstance(r, NpcTurn)], [r for r in records if isinstance(r, EngagementEvent)]
+
+
+def log_bytes(directory) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file())
+
+
+def test_personal_data_a_player_types_never_reaches_the_log(model, tmp_path, monkeypatch):
+    lines, turns, events = talk(model, tmp_path, monkeypatch)
+    stored = log_bytes(tmp_path)
+    decoded = [model.tokenizer.decode(t.prompt_ids, skip_special_tokens=False) for t in turns]
+    for value in PII_FORMS:
+        assert value.encode() not in stored
+        assert all(value not in text for text in decoded)
+        assert all(value not in str(event.data) for event in events)
+    # the model saw the words as typed; the log has the same prompt with the data masked
+    seen = model.tokenizer.decode(lines[2].generation.prompt_ids, skip_special_tokens=False)
+    assert all(line.replace('"', "'") in seen for line in PII_LINES)
+    assert decoded[2].count("[email]") == decoded[2].count("[phone]") == decoded[2].count("[card]") == 1
+    assert turns[0].player_text == "Write to [email] or call [phone]."
+    assert [e.data["text"] for e in events if e.kind == "reply"] == ["Pay with [card], I am at [ip].", PII_LINES[2]]
+    assert turns[2].player_text == PII_LINES[2] and "1500 gold" in decoded[2]  # an ordinary number is kept
+    assert all(t.response_ids == line.generation.token_ids for t, line in zip(turns, lines, strict=True))
+
+
+def test_no_player_words_are_logged_in_none_mode(model, tmp_path, monkeypatch):
+    _, turns, events = talk(model, tmp_path, monkeypatch, player_text_storage="none")
+    assert [t.player_text for t in turns] == ["", "", ""]
+    for turn in turns:
+        text = model.tokenizer.decode(turn.prompt_ids, skip_special_tokens=False)
+        assert not any(word in text for word in ("Write", "Pay with", "sword", "1500"))
+        assert text.count("[player text withheld]") == turn.turn_index + 1
+    replies = [e for e in events if e.kind == "reply"]
+    assert len(replies) == 2 and all("text" not in e.data and e.data["chars"] > 0 for e in replies)
+    assert not any(value.encode() in log_bytes(tmp_path) for value in PII_FORMS)
+
+
+def test_raw_mode_keeps_the_player_text_as_typed(model, tmp_path, monkeypatch):
+    lines, turns, events = talk(model, tmp_path, monkeypatch, player_text_storage="raw")
+    assert [t.player_text for t in turns] == list(PII_LINES)
+    assert [t.prompt_ids for t in turns] == [line.generation.prompt_ids for line in lines]
+    assert EMAIL.encode() in log_bytes(tmp_path)
+    assert [e.data["text"] for e in events if e.kind == "reply"] == list(PII_LINES[1:])
+
+
+def test_an_npc_line_repeating_personal_data_is_logged_masked_without_its_ids(model, tmp_path, monkeypatch):
+    lines, turns, _ = talk(model, tmp_path, monkeypatch, line=f"So your mail is {EMAIL}?")
+    assert lines[0].text == f"So your mail is {EMAIL}?"  # the player still sees what the NPC said
+    for turn in turns:
+        assert turn.text == "So your mail is [email]?" and turn.filter_reason == "withheld:personal_data"
+        assert lines[turn.turn_index].generation.token_ids  # a sample existed; it is not in the log
+        assert turn.response_ids == turn.logprobs == turn.full_logprobs == []  # never trained on
+    assert EMAIL.encode() not in log_bytes(tmp_path)
+    later = model.tokenizer.decode(turns[2].prompt_ids, skip_special_tokens=False)
+    assert "So your mail is [email]?" in later  # the NPC's earlier lines in the history too
+
+
+def test_player_text_storage_is_validated():
+    for bad in ("public", "", 1, None, "Raw"):
+        with pytest.raises(ConfigValueError, match="player_text_storage = .*one of 'none', 'scrubbed', 'raw'"):
+            AgentConfig(player_text_storage=bad)
+    assert AgentConfig().player_text_storage == "scrubbed"

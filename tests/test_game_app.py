@@ -24,8 +24,10 @@ from game_demo.controls import Controls
 from game_demo.dialogue import Phase
 from game_demo.render import Renderer
 from npcrl.agent import AgentConfig, NpcAgent
+from npcrl.paths import default_key_path
 from npcrl.persona import Persona
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter, read_log_dir
+from npcrl.privacy.pseudonym import load_key, pseudonym
 from npcrl.promotion import promote
 from npcrl.runtime import OnnxCausalLM, SessionOptions
 from npcrl.sampler import SamplerConfig
@@ -156,7 +158,11 @@ def test_scripted_session_is_logged_turn_by_turn(make_app, tiny_bundles, tmp_pat
 
     log = records(tmp_path / "logs")
     starts = [r for r in log if isinstance(r, ConversationStart)]
-    assert len(starts) == 1 and starts[0].npc_id == "blacksmith" and starts[0].player_id == "player"
+    assert (
+        len(starts) == 1
+        and starts[0].npc_id == "blacksmith"
+        and starts[0].player_id == pseudonym("player", load_key(default_key_path()))
+    )
     cid = starts[0].conversation_id
     turns = [r for r in log if isinstance(r, NpcTurn)]
     assert [(t.turn_index, t.player_text) for t in turns] == [

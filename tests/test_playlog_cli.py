@@ -1,4 +1,4 @@
-"""``logs inspect | stats | validate`` through an argparse parser, as npcrl/cli.py will wire them."""
+"""``logs inspect | stats | validate | purge`` through an argparse parser, as npcrl/cli.py wires them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 from test_playlog_helpers import build_log, conversation, event, npc_turn, write_log
 
 from npcrl.errors import LogFormatError
+from npcrl.playlog import ConversationStart, LogReader, PlayLogWriter
 from npcrl.playlog.cli import add_logs_parser
+from npcrl.privacy.pseudonym import PseudonymKeyError, load_or_create_key, pseudonym
 
 
 def run(argv: list[str]) -> int:
@@ -18,6 +20,14 @@ def run(argv: list[str]) -> int:
     add_logs_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+@pytest.fixture(autouse=True)
+def key_file(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The pseudonym key of the test's own (``NPCRL_KEY_FILE``), never the user's."""
+    path = tmp_path_factory.mktemp("keys") / "pseudonym.key"
+    monkeypatch.setenv("NPCRL_KEY_FILE", str(path))
+    return path
 
 
 @pytest.fixture
@@ -122,3 +132,59 @@ def test_missing_directory_is_a_log_format_error(tmp_path: Path) -> None:
     for command in ("inspect", "stats", "validate"):
         with pytest.raises(LogFormatError, match="does not exist"):
             run(["logs", command, str(tmp_path / "nowhere")])
+
+
+@pytest.mark.parametrize("command", ["inspect", "stats", "validate", "purge"])
+def test_every_logs_command_help_has_an_example(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run(["logs", command, "--help"])
+    text = capsys.readouterr().out
+    assert f"example:\n  npcrl logs {command} " in text
+
+
+def played(directory: Path, players: list[str]) -> None:
+    """One conversation per player, through the writer and its default key."""
+    with PlayLogWriter(directory, max_file_bytes=700) as writer:
+        for k, player in enumerate(players):
+            for record in conversation(f"conv-{k}", turns=2):
+                if isinstance(record, ConversationStart):
+                    record.player_id = player
+                writer.append(record)
+
+
+def test_purge_by_player_dry_run_then_for_real(
+    tmp_path: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    played(tmp_path, ["alice@example.com", "bob", "alice@example.com"])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert run(["logs", "purge", str(tmp_path), "--player", "alice@example.com", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 conversation(s) chosen" in out and "would remove 12 record(s)" in out and "would delete" in out
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert run(["logs", "purge", str(tmp_path), "--player", "alice@example.com"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 12 record(s) from" in out and ("rewritten" in out or "deleted" in out)
+    left = list(LogReader(tmp_path))
+    assert {r.conversation_id for r in left} == {"conv-1"} and len(left) == 6
+    bob = pseudonym("bob", load_or_create_key(key_file))
+    assert run(["logs", "purge", str(tmp_path), "--pseudonym", bob]) == 0
+    assert list(LogReader(tmp_path)) == []
+
+
+def test_purge_by_age_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_log(tmp_path / "play-1.npl", build_log(conversation("old", turns=1))[0])  # written in 2023
+    assert run(["logs", "purge", str(tmp_path), "--older-than", "4w", "--dry-run"]) == 0
+    assert "would remove 4 record(s) from 1 file(s)" in capsys.readouterr().out
+    assert run(["logs", "purge", str(tmp_path), "--older-than", "12h"]) == 0
+    assert not (tmp_path / "play-1.npl").exists()
+
+
+def test_purge_refuses_bad_arguments(tmp_path: Path, key_file: Path) -> None:
+    for argv in (["--older-than", "30x"], ["--older-than", "0d"], ["--pseudonym", "bob"]):
+        with pytest.raises(SystemExit):
+            run(["logs", "purge", str(tmp_path), *argv])
+    with pytest.raises(LogFormatError, match="give --older-than, --player or --pseudonym"):
+        run(["logs", "purge", str(tmp_path)])
+    with pytest.raises(PseudonymKeyError, match=f"{key_file}: no pseudonym key file"):
+        run(["logs", "purge", str(tmp_path), "--player", "bob"])
+    assert not key_file.exists()  # purge never makes a key: a new key matches nothing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -16,21 +17,35 @@ import pytest
 from test_playlog_helpers import conversation, event, event_indices, npc_turn
 
 from npcrl.errors import LogFormatError
-from npcrl.playlog import EngagementEvent, LogReader, PlayLogWriter, list_log_files, read_log_dir
+from npcrl.playlog import ConversationStart, EngagementEvent, LogReader, PlayLogWriter, list_log_files, read_log_dir
 from npcrl.playlog.framing import FILE_HEADER, MAGIC
+from npcrl.privacy.pseudonym import load_key, pseudonym
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def key_file(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Writers here key player-id pseudonyms from a key of the test's own, not the user's."""
+    path = tmp_path_factory.mktemp("keys") / "pseudonym.key"
+    monkeypatch.setenv("NPCRL_KEY_FILE", str(path))
+    return path
+
+
 @pytest.mark.parametrize("sync", ["flush", "fsync_interval", "always"])
-def test_every_sync_policy_writes_a_readable_log(tmp_path: Path, sync: str) -> None:
+def test_every_sync_policy_writes_a_readable_log(tmp_path: Path, sync: str, key_file: Path) -> None:
     records = conversation("c", turns=3)
     with PlayLogWriter(tmp_path, sync=sync, fsync_interval_s=0.01) as writer:  # type: ignore[arg-type]
         writer.append_many(records[:3])
         for record in records[3:]:
             writer.append(record)
         assert writer.flush()
-        assert list(read_log_dir(tmp_path)) == records  # visible before close
+        key = load_key(key_file)  # the writer made it: the player id is logged as its pseudonym
+        logged = [
+            dataclasses.replace(r, player_id=pseudonym(r.player_id, key)) if isinstance(r, ConversationStart) else r
+            for r in records
+        ]
+        assert list(read_log_dir(tmp_path)) == logged  # visible before close
     s = writer.stats
     assert (s.records_written, s.dropped, s.failed, s.errors, s.files) == (len(records), 0, 0, 0, 1)
     assert s.bytes_written == sum(p.stat().st_size for p in list_log_files(tmp_path))

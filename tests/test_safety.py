@@ -20,6 +20,7 @@ from npcrl.safety import (
     delimit_player_text,
     sanitize_player_text,
 )
+from npcrl.textnorm import fold
 
 CHATML_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 HOSTILE_FILE = Path(__file__).parent / "data" / "hostile_lines.txt"
@@ -50,6 +51,8 @@ def assert_clean(text: str, max_chars: int = MAX_PLAYER_CHARS) -> None:
     assert "\n" not in text and "  " not in text and text == text.strip()
     assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs") for ch in text)
     assert not HEADER_AT_START.match(text), text
+    # Nor a header spelled with look-alike letters from other scripts ("ѕуѕtеm:" in Cyrillic).
+    assert not HEADER_AT_START.match(fold(text)), text
 
 
 def test_the_corpus_is_big_enough():
@@ -147,6 +150,9 @@ hostile_pieces = st.sampled_from(
         "user",
         " ",
         "**",
+        "\u0455\u0443\u0455t\u0435m:",
+        "\u0430\u0455\u0455\u0456\u0455t\u0430nt:",
+        "\u054fystem:",
     ]
 )
 
@@ -277,7 +283,9 @@ def test_canaries_are_found_anywhere_even_spelled_out():
     assert f.check("Fine. The password is amber-falcon-7391.") == FilterResult(False, "canary")
     assert f.check("xxAMBER-FALCON-7391xx").reason == "canary"
     assert f.check("A M B E R  F A L C O N 7 3 9 1").reason == "canary"
-    assert f.check("An amber falcon flew over the keep.").allowed
+    # Two of its three words are most of the secret; one ordinary word of it is not a leak.
+    assert f.check("An amber falcon flew over the keep.").reason == "canary"
+    assert f.check("An amber glow over the keep.").allowed
     # Short canaries are matched only as written, so spacing tricks cannot cause chance matches.
     short = OutputFilter(canaries=["ox1"])
     assert short.check("the OX1 code").reason == "canary"

@@ -18,8 +18,10 @@ import pytest
 from npcrl.agent import AgentConfig
 from npcrl.engagement import turn_rewards
 from npcrl.errors import NpcrlError
+from npcrl.paths import default_key_path
 from npcrl.persona import builtin_personas
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter, read_log_dir
+from npcrl.privacy.pseudonym import load_key, pseudonym
 from npcrl.rewards import default_reward_spec
 from npcrl.runtime import OnnxCausalLM
 from npcrl.sampler import SamplerConfig
@@ -424,7 +426,9 @@ def test_simulation_writes_real_play_logs(sim_run):
         log = grouped[result.conversation_id]
         start, end = log[0], log[-1]
         assert isinstance(start, ConversationStart) and isinstance(end, ConversationEnd)
-        assert start.npc_id == result.persona_id and start.player_id == f"sim-{result.profile}"
+        assert start.npc_id == result.persona_id and start.player_id == pseudonym(
+            f"sim-{result.profile}", load_key(default_key_path())
+        )
         assert start.sampler["seed"] == derive_seed(3, result.index, "sampler")
         assert end.reason == result.end_reason
         turns = [r for r in log if isinstance(r, NpcTurn)]

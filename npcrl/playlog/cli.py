@@ -1,16 +1,20 @@
-"""``npcrl logs inspect | stats | validate``: look into a play-log directory (or one ``.npl`` file)."""
+"""``npcrl logs inspect | stats | validate | purge``: look into a play-log directory (or one ``.npl``
+file), and drop old conversations or a player's conversations from a directory."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import re
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
 from npcrl.errors import LogFormatError
+from npcrl.paths import default_key_path
 from npcrl.playlog.dedupe import RecordIndex
+from npcrl.playlog.purge import PurgeReport, PurgeRequest, purge_logs
 from npcrl.playlog.reader import LogEntry, LogReader, LogReadStats
 from npcrl.playlog.records import (
     KIND_NAMES,
@@ -19,9 +23,13 @@ from npcrl.playlog.records import (
     EngagementEvent,
     NpcTurn,
 )
+from npcrl.privacy.pseudonym import is_pseudonym, load_key, pseudonym
 
 _KIND_BY_NAME = {name: kind for kind, name in KIND_NAMES.items()}
 _TEXT_WIDTH = 100
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([hdw])")
+_AGE_UNIT_S = {"h": 3600, "d": 86400, "w": 7 * 86400}
+_EXAMPLE = "example:\n  "
 
 
 def _positive_int(text: str) -> int:
@@ -31,27 +39,93 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def age_seconds(text: str) -> float:
+    """``30d``, ``12h``, ``2w`` (hours, days, weeks) in seconds."""
+    match = _AGE.fullmatch(text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected an age like 30d, 12h or 2w (> 0), got {text!r}")
+    return float(match.group(1)) * _AGE_UNIT_S[match.group(2)]
+
+
+def _pseudonym_arg(text: str) -> str:
+    if not is_pseudonym(text):
+        raise argparse.ArgumentTypeError(f"expected a pseudonym like p- and 32 hex digits, got {text!r}")
+    return text
+
+
+def _command(sub: Any, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".",
+        epilog=_EXAMPLE + example,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_logs_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``logs inspect|stats|validate`` on an argparse subparsers object; each sets ``func``."""
-    logs = subparsers.add_parser("logs", help="inspect, summarise and validate play logs")
+    """Register ``logs inspect|stats|validate|purge`` on an argparse subparsers object; each sets ``func``."""
+    logs = subparsers.add_parser(
+        "logs",
+        help="inspect, summarise, validate and purge play logs",
+        epilog=_EXAMPLE + "npcrl logs stats saves/logs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = logs.add_subparsers(dest="logs_command", required=True)
 
-    inspect = sub.add_parser("inspect", help="print records, one per line")
+    inspect = _command(
+        sub, "inspect", "print records, one per line", "npcrl logs inspect saves/logs --kind npc_turn --limit 5"
+    )
     inspect.add_argument("dir", help="play-log directory, or one .npl file")
     inspect.add_argument("--limit", type=_positive_int, help="print at most N records")
     inspect.add_argument("--kind", choices=sorted(_KIND_BY_NAME), help="only records of this kind")
     inspect.add_argument("--json", action="store_true", help="JSON lines with every field")
     inspect.set_defaults(func=cmd_inspect)
 
-    stats = sub.add_parser("stats", help="counts of records, conversations, turns, events and damage")
+    stats = _command(
+        sub, "stats", "counts of records, conversations, turns, events and damage", "npcrl logs stats saves/logs --json"
+    )
     stats.add_argument("dir", help="play-log directory, or one .npl file")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=cmd_stats)
 
-    validate = sub.add_parser("validate", help="check every file; exit 1 if anything is corrupt")
+    validate = _command(
+        sub, "validate", "check every file; exit 1 if anything is corrupt", "npcrl logs validate saves/logs"
+    )
     validate.add_argument("dir", help="play-log directory, or one .npl file")
     validate.set_defaults(func=cmd_validate)
+    _add_purge_parser(sub)
     return logs
+
+
+def _add_purge_parser(sub: Any) -> None:
+    purge = _command(
+        sub,
+        "purge",
+        "drop whole conversations, older than an age or of a player, from every file of a play-log directory",
+        "npcrl logs purge saves/logs --older-than 30d\n"
+        "  npcrl logs purge saves/logs --player steam:7656119 --dry-run\n\n"
+        "Files a writer is still appending to are left alone; their conversations are remembered\n"
+        "and dropped by the next purge. Exit code 1 while anything chosen is left.",
+    )
+    purge.add_argument("dir", help="play-log directory")
+    purge.add_argument(
+        "--older-than", type=age_seconds, metavar="AGE", help="conversations started before AGE ago: 30d, 12h, 2w"
+    )
+    purge.add_argument("--player", action="append", default=[], metavar="ID", help="erase this player (repeatable)")
+    purge.add_argument(
+        "--pseudonym",
+        action="append",
+        default=[],
+        type=_pseudonym_arg,
+        metavar="P",
+        help="erase this pseudonym (p-...)",
+    )
+    purge.add_argument(
+        "--key-file", help="the pseudonym key for --player (default: NPCRL_KEY_FILE or the user data dir)"
+    )
+    purge.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
+    purge.set_defaults(func=cmd_purge)
 
 
 def _time(value: float) -> str:
@@ -220,3 +294,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
     status = "CORRUPT" if corrupt or unreadable else "CONFLICTING" if conflicts else "OK"
     print(status + (" (duplicates are counted once)" if status == "OK" and duplicates else ""))
     return 0 if status == "OK" else 1
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    if args.older_than is None and not args.player and not args.pseudonym:
+        raise LogFormatError("logs purge: give --older-than, --player or --pseudonym")
+    ids = set(args.pseudonym)
+    if args.player:
+        key = load_key(args.key_file or default_key_path())
+        # The raw id too: logs written before ids were pseudonymised hold it as it is.
+        ids |= {pseudonym(player, key) for player in args.player} | set(args.player)
+    report = purge_logs(
+        args.dir, PurgeRequest(older_than_s=args.older_than, player_ids=frozenset(ids)), dry_run=args.dry_run
+    )
+    _print_purge(report)
+    return 0 if report.complete else 1
+
+
+def _print_purge(report: PurgeReport) -> None:
+    verb = "would remove" if report.dry_run else "removed"
+    for path in report.temps_removed:
+        print(f"{path.name}: removed, left by a purge that did not finish")
+    journal = f" ({report.from_journal} left by an earlier purge)" if report.from_journal else ""
+    print(f"{report.conversations} conversation(s) chosen{journal}")
+    for item in report.files:
+        kinds = ", ".join(f"{name} {count}" for name, count in sorted(item.removed.items()))
+        detail = f" ({item.detail})" if item.detail else ""
+        print(f"{item.path.name}: {item.status}{detail}; {verb} {sum(item.removed.values())} record(s) [{kinds}]")
+    for path, problem in report.unreadable.items():
+        print(f"{path.name}: unreadable, not checked: {problem}")
+    for path, count in report.unattributed.items():
+        print(f"{path.name}: {count} stretch(es) no record could be read from, kept (see npcrl logs validate)")
+    total = report.removed()
+    print(f"{verb} {sum(total.values())} record(s) from {len(report.files)} file(s)")
+    if report.left:
+        print(f"{len(report.left)} conversation(s) still have records in files not rewritten; run purge again later")

@@ -23,11 +23,18 @@ crashed writer's torn tail is never followed by new records.
 
 Every engagement event without an ``event_id`` gets one at append (``identity.EventIds``), so the
 same event read twice (a log file copied, two files concatenated) is recognisably one event.
+
+Privacy (docs/PRIVACY.md): ``ConversationStart.player_id`` is replaced in the caller's thread by its
+pseudonym (``npcrl.privacy.pseudonym``, keyed by ``pseudonym_key`` or the key file at
+``npcrl.paths.default_key_path()``), so no raw player id reaches the disk. Files are created 0600
+and the directories the writer creates 0700, and the writer holds a lock on each file while it
+appends to it (``inuse``), so ``npcrl logs purge`` leaves that file alone.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import re
@@ -40,9 +47,13 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from npcrl.errors import LogFormatError
+from npcrl.paths import default_key_path
+from npcrl.playlog import inuse
 from npcrl.playlog.framing import FILE_HEADER, FILE_SUFFIX, file_header
 from npcrl.playlog.identity import EventIds
-from npcrl.playlog.records import Record, frame_record
+from npcrl.playlog.records import ConversationStart, Record, frame_record
+from npcrl.privacy.private_files import create_private_file, fsync_dir, make_private_dirs
+from npcrl.privacy.pseudonym import PseudonymKeyError, check_key, is_pseudonym, load_or_create_key, pseudonym
 
 SyncPolicy = Literal["flush", "fsync_interval", "always"]
 SYNC_POLICIES: tuple[str, ...] = ("flush", "fsync_interval", "always")
@@ -75,15 +86,18 @@ class _FlushRequest:
 _STOP = object()
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes a new file's directory entry durable; POSIX only (Windows cannot open directories).
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _writer_key(directory: Path, key: bytes | None) -> bytes:
+    """The key given, else the one in the default key file (created on first use), which must not
+    lie inside the log directory: a copy of the logs must not carry the key along."""
+    if key is not None:
+        return check_key(key)
+    path = default_key_path()
+    if path.resolve().is_relative_to(directory.resolve()):
+        raise PseudonymKeyError(
+            f"{path}: the pseudonym key file is inside the play-log directory {directory};"
+            " keep it elsewhere (NPCRL_KEY_FILE), or whoever copies the logs gets the key too"
+        )
+    return load_or_create_key(path)
 
 
 def _write_all(file: BinaryIO, data: bytes) -> None:
@@ -101,6 +115,8 @@ class PlayLogWriter:
 
     A file is closed and a new one started before a record would take it past ``max_file_bytes``
     (a single larger record gets a file of its own). Thread-safe: any number of threads may append.
+    ``pseudonym_key`` (at least 16 bytes) keys the player-id pseudonyms; by default the key file at
+    ``npcrl.paths.default_key_path()`` does, created on first use.
     """
 
     def __init__(
@@ -112,6 +128,7 @@ class PlayLogWriter:
         fsync_interval_s: float = 1.0,
         queue_size: int = 100_000,
         prefix: str = "play",
+        pseudonym_key: bytes | None = None,
     ) -> None:
         if sync not in SYNC_POLICIES:
             raise LogFormatError(f"sync must be one of {', '.join(SYNC_POLICIES)}, got {sync!r}")
@@ -127,9 +144,10 @@ class PlayLogWriter:
         if self.directory.exists() and not self.directory.is_dir():
             raise LogFormatError(f"play-log directory {self.directory} exists and is not a directory")
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.directory)
         except OSError as exc:
             raise LogFormatError(f"cannot create play-log directory {self.directory} ({exc})") from None
+        self._key = _writer_key(self.directory, pseudonym_key)
         self._max_file_bytes = max_file_bytes
         self._sync = sync
         self._fsync_interval_s = fsync_interval_s
@@ -202,6 +220,13 @@ class PlayLogWriter:
     def _frame(self, record: Record) -> bytes:
         # Validation (finite numbers included) raises here, in the caller's thread, before anything is queued.
         self._event_ids.assign(record)
+        if (
+            type(record) is ConversationStart
+            and isinstance(record.player_id, str)
+            and not is_pseudonym(record.player_id)
+        ):
+            # A copy: the caller's record keeps the id it knows the player by.
+            record = dataclasses.replace(record, player_id=pseudonym(record.player_id, self._key))
         return frame_record(record)
 
     def flush(self, timeout_s: float | None = None) -> bool:
@@ -344,16 +369,18 @@ class PlayLogWriter:
             path = self.directory / f"{self._prefix}-{stamp}-{self._seq:06d}{FILE_SUFFIX}"
             self._seq += 1
             try:
-                # "x": an existing file is never touched. Unbuffered: a written batch is in the OS at once.
-                file = open(path, "xb", buffering=0)
+                # O_EXCL: an existing file is never touched. Mode 0600 from the first moment.
+                fd = create_private_file(path)
             except FileExistsError:
                 continue
             break
+        file = open(fd, "wb", buffering=0)  # unbuffered: a written batch is in the OS at once
         try:
+            inuse.hold(file.fileno())  # until the file is closed: purge leaves it alone
             _write_all(file, file_header())
             if self._sync != "flush":
                 os.fsync(file.fileno())
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         except OSError:
             file.close()
             raise
