@@ -15,7 +15,7 @@ from a prefix. A slot comes back when its cache is released (a release while pin
 at the last unpin) or garbage collected.
 
 ``FrozenCache`` is a compact read-only copy (a persona's system turn) that seeds slots, and
-``PrefixStore`` keeps those per token sequence, evicting by LRU within a byte budget.
+``npcrl.prefixstore.PrefixStore`` keeps those per token sequence, evicting by LRU within a byte budget.
 
 Traced graphs return new ``present`` tensors each step (``ConcatCache``); they are not batched.
 """
@@ -32,7 +32,6 @@ import onnxruntime as ort
 
 from npcrl.bundle import KVLayout
 from npcrl.errors import GenerationError
-from npcrl.prefixstore import PrefixStore
 from npcrl.slotqueue import FairQueue, SlotWait, SlotWaitCancelled
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
     "FrozenCache",
     "KVCache",
     "KVPool",
-    "PrefixStore",
     "SlotCache",
     "SlotWait",
     "SlotWaitCancelled",

@@ -20,8 +20,9 @@ import onnxruntime as ort
 from npcrl.bundle import Bundle, load_bundle
 from npcrl.errors import BundleError, GenerationError
 from npcrl.generation import CancelToken, Generation, GenerationResult, StopReason, StreamChunk, start_cache
-from npcrl.kvcache import ConcatCache, FrozenCache, KVCache, KVPool, PrefixStore, SlotCache, SlotWait
+from npcrl.kvcache import ConcatCache, FrozenCache, KVCache, KVPool, SlotCache, SlotWait
 from npcrl.malloc import limit_malloc_arenas
+from npcrl.prefixstore import PrefixStore
 from npcrl.sampler import SamplerConfig
 from npcrl.scheduler import Job, StepScheduler
 from npcrl.tokenizer import BundleTokenizer

@@ -9,8 +9,9 @@ import pytest
 
 from npcrl.agent import AgentConfig, NpcAgent
 from npcrl.errors import GenerationError
-from npcrl.kvcache import FrozenCache, PrefixStore, SlotCache
+from npcrl.kvcache import FrozenCache, SlotCache
 from npcrl.persona import builtin_personas
+from npcrl.prefixstore import PrefixStore
 from npcrl.runtime import OnnxCausalLM, SessionOptions
 from npcrl.sampler import SamplerConfig
 from npcrl.scheduler import Job

@@ -46,9 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+import npcrl.playlog.inuse as inuse
 from npcrl.errors import LogFormatError
 from npcrl.paths import default_key_path
-from npcrl.playlog import inuse
 from npcrl.playlog.framing import FILE_HEADER, FILE_SUFFIX, file_header
 from npcrl.playlog.identity import EventIds
 from npcrl.playlog.records import ConversationStart, Record, frame_record
