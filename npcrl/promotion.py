@@ -30,6 +30,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from npcrl.bundle import MANIFEST_NAME, load_bundle
+from npcrl.durable import fsync_dir
 from npcrl.errors import BundleError
 from npcrl.promotion_records import (
     POINTER_MAX_BYTES,
@@ -159,16 +160,6 @@ def history(store: str | os.PathLike[str]) -> list[Promotion]:
     return read.promotions
 
 
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":  # Windows cannot open a directory; its rename is journaled with the file
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, text: str) -> None:
     """Write beside ``path`` and rename over it: a reader sees the old or the new file, never half."""
     # One writer at a time holds the store lock, so a per-process name cannot collide.
@@ -179,7 +170,7 @@ def _write_atomic(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StoreError(f"{path}: cannot be written: {exc.strerror or exc}") from exc

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from npcrl.durable import fsync_dir, write_all
 from npcrl.errors import LogFormatError
 from npcrl.playlog import inuse
 from npcrl.playlog.dedupe import LogRepeat, RecordIndex
 from npcrl.playlog.framing import FILE_HEADER, FILE_SUFFIX, FRAME_HEADER
 from npcrl.playlog.reader import LogReader
 from npcrl.playlog.records import KIND_NAMES, Record
-from npcrl.privacy.private_files import create_private_file, fsync_dir
+from npcrl.privacy.private_files import create_private_file
 
 TEMP_SUFFIX = ".purge-tmp"
 JOURNAL_NAME = ".purge-pending.json"
@@ -128,12 +129,7 @@ def _copy(source: BinaryIO, out: BinaryIO, start: int, end: int) -> None:
         chunk = source.read(min(_COPY_CHUNK, end - start))
         if not chunk:
             raise OSError(f"{source.name}: file ended at {start}, before {end}")
-        view = memoryview(chunk)
-        while view:
-            written = out.write(view)
-            if not written:
-                raise OSError("write returned 0 bytes")
-            view = view[written:]
+        write_all(out, chunk)
         start += len(chunk)
 
 

@@ -47,12 +47,13 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import npcrl.playlog.inuse as inuse
+from npcrl.durable import fsync_dir, write_all
 from npcrl.errors import LogFormatError
 from npcrl.paths import default_key_path
 from npcrl.playlog.framing import FILE_HEADER, FILE_SUFFIX, file_header
 from npcrl.playlog.identity import EventIds
 from npcrl.playlog.records import ConversationStart, Record, frame_record
-from npcrl.privacy.private_files import create_private_file, fsync_dir, make_private_dirs
+from npcrl.privacy.private_files import create_private_file, make_private_dirs
 from npcrl.privacy.pseudonym import PseudonymKeyError, check_key, is_pseudonym, load_or_create_key, pseudonym
 
 SyncPolicy = Literal["flush", "fsync_interval", "always"]
@@ -98,16 +99,6 @@ def _writer_key(directory: Path, key: bytes | None) -> bytes:
             " keep it elsewhere (NPCRL_KEY_FILE), or whoever copies the logs gets the key too"
         )
     return load_or_create_key(path)
-
-
-def _write_all(file: BinaryIO, data: bytes) -> None:
-    # A raw file may take only part of a write; loop until the OS has all of it.
-    view = memoryview(data)
-    while view:
-        written = file.write(view)
-        if not written:
-            raise OSError("write returned 0 bytes")
-        view = view[written:]
 
 
 class PlayLogWriter:
@@ -377,7 +368,7 @@ class PlayLogWriter:
         file = open(fd, "wb", buffering=0)  # unbuffered: a written batch is in the OS at once
         try:
             inuse.hold(file.fileno())  # until the file is closed: purge leaves it alone
-            _write_all(file, file_header())
+            write_all(file, file_header())
             if self._sync != "flush":
                 os.fsync(file.fileno())
                 fsync_dir(self.directory)
@@ -399,7 +390,7 @@ class PlayLogWriter:
             if self._file is None:
                 self._open_next()
             assert self._file is not None
-            _write_all(self._file, data)
+            write_all(self._file, data)
             if self._sync == "always":
                 os.fsync(self._file.fileno())
         except OSError as exc:

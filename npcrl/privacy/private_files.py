@@ -43,15 +43,3 @@ def create_private_file(path: Path) -> int:
             os.close(fd)
             raise
     return fd
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make the directory's entries (a new or renamed file) durable; POSIX only (Windows cannot
-    open a directory)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

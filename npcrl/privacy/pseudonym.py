@@ -22,8 +22,9 @@ import secrets
 import stat
 from pathlib import Path
 
+from npcrl.durable import fsync_dir
 from npcrl.errors import NpcrlError
-from npcrl.privacy.private_files import create_private_file, fsync_dir, make_private_dirs
+from npcrl.privacy.private_files import create_private_file, make_private_dirs
 
 PSEUDONYM_PREFIX = "p-"
 KEY_BYTES = 32

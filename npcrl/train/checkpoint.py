@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from npcrl.durable import fsync_dir
 from npcrl.errors import TrainError
 from npcrl.train.finite import require_finite_tensors
 
@@ -39,14 +40,6 @@ _NAME = re.compile(rf"^{PREFIX}(\d{{6}})$")
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -103,7 +96,7 @@ def save_checkpoint(
         if final.exists():  # a rerun of an iteration after resuming from an older checkpoint
             shutil.rmtree(final)
         os.replace(staging, final)
-        _fsync_dir(state_dir)
+        fsync_dir(state_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -157,11 +150,11 @@ def swap_directory(staging: Path, final: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
         os.replace(final, retired)
         os.replace(staging, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         shutil.rmtree(retired)
     else:
         os.replace(staging, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
 
 def restore_retired(final: Path) -> None:
