@@ -100,6 +100,14 @@ def pseudonym_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
     patch.undo()
 
 
+@pytest.fixture
+def key_file(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A pseudonym key file of this test alone (``NPCRL_KEY_FILE``; not created until a writer needs it)."""
+    path = tmp_path_factory.mktemp("keys") / "pseudonym.key"
+    monkeypatch.setenv("NPCRL_KEY_FILE", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")

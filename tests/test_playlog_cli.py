@@ -22,12 +22,7 @@ def run(argv: list[str]) -> int:
     return args.func(args)
 
 
-@pytest.fixture(autouse=True)
-def key_file(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The pseudonym key of the test's own (``NPCRL_KEY_FILE``), never the user's."""
-    path = tmp_path_factory.mktemp("keys") / "pseudonym.key"
-    monkeypatch.setenv("NPCRL_KEY_FILE", str(path))
-    return path
+pytestmark = pytest.mark.usefixtures("key_file")  # a fresh key per test (tests/conftest.py)
 
 
 @pytest.fixture

@@ -23,12 +23,7 @@ DAY = 86400.0
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture(autouse=True)
-def key_file(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every writer here keys its pseudonyms from a key of the test's own, never the user's."""
-    path = tmp_path_factory.mktemp("keys") / "pseudonym.key"
-    monkeypatch.setenv("NPCRL_KEY_FILE", str(path))
-    return path
+pytestmark = pytest.mark.usefixtures("key_file")  # a fresh key per test (tests/conftest.py)
 
 
 @pytest.fixture

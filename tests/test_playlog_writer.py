@@ -24,12 +24,7 @@ from npcrl.privacy.pseudonym import load_key, pseudonym
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def key_file(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Writers here key player-id pseudonyms from a key of the test's own, not the user's."""
-    path = tmp_path_factory.mktemp("keys") / "pseudonym.key"
-    monkeypatch.setenv("NPCRL_KEY_FILE", str(path))
-    return path
+pytestmark = pytest.mark.usefixtures("key_file")  # a fresh key per test (tests/conftest.py)
 
 
 @pytest.mark.parametrize("sync", ["flush", "fsync_interval", "always"])
