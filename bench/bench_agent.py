@@ -18,11 +18,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from npcrl.agent import AgentConfig, NpcAgent, with_sampler  # noqa: E402
+from npcrl.agent.npc_agent import AgentConfig, NpcAgent, with_sampler  # noqa: E402
+from npcrl.agent.persona import builtin_personas  # noqa: E402
 from npcrl.paths import default_bundle_dir  # noqa: E402
-from npcrl.persona import builtin_personas  # noqa: E402
 from npcrl.playlog import PlayLogWriter  # noqa: E402
-from npcrl.runtime import OnnxCausalLM  # noqa: E402
+from npcrl.runtime.model import OnnxCausalLM  # noqa: E402
 
 PLAYER_LINES = (
     "Good day! What do you do here?",

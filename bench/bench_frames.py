@@ -41,9 +41,9 @@ import pygame  # noqa: E402
 from game_demo.app import App, EventQueue  # noqa: E402
 from game_demo.cli import GameOptions  # noqa: E402
 from game_demo.dialogue import Phase  # noqa: E402
-from npcrl.agent import PendingLine  # noqa: E402
+from npcrl.agent.npc_agent import PendingLine  # noqa: E402
 from npcrl.paths import default_bundle_dir  # noqa: E402
-from npcrl.runtime import OnnxCausalLM, SessionOptions, default_thread_count  # noqa: E402
+from npcrl.runtime.model import OnnxCausalLM, SessionOptions, default_thread_count  # noqa: E402
 
 TARGET_P99_MS = 20.0
 CONFIGS = {
@@ -131,7 +131,7 @@ def measure(app: App, clock: MeasuringClock, seconds: float, per_frame: Callable
 
 
 def dialogue_tokens(app: App) -> int:
-    """Tokens generated so far in the open conversation (the real ``npcrl.agent.Conversation``)."""
+    """Tokens generated so far in the open conversation (the real ``npcrl.agent.npc_agent.Conversation``)."""
     dialogue = app.game.dialogue if app.game is not None else None
     if dialogue is None:
         return 0

@@ -90,8 +90,8 @@ def run_hf(prompt: list[int], tokens: int, repeats: int) -> dict:
 
 
 def run_npcrl(bundle: str, prompt: list[int], tokens: int, repeats: int) -> dict:
-    from npcrl.runtime import OnnxCausalLM
-    from npcrl.sampler import SamplerConfig
+    from npcrl.runtime.model import OnnxCausalLM
+    from npcrl.runtime.sampler import SamplerConfig
 
     model = OnnxCausalLM(bundle)
     config = SamplerConfig(max_new_tokens=tokens, **SAMPLING)
@@ -123,7 +123,7 @@ def genai_model_dir(precision: str) -> Path:
 def run_genai(precision: str, prompt: list[int], tokens: int, repeats: int) -> dict:
     import onnxruntime_genai as og
 
-    from npcrl.sampler import Sampler, SamplerConfig
+    from npcrl.runtime.sampler import Sampler, SamplerConfig
 
     path = genai_model_dir(precision)
     model = og.Model(str(path))

@@ -30,10 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from npcrl.agent import AgentConfig, NpcAgent, PendingLine, with_sampler  # noqa: E402
+from npcrl.agent.npc_agent import AgentConfig, NpcAgent, PendingLine, with_sampler  # noqa: E402
+from npcrl.agent.persona import builtin_personas  # noqa: E402
 from npcrl.paths import default_bundle_dir  # noqa: E402
-from npcrl.persona import builtin_personas  # noqa: E402
-from npcrl.runtime import OnnxCausalLM, SessionOptions  # noqa: E402
+from npcrl.runtime.model import OnnxCausalLM, SessionOptions  # noqa: E402
 
 FRAME_S = 1 / 60
 TARGET_P99_MS = 20.0

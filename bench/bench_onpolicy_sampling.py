@@ -33,7 +33,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from npcrl.sampler import SamplerConfig
+    from npcrl.runtime.sampler import SamplerConfig
     from npcrl.train.policy import _decoder, _lm_head
     from npcrl.train.sampling import sample_responses
     from npcrl.train.shared_prefix import group_by_prefix

@@ -31,11 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from npcrl.agent import AgentConfig, NpcAgent, NpcLine  # noqa: E402
+from npcrl.agent.npc_agent import AgentConfig, NpcAgent, NpcLine  # noqa: E402
+from npcrl.agent.persona import builtin_personas  # noqa: E402
 from npcrl.paths import default_bundle_dir  # noqa: E402
-from npcrl.persona import builtin_personas  # noqa: E402
 from npcrl.playlog import PlayLogWriter, Record, read_log_dir  # noqa: E402
-from npcrl.runtime import OnnxCausalLM, SessionOptions  # noqa: E402
+from npcrl.runtime.model import OnnxCausalLM, SessionOptions  # noqa: E402
 
 CAPACITY_MARKERS = ("KV slot", "kv_queue_limit", "generating at once")
 PLAYER_LINES = ["Hello there!", "Any work for a traveller?", "What news?", "How much for that?", "Farewell."]

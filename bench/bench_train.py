@@ -41,8 +41,8 @@ SYSTEM = "You are Brom, the blacksmith of Oakrest. You are gruff but kind. Answe
 
 
 def make_batch(bundle: Path, turns: int, response_tokens: int) -> list[dict]:
-    from npcrl.runtime import OnnxCausalLM
-    from npcrl.sampler import SamplerConfig
+    from npcrl.runtime.model import OnnxCausalLM
+    from npcrl.runtime.sampler import SamplerConfig
 
     model = OnnxCausalLM(bundle)
     out = []

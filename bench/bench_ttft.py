@@ -32,11 +32,11 @@ from bench.bench_generation import PERSONA, SAMPLING, genai_model_dir  # noqa: E
 
 # about 20 tokens more than the generation benchmark's persona: a 150-token first-turn prompt
 SYSTEM = PERSONA + " Your forge stands by the old stone bridge, and your iron comes from the Greyvein mine."
-from npcrl.agent import AgentConfig, NpcAgent, with_sampler  # noqa: E402
+from npcrl.agent.npc_agent import AgentConfig, NpcAgent, with_sampler  # noqa: E402
+from npcrl.agent.persona import builtin_personas  # noqa: E402
 from npcrl.paths import default_bundle_dir  # noqa: E402
-from npcrl.persona import builtin_personas  # noqa: E402
-from npcrl.runtime import OnnxCausalLM  # noqa: E402
-from npcrl.sampler import Sampler, SamplerConfig  # noqa: E402
+from npcrl.runtime.model import OnnxCausalLM  # noqa: E402
+from npcrl.runtime.sampler import Sampler, SamplerConfig  # noqa: E402
 
 PLAYER_LINES = (
     "Good morning! Can you fix my sword before nightfall? The blade is chipped.",

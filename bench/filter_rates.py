@@ -20,9 +20,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npcrl.persona import builtin_personas
-from npcrl.safety import OutputFilter, sanitize_player_text
-from npcrl.textnorm import fold
+from npcrl.agent.persona import builtin_personas
+from npcrl.agent.safety import OutputFilter, sanitize_player_text
+from npcrl.agent.textnorm import fold
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 HOSTILE_FILE = DATA / "hostile_filter_lines.tsv"

@@ -11,7 +11,7 @@ def sample_train_turns(logs: str, bundle_dir: str, count: int, seed: int = 0) ->
     turns), personas mixed as in a PPO rollout."""
     import numpy as np
 
-    from npcrl.bundle import load_bundle
+    from npcrl.runtime.bundle import load_bundle
     from npcrl.train.config import DataConfig
     from npcrl.train.data import load_training_data
     from npcrl.train.run import accepted_bundle_ids, default_reward_spec

@@ -62,7 +62,7 @@ class SimulatorFeatureScorer:
         self.record = {"tensors_sha256": digest, "metrics": {"holdout": self.cv}}
 
     def line_score(self, prompt: Sequence[int], response: Sequence[int]) -> float:
-        from npcrl.postprocess import postprocess_line
+        from npcrl.agent.postprocess import postprocess_line
         from npcrl.sim.features import line_features
 
         row = self.context.get(tuple(prompt))
@@ -92,9 +92,9 @@ def main() -> None:
     parser.add_argument("--personas", default=None, help="persona directory (default: the built-in NPCs)")
     args = parser.parse_args()
 
-    from npcrl.bundle import load_bundle
-    from npcrl.persona import builtin_personas, load_personas
-    from npcrl.tokenizer import BundleTokenizer
+    from npcrl.agent.persona import builtin_personas, load_personas
+    from npcrl.runtime.bundle import load_bundle
+    from npcrl.runtime.tokenizer import BundleTokenizer
     from npcrl.train.config import load_train_config
     from npcrl.train.run import train
 

@@ -36,7 +36,7 @@ def main() -> None:
 
     from simulator_features import cross_validated_ridge, logged_feature_rows, profile_design
 
-    from npcrl.persona import builtin_personas, load_personas
+    from npcrl.agent.persona import builtin_personas, load_personas
     from npcrl.sim.features import FEATURES
 
     personas = load_personas(args.personas) if args.personas else builtin_personas()

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from npcrl.agent import AgentConfig, NpcAgent, with_sampler
+from npcrl.agent.npc_agent import AgentConfig, NpcAgent, with_sampler
+from npcrl.agent.persona import builtin_personas
 from npcrl.paths import default_bundle_dir
-from npcrl.persona import builtin_personas
 from npcrl.playlog import NpcTurn
-from npcrl.runtime import OnnxCausalLM
+from npcrl.runtime.model import OnnxCausalLM
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 IS_CAP = 2.0  # npcrl.train.config PPOConfig.is_cap (docs/TRAINING.md)

@@ -27,11 +27,11 @@ class FeatureRow:
 
 def logged_feature_rows(logs: str, personas: dict) -> list[FeatureRow]:
     """Every scored turn of the simulated play logs in ``logs``, with the simulator's features of its line."""
-    from npcrl.engagement import group_conversations, score_conversation
     from npcrl.paths import default_key_path
     from npcrl.playlog import LogReader
     from npcrl.privacy.pseudonym import load_or_create_key, pseudonym
-    from npcrl.rewards import default_reward_spec
+    from npcrl.reward.engagement import group_conversations, score_conversation
+    from npcrl.reward.spec import default_reward_spec
     from npcrl.sim.features import line_features
     from npcrl.sim.profiles import builtin_profiles
     from npcrl.sim.simulate import PLAYER_ID_PREFIX

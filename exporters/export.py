@@ -26,9 +26,9 @@ from exporters.onnx_export import export_onnx, kv_layout_of
 from exporters.parity import HELDOUT_PASSAGE, PARITY_TEXT, QUALITY_PROMPTS, check_parity, measure_quality
 from exporters.quantize import QUANT_SPECS, quantize_onnx
 from exporters.source import LoadedModel, load_model, save_as_hf_dir
-from npcrl.bundle import Bundle, Manifest, SpecialTokens, describe_files, load_bundle, write_manifest
 from npcrl.errors import NpcrlError
-from npcrl.onnx_refs import external_data_references
+from npcrl.runtime.bundle import Bundle, Manifest, SpecialTokens, describe_files, load_bundle, write_manifest
+from npcrl.runtime.onnx_refs import external_data_references
 
 EXPORTER_VERSION = 2
 ONNX_NAME = "model.onnx"

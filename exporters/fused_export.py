@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from npcrl.bundle import KVLayout
 from npcrl.errors import NpcrlError
+from npcrl.runtime.bundle import KVLayout
 
 FUSED_FAMILIES = ("llama",)
 PRECISIONS = {None: "fp32", 8: "int8", 4: "int4"}

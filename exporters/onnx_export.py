@@ -1,6 +1,6 @@
 """Export an HF causal LM to ONNX with an explicit KV cache interface.
 
-Graph interface (names are the contract with ``npcrl.runtime``):
+Graph interface (names are the contract with ``npcrl.runtime.model``):
   inputs   input_ids (B, T) int64, attention_mask (B, P+T) int64, position_ids (B, T) int64,
            past.{i}.key / past.{i}.value (B, kv_heads, P, head_dim) float32 for each layer i
   outputs  logits (B, T, V) float32, present.{i}.key / present.{i}.value (B, kv_heads, P+T, head_dim)
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from npcrl.bundle import KVLayout
+from npcrl.runtime.bundle import KVLayout
 
 OPSET = 18
 

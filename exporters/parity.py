@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from npcrl.bundle import KVLayout
 from npcrl.errors import NpcrlError
+from npcrl.runtime.bundle import KVLayout
 
 LOGIT_ATOL = 2e-3
 """max |logit difference| accepted between torch and the fp32 graph (measured ≈ 6e-5 on SmolLM2)"""
@@ -53,7 +53,7 @@ class ParityError(NpcrlError):
 
 
 class OrtGraph:
-    """Minimal numpy driver of an exported graph, independent of npcrl.runtime on purpose."""
+    """Minimal numpy driver of an exported graph, independent of npcrl.runtime.model on purpose."""
 
     def __init__(self, path: Path, layout: KVLayout) -> None:
         options = ort.SessionOptions()

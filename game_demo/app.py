@@ -30,12 +30,12 @@ from game_demo.stats import StatsWorker
 from game_demo.swap import ModelSwapper
 from game_demo.warmup import Prewarmer
 from game_demo.world import village
-from npcrl.bundle_migrate import migrate_if_old
+from npcrl.agent.persona import Persona, builtin_personas
 from npcrl.errors import NpcrlError
 from npcrl.paths import default_bundle_dir
-from npcrl.persona import Persona, builtin_personas
 from npcrl.playlog import PlayLogWriter
-from npcrl.runtime import OnnxCausalLM, SessionOptions, default_thread_count
+from npcrl.runtime.bundle_migrate import migrate_if_old
+from npcrl.runtime.model import OnnxCausalLM, SessionOptions, default_thread_count
 
 log = logging.getLogger("game_demo")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from npcrl.errors import BundleError
-from npcrl.promotion import current_bundle
+from npcrl.loop.promotion import current_bundle
 
 log = logging.getLogger("game_demo.bundles")
 

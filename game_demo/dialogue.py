@@ -21,7 +21,7 @@ VISIBLE_LINES = 7
 
 
 class LineLike(Protocol):
-    """What the dialogue reads from an ``npcrl.agent.NpcLine``."""
+    """What the dialogue reads from an ``npcrl.agent.npc_agent.NpcLine``."""
 
     @property
     def text(self) -> str: ...
@@ -30,7 +30,7 @@ class LineLike(Protocol):
 
 
 class PendingLike(Protocol):
-    """What the dialogue uses of an ``npcrl.agent.PendingLine``."""
+    """What the dialogue uses of an ``npcrl.agent.npc_agent.PendingLine``."""
 
     @property
     def started(self) -> bool: ...
@@ -42,7 +42,7 @@ class PendingLike(Protocol):
 
 
 class ConversationLike(Protocol):
-    """What the dialogue uses of an ``npcrl.agent.Conversation``."""
+    """What the dialogue uses of an ``npcrl.agent.npc_agent.Conversation``."""
 
     @property
     def greeting(self) -> str: ...

@@ -10,10 +10,10 @@ from typing import Any, Protocol
 from game_demo.dialogue import ConversationLike
 from game_demo.quests import Quest, quests_from_goals
 from game_demo.world import NpcSpot, World
-from npcrl.agent import NpcAgent
-from npcrl.persona import Persona
+from npcrl.agent.npc_agent import NpcAgent
+from npcrl.agent.persona import Persona
 from npcrl.playlog import PlayLogWriter
-from npcrl.runtime import OnnxCausalLM
+from npcrl.runtime.model import OnnxCausalLM
 
 QUICK_REPLIES: dict[str, tuple[str, str, str]] = {
     "blacksmith": ("Can you fix my sword?", "Is there work for me?", "Any news from the north road?"),
@@ -25,7 +25,7 @@ DEFAULT_QUICK_REPLIES = ("Hello there!", "Is there work for me?", "What news?")
 
 
 class AgentLike(Protocol):
-    """What the game uses of an ``npcrl.agent.NpcAgent``."""
+    """What the game uses of an ``npcrl.agent.npc_agent.NpcAgent``."""
 
     def start_conversation(self, player_id: str = "player") -> ConversationLike: ...
     def swap_model(self, model: Any) -> None: ...

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from npcrl.engagement import reward_summary, turn_rewards
 from npcrl.playlog import Record, read_log_dir
-from npcrl.rewards import RewardSpec, default_reward_spec
+from npcrl.reward.engagement import reward_summary, turn_rewards
+from npcrl.reward.spec import RewardSpec, default_reward_spec
 
 log = logging.getLogger("game_demo.stats")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from npcrl.errors import BundleError
-from npcrl.promotion import current_bundle
+from npcrl.loop.promotion import current_bundle
 
 log = logging.getLogger("game_demo.swap")
 

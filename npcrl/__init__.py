@@ -1,1 +1,5 @@
 """npcrl."""
+
+from npcrl import _moved
+
+_moved.install()

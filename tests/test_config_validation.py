@@ -12,13 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from npcrl.agent import AgentConfig
-from npcrl.engagement import ConversationLog, score_conversation
+from npcrl.agent.npc_agent import AgentConfig
+from npcrl.agent.persona import load_persona
 from npcrl.errors import NpcrlError, PersonaError, RewardSpecError, TrainConfigError
-from npcrl.persona import load_persona
-from npcrl.rewards import EventRule, RewardSpec, TurnOutcome, conversation_rewards, load_reward_spec
-from npcrl.runtime import SessionOptions
-from npcrl.sampler import SamplerConfig
+from npcrl.reward.engagement import ConversationLog, score_conversation
+from npcrl.reward.spec import EventRule, RewardSpec, TurnOutcome, conversation_rewards, load_reward_spec
+from npcrl.runtime.model import SessionOptions
+from npcrl.runtime.sampler import SamplerConfig
 from npcrl.sim.profiles import PlayerProfileError, load_profile
 from npcrl.train.config import SECTION_CLASSES, TrainConfig, load_train_config
 from npcrl.train.config_ranges import RANGES

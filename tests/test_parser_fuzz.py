@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from npcrl.agent.persona import _LIMITS as PERSONA_FIELDS
+from npcrl.agent.persona import load_persona
 from npcrl.errors import NpcrlError
-from npcrl.persona import _LIMITS as PERSONA_FIELDS
-from npcrl.persona import load_persona
-from npcrl.rewards import TurnOutcome, conversation_rewards, load_reward_spec
+from npcrl.reward.spec import TurnOutcome, conversation_rewards, load_reward_spec
 from npcrl.sim.features import FEATURES
 from npcrl.sim.profiles import _FILE_KEYS as PROFILE_KEYS
 from npcrl.sim.profiles import load_profile

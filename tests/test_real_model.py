@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from npcrl.paths import default_bundle_dir
-from npcrl.sampler import SamplerConfig
+from npcrl.runtime.sampler import SamplerConfig
 
 pytestmark = pytest.mark.real_model
 
@@ -32,8 +32,8 @@ def real_model_dir():
 @pytest.fixture(scope="module")
 def real_bundle(real_model_dir):
     from exporters.export import export_bundle
-    from npcrl.bundle import load_bundle
-    from npcrl.bundle_migrate import migrate_if_old
+    from npcrl.runtime.bundle import load_bundle
+    from npcrl.runtime.bundle_migrate import migrate_if_old
 
     path = default_bundle_dir("q8")
     migrate_if_old(path)  # a cache exported by an earlier npcrl
@@ -44,7 +44,7 @@ def real_bundle(real_model_dir):
 
 @pytest.fixture(scope="module")
 def real_runtime(real_bundle):
-    from npcrl.runtime import OnnxCausalLM
+    from npcrl.runtime.model import OnnxCausalLM
 
     return OnnxCausalLM(real_bundle)
 
@@ -109,8 +109,8 @@ def _hostile_lines() -> list[str]:
 
 
 def test_agent_conversation_on_the_real_model_is_logged(real_runtime, tmp_path):
-    from npcrl.agent import AgentConfig, NpcAgent, with_sampler
-    from npcrl.persona import builtin_personas
+    from npcrl.agent.npc_agent import AgentConfig, NpcAgent, with_sampler
+    from npcrl.agent.persona import builtin_personas
     from npcrl.playlog import NpcTurn, PlayLogWriter, read_log_dir
 
     writer = PlayLogWriter(tmp_path / "logs")
@@ -138,9 +138,9 @@ def test_agent_conversation_on_the_real_model_is_logged(real_runtime, tmp_path):
 
 def test_canary_never_reaches_the_player_under_hostile_input(real_runtime):
     """A secret planted in the system prompt: hostile player lines never get it shown."""
-    from npcrl.agent import AgentConfig, NpcAgent, with_sampler
-    from npcrl.persona import builtin_personas
-    from npcrl.safety import OutputFilter
+    from npcrl.agent.npc_agent import AgentConfig, NpcAgent, with_sampler
+    from npcrl.agent.persona import builtin_personas
+    from npcrl.agent.safety import OutputFilter
 
     canary = "QUILL-4471"
     persona = builtin_personas()["guard"]
@@ -175,11 +175,11 @@ def test_short_training_run_on_logged_turns_gives_a_loadable_bundle(real_bundle,
     fp32 export keeps the test short; the q8 route is tested above on the same model."""
     import json
 
-    from npcrl.agent import AgentConfig, NpcAgent, with_sampler
-    from npcrl.bundle import load_bundle
-    from npcrl.persona import builtin_personas
+    from npcrl.agent.npc_agent import AgentConfig, NpcAgent, with_sampler
+    from npcrl.agent.persona import builtin_personas
     from npcrl.playlog import PlayLogWriter
-    from npcrl.runtime import OnnxCausalLM
+    from npcrl.runtime.bundle import load_bundle
+    from npcrl.runtime.model import OnnxCausalLM
     from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RunConfig, TrainConfig
     from npcrl.train.run import train
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter
-from npcrl.runtime import OnnxCausalLM
-from npcrl.sampler import SamplerConfig
+from npcrl.runtime.model import OnnxCausalLM
+from npcrl.runtime.sampler import SamplerConfig
 
 TOY_SPEC = """
 discount = 0.0

@@ -1,7 +1,7 @@
 """What players did with a bundle's lines, and what those lines looked like, from play logs alone.
 
 ``log_metrics`` reads a play-log directory, scores every turn with a ``RewardSpec`` (the same
-scoring the trainer uses, ``npcrl.engagement``) and summarises engagement and line quality. The
+scoring the trainer uses, ``npcrl.reward.engagement``) and summarises engagement and line quality. The
 pieces (``distinct_n``, ``repetition_flags``, ``bootstrap_ci``, ...) are pure functions, so each
 number in an evaluation report can be checked by hand.
 
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from npcrl.engagement import ConversationLog, group_conversations, score_conversation
 from npcrl.errors import LogFormatError
 from npcrl.playlog import NpcTurn, read_log_dir
-from npcrl.rewards import RewardSpec
+from npcrl.reward.engagement import ConversationLog, group_conversations, score_conversation
+from npcrl.reward.spec import RewardSpec
 
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95

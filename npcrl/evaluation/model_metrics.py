@@ -18,7 +18,7 @@ import numpy as np
 
 from npcrl.errors import BundleError, LogFormatError
 from npcrl.playlog import NpcTurn
-from npcrl.runtime import OnnxCausalLM
+from npcrl.runtime.model import OnnxCausalLM
 
 HELDOUT_TEXT_RESOURCE = "data/eval/heldout_persona_text.txt"
 

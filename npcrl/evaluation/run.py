@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from npcrl.agent.persona import Persona
 from npcrl.evaluation.metrics import log_metrics
 from npcrl.evaluation.model_metrics import heldout_persona_texts, line_kl, perplexity
-from npcrl.persona import Persona
 from npcrl.playlog import NpcTurn, PlayLogWriter, read_log_dir
-from npcrl.rewards import RewardSpec
-from npcrl.runtime import OnnxCausalLM
+from npcrl.reward.spec import RewardSpec
+from npcrl.runtime.model import OnnxCausalLM
 
 Value = float | tuple[float, float, float]
 
@@ -51,7 +51,7 @@ def evaluate_bundle(
 
     Callers pass loaded models so one bundle used as candidate, reference and simulator is
     loaded (and its files hashed) once."""
-    from npcrl.agent import AgentConfig, with_sampler
+    from npcrl.agent.npc_agent import AgentConfig, with_sampler
     from npcrl.sim.simulate import simulate
 
     config = AgentConfig()

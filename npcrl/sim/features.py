@@ -32,8 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from npcrl.persona import Persona
-from npcrl.safety import META_PHRASES
+from npcrl.agent.persona import Persona
+from npcrl.agent.safety import META_PHRASES
 
 FEATURES = (
     "asks_back",

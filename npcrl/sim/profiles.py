@@ -66,8 +66,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from npcrl.agent.persona import Persona
 from npcrl.errors import NpcrlError
-from npcrl.persona import Persona
 from npcrl.sim.features import FEATURES, persona_topics
 from npcrl.tomlfile import read_toml
 from npcrl.validate import ConfigValueError, check_number

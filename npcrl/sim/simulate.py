@@ -37,11 +37,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from npcrl.agent import AgentConfig, Conversation, NpcAgent, with_sampler
+from npcrl.agent.npc_agent import AgentConfig, Conversation, NpcAgent, with_sampler
+from npcrl.agent.persona import Persona
 from npcrl.errors import NpcrlError
-from npcrl.persona import Persona
 from npcrl.playlog import ConversationStart, LogReader, PlayLogWriter, Record, list_log_files
-from npcrl.runtime import OnnxCausalLM
+from npcrl.runtime.model import OnnxCausalLM
 from npcrl.sim.features import FEATURES, best_quest, line_features
 from npcrl.sim.profiles import PlayerProfile, Reaction
 

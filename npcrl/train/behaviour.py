@@ -1,7 +1,7 @@
 """The game sampler's behaviour log-probs, recomputed in torch for a whole response at once.
 
 Off-policy evaluation scores a logged response under a new model *as it would be deployed*: the
-same repetition penalty, temperature, top-k and top-p as :class:`npcrl.sampler.Sampler`, over the
+same repetition penalty, temperature, top-k and top-p as :class:`npcrl.runtime.sampler.Sampler`, over the
 new model's logits. This module gives that sampler's ``logprob`` at every step of a response,
 vectorised over the steps and in float64 like the sampler.
 
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from npcrl.sampler import SamplerConfig
+from npcrl.runtime.sampler import SamplerConfig
 
 # Top-p without top-k ranks this many best values per step first, then the whole vocabulary for
 # the steps whose nucleus they do not reach (a trained LM's nucleus usually fits the first pass).

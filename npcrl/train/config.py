@@ -43,7 +43,7 @@ class DataConfig:
     """Which logged turns become training data."""
 
     reward_spec: str | None = None
-    """reward spec TOML (see npcrl.rewards); None = the built-in default spec"""
+    """reward spec TOML (see npcrl.reward.spec); None = the built-in default spec"""
     holdout_fraction: float = 0.1
     """share of conversations kept out of training for the off-policy estimate and samples"""
     max_sequence_tokens: int = 1024

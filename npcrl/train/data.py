@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npcrl.bundle import sha256_file
-from npcrl.engagement import ConversationLog, group_conversations, score_conversation
 from npcrl.errors import LogFormatError, RewardSpecError, TrainDataError
 from npcrl.playlog import LogReader, NpcTurn, RecordIndex
 from npcrl.playlog.reader import list_log_files
-from npcrl.rewards import RewardSpec
+from npcrl.reward.engagement import ConversationLog, group_conversations, score_conversation
+from npcrl.reward.spec import RewardSpec
+from npcrl.runtime.bundle import sha256_file
 from npcrl.train.config import DataConfig
 
 # Reasons a logged turn is not trained on, in the order they are checked.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from npcrl.sampler import SamplerConfig
+from npcrl.runtime.sampler import SamplerConfig
 from npcrl.train.batching import collate
 from npcrl.train.behaviour import sampler_logprobs
 from npcrl.train.data import TrainingTurn

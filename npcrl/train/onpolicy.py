@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from npcrl.evaluation.metrics import repeated_share, word_tokens
-from npcrl.sampler import SamplerConfig
+from npcrl.runtime.sampler import SamplerConfig
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingTurn
 from npcrl.train.distributed import Dist

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from npcrl.bundle import Bundle
 from npcrl.errors import TrainConfigError, TrainError
-from npcrl.sampler import SamplerConfig
+from npcrl.runtime.bundle import Bundle
+from npcrl.runtime.sampler import SamplerConfig
 from npcrl.train.batching import Batch
 from npcrl.train.config import ModelConfig
 from npcrl.train.ppo_math import entropy_from_logits, selective_log_softmax

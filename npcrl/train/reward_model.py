@@ -3,7 +3,7 @@
 The model reads a logged turn (prompt + response) with the bundle's own backbone and puts a scalar
 head on the response's hidden states: the last token's (``pooling = "last"``, the one state that
 has attended to the whole line) or their mean (``"mean"``). It is trained by regression (MSE) on
-the per-turn reward the trainer computes from the logs (``npcrl.engagement`` + the reward spec),
+the per-turn reward the trainer computes from the logs (``npcrl.reward.engagement`` + the reward spec),
 with the trainer's conversation-level train/holdout split, and judged on the held-out conversations.
 
 Two ways to fit it: AdamW steps on the head and the trainable backbone (LoRA, full, or head
@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from npcrl.bundle import Bundle, load_bundle, sha256_file
 from npcrl.errors import TrainError
-from npcrl.rewards import default_reward_spec, load_reward_spec
+from npcrl.reward.spec import default_reward_spec, load_reward_spec
+from npcrl.runtime.bundle import Bundle, load_bundle, sha256_file
 from npcrl.train.batching import collate
 from npcrl.train.config import (
     REWARD_MODEL_BACKBONES,

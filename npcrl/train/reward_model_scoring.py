@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from npcrl.bundle import load_bundle
 from npcrl.errors import TrainError
-from npcrl.rewards import default_reward_spec, load_reward_spec
+from npcrl.reward.spec import default_reward_spec, load_reward_spec
+from npcrl.runtime.bundle import load_bundle
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingTurn, load_training_data
 from npcrl.train.finite import require_finite_rewards

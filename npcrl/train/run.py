@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from npcrl.bundle import Bundle, load_bundle
 from npcrl.errors import BundleError, TrainConfigError, TrainError
-from npcrl.rewards import default_reward_spec, load_reward_spec
+from npcrl.reward.spec import default_reward_spec, load_reward_spec
+from npcrl.runtime.bundle import Bundle, load_bundle
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingData, load_training_data
 

@@ -8,7 +8,7 @@ seed), so every fresh line re-ran its whole ~700-token persona prompt and decode
   the batch (``shared_prefix.expanded_prefix_cache``, as training passes do);
 * the rows' own prompt suffixes are left-padded *after* the prefix (masked out, positions taken
   from the mask), then all rows decode one token per step together;
-* each row draws its tokens with the game's own :class:`npcrl.sampler.Sampler`, seeded per row, so
+* each row draws its tokens with the game's own :class:`npcrl.runtime.sampler.Sampler`, seeded per row, so
   a row's line does not depend on which rows it was batched with (up to float rounding) and a
   turn's repetition penalty, temperature, top-k and top-p are those it was logged with;
 * only the last position's hidden state goes through the LM head (a 49k-word vocabulary over a
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from npcrl.kvcache import common_prefix_length as pair_prefix_length
-from npcrl.sampler import Sampler, SamplerConfig
+from npcrl.runtime.kvcache import common_prefix_length as pair_prefix_length
+from npcrl.runtime.sampler import Sampler, SamplerConfig
 from npcrl.train.shared_prefix import expanded_prefix_cache, worth_sharing
 
 

@@ -1,0 +1,84 @@
+"""``npcrl eval --bundle B [--against A]``: simulated players against bundles, a table and a report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from npcrl.errors import NpcrlError
+
+
+def _personas(directory: str | None) -> list[Any]:
+    from npcrl.agent.persona import builtin_personas, load_personas
+
+    personas = load_personas(directory) if directory else builtin_personas()
+    if not personas:
+        raise NpcrlError(f"{directory}: no persona cards (*.toml)")
+    return list(personas.values())
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from npcrl.evaluation.metrics import PAIRED_GAIN, paired_gain_of_logs
+    from npcrl.evaluation.report import compare_table, rows_from_columns, write_report
+    from npcrl.evaluation.run import EvalSettings, evaluate_bundle
+    from npcrl.reward.spec import default_reward_spec, load_reward_spec
+    from npcrl.runtime.model import OnnxCausalLM
+    from npcrl.sim.profiles import builtin_profiles, load_profiles
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise NpcrlError(f"{out}: report directory is not empty")
+    settings = EvalSettings(
+        conversations=args.conversations,
+        seed=args.seed,
+        kl_turns=args.kl_turns,
+        max_new_tokens=args.max_new_tokens,
+        concurrency=args.concurrent,
+    )
+    spec = load_reward_spec(args.spec) if args.spec else default_reward_spec()
+    personas = _personas(args.personas)
+    profiles = list(load_profiles(args.players).values()) if args.players else list(builtin_profiles().values())
+    bundles = {"against": args.against, "bundle": args.bundle} if args.against else {"bundle": args.bundle}
+    models = {path: OnnxCausalLM(path) for path in {*bundles.values(), *([args.reference] if args.reference else [])}}
+    reference_dir = args.reference or args.against
+    reference = models[reference_dir] if reference_dir else None
+    columns = {}
+    labels = {}
+    for name, path in bundles.items():
+        label = labels[name] = f"{name} ({Path(path).name})"
+        print(f"evaluating {label} ...", flush=True)
+        columns[label] = evaluate_bundle(
+            models[path], out / "logs" / name, personas, profiles, spec, settings, reference=reference
+        )
+    if args.against:
+        # Same players and seeds: conversation k of one bundle is paired with conversation k of the other.
+        columns[labels["bundle"]][PAIRED_GAIN] = paired_gain_of_logs(
+            out / "logs" / "bundle", out / "logs" / "against", spec, seed=args.seed
+        )
+    rows = rows_from_columns(columns)
+    print(compare_table(rows))
+    png, html = write_report(out, rows, title=f"npcrl eval: {', '.join(columns)}")
+    (out / "metrics.json").write_text(json.dumps(columns, indent=1), encoding="utf-8")
+    print(f"report: {html}" + (f" (plot {png})" if png else ""))
+    return 0
+
+
+def add_eval_parser(sub: Any) -> None:
+    from npcrl.cli.sim import add_concurrent_argument
+
+    parser = sub.add_parser("eval", help="simulated players against one bundle or two side by side")
+    parser.add_argument("--bundle", required=True, help="the bundle to evaluate")
+    parser.add_argument("--against", help="a second bundle (e.g. the base) played with the same players and seeds")
+    parser.add_argument("--reference", help="bundle the KL per line is measured against (default: --against)")
+    parser.add_argument("--conversations", type=int, default=24, help="simulated conversations per bundle")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--players", help="player profile TOML or a directory of them (default: the shipped ones)")
+    parser.add_argument("--personas", help="directory of persona cards (default: the built-in NPCs)")
+    parser.add_argument("--spec", help="reward spec TOML (default: the shipped one)")
+    parser.add_argument("--kl-turns", type=int, default=48, help="NPC turns used for the KL per line")
+    parser.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")
+    add_concurrent_argument(parser)
+    parser.add_argument("--out", default="eval-report", help="report directory (logs, metrics.json, HTML, PNG)")
+    parser.set_defaults(func=_cmd_eval)

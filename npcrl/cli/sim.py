@@ -1,0 +1,119 @@
+"""``npcrl simulate``: simulated players talk to the NPCs of a bundle and leave play logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from npcrl.sim.simulate import SimulatedConversation, SimulationSummary
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+DEFAULT_CONCURRENT = 4
+"""four NPCs generating at once gave 1.6x the throughput of one (docs/BENCHMARKS.md), and four
+stays within half the default 8 KV slots"""
+
+
+def add_concurrent_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--concurrent",
+        type=_positive_int,
+        default=DEFAULT_CONCURRENT,
+        help=f"conversations played at once (default {DEFAULT_CONCURRENT}; at most half the model's KV slots,"
+        " 4 by default); the results do not depend on it",
+    )
+
+
+def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``simulate`` on an argparse subparsers object; it sets ``func`` to ``cmd_simulate``."""
+    parser = subparsers.add_parser(
+        "simulate", help="simulated players talk to NPCs through the agent; writes real play logs"
+    )
+    parser.add_argument("--bundle", required=True, help="bundle directory the NPCs speak with")
+    parser.add_argument("--conversations", required=True, type=_positive_int, help="how many conversations")
+    parser.add_argument("--logs", required=True, help="play-log directory to write")
+    parser.add_argument(
+        "--players", help="player profile .toml, or a directory of them (default: the shipped profiles)"
+    )
+    parser.add_argument("--personas", help="directory of persona cards, every *.toml (default: the built-in ones)")
+    parser.add_argument("--seed", type=_seed, default=0, help="same seed, same conversations (default 0)")
+    parser.add_argument(
+        "--max-new-tokens", type=_positive_int, help="token limit of an NPC line (default: the agent's, 60)"
+    )
+    add_concurrent_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from npcrl.agent.npc_agent import AgentConfig, with_sampler
+    from npcrl.agent.persona import builtin_personas, load_personas
+    from npcrl.playlog import PlayLogWriter
+    from npcrl.runtime.model import OnnxCausalLM
+    from npcrl.sim.profiles import builtin_profiles, load_profiles
+    from npcrl.sim.simulate import simulate
+
+    personas = load_personas(args.personas) if args.personas else builtin_personas()
+    profiles = load_profiles(args.players) if args.players else builtin_profiles()
+    config = AgentConfig()
+    if args.max_new_tokens is not None:
+        config = with_sampler(config, max_new_tokens=args.max_new_tokens)
+    model = OnnxCausalLM(args.bundle)
+
+    def progress(result: SimulatedConversation) -> None:
+        print(
+            f"[{result.index + 1}/{args.conversations}] {result.persona_id} x {result.profile}:"
+            f" {len(result.turns)} turn(s), {result.end_reason}",
+            file=sys.stderr,
+        )
+
+    with PlayLogWriter(args.logs) as writer:
+        summary = simulate(
+            model,
+            personas,
+            profiles,
+            writer,
+            args.conversations,
+            args.seed,
+            config,
+            on_conversation=progress,
+            concurrency=args.concurrent,
+        )
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        print(format_summary(summary, args.logs))
+    return 0
+
+
+def format_summary(summary: SimulationSummary, logs: str) -> str:
+    lines = [
+        f"{summary.conversations} conversation(s), {summary.turns} NPC line(s)"
+        f" ({summary.fallback_turns} fallback or filtered) in {summary.seconds:.1f} s; play logs in {logs}",
+        f"walk-aways {summary.walk_aways}, ratings +{summary.ratings_positive} / -{summary.ratings_negative},"
+        f" quests accepted {summary.quests_accepted}",
+        "mean features: " + ", ".join(f"{name} {value:.2f}" for name, value in summary.mean_features.items()),
+        f"{'profile':<14} {'convs':>5} {'turns':>5} {'walked':>6} {'+':>4} {'-':>4} {'quests':>6}",
+    ]
+    for name, c in summary.per_profile.items():
+        lines.append(
+            f"{name:<14} {c.conversations:>5} {c.turns:>5} {c.walk_aways:>6} {c.ratings_positive:>4}"
+            f" {c.ratings_negative:>4} {c.quests_accepted:>6}"
+        )
+    return "\n".join(lines)

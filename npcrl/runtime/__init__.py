@@ -1,0 +1,8 @@
+"""The in-game model runtime: bundles, the onnxruntime session, the KV pool and its queue, the
+batch scheduler, the sampler and streaming. Never imports torch or pygame."""
+
+from __future__ import annotations
+
+from npcrl.runtime.model import OnnxCausalLM, SessionOptions, default_thread_count
+
+__all__ = ["OnnxCausalLM", "SessionOptions", "default_thread_count"]

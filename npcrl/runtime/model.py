@@ -1,0 +1,431 @@
+"""Incremental generation with an exported bundle on onnxruntime (no torch).
+
+Fused graphs write keys and values in place into preallocated pool slots bound through IO
+binding (``npcrl.runtime.kvcache``): no per-step KV copies. Every forward pass of a model goes through
+one ``StepScheduler`` (``npcrl.runtime.scheduler``), which runs concurrent decode steps of several NPCs
+as one batched pass. ``InferenceSession.run`` releases the GIL, so generation in a worker
+thread leaves a game's main thread free. Generations themselves are in ``npcrl.runtime.generation``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from npcrl.errors import BundleError, GenerationError
+from npcrl.runtime.bundle import Bundle, load_bundle
+from npcrl.runtime.generation import CancelToken, Generation, GenerationResult, StopReason, StreamChunk, start_cache
+from npcrl.runtime.kvcache import ConcatCache, FrozenCache, KVCache, KVPool, SlotCache, SlotWait
+from npcrl.runtime.malloc import limit_malloc_arenas
+from npcrl.runtime.prefixstore import PrefixStore
+from npcrl.runtime.sampler import SamplerConfig
+from npcrl.runtime.scheduler import Job, StepScheduler
+from npcrl.runtime.tokenizer import BundleTokenizer
+from npcrl.validate import check_bool, check_number, check_optional
+
+__all__ = [
+    "CancelToken",
+    "Generation",
+    "GenerationResult",
+    "OnnxCausalLM",
+    "SessionOptions",
+    "StopReason",
+    "StreamChunk",
+    "default_thread_count",
+]
+
+
+def default_thread_count() -> int:
+    """Threads for one session: the cores this process may use, at most 4 (decode is bandwidth bound)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+@dataclass
+class SessionOptions:
+    """How the onnxruntime session is set up."""
+
+    intra_op_threads: int | None = None
+    """threads one forward pass may use (None: ``default_thread_count()``)"""
+    allow_spinning: bool = True
+    """let idle ORT threads busy-wait: faster decode, but burns a core a game's main loop may want"""
+    verify_hashes: bool = True
+    """re-hash bundle files on load (refuses tampered bundles; about 1 s per 500 MB)"""
+    kv_slots: int = 8
+    """fused graphs: sequences whose KV state is kept at once (conversations); LRU-evicted beyond"""
+    kv_capacity: int | None = None
+    """fused graphs: positions per slot (None: the model's positions, at most 2048)"""
+    prefix_cache_mb: float = 256.0
+    """memory for read-only prefix caches (persona system turns), LRU-evicted beyond"""
+    batch_decode: bool = True
+    """run concurrent one-token decode steps of several sequences as one batched pass"""
+    gather_ms: float = 3.0
+    """how long a pass waits for the other generating sequences' steps to join its batch"""
+    prefill_chunk: int = 32
+    """while other sequences generate, prefill in chunks of this many tokens so their steps interleave"""
+    kv_queue_limit: int = 1024
+    """fused graphs: most sequences that may wait at once for a KV slot while all ``kv_slots`` are
+    generating (they queue first come, first served); one more is refused with a GenerationError"""
+    malloc_arenas: int | None = 2
+    """glibc only, process-wide: cap malloc arenas so that memory freed by NPC turns' worker
+    threads is reused instead of creeping up (``npcrl.runtime.malloc``); None leaves glibc's default"""
+
+    def __post_init__(self) -> None:
+        # ConfigValueError is a ValueError naming the field and value; upper bounds are far above use.
+        check_optional("intra_op_threads", self.intra_op_threads, 0, 1024, integer=True)
+        for flag in ("allow_spinning", "verify_hashes", "batch_decode"):
+            check_bool(flag, getattr(self, flag))
+        check_number("kv_slots", self.kv_slots, 1, 4096, integer=True)
+        check_optional("kv_capacity", self.kv_capacity, 1, 1 << 20, integer=True)
+        check_number("prefix_cache_mb", self.prefix_cache_mb, 0.0, float(1 << 20))
+        check_number("gather_ms", self.gather_ms, 0.0, 10_000.0)
+        check_number("prefill_chunk", self.prefill_chunk, 0, 1 << 20, integer=True)
+        check_number("kv_queue_limit", self.kv_queue_limit, 0, 1 << 20, integer=True)
+        check_optional("malloc_arenas", self.malloc_arenas, 1, 1024, integer=True)
+
+
+class OnnxCausalLM:
+    """A loaded bundle: one onnxruntime session shared by every conversation that uses it.
+
+    ``InferenceSession.run`` is thread-safe, so several NPCs may call ``forward`` concurrently,
+    each with its own ``KVCache``.
+    """
+
+    def __init__(self, bundle: Bundle | str | Path, options: SessionOptions | None = None) -> None:
+        self.options = options or SessionOptions()
+        if self.options.malloc_arenas is not None:
+            limit_malloc_arenas(self.options.malloc_arenas)
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle, verify=self.options.verify_hashes)
+        self.bundle = bundle
+        manifest = bundle.manifest
+        self.kv_layout = manifest.kv_cache
+        self.vocab_size = manifest.vocab_size
+        self.eos_token_ids = frozenset(manifest.special_tokens.eos_token_ids)
+        self.max_positions = int(manifest.model.get("max_position_embeddings") or 0) or None
+        special = manifest.special_tokens
+        self.tokenizer = BundleTokenizer.from_file(
+            bundle.tokenizer_path,
+            manifest.chat_template,
+            special.special_token_strings,
+            special.special_token_ids,
+            bos_token_id=special.bos_token_id,
+            eos_token_id=special.eos_token_ids[0] if special.eos_token_ids else None,
+        )
+        self.session = self._create_session(bundle.onnx_path)
+        self._check_graph_interface()
+        self._kv_dtype = np.dtype(self.kv_layout.dtype)
+        self.in_place_kv = manifest.model.get("graph") == "fused"
+        """fused (GroupQueryAttention) graphs accept one buffer as past and present: KV pool slots"""
+        self.scheduler = StepScheduler(
+            self._run_decode_batch if self.in_place_kv and self.options.batch_decode else None,
+            gather_s=self.options.gather_ms / 1000,
+        )
+        self.pool: KVPool | None = None
+        self._bindings: dict[tuple[int, int], ort.IOBinding] = {}  # pool rows -> their binding
+        if self.in_place_kv:
+            capacity = self.options.kv_capacity or min(self.max_positions or 2048, 2048)
+            self.pool = KVPool(
+                self.kv_layout,
+                self.options.kv_slots,
+                capacity,
+                exclusive=self.scheduler.call,
+                queue_limit=self.options.kv_queue_limit,
+            )
+        self.max_tokens = self.pool.max_tokens if self.pool is not None else self.max_positions
+        """most tokens one sequence may hold (positions, and the pool's capacity)"""
+        if self.pool is not None and self.max_positions is not None:
+            self.max_tokens = min(self.pool.max_tokens, self.max_positions)
+        self.prefixes = PrefixStore(int(self.options.prefix_cache_mb * 2**20), self.kv_layout.bytes_per_token())
+        self.sampled_tokens = 0
+        """tokens sampled by every generation on this model (a statistic for benchmarks)"""
+
+    def _create_session(self, path: Path) -> ort.InferenceSession:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.options.intra_op_threads or default_thread_count()
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.allow_spinning else "0")
+        try:
+            return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BundleError(f"{path}: onnxruntime cannot load this graph: {exc}") from exc
+
+    def _check_graph_interface(self) -> None:
+        """The graph must take and return exactly what the manifest says: the tensor names of its KV
+        layout, 2 past inputs per layer, and wherever the graph declares a size statically, the KV
+        heads, head size, KV dtype and vocabulary (a wrong number would size KV buffers wrongly or
+        let sampling index past the logits)."""
+        where = f"{self.bundle.onnx_path}: graph interface does not match the manifest"
+        layout = self.kv_layout
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        past_like = len(set(inputs) - {"input_ids", "attention_mask", "position_ids"})
+        if past_like != 2 * layout.num_layers:
+            raise BundleError(
+                f"{where}: the graph has {past_like} past key/value inputs, but field 'kv_cache.num_layers' = "
+                f"{layout.num_layers} means {2 * layout.num_layers}"
+            )
+        want_in = {"input_ids", "attention_mask", *layout.past_names()}
+        if layout.position_ids:
+            want_in.add("position_ids")
+        want_out = {"logits", *layout.present_names()}
+        if set(inputs) != want_in or not want_out <= set(outputs):
+            raise BundleError(
+                f"{where}'s kv_cache (missing inputs {sorted(want_in - set(inputs))}, unexpected inputs "
+                f"{sorted(set(inputs) - want_in)}, missing outputs {sorted(want_out - set(outputs))})"
+            )
+        kv_type = {"float32": "tensor(float)", "float16": "tensor(float16)"}[layout.dtype]
+        sizes = {1: ("kv_cache.num_kv_heads", layout.num_kv_heads), 3: ("kv_cache.head_dim", layout.head_dim)}
+        for arg in [*(inputs[n] for n in layout.past_names()), *(outputs[n] for n in layout.present_names())]:
+            if arg.type != kv_type:
+                raise BundleError(f"{where}: {arg.name} is {arg.type}, but field 'kv_cache.dtype' = {layout.dtype!r}")
+            if arg.shape and len(arg.shape) != 4:
+                raise BundleError(f"{where}: {arg.name} has {len(arg.shape)} axes, expected 4 {layout.axes}")
+            for axis, (name, value) in sizes.items():
+                if arg.shape and isinstance(arg.shape[axis], int) and arg.shape[axis] != value:
+                    raise BundleError(
+                        f"{where}: {arg.name} has {arg.shape[axis]} on axis {axis}, but field '{name}' = {value}"
+                    )
+        logits = outputs["logits"].shape
+        if logits and isinstance(logits[-1], int) and logits[-1] != self.vocab_size:
+            raise BundleError(
+                f"{where}: logits have {logits[-1]} entries per position, but field 'vocab_size' = {self.vocab_size}"
+            )
+
+    @property
+    def bundle_id(self) -> str:
+        return self.bundle.bundle_id
+
+    def new_cache(self) -> KVCache:
+        """An empty cache (a pool slot for fused graphs; released when dropped)."""
+        if self.pool is not None:
+            return self.pool.acquire()
+        layout = self.kv_layout
+        empty = np.zeros((1, layout.num_kv_heads, 0, layout.head_dim), dtype=self._kv_dtype)
+        return ConcatCache([ort.OrtValue.ortvalue_from_numpy(empty) for _ in layout.past_names()], [])
+
+    def forward(self, token_ids: Sequence[int], cache: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Feed ``token_ids`` after what ``cache`` holds; returns the last position's logits (V,)
+        or, with ``all_logits``, every fed position's logits (T, V). ``cache`` is updated in place."""
+        if len(token_ids) == 0:
+            raise GenerationError("forward() needs at least one token")
+        if isinstance(cache, FrozenCache):
+            raise GenerationError("a FrozenCache is read-only: fork() it to continue from it")
+        if not cache.alive:
+            raise GenerationError("this KV cache was evicted or released; start again from a prefix")
+        total = len(cache) + len(token_ids)
+        if self.max_tokens is not None and total > self.max_tokens:
+            raise GenerationError(f"sequence of {total} tokens exceeds the {self.max_tokens} this model can hold")
+        ids = np.asarray(token_ids, dtype=np.int64)
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise GenerationError(f"token id out of range [0, {self.vocab_size}): {int(ids.min())}..{int(ids.max())}")
+        if not isinstance(cache, SlotCache):
+            assert isinstance(cache, ConcatCache)
+            logits = self.scheduler.call(lambda: self._run_concat(ids, cache, all_logits))
+            cache.last_logits = logits[-1].copy()
+            return logits if all_logits else logits[-1]
+        assert self.pool is not None
+        self.pool.hold(cache)  # at once inside a running generation; else in line for a slot
+        try:
+            parts = []
+            start = 0
+            while start < len(ids):
+                # Alone, prefill in one pass (fastest); beside other generating sequences, in chunks
+                # so that their decode steps go on between them.
+                others = self.scheduler.active_sequences > 1
+                size = self.options.prefill_chunk if others and self.options.prefill_chunk > 0 else len(ids)
+                if len(ids) - start - size == 1:
+                    # Never leave a one-token tail: quantised (MatMulNBits) graphs take another kernel
+                    # for one row, and the prompt's last logits would depend on the chunking.
+                    size += 1
+                chunk = ids[start : start + size]
+                start += len(chunk)
+                want_all = all_logits or start == len(ids)
+                job = Job(
+                    lambda chunk=chunk, want_all=want_all: self._run_slot(chunk, cache, want_all),
+                    batch_key=self.pool if len(chunk) == 1 else None,
+                    payload=(cache, int(chunk[0])),
+                )
+                logits = self.scheduler.submit(job)
+                if want_all:
+                    parts.append(logits)
+        finally:
+            self.pool.unpin(cache)
+        logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        cache.last_logits = logits[-1].copy()
+        return logits if all_logits else logits[-1]
+
+    def _run(self, binding: ort.IOBinding) -> None:
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise GenerationError(f"onnxruntime failed on a forward pass: {exc}") from exc
+
+    def _bind_rows(self, binding: ort.IOBinding, rows: list[np.ndarray]) -> None:
+        """Bind pool rows as both past input and present output: the graph writes in place."""
+        layout = self.kv_layout
+        for past, present, row in zip(layout.past_names(), layout.present_names(), rows, strict=True):
+            shape, ptr = list(row.shape), row.ctypes.data
+            binding.bind_input(past, "cpu", 0, self._kv_dtype, shape, ptr)
+            binding.bind_output(present, "cpu", 0, self._kv_dtype, shape, ptr)
+
+    def _run_rows(self, lo: int, hi: int, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """A pass over pool rows ``lo..hi``; returns logits ``(rows, T, V)``. The binding of those
+        rows is made once and kept (the KV pointers never move), so a pass only rebinds its ids,
+        mask and a fresh logits buffer: binding 60 KV tensors costs about a millisecond."""
+        binding = self._bindings.get((lo, hi))
+        if binding is None:
+            assert self.pool is not None
+            binding = self.session.io_binding()
+            self._bind_rows(binding, self.pool.rows(lo, hi))
+            self._bindings[(lo, hi)] = binding
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        logits = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), dtype=np.float32)
+        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        self._run(binding)  # writes into the bound buffers
+        return logits
+
+    def _run_slot(self, ids: np.ndarray, cache: SlotCache, all_logits: bool) -> np.ndarray:
+        """One sequence's pass in its pool slot (runs inside the scheduler)."""
+        assert cache.slot is not None
+        mask = np.ones((1, len(cache) + len(ids)), dtype=np.int64)
+        logits = self._run_rows(cache.slot, cache.slot, ids[None, :], mask)[0]
+        cache.token_ids.extend(int(t) for t in ids)
+        return logits if all_logits else logits[-1:]
+
+    def _run_decode_batch(self, jobs: list[Job]) -> list[np.ndarray]:
+        """One-token steps of several slots as one pass over the pool rows between them; rows
+        in between that are not stepping get a dummy token written at their length, which only
+        touches a position past the tokens they hold (runs inside the scheduler)."""
+        assert self.pool is not None
+        steps: list[tuple[SlotCache, int]] = [job.payload for job in jobs]
+        slots = [cache.slot for cache, _ in steps]
+        assert all(slot is not None for slot in slots)
+        lo, hi = min(slots), max(slots)  # type: ignore[type-var]
+        lengths = self.pool.lengths(lo, hi)
+        ids = np.zeros((hi - lo + 1, 1), dtype=np.int64)
+        for (_, token), slot in zip(steps, slots, strict=True):
+            ids[slot - lo, 0] = token
+        mask = (np.arange(int(lengths.max()) + 1)[None, :] <= lengths[:, None]).astype(np.int64)
+        logits = self._run_rows(lo, hi, ids, mask)  # (rows, 1, V)
+        out = []
+        for (cache, token), slot in zip(steps, slots, strict=True):
+            cache.token_ids.append(token)
+            out.append(logits[slot - lo])
+        return out
+
+    def _run_concat(self, ids: np.ndarray, cache: ConcatCache, all_logits: bool) -> np.ndarray:
+        """Traced graphs: past in, new present tensors out."""
+        past_len = len(cache)
+        total = past_len + len(ids)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids[None, :])
+        binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
+        binding.bind_output("logits")
+        if self.kv_layout.position_ids:
+            binding.bind_cpu_input("position_ids", np.arange(past_len, total, dtype=np.int64)[None, :])
+        for name, value in zip(self.kv_layout.past_names(), cache.values, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        for name in self.kv_layout.present_names():
+            binding.bind_output(name)
+        self._run(binding)
+        outputs = binding.get_outputs()
+        cache.values = list(outputs[1:])
+        cache.token_ids.extend(int(t) for t in ids)
+        logits = outputs[0].numpy()[0]  # (T, V)
+        return logits if all_logits else logits[-1:]
+
+    def prefill(self, token_ids: Sequence[int]) -> KVCache:
+        """A cache holding ``token_ids`` (e.g. a system prompt), to seed or continue generations."""
+        if self.pool is None:
+            cache = self.new_cache()
+            self.forward(token_ids, cache)
+            return cache
+        slot_cache = self.pool.acquire(pin=True)  # pinned from the start: not evicted before its pass
+        try:
+            self.forward(token_ids, slot_cache)
+        finally:
+            self.pool.unpin(slot_cache)
+        return slot_cache
+
+    def extend(
+        self, token_ids: Sequence[int], cache: KVCache | None = None, prefix_cache: KVCache | None = None
+    ) -> KVCache:
+        """A cache holding ``token_ids``: ``cache`` rewound to what it shares with them, else a
+        fork of ``prefix_cache`` (a prefix of them), else a new one, then prefilled with the rest
+        (``cache`` is released if not used). Its slot stays pinned throughout, so it cannot be
+        evicted between being taken and filled; while every slot is generating it waits in line."""
+        ids = list(token_ids)
+        if prefix_cache is not None and prefix_cache.token_ids != ids[: len(prefix_cache)]:
+            raise GenerationError("prefix_cache does not hold a prefix of the tokens to extend to")
+        held = start_cache(self, ids, cache, prefix_cache, SlotWait(), need_logits=False)
+        try:
+            if len(held) < len(ids):
+                self.forward(ids[len(held) :], held)
+        finally:
+            if isinstance(held, SlotCache):
+                held.pool.unpin(held)
+        return held
+
+    def prefix_cache(self, token_ids: Sequence[int]) -> KVCache:
+        """The read-only cache of ``token_ids``, computed once per model and kept in an LRU store
+        (``SessionOptions.prefix_cache_mb``): every NPC with the same persona shares it."""
+
+        def compute() -> KVCache:
+            if self.pool is None:
+                return self.prefill(token_ids)
+            cache = self.pool.acquire(pin=True)
+            try:
+                self.forward(token_ids, cache)
+                return cache.freeze()
+            finally:
+                self.pool.release(cache)  # freed at the unpin below
+                self.pool.unpin(cache)
+
+        return self.prefixes.get(token_ids, compute)
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        config: SamplerConfig | None = None,
+        cancel: CancelToken | None = None,
+        ignore_eos: bool = False,
+        prefix_cache: KVCache | None = None,
+        cache: KVCache | None = None,
+        started_at: float | None = None,
+    ) -> Generation:
+        """Start generating after ``prompt_ids``; iterate the result for streamed text.
+
+        ``prefix_cache`` holds a prefix of ``prompt_ids`` already computed (it is forked, not
+        changed), so only the rest is prefilled. ``cache`` (e.g. a conversation's so far) is
+        continued in place instead, rewound to the longest prefix it shares with the prompt, when
+        that covers more of the prompt than ``prefix_cache``; the cache used is
+        ``Generation.cache``. ``ignore_eos`` keeps going past EOS (benchmarks that need a fixed
+        token count). ``started_at`` (a ``time.perf_counter()`` value) is when the request began, if
+        before this call: time to first token counts from there. While every KV slot is generating,
+        the generation waits in line for one (``GenerationResult.queue_s``)."""
+        return Generation(
+            self,
+            list(prompt_ids),
+            config or SamplerConfig(),
+            cancel or CancelToken(),
+            ignore_eos,
+            prefix_cache,
+            cache,
+            started_at,
+        )
+
+    def generate_text(self, prompt_ids: Sequence[int], config: SamplerConfig | None = None) -> GenerationResult:
+        """Blocking form of ``generate``."""
+        return self.generate(prompt_ids, config).run()
