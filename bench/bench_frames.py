@@ -38,9 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pygame  # noqa: E402
 
-from game_demo.app import App, EventQueue  # noqa: E402
+from bench.common import print_table  # noqa: E402
 from game_demo.cli import GameOptions  # noqa: E402
-from game_demo.dialogue import Phase  # noqa: E402
+from game_demo.rules.dialogue import Phase  # noqa: E402
+from game_demo.view.app import App  # noqa: E402
+from game_demo.view.clock import EventQueue  # noqa: E402
 from npcrl.agent.npc_agent import PendingLine  # noqa: E402
 from npcrl.paths import default_bundle_dir  # noqa: E402
 from npcrl.runtime.model import OnnxCausalLM, SessionOptions, default_thread_count  # noqa: E402
@@ -139,9 +141,77 @@ def dialogue_tokens(app: App) -> int:
     return sum(len(line.generation.token_ids) for line in conversation.lines if line.generation)
 
 
+class Scenarios:
+    """The three measured scenarios on one running game: idle, one NPC, every NPC busy."""
+
+    def __init__(self, name: str, app: App, queue: EventQueue, clock: MeasuringClock, seconds: float) -> None:
+        self.name, self.app, self.queue, self.clock, self.seconds = name, app, queue, clock, seconds
+        game = app.game
+        assert game is not None, app.message
+        self.game = game
+        self.replies = 0
+
+    def row(self, scenario: str, tokens: int, lines: int) -> Row:
+        interval, work = np.array(self.clock.interval) * 1e3, np.array(self.clock.work) * 1e3
+        return Row(self.name, scenario, interval, work, tokens, self.seconds, lines, self.game.bundle_id)
+
+    def idle(self) -> Row:
+        """Walk east and west along the lane, turning every second."""
+        self.game.player.x, self.game.player.y = 480, 335
+        direction = [pygame.K_RIGHT]
+        self.queue.push(key(pygame.KEYDOWN, direction[0]))
+        turn_at = [time.perf_counter() + 1.0]
+
+        def walk() -> None:
+            if time.perf_counter() >= turn_at[0]:
+                self.queue.push(key(pygame.KEYUP, direction[0]))
+                direction[0] = pygame.K_LEFT if direction[0] == pygame.K_RIGHT else pygame.K_RIGHT
+                self.queue.push(key(pygame.KEYDOWN, direction[0]))
+                turn_at[0] += 1.0
+
+        measure(self.app, self.clock, self.seconds, walk)
+        row = self.row("idle", 0, 0)
+        self.queue.push(key(pygame.KEYUP, direction[0]))
+        self.app.step()
+        return row
+
+    def talk(self) -> None:
+        """A quick reply to Brom whenever his line is done."""
+        dialogue = self.game.dialogue
+        if dialogue is not None and dialogue.phase is Phase.LISTENING:
+            code = pygame.K_1 + self.replies % 3
+            self.queue.push(key(pygame.KEYDOWN, code), key(pygame.KEYUP, code))
+            self.replies += 1
+
+    def one_npc(self) -> Row:
+        self.game.player.x, self.game.player.y = 225, 335
+        self.queue.push(key(pygame.KEYDOWN, pygame.K_e), key(pygame.KEYUP, pygame.K_e))
+        self.app.step()
+        measure(self.app, self.clock, self.seconds, self.talk)
+        return self.row("1 NPC", dialogue_tokens(self.app), self.replies - 1)
+
+    def every_npc(self) -> Row:
+        """Keep talking to Brom while other players keep the rest of the village busy."""
+        before = dialogue_tokens(self.app)
+        others = [OtherPlayer(npc.agent, f"other-{npc.id}") for npc in self.game.npcs if npc.id != "blacksmith"]
+
+        def talk_all() -> None:
+            self.talk()
+            for other in others:
+                other.step()
+
+        turns_before = self.replies
+        measure(self.app, self.clock, self.seconds, talk_all)
+        tokens = dialogue_tokens(self.app) - before + sum(other.tokens() for other in others)
+        turns = self.replies - turns_before + sum(other.turns for other in others)
+        row = self.row(f"{1 + len(others)} NPCs", tokens, turns)
+        for other in others:
+            other.stop()
+        return row
+
+
 def run_config(name: str, bundle: Path, seconds: float) -> list[Row]:
     options = CONFIGS[name]
-    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         queue, clock = EventQueue(), MeasuringClock()
         app = App(
@@ -150,74 +220,17 @@ def run_config(name: str, bundle: Path, seconds: float) -> list[Row]:
             clock=clock,
             model_loader=lambda path: OnnxCausalLM(path, options),
         )
-        game = app.game
-        assert game is not None, app.message
+        scenarios = Scenarios(name, app, queue, clock, seconds)
         started = time.perf_counter()
         while app.warmer is not None and app.warmer.busy:
             app.step()
         print(f"[{name}] persona prefixes ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-
-        # Idle: walk east and west along the lane, turning every second.
-        game.player.x, game.player.y = 480, 335
-        direction = [pygame.K_RIGHT]
-        queue.push(key(pygame.KEYDOWN, direction[0]))
-        turn_at = [time.perf_counter() + 1.0]
-
-        def walk() -> None:
-            if time.perf_counter() >= turn_at[0]:
-                queue.push(key(pygame.KEYUP, direction[0]))
-                direction[0] = pygame.K_LEFT if direction[0] == pygame.K_RIGHT else pygame.K_RIGHT
-                queue.push(key(pygame.KEYDOWN, direction[0]))
-                turn_at[0] += 1.0
-
-        measure(app, clock, seconds, walk)
-
-        def row(scenario: str, tokens: int, lines: int) -> Row:
-            interval, work = np.array(clock.interval) * 1e3, np.array(clock.work) * 1e3
-            return Row(name, scenario, interval, work, tokens, seconds, lines, game.bundle_id)
-
-        rows.append(row("idle", 0, 0))
-        queue.push(key(pygame.KEYUP, direction[0]))
-        app.step()
-
-        # 1 NPC: talk to Brom, a quick reply whenever his line is done.
-        game.player.x, game.player.y = 225, 335
-        queue.push(key(pygame.KEYDOWN, pygame.K_e), key(pygame.KEYUP, pygame.K_e))
-        app.step()
-        replies = [0]
-
-        def talk() -> None:
-            dialogue = game.dialogue
-            if dialogue is not None and dialogue.phase is Phase.LISTENING:
-                code = pygame.K_1 + replies[0] % 3
-                queue.push(key(pygame.KEYDOWN, code), key(pygame.KEYUP, code))
-                replies[0] += 1
-
-        measure(app, clock, seconds, talk)
-        tokens = dialogue_tokens(app)
-        rows.append(row("1 NPC", tokens, replies[0] - 1))
-
-        # Every NPC: keep talking to Brom while other players keep the rest of the village busy.
-        before = dialogue_tokens(app)
-        others = [OtherPlayer(npc.agent, f"other-{npc.id}") for npc in game.npcs if npc.id != "blacksmith"]
-
-        def talk_all() -> None:
-            talk()
-            for other in others:
-                other.step()
-
-        turns_before = replies[0]
-        measure(app, clock, seconds, talk_all)
-        tokens = dialogue_tokens(app) - before + sum(other.tokens() for other in others)
-        turns = replies[0] - turns_before + sum(other.turns for other in others)
-        rows.append(row(f"{1 + len(others)} NPCs", tokens, turns))
-        for other in others:
-            other.stop()
+        rows = [scenarios.idle(), scenarios.one_npc(), scenarios.every_npc()]
         app.close()
     return rows
 
 
-def print_table(rows: list[Row]) -> None:
+def print_results(rows: list[Row]) -> None:
     print(
         f"bundle {rows[0].bundle_id}; {os.cpu_count()} CPUs, npcrl default threads {default_thread_count()}; 60 fps cap"
     )
@@ -225,18 +238,18 @@ def print_table(rows: list[Row]) -> None:
         f"{'onnxruntime':22s} {'scenario':8s} {'frames':>6s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s} "
         f"{'max ms':>7s} {'work p99':>8s} {'>20 ms':>7s} {'lines':>5s} {'gen tok/s':>9s} {'p99<=20':>7s}"
     )
-    print(header)
-    print("-" * len(header))
     labels = {"default": "default (spin)", "1thread": "1 thread, no spin"}
+    lines = []
     for r in rows:
         iv = r.interval_ms
         over = float((iv > TARGET_P99_MS).mean() * 100)
         p99 = float(np.percentile(iv, 99))
-        print(
+        lines.append(
             f"{labels.get(r.config, r.config):22s} {r.scenario:8s} {len(iv):6d} {np.percentile(iv, 50):7.1f} "
             f"{np.percentile(iv, 95):7.1f} {p99:7.1f} {iv.max():7.1f} {np.percentile(r.work_ms, 99):8.1f} "
             f"{over:6.1f}% {r.lines:5d} {r.tokens / r.seconds:9.1f} {'yes' if p99 <= TARGET_P99_MS else 'NO':>7s}"
         )
+    print_table(header, lines)
 
 
 def main() -> None:
@@ -250,7 +263,7 @@ def main() -> None:
     rows: list[Row] = []
     for name in args.configs.split(","):
         rows += run_config(name.strip(), args.bundle, args.seconds)
-    print_table(rows)
+    print_results(rows)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bandwidth import graph_weight_bytes, memory_bandwidth_gbs  # noqa: E402
+from bench.common import print_table  # noqa: E402
 from exporters.parity import log_softmax  # noqa: E402
 from npcrl.paths import default_bundle_dir, default_model_dir, user_cache_dir  # noqa: E402
 
@@ -213,7 +214,7 @@ def reference_logits(prompt: list[int], work: Path) -> np.ndarray:
     return logits
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2, help="runs per engine per round")
@@ -223,18 +224,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child_main(args.child, args.tokens, args.repeats, args.out)
-        return
+    return parser.parse_args()
 
-    from exporters.fetch import fetch_default_model
 
-    fetch_default_model()
-    work = user_cache_dir() / "bench" / "run"
-    work.mkdir(parents=True, exist_ok=True)
-    prompt = _prompt_ids()
-    ref_logp = log_softmax(reference_logits(prompt, work))
+def chosen_engines(args: argparse.Namespace) -> list[str]:
     engines = ["hf", "npcrl-fp32", "npcrl-q8", "npcrl-q4", "genai-int4", "genai-int8"]
     if args.traced:
         engines.insert(4, "npcrl-traced-q8")
@@ -245,6 +238,11 @@ def main() -> None:
         print("onnxruntime-genai is not installed: its rows are skipped", file=sys.stderr)
     if args.engines:
         engines = [e for e in engines if e in args.engines.split(",")]
+    return engines
+
+
+def engine_envs(engines: list[str], work: Path) -> dict[str, dict[str, str]]:
+    """Each engine's subprocess environment; builds the bundles and genai folders it needs."""
     envs: dict[str, dict[str, str]] = {}
     for engine in engines:
         env = dict(os.environ, NPCRL_BENCH_REF=str(work / "reference.json"))
@@ -254,41 +252,42 @@ def main() -> None:
         elif engine.startswith("genai-"):
             genai_model_dir(engine.split("-")[1])
         envs[engine] = env
-    # Bytes one decode step must read: the weights (one embedding row) and the KV cache at the
-    # mean context length; the HF model reads the same matrices as the fp32 graph.
+    return envs
+
+
+def bytes_per_step(envs: dict[str, dict[str, str]], prompt_tokens: int, new_tokens: int) -> dict[str, float]:
+    """Bytes one decode step must read: the weights (one embedding row) and the KV cache at the
+    mean context length; the HF model reads the same matrices as the fp32 graph."""
     kv_per_token = 2 * 30 * 3 * 64 * 4  # SmolLM2: layers x (K, V) x KV heads x head dim x fp32
-    kv_bytes = (len(prompt) + args.tokens / 2) * kv_per_token
+    kv_bytes = (prompt_tokens + new_tokens / 2) * kv_per_token
     step_bytes: dict[str, float] = {}
-    for engine in engines:
+    for engine, env in envs.items():
         if engine == "hf" or engine.startswith("npcrl-"):
-            bundle = envs[engine].get("NPCRL_BENCH_BUNDLE") or str(default_bundle_dir("fp32"))
-            graph = Path(bundle) / "model.onnx"
+            graph = Path(env.get("NPCRL_BENCH_BUNDLE") or str(default_bundle_dir("fp32"))) / "model.onnx"
         else:
             graph = genai_model_dir(engine.split("-")[1]) / "model.onnx"
         step_bytes[engine] = graph_weight_bytes(graph)["weights"] + kv_bytes
-    bandwidth = [memory_bandwidth_gbs()]
-    # Rounds interleave the engines, so slow phases of a shared machine hit all of them alike;
-    # each figure is the median over rounds (and the runs inside each round).
-    per_round: dict[str, list[dict]] = {engine: [] for engine in engines}
-    for round_index in range(args.rounds):
-        for engine in engines:
-            out = work / f"{engine}.json"
-            cmd = [sys.executable, __file__, "--child", engine, "--tokens", str(args.tokens),
-                   "--repeats", str(args.repeats), "--out", str(out)]  # fmt: skip
-            subprocess.run(cmd, check=True, env=envs[engine])
-            result = json.loads(out.read_text())
-            if out.with_suffix(".npy").is_file():
-                logp = log_softmax(np.load(out.with_suffix(".npy")))
-                result["kl_vs_fp32"] = float((np.exp(ref_logp) * (ref_logp - logp)).sum(-1).mean())
-                result["top1_vs_fp32"] = float((ref_logp.argmax(-1) == logp.argmax(-1)).mean())
-                out.with_suffix(".npy").unlink()
-            elif engine == "hf":
-                result["kl_vs_fp32"], result["top1_vs_fp32"] = 0.0, 1.0
-            per_round[engine].append(result)
-            print(
-                f"  round {round_index + 1}: {engine} {result['decode_tok_s']:.1f} tok/s", file=sys.stderr, flush=True
-            )
-    bandwidth.append(memory_bandwidth_gbs())
+    return step_bytes
+
+
+def run_child(engine: str, args: argparse.Namespace, env: dict[str, str], work: Path, ref_logp: np.ndarray) -> dict:
+    """One engine's runs in its own process, with its quality against the torch fp32 reference."""
+    out = work / f"{engine}.json"
+    cmd = [sys.executable, __file__, "--child", engine, "--tokens", str(args.tokens),
+           "--repeats", str(args.repeats), "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, env=env)
+    result = json.loads(out.read_text())
+    if out.with_suffix(".npy").is_file():
+        logp = log_softmax(np.load(out.with_suffix(".npy")))
+        result["kl_vs_fp32"] = float((np.exp(ref_logp) * (ref_logp - logp)).sum(-1).mean())
+        result["top1_vs_fp32"] = float((ref_logp.argmax(-1) == logp.argmax(-1)).mean())
+        out.with_suffix(".npy").unlink()
+    elif engine == "hf":
+        result["kl_vs_fp32"], result["top1_vs_fp32"] = 0.0, 1.0
+    return result
+
+
+def median_results(per_round: dict[str, list[dict]], step_bytes: dict[str, float]) -> dict[str, dict]:
     results: dict[str, dict] = {}
     for engine, rounds in per_round.items():
         speeds = [r["decode_tok_s"] for r in rounds]
@@ -300,23 +299,21 @@ def main() -> None:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds),
             "mb_per_token": step_bytes[engine] / 1e6,
         }
+    return results
 
+
+def print_results(results: dict[str, dict], bandwidth: list[float]) -> None:
     hf = results.get("hf", {}).get("decode_tok_s")
     genai = results.get("genai-int4", {}).get("decode_tok_s")
-    print(
-        f"\nprompt {len(prompt)} tokens, {args.tokens} new tokens; median over {args.rounds} interleaved rounds "
-        f"of {args.repeats} runs each; cpu threads {os.cpu_count()}"
-    )
     peak_bw = max(bandwidth)
     print(
         f"memory read bandwidth (numpy sums over 256 MB on every core, best of 5) {bandwidth[0]:.1f} GB/s before, "
         f"{bandwidth[1]:.1f} GB/s after; MB/token = weights read per decode step + KV at the mean context"
     )
     header = f"{'engine':18s} {'TTFT ms':>8s} {'decode tok/s':>12s} {'(min-max)':>11s} {'x HF':>6s} {'x genai-int4':>12s} {'MB/token':>8s} {'GB/s':>5s} {'% bw':>5s} {'peak RSS MB':>11s} {'KL vs fp32':>10s} {'top-1':>6s}"
-    print(header)
-    print("-" * len(header))
-    for engine, r in results.items():
-        print(
+    print_table(
+        header,
+        (
             f"{engine:18s} {r['ttft_s'] * 1000:8.0f} {r['decode_tok_s']:12.1f} "
             f"{r['decode_tok_s_range'][0]:5.0f}-{r['decode_tok_s_range'][1]:<5.0f} "
             f"{r['decode_tok_s'] / hf if hf else float('nan'):6.2f} "
@@ -324,7 +321,45 @@ def main() -> None:
             f"{r['mb_per_token']:8.1f} {r['mb_per_token'] * r['decode_tok_s'] / 1e3:5.1f} "
             f"{r['mb_per_token'] * r['decode_tok_s'] / 1e3 / peak_bw * 100:4.0f}% {r['peak_rss_mb']:11.0f} "
             f"{r['kl_vs_fp32']:10.4f} {r['top1_vs_fp32']:6.3f}"
-        )
+            for engine, r in results.items()
+        ),
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        child_main(args.child, args.tokens, args.repeats, args.out)
+        return
+
+    from exporters.fetch import fetch_default_model
+
+    fetch_default_model()
+    work = user_cache_dir() / "bench" / "run"
+    work.mkdir(parents=True, exist_ok=True)
+    prompt = _prompt_ids()
+    ref_logp = log_softmax(reference_logits(prompt, work))
+    engines = chosen_engines(args)
+    envs = engine_envs(engines, work)
+    step_bytes = bytes_per_step(envs, len(prompt), args.tokens)
+    bandwidth = [memory_bandwidth_gbs()]
+    # Rounds interleave the engines, so slow phases of a shared machine hit all of them alike;
+    # each figure is the median over rounds (and the runs inside each round).
+    per_round: dict[str, list[dict]] = {engine: [] for engine in engines}
+    for round_index in range(args.rounds):
+        for engine in engines:
+            result = run_child(engine, args, envs[engine], work, ref_logp)
+            per_round[engine].append(result)
+            print(
+                f"  round {round_index + 1}: {engine} {result['decode_tok_s']:.1f} tok/s", file=sys.stderr, flush=True
+            )
+    bandwidth.append(memory_bandwidth_gbs())
+    results = median_results(per_round, step_bytes)
+    print(
+        f"\nprompt {len(prompt)} tokens, {args.tokens} new tokens; median over {args.rounds} interleaved rounds "
+        f"of {args.repeats} runs each; cpu threads {os.cpu_count()}"
+    )
+    print_results(results, bandwidth)
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import print_table  # noqa: E402
 from npcrl.agent.npc_agent import AgentConfig, NpcAgent, PendingLine, with_sampler  # noqa: E402
 from npcrl.agent.persona import builtin_personas  # noqa: E402
 from npcrl.paths import default_bundle_dir  # noqa: E402
@@ -154,21 +155,21 @@ def main() -> None:
         f"{'config':11s} {'NPCs':>4s} {'frames':>6s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'max':>6s} {'>20ms':>6s} "
         f"{'tok/s':>6s} {'x 1 NPC':>7s} {'rows/pass':>9s} {'TTFT p50':>8s} {'p99<=20':>7s}"
     )
-    print(header)
-    print("-" * len(header))
     alone: dict[str, float] = {}
+    lines = []
     for name, r in results:
         iv = r["interval_ms"]
         p99 = float(np.percentile(iv, 99))
         if r["npcs"] == 1:
             alone[name] = r["tok_s"]
         ttft = float(np.median(r["ttft_ms"])) if len(r["ttft_ms"]) else float("nan")
-        print(
+        lines.append(
             f"{name:11s} {r['npcs']:4d} {len(iv):6d} {np.percentile(iv, 50):6.1f} {np.percentile(iv, 95):6.1f} "
             f"{p99:6.1f} {iv.max():6.1f} {(iv > TARGET_P99_MS).mean() * 100:5.1f}% {r['tok_s']:6.1f} "
             f"{r['tok_s'] / alone[name]:7.2f} {r['rows_per_pass']:9.2f} {ttft:8.0f} "
             f"{'yes' if p99 <= TARGET_P99_MS else 'NO':>7s}"
         )
+    print_table(header, lines)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def main() -> None:
     import torch
 
     from npcrl.runtime.sampler import SamplerConfig
-    from npcrl.train.policy import _decoder, _lm_head
+    from npcrl.train.policy import decoder_of, lm_head_of
     from npcrl.train.sampling import sample_responses
     from npcrl.train.shared_prefix import group_by_prefix
 
@@ -62,8 +62,8 @@ def main() -> None:
     batched = []
     for group in group_by_prefix(list(range(len(turns))), prompts, args.micro):
         batched += sample_responses(
-            _decoder(lm),
-            _lm_head(lm),
+            decoder_of(lm),
+            lm_head_of(lm),
             [prompts[i] for i in group],
             [samplers[i] for i in group],
             [args.tokens] * len(group),

@@ -28,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import print_table  # noqa: E402
 from npcrl.playlog import EngagementEvent, LogReader, NpcTurn, PlayLogWriter, Record  # noqa: E402
 
 SAMPLER = {"temperature": 0.7, "top_k": 0, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 64, "seed": None}
@@ -147,14 +148,15 @@ def main() -> int:
         f"{'record':<18} {'sync':<15} {'n':>7} {'appended/s':>11} {'sustained/s':>12} {'MB/s':>6} {'B/rec':>6}"
         f" {'p50 us':>7} {'p99 us':>7} {'p99.9 us':>8} {'max us':>8} {'dropped':>7} {'read/s':>9}"
     )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
+    print_table(
+        header,
+        (
             f"{r['record']:<18} {r['sync']:<15} {r['n']:>7} {r['appended_per_s']:>11,.0f} {r['sustained_per_s']:>12,.0f}"
             f" {r['mb_per_s']:>6.1f} {r['bytes_per_record']:>6.0f} {r['p50_us']:>7.1f} {r['p99_us']:>7.1f}"
             f" {r['p999_us']:>8.1f} {r['max_us']:>8.0f} {r['dropped'] + r['latency_dropped']:>7} {r['read_per_s']:>9,.0f}"
-        )
+            for r in rows
+        ),
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

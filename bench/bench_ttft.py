@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_generation import PERSONA, SAMPLING, genai_model_dir  # noqa: E402
+from bench.common import print_table  # noqa: E402
 
 # about 20 tokens more than the generation benchmark's persona: a 150-token first-turn prompt
 SYSTEM = PERSONA + " Your forge stands by the old stone bridge, and your iron comes from the Greyvein mine."
@@ -152,13 +153,14 @@ def main() -> None:
         f"{'bundle':6s} {'mode':11s} {'first-turn prompt':>17s} {'prefilled':>9s} {'first p50':>9s} "
         f"{'later prefilled':>15s} {'later p50':>9s} {'later p95':>9s}"
     )
-    print(header)
-    print("-" * len(header))
-    for quant, mode, s in table:
-        print(
+    print_table(
+        header,
+        (
             f"{quant:6s} {mode:11s} {s['prompt_first']:17.0f} {s['prefilled_first']:9.1f} {s['first_p50']:9.1f} "
             f"{s['prefilled_later']:15.1f} {s['later_p50']:9.1f} {s['later_p95']:9.1f}"
-        )
+            for quant, mode, s in table
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ def sample_train_turns(logs: str, bundle_dir: str, count: int, seed: int = 0) ->
     turns), personas mixed as in a PPO rollout."""
     import numpy as np
 
+    from npcrl.reward.spec import default_reward_spec
     from npcrl.runtime.bundle import load_bundle
     from npcrl.train.config import DataConfig
-    from npcrl.train.data import load_training_data
-    from npcrl.train.run import accepted_bundle_ids, default_reward_spec
+    from npcrl.train.data import accepted_bundle_ids, load_training_data
 
     bundle = load_bundle(bundle_dir)
     accepted, _ = accepted_bundle_ids(bundle, [])

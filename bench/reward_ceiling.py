@@ -2,7 +2,7 @@
 
 The simulated players react to a few text features of each NPC line (``npcrl.sim.features``) plus
 Gaussian noise, and events (ratings, quests) are drawn at random. This script cross-validates
-the reward model's own ridge regression over its conversation folds (``npcrl.train.reward_model``)
+the reward model's own ridge regression over its conversation folds (``npcrl.reward.ridge``)
 on the *simulator's own features* of each line, and prints the Pearson r and MSE skill of the
 grid's best penalty (chosen on the same folds: slightly optimistic, which is what a ceiling should
 be) next to each feature's correlation with the reward.

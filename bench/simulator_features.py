@@ -100,7 +100,8 @@ class RidgeFit:
 def cross_validated_ridge(x: np.ndarray, rows: list[FeatureRow], folds: int) -> RidgeFit:
     """Ridge of the rows' rewards on ``x``, the penalty chosen by cross-validation with folds by
     conversation (as the reward model chooses its own), refitted on every row."""
-    from npcrl.train.reward_model import RIDGE_PENALTIES, conversation_folds, ridge_fit, select_ridge_penalty
+    from npcrl.reward.model_data import conversation_folds
+    from npcrl.reward.ridge import RIDGE_PENALTIES, ridge_fit, select_ridge_penalty
 
     y = np.array([row.reward for row in rows])
     held = conversation_folds([row.conversation_id for row in rows], folds, seed=0)

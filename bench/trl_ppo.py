@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 PAD_TOKEN = "<|endoftext|>"
 
@@ -218,22 +219,11 @@ def main() -> None:
     print(json.dumps(result), file=real_stdout, flush=True)
 
 
-def run(args: argparse.Namespace, prompts: list[list[int]]) -> dict:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # PPO only exists under trl.experimental in 1.12
-    import datasets
-    import torch
-    import trl
-    import trl.experimental.ppo.ppo_trainer as ppo_module
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+def load_tokenizer(args: argparse.Namespace, prompts: list[list[int]]) -> tuple[Any, int]:
+    """The tokenizer, left-padding with ``PAD_TOKEN``, and that token's id."""
+    from transformers import AutoTokenizer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    set_seed(args.seed)
-    batch = len(prompts)
-
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer: Any = AutoTokenizer.from_pretrained(args.model)
     if PAD_TOKEN not in tokenizer.get_vocab():
         raise SystemExit(f"{PAD_TOKEN} is not in the tokenizer's vocabulary")
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
@@ -241,6 +231,13 @@ def run(args: argparse.Namespace, prompts: list[list[int]]) -> dict:
         raise SystemExit(f"a prompt contains {PAD_TOKEN} (id {pad_id}), which this benchmark uses as padding")
     tokenizer.pad_token = PAD_TOKEN
     tokenizer.padding_side = "left"  # TRL appends responses after the query block, so queries are left-padded
+    return tokenizer, pad_id
+
+
+def load_models(args: argparse.Namespace, pad_id: int) -> dict:
+    """The policy, the reference (none with LoRA: the adapter-free base is the reference), value and reward models."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     def load(cls, **kwargs):
         model = cls.from_pretrained(args.model, dtype=torch.float32, **kwargs)
@@ -253,24 +250,33 @@ def run(args: argparse.Namespace, prompts: list[list[int]]) -> dict:
     # TRL builds its own GenerationConfig (temperature, top_k 0, top_p 1, max_new_tokens); since transformers 5
     # fields it leaves unset come from the model's generation config, so this keeps the pad token out of samples.
     policy.generation_config.suppress_tokens = [pad_id]
-    ref_policy = None if args.lora else load(AutoModelForCausalLM)
-    value_model = load(AutoModelForSequenceClassification, num_labels=1)
-    reward_model = load(AutoModelForSequenceClassification, num_labels=1)
+    return {
+        "model": policy,
+        "ref_model": None if args.lora else load(AutoModelForCausalLM),
+        "value_model": load(AutoModelForSequenceClassification, num_labels=1),
+        "reward_model": load(AutoModelForSequenceClassification, num_labels=1),
+    }
 
-    peft_config = None
-    if args.lora:
-        from peft import LoraConfig
 
-        peft_config = LoraConfig(
-            r=16,
-            lora_alpha=32,
-            lora_dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-            task_type="CAUSAL_LM",
-        )
+def lora_config(args: argparse.Namespace) -> object | None:
+    if not args.lora:
+        return None
+    from peft import LoraConfig
 
-    out_dir = tempfile.mkdtemp(prefix="trl-ppo-bench-")
-    config = PPOConfig(
+    return LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        task_type="CAUSAL_LM",
+    )
+
+
+def ppo_config(args: argparse.Namespace, batch: int, out_dir: str) -> object:
+    """One PPO epoch over one mini-batch per update, fixed-length responses, nothing saved or evaluated."""
+    from trl.experimental.ppo import PPOConfig
+
+    return PPOConfig(
         output_dir=out_dir,
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=1,
@@ -296,43 +302,24 @@ def run(args: argparse.Namespace, prompts: list[list[int]]) -> dict:
         seed=args.seed,
         dataloader_num_workers=0,
     )
-    train_dataset = datasets.Dataset.from_dict({"input_ids": prompts})
 
-    clock = PhaseClock()
-    clock.install(ppo_module, args.response_tokens, pad_id)
-    trainer = PPOTrainer(
-        args=config,
-        processing_class=tokenizer,
-        model=policy,
-        ref_model=ref_policy,
-        reward_model=reward_model,
-        train_dataset=train_dataset,
-        value_model=value_model,
-        callbacks=[clock.callback()],
-        peft_config=peft_config,
-    )
-    clock.reward_model = trainer.reward_model
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    trainable_policy = sum(p.numel() for p in trainer.model.policy.parameters() if p.requires_grad)
-    log(
-        f"trl {trl.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), batch {batch}, "
-        f"response {args.response_tokens}, updates {args.updates}, lora {args.lora}, "
-        f"trainable {trainable:,} (policy {trainable_policy:,}, value {trainable - trainable_policy:,})"
-    )
 
-    t0 = time.perf_counter()
-    try:
-        trainer.train()
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)  # nothing is saved there (save_strategy "no")
-    log(f"train() took {time.perf_counter() - t0:.1f} s")
-
+def checked_updates(clock: PhaseClock, args: argparse.Namespace) -> list[dict[str, float]]:
+    """Each update's phase times; raises if any update's responses were not exactly the asked length."""
     rows = clock.finish(args.updates)
     for i, (row, check) in enumerate(zip(rows, clock.checks, strict=True)):
         log(f"update {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()) + f"; {check}")
         if check["response_width"] != args.response_tokens or check["pad_in_responses"]:
             raise RuntimeError(f"responses are not exactly {args.response_tokens} unpadded tokens: {check}")
-    measured = rows[1:] if len(rows) > 1 else rows
+    return rows
+
+
+def summary(args: argparse.Namespace, prompts: list[list[int]], rows: list[dict[str, float]], trainable: int) -> dict:
+    import torch
+    import trl
+
+    batch = len(prompts)
+    measured = rows[1:] if len(rows) > 1 else rows  # the first update warms up
 
     def mean(key: str) -> float:
         return sum(r[key] for r in measured) / len(measured)
@@ -359,6 +346,50 @@ def run(args: argparse.Namespace, prompts: list[list[int]]) -> dict:
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "lora": args.lora,
     }
+
+
+def run(args: argparse.Namespace, prompts: list[list[int]]) -> dict:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # PPO only exists under trl.experimental in 1.12
+    import datasets
+    import torch
+    import trl
+    import trl.experimental.ppo.ppo_trainer as ppo_module
+    from transformers import set_seed
+    from trl.experimental.ppo import PPOTrainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+    batch = len(prompts)
+    tokenizer, pad_id = load_tokenizer(args, prompts)
+    models = load_models(args, pad_id)
+    out_dir = tempfile.mkdtemp(prefix="trl-ppo-bench-")
+    clock = PhaseClock()
+    clock.install(ppo_module, args.response_tokens, pad_id)
+    trainer = PPOTrainer(
+        args=ppo_config(args, batch, out_dir),
+        processing_class=tokenizer,
+        train_dataset=datasets.Dataset.from_dict({"input_ids": prompts}),
+        callbacks=[clock.callback()],
+        peft_config=lora_config(args),
+        **models,
+    )
+    clock.reward_model = trainer.reward_model
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    trainable_policy = sum(p.numel() for p in trainer.model.policy.parameters() if p.requires_grad)
+    log(
+        f"trl {trl.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), batch {batch}, "
+        f"response {args.response_tokens}, updates {args.updates}, lora {args.lora}, "
+        f"trainable {trainable:,} (policy {trainable_policy:,}, value {trainable - trainable_policy:,})"
+    )
+    t0 = time.perf_counter()
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)  # nothing is saved there (save_strategy "no")
+    log(f"train() took {time.perf_counter() - t0:.1f} s")
+    return summary(args, prompts, checked_updates(clock, args), trainable)
 
 
 if __name__ == "__main__":

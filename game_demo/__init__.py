@@ -1,8 +1,9 @@
 """The npcrl demo game: Oakrest, a small pygame village whose NPCs speak through npcrl's public API.
 
-Logic (``world``, ``game``, ``dialogue``, ``quests``, ``layout``) holds no pygame and is tested
-headless; ``controls`` and ``render`` are the pygame side; ``app`` runs the frame loop. Start it
-with ``python -m game_demo`` (see docs/GAME.md). npcrl never imports this package.
+``rules`` (the game's state and rules) and ``services`` (bundles, hot swap, warm-up, starting
+and stopping the workers) hold no pygame and are tested headless; ``view`` is the pygame side
+(input, layout, drawing, the frame loop). Start it with ``python -m game_demo`` (see
+docs/GAME.md). npcrl never imports this package.
 """
 
 import os

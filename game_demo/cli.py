@@ -7,7 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npcrl.paths import user_cache_dir
+from npcrl import user_cache_dir
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts (the game does not load npcrl's command line for one helper)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def default_store() -> Path:
@@ -33,13 +41,6 @@ class GameOptions:
     swap_poll_s: float = 2.0
     frames: int | None = None
     """stop after this many frames (smoke tests, benchmarks)"""
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--player", default="player", help="player id written to the play logs")
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         help="onnxruntime threads per forward pass (default: 1 on a 2-core machine, else npcrl's default)",
     )
     parser.add_argument(
@@ -78,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="let idle onnxruntime threads busy-wait (default: off on a 2-core machine)",
     )
-    parser.add_argument("--fps", type=_positive_int, default=60, help="frame-rate cap (default 60)")
+    parser.add_argument("--fps", type=positive_int, default=60, help="frame-rate cap (default 60)")
     parser.add_argument("--swap-poll", type=_positive_float, default=2.0, help="seconds between store polls while idle")
-    parser.add_argument("--frames", type=_positive_int, help="quit after this many frames")
+    parser.add_argument("--frames", type=positive_int, help="quit after this many frames")
     return parser
 
 

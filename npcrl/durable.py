@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def write_all(file: BinaryIO, data: bytes | memoryview) -> None:
@@ -51,30 +54,79 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(directory))
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data``, all or nothing.
+def create_new_file(path: Path, mode: int | None = None) -> int:
+    """Create ``path``, which must not exist (FileExistsError), open for writing; returns the
+    descriptor. With ``mode`` the file has exactly that mode from its first moment (whatever the
+    umask); without, the mode ``open`` would give it (0666 less the umask)."""
+    fd = os.open(path, _NEW_FILE_FLAGS, 0o666 if mode is None else mode & 0o600)
+    if mode is not None and os.name == "posix":
+        try:
+            # Created at most owner-only above, so nobody else can open it before it has this mode.
+            os.fchmod(fd, mode)
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
 
-    A temporary file beside ``path`` (same directory, so the rename cannot cross filesystems) is
-    written, fsynced, given ``mode`` (when set) before it is visible, renamed over ``path``, and the
-    directory is fsynced so the rename itself survives a power cut. A failure removes the
+
+def _create_temp(path: Path, mode: int | None, temp: Path | None) -> tuple[int, Path]:
+    if temp is not None:
+        return create_new_file(temp, mode), temp
+    while True:
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return create_new_file(candidate, mode), candidate
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def atomic_file(
+    path: str | os.PathLike[str],
+    *,
+    mode: int | None = None,
+    replace: bool = True,
+    temp: str | os.PathLike[str] | None = None,
+) -> Iterator[BinaryIO]:
+    """Write a new version of ``path`` through the binary file this yields, all or nothing.
+
+    The file is a temporary one beside ``path`` (same directory, so the rename cannot cross
+    filesystems; ``temp`` names it, for callers that clean up a crash's leftovers by name, and it
+    must not exist). ``mode`` is set when it is created, so the file never appears with another.
+    When the ``with`` block ends normally the file is fsynced, renamed over ``path`` (or, with
+    ``replace=False``, linked to it: FileExistsError if ``path`` exists, which is then kept), and
+    the directory is fsynced so the rename itself survives a power cut. An exception removes the
     temporary file and leaves ``path`` as it was."""
     path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    temp = Path(temp_name)
+    fd, temp_path = _create_temp(path, mode, None if temp is None else Path(temp))
     try:
-        with os.fdopen(fd, "wb") as file:
-            if mode is not None and os.name == "posix":
-                os.fchmod(file.fileno(), mode)
-            write_all(file, payload)
+        with open(fd, "wb") as file:
+            yield file
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp, path)
+        if replace:
+            os.replace(temp_path, path)
+        else:
+            os.link(temp_path, path)  # unlike a rename, a link never replaces an existing file
+            temp_path.unlink()
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+            temp_path.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: bytes | str,
+    *,
+    mode: int | None = None,
+    temp: str | os.PathLike[str] | None = None,
+) -> None:
+    """Replace ``path`` with ``data`` (str is written as UTF-8), all or nothing: ``atomic_file``
+    for content that is already in memory."""
+    with atomic_file(path, mode=mode, temp=temp) as file:
+        write_all(file, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def set_aside_path(final: Path) -> Path:

@@ -8,8 +8,10 @@ range is stated explicitly at the field rather than left open.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from npcrl.errors import NpcrlError
@@ -88,3 +90,18 @@ def check_bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigValueError(key, value, "true or false")
     return value
+
+
+def unknown_keys_text(unknown: Iterable[str], allowed: Sequence[str], notes: Mapping[str, str] | None = None) -> str:
+    """The unknown keys of a config file for an error message, each with its note from ``notes`` or
+    the closest allowed key: ``'colour' (did you mean 'color'?), 'zzz'``."""
+    notes = notes or {}
+    return ", ".join(
+        f"{key!r}" + (f" ({notes[key]})" if key in notes else did_you_mean(key, allowed)) for key in unknown
+    )
+
+
+def did_you_mean(key: str, allowed: Sequence[str]) -> str:
+    """`` (did you mean 'closest'?)`` naming the allowed key closest to ``key``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

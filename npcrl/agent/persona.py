@@ -8,7 +8,6 @@ field, because cards are written by hand by game designers, not by programmers.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from npcrl.errors import PersonaError
 from npcrl.tomlfile import read_toml
+from npcrl.validate import unknown_keys_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -205,11 +205,9 @@ def load_persona(path: str | os.PathLike[str]) -> Persona:
 
     unknown = sorted(set(data) - set(_LIMITS))
     if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, list(_LIMITS), n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise PersonaError(f"{path}: unknown field(s) {', '.join(hints)}; allowed fields: {', '.join(_LIMITS)}")
+        raise PersonaError(
+            f"{path}: unknown field(s) {unknown_keys_text(unknown, list(_LIMITS))}; allowed fields: {', '.join(_LIMITS)}"
+        )
     missing = [field for field, limit in _LIMITS.items() if limit.required and field not in data]
     if missing:
         raise PersonaError(f"{path}: missing required field(s) {', '.join(repr(f) for f in missing)}")
@@ -243,4 +241,5 @@ def builtin_persona_dir() -> Path:
 
 
 def builtin_personas() -> dict[str, Persona]:
+    """The personas shipped with npcrl, by id."""
     return load_personas(builtin_persona_dir())

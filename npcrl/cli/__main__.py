@@ -2,4 +2,5 @@
 
 from npcrl.cli.main import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # importing the module (e.g. to list the package) runs nothing
+    raise SystemExit(main())

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from npcrl.cli.args import add_command, add_concurrent_argument
 from npcrl.errors import NpcrlError
 
 
@@ -19,8 +20,9 @@ def _personas(directory: str | None) -> list[Any]:
     return list(personas.values())
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from npcrl.evaluation.metrics import PAIRED_GAIN, paired_gain_of_logs
+def cmd_eval(args: argparse.Namespace) -> int:
+    from npcrl.evaluation.metric_names import PAIRED_GAIN
+    from npcrl.evaluation.metrics import paired_gain_of_logs
     from npcrl.evaluation.report import compare_table, rows_from_columns, write_report
     from npcrl.evaluation.run import EvalSettings, evaluate_bundle
     from npcrl.reward.spec import default_reward_spec, load_reward_spec
@@ -66,9 +68,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_eval_parser(sub: Any) -> None:
-    from npcrl.cli.sim import add_concurrent_argument
-
-    parser = sub.add_parser("eval", help="simulated players against one bundle or two side by side")
+    parser = add_command(
+        sub,
+        "eval",
+        "simulated players against one bundle or two side by side",
+        "npcrl eval --bundle runs/r1/bundle --against bundles/smol-q8 --conversations 24 --out eval-report",
+    )
     parser.add_argument("--bundle", required=True, help="the bundle to evaluate")
     parser.add_argument("--against", help="a second bundle (e.g. the base) played with the same players and seeds")
     parser.add_argument("--reference", help="bundle the KL per line is measured against (default: --against)")
@@ -81,4 +86,4 @@ def add_eval_parser(sub: Any) -> None:
     parser.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")
     add_concurrent_argument(parser)
     parser.add_argument("--out", default="eval-report", help="report directory (logs, metrics.json, HTML, PNG)")
-    parser.set_defaults(func=_cmd_eval)
+    parser.set_defaults(func=cmd_eval)

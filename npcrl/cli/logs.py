@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+from npcrl.cli.args import add_command, age_seconds, positive_int, pseudonym_arg
 from npcrl.errors import LogFormatError
 from npcrl.paths import default_key_path
 from npcrl.playlog.dedupe import RecordIndex
@@ -23,73 +23,36 @@ from npcrl.playlog.records import (
     EngagementEvent,
     NpcTurn,
 )
-from npcrl.privacy.pseudonym import is_pseudonym, load_key, pseudonym
+from npcrl.privacy.pseudonym import load_key, pseudonym
 
 _KIND_BY_NAME = {name: kind for kind, name in KIND_NAMES.items()}
 _TEXT_WIDTH = 100
-_AGE = re.compile(r"(\d+(?:\.\d+)?)([hdw])")
-_AGE_UNIT_S = {"h": 3600, "d": 86400, "w": 7 * 86400}
-_EXAMPLE = "example:\n  "
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def age_seconds(text: str) -> float:
-    """``30d``, ``12h``, ``2w`` (hours, days, weeks) in seconds."""
-    match = _AGE.fullmatch(text.strip())
-    if match is None or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"expected an age like 30d, 12h or 2w (> 0), got {text!r}")
-    return float(match.group(1)) * _AGE_UNIT_S[match.group(2)]
-
-
-def _pseudonym_arg(text: str) -> str:
-    if not is_pseudonym(text):
-        raise argparse.ArgumentTypeError(f"expected a pseudonym like p- and 32 hex digits, got {text!r}")
-    return text
-
-
-def _command(sub: Any, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
-    return sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text[0].upper() + help_text[1:] + ".",
-        epilog=_EXAMPLE + example,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
 
 
 def add_logs_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``logs inspect|stats|validate|purge`` on an argparse subparsers object; each sets ``func``."""
-    logs = subparsers.add_parser(
-        "logs",
-        help="inspect, summarise, validate and purge play logs",
-        epilog=_EXAMPLE + "npcrl logs stats saves/logs",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    logs = add_command(
+        subparsers, "logs", "inspect, summarise, validate and purge play logs", "npcrl logs stats saves/logs"
     )
     sub = logs.add_subparsers(dest="logs_command", required=True)
 
-    inspect = _command(
+    inspect = add_command(
         sub, "inspect", "print records, one per line", "npcrl logs inspect saves/logs --kind npc_turn --limit 5"
     )
     inspect.add_argument("dir", help="play-log directory, or one .npl file")
-    inspect.add_argument("--limit", type=_positive_int, help="print at most N records")
+    inspect.add_argument("--limit", type=positive_int, help="print at most N records")
     inspect.add_argument("--kind", choices=sorted(_KIND_BY_NAME), help="only records of this kind")
     inspect.add_argument("--json", action="store_true", help="JSON lines with every field")
     inspect.set_defaults(func=cmd_inspect)
 
-    stats = _command(
+    stats = add_command(
         sub, "stats", "counts of records, conversations, turns, events and damage", "npcrl logs stats saves/logs --json"
     )
     stats.add_argument("dir", help="play-log directory, or one .npl file")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=cmd_stats)
 
-    validate = _command(
+    validate = add_command(
         sub, "validate", "check every file; exit 1 if anything is corrupt", "npcrl logs validate saves/logs"
     )
     validate.add_argument("dir", help="play-log directory, or one .npl file")
@@ -99,13 +62,13 @@ def add_logs_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_purge_parser(sub: Any) -> None:
-    purge = _command(
+    purge = add_command(
         sub,
         "purge",
         "drop whole conversations, older than an age or of a player, from every file of a play-log directory",
-        "npcrl logs purge saves/logs --older-than 30d\n"
-        "  npcrl logs purge saves/logs --player steam:7656119 --dry-run\n\n"
-        "Files a writer is still appending to are left alone; their conversations are remembered\n"
+        "npcrl logs purge saves/logs --older-than 30d\nnpcrl logs purge saves/logs --player steam:7656119 --dry-run",
+        description="Drop whole conversations, older than an age or of a player, from every file of a play-log\n"
+        "directory. Files a writer is still appending to are left alone; their conversations are remembered\n"
         "and dropped by the next purge. Exit code 1 while anything chosen is left.",
     )
     purge.add_argument("dir", help="play-log directory")
@@ -117,7 +80,7 @@ def _add_purge_parser(sub: Any) -> None:
         "--pseudonym",
         action="append",
         default=[],
-        type=_pseudonym_arg,
+        type=pseudonym_arg,
         metavar="P",
         help="erase this pseudonym (p-...)",
     )

@@ -7,53 +7,28 @@ import json
 import sys
 from typing import Any
 
+from npcrl.cli.args import add_command, add_concurrent_argument, non_negative_int, positive_int
 from npcrl.sim.simulate import SimulatedConversation, SimulationSummary
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-DEFAULT_CONCURRENT = 4
-"""four NPCs generating at once gave 1.6x the throughput of one (docs/BENCHMARKS.md), and four
-stays within half the default 8 KV slots"""
-
-
-def add_concurrent_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--concurrent",
-        type=_positive_int,
-        default=DEFAULT_CONCURRENT,
-        help=f"conversations played at once (default {DEFAULT_CONCURRENT}; at most half the model's KV slots,"
-        " 4 by default); the results do not depend on it",
-    )
 
 
 def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``simulate`` on an argparse subparsers object; it sets ``func`` to ``cmd_simulate``."""
-    parser = subparsers.add_parser(
-        "simulate", help="simulated players talk to NPCs through the agent; writes real play logs"
+    parser = add_command(
+        subparsers,
+        "simulate",
+        "simulated players talk to NPCs through the agent; writes real play logs",
+        "npcrl simulate --bundle bundles/smol-q8 --conversations 48 --logs playlogs --seed 1",
     )
     parser.add_argument("--bundle", required=True, help="bundle directory the NPCs speak with")
-    parser.add_argument("--conversations", required=True, type=_positive_int, help="how many conversations")
+    parser.add_argument("--conversations", required=True, type=positive_int, help="how many conversations")
     parser.add_argument("--logs", required=True, help="play-log directory to write")
     parser.add_argument(
         "--players", help="player profile .toml, or a directory of them (default: the shipped profiles)"
     )
     parser.add_argument("--personas", help="directory of persona cards, every *.toml (default: the built-in ones)")
-    parser.add_argument("--seed", type=_seed, default=0, help="same seed, same conversations (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="same seed, same conversations (default 0)")
     parser.add_argument(
-        "--max-new-tokens", type=_positive_int, help="token limit of an NPC line (default: the agent's, 60)"
+        "--max-new-tokens", type=positive_int, help="token limit of an NPC line (default: the agent's, 60)"
     )
     add_concurrent_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")

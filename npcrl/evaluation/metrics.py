@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from npcrl.errors import LogFormatError
+from npcrl.evaluation import metric_names as names
 from npcrl.playlog import NpcTurn, read_log_dir
 from npcrl.reward.engagement import ConversationLog, group_conversations, score_conversation
 from npcrl.reward.spec import RewardSpec
@@ -182,18 +183,18 @@ class LogMetrics:
         """The metrics as report rows: label -> number, or (mean, low, high) for the engagement interval."""
         low, high = self.reward_per_conversation_ci
         return {
-            "conversations": float(self.conversations),
-            "NPC turns": float(self.turns),
-            "reward / conversation (95% CI)": (self.reward_per_conversation, low, high),
-            "reward / turn": self.reward_per_turn,
-            "NPC turns / conversation": self.conversation_length,
-            "walk-away rate": self.walk_away_rate,
-            "filtered rate": self.filtered_rate,
-            "words / line": self.words_per_line,
-            "tokens / line": self.tokens_per_line,
-            "distinct-1": self.distinct_1,
-            "distinct-2": self.distinct_2,
-            "repetition rate": self.repetition_rate,
+            names.CONVERSATIONS: float(self.conversations),
+            names.NPC_TURNS: float(self.turns),
+            names.ENGAGEMENT: (self.reward_per_conversation, low, high),
+            names.REWARD_PER_TURN: self.reward_per_turn,
+            names.CONVERSATION_LENGTH: self.conversation_length,
+            names.WALK_AWAY_RATE: self.walk_away_rate,
+            names.FILTERED_RATE: self.filtered_rate,
+            names.WORDS_PER_LINE: self.words_per_line,
+            names.TOKENS_PER_LINE: self.tokens_per_line,
+            names.DISTINCT_1: self.distinct_1,
+            names.DISTINCT_2: self.distinct_2,
+            names.REPETITION_RATE: self.repetition_rate,
         }
 
     def to_json(self) -> dict[str, object]:
@@ -268,10 +269,6 @@ def log_metrics(
         ]
         where += f" (bundle {bundle_id})"
     return conversation_metrics(conversations, spec, seed=seed, where=where)
-
-
-PAIRED_GAIN = "engagement gain, paired (95% CI)"
-"""report row: mean per-conversation reward difference to the compared bundle, with its interval"""
 
 
 def conversation_rewards(log_dir: str | os.PathLike[str], spec: RewardSpec) -> list[float]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from npcrl.agent.persona import Persona
+from npcrl.evaluation.metric_names import KL_PER_LINE, PERPLEXITY
 from npcrl.evaluation.metrics import log_metrics
 from npcrl.evaluation.model_metrics import heldout_persona_texts, line_kl, perplexity
 from npcrl.playlog import NpcTurn, PlayLogWriter, read_log_dir
@@ -77,6 +78,6 @@ def evaluate_bundle(
         kl = float("nan")
     else:
         kl = line_kl(model, reference, turns, max_turns=settings.kl_turns)
-    rows["KL to reference (nats / line)"] = kl
-    rows["held-out persona perplexity"] = perplexity(model, heldout_persona_texts())
+    rows[KL_PER_LINE] = kl
+    rows[PERPLEXITY] = perplexity(model, heldout_persona_texts())
     return rows

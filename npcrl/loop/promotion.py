@@ -29,7 +29,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from npcrl.durable import fsync_dir
+from npcrl.durable import atomic_write
 from npcrl.errors import BundleError
 from npcrl.loop.promotion_records import (
     POINTER_MAX_BYTES,
@@ -161,18 +161,10 @@ def history(store: str | os.PathLike[str]) -> list[Promotion]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write beside ``path`` and rename over it: a reader sees the old or the new file, never half."""
-    # One writer at a time holds the store lock, so a per-process name cannot collide.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Replace ``path`` whole: a reader sees the old or the new file, never half."""
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        atomic_write(path, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StoreError(f"{path}: cannot be written: {exc.strerror or exc}") from exc
 
 

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from npcrl.durable import atomic_write
 from npcrl.errors import LoopError
 
 LOOP_FILE = "loop.json"
@@ -218,6 +219,5 @@ def as_read_back(value: Any) -> Any:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=list), encoding="utf-8")
-    os.replace(tmp, path)
+    """Replace ``path`` whole and durably: a resume after a power cut reads the old record or the new."""
+    atomic_write(path, json.dumps(value, indent=1, default=list))

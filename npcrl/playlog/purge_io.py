@@ -17,17 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from npcrl.durable import fsync_dir, write_all
+from npcrl.durable import atomic_file, atomic_write, fsync_dir, write_all
 from npcrl.errors import LogFormatError
 from npcrl.playlog import inuse
 from npcrl.playlog.dedupe import LogRepeat, RecordIndex
 from npcrl.playlog.framing import FILE_HEADER, FILE_SUFFIX, FRAME_HEADER
 from npcrl.playlog.reader import LogReader
 from npcrl.playlog.records import KIND_NAMES, Record
-from npcrl.privacy.private_files import create_private_file
+from npcrl.privacy.private_files import PRIVATE_FILE_MODE
 
 TEMP_SUFFIX = ".purge-tmp"
 JOURNAL_NAME = ".purge-pending.json"
+JOURNAL_TEMP_NAME = JOURNAL_NAME + ".tmp"
 _COPY_CHUNK = 1 << 20
 
 REWRITTEN, DELETED, IN_USE, FAILED = "rewritten", "deleted", "in use", "failed"
@@ -109,18 +110,10 @@ def _complement(spans: list[tuple[int, int]], size: int) -> list[tuple[int, int]
 
 
 def _replace_atomically(path: Path, source: BinaryIO, keep: list[tuple[int, int]]) -> None:
-    temp = path.with_name(path.name + TEMP_SUFFIX)
-    fd = create_private_file(temp)
-    try:
-        with open(fd, "wb", buffering=0) as out:
-            for start, end in keep:
-                _copy(source, out, start, end)
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except OSError:
-        temp.unlink(missing_ok=True)  # an error, not a crash: clean up now rather than next time
-        raise
-    fsync_dir(path.parent)
+    # An error (not a crash) removes the temporary file at once rather than at the next purge.
+    with atomic_file(path, mode=PRIVATE_FILE_MODE, temp=path.with_name(path.name + TEMP_SUFFIX)) as out:
+        for start, end in keep:
+            _copy(source, out, start, end)
 
 
 def _copy(source: BinaryIO, out: BinaryIO, start: int, end: int) -> None:
@@ -136,7 +129,7 @@ def _copy(source: BinaryIO, out: BinaryIO, start: int, end: int) -> None:
 def remove_leftover_temps(directory: Path) -> list[Path]:
     """Delete the temporary files of a purge that crashed (call only while holding the purge lock)."""
     leftovers = [
-        p for p in directory.iterdir() if p.name.endswith(FILE_SUFFIX + TEMP_SUFFIX) or p.name == JOURNAL_NAME + ".tmp"
+        p for p in directory.iterdir() if p.name.endswith(FILE_SUFFIX + TEMP_SUFFIX) or p.name == JOURNAL_TEMP_NAME
     ]
     for path in leftovers:
         path.unlink(missing_ok=True)
@@ -168,12 +161,5 @@ def write_journal(directory: Path, ids: set[str]) -> None:
             path.unlink()
             fsync_dir(directory)
         return
-    temp = path.with_name(JOURNAL_NAME + ".tmp")
     data = json.dumps({"format": 1, "conversations": sorted(ids)}, ensure_ascii=True).encode("ascii")
-    fd = create_private_file(temp)
-    with open(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temp, path)
-    fsync_dir(directory)
+    atomic_write(path, data, mode=PRIVATE_FILE_MODE, temp=directory / JOURNAL_TEMP_NAME)

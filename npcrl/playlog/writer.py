@@ -28,7 +28,8 @@ Privacy (docs/PRIVACY.md): ``ConversationStart.player_id`` is replaced in the ca
 pseudonym (``npcrl.privacy.pseudonym``, keyed by ``pseudonym_key`` or the key file at
 ``npcrl.paths.default_key_path()``), so no raw player id reaches the disk. Files are created 0600
 and the directories the writer creates 0700, and the writer holds a lock on each file while it
-appends to it (``inuse``), so ``npcrl logs purge`` leaves that file alone.
+appends to it (``inuse``), so ``npcrl logs purge`` leaves that file alone. The files themselves are
+handled by ``npcrl.playlog.log_files``.
 """
 
 from __future__ import annotations
@@ -41,19 +42,19 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
-import npcrl.playlog.inuse as inuse
-from npcrl.durable import fsync_dir, write_all
 from npcrl.errors import LogFormatError
 from npcrl.paths import default_key_path
-from npcrl.playlog.framing import FILE_HEADER, FILE_SUFFIX, file_header
+from npcrl.playlog.framing import FILE_HEADER
+from npcrl.playlog.holds import Holds
 from npcrl.playlog.identity import EventIds
+from npcrl.playlog.log_files import FileOptions, LogFiles, WriterCounts
 from npcrl.playlog.records import ConversationStart, Record, frame_record
-from npcrl.privacy.private_files import create_private_file, make_private_dirs
+from npcrl.privacy.private_files import make_private_dirs
 from npcrl.privacy.pseudonym import PseudonymKeyError, check_key, is_pseudonym, load_or_create_key, pseudonym
 
 SyncPolicy = Literal["flush", "fsync_interval", "always"]
@@ -85,6 +86,28 @@ class _FlushRequest:
 
 
 _STOP = object()
+
+
+def _check_options(options: FileOptions, queue_size: int) -> None:
+    if options.sync not in SYNC_POLICIES:
+        raise LogFormatError(f"sync must be one of {', '.join(SYNC_POLICIES)}, got {options.sync!r}")
+    if options.max_file_bytes <= FILE_HEADER.size:
+        raise LogFormatError(f"max_file_bytes must exceed the {FILE_HEADER.size}-byte file header")
+    if not options.fsync_interval_s > 0:
+        raise LogFormatError(f"fsync_interval_s must be > 0, got {options.fsync_interval_s}")
+    if queue_size < 1:
+        raise LogFormatError(f"queue_size must be >= 1, got {queue_size}")
+    if not _PREFIX.fullmatch(options.prefix):
+        raise LogFormatError(f"prefix must be letters, digits, '_', '.' or '-', got {options.prefix!r}")
+
+
+def _make_log_dir(directory: Path) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise LogFormatError(f"play-log directory {directory} exists and is not a directory")
+    try:
+        make_private_dirs(directory)
+    except OSError as exc:
+        raise LogFormatError(f"cannot create play-log directory {directory} ({exc})") from None
 
 
 def _writer_key(directory: Path, key: bytes | None) -> bytes:
@@ -121,56 +144,25 @@ class PlayLogWriter:
         prefix: str = "play",
         pseudonym_key: bytes | None = None,
     ) -> None:
-        if sync not in SYNC_POLICIES:
-            raise LogFormatError(f"sync must be one of {', '.join(SYNC_POLICIES)}, got {sync!r}")
-        if max_file_bytes <= FILE_HEADER.size:
-            raise LogFormatError(f"max_file_bytes must exceed the {FILE_HEADER.size}-byte file header")
-        if not fsync_interval_s > 0:
-            raise LogFormatError(f"fsync_interval_s must be > 0, got {fsync_interval_s}")
-        if queue_size < 1:
-            raise LogFormatError(f"queue_size must be >= 1, got {queue_size}")
-        if not _PREFIX.fullmatch(prefix):
-            raise LogFormatError(f"prefix must be letters, digits, '_', '.' or '-', got {prefix!r}")
-        self.directory = Path(directory)
-        if self.directory.exists() and not self.directory.is_dir():
-            raise LogFormatError(f"play-log directory {self.directory} exists and is not a directory")
-        try:
-            make_private_dirs(self.directory)
-        except OSError as exc:
-            raise LogFormatError(f"cannot create play-log directory {self.directory} ({exc})") from None
+        options = FileOptions(Path(directory), prefix, max_file_bytes, sync, fsync_interval_s)
+        _check_options(options, queue_size)
+        self.directory = options.directory
+        _make_log_dir(self.directory)
         self._key = _writer_key(self.directory, pseudonym_key)
-        self._max_file_bytes = max_file_bytes
-        self._sync = sync
-        self._fsync_interval_s = fsync_interval_s
         self._queue_size = queue_size
-        self._prefix = prefix
         self._event_ids = EventIds()
 
         self._queue: deque[bytes | _FlushRequest | object] = deque()
         self._wake = threading.Event()
         self._enqueue, self._woken = self._queue.append, self._wake.is_set  # bound once: append is hot
-        self._lock = threading.Lock()  # guards the counters below and _closed
+        self._lock = threading.Lock()  # guards the counts and _closed
         self._closed = False
-        self._records_written = 0
-        self._bytes_written = 0
-        self._dropped = 0
-        self._failed = 0
-        self._errors = 0
+        self._holds = Holds()  # records on their way (an NPC turn still generating): close() waits for them
+        self._counts = WriterCounts()
         self._reported_errors = 0
-        self._files = 0
-        self._last_error: str | None = None
-
-        # Only the writer thread touches these once it runs.
-        self._file: BinaryIO | None = None
-        self._path: Path | None = None
-        self._file_bytes = FILE_HEADER.size
-        self._file_records = 0
-        self._seq = 0
-        self._unsynced = False
-        self._last_fsync = time.monotonic()
-
+        self._files = LogFiles(options, self._counts, self._lock)  # only the writer thread uses it once it runs
         try:
-            self._open_next()  # here, so that an unwritable directory fails at startup, not silently later
+            self._files.open_next()  # here, so that an unwritable directory fails at startup, not silently later
         except OSError as exc:
             raise LogFormatError(f"cannot create a play log in {self.directory} ({exc})") from None
         self._thread = threading.Thread(target=self._run, name=f"npcrl-playlog-{prefix}", daemon=True)
@@ -187,7 +179,7 @@ class PlayLogWriter:
         frame = self._frame(record)
         if len(self._queue) >= self._queue_size:
             with self._lock:
-                self._dropped += 1
+                self._counts.dropped += 1
             return
         self._enqueue(frame)
         if not self._woken():
@@ -201,7 +193,7 @@ class PlayLogWriter:
         room = max(0, self._queue_size - len(self._queue))
         if room < len(frames):
             with self._lock:
-                self._dropped += len(frames) - room
+                self._counts.dropped += len(frames) - room
             frames = frames[:room]
         if frames:
             self._queue.extend(frames)
@@ -239,8 +231,14 @@ class PlayLogWriter:
         self._raise_new_errors()
         return True
 
+    def hold(self) -> Callable[[], None]:
+        """A record is on its way: until the returned release is called, ``close()`` waits for it
+        (at most ``holds.HOLD_WAIT_S``) instead of refusing it."""
+        return self._holds.hold()
+
     def close(self) -> None:
-        """Write everything queued, close the file and stop the thread. Idempotent."""
+        """Wait for held records, write everything queued, close the file and stop the thread. Idempotent."""
+        self._holds.wait()
         with self._lock:
             first = not self._closed
             self._closed = True
@@ -254,7 +252,7 @@ class PlayLogWriter:
             item = self._queue.popleft()
             if isinstance(item, bytes):
                 with self._lock:
-                    self._dropped += 1
+                    self._counts.dropped += 1
             elif isinstance(item, _FlushRequest):
                 item.done.set()
         self._raise_new_errors()
@@ -272,23 +270,14 @@ class PlayLogWriter:
     @property
     def stats(self) -> WriterStats:
         with self._lock:
-            return WriterStats(
-                records_written=self._records_written,
-                bytes_written=self._bytes_written,
-                dropped=self._dropped,
-                failed=self._failed,
-                errors=self._errors,
-                files=self._files,
-                current_file=self._path,
-                queued=len(self._queue),
-                last_error=self._last_error,
-            )
+            counts = dataclasses.asdict(self._counts)
+            return WriterStats(**counts, current_file=self._files.path, queued=len(self._queue))
 
     def _raise_new_errors(self) -> None:
         with self._lock:
-            new = self._errors - self._reported_errors
-            self._reported_errors = self._errors
-            failed, last = self._failed, self._last_error
+            new = self._counts.errors - self._reported_errors
+            self._reported_errors = self._counts.errors
+            failed, last = self._counts.failed, self._counts.last_error
         if new:
             raise LogFormatError(f"play-log writer: {new} I/O error(s); {failed} record(s) lost so far; last: {last}")
 
@@ -301,142 +290,49 @@ class PlayLogWriter:
     # -- writer thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        files = self._files
         while True:
-            if self._wake.wait(self._fsync_wait()):
+            if self._wake.wait(files.fsync_wait()):
                 # Let a burst gather: one write per burst, not a wake-up and a syscall per record.
                 time.sleep(_COALESCE_S)
             self._wake.clear()  # before draining, so an append during the drain wakes us again
             stop = self._drain()
-            if self._fsync_wait() == 0.0:
-                self._fsync()
+            if files.fsync_wait() == 0.0:
+                files.fsync()
             if stop:
                 break
-        self._close_file()
-
-    def _fsync_wait(self) -> float | None:
-        """Seconds until an interval fsync is due; None when none is pending."""
-        if self._sync != "fsync_interval" or not self._unsynced:
-            return None
-        return max(0.0, self._last_fsync + self._fsync_interval_s - time.monotonic())
+        files.close()
 
     def _drain(self) -> bool:
         """Write what is queued; True once the stop marker is reached."""
-        queue = self._queue
+        queue, files = self._queue, self._files
         pending: list[bytes] = []
         popleft, add = queue.popleft, pending.append  # per-record work here costs the game thread GIL time
-        room = self._max_file_bytes - self._file_bytes
-        size = 0
+        room, size = files.room(), 0
         while queue:
             item = popleft()
             if type(item) is bytes:
                 n = len(item)
-                if size + n > room and (pending or self._file_records):
-                    self._write(pending)
-                    self._close_file()  # the next write opens the next file
+                if size + n > room and (pending or files.file_records):
+                    files.write(pending)
+                    files.close()  # the next write opens the next file
                     pending.clear()
-                    room, size = self._max_file_bytes - self._file_bytes, 0
+                    room, size = files.room(), 0
                 add(item)
                 size += n
                 if size >= _BATCH_BYTES:
-                    self._write(pending)
+                    files.write(pending)
                     pending.clear()
-                    room, size = self._max_file_bytes - self._file_bytes, 0
+                    room, size = files.room(), 0
                 continue
-            self._write(pending)
+            files.write(pending)
             pending.clear()
-            room, size = self._max_file_bytes - self._file_bytes, 0
+            room, size = files.room(), 0
             if item is _STOP:
                 return True
             if isinstance(item, _FlushRequest):
-                if self._unsynced:
-                    self._fsync()
+                if files.unsynced:
+                    files.fsync()
                 item.done.set()
-        self._write(pending)
+        files.write(pending)
         return False
-
-    def _open_next(self) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        while True:
-            path = self.directory / f"{self._prefix}-{stamp}-{self._seq:06d}{FILE_SUFFIX}"
-            self._seq += 1
-            try:
-                # O_EXCL: an existing file is never touched. Mode 0600 from the first moment.
-                fd = create_private_file(path)
-            except FileExistsError:
-                continue
-            break
-        file = open(fd, "wb", buffering=0)  # unbuffered: a written batch is in the OS at once
-        try:
-            inuse.hold(file.fileno())  # until the file is closed: purge leaves it alone
-            write_all(file, file_header())
-            if self._sync != "flush":
-                os.fsync(file.fileno())
-                fsync_dir(self.directory)
-        except OSError:
-            file.close()
-            raise
-        self._file, self._path = file, path
-        self._file_bytes, self._file_records = FILE_HEADER.size, 0
-        self._last_fsync = time.monotonic()
-        with self._lock:
-            self._files += 1
-            self._bytes_written += FILE_HEADER.size
-
-    def _write(self, frames: list[bytes]) -> None:
-        if not frames:
-            return
-        data = b"".join(frames)
-        try:
-            if self._file is None:
-                self._open_next()
-            assert self._file is not None
-            write_all(self._file, data)
-            if self._sync == "always":
-                os.fsync(self._file.fileno())
-        except OSError as exc:
-            self._fail(exc, len(frames))
-            self._abandon_file()  # a torn frame may end it: new records go to a new file
-            return
-        self._file_bytes += len(data)
-        self._file_records += len(frames)
-        self._unsynced = self._sync == "fsync_interval"
-        with self._lock:
-            self._records_written += len(frames)
-            self._bytes_written += len(data)
-
-    def _fsync(self) -> None:
-        if self._file is not None:
-            try:
-                os.fsync(self._file.fileno())
-            except OSError as exc:
-                self._fail(exc, 0)
-        self._unsynced = False
-        self._last_fsync = time.monotonic()
-
-    def _close_file(self) -> None:
-        if self._file is None:
-            return
-        if self._unsynced:
-            self._fsync()
-        try:
-            self._file.close()
-        except OSError as exc:
-            self._fail(exc, 0)
-        self._file, self._path = None, None
-        self._file_bytes, self._file_records = FILE_HEADER.size, 0
-
-    def _abandon_file(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass  # the write error that brought us here is the one reported
-        self._file, self._path = None, None
-        self._file_bytes, self._file_records = FILE_HEADER.size, 0
-        self._unsynced = False
-
-    def _fail(self, exc: OSError, lost: int) -> None:
-        with self._lock:
-            self._errors += 1
-            self._failed += lost
-            self._last_error = f"{self._path or self.directory}: {exc}"

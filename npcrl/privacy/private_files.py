@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from npcrl.durable import create_new_file
+
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def make_private_dirs(directory: Path) -> None:
@@ -35,11 +36,4 @@ def make_private_dirs(directory: Path) -> None:
 def create_private_file(path: Path) -> int:
     """A new file (never an existing one: FileExistsError) open for writing, mode 0600; returns
     the descriptor. The mode is given at creation, so no other user can open it even briefly."""
-    fd = os.open(path, _NEW_FILE_FLAGS, PRIVATE_FILE_MODE)
-    if os.name == "posix":
-        try:
-            os.fchmod(fd, PRIVATE_FILE_MODE)  # exactly 0600, even under a umask that removes owner bits
-        except OSError:
-            os.close(fd)
-            raise
-    return fd
+    return create_new_file(path, PRIVATE_FILE_MODE)

@@ -22,9 +22,9 @@ import secrets
 import stat
 from pathlib import Path
 
-from npcrl.durable import fsync_dir
+from npcrl.durable import atomic_file
 from npcrl.errors import NpcrlError
-from npcrl.privacy.private_files import create_private_file, make_private_dirs
+from npcrl.privacy.private_files import PRIVATE_FILE_MODE, make_private_dirs
 
 PSEUDONYM_PREFIX = "p-"
 KEY_BYTES = 32
@@ -110,23 +110,13 @@ def _read_key(path: Path) -> bytes | None:
 
 
 def _create_key(path: Path) -> None:
-    # Written whole under a temporary name, then hard-linked into place: link never replaces an
-    # existing file, so a racing process's key is kept and nobody ever reads a half-written key.
+    # Written whole under a temporary name, then linked into place (replace=False): a link never
+    # replaces an existing file, so a racing process's key is kept and nobody reads half a key.
     try:
         make_private_dirs(path.parent)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = create_private_file(temp)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(secrets.token_bytes(KEY_BYTES))
-                file.flush()
-                os.fsync(file.fileno())
-            try:
-                os.link(temp, path)
-            except FileExistsError:
-                pass  # another process created the key first; load_key reads theirs
-        finally:
-            temp.unlink(missing_ok=True)
-        fsync_dir(path.parent)
+        with atomic_file(path, mode=PRIVATE_FILE_MODE, replace=False) as file:
+            file.write(secrets.token_bytes(KEY_BYTES))
+    except FileExistsError:
+        pass  # another process created the key first; load_key reads theirs
     except OSError as exc:
         raise PseudonymKeyError(f"{path}: cannot create the pseudonym key file ({exc})") from None

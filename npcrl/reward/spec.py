@@ -96,6 +96,9 @@ class EventRule:
 
 @dataclass(frozen=True)
 class RewardSpec:
+    """How engagement events become per-turn rewards: a rule per event kind, the discount that
+    credits earlier turns, and the clip range of a turn's reward (docs/TRAINING.md)."""
+
     rules: Mapping[str, EventRule]
     discount: float = 0.0  # a turn k steps before an event gets discount**k of its contribution
     turn_min: float = -1.0

@@ -3,6 +3,7 @@ batch scheduler, the sampler and streaming. Never imports torch or pygame."""
 
 from __future__ import annotations
 
-from npcrl.runtime.model import OnnxCausalLM, SessionOptions, default_thread_count
+from npcrl.runtime.model import OnnxCausalLM
+from npcrl.runtime.session import SessionOptions, default_thread_count
 
 __all__ = ["OnnxCausalLM", "SessionOptions", "default_thread_count"]

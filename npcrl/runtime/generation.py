@@ -9,19 +9,42 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
 from npcrl.errors import GenerationError
-from npcrl.runtime.kvcache import FrozenCache, KVCache, SlotCache, SlotWait, SlotWaitCancelled, common_prefix_length
+from npcrl.runtime.kvcache import (
+    FrozenCache,
+    KVCache,
+    KVPool,
+    SlotCache,
+    SlotWait,
+    SlotWaitCancelled,
+    common_prefix_length,
+)
 from npcrl.runtime.sampler import SampledToken, Sampler, SamplerConfig
+from npcrl.runtime.scheduler import StepScheduler
 from npcrl.runtime.streaming import IncrementalDecoder, StopStringMatcher
+from npcrl.runtime.tokenizer import BundleTokenizer
 
-if TYPE_CHECKING:
-    from npcrl.runtime.model import OnnxCausalLM
+
+class Decoder(Protocol):
+    """What a generation needs of its model (an ``OnnxCausalLM``)."""
+
+    tokenizer: BundleTokenizer
+    scheduler: StepScheduler
+    pool: KVPool | None
+    eos_token_ids: frozenset[int]
+    max_tokens: int | None
+    sampled_tokens: int
+
+    def forward(self, token_ids: Sequence[int], cache: KVCache, all_logits: bool = False) -> np.ndarray: ...
+
+    def new_cache(self) -> KVCache: ...
+
 
 StopReason = Literal["eos", "stop_string", "max_new_tokens", "cancelled", "context_full"]
 
@@ -75,6 +98,19 @@ class GenerationResult:
         return (len(self.token_ids) - 1) / decode_time if len(self.token_ids) > 1 and decode_time > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class StartFrom:
+    """What a generation may start from instead of an empty cache, and since when it is timed."""
+
+    prefix_cache: KVCache | None = None
+    """a read-only cache of a proper prefix of the prompt (forked, never changed)"""
+    cache: KVCache | None = None
+    """a cache to continue in place, rewound to what it shares with the prompt"""
+    started_at: float | None = None
+    """``time.perf_counter()`` when the request began, if before the generation: time to first
+    token counts from there"""
+
+
 class Generation:
     """An in-progress generation: iterate for ``StreamChunk``s; ``result`` once finished.
 
@@ -83,15 +119,15 @@ class Generation:
 
     def __init__(
         self,
-        model: OnnxCausalLM,
+        model: Decoder,
         prompt_ids: list[int],
         config: SamplerConfig,
         cancel: CancelToken,
         ignore_eos: bool = False,
-        prefix_cache: KVCache | None = None,
-        cache: KVCache | None = None,
-        started_at: float | None = None,
+        start: StartFrom | None = None,
     ):
+        start = start or StartFrom()
+        prefix_cache = start.prefix_cache
         if not prompt_ids:
             raise GenerationError("the prompt is empty; at least one token is needed")
         if prefix_cache is not None and (
@@ -99,7 +135,7 @@ class Generation:
         ):
             raise GenerationError("prefix_cache does not hold a proper prefix of the prompt")
         self.prefix_cache = prefix_cache
-        self.cache: KVCache | None = cache
+        self.cache: KVCache | None = start.cache
         """the cache this generation runs in: the prompt, then every sampled token but the last"""
         self.reused_tokens = 0
         """prompt tokens that came from a cache rather than a prefill"""
@@ -109,7 +145,7 @@ class Generation:
         self.cancel_token = cancel
         self.ignore_eos = ignore_eos
         self.result: GenerationResult | None = None
-        self.started_at = started_at
+        self.started_at = start.started_at
         self.queue_s = 0.0
         """time this generation waited for a KV slot"""
         self.on_admitted: Callable[[], None] | None = None
@@ -235,7 +271,7 @@ def _shared(own: KVCache, prompt: list[int], need_logits: bool) -> int:
 
 
 def start_cache(
-    model: OnnxCausalLM,
+    model: Decoder,
     prompt: list[int],
     own: KVCache | None,
     prefix: KVCache | None,

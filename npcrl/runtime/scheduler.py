@@ -116,16 +116,14 @@ class StepScheduler:
             else:
                 singles.append(job)
         for job in singles:
-            self._finish([job], lambda job=job: [job.run()])
+            self._finish([job], None)
         for group in groups.values():
-            if len(group) == 1:
-                self._finish(group, lambda g=group: [g[0].run()])
-            else:
-                self._finish(group, lambda g=group: self._run_batch(g))  # type: ignore[misc]
+            self._finish(group, self._run_batch if len(group) > 1 else None)
 
-    def _finish(self, jobs: list[Job], run: Callable[[], list[Any]]) -> None:
+    def _finish(self, jobs: list[Job], run_batch: Callable[[list[Job]], list[Any]] | None) -> None:
+        """Run ``jobs``: one job on its own (``run_batch`` None), or several as one batch."""
         try:
-            results = run()
+            results = [jobs[0].run()] if run_batch is None else run_batch(jobs)
         except BaseException as exc:  # handed to every waiting caller, never lost in the leader
             for job in jobs:
                 job.error, job.done = exc, True

@@ -8,7 +8,8 @@ token-for-token the prompts the model was trained on.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -41,24 +42,20 @@ def _compile_template(source: str) -> Any:
     return env.from_string(source)
 
 
+@dataclass(eq=False)
 class BundleTokenizer:
     """``tokenizers.Tokenizer`` plus the chat template and special-token knowledge of a bundle."""
 
-    def __init__(
-        self,
-        tokenizer: Tokenizer,
-        chat_template: str | None,
-        special_token_strings: Sequence[str],
-        special_token_ids: Sequence[int],
-        bos_token: str | None = None,
-        eos_token: str | None = None,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.chat_template = chat_template
-        self.special_token_strings = tuple(special_token_strings)
-        self.special_token_ids = frozenset(special_token_ids)
-        self.bos_token = bos_token
-        self.eos_token = eos_token
+    tokenizer: Tokenizer = field(repr=False)  # its repr holds the whole vocabulary
+    chat_template: str | None
+    special_token_strings: Sequence[str]  # kept as a tuple
+    special_token_ids: Collection[int]  # kept as a frozenset
+    bos_token: str | None = None
+    eos_token: str | None = None
+
+    def __post_init__(self) -> None:
+        self.special_token_strings = tuple(self.special_token_strings)
+        self.special_token_ids = frozenset(self.special_token_ids)
 
     @classmethod
     def from_file(

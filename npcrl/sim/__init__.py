@@ -2,7 +2,8 @@
 
 ``features`` reads what a player notices in an NPC line, ``profiles`` turns that into engagement
 (TOML player profiles; four ship in ``npcrl/data/players``), ``simulate`` plays conversations
-through ``NpcAgent`` and ``cli`` adds ``npcrl simulate``.
+through ``NpcAgent`` (``ordered``: several at once, logged in order); ``npcrl.cli.sim`` adds
+``npcrl simulate``.
 """
 
 from __future__ import annotations

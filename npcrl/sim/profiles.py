@@ -53,7 +53,6 @@ offers_quest, mentions_lore, in_character, concise, chatty, repeats_itself, empt
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import random
@@ -70,7 +69,7 @@ from npcrl.agent.persona import Persona
 from npcrl.errors import NpcrlError
 from npcrl.sim.features import FEATURES, persona_topics
 from npcrl.tomlfile import read_toml
-from npcrl.validate import ConfigValueError, check_number
+from npcrl.validate import ConfigValueError, check_number, did_you_mean, unknown_keys_text
 
 TEMPLATE_SLOTS = ("npc", "topic")
 MAX_TURNS = 100
@@ -216,8 +215,7 @@ class PlayerProfile:
         weights = {}
         for feature, weight in self.weights.items():
             if feature not in FEATURES:
-                close = difflib.get_close_matches(str(feature), FEATURES, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = did_you_mean(str(feature), FEATURES)
                 raise _FieldProblem(f"weights.{feature}", f"unknown feature{hint}; features: {', '.join(FEATURES)}")
             weights[feature] = _number(f"weights.{feature}", weight, -MAX_WEIGHT, MAX_WEIGHT)
         object.__setattr__(self, "weights", MappingProxyType(weights))
@@ -279,14 +277,8 @@ def load_profile(path: str | os.PathLike[str]) -> PlayerProfile:
     data = read_toml(path, PlayerProfileError, "player profile")
     unknown = sorted(set(data) - set(_FILE_KEYS))
     if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, _FILE_KEYS, n=1)
-            hint = (
-                " (the name is the file stem)" if key == "name" else f" (did you mean {close[0]!r}?)" if close else ""
-            )
-            hints.append(f"{key!r}{hint}")
-        raise PlayerProfileError(f"{path}: unknown key(s) {', '.join(hints)}; allowed keys: {', '.join(_FILE_KEYS)}")
+        listed = unknown_keys_text(unknown, _FILE_KEYS, {"name": "the name is the file stem"})
+        raise PlayerProfileError(f"{path}: unknown key(s) {listed}; allowed keys: {', '.join(_FILE_KEYS)}")
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise PlayerProfileError(f"{path}: missing required key(s) {', '.join(repr(k) for k in missing)}")

@@ -29,20 +29,18 @@ import hashlib
 import logging
 import queue
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from npcrl.agent.npc_agent import AgentConfig, Conversation, NpcAgent, with_sampler
 from npcrl.agent.persona import Persona
-from npcrl.errors import NpcrlError
-from npcrl.playlog import ConversationStart, LogReader, PlayLogWriter, Record, list_log_files
+from npcrl.playlog import ConversationStart, LogReader, PlayLogWriter, list_log_files
 from npcrl.runtime.model import OnnxCausalLM
 from npcrl.sim.features import FEATURES, best_quest, line_features
+from npcrl.sim.ordered import RecordBuffer, play_concurrently
 from npcrl.sim.profiles import PlayerProfile, Reaction
 
 _SEED_MASK = (1 << 63) - 1
@@ -104,25 +102,31 @@ class SimulatedConversation:
 
 @dataclass
 class ProfileCounts:
-    conversations: int = 0
-    turns: int = 0
-    walk_aways: int = 0
-    ratings_positive: int = 0
-    ratings_negative: int = 0
-    quests_accepted: int = 0
+    """What the players of one profile did (``SimulationSummary``: all players)."""
 
-
-@dataclass
-class SimulationSummary:
     conversations: int = 0
     turns: int = 0
     """NPC lines shown"""
-    fallback_turns: int = 0
-    """lines that were fallback or filtered lines (untrainable)"""
     walk_aways: int = 0
     ratings_positive: int = 0
     ratings_negative: int = 0
     quests_accepted: int = 0
+
+    def count(self, result: SimulatedConversation) -> None:
+        """Add one finished conversation."""
+        ratings = [t.reaction.rating for t in result.turns if t.reaction.rating is not None]
+        self.conversations += 1
+        self.turns += len(result.turns)
+        self.walk_aways += int(result.end_reason == "walked_away")
+        self.ratings_positive += sum(1 for rating in ratings if rating > 0)
+        self.ratings_negative += sum(1 for rating in ratings if rating < 0)
+        self.quests_accepted += sum(1 for t in result.turns if t.quest is not None)
+
+
+@dataclass
+class SimulationSummary(ProfileCounts):
+    fallback_turns: int = 0
+    """lines that were fallback or filtered lines (untrainable)"""
     mean_features: dict[str, float] = field(default_factory=dict)
     """each feature's mean over every NPC line shown (``words``: mean words per line)"""
     per_profile: dict[str, ProfileCounts] = field(default_factory=dict)
@@ -214,16 +218,6 @@ def max_concurrency(model: OnnxCausalLM) -> int:
     return max(1, pool.slots // 2) if pool is not None else 1 << 30
 
 
-class _RecordBuffer:
-    """One conversation's records, held until the conversations before it are logged."""
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-
-    def append(self, record: Record) -> None:
-        self.records.append(record)
-
-
 def simulate(
     model: OnnxCausalLM,
     personas: Mapping[str, Persona] | Sequence[Persona],
@@ -251,39 +245,20 @@ def simulate(
     callbacks are those of a serial run. An error in a worker stops the others from starting new
     conversations and is raised here once the ones in flight have finished.
     """
-    if isinstance(conversations, bool) or not isinstance(conversations, int) or conversations < 0:
-        raise ValueError(f"conversations must be an int >= 0, got {conversations!r}")
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+    _check_count("conversations", conversations, 0)
+    _check_count("concurrency", concurrency, 1)
     persona_list: list[Persona] = _as_list(personas, "persona")
     profile_list: list[PlayerProfile] = _as_list(profiles, "player profile")
+    prompts = _checked_prompts(system_prompts, persona_list)
     # No player waits on a headless line, and a wall-clock budget would make a run's conversations
     # depend on machine load (a 20 s budget cut two lines of an evaluation run beside another job).
     base = replace(agent_config or AgentConfig(), time_budget_s=None)
-    prompts = system_prompts or {}
-    unknown = sorted(set(prompts) - {p.id for p in persona_list})
-    if unknown:
-        raise ValueError(f"system_prompts names persona(s) {', '.join(map(repr, unknown))} that are not simulated")
-    cap = max_concurrency(model)
-    if concurrency > cap and conversations > cap:
-        log.info("simulating %d conversations at once, not %d: half the model's KV slots", cap, concurrency)
-    workers = max(1, min(concurrency, conversations, cap))
+    workers = _worker_count(model, concurrency, conversations)
     if isinstance(log_writer, PlayLogWriter):
         _refuse_logged_run(log_writer.directory, simulated_conversation_id(model.bundle_id, seed, 0))
+    idle = _agent_sets(model, persona_list, base, prompts, log_writer, workers)
 
-    def new_agents() -> list[NpcAgent]:
-        return [
-            NpcAgent(model, p, log_writer=log_writer, config=base, system_prompt=prompts.get(p.id))
-            for p in persona_list
-        ]
-
-    # An agent's config is set per conversation, so each worker has agents of its own; agents of
-    # one persona still share the model's persona prefix cache.
-    idle: queue.SimpleQueue[list[NpcAgent]] = queue.SimpleQueue()
-    for _ in range(workers):
-        idle.put(new_agents())
-
-    def play(k: int, buffer: _RecordBuffer | None) -> SimulatedConversation:
+    def play(k: int, buffer: RecordBuffer | None) -> SimulatedConversation:
         agents = idle.get()
         try:
             agent = agents[k % len(agents)]
@@ -297,25 +272,88 @@ def simulate(
             idle.put(agents)
 
     started = time.perf_counter()
-    summary = SimulationSummary(per_profile={p.name: ProfileCounts() for p in profile_list})
-    feature_sums = dict.fromkeys((*FEATURES, "words"), 0.0)
-
-    def finish(result: SimulatedConversation) -> None:
-        _count(summary, summary.per_profile[result.profile], result, feature_sums)
-        if on_conversation is not None:
-            on_conversation(result)
-
+    tally = _Tally(profile_list, on_conversation)
     if workers == 1:
         for k in range(conversations):
-            finish(play(k, None))
+            tally.add(play(k, None))
     else:
-        _play_concurrently(play, conversations, workers, log_writer, finish)
-    if summary.turns:
-        summary.mean_features = {name: total / summary.turns for name, total in feature_sums.items()}
+        play_concurrently(play, conversations, workers, log_writer, tally.add)
+    summary = tally.summary()
     if log_writer is not None:
         log_writer.flush()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_count(name: str, value: object, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+
+def _checked_prompts(system_prompts: Mapping[str, str] | None, personas: Sequence[Persona]) -> Mapping[str, str]:
+    prompts = system_prompts or {}
+    unknown = sorted(set(prompts) - {p.id for p in personas})
+    if unknown:
+        raise ValueError(f"system_prompts names persona(s) {', '.join(map(repr, unknown))} that are not simulated")
+    return prompts
+
+
+def _worker_count(model: OnnxCausalLM, concurrency: int, conversations: int) -> int:
+    cap = max_concurrency(model)
+    if concurrency > cap and conversations > cap:
+        log.info("simulating %d conversations at once, not %d: half the model's KV slots", cap, concurrency)
+    return max(1, min(concurrency, conversations, cap))
+
+
+def _agent_sets(
+    model: OnnxCausalLM,
+    personas: Sequence[Persona],
+    config: AgentConfig,
+    prompts: Mapping[str, str],
+    log_writer: PlayLogWriter | None,
+    count: int,
+) -> queue.SimpleQueue[list[NpcAgent]]:
+    """``count`` sets of agents, one per persona: an agent's config is set per conversation, so each
+    worker takes a set of its own; agents of one persona still share the model's persona prefix cache."""
+    idle: queue.SimpleQueue[list[NpcAgent]] = queue.SimpleQueue()
+    for _ in range(count):
+        idle.put(
+            [
+                NpcAgent(model, p, log_writer=log_writer, config=config, system_prompt=prompts.get(p.id))
+                for p in personas
+            ]
+        )
+    return idle
+
+
+class _Tally:
+    """The run's summary, counted as its conversations finish (in conversation order)."""
+
+    def __init__(
+        self, profiles: Sequence[PlayerProfile], on_conversation: Callable[[SimulatedConversation], None] | None
+    ) -> None:
+        self.counts = SimulationSummary(per_profile={p.name: ProfileCounts() for p in profiles})
+        self.feature_sums = dict.fromkeys((*FEATURES, "words"), 0.0)
+        self.on_conversation = on_conversation
+
+    def add(self, result: SimulatedConversation) -> None:
+        summary = self.counts
+        summary.count(result)
+        summary.per_profile[result.profile].count(result)
+        summary.fallback_turns += sum(1 for t in result.turns if t.fallback)
+        # The last line gets no answer: the player left or was done.
+        summary.simulated_reply_seconds += sum(t.reaction.reply_latency_s for t in result.turns[:-1])
+        for t in result.turns:
+            for name in self.feature_sums:
+                self.feature_sums[name] += t.features[name]
+        if self.on_conversation is not None:
+            self.on_conversation(result)
+
+    def summary(self) -> SimulationSummary:
+        """The summary so far, with each feature's mean over the lines shown."""
+        if self.counts.turns:
+            self.counts.mean_features = {name: total / self.counts.turns for name, total in self.feature_sums.items()}
+        return self.counts
 
 
 def _refuse_logged_run(log_dir: Path, first_id: str) -> None:
@@ -329,71 +367,3 @@ def _refuse_logged_run(log_dir: Path, first_id: str) -> None:
                 f"{log_dir}: already holds conversation {record.conversation_id} (this bundle, this seed); "
                 "simulate with another seed or into another directory"
             )
-
-
-def _play_concurrently(
-    play: Callable[[int, _RecordBuffer | None], SimulatedConversation],
-    conversations: int,
-    workers: int,
-    log_writer: PlayLogWriter | None,
-    finish: Callable[[SimulatedConversation], None],
-) -> None:
-    """Run ``play`` for every conversation in ``workers`` threads; log and ``finish`` the results in
-    conversation order as they become available.
-
-    Each conversation's records are buffered and appended when every earlier conversation's are,
-    so the log holds them in the serial order: ``npcrl eval`` reads the first turns for its KL and
-    bootstraps over conversations in log order."""
-    failed = threading.Event()
-
-    def run(k: int, buffer: _RecordBuffer) -> SimulatedConversation | None:
-        if failed.is_set():  # only after a failure in an earlier conversation, which is raised first
-            return None
-        try:
-            return play(k, buffer if log_writer is not None else None)
-        except BaseException:
-            failed.set()
-            raise
-
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="npcrl-sim")
-    try:
-        jobs: list[tuple[Future[SimulatedConversation | None], _RecordBuffer]] = []
-        for k in range(conversations):
-            buffer = _RecordBuffer()
-            jobs.append((executor.submit(run, k, buffer), buffer))
-        for future, buffer in jobs:
-            result = future.result()
-            assert result is not None
-            if log_writer is not None:
-                for record in buffer.records:
-                    try:
-                        log_writer.append(record)
-                    except NpcrlError:  # as the agent does: a refused record does not stop the run
-                        log.exception("play log refused a %s record", type(record).__name__)
-            buffer.records.clear()
-            finish(result)
-    finally:
-        failed.set()  # an error here (or in a callback): start no more conversations
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _count(
-    summary: SimulationSummary, counts: ProfileCounts, result: SimulatedConversation, feature_sums: dict[str, float]
-) -> None:
-    walked = result.end_reason == "walked_away"
-    positive = sum(1 for t in result.turns if t.reaction.rating is not None and t.reaction.rating > 0)
-    negative = sum(1 for t in result.turns if t.reaction.rating is not None and t.reaction.rating < 0)
-    quests = sum(1 for t in result.turns if t.quest is not None)
-    for target in (summary, counts):
-        target.conversations += 1
-        target.turns += len(result.turns)
-        target.walk_aways += int(walked)
-        target.ratings_positive += positive
-        target.ratings_negative += negative
-        target.quests_accepted += quests
-    summary.fallback_turns += sum(1 for t in result.turns if t.fallback)
-    # The last line gets no answer: the player left or was done.
-    summary.simulated_reply_seconds += sum(t.reaction.reply_latency_s for t in result.turns[:-1])
-    for t in result.turns:
-        for name in feature_sums:
-            feature_sums[name] += t.features[name]

@@ -10,41 +10,34 @@ any instant (SIGKILL included) leaves the previous checkpoint intact and never a
 checkpoint whose weights or optimizer state hold a NaN or an infinity is refused before anything
 is written.
 
-The run's final HF directory (``OUT/checkpoint``) is replaced the same way by ``swap_directory``:
-the new one is complete and fsynced before the old one moves aside, and a run killed between the
-two renames gets the old one back from ``restore_retired`` when it resumes.
+The run's final HF directory (``OUT/checkpoint``) is replaced the same way
+(``npcrl.durable.replace_dir``): the new one is complete and fsynced before the old one moves
+aside, and a run killed between the two renames gets the old one back from
+``npcrl.durable.restore_set_aside`` when it resumes.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from npcrl.durable import fsync_dir
+from npcrl.durable import replace_dir, set_aside_path
 from npcrl.errors import TrainError
 from npcrl.train.finite import require_finite_tensors
-
-if TYPE_CHECKING:
-    from npcrl.train.policy import Policy
+from npcrl.train.policy import VALUE_HEAD_FILE, Policy, save_value_head
 
 PREFIX = "ckpt-"
 _NAME = re.compile(rf"^{PREFIX}(\d{{6}})$")
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -91,12 +84,7 @@ def save_checkpoint(
         save_file(opt_tensors, str(staging / OPTIMIZER_FILE))
         state = {"iteration": iteration, "optimizer": opt_settings, **loop_state}
         (staging / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
-        for name in (TRAINABLE_FILE, OPTIMIZER_FILE, STATE_FILE):
-            _fsync_file(staging / name)
-        if final.exists():  # a rerun of an iteration after resuming from an older checkpoint
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        fsync_dir(state_dir)
+        replace_dir(staging, final)  # replaces a rerun iteration's after resuming from an older checkpoint
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -126,45 +114,12 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 
 def clean_staging(state_dir: Path) -> None:
-    """Remove staging directories a killed run left behind."""
+    """Remove the staging directories, and the replaced checkpoints set aside, a killed run left behind."""
     if state_dir.is_dir():
-        for leftover in state_dir.glob(".staging-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _retired(final: Path) -> Path:
-    return final.with_name(f".{final.name}-retired")
-
-
-def swap_directory(staging: Path, final: Path) -> None:
-    """Move the complete directory ``staging`` to ``final``, replacing what is there.
-
-    The old ``final`` is renamed aside first and deleted only once the new one is in place: a kill
-    between the two renames leaves it whole under ``_retired(final)`` for ``restore_retired``.
-    """
-    for path in staging.iterdir():
-        if path.is_file():
-            _fsync_file(path)
-    if final.exists():
-        retired = _retired(final)
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(final, retired)
-        os.replace(staging, final)
-        fsync_dir(final.parent)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, final)
-        fsync_dir(final.parent)
-
-
-def restore_retired(final: Path) -> None:
-    """Put back the directory a run killed inside ``swap_directory`` moved aside, if ``final`` is missing."""
-    retired = _retired(final)
-    if retired.is_dir() and not final.exists():
-        try:
-            os.replace(retired, final)
-        except FileNotFoundError:  # another rank of the same run restored it first
-            pass
+        aside = set_aside_path(state_dir / f"{PREFIX}*").name
+        for pattern in (".staging-*", aside):
+            for leftover in state_dir.glob(pattern):
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def write_final_checkpoint(policy: Policy, final: Path) -> None:
@@ -174,8 +129,6 @@ def write_final_checkpoint(policy: Policy, final: Path) -> None:
     Every parameter, and every merged weight, is checked finite first: a bad model never replaces
     a good one, and nothing is written for it.
     """
-    from npcrl.train.policy import VALUE_HEAD_FILE, save_value_head
-
     where = f"{final}: not written"
     require_finite_tensors(policy.module.named_parameters(), where, "parameters")
     merged: Any = policy.merged_lm()  # a transformers model (save_pretrained, config)
@@ -190,7 +143,7 @@ def write_final_checkpoint(policy: Policy, final: Path) -> None:
         if getattr(merged, "generation_config", None) is not None:
             merged.generation_config.save_pretrained(str(staging))
         save_value_head(policy.module.value_head, staging / VALUE_HEAD_FILE)
-        swap_directory(staging, final)
+        replace_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -73,7 +73,7 @@ class ModelConfig:
     """'lora' (reference = adapter disabled) or 'full' (reference = a frozen copy). LoRA is the default:
     faster per step and 1.2 GB less memory on SmolLM2-135M (docs/BENCHMARKS.md)"""
     lora_r: int = 16
-    """LoRA rank (the MODEL-STACK measurement used r16 on q/k/v/o)"""
+    """LoRA rank (16 on the attention projections q/k/v/o)"""
     lora_alpha: float = 32.0
     """LoRA scaling numerator (alpha / r = 2, peft's common setting)"""
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -94,12 +94,12 @@ class ModelConfig:
 
 @dataclass
 class PPOConfig:
-    """The PPO update (ALGORITHMS.md has the math)."""
+    """The PPO update (docs/TRAINING.md, "One iteration", has the math)."""
 
     rollout_turns: int = 16
     """turns scored per iteration (pi_old, reference and values computed once for them)"""
     minibatch_turns: int = 8
-    """turns per optimizer step (the MODEL-STACK step measurement: 8 sequences)"""
+    """turns per optimizer step"""
     micro_batch_turns: int = 4
     """turns per forward/backward; gradients accumulate over minibatch_turns / micro_batch_turns"""
     epochs: int = 2
@@ -133,7 +133,8 @@ class PPOConfig:
     kl_horizon: int = 10000
     """adaptive controller horizon in turns (Ziegler et al.: 10000)"""
     is_cap: float = 2.0
-    """truncation C of the importance weight pi_old/mu (ALGORITHMS.md: 2-5)"""
+    """truncation C of the importance weight pi_old/mu (2-5: lower discards most of the off-policy
+    correction, higher lets a few unlikely logged tokens dominate the gradient)"""
     reward_clip: float | None = 10.0
     """turn rewards are clipped to [-reward_clip, reward_clip] (None = off)"""
     whiten_advantages: bool = True

@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npcrl.errors import LogFormatError, RewardSpecError, TrainDataError
+from npcrl.errors import BundleError, LogFormatError, RewardSpecError, TrainDataError, TrainError
 from npcrl.playlog import LogReader, NpcTurn, RecordIndex
 from npcrl.playlog.reader import list_log_files
-from npcrl.reward.engagement import ConversationLog, group_conversations, score_conversation
+from npcrl.reward.engagement import ConversationLog, TurnReward, group_conversations, score_conversation
 from npcrl.reward.spec import RewardSpec
-from npcrl.runtime.bundle import sha256_file
+from npcrl.runtime.bundle import Bundle, load_bundle, sha256_file
 from npcrl.train.config import DataConfig
 
 # Reasons a logged turn is not trained on, in the order they are checked.
@@ -37,7 +37,7 @@ _MAX_REPEATS = 20  # duplicates and conflicts listed in the report (all are coun
 
 @dataclass(frozen=True)
 class TrainingTurn:
-    """One NPC turn as the trainer sees it (ALGORITHMS.md: one turn is one episode)."""
+    """One NPC turn as the trainer sees it: one turn is one episode (its reward ends it)."""
 
     conversation_id: str
     turn_index: int
@@ -181,43 +181,55 @@ def load_training_data(
     report = DataReport(log_dir=", ".join(str(d) for d in dirs))
     conversations, conflicting = _read_conversations(dirs, report)
     report.conversations = len(conversations)
-
     usable: dict[str, list[TrainingTurn]] = {}
     for cid in sorted(conversations):
-        log = conversations[cid]
-        try:
-            rewards = score_conversation(log, spec)
-        except RewardSpecError:
-            report.turns_logged += len(log.turns)
-            report.dropped["unscorable_events"] += len(log.turns)
-            continue
-        for reward in rewards:
-            turn = log.turns[reward.turn_index]
-            report.turns_logged += 1
+        turns = _scored_turns(conversations[cid], spec, report)
+        for turn, reward in turns:
             reason = "conflicting_records" if cid in conflicting else None
             reason = reason or _drop_reason(turn, reward.trainable, accepted_bundles, vocab_size, config)
             if reason is not None:
                 report.dropped[reason] += 1
                 continue
             report.bundles[turn.bundle_id] = report.bundles.get(turn.bundle_id, 0) + 1
-            usable.setdefault(cid, []).append(
-                TrainingTurn(
-                    conversation_id=cid,
-                    turn_index=turn.turn_index,
-                    npc_id=turn.npc_id,
-                    bundle_id=turn.bundle_id,
-                    prompt_ids=tuple(turn.prompt_ids),
-                    response_ids=tuple(turn.response_ids),
-                    behaviour_logprobs=tuple(turn.logprobs),
-                    full_logprobs=tuple(turn.full_logprobs),
-                    temperature=float(turn.sampler["temperature"]),
-                    sampler=dict(turn.sampler),
-                    reward=float(reward.reward),
-                )
-            )
+            usable.setdefault(cid, []).append(_training_turn(cid, turn, float(reward.reward)))
     if not usable:
         raise TrainDataError(f"{report.log_dir}: no usable training turns. {report.summary()}")
-    holdout_ids = split_conversations(list(usable), config.holdout_fraction, seed)
+    return _split(usable, config.holdout_fraction, seed, report)
+
+
+def _scored_turns(log: ConversationLog, spec: RewardSpec, report: DataReport) -> list[tuple[NpcTurn, TurnReward]]:
+    """Each logged turn of a conversation with its reward, counted as logged; none when the
+    conversation holds an event the spec cannot score."""
+    report.turns_logged += len(log.turns)
+    try:
+        rewards = score_conversation(log, spec)
+    except RewardSpecError:
+        report.dropped["unscorable_events"] += len(log.turns)
+        return []
+    return [(log.turns[reward.turn_index], reward) for reward in rewards]
+
+
+def _training_turn(conversation_id: str, turn: NpcTurn, reward: float) -> TrainingTurn:
+    return TrainingTurn(
+        conversation_id=conversation_id,
+        turn_index=turn.turn_index,
+        npc_id=turn.npc_id,
+        bundle_id=turn.bundle_id,
+        prompt_ids=tuple(turn.prompt_ids),
+        response_ids=tuple(turn.response_ids),
+        behaviour_logprobs=tuple(turn.logprobs),
+        full_logprobs=tuple(turn.full_logprobs),
+        temperature=float(turn.sampler["temperature"]),
+        sampler=dict(turn.sampler),
+        reward=reward,
+    )
+
+
+def _split(
+    usable: dict[str, list[TrainingTurn]], holdout_fraction: float, seed: int, report: DataReport
+) -> TrainingData:
+    """The usable turns split train/holdout by conversation, with the report's split counts filled in."""
+    holdout_ids = split_conversations(list(usable), holdout_fraction, seed)
     report.holdout_conversations = len(holdout_ids)
     report.train_conversations = len(usable) - len(holdout_ids)
     train = [t for cid in sorted(usable) if cid not in holdout_ids for t in usable[cid]]
@@ -270,3 +282,29 @@ def _read_conversations(dirs: list[Path], report: DataReport) -> tuple[dict[str,
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def tokenizer_sha256(bundle: Bundle) -> str:
+    """The hash of the bundle's tokenizer file: two bundles with the same one read the same token ids."""
+    return str(bundle.manifest.files[bundle.manifest.tokenizer_file]["sha256"])
+
+
+def accepted_bundle_ids(bundle: Bundle, extra_bundles: list[str]) -> tuple[set[str], list[str]]:
+    """Bundle ids whose logged token ids mean what the training bundle's tokenizer says, and the
+    bundle's tokenizer lineage (itself first, then its recorded ancestors).
+
+    The bundle itself, the ancestors recorded in its provenance (trained bundles keep their
+    parent's tokenizer), and any extra bundle whose tokenizer file has the same hash.
+    """
+    lineage = [str(i) for i in bundle.manifest.provenance.get("tokenizer_lineage", [])]
+    accepted = {bundle.bundle_id, *lineage}
+    mine = tokenizer_sha256(bundle)
+    for path in extra_bundles:
+        try:
+            other = load_bundle(path, verify=False)
+        except BundleError as exc:
+            raise TrainError(f"data.extra_bundles: {exc}") from exc
+        if tokenizer_sha256(other) != mine:
+            raise TrainError(f"data.extra_bundles: {path} has a different tokenizer than {bundle.root}")
+        accepted.add(other.bundle_id)
+    return accepted, [bundle.bundle_id, *lineage]

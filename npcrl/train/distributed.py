@@ -59,14 +59,6 @@ class Dist:
         dist.all_reduce(tensor)
         return [float(v) for v in tensor.tolist()]
 
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -3,15 +3,17 @@ policy's engagement on held-out logs, and sample lines before/after for the same
 
 The off-policy estimate targets the new model *as it would be deployed*: with each turn's logged
 sampler settings (temperature, top-k/top-p, repetition penalty), recomputed in torch by
-``npcrl.train.behaviour.sampler_logprobs``. Per-turn weight ``W = exp(sum_t log mu_new - log mu)``;
-ALGORITHMS.md gives the estimators and why the effective sample size must be reported.
+``npcrl.train.behaviour.sampler_logprobs``. Per-turn weight ``W = exp(sum_t log mu_new - log mu)``.
+Two estimators are reported: importance-sampled ``sum(W R) / n`` (unbiased, high variance) and
+self-normalised ``sum(W R) / sum(W)``; with the effective sample size ``sum(W)^2 / sum(W^2)``,
+because when a few turns carry nearly all the weight either number describes those turns only.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -19,11 +21,9 @@ from npcrl.runtime.sampler import SamplerConfig
 from npcrl.train.batching import collate
 from npcrl.train.behaviour import sampler_logprobs
 from npcrl.train.data import TrainingTurn
+from npcrl.train.onpolicy import RewardScorer
 from npcrl.train.policy import Policy
 from npcrl.train.shared_prefix import group_by_prefix
-
-if TYPE_CHECKING:
-    from npcrl.train.reward_model import RewardModel
 
 # Below this effective sample size the estimate is reported but flagged as not to be trusted.
 MIN_TRUSTED_ESS = 10.0
@@ -115,7 +115,7 @@ def sample_lines(
     max_new_tokens: int,
     seed: int,
     reference: bool,
-    judge: RewardModel | None = None,
+    judge: RewardScorer | None = None,
 ) -> list[dict[str, Any]]:
     """Responses to the first turn of up to ``count`` holdout conversations (same seeds before/after).
 

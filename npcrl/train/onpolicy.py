@@ -37,7 +37,7 @@ from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingTurn
 from npcrl.train.distributed import Dist
 from npcrl.train.finite import require_finite_rewards
-from npcrl.train.policy import Policy, _decoder, _lm_head
+from npcrl.train.policy import Policy, decoder_of, lm_head_of
 from npcrl.train.sampling import sample_responses
 from npcrl.train.shared_prefix import group_by_prefix
 
@@ -81,25 +81,23 @@ class FreshRollouts:
         (so a resumed run samples what the uninterrupted one did)."""
         return int(np.random.default_rng([self.config.seed, iteration, row, 3]).integers(2**31))
 
-    def sample(self, policy: Policy, turns: list[TrainingTurn], iteration: int) -> list[TrainingTurn]:
-        """Turns with the prompts of ``turns``, fresh responses, and the reward model's scores as rewards.
-
-        The behaviour log-probs are placeholders (zeros): the trainer replaces them by pi_old's once
-        it has scored the rollout.
-        """
-        mine = list(range(self.dist.rank, len(turns), self.dist.world))
+    def answer(
+        self, policy: Policy, turns: list[TrainingTurn], rows: list[int], iteration: int
+    ) -> dict[int, list[int]]:
+        """Row -> the current policy's response to that turn's prompt, with the turn's sampler and a
+        seed of the iteration and row; prompts sharing a prefix are answered together."""
         prompts = [turn.prompt_ids for turn in turns]
         lm = policy.module.lm
         responses: dict[int, list[int]] = {}
-        for group in group_by_prefix(mine, prompts, self.config.ppo.micro_batch_turns):
+        for group in group_by_prefix(rows, prompts, self.config.ppo.micro_batch_turns):
             samplers, limits = [], []
             for i in group:
                 sampler = SamplerConfig.from_dict(turns[i].sampler)
                 samplers.append(dataclasses.replace(sampler, seed=self.sample_seed(iteration, i)))
                 limits.append(self.config.reward_model.max_new_tokens or sampler.max_new_tokens)
             lines = sample_responses(
-                _decoder(lm),
-                _lm_head(lm),
+                decoder_of(lm),
+                lm_head_of(lm),
                 [prompts[i] for i in group],
                 samplers,
                 limits,
@@ -107,6 +105,16 @@ class FreshRollouts:
                 policy.tokenizer.pad_token_id,
             )
             responses.update(zip(group, lines, strict=True))
+        return responses
+
+    def sample(self, policy: Policy, turns: list[TrainingTurn], iteration: int) -> list[TrainingTurn]:
+        """Turns with the prompts of ``turns``, fresh responses, and the reward model's scores as rewards.
+
+        The behaviour log-probs are placeholders (zeros): the trainer replaces them by pi_old's once
+        it has scored the rollout.
+        """
+        mine = list(range(self.dist.rank, len(turns), self.dist.world))
+        responses = self.answer(policy, turns, mine, iteration)
         scores = self.reward_model.predict_sequences(
             [turns[i].prompt_ids for i in mine], [responses[i] for i in mine], self.config.ppo.micro_batch_turns
         )

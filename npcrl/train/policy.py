@@ -71,13 +71,14 @@ def _causal_lm(lm: nn.Module) -> Any:
     return lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # type: ignore[operator]
 
 
-def _decoder(lm: nn.Module) -> nn.Module:
+def decoder_of(lm: nn.Module) -> nn.Module:
     """The transformer body (LlamaModel, GPT2Model, ...) under a causal LM or a peft wrapper."""
     base = _causal_lm(lm)
     return getattr(base, base.base_model_prefix)
 
 
-def _lm_head(lm: nn.Module) -> nn.Module:
+def lm_head_of(lm: nn.Module) -> nn.Module:
+    """The output projection (hidden states -> logits) under a causal LM or a peft wrapper."""
     return _causal_lm(lm).get_output_embeddings()
 
 
@@ -90,14 +91,14 @@ def response_hidden(
     on persona prompts)."""
     # Step 0 is real in every row (a turn has a response token); padded steps hold position 0.
     first = int(positions[:, 0].min())
-    hidden, offset = decoder_hidden(_decoder(lm), input_ids, attention_mask, limit=first)  # after the final norm
+    hidden, offset = decoder_hidden(decoder_of(lm), input_ids, attention_mask, limit=first)  # after the final norm
     index = (positions - offset).clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, T, H)
     return hidden.gather(1, index)
 
 
 def response_logits(lm: nn.Module, hidden: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     """Temperature-scaled logits (B, T, V): the policy is the sampler's temperature-T softmax."""
-    logits = _lm_head(lm)(hidden).float()
+    logits = lm_head_of(lm)(hidden).float()
     return logits / temperature.view(-1, 1, 1)
 
 
@@ -289,10 +290,3 @@ def save_value_head(value_head: nn.Linear, path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().contiguous() for k, v in value_head.state_dict().items()}, str(path))
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrainError(f"{path}: cannot read JSON: {exc}") from exc

@@ -4,7 +4,7 @@
    under torchrun each rank scores its share and the results are gathered, so every rank holds
    the whole batch.
 2. ``advantages``: KL-penalised per-token rewards, GAE, whitening and the truncated importance
-   weights pi_old/mu (ALGORITHMS.md) - computed identically on every rank.
+   weights pi_old/mu (docs/TRAINING.md) - computed identically on every rank.
 3. ``update``: epochs of clipped-policy + clipped-value (+ entropy) steps over shuffled minibatches
    with gradient accumulation; a minibatch's loss is a sum over its tokens divided by the token
    count of the whole (global) minibatch, so N processes take exactly the step of 1 process.
@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,10 +41,10 @@ from npcrl.train.finite import (
     require_finite_rewards,
     require_finite_tensors,
 )
+from npcrl.train.kl_control import AdaptiveKLController, FixedKLController, kl_controller
+from npcrl.train.onpolicy import FreshRollouts
 from npcrl.train.policy import Policy, batch_inputs
 from npcrl.train.ppo_math import (
-    AdaptiveKLController,
-    FixedKLController,
     approx_kl,
     clip_scores,
     clipped_policy_loss,
@@ -59,9 +59,6 @@ from npcrl.train.ppo_math import (
     truncated_importance_weights,
 )
 from npcrl.train.shared_prefix import group_by_prefix
-
-if TYPE_CHECKING:
-    from npcrl.train.onpolicy import FreshRollouts
 
 
 @dataclass
@@ -121,11 +118,7 @@ class PPOTrainer:
         self.fresh = fresh
         params = [p for _, p in policy.trainable_parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=ppo.learning_rate, weight_decay=ppo.weight_decay)
-        self.kl_controller: AdaptiveKLController | FixedKLController = (
-            AdaptiveKLController(ppo.kl_coef, ppo.kl_target, ppo.kl_horizon)
-            if ppo.kl_target is not None
-            else FixedKLController(ppo.kl_coef)
-        )
+        self.kl_controller: AdaptiveKLController | FixedKLController = kl_controller(ppo)
         self.iteration = 0  # iterations finished
         self.updates = 0  # optimizer steps taken
         self.metrics: list[dict[str, Any]] = []

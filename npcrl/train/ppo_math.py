@@ -2,8 +2,9 @@
 
 ``B`` is the batch of NPC responses, ``T`` the response tokens. A ``mask`` ``[B, T]`` (bool, or a
 0/1 float tensor) marks the real response tokens; masks are right-padded, so a row's valid tokens
-are a prefix. The definitions follow the project's algorithm notes (Ziegler et al. 2019 KL
-control, GAE, PPO clipping, truncated importance weights for the logged behaviour policy).
+are a prefix. The definitions are those of docs/TRAINING.md (Ziegler et al. 2019 KL penalty,
+GAE, PPO clipping, truncated importance weights for the logged behaviour policy); the KL
+coefficient's controllers are in ``kl_control``.
 
 Padding may hold anything (the logs store no log-prob for a pad token, a model's value there is
 meaningless): every function that takes a mask selects with ``torch.where`` before any arithmetic,
@@ -13,15 +14,11 @@ so a NaN or inf in the padding reaches neither the result nor the gradient.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "AdaptiveKLController",
-    "FixedKLController",
     "approx_kl",
     "clip_scores",
     "clipped_policy_loss",
@@ -29,7 +26,6 @@ __all__ = [
     "entropy_from_logits",
     "gae",
     "k3_kl",
-    "kl_penalised_rewards",
     "last_token_index",
     "masked_mean",
     "masked_sum",
@@ -223,21 +219,6 @@ def last_token_index(mask: Tensor) -> Tensor:
     return lengths - 1
 
 
-def kl_penalised_rewards(
-    old_logprobs: Tensor, ref_logprobs: Tensor, scores: Tensor, mask: Tensor, kl_coef: float
-) -> tuple[Tensor, Tensor]:
-    """Per-token rewards ``[B, T]`` with the sampled KL penalty, and the per-token KL ``[B, T]``.
-
-    ``kl = old_logprobs - ref_logprobs`` (0 on padding), ``rewards = -kl_coef * kl``, and each
-    row's score (``scores`` ``[B]``, the turn's reward R) is added on that row's last valid token.
-    This one-sample KL is only unbiased for tokens drawn from pi_old; see ``kl_penalty_rewards``.
-    """
-    _check_2d(mask)
-    _check_same_shape(mask=mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs)
-    kl = torch.where(_bool_mask(mask), old_logprobs - ref_logprobs, 0)
-    return kl_penalty_rewards(kl, scores, mask, kl_coef), kl
-
-
 def kl_penalty_rewards(kl: Tensor, scores: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
     """Per-token rewards ``[B, T]``: ``-kl_coef * kl`` plus each row's score on its last valid token.
 
@@ -414,95 +395,3 @@ def standardize_scores(scores: Tensor) -> Tensor:
         return centred
     std = float(scores.std())
     return centred / std if std > 1e-12 else centred
-
-
-# --- KL coefficient controllers ----------------------------------------------------------------
-
-
-def _number(state: Mapping[str, object], key: str) -> float:
-    value = state[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"state field {key!r} must be a number; got {value!r}")
-    return float(value)
-
-
-def _check_keys(state: Mapping[str, object], expected: set[str], owner: str) -> None:
-    keys = set(state)
-    if keys != expected:
-        raise ValueError(
-            f"{owner} state has unknown fields {sorted(keys - expected)} and lacks fields {sorted(expected - keys)}; expected exactly {sorted(expected)}"
-        )
-
-
-@dataclass
-class FixedKLController:
-    """A KL coefficient that never changes."""
-
-    value: float
-    """the KL penalty coefficient beta"""
-
-    def __post_init__(self) -> None:
-        if not (self.value >= 0 and math.isfinite(self.value)):
-            raise ValueError(f"FixedKLController.value must be finite and >= 0; got {self.value}")
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        """Do nothing: the coefficient is fixed (same signature as the adaptive controller's)."""
-
-    def state_dict(self) -> dict[str, float]:
-        """The state as plain JSON-able values."""
-        return {"value": self.value}
-
-    def load_state_dict(self, state: Mapping[str, object]) -> None:
-        """Restore from ``state_dict()``'s output; unknown or missing fields raise ValueError."""
-        _check_keys(state, {"value"}, "FixedKLController")
-        value = _number(state, "value")
-        FixedKLController(value)  # validate before mutating
-        self.value = value
-
-
-@dataclass
-class AdaptiveKLController:
-    """The adaptive KL coefficient of Ziegler et al. 2019 (as in TRL), steering the KL toward ``target``.
-
-    ``e = clip(current_kl / target - 1, -0.2, 0.2)``; ``value *= 1 + e * n_steps / horizon``.
-    """
-
-    value: float
-    """the current KL penalty coefficient beta (> 0: a multiplicative update cannot leave 0)"""
-    target: float
-    """the KL per turn to steer toward (> 0)"""
-    horizon: int
-    """the number of samples over which the coefficient may change by a factor of about e^0.2 (> 0)"""
-
-    def __post_init__(self) -> None:
-        if not (self.value > 0 and math.isfinite(self.value)):
-            raise ValueError(f"AdaptiveKLController.value must be finite and > 0; got {self.value}")
-        if not (self.target > 0 and math.isfinite(self.target)):
-            raise ValueError(f"AdaptiveKLController.target must be finite and > 0; got {self.target}")
-        if isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon <= 0:
-            raise ValueError(f"AdaptiveKLController.horizon must be an integer > 0; got {self.horizon!r}")
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        """Move the coefficient toward the target after ``n_steps`` samples whose mean KL was ``current_kl``."""
-        if not math.isfinite(current_kl):
-            # A NaN would stick in the coefficient for the rest of the run.
-            raise ValueError(f"current_kl must be finite; got {current_kl}")
-        if n_steps < 0 or 0.2 * n_steps >= self.horizon:
-            # Past 5 * horizon the multiplier 1 - 0.2 * n_steps / horizon reaches 0 or below, which
-            # would zero the coefficient for good or turn the KL penalty into a bonus.
-            raise ValueError(f"n_steps must be in [0, 5 * horizon) = [0, {5 * self.horizon}); got {n_steps}")
-        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + proportional_error * n_steps / self.horizon
-
-    def state_dict(self) -> dict[str, float | int]:
-        """The state as plain JSON-able values."""
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
-
-    def load_state_dict(self, state: Mapping[str, object]) -> None:
-        """Restore from ``state_dict()``'s output; unknown or missing fields raise ValueError."""
-        _check_keys(state, {"value", "target", "horizon"}, "AdaptiveKLController")
-        horizon = state["horizon"]
-        if isinstance(horizon, bool) or not isinstance(horizon, int):
-            raise ValueError(f"state field 'horizon' must be an integer; got {horizon!r}")
-        loaded = AdaptiveKLController(_number(state, "value"), _number(state, "target"), horizon)
-        self.value, self.target, self.horizon = loaded.value, loaded.target, loaded.horizon

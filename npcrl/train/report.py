@@ -1,15 +1,20 @@
-"""The training report: metrics as JSONL, PNG plots, sample lines and a Markdown summary."""
+"""The training report: metrics as JSONL, PNG plots, sample lines and a Markdown summary.
+
+Every file is replaced whole (``npcrl.durable.atomic_write``): a run killed while writing its
+report leaves the previous version of each file, never a torn one."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from npcrl.durable import atomic_write
+
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "training.png"
-# (metric key, panel title): the monitors DESIGN.md asks every report to carry.
+# (metric key, panel title): the monitors every report carries; reward, KL and clipping together
+# show whether an update improved the reward while staying near the policy that wrote the logs.
 PANELS = (
     ("reward_mean", "turn reward (rollout mean)"),
     ("kl_per_turn", "KL to reference (nats / turn)"),
@@ -25,9 +30,12 @@ PANELS = (
 
 def write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
     """Rewrite the whole file (a resumed run replaces lines past its checkpoint)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics))
+
+
+def write_json(path: Path, value: Any, *, ensure_ascii: bool = True) -> None:
+    """One report file as indented JSON (``ensure_ascii=False`` keeps sample lines readable)."""
+    atomic_write(path, json.dumps(value, indent=1, ensure_ascii=ensure_ascii))
 
 
 def plot_metrics(metrics: list[dict[str, Any]], path: Path) -> None:
@@ -59,7 +67,7 @@ def _judged(sample: dict[str, Any]) -> str:
     return "" if score is None else f" (reward model {_fmt(score)})"
 
 
-def write_markdown(path: Path, summary: dict[str, Any]) -> None:
+def _header(summary: dict[str, Any]) -> list[str]:
     lines = ["# Training report", ""]
     lines += [f"- parent bundle: `{summary['parent_bundle']}`", f"- base weights: `{summary['base_weights']}`"]
     if summary.get("bundle"):
@@ -67,52 +75,77 @@ def write_markdown(path: Path, summary: dict[str, Any]) -> None:
     lines += [f"- data: {summary['data_summary']}", f"- time: {summary['time_s']:.1f} s"]
     if summary.get("mode") == "reward_model":
         lines.append("- mode: on-policy PPO, fresh samples scored by the reward model (rollout reward = its score)")
-    lines.append("")
-    judge = summary.get("reward_model")
-    if judge:
-        holdout = judge.get("holdout_metrics") or {}
+    return [*lines, ""]
+
+
+def _reward_model_section(judge: dict[str, Any] | None) -> list[str]:
+    if not judge:
+        return []
+    holdout = judge.get("holdout_metrics") or {}
+    return [
+        "## Reward model",
+        "",
+        f"- `{judge['path']}` ({judge['role']}); held-out Pearson {_fmt(holdout.get('pearson'))}, "
+        f"MSE skill {_fmt(holdout.get('mse_skill'))}",
+        f"- mean predicted reward of the samples below: before {_fmt(judge['sample_score_mean_before'])}, "
+        f"after {_fmt(judge['sample_score_mean_after'])}",
+        "",
+    ]
+
+
+def _monitors_section(metrics: list[dict[str, Any]]) -> list[str]:
+    if not metrics:
+        return []
+    first, last = metrics[0], metrics[-1]
+    lines = ["## Monitors (first → last iteration)", "", "| metric | first | last |", "|---|---|---|"]
+    for key, title in PANELS:
+        lines.append(f"| {title} | {_fmt(first.get(key))} | {_fmt(last.get(key))} |")
+    return [*lines, "", f"![training curves]({PLOT_FILE})", ""]
+
+
+def _off_policy_section(ope: dict[str, Any] | None) -> list[str]:
+    if not ope or "trained" not in ope:
+        return []
+    lines = [
+        "## Off-policy estimate on holdout logs",
+        "",
+        "| policy | turns | logged mean | IS mean | self-normalised | ESS | zero-weight | trusted |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("reference", "trained"):
+        e = ope[name]
+        lines.append(
+            f"| {name} | {e['turns']} | {_fmt(e['logged_mean_reward'])} | {_fmt(e['importance_sampled'])} | "
+            f"{_fmt(e['self_normalised'])} | {_fmt(e['effective_sample_size'])} | "
+            f"{_fmt(e['zero_weight_fraction'])} | {e['trusted']} |"
+        )
+    return [*lines, "", "The reference row is a control: it estimates the logging policy itself.", ""]
+
+
+def _samples_section(samples: dict[str, Any]) -> list[str]:
+    if not samples.get("before"):
+        return []
+    lines = ["## Samples (same prompts and seeds)", ""]
+    for before, after in zip(samples["before"], samples["after"], strict=True):
         lines += [
-            "## Reward model",
+            f"**{before['npc_id']}**, conversation `{before['conversation_id']}` turn {before['turn_index']}",
             "",
-            f"- `{judge['path']}` ({judge['role']}); held-out Pearson {_fmt(holdout.get('pearson'))}, "
-            f"MSE skill {_fmt(holdout.get('mse_skill'))}",
-            f"- mean predicted reward of the samples below: before {_fmt(judge['sample_score_mean_before'])}, "
-            f"after {_fmt(judge['sample_score_mean_after'])}",
+            f"- logged (reward {_fmt(before['logged_reward'])}): {before['logged']!r}",
+            f"- before{_judged(before)}: {before['text']!r}",
+            f"- after{_judged(after)}: {after['text']!r}",
             "",
         ]
-    metrics = summary["metrics"]
-    if metrics:
-        first, last = metrics[0], metrics[-1]
-        lines += ["## Monitors (first → last iteration)", "", "| metric | first | last |", "|---|---|---|"]
-        for key, title in PANELS:
-            lines.append(f"| {title} | {_fmt(first.get(key))} | {_fmt(last.get(key))} |")
-        lines += ["", f"![training curves]({PLOT_FILE})", ""]
-    ope = summary.get("off_policy")
-    if ope and "trained" in ope:
-        lines += [
-            "## Off-policy estimate on holdout logs",
-            "",
-            "| policy | turns | logged mean | IS mean | self-normalised | ESS | zero-weight | trusted |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for name in ("reference", "trained"):
-            e = ope[name]
-            lines.append(
-                f"| {name} | {e['turns']} | {_fmt(e['logged_mean_reward'])} | {_fmt(e['importance_sampled'])} | "
-                f"{_fmt(e['self_normalised'])} | {_fmt(e['effective_sample_size'])} | "
-                f"{_fmt(e['zero_weight_fraction'])} | {e['trusted']} |"
-            )
-        lines += ["", "The reference row is a control: it estimates the logging policy itself.", ""]
-    samples = summary.get("samples") or {}
-    if samples.get("before"):
-        lines += ["## Samples (same prompts and seeds)", ""]
-        for before, after in zip(samples["before"], samples["after"], strict=True):
-            lines += [
-                f"**{before['npc_id']}**, conversation `{before['conversation_id']}` turn {before['turn_index']}",
-                "",
-                f"- logged (reward {_fmt(before['logged_reward'])}): {before['logged']!r}",
-                f"- before{_judged(before)}: {before['text']!r}",
-                f"- after{_judged(after)}: {after['text']!r}",
-                "",
-            ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    return lines
+
+
+def write_markdown(path: Path, summary: dict[str, Any]) -> None:
+    """``report.md``: what was trained from, the reward model, the monitors, the off-policy
+    estimate and the sample lines, each section only when the run has it."""
+    lines = [
+        *_header(summary),
+        *_reward_model_section(summary.get("reward_model")),
+        *_monitors_section(summary["metrics"]),
+        *_off_policy_section(summary.get("off_policy")),
+        *_samples_section(summary.get("samples") or {}),
+    ]
+    atomic_write(path, "\n".join(lines))

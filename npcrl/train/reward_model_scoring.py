@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 
 from npcrl.errors import TrainError
+from npcrl.reward.model_metrics import regression_metrics
+from npcrl.reward.model_record import RECORD_FILE
 from npcrl.reward.spec import default_reward_spec, load_reward_spec
 from npcrl.runtime.bundle import load_bundle
 from npcrl.train.config import TrainConfig
-from npcrl.train.data import TrainingTurn, load_training_data
+from npcrl.train.data import TrainingTurn, accepted_bundle_ids, load_training_data, tokenizer_sha256
 from npcrl.train.finite import require_finite_rewards
-from npcrl.train.reward_model import RECORD_FILE, load_reward_model, regression_metrics
+from npcrl.train.reward_model import load_reward_model
 
 
 @dataclass
@@ -50,8 +52,6 @@ def score_logs(
     such bundle must share the reward model's tokenizer, since the model reads token ids. Rewards
     come from ``spec_path``, else the spec the reward model was trained with.
     """
-    from npcrl.train.run import accepted_bundle_ids, tokenizer_sha256
-
     if not bundle_dirs:
         raise TrainError("score_logs: name at least one bundle whose logged turns to read")
     bundles = [load_bundle(path) for path in bundle_dirs]

@@ -61,7 +61,8 @@ def expanded_prefix_cache(decoder: nn.Module, prefix_ids: torch.Tensor, rows: in
 
     prefix = decoder(input_ids=prefix_ids, use_cache=True).past_key_values
     expanded = [(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1)) for layer in prefix.layers]
-    return DynamicCache(expanded, config=decoder.config)
+    config: Any = decoder.config  # a transformers config; nn.Module types attributes as Tensor | Module
+    return DynamicCache(expanded, config=config)
 
 
 def group_by_prefix(rows: Sequence[int], prompts: Sequence[Sequence[int]], size: int) -> list[list[int]]:

@@ -9,6 +9,7 @@ import pytest
 
 from npcrl.agent.npc_agent import AgentConfig, NpcAgent
 from npcrl.agent.persona import builtin_personas
+from npcrl.agent.prompt import prompt_stem
 from npcrl.agent.safety import FilterResult, OutputFilter
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter, read_log_dir
 from npcrl.runtime.model import OnnxCausalLM
@@ -242,11 +243,12 @@ def test_later_turns_prefill_only_the_new_player_line(model, monkeypatch):
     conversation = agent.start_conversation()
     first = conversation.respond("Hello there!")
     assert not first.fallback
-    history = conversation._history_cache  # prompt, shown line and the next user header, prefilled after the turn
-    assert history is not None and len(history) > len(first.generation.prompt_ids)
-    history_ids = list(history.token_ids)  # the cache object is continued in place by the next turn
+    history_ids = (
+        conversation.memory.cached_ids()
+    )  # prompt, shown line and the next user header, prefilled after the turn
+    assert history_ids is not None and len(history_ids) > len(first.generation.prompt_ids)
     # It reaches past the shown line to where the player's next words go (the user header).
-    assert history_ids == conversation._next_prompt_stem()
+    assert history_ids == prompt_stem(conversation.build_prompt)
     fed: list[int] = []
     real_forward = model.forward
 
@@ -293,7 +295,7 @@ def test_warm_up_computes_the_persona_prefix(model):
     agent = make_agent(model)
     agent.system_prompt = SHORT_SYSTEM + " Warm."  # a prefix no other test has computed on this model
     before = model.prefixes.misses
-    agent.warm_up()
+    agent.warm_up().result(timeout=600)
     assert model.prefixes.misses == before + 1  # computed now, not on the first turn
     hits = model.prefixes.hits
     prefix = agent.prefix_cache(model)
@@ -314,7 +316,7 @@ PII_FORMS = (EMAIL, PHONE, CARD, IP, "442079460958", "4111111111111111", "jane.d
 
 def talk(model, tmp_path, monkeypatch, line: str = "Aye.", **config):
     """Three turns that all stay in the NPC's memory (every line shown), then the logged records."""
-    monkeypatch.setattr("npcrl.agent.npc_agent.postprocess_line", lambda text, **_: line)
+    monkeypatch.setattr("npcrl.agent.lines.postprocess_line", lambda text, **_: line)
     agent = make_agent(model, tmp_path, max_new_tokens=8, prompt_token_budget=250, **config)
     agent.system_prompt = "You are Brom."  # short, so the tiny model's 256 positions hold every line
     conversation = agent.start_conversation("p1")

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-import npcrl.agent.npc_agent
 from npcrl.agent.npc_agent import AgentConfig, NpcAgent
 from npcrl.agent.persona import builtin_personas
 from npcrl.agent.safety import OutputFilter
+from npcrl.agent.workers import running_workers
 from npcrl.playlog import NpcTurn, PlayLogWriter, read_log_dir
 from npcrl.runtime.model import OnnxCausalLM, SessionOptions
 from npcrl.runtime.sampler import SamplerConfig
@@ -21,16 +21,6 @@ from npcrl.runtime.sampler import SamplerConfig
 HANG_GUARD_S = 300.0
 # fallbacks a tiny random model may give on its own (an empty line); anything else is a failure
 MODEL_QUALITY_FALLBACKS = {"empty_after_postprocess"}
-
-
-@pytest.fixture
-def escaped():
-    """Exceptions that escaped any thread while the test ran."""
-    caught: list[threading.ExceptHookArgs] = []
-    previous = threading.excepthook
-    threading.excepthook = caught.append
-    yield caught
-    threading.excepthook = previous
 
 
 def make_agents(model: OnnxCausalLM, writer: PlayLogWriter | None, max_new_tokens: int = 10) -> list[NpcAgent]:
@@ -173,4 +163,4 @@ def test_worker_threads_are_not_kept(tiny_bundles):
     for _ in range(3):
         talk.respond_async("Hello!").result(HANG_GUARD_S)
         talk.wait_idle(HANG_GUARD_S)
-    assert not npcrl.agent.npc_agent._WORKERS
+    assert running_workers() == 0

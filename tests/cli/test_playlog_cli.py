@@ -1,4 +1,4 @@
-"""``logs inspect | stats | validate | purge`` through an argparse parser, as npcrl/cli.py wires them."""
+"""``logs inspect | stats | validate | purge`` through an argparse parser, as the npcrl command line wires them."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def test_every_logs_command_help_has_an_example(command: str, capsys: pytest.Cap
     with pytest.raises(SystemExit):
         run(["logs", command, "--help"])
     text = capsys.readouterr().out
-    assert f"example:\n  npcrl logs {command} " in text
+    assert f"Example:\n  npcrl logs {command} " in text
 
 
 def played(directory: Path, players: list[str]) -> None:

@@ -200,6 +200,33 @@ def test_log_metrics_rows_and_json(log_dir):
     assert json.loads(json.dumps(m.to_json()))["reward_per_conversation_ci"] == list(m.reward_per_conversation_ci)
 
 
+def test_the_rows_are_keyed_by_the_shared_metric_names(log_dir):
+    """The loop's guards, loop.md and ``npcrl eval`` read the rows by these names; the labels are
+    also the keys of metrics.json and a round's decision.json, so their text is pinned."""
+    from npcrl.evaluation import metric_names as names
+
+    assert list(log_metrics(log_dir, SPEC).as_dict()) == [
+        names.CONVERSATIONS,
+        names.NPC_TURNS,
+        names.ENGAGEMENT,
+        names.REWARD_PER_TURN,
+        names.CONVERSATION_LENGTH,
+        names.WALK_AWAY_RATE,
+        names.FILTERED_RATE,
+        names.WORDS_PER_LINE,
+        names.TOKENS_PER_LINE,
+        names.DISTINCT_1,
+        names.DISTINCT_2,
+        names.REPETITION_RATE,
+    ]
+    assert (names.ENGAGEMENT, names.KL_PER_LINE, names.PERPLEXITY, names.PAIRED_GAIN) == (
+        "reward / conversation (95% CI)",
+        "KL to reference (nats / line)",
+        "held-out persona perplexity",
+        "engagement gain, paired (95% CI)",
+    )
+
+
 def test_log_metrics_selects_one_bundle(log_dir):
     m = log_metrics(log_dir, SPEC, bundle_id="b2")
     assert (m.conversations, m.turns, m.words_per_line) == (1, 1, 1.0)

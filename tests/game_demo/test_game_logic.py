@@ -12,27 +12,30 @@ from typing import Any
 
 import pytest
 
-from game_demo.actions import Act, Action
-from game_demo.dialogue import Dialogue, Phase
-from game_demo.game import LEAVE_RADIUS, MAX_FRAME_DT, TALK_RADIUS, Game
-from game_demo.layout import ScrollWindow, wrap_text
-from game_demo.npcs import Npc
-from game_demo.quests import offered_quest, quest_title, quests_from_goals
-from game_demo.world import Player, Rect, distance, move, nearest_npc, village
+from game_demo.rules.actions import Act, Action
+from game_demo.rules.dialogue import Dialogue, Phase
+from game_demo.rules.game import LEAVE_RADIUS, MAX_FRAME_DT, TALK_RADIUS, Game
+from game_demo.rules.npcs import Npc
+from game_demo.rules.quests import offered_quest, quest_title, quests_from_goals
+from game_demo.rules.scroll import ScrollWindow
+from game_demo.rules.world import Player, Rect, distance, move, nearest_npc, village
+from game_demo.view.layout import wrap_text
 from npcrl.agent.persona import builtin_personas
 
 LOGIC_MODULES = (
-    "actions",
-    "bundles",
-    "dialogue",
-    "game",
-    "layout",
-    "npcs",
-    "quests",
-    "stats",
-    "swap",
-    "warmup",
-    "world",
+    "rules.actions",
+    "rules.dialogue",
+    "rules.game",
+    "rules.npcs",
+    "rules.quests",
+    "rules.scroll",
+    "rules.stats",
+    "rules.world",
+    "services.bundles",
+    "services.startup",
+    "services.swap",
+    "services.warmup",
+    "view.layout",
 )
 
 

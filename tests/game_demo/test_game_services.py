@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from game_demo.bundles import choose_bundle, first_start_message, store_bundle_id
-from game_demo.stats import StatsWorker, compute_stats
-from game_demo.swap import ModelSwapper
-from game_demo.warmup import Prewarmer
+from game_demo.rules.stats import StatsWorker, compute_stats
+from game_demo.services.bundles import choose_bundle, first_start_message, store_bundle_id
+from game_demo.services.swap import ModelSwapper
+from game_demo.services.warmup import Prewarmer
 from npcrl.loop.promotion import CURRENT, promote
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter
 from npcrl.reward.spec import default_reward_spec

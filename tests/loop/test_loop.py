@@ -7,18 +7,25 @@ from typing import Any
 
 import pytest
 
-from npcrl.evaluation.metrics import PAIRED_GAIN as METRICS_PAIRED_GAIN
+from npcrl.evaluation.metric_names import (
+    ENGAGEMENT,
+    KL_PER_LINE,
+    PAIRED_GAIN,
+    PERPLEXITY,
+    REPETITION_RATE,
+    WORDS_PER_LINE,
+)
 from npcrl.evaluation.metrics import paired_gain
-from npcrl.loop.run import ENGAGEMENT, KL, PAIRED_GAIN, PERPLEXITY, REPETITION, WORDS, Guards, decide
+from npcrl.loop.decision import Guards, decide
 
 
 def rows(engagement: float, kl: float = 1.0, ppl: float = 50.0, repetition: float = 0.1, words: float = 20.0) -> dict:
     return {
         ENGAGEMENT: (engagement, engagement - 0.1, engagement + 0.1),
-        KL: kl,
+        KL_PER_LINE: kl,
         PERPLEXITY: ppl,
-        REPETITION: repetition,
-        WORDS: words,
+        REPETITION_RATE: repetition,
+        WORDS_PER_LINE: words,
     }
 
 
@@ -80,7 +87,6 @@ def test_paired_gain_is_tighter_than_two_separate_intervals() -> None:
     assert 0.3 <= low <= mean <= high <= 0.4  # the gain is resolved although the two means' intervals overlap
     with pytest.raises(ValueError, match="same conversations"):
         paired_gain(candidate[:-1], current)
-    assert PAIRED_GAIN == METRICS_PAIRED_GAIN
 
 
 def test_significant_rule_needs_the_paired_interval_above_zero() -> None:
@@ -202,7 +208,7 @@ def test_a_winner_must_also_win_with_fresh_players_before_it_is_promoted(
     players and loses on the fresh ones (kept out), round 2 wins on both (promoted)."""
     import json
 
-    import npcrl.loop.run
+    import npcrl.loop.round
     from npcrl.playlog import NpcTurn, read_log_dir
 
     verdicts = iter([True, False, True, True])
@@ -212,7 +218,7 @@ def test_a_winner_must_also_win_with_fresh_players_before_it_is_promoted(
         calls.append((candidate, current))
         return next(verdicts), decide(candidate, current, *args)[1]
 
-    monkeypatch.setattr(npcrl.loop.run, "decide", scripted_decide)
+    monkeypatch.setattr(npcrl.loop.round, "decide", scripted_decide)
     config = full_tiny_config()
     out = tmp_path / "loop"
     first, second = tiny_loop(
@@ -273,7 +279,7 @@ def test_a_stopped_loop_resumes_from_its_last_finished_stage(
 
     config = full_tiny_config()
     out = tmp_path / "loop"
-    real_finish, real_evaluate = npcrl.train.run._finish, npcrl.evaluation.run.evaluate_bundle
+    real_finish, real_evaluate = npcrl.train.run.finish, npcrl.evaluation.run.evaluate_bundle
     evaluated: dict[str, dict] = {}
 
     def stop_after_training(*args: Any, **kwargs: Any) -> Any:
@@ -285,7 +291,7 @@ def test_a_stopped_loop_resumes_from_its_last_finished_stage(
             raise KeyboardInterrupt  # its logs are written, its stage is not recorded
         return evaluated[log_dir.name]
 
-    monkeypatch.setattr(npcrl.train.run, "_finish", stop_after_training)
+    monkeypatch.setattr(npcrl.train.run, "finish", stop_after_training)
     with pytest.raises(KeyboardInterrupt):
         tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2)
     round_dir = out / "round-1"
@@ -295,7 +301,7 @@ def test_a_stopped_loop_resumes_from_its_last_finished_stage(
     with pytest.raises(LoopError, match="pass --resume"):
         tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2)
 
-    monkeypatch.setattr(npcrl.train.run, "_finish", real_finish)
+    monkeypatch.setattr(npcrl.train.run, "finish", real_finish)
     monkeypatch.setattr(npcrl.evaluation.run, "evaluate_bundle", stop_after_evaluating)
     capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):

@@ -243,7 +243,7 @@ def test_cli_store_path_that_is_a_file_exits_2_without_a_traceback(tiny_bundles,
     store = tmp_path / "store"
     store.write_text("not a directory")
     result = subprocess.run(
-        [sys.executable, "-m", "npcrl.cli.main", "promote", str(store), str(tiny_bundles["llama-q4"])],
+        [sys.executable, "-m", "npcrl.cli", "promote", str(store), str(tiny_bundles["llama-q4"])],
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,
         text=True,

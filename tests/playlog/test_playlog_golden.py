@@ -12,16 +12,9 @@ from pathlib import Path
 
 import msgpack
 
-from npcrl.playlog import (
-    ConversationEnd,
-    ConversationStart,
-    EngagementEvent,
-    LogReader,
-    NpcTurn,
-    Record,
-    encode_record,
-)
+from npcrl.playlog import LogReader, encode_record
 from npcrl.playlog.framing import encode_frame, file_header
+from npcrl.playlog.record_types import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, Record
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_v1.npl"
 SAMPLER = {"temperature": 0.7, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 48}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from npcrl.privacy.pseudonym import PseudonymKeyError, is_pseudonym, load_key, l
 KEY = bytes(range(32))
 DAY = 86400.0
 NOW = 1_800_000_000.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("key_file")  # a fresh key per test (tests/conftest.py)
@@ -265,25 +268,32 @@ def test_purge_leaves_a_file_a_writer_holds_and_finishes_it_next_time(tmp_path: 
     assert list(LogReader(tmp_path)) == [] and not (tmp_path / purge_io.JOURNAL_NAME).exists()
 
 
-class Crash(BaseException):
-    """The process dying at this point: nothing after it runs, no cleanup."""
+# Purge in a child process that dies (no cleanup of any kind runs) just before renaming its rewrite.
+CRASH_BEFORE_RENAME = """
+import os, sys
+from pathlib import Path
+from npcrl.playlog import purge_io
+from npcrl.playlog.purge import PurgeRequest, purge_logs
+
+real_replace = os.replace
+
+def replace_or_die(src, dst):
+    if str(src).endswith(purge_io.TEMP_SUFFIX):
+        os._exit(17)
+    real_replace(src, dst)
+
+os.replace = replace_or_die
+purge_logs(Path(sys.argv[1]), PurgeRequest(older_than_s=float(sys.argv[2]), now=float(sys.argv[3])))
+"""
 
 
-def test_a_crash_before_the_rename_keeps_the_old_file_and_the_next_purge_cleans_up(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_crash_before_the_rename_keeps_the_old_file_and_the_next_purge_cleans_up(tmp_path: Path) -> None:
     age_fixture(tmp_path)
     original = {p.name: p.read_bytes() for p in list_log_files(tmp_path)}
-
-    def crash(src: object, dst: object) -> None:
-        if str(src).endswith(purge_io.TEMP_SUFFIX):
-            raise Crash
-        os.rename(src, dst)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(purge_io.os, "replace", crash)
-    with pytest.raises(Crash):
-        purge_logs(tmp_path, PurgeRequest(older_than_s=30 * DAY, now=NOW))
-    monkeypatch.undo()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [str(tmp_path), str(30 * DAY), str(NOW)]
+    child = subprocess.run([sys.executable, "-c", CRASH_BEFORE_RENAME, *args], env=env, timeout=600, check=False)
+    assert child.returncode == 17
     assert {p.name: p.read_bytes() for p in list_log_files(tmp_path)} == original
     temps = [p for p in tmp_path.iterdir() if p.name.endswith(purge_io.TEMP_SUFFIX)]
     assert len(temps) == 1 and (tmp_path / purge_io.JOURNAL_NAME).exists()

@@ -16,17 +16,21 @@ from hypothesis import strategies as st
 from playlog_helpers import SAMPLER, conversation, event, npc_turn
 
 from npcrl.errors import LogFormatError, NpcrlError
-from npcrl.playlog import (
-    MAX_PAYLOAD_BYTES,
+from npcrl.playlog.framing import MAX_PAYLOAD_BYTES
+from npcrl.playlog.records import (
+    KIND_ENGAGEMENT_EVENT,
+    KIND_NPC_TURN,
     ConversationEnd,
     ConversationStart,
     EngagementEvent,
     NpcTurn,
     Record,
+    checked_values,
     decode_record,
     encode_record,
+    spec_of,
+    without_defaults,
 )
-from npcrl.playlog.records import _SPECS, KIND_ENGAGEMENT_EVENT, KIND_NPC_TURN, _normalised, _without_defaults
 
 R = TypeVar("R", ConversationStart, NpcTurn, EngagementEvent, ConversationEnd)
 
@@ -292,12 +296,12 @@ ODD_VALUES = st.one_of(
 def test_fast_path_agrees_with_the_field_checks(base: Record, data: st.DataObject) -> None:
     """Whatever the values, the generated canonical check never lets through what the per-field
     checks would refuse or change."""
-    spec = _SPECS[type(base)]
+    spec = spec_of(base)
     record = copy.deepcopy(base)
     for name in data.draw(st.sets(st.sampled_from(sorted(vars(record))), max_size=3)):
         setattr(record, name, data.draw(ODD_VALUES))
     try:
-        expected = msgpack.packb(_without_defaults(spec, _normalised(spec, record)), use_bin_type=True)
+        expected = msgpack.packb(without_defaults(spec, checked_values(spec, record)), use_bin_type=True)
     except (LogFormatError, OverflowError):
         with pytest.raises(LogFormatError):
             encode_record(record)

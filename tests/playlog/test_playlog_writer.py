@@ -58,14 +58,14 @@ def test_file_names_and_header(tmp_path: Path) -> None:
 def test_append_never_blocks_and_counts_drops(tmp_path: Path) -> None:
     writer = PlayLogWriter(tmp_path, queue_size=4)
     stalled, release = threading.Event(), threading.Event()
-    real_write = writer._write
+    real_write = writer._files.write
 
     def hanging_disk(frames: list[bytes]) -> None:
         stalled.set()
         release.wait()
         real_write(frames)
 
-    writer._write = hanging_disk  # type: ignore[method-assign]
+    writer._files.write = hanging_disk  # type: ignore[method-assign]
     writer.append(event(index=0))
     assert stalled.wait(120)  # the writer thread now hangs in a write (a hang guard, not a timing)
     for i in range(1, 201):  # all return while the disk hangs: an append that waited would never return
@@ -80,13 +80,13 @@ def test_append_never_blocks_and_counts_drops(tmp_path: Path) -> None:
 def test_append_many_keeps_the_earliest_when_the_queue_is_full(tmp_path: Path) -> None:
     writer = PlayLogWriter(tmp_path, queue_size=10)
     release = threading.Event()
-    real_write = writer._write
+    real_write = writer._files.write
 
     def hanging_disk(frames: list[bytes]) -> None:
         release.wait()
         real_write(frames)
 
-    writer._write = hanging_disk  # type: ignore[method-assign]
+    writer._files.write = hanging_disk  # type: ignore[method-assign]
     writer.append_many([event(index=i) for i in range(25)])
     release.set()
     writer.close()

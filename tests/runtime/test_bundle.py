@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
 
 import pytest
+from fsync_recorder import record_fsyncs
 
 from npcrl.errors import BundleError
 from npcrl.runtime.bundle import describe_files, load_bundle, read_manifest, write_manifest
@@ -26,6 +28,13 @@ def _edit_manifest(root: Path, **changes: object) -> None:
     data = json.loads((root / "manifest.json").read_text())
     data.update(changes)
     (root / "manifest.json").write_text(json.dumps(data))
+
+
+def list_in_manifest(root: Path, name: str) -> None:
+    """Re-list ``name`` (as it is now on disk) in the manifest, so only the content checks can refuse it."""
+    manifest = read_manifest(root)
+    manifest.files.update(describe_files(root, [name]))
+    write_manifest(root, manifest)
 
 
 def test_good_bundle_loads_and_has_a_stable_id(bundle_copy, tiny_bundle):
@@ -98,36 +107,28 @@ def test_symlink_escaping_the_bundle_is_refused(bundle_copy, tmp_path):
     outside = tmp_path / "outside.json"
     outside.write_text("{}")
     (bundle_copy / "link.json").symlink_to(outside)
-    manifest = read_manifest(bundle_copy)
-    manifest.files.update(describe_files(bundle_copy, ["link.json"]))
-    write_manifest(bundle_copy, manifest)
+    list_in_manifest(bundle_copy, "link.json")
     with pytest.raises(BundleError, match="outside the bundle directory"):
         load_bundle(bundle_copy)
 
 
 def test_pickle_files_are_refused_by_type(bundle_copy):
     (bundle_copy / "weights.bin").write_bytes(pickle.dumps({"w": 1}))
-    manifest = read_manifest(bundle_copy)
-    manifest.files.update(describe_files(bundle_copy, ["weights.bin"]))
-    write_manifest(bundle_copy, manifest)
+    list_in_manifest(bundle_copy, "weights.bin")
     with pytest.raises(BundleError, match="pickled weights are never loaded"):
         load_bundle(bundle_copy)
 
 
 def test_a_pickle_disguised_as_onnx_is_refused(bundle_copy):
     (bundle_copy / "model.onnx").write_bytes(pickle.dumps({"evil": True}))
-    manifest = read_manifest(bundle_copy)
-    manifest.files.update(describe_files(bundle_copy, ["model.onnx"]))
-    write_manifest(bundle_copy, manifest)
+    list_in_manifest(bundle_copy, "model.onnx")
     with pytest.raises(BundleError, match="looks like a Python pickle"):
         load_bundle(bundle_copy)
 
 
 def test_garbage_onnx_with_matching_hash_fails_with_the_file_named(bundle_copy):
     (bundle_copy / "model.onnx").write_bytes(b"not an onnx graph at all")
-    manifest = read_manifest(bundle_copy)
-    manifest.files.update(describe_files(bundle_copy, ["model.onnx"]))
-    write_manifest(bundle_copy, manifest)
+    list_in_manifest(bundle_copy, "model.onnx")
     # Refused by the external-data reader before onnxruntime sees it, or by onnxruntime itself.
     with pytest.raises(
         BundleError, match=r"model\.onnx: (not a valid ONNX protobuf|onnxruntime cannot load this graph)"
@@ -141,3 +142,13 @@ def test_kv_layout_that_disagrees_with_the_graph_is_refused(bundle_copy):
     write_manifest(bundle_copy, manifest)  # a consistent manifest: only the graph check can catch it
     with pytest.raises(BundleError, match="graph interface does not match the manifest"):
         OnnxCausalLM(bundle_copy)
+
+
+def test_the_manifest_is_written_durably(bundle_copy, monkeypatch):
+    synced = record_fsyncs(monkeypatch)
+    write_manifest(bundle_copy, read_manifest(bundle_copy))
+    assert (bundle_copy / "manifest.json").stat().st_ino in synced  # the new content
+    if os.name == "posix":
+        assert bundle_copy.stat().st_ino in synced  # the rename
+    assert not [p.name for p in bundle_copy.iterdir() if p.name.endswith(".tmp")]
+    load_bundle(bundle_copy)  # still whole and valid

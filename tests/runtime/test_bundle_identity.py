@@ -204,7 +204,7 @@ def _as_version_1(root: Path, chat_template: str | None = None) -> str:
 
 def test_a_version_1_bundle_is_refused_with_the_migration_named(bundle_copy):
     _as_version_1(bundle_copy)
-    with pytest.raises(BundleError, match=r"'format_version' = 1.*python -m npcrl\.bundle_migrate"):
+    with pytest.raises(BundleError, match=r"'format_version' = 1.*python -m npcrl\.runtime\.bundle_migrate"):
         load_bundle(bundle_copy)
 
 

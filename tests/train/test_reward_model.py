@@ -24,6 +24,10 @@ from toy_logs import TOY_SPEC, target_rate, write_toy_logs  # noqa: E402
 
 from npcrl.errors import TrainConfigError, TrainError  # noqa: E402
 from npcrl.evaluation.metrics import word_tokens  # noqa: E402
+from npcrl.reward.model_data import conversation_folds  # noqa: E402
+from npcrl.reward.model_metrics import regression_metrics  # noqa: E402
+from npcrl.reward.model_record import METRICS_FILE, RECORD_FILE, TENSORS_FILE  # noqa: E402
+from npcrl.reward.ridge import ridge_fit  # noqa: E402
 from npcrl.reward.spec import load_reward_spec  # noqa: E402
 from npcrl.runtime.bundle import load_bundle  # noqa: E402
 from npcrl.train import onpolicy  # noqa: E402
@@ -41,23 +45,12 @@ from npcrl.train.distributed import Dist  # noqa: E402
 from npcrl.train.onpolicy import FreshRollouts, logged_lines  # noqa: E402
 from npcrl.train.policy import build_policy, resolve_base_weights  # noqa: E402
 from npcrl.train.ppo import PPOTrainer  # noqa: E402
-from npcrl.train.reward_model import (  # noqa: E402
-    METRICS_FILE,
-    RECORD_FILE,
-    TENSORS_FILE,
-    build_reward_model,
-    conversation_folds,
-    evaluate,
-    fit,
-    load_reward_model,
-    pooled_features,
-    regression_metrics,
-    ridge_fit,
-)
+from npcrl.train.reward_model import build_reward_model, load_reward_model  # noqa: E402
 from npcrl.train.reward_model_scoring import score_logs  # noqa: E402
+from npcrl.train.reward_model_train import evaluate, fit, pooled_features  # noqa: E402
 from npcrl.train.shared_prefix import decoder_hidden  # noqa: E402
 
-run_module = importlib.import_module("npcrl.train.run")
+scoring_module = importlib.import_module("npcrl.train.reward_model_scoring")
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -100,7 +93,12 @@ def cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     # A hang guard only, far above the work (seconds when the machine is idle): a heavy job running
     # beside the tests must not turn a slow run into a failure.
     return subprocess.run(
-        [sys.executable, "-m", "npcrl.cli.main", *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=timeout
+        [sys.executable, "-m", "npcrl.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=ENV,
+        timeout=timeout,
     )
 
 
@@ -257,12 +255,12 @@ def test_mean_pooling_averages_the_response_states_of_a_full_pass(toy: dict[str,
     base = resolve_base_weights(load_bundle(toy["bundle"]), None)
     model, _ = build_reward_model(base, RewardModelConfig(backbone="frozen", pooling="mean"), config.model, 0)
     features = pooled_features(model, turns, batch=4)  # shared-prefix batches
-    from npcrl.train.policy import _decoder
+    from npcrl.train.policy import decoder_of
 
     for row, turn in enumerate(turns):
         ids = torch.tensor([turn.prompt_ids + turn.response_ids])
         with torch.no_grad():
-            hidden, _ = decoder_hidden(_decoder(model.lm), ids, torch.ones_like(ids), limit=0, share_prefix=False)
+            hidden, _ = decoder_hidden(decoder_of(model.lm), ids, torch.ones_like(ids), limit=0, share_prefix=False)
         expected = hidden[0, len(turn.prompt_ids) :].mean(dim=0).double().numpy()
         np.testing.assert_allclose(features[row], expected, rtol=1e-4, atol=1e-5)
 
@@ -438,8 +436,8 @@ def test_score_refuses_bundles_it_cannot_read_and_keeps_existing_files(
 ) -> None:
     # The tiny families share one tokenizer file, so another tokenizer is simulated by its hash.
     other = load_bundle(tiny_bundles["gpt2-fp32"]).root
-    real = run_module.tokenizer_sha256
-    monkeypatch.setattr(run_module, "tokenizer_sha256", lambda b: "other" if b.root == other else real(b))
+    real = scoring_module.tokenizer_sha256
+    monkeypatch.setattr(scoring_module, "tokenizer_sha256", lambda b: "other" if b.root == other else real(b))
     with pytest.raises(TrainError, match=f"another tokenizer than bundle {other}"):
         score_logs(trained["out"], [toy["bundle"], other], [toy["logs"]])
     monkeypatch.undo()

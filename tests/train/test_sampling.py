@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from npcrl.runtime.bundle import load_bundle  # noqa: E402
 from npcrl.runtime.sampler import SamplerConfig  # noqa: E402
 from npcrl.train.config import ModelConfig  # noqa: E402
-from npcrl.train.policy import _decoder, _lm_head, build_policy, resolve_base_weights  # noqa: E402
+from npcrl.train.policy import build_policy, decoder_of, lm_head_of, resolve_base_weights  # noqa: E402
 from npcrl.train.sampling import common_prefix_length, sample_responses  # noqa: E402
 from npcrl.train.shared_prefix import MIN_SHARED_PREFIX  # noqa: E402
 
@@ -58,7 +58,7 @@ def run(
     policy: Any, prompts: list[list[int]], samplers: list[SamplerConfig], limits: list[int], eos: tuple[int, ...] = ()
 ):
     lm = policy.module.lm
-    return sample_responses(_decoder(lm), _lm_head(lm), prompts, samplers, limits, eos, pad_id=0)
+    return sample_responses(decoder_of(lm), lm_head_of(lm), prompts, samplers, limits, eos, pad_id=0)
 
 
 def test_common_prefix_length() -> None:

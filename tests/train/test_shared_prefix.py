@@ -15,7 +15,7 @@ from npcrl.train import shared_prefix  # noqa: E402
 from npcrl.train.batching import collate  # noqa: E402
 from npcrl.train.config import ModelConfig  # noqa: E402
 from npcrl.train.data import TrainingTurn  # noqa: E402
-from npcrl.train.policy import _decoder, batch_inputs, build_policy, resolve_base_weights  # noqa: E402
+from npcrl.train.policy import batch_inputs, build_policy, decoder_of, resolve_base_weights  # noqa: E402
 from npcrl.train.shared_prefix import (  # noqa: E402
     MIN_SHARED_PREFIX,
     decoder_hidden,
@@ -94,7 +94,7 @@ def test_shared_prefix_length_is_the_common_real_prefix_capped() -> None:
 def test_decoder_hidden_and_gradients_equal_the_full_pass(policy: Any) -> None:
     turns = persona_turns(VOCAB)[:4]
     batch = collate(turns, pad_id=0)
-    decoder = _decoder(policy.module.lm)
+    decoder = decoder_of(policy.module.lm)
     params = dict(policy.trainable_parameters())
     width = batch.input_ids.shape[1] - 60
     hidden_size = policy.module.value_head.in_features

@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file  # noqa: E402
 from toy_logs import TOY_SPEC, target_rate, toy_prompts, write_toy_logs  # noqa: E402
 
+from npcrl.durable import set_aside_path  # noqa: E402
 from npcrl.reward.spec import load_reward_spec  # noqa: E402
 from npcrl.runtime.bundle import load_bundle  # noqa: E402
 from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RunConfig, TrainConfig  # noqa: E402
@@ -186,7 +187,7 @@ def train_command(toy: dict[str, Any], out: Path, config: Path, *extra: str) -> 
     return [
         sys.executable,
         "-m",
-        "npcrl.cli.main",
+        "npcrl.cli",
         "train",
         "--logs",
         str(toy["logs"]),
@@ -277,7 +278,7 @@ def test_killed_and_extended_runs_resume_to_the_uninterrupted_result(toy: dict[s
     recorded = json.loads((short / "run.json").read_text())
     assert recorded["extended_from_iterations"] == [3] and recorded["finished_iterations"] == 8
     c = checkpoint_tensors(short)
-    assert c.keys() == a.keys() and not (short / ".checkpoint-retired").exists()
+    assert c.keys() == a.keys() and not set_aside_path(short / "checkpoint").exists()
     for name in a:
         assert torch.allclose(a[name], c[name], atol=1e-6, rtol=0), name
     assert metrics_without_timing(straight) == metrics_without_timing(short)
@@ -285,7 +286,7 @@ def test_killed_and_extended_runs_resume_to_the_uninterrupted_result(toy: dict[s
 
 def test_which_resumes_the_output_directory_allows(tmp_path: Path) -> None:
     from npcrl.errors import TrainError
-    from npcrl.train.run import RUN_FILE, _check_out
+    from npcrl.train.run_record import RUN_FILE, check_out
 
     def record(iterations: int, **extra: Any) -> dict[str, Any]:
         config = TrainConfig(ppo=PPOConfig(iterations=iterations)).to_dict()
@@ -295,22 +296,22 @@ def test_which_resumes_the_output_directory_allows(tmp_path: Path) -> None:
     out.mkdir()
     (out / RUN_FILE).write_text(json.dumps(record(3)))
     with pytest.raises(TrainError, match="not empty.*--resume"):
-        _check_out(out, False, record(3))
-    assert _check_out(out, True, record(3))[0] is False  # killed mid-way: plain resume
+        check_out(out, False, record(3))
+    assert check_out(out, True, record(3))[0] is False  # killed mid-way: plain resume
     with pytest.raises(TrainError, match="only ppo.iterations"):
-        _check_out(out, True, record(2))  # fewer iterations is a different run, not an extension
+        check_out(out, True, record(2))  # fewer iterations is a different run, not an extension
     (out / "checkpoint").mkdir()
     with pytest.raises(TrainError, match="already finished"):
-        _check_out(out, True, record(3))
-    assert _check_out(out, True, record(5))[0] is True  # extend a finished run
+        check_out(out, True, record(3))
+    assert check_out(out, True, record(5))[0] is True  # extend a finished run
     with pytest.raises(TrainError, match="different logs"):
-        _check_out(out, True, {**record(5), "logs": "other"})
+        check_out(out, True, {**record(5), "logs": "other"})
     # An extension to 5 killed before its checkpoint/ replaced the 3-iteration one: resumable as is.
     (out / RUN_FILE).write_text(json.dumps(record(5, finished_iterations=3, extended_from_iterations=[3])))
-    assert _check_out(out, True, record(5))[0] is False
+    assert check_out(out, True, record(5))[0] is False
     (out / RUN_FILE).write_text(json.dumps(record(5, finished_iterations=5, extended_from_iterations=[3])))
     with pytest.raises(TrainError, match="already finished"):
-        _check_out(out, True, record(5))
+        check_out(out, True, record(5))
 
 
 def free_port() -> int:

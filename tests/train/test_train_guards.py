@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 
 from toy_logs import TOY_SPEC, write_toy_logs  # noqa: E402
 
+from npcrl.durable import restore_set_aside, set_aside_path  # noqa: E402
 from npcrl.errors import TrainError  # noqa: E402
 from npcrl.reward.spec import load_reward_spec  # noqa: E402
 from npcrl.runtime.bundle import load_bundle  # noqa: E402
@@ -246,10 +247,10 @@ def test_a_parameter_poisoned_before_the_final_save_writes_nothing(
 
 
 def test_a_run_killed_while_swapping_the_final_checkpoint_gets_the_old_one_back(tmp_path: Path) -> None:
-    retired = tmp_path / ".checkpoint-retired"
+    retired = set_aside_path(tmp_path / "checkpoint")
     retired.mkdir()
     (retired / "model.safetensors").write_bytes(b"good weights")
-    ckpt.restore_retired(tmp_path / "checkpoint")
+    assert restore_set_aside(tmp_path / "checkpoint")
     assert (tmp_path / "checkpoint" / "model.safetensors").read_bytes() == b"good weights"
     assert not retired.exists()
 
@@ -292,7 +293,7 @@ def test_a_reward_model_with_a_nan_weight_is_not_saved(toy: dict[str, Any], tmp_
 def test_reward_model_training_refuses_nonfinite_rewards(
     toy: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import npcrl.train.reward_model as reward_model
+    import npcrl.train.reward_model_train as reward_model
 
     original = reward_model.load_training_data
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from game_demo.layout import ScrollWindow
-from game_demo.quests import Quest, offered_quest
+from game_demo.rules.quests import Quest, offered_quest
+from game_demo.rules.scroll import ScrollWindow
 
 MAX_DRAFT_CHARS = 200
 """the reply box stops taking characters here (npcrl cuts player text at 300 anyway)"""

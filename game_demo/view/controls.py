@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pygame
 
-from game_demo.actions import Act, Action
+from game_demo.rules.actions import Act, Action
 
 ARROWS = {pygame.K_LEFT: (-1, 0), pygame.K_RIGHT: (1, 0), pygame.K_UP: (0, -1), pygame.K_DOWN: (0, 1)}
 WASD = {pygame.K_a: (-1, 0), pygame.K_d: (1, 0), pygame.K_w: (0, -1), pygame.K_s: (0, 1)}

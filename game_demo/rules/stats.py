@@ -12,9 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from npcrl.playlog import Record, read_log_dir
-from npcrl.reward.engagement import reward_summary, turn_rewards
-from npcrl.reward.spec import RewardSpec, default_reward_spec
+from npcrl import Record, RewardSpec, default_reward_spec, read_log_dir, reward_summary, turn_rewards
 
 log = logging.getLogger("game_demo.stats")
 

@@ -1,7 +1,8 @@
-"""Text layout for the dialogue panel: wrapping by pixel width and a scroll window over the lines.
+"""Text layout for the panels: wrapping by pixel width, the tail of a line that fits, and model
+text made safe to draw.
 
 Pure functions over a ``measure`` callback (a pygame font's ``size(text)[0]`` in the game, ``len``
-in tests), so wrapping and scrolling are tested without a display.
+in tests), so layout is tested without a display.
 """
 
 from __future__ import annotations
@@ -49,40 +50,23 @@ def _longest_fitting_prefix(word: str, max_width: int, measure: Measure) -> int:
     return low
 
 
-class ScrollWindow:
-    """Which lines of a growing transcript are visible. Offset 0 follows the newest line; scrolling
-    up holds the view still while new lines arrive below, until the player scrolls back down."""
+def displayable(text: str) -> str:
+    """Model text without control characters: a byte-level model can emit any byte, and a NUL
+    makes pygame's font renderer raise. Newlines stay (the wrapper breaks lines there)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == "\n" else " " if ch == "\t" else "" for ch in text)
 
-    def __init__(self, visible: int) -> None:
-        if visible < 1:
-            raise ValueError(f"visible must be >= 1, got {visible}")
-        self.visible = visible
-        self.offset = 0  # lines scrolled up from the bottom
-        self._total = 0
 
-    def update_total(self, total: int) -> None:
-        if self.offset and total > self._total:
-            self.offset += total - self._total  # keep the same lines in view while text streams in
-        self._total = total
-        self._clamp()
-
-    def scroll(self, lines: int) -> None:
-        """Positive scrolls up (older lines), negative down."""
-        self.offset += lines
-        self._clamp()
-
-    def _clamp(self) -> None:
-        self.offset = max(0, min(self.offset, max(0, self._total - self.visible)))
-
-    def window(self) -> tuple[int, int]:
-        """[start, end) indices of the visible lines."""
-        end = self._total - self.offset
-        return max(0, end - self.visible), end
-
-    @property
-    def at_bottom(self) -> bool:
-        return self.offset == 0
-
-    @property
-    def can_scroll_up(self) -> bool:
-        return self.window()[0] > 0
+def tail_fitting(text: str, width: int, measure: Measure) -> str:
+    """The end of ``text`` that fits ``width``: the reply box shows what is being typed now."""
+    if measure(text) <= width:
+        return text
+    low, high = 0, len(text)
+    while low < high:  # smallest start index whose tail fits
+        mid = (low + high) // 2
+        if measure("…" + text[mid:]) <= width:
+            high = mid
+        else:
+            low = mid + 1
+    return "…" + text[low:]

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from game_demo.actions import Act, Action
-from game_demo.dialogue import Dialogue
-from game_demo.npcs import Npc
-from game_demo.world import Player, World, distance, move, nearest_npc
+from game_demo.rules.actions import Act, Action
+from game_demo.rules.dialogue import Dialogue
+from game_demo.rules.npcs import Npc
+from game_demo.rules.world import Player, World, distance, move, nearest_npc
 
 TALK_RADIUS = 60.0
 """how close (centre to centre, pixels) the player must be to start talking"""

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from npcrl.errors import BundleError
-from npcrl.loop.promotion import current_bundle
+from npcrl import BundleError, current_bundle
 
 log = logging.getLogger("game_demo.swap")
 

@@ -7,13 +7,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from game_demo.dialogue import ConversationLike
-from game_demo.quests import Quest, quests_from_goals
-from game_demo.world import NpcSpot, World
-from npcrl.agent.npc_agent import NpcAgent
-from npcrl.agent.persona import Persona
-from npcrl.playlog import PlayLogWriter
-from npcrl.runtime.model import OnnxCausalLM
+from game_demo.rules.dialogue import ConversationLike
+from game_demo.rules.quests import Quest, quests_from_goals
+from game_demo.rules.world import NpcSpot, World
+from npcrl import NpcAgent, OnnxCausalLM, Persona, PlayLogWriter
 
 QUICK_REPLIES: dict[str, tuple[str, str, str]] = {
     "blacksmith": ("Can you fix my sword?", "Is there work for me?", "Any news from the north road?"),

@@ -5,13 +5,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from npcrl.errors import BundleError
-from npcrl.loop.promotion import current_bundle
+from npcrl import BundleError, current_bundle
 
 log = logging.getLogger("game_demo.bundles")
 
 QUICKSTART_COMMAND = "npcrl quickstart"
+
+
+class PromotionLike(Protocol):
+    """What the game reads of npcrl's ``Promotion``."""
+
+    @property
+    def bundle_id(self) -> str: ...
+    @property
+    def bundle_dir(self) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -25,13 +34,18 @@ def has_bundle(path: Path) -> bool:
     return (path / "manifest.json").is_file()
 
 
-def store_bundle_id(store: Path) -> str | None:
-    """The id promoted in ``store`` now, or None (nothing promoted, or an unreadable pointer)."""
+def promoted_bundle(store: Path) -> PromotionLike | None:
+    """What ``store`` has promoted now, or None (nothing promoted, or an unreadable pointer)."""
     try:
-        promotion = current_bundle(store)
+        return current_bundle(store)
     except BundleError as exc:
         log.warning("ignoring the bundle store: %s", exc)
         return None
+
+
+def store_bundle_id(store: Path) -> str | None:
+    """The id promoted in ``store`` now, or None (nothing promoted, or an unreadable pointer)."""
+    promotion = promoted_bundle(store)
     return promotion.bundle_id if promotion is not None else None
 
 
@@ -43,11 +57,7 @@ def choose_bundle(explicit: Path | None, store: Path, default: Path) -> BundleCh
     """
     if explicit is not None:
         return BundleChoice(explicit, "--bundle")
-    try:
-        promotion = current_bundle(store)
-    except BundleError as exc:
-        log.warning("ignoring the bundle store: %s", exc)
-        promotion = None
+    promotion = promoted_bundle(store)
     if promotion is not None:
         if has_bundle(promotion.bundle_dir):
             return BundleChoice(promotion.bundle_dir, "store")

@@ -1,0 +1,1 @@
+"""The pygame side: input to actions, text layout, drawing, and the application's frame loop."""

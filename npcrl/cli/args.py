@@ -1,0 +1,102 @@
+"""Argument types, shared flags and the subcommand shape every ``npcrl`` command uses."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import TYPE_CHECKING, Any
+
+from npcrl.privacy.pseudonym import is_pseudonym
+
+if TYPE_CHECKING:
+    from npcrl.runtime.sampler import SamplerConfig
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([hdw])")
+_AGE_UNIT_S = {"h": 3600, "d": 86400, "w": 7 * 86400}
+
+DEFAULT_CONCURRENT = 4
+"""four NPCs generating at once gave 1.6x the throughput of one (docs/BENCHMARKS.md), and four
+stays within half the default 8 KV slots"""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def age_seconds(text: str) -> float:
+    """``30d``, ``12h``, ``2w`` (hours, days, weeks) in seconds."""
+    match = _AGE.fullmatch(text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected an age like 30d, 12h or 2w (> 0), got {text!r}")
+    return float(match.group(1)) * _AGE_UNIT_S[match.group(2)]
+
+
+def pseudonym_arg(text: str) -> str:
+    if not is_pseudonym(text):
+        raise argparse.ArgumentTypeError(f"expected a pseudonym like p- and 32 hex digits, got {text!r}")
+    return text
+
+
+def add_command(
+    subparsers: Any, name: str, help_text: str, example: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` ends with ``Example:`` and ``example`` (one or more command lines,
+    each on its own line, verbatim)."""
+    return subparsers.add_parser(
+        name,
+        help=help_text,
+        description=description or help_text[0].upper() + help_text[1:] + ".",
+        epilog="Example:\n  " + example.replace("\n", "\n  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_concurrent_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--concurrent",
+        type=positive_int,
+        default=DEFAULT_CONCURRENT,
+        help=f"conversations played at once (default {DEFAULT_CONCURRENT}; at most half the model's KV slots,"
+        " 4 by default); the results do not depend on it",
+    )
+
+
+def add_sampler_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 means greedy (default 0.7)")
+    parser.add_argument("--top-k", type=int, default=0, help="0 disables (default)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus mass (default 0.9)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.1, help="default 1.1")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", action="append", help="stop string (repeatable)")
+
+
+def sampler_from_args(args: argparse.Namespace, default_stops: bool = False) -> SamplerConfig:
+    """The ``SamplerConfig`` the flags of ``add_sampler_args`` ask for; ``default_stops`` adds the
+    agent's stop strings in front of ``--stop``."""
+    from npcrl.runtime.sampler import SamplerConfig
+
+    stops = tuple(args.stop or ())
+    if default_stops:
+        from npcrl.agent.npc_agent import DEFAULT_STOPS
+
+        stops = DEFAULT_STOPS + stops
+    return SamplerConfig(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        stop_strings=stops,
+    )

@@ -1,0 +1,28 @@
+"""The rows of a bundle's evaluation, named once.
+
+Each constant is the metric's label, which is also its key wherever the rows are stored: the
+terminal table and HTML report of ``npcrl eval``, its ``metrics.json``, and the ``metrics`` of a
+loop round's ``decision.json``. The evaluator writes these rows, and the loop's guards and
+``loop.md`` read them, through these names, so a label changed here changes everywhere together.
+"""
+
+from __future__ import annotations
+
+CONVERSATIONS = "conversations"
+NPC_TURNS = "NPC turns"
+ENGAGEMENT = "reward / conversation (95% CI)"
+"""mean reward a conversation earned, with its 95% bootstrap interval: (mean, low, high)"""
+REWARD_PER_TURN = "reward / turn"
+CONVERSATION_LENGTH = "NPC turns / conversation"
+WALK_AWAY_RATE = "walk-away rate"
+FILTERED_RATE = "filtered rate"
+WORDS_PER_LINE = "words / line"
+TOKENS_PER_LINE = "tokens / line"
+DISTINCT_1 = "distinct-1"
+DISTINCT_2 = "distinct-2"
+REPETITION_RATE = "repetition rate"
+KL_PER_LINE = "KL to reference (nats / line)"
+"""KL of the evaluated bundle to the reference bundle, nats per NPC line"""
+PERPLEXITY = "held-out persona perplexity"
+PAIRED_GAIN = "engagement gain, paired (95% CI)"
+"""mean per-conversation reward difference to the compared bundle, with its interval: (mean, low, high)"""

@@ -1,0 +1,117 @@
+"""The promotion decision: does a round's candidate replace the current bundle?
+
+A candidate is promoted only when it engages more *and* passes every guard against reward hacking
+and language damage (KL to the base, perplexity, repetition, line length). ``decide`` is pure: it
+reads the evaluation rows of the two bundles (``npcrl.evaluation.metric_names``) and says why,
+either way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from npcrl.evaluation.metric_names import (
+    ENGAGEMENT,
+    KL_PER_LINE,
+    PAIRED_GAIN,
+    PERPLEXITY,
+    REPETITION_RATE,
+    WORDS_PER_LINE,
+)
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Limits a winning candidate must also respect."""
+
+    max_kl_per_line: float = 5.0
+    """KL to the base bundle, nats per NPC line"""
+    max_perplexity_increase: float = 0.15
+    """held-out persona perplexity may rise by at most this fraction of the base's"""
+    max_repetition_increase: float = 0.05
+    """repetition rate may rise by at most this much (absolute) over the current bundle; bases repeat
+    in 1-2% of lines, and a probe over-optimised for two more iterations took it from 0.014 to 0.089
+    (docs/RESULTS.md), which +0.10 let through"""
+    max_length_ratio: float = 1.5
+    """words per line may grow by at most this factor over the current bundle (length hacking)"""
+
+
+PROMOTE_WHEN = ("better", "significant")
+"""``better``: the candidate's mean engagement is higher; ``significant``: the lower end of the paired
+95% interval of its gain is above 0 (conversations with the same players and seeds compared)"""
+
+GUARD_PREFIX = "guard:"
+"""starts each reason that vetoes a promotion"""
+
+
+def estimate(value: Any) -> float:
+    """A row's point estimate: the first item of an interval ``(estimate, low, high)``, or the number."""
+    return float(value[0]) if isinstance(value, (tuple, list)) else float(value)
+
+
+def exceeds(value: float, limit: float) -> bool:
+    """A guard metric over its limit; NaN counts as over (``nan > limit`` is False, which would pass it)."""
+    return not math.isfinite(value) or value > limit
+
+
+def check_promote_when(promote_when: str) -> None:
+    if promote_when not in PROMOTE_WHEN:
+        raise ValueError(f"promote_when must be one of {', '.join(PROMOTE_WHEN)}, got {promote_when!r}")
+
+
+def decide(
+    candidate: Mapping[str, Any],
+    current: Mapping[str, Any],
+    base_perplexity: float,
+    guards: Guards,
+    promote_when: str = "better",
+) -> tuple[bool, list[str]]:
+    """(promote?, reasons). Pure: the rows are ``npcrl eval`` metrics of the two bundles; the
+    candidate's may hold the paired gain (``PAIRED_GAIN``), which ``promote_when="significant"`` needs."""
+    check_promote_when(promote_when)
+    wins, reasons = engagement_verdict(candidate, current, promote_when)
+    broken = guard_reasons(candidate, current, base_perplexity, guards)
+    return wins and not broken, reasons + broken
+
+
+def engagement_verdict(
+    candidate: Mapping[str, Any], current: Mapping[str, Any], promote_when: str
+) -> tuple[bool, list[str]]:
+    """Whether the candidate engages more by the ``promote_when`` rule, and the reasons that say so."""
+    paired = candidate.get(PAIRED_GAIN)
+    ours, theirs = estimate(candidate[ENGAGEMENT]), estimate(current[ENGAGEMENT])
+    if promote_when == "significant":
+        wins = paired is not None and float(paired[1]) > 0
+        verdict = "significantly better" if wins else "not significantly better"
+    else:
+        wins = ours > theirs
+        verdict = "better" if wins else "not better"
+    reasons = [f"engagement {ours:.3f} vs {theirs:.3f} ({verdict})"]
+    if paired is not None:
+        reasons.append(
+            f"paired gain {float(paired[0]):+.3f} per conversation, 95% CI [{paired[1]:.3f}, {paired[2]:.3f}]"
+        )
+    return wins, reasons
+
+
+def guard_reasons(
+    candidate: Mapping[str, Any], current: Mapping[str, Any], base_perplexity: float, guards: Guards
+) -> list[str]:
+    """One ``guard:`` reason per guard the candidate breaks (none: it may be promoted)."""
+    reasons = []
+    kl = estimate(candidate[KL_PER_LINE])
+    if exceeds(kl, guards.max_kl_per_line):
+        reasons.append(f"{GUARD_PREFIX} KL to base {kl:.2f} nats/line > {guards.max_kl_per_line}")
+    perplexity, limit = estimate(candidate[PERPLEXITY]), base_perplexity * (1 + guards.max_perplexity_increase)
+    if exceeds(perplexity, limit):
+        reasons.append(f"{GUARD_PREFIX} perplexity {perplexity:.2f} > {limit:.2f}")
+    repetition = estimate(candidate[REPETITION_RATE]) - estimate(current[REPETITION_RATE])
+    if exceeds(repetition, guards.max_repetition_increase):
+        reasons.append(f"{GUARD_PREFIX} repetition rate rose by {repetition:.2f}")
+    words, current_words = estimate(candidate[WORDS_PER_LINE]), estimate(current[WORDS_PER_LINE])
+    if current_words > 0 and exceeds(words, guards.max_length_ratio * current_words):
+        reasons.append(f"{GUARD_PREFIX} words per line {words:.1f} > {guards.max_length_ratio}x {current_words:.1f}")
+    return reasons

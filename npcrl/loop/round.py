@@ -1,0 +1,179 @@
+"""One round of ``npcrl loop``: the current bundle plays, a candidate is trained from its logs, both
+are evaluated with the same players and seeds, and the decision says whether the candidate wins.
+
+With ``confirm_conversations`` a candidate that wins is also played against the current bundle by
+players the loop has not used before (a new seed each round) and is promoted only if it wins there
+too: the evaluation players are the same in every round, so a gain can be theirs rather than the
+policy's (docs/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from npcrl.errors import LoopError
+from npcrl.evaluation.metric_names import PAIRED_GAIN, PERPLEXITY
+from npcrl.loop.decision import decide, estimate
+from npcrl.loop.stages import (
+    LoopInputs,
+    evaluate_stage,
+    paired_gain_or_nan,
+    simulate_stage,
+    stage_logs,
+    train_stage,
+)
+from npcrl.loop.state import DECISION_FILE, RoundStages, finished_rounds, read_decision
+
+if TYPE_CHECKING:
+    from npcrl.runtime.model import OnnxCausalLM
+
+Rows = dict[str, Any]
+
+
+@dataclass
+class RoundResult:
+    round: int
+    current: str
+    candidate: str | None
+    promoted: bool
+    reasons: list[str]
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, cut-off attempts included
+    cut_off_seconds: dict[str, float] = field(default_factory=dict)  # what those attempts spent
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    path: Path
+    model: OnnxCausalLM
+    """the bundle loaded once: it plays, and is evaluated, without being loaded (and hashed) again"""
+
+
+@dataclass
+class LoopState:
+    """What the finished rounds leave for the next: the current bundle and its evaluation."""
+
+    current: Path | None = None
+    """the bundle rounds start from; None: the base"""
+    metrics: Rows | None = None
+    """its evaluation rows; None until round 1 evaluates the base"""
+    eval_logs: Path | None = None
+    base_perplexity: float | None = None
+
+    def base_evaluated(self, rows: Rows, logs: Path) -> None:
+        self.metrics, self.eval_logs = rows, logs
+        self.base_perplexity = estimate(rows[PERPLEXITY])
+
+    def promoted(self, candidate: Path, rows: Mapping[str, Any], logs: Path) -> None:
+        self.current, self.eval_logs = candidate, logs
+        self.metrics = {k: v for k, v in rows.items() if k != PAIRED_GAIN}  # the gain was over the bundle it replaces
+
+
+def finished_results(out: Path) -> tuple[list[RoundResult], LoopState]:
+    """The finished rounds' results, read back, and the state they hand on (as the run had it)."""
+    results: list[RoundResult] = []
+    state = LoopState()
+    for number in range(1, finished_rounds(out) + 1):
+        folder = out / f"round-{number}"
+        try:
+            result = RoundResult(**read_decision(folder))
+            if state.metrics is None:  # round 1 evaluated the base
+                state.base_evaluated(result.metrics["current"], stage_logs(folder, "evaluate_current"))
+            if result.promoted:
+                if result.candidate is None:
+                    raise ValueError("promoted without a candidate")
+                candidate_logs = stage_logs(folder, "evaluate_candidate")
+                state.promoted(Path(result.candidate), result.metrics["candidate"], candidate_logs)
+        except (TypeError, KeyError, IndexError, ValueError) as exc:
+            raise LoopError(f"{folder / DECISION_FILE}: not a decision this loop wrote ({exc!r})") from None
+        results.append(result)
+    return results, state
+
+
+def play_round(
+    inputs: LoopInputs, state: LoopState, current: LoadedBundle, number: int
+) -> tuple[RoundResult, LoadedBundle]:
+    """Round ``number`` from ``current``: its result (not yet written) and the candidate it trained."""
+    from npcrl.runtime.model import OnnxCausalLM
+
+    stages = RoundStages(inputs.round_dir(number))
+    simulate_stage(inputs, stages, current.model, number)
+    trained = train_stage(inputs, stages, current.path, number)
+    candidate = LoadedBundle(trained, OnnxCausalLM(trained))
+    metrics = evaluate_both(inputs, stages, state, current, candidate)
+    promoted, reasons = decide_round(inputs, state, metrics)
+    if promoted and inputs.settings.confirm_conversations > 0:
+        promoted, confirm_reasons = confirm(inputs, stages, state, metrics, (current, candidate), number)
+        reasons += confirm_reasons
+    result = RoundResult(
+        round=number,
+        current=str(current.path),
+        candidate=str(candidate.path),
+        promoted=promoted,
+        reasons=reasons,
+        metrics=metrics,
+        seconds=round_seconds(stages.seconds()),
+        cut_off_seconds=round_seconds(stages.cut_off_seconds()),
+    )
+    return result, candidate
+
+
+def evaluate_both(
+    inputs: LoopInputs, stages: RoundStages, state: LoopState, current: LoadedBundle, candidate: LoadedBundle
+) -> dict[str, Rows]:
+    """The evaluation rows of both bundles, the candidate's with its paired gain over the current one.
+    Round 1 evaluates the base; later rounds reuse the current bundle's rows from its own round."""
+    settings = inputs.settings.eval_settings()
+    if state.metrics is None:
+        rows = evaluate_stage(inputs, stages, "evaluate_current", current.model, settings)
+        state.base_evaluated(rows, stage_logs(stages.folder, "evaluate_current"))
+    candidate_rows = evaluate_stage(inputs, stages, "evaluate_candidate", candidate.model, settings)
+    assert state.metrics is not None and state.eval_logs is not None
+    candidate_logs = stage_logs(stages.folder, "evaluate_candidate")
+    candidate_rows[PAIRED_GAIN] = paired_gain_or_nan(candidate_logs, state.eval_logs, inputs.spec, settings.seed)
+    return {"current": state.metrics, "candidate": candidate_rows}
+
+
+def decide_round(inputs: LoopInputs, state: LoopState, metrics: Mapping[str, Rows]) -> tuple[bool, list[str]]:
+    """The decision on the evaluation players' rows of ``candidate`` and ``current``."""
+    settings = inputs.settings
+    assert state.base_perplexity is not None
+    return decide(
+        metrics["candidate"], metrics["current"], state.base_perplexity, settings.guards, settings.promote_when
+    )
+
+
+def confirm(
+    inputs: LoopInputs,
+    stages: RoundStages,
+    state: LoopState,
+    metrics: dict[str, Rows],
+    bundles: tuple[LoadedBundle, LoadedBundle],
+    number: int,
+) -> tuple[bool, list[str]]:
+    """Play the (current, candidate) ``bundles`` against round ``number``'s fresh players and decide
+    again on their rows, which join ``metrics`` as ``confirm_current`` and ``confirm_candidate``."""
+    settings = inputs.settings.confirm_settings(number)
+    for side, bundle in zip(("current", "candidate"), bundles, strict=True):
+        metrics[f"confirm_{side}"] = evaluate_stage(inputs, stages, f"confirm_{side}", bundle.model, settings)
+    metrics["confirm_candidate"][PAIRED_GAIN] = paired_gain_or_nan(
+        stage_logs(stages.folder, "confirm_candidate"),
+        stage_logs(stages.folder, "confirm_current"),
+        inputs.spec,
+        settings.seed,
+    )
+    confirmation = {side: metrics[f"confirm_{side}"] for side in ("current", "candidate")}
+    promoted, reasons = decide_round(inputs, state, confirmation)
+    return promoted, [f"fresh players ({settings.conversations}, seed {settings.seed}): {r}" for r in reasons]
+
+
+def round_seconds(stages: Mapping[str, float]) -> dict[str, float]:
+    """Stage seconds as loop.md reports them: both evaluations under evaluate, both confirmations under confirm."""
+    seconds: dict[str, float] = {}
+    for name, value in stages.items():
+        key = name.split("_")[0] if name.startswith(("evaluate_", "confirm_")) else name
+        seconds[key] = seconds.get(key, 0.0) + value
+    return seconds

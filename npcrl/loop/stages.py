@@ -1,0 +1,146 @@
+"""The stages of one loop round that make something: simulated play, the reward model, the trained
+candidate and the evaluation logs.
+
+Each runs only when ``round-N/stages.json`` does not record it finished (``RoundStages``), so a
+resumed round goes on from its last finished stage; simulation and evaluation are seeded, so a
+stage run again plays the same conversations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from npcrl.loop.settings import LoopSettings
+from npcrl.loop.state import RoundStages, set_aside
+
+if TYPE_CHECKING:
+    from npcrl.evaluation.run import EvalSettings
+    from npcrl.reward.spec import RewardSpec
+    from npcrl.runtime.model import OnnxCausalLM
+
+Gain = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class LoopInputs:
+    """What every round of a run reads: its settings, its directory, and what they load once."""
+
+    settings: LoopSettings
+    out: Path
+    spec: RewardSpec
+    """the reward spec that scores the evaluation logs"""
+    base_model: OnnxCausalLM
+    """the base bundle, loaded: every evaluation's KL reference"""
+
+    def round_dir(self, number: int) -> Path:
+        return self.out / f"round-{number}"
+
+
+def simulate_stage(inputs: LoopInputs, stages: RoundStages, model: OnnxCausalLM, number: int) -> None:
+    """Round ``number``'s training data: the current bundle plays simulated players."""
+    from npcrl.playlog import PlayLogWriter
+    from npcrl.sim.simulate import simulate
+
+    settings, logs = inputs.settings, stages.folder / "logs"
+    if not stages.start("simulate", output=logs):
+        return
+    with PlayLogWriter(logs) as writer:
+        simulate(
+            model,
+            settings.personas,
+            settings.players,
+            writer,
+            settings.conversations,
+            settings.seed + number,
+            agent_config=settings.agent_config(),
+            system_prompts=settings.system_prompts,
+            concurrency=settings.concurrency,
+        )
+    stages.finish("simulate")
+
+
+def train_stage(inputs: LoopInputs, stages: RoundStages, current: Path, number: int) -> Path:
+    """The round's candidate bundle, trained from ``current`` on the round's logs (after a reward
+    model of its own, when the training config asks for one each round)."""
+    config = inputs.settings.train_config
+    if config.data.mode == "reward_model" and config.reward_model.retrain_each_round:
+        reward_model = reward_model_stage(inputs, stages, current, number)
+        config = replace(config, reward_model=replace(config.reward_model, path=str(reward_model)))
+    # a cut-off training run resumes from its checkpoint (train_or_resume), so its output stays
+    if stages.start("train_and_export", output=stages.folder / "train", resumes_output=True):
+        trained = train_or_resume(stages.folder / "logs", current, stages.folder / "train", config)
+        stages.finish("train_and_export", str(trained))
+    return Path(stages.result("train_and_export"))
+
+
+def reward_model_stage(inputs: LoopInputs, stages: RoundStages, current: Path, number: int) -> Path:
+    """A reward model trained on this round's logs (and, with ``pool_rounds``, every earlier round's)."""
+    from npcrl.train.reward_model_train import train_reward_model
+
+    config, output = inputs.settings.train_config, stages.folder / "reward-model"
+    if stages.start("reward_model", output=output):
+        # Earlier rounds' logs come from this bundle or its ancestors, so their turns are accepted.
+        pooled = range(1, number + 1) if config.reward_model.pool_rounds else [number]
+        logs = [inputs.round_dir(k) / "logs" for k in pooled]
+        train_reward_model(logs, current, output, config, progress=False)
+        stages.finish("reward_model")
+    return output
+
+
+def train_or_resume(logs: Path, current: Path, train_dir: Path, config: Any) -> Path:
+    """Train the round's candidate; a run a stop interrupted goes on from its last checkpoint."""
+    from npcrl.train.run import train
+    from npcrl.train.run_record import RUN_FILE, finished_bundle
+
+    if (train_dir / RUN_FILE).is_file():
+        finished = finished_bundle(train_dir)
+        if finished is not None:
+            return finished  # the stop came after training, before the stage was recorded
+        trained = train(logs, current, train_dir, config, progress=False, resume=True)
+    else:
+        set_aside(train_dir)
+        trained = train(logs, current, train_dir, config, progress=False)
+    assert trained is not None and trained.bundle is not None  # the loop exports every round
+    return trained.bundle
+
+
+def evaluate_stage(
+    inputs: LoopInputs, stages: RoundStages, name: str, model: OnnxCausalLM, eval_settings: EvalSettings
+) -> dict[str, Any]:
+    """Stage ``name``: ``model`` plays the players of ``eval_settings`` into ``round-N/<dir>/<side>``
+    (``evaluate_current`` -> ``eval/current``, ``confirm_candidate`` -> ``confirm/candidate``); its rows."""
+    from npcrl.evaluation.run import evaluate_bundle
+
+    if stages.start(name, output=stage_logs(stages.folder, name)):
+        settings = inputs.settings
+        rows = evaluate_bundle(
+            model,
+            stage_logs(stages.folder, name),
+            settings.personas,
+            settings.players,
+            inputs.spec,
+            eval_settings,
+            inputs.base_model,
+            settings.system_prompts,
+        )
+        stages.finish(name, rows)
+    return dict(stages.result(name))
+
+
+def stage_logs(folder: Path, name: str) -> Path:
+    """Where an evaluation stage's play logs go: ``evaluate_X`` -> ``eval/X``, ``confirm_X`` -> ``confirm/X``."""
+    kind, side = name.split("_", 1)
+    return folder / ("eval" if kind == "evaluate" else kind) / side
+
+
+def paired_gain_or_nan(candidate_logs: Path, current_logs: Path, spec: RewardSpec, seed: int) -> Gain:
+    """The paired gain (mean, 95% CI) of the candidate's conversations over the current bundle's."""
+    from npcrl.evaluation.metrics import paired_gain_of_logs
+
+    try:
+        return paired_gain_of_logs(candidate_logs, current_logs, spec, seed=seed)
+    except ValueError:  # a conversation without NPC turns on one side: no pairing (never significant)
+        return (math.nan, math.nan, math.nan)

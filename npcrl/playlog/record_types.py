@@ -1,0 +1,81 @@
+"""The play-log record kinds: one dataclass per kind, and the kind numbers written in each frame.
+
+Their msgpack payloads (field name to value) are made and checked in ``npcrl.playlog.records``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+KIND_CONVERSATION_START = 1
+KIND_NPC_TURN = 2
+KIND_ENGAGEMENT_EVENT = 3
+KIND_CONVERSATION_END = 4
+KIND_NAMES = {
+    KIND_CONVERSATION_START: "conversation_start",
+    KIND_NPC_TURN: "npc_turn",
+    KIND_ENGAGEMENT_EVENT: "engagement_event",
+    KIND_CONVERSATION_END: "conversation_end",
+}
+
+
+@dataclass
+class ConversationStart:
+    conversation_id: str
+    npc_id: str
+    player_id: str
+    persona_name: str
+    persona_hash: str
+    bundle_id: str
+    sampler: dict[str, Any]
+    time: float  # unix seconds
+
+
+@dataclass
+class NpcTurn:
+    conversation_id: str
+    turn_index: int
+    npc_id: str
+    bundle_id: str
+    player_text: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    full_logprobs: list[float]
+    text: str
+    stop_reason: str
+    sampler: dict[str, Any]
+    latency_s: float
+    time_to_first_token_s: float
+    filtered: bool
+    fallback: bool
+    time: float
+    filter_reason: str | None = None
+    queue_s: float = 0.0
+
+
+@dataclass
+class EngagementEvent:
+    conversation_id: str
+    turn_index: int
+    kind: str  # "reply", "rating", "walk_away", "quest_accepted", "trade", or any custom string
+    value: float | None
+    time: float
+    data: dict[str, Any] = field(default_factory=dict)
+    # Set by PlayLogWriter.append ("" in logs written before events had ids); bookkeeping for
+    # recognising a record read twice, so == compares what happened and leaves it out.
+    event_id: str = field(default="", compare=False)
+
+
+@dataclass
+class ConversationEnd:
+    conversation_id: str
+    reason: str
+    time: float
+
+
+Record = ConversationStart | NpcTurn | EngagementEvent | ConversationEnd
+# How many leading fields each kind had when format version 1 first shipped; fields after them are
+# optional additions, written only when they differ from their default (see the module docstring).
+FIRST_FIELDS: dict[type, int] = {ConversationStart: 8, NpcTurn: 18, EngagementEvent: 6, ConversationEnd: 3}
