@@ -9,7 +9,6 @@ The two ways draw different random numbers, so their lines differ; both print ho
 produced, and the speed is compared per generated token as well as per rollout.
 
 Usage: python bench/bench_onpolicy_sampling.py --logs DIR --bundle BUNDLE [--turns 16] [--micro 8]
-(logs from e.g. ``npcrl simulate --bundle BUNDLE --conversations 16 --logs DIR --max-new-tokens 40``)
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ run whole. "after" groups rows by prompt prefix and runs the shared prefix once 
 It also prints the largest difference in log-probs between the two (they compute the same thing).
 
 Usage: python bench/bench_shared_prefix.py --logs DIR --bundle BUNDLE [--turns 16] [--micro 4]
-(logs from e.g. ``npcrl simulate --bundle BUNDLE --conversations 16 --logs DIR --max-new-tokens 40``)
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Real training turns for the training benchmarks: a seeded sample of a log directory's turns."""
+"""Real training turns for the training benchmarks: a seeded sample of a log directory's turns.
+
+The logs come from e.g. ``npcrl simulate --bundle BUNDLE --conversations 16 --logs DIR --max-new-tokens 40``.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ def sample_train_turns(logs: str, bundle_dir: str, count: int, seed: int = 0) ->
 def parser(doc: str, micro: int) -> argparse.ArgumentParser:
     """The options these benchmarks share: --logs, --bundle, --turns, --micro, --threads."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    p.add_argument("--logs", required=True)
+    p.add_argument("--logs", required=True, help="play-log directory (e.g. written by npcrl simulate)")
     p.add_argument("--bundle", required=True)
     p.add_argument("--turns", type=int, default=16)
     p.add_argument("--micro", type=int, default=micro)

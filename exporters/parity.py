@@ -108,11 +108,14 @@ def _same_up_to_ties(tokens: list[int], reference: list[int], reference_logits: 
     return True
 
 
-def check_parity(model: Any, graph_path: Path, layout: KVLayout, prompt_ids: list[int]) -> dict[str, Any]:
-    """Compare the fp32 graph with torch; raise ``ParityError`` outside the stated tolerances."""
+def _max_diff(ours: list[np.ndarray], theirs: list[np.ndarray]) -> float:
+    return max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs, strict=True))
+
+
+def _cache_diffs(model: Any, graph: OrtGraph, prompt_ids: list[int]) -> dict[str, float]:
+    """Largest logit and KV differences to torch for the prefill and one cached decode step."""
     import torch
 
-    graph = OrtGraph(graph_path, layout)
     with torch.no_grad():
         out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
         ref_logits = out.logits[0].numpy()
@@ -124,17 +127,17 @@ def check_parity(model: Any, graph_path: Path, layout: KVLayout, prompt_ids: lis
 
     logits, present = graph.run(prompt_ids)
     step_logits, step_present = graph.run([next_id], present)
-    report: dict[str, Any] = {
-        "prompt_tokens": len(prompt_ids),
-        "logit_atol": LOGIT_ATOL,
-        "kv_atol": KV_ATOL,
+    return {
         "prefill_max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
-        "prefill_max_abs_kv_diff": max(float(np.abs(a - b).max()) for a, b in zip(present, ref_present, strict=True)),
+        "prefill_max_abs_kv_diff": _max_diff(present, ref_present),
         "step_max_abs_logit_diff": float(np.abs(step_logits - ref_step_logits).max()),
-        "step_max_abs_kv_diff": max(
-            float(np.abs(a - b).max()) for a, b in zip(step_present, ref_step_present, strict=True)
-        ),
+        "step_max_abs_kv_diff": _max_diff(step_present, ref_step_present),
     }
+
+
+def _greedy_runs(model: Any, graph: OrtGraph, prompt_ids: list[int]) -> tuple[dict[str, Any], list[str]]:
+    """Greedy decoding with and without the KV cache and in torch: the report's entries, and failures."""
+    import torch
 
     def torch_scores(ids: list[int]) -> np.ndarray:
         with torch.no_grad():
@@ -143,14 +146,27 @@ def check_parity(model: Any, graph_path: Path, layout: KVLayout, prompt_ids: lis
     cached = _greedy_cached(graph, prompt_ids, GREEDY_STEPS)
     uncached, uncached_logits = _greedy_uncached(lambda ids: graph.run(ids)[0], prompt_ids, GREEDY_STEPS)
     reference, reference_logits = _greedy_uncached(torch_scores, prompt_ids, GREEDY_STEPS)
-    report.update(
-        {
-            "greedy_steps": GREEDY_STEPS,
-            "greedy_cached_equals_uncached": cached == uncached,
-            "greedy_onnx_equals_torch": cached == reference,
-            "greedy_tokens": cached,
-        }
-    )
+    entries = {
+        "greedy_steps": GREEDY_STEPS,
+        "greedy_cached_equals_uncached": cached == uncached,
+        "greedy_onnx_equals_torch": cached == reference,
+        "greedy_tokens": cached,
+    }
+    failures = []
+    if not _same_up_to_ties(cached, uncached, uncached_logits):
+        failures.append(f"greedy tokens differ with and without the KV cache: {cached} vs {uncached}")
+    if not _same_up_to_ties(cached, reference, reference_logits):
+        failures.append(f"greedy tokens differ between ONNX and torch: {cached} vs {reference}")
+    return entries, failures
+
+
+def check_parity(model: Any, graph_path: Path, layout: KVLayout, prompt_ids: list[int]) -> dict[str, Any]:
+    """Compare the fp32 graph with torch; raise ``ParityError`` outside the stated tolerances."""
+    graph = OrtGraph(graph_path, layout)
+    report: dict[str, Any] = {"prompt_tokens": len(prompt_ids), "logit_atol": LOGIT_ATOL, "kv_atol": KV_ATOL}
+    report.update(_cache_diffs(model, graph, prompt_ids))
+    greedy, greedy_failures = _greedy_runs(model, graph, prompt_ids)
+    report.update(greedy)
     failures = [
         f"{key} = {report[key]:.3g} > {tol}"
         for key, tol in (
@@ -161,10 +177,7 @@ def check_parity(model: Any, graph_path: Path, layout: KVLayout, prompt_ids: lis
         )
         if report[key] > tol
     ]
-    if not _same_up_to_ties(cached, uncached, uncached_logits):
-        failures.append(f"greedy tokens differ with and without the KV cache: {cached} vs {uncached}")
-    if not _same_up_to_ties(cached, reference, reference_logits):
-        failures.append(f"greedy tokens differ between ONNX and torch: {cached} vs {reference}")
+    failures += greedy_failures
     report["passed"] = not failures
     if failures:
         raise ParityError(f"{graph_path}: parity check failed: " + "; ".join(failures))

@@ -1,6 +1,6 @@
 """Shared fixtures: tiny random GPT-2 and Llama models built from config, and their bundles.
 
-Every tiny model uses the same byte-level BPE tokenizer, trained here in well under a second on a
+Every tiny model uses the same byte-level BPE tokenizer (``tiny_tokenizer``), trained on a
 small corpus (multi-byte text included) and given a ChatML chat template like SmolLM2's.
 """
 
@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tiny_tokenizer import train_byte_level_bpe
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CORPUS = [
     "The blacksmith wiped the soot from his hands and looked up at the stranger.",
     "Welcome to the Prancing Pony, traveller! Ale or cider?",
@@ -28,23 +28,12 @@ CORPUS = [
 
 
 def build_tokenizer_json(path: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer)
-    tokenizer.save(str(path))
+    train_byte_level_bpe(CORPUS, 400).save(str(path))
 
 
-def build_tiny_model_dir(root: Path, family: str) -> Path:
-    """A 2-layer random model of ``family`` saved as a normal HF directory (safetensors)."""
+def build_tiny_model_dir(root: Path, family: str, hidden_size: int = 64) -> Path:
+    """A 2-layer random model of ``family`` saved as a normal HF directory (safetensors); its 4
+    attention heads are ``hidden_size / 4`` wide."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -63,13 +52,13 @@ def build_tiny_model_dir(root: Path, family: str) -> Path:
     torch.manual_seed(0)
     common = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     if family == "gpt2":
-        config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256, **common)
+        config = GPT2Config(vocab_size=vocab, n_embd=hidden_size, n_layer=2, n_head=4, n_positions=256, **common)
         model = GPT2LMHeadModel(config)
     else:
         config = LlamaConfig(
             vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,

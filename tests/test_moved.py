@@ -17,6 +17,12 @@ def test_every_old_path_names_a_module_that_exists(old: str) -> None:
     assert importlib.util.find_spec(MOVED[old]) is not None, f"{old} forwards to missing {MOVED[old]}"
 
 
+def run_fresh(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (its own import state and warnings); it must succeed."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
 def test_an_old_path_warns_and_forwards_to_the_same_objects() -> None:
     code = (
         "import warnings\n"
@@ -31,8 +37,7 @@ def test_an_old_path_warns_and_forwards_to_the_same_objects() -> None:
         "assert any('npcrl.runtime.bundle' in m for m in messages), messages\n"
         "assert any('npcrl.reward.spec' in m for m in messages), messages\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    run_fresh(code)
 
 
 def test_setting_a_name_on_an_old_path_reaches_the_new_module() -> None:
@@ -44,8 +49,7 @@ def test_setting_a_name_on_an_old_path_reaches_the_new_module() -> None:
         "old.SOME_FLAG = 7\n"
         "assert new.SOME_FLAG == 7\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    run_fresh(code)
 
 
 def test_no_module_of_the_project_imports_an_old_path() -> None:
@@ -58,5 +62,4 @@ def test_no_module_of_the_project_imports_an_old_path() -> None:
         "loaded = sorted(set(MOVED) & set(sys.modules))\n"
         "assert not loaded, loaded\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    run_fresh(code)

@@ -108,18 +108,20 @@ def _hostile_lines() -> list[str]:
     ]
 
 
-def test_agent_conversation_on_the_real_model_is_logged(real_runtime, tmp_path):
+def logging_innkeeper(runtime, writer, seed: int, max_new_tokens: int):
+    """The built-in innkeeper on ``runtime``, logging to ``writer``, sampling with ``seed``."""
     from npcrl.agent.npc_agent import AgentConfig, NpcAgent, with_sampler
     from npcrl.agent.persona import builtin_personas
+
+    config = with_sampler(AgentConfig(), seed=seed, max_new_tokens=max_new_tokens)
+    return NpcAgent(runtime, builtin_personas()["innkeeper"], log_writer=writer, config=config)
+
+
+def test_agent_conversation_on_the_real_model_is_logged(real_runtime, tmp_path):
     from npcrl.playlog import NpcTurn, PlayLogWriter, read_log_dir
 
     writer = PlayLogWriter(tmp_path / "logs")
-    agent = NpcAgent(
-        real_runtime,
-        builtin_personas()["innkeeper"],
-        log_writer=writer,
-        config=with_sampler(AgentConfig(), seed=3, max_new_tokens=40),
-    )
+    agent = logging_innkeeper(real_runtime, writer, seed=3, max_new_tokens=40)
     conversation = agent.start_conversation()
     first = conversation.respond("Hello! Is there a room free tonight?")
     second = conversation.respond("What news is there in the village?")
@@ -175,8 +177,6 @@ def test_short_training_run_on_logged_turns_gives_a_loadable_bundle(real_bundle,
     fp32 export keeps the test short; the q8 route is tested above on the same model."""
     import json
 
-    from npcrl.agent.npc_agent import AgentConfig, NpcAgent, with_sampler
-    from npcrl.agent.persona import builtin_personas
     from npcrl.playlog import PlayLogWriter
     from npcrl.runtime.bundle import load_bundle
     from npcrl.runtime.model import OnnxCausalLM
@@ -184,12 +184,7 @@ def test_short_training_run_on_logged_turns_gives_a_loadable_bundle(real_bundle,
     from npcrl.train.run import train
 
     writer = PlayLogWriter(tmp_path / "logs")
-    agent = NpcAgent(
-        real_runtime,
-        builtin_personas()["innkeeper"],
-        log_writer=writer,
-        config=with_sampler(AgentConfig(), seed=11, max_new_tokens=24),
-    )
+    agent = logging_innkeeper(real_runtime, writer, seed=11, max_new_tokens=24)
     for k in range(12):
         conversation = agent.start_conversation(player_id=f"p{k}")
         for line in PLAYER_LINES[k % 2 : k % 2 + 2]:

@@ -130,3 +130,28 @@ def target_rate(trainer: Any, toy: dict[str, Any], reference: bool = False, seed
                 hits += toy["target"] in row
                 total += 1
     return hits / total
+
+
+def toy_config(mode: str = "full", iterations: int = 9, **ppo: Any) -> Any:
+    """A training config under which a tiny model learns the toy task (``mode``: "full" or "lora";
+    ``ppo``: PPO settings to change)."""
+    from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RunConfig, TrainConfig
+
+    lr = 6e-4 if mode == "full" else 5e-3
+    settings: dict[str, Any] = {
+        "rollout_turns": 32,
+        "minibatch_turns": 16,
+        "micro_batch_turns": 8,
+        "epochs": 2,
+        "iterations": iterations,
+        "learning_rate": lr,
+        "kl_coef": 0.2,
+        **ppo,
+    }
+    return TrainConfig(
+        seed=0,
+        data=DataConfig(holdout_fraction=0.2),
+        model=ModelConfig(mode=mode, lora_r=8),
+        ppo=PPOConfig(**settings),
+        run=RunConfig(threads=1, export_quant="none", sample_prompts=2, sample_tokens=8),
+    ).validate()

@@ -35,7 +35,7 @@ class StatsLike(Protocol):
 
 
 class WarmerLike(Protocol):
-    def start(self, agents: Sequence[Any], model: Any) -> None: ...
+    def start(self, agents: Sequence[Any]) -> None: ...
 
 
 class Game:
@@ -192,4 +192,4 @@ class Game:
         self.bundle_id = bundle_id
         self.swaps += 1
         if self.warmer is not None:
-            self.warmer.start([npc.agent for npc in self.npcs], model)
+            self.warmer.start([npc.agent for npc in self.npcs])

@@ -138,7 +138,7 @@ def _start_workers(request: StartRequest, model: OnnxCausalLM, writer: PlayLogWr
     )
     stats = StatsWorker(options.logs, flush=lambda: flush_writer(writer))
     warmer = Prewarmer()
-    warmer.start([npc.agent for npc in npcs], model)
+    warmer.start([npc.agent for npc in npcs])
     game = Game(
         request.world,
         npcs,

@@ -81,7 +81,7 @@ class NpcAgent:
     def warm_up(self) -> Readiness:
         """Prepare this NPC's first turn in a background thread: compute the persona prefix (seconds
         on a small CPU) and run one decode step from it, rather than in the first turn. Returns at
-        once; poll ``.done()`` from a loading screen, ``.wait(timeout)``, or ``await`` it. A
+        once; poll ``.done`` from a loading screen, ``.wait(timeout)``, or ``await`` it. A
         failure is reported by ``.result()`` (the first turn then simply does the work itself).
         Call it again after ``swap_model``."""
         return Readiness(lambda: self._warm(self.model), f"npcrl-{self.npc_id}-warm-up")

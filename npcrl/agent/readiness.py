@@ -14,7 +14,7 @@ log = logging.getLogger("npcrl.agent.readiness")
 
 
 class Readiness:
-    """Work running in a worker thread. ``done()`` never blocks (poll it from the game loop);
+    """Work running in a worker thread. ``done`` never blocks (poll it from the game loop);
     ``wait(timeout)`` blocks up to ``timeout``; ``result()`` re-raises what the work raised, so an
     error is reported to whoever asks, never lost in the thread; ``await readiness`` works in asyncio."""
 
@@ -33,6 +33,7 @@ class Readiness:
         else:
             self._future.set_result(None)
 
+    @property
     def done(self) -> bool:
         """True once the work has finished, whether it succeeded or failed."""
         return self._future.done()

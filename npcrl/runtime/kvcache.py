@@ -17,7 +17,7 @@ at the last unpin) or garbage collected.
 ``FrozenCache`` is a compact read-only copy (a persona's system turn) that seeds slots, and
 ``npcrl.runtime.prefixstore.PrefixStore`` keeps those per token sequence, evicting by LRU within a byte budget.
 
-Traced graphs return new ``present`` tensors each step (``ConcatCache``); they are not batched.
+Traced graphs return new ``present`` tensors each step (``npcrl.runtime.cache.ConcatCache``); they are not batched.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
-import onnxruntime as ort
 
 from npcrl.errors import GenerationError
 from npcrl.runtime.bundle import KVLayout
+from npcrl.runtime.cache import ConcatCache, KVCache, common_prefix_length
 from npcrl.runtime.slotqueue import FairQueue, SlotWait, SlotWaitCancelled
 
 __all__ = [
@@ -44,66 +44,6 @@ __all__ = [
     "SlotWaitCancelled",
     "common_prefix_length",
 ]
-
-
-class KVCache:
-    """The past keys/values of one sequence and the token ids they cover."""
-
-    token_ids: list[int]
-    last_logits: np.ndarray | None = None
-    """logits after the last token, kept by ``forward``: a prompt held whole needs no pass to start"""
-
-    def __len__(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def alive(self) -> bool:
-        """False once evicted or released: the cache no longer holds its tokens' state."""
-        return True
-
-    def fork(self) -> KVCache:
-        """An independent cache holding the same tokens."""
-        raise NotImplementedError
-
-    def truncate(self, length: int) -> None:
-        """Forget every token after the first ``length`` (rewind)."""
-        raise NotImplementedError
-
-    def release(self) -> None:
-        """Free the memory now instead of at garbage collection."""
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-class ConcatCache(KVCache):
-    """Traced graphs: ``forward`` replaces ``values`` with the graph's new ``present`` tensors."""
-
-    def __init__(self, values: list[ort.OrtValue], token_ids: list[int]) -> None:
-        self.values = values
-        self.token_ids = token_ids
-
-    def fork(self) -> ConcatCache:
-        # forward never writes into its inputs, so the forks may share the tensors
-        fork = ConcatCache(list(self.values), list(self.token_ids))
-        fork.last_logits = self.last_logits
-        return fork
-
-    def truncate(self, length: int) -> None:
-        if not 0 <= length <= len(self.token_ids):
-            raise ValueError(f"cannot truncate {len(self.token_ids)} tokens to {length}")
-        if length == len(self.token_ids):
-            return
-        self.values = [
-            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :length])) for v in self.values
-        ]
-        del self.token_ids[length:]
-        self.last_logits = None
 
 
 class FrozenCache(KVCache):

@@ -223,6 +223,20 @@ def _wide_nucleus(z: np.ndarray, lse: float, top_p: float) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
+def _scale_into(z: np.ndarray, raw: np.ndarray, temperature: float) -> float:
+    """Copy ``raw / temperature`` into float64 ``z``; return its maximum after checking the logits."""
+    np.copyto(z, raw)
+    top_raw = float(z.max())
+    if not top_raw < math.inf:  # max propagates NaN
+        raise ValueError(f"logits must not contain NaN or +inf, max is {top_raw}")
+    if top_raw == -math.inf:
+        raise ValueError("logits must not all be -inf")
+    if temperature != 1.0:
+        z /= temperature
+        top_raw /= temperature  # division is monotone: still the maximum
+    return top_raw
+
+
 def _fill_weights(z: np.ndarray, ref: float, out: np.ndarray) -> np.ndarray:
     """float32 ``exp(z - ref)`` into ``out``: the one vocabulary-wide exp (see module docstring)."""
     np.subtract(z, ref, out=out, casting="same_kind")
@@ -283,15 +297,7 @@ class Sampler:
         # z holds raw / T in float64 (float16 arithmetic would wreck rare tokens' log-probs);
         # full_logprob recomputes raw[token] / T, so the penalty may then overwrite z in place.
         z = ws.z
-        np.copyto(z, raw)
-        top_raw = float(z.max())
-        if not top_raw < math.inf:  # max propagates NaN
-            raise ValueError(f"logits must not contain NaN or +inf, max is {top_raw}")
-        if top_raw == -math.inf:
-            raise ValueError("logits must not all be -inf")
-        if temperature != 1.0:
-            z /= temperature
-            top_raw /= temperature  # division is monotone: still the maximum
+        top_raw = _scale_into(z, raw, temperature)
         weights = _fill_weights(z, top_raw, ws.weights)
         lse_raw = top_raw + math.log(float(weights.sum(dtype=np.float64)))
 
@@ -317,7 +323,15 @@ class Sampler:
             else:
                 ref = top
                 weights = _fill_weights(z, ref, ws.weights)
+        token, logprob = self._draw_token(z, ref, weights, ws)
+        return SampledToken(token, logprob, full_logprob(token))
 
+    def _draw_token(self, z: np.ndarray, ref: float, weights: np.ndarray, ws: _Workspace) -> tuple[int, float]:
+        """Draw from penalised, scaled logits ``z`` (``weights`` = exp(z - ref)) after top-k/top-p.
+
+        Returns the token and its log-prob under the distribution it was drawn from.
+        """
+        cfg = self.config
         if cfg.top_k > 0 or cfg.top_p < 1.0:
             # Only top-p without top-k needs the vocabulary-wide normaliser.
             needs_lse = not 0 < cfg.top_k < z.size
@@ -330,12 +344,9 @@ class Sampler:
                 cdf = np.cumsum(np.exp(zs - top))
                 total = float(cdf[-1])
                 index = _pick(cdf, self._rng.random() * total)
-                token = int(kept[index])
-                logprob = float(zs[index] - top - math.log(total))
-                return SampledToken(token, logprob, full_logprob(token))
+                return int(kept[index]), float(zs[index] - top - math.log(total))
         token, total = _draw(weights, self._rng.random())
-        logprob = float(z[token] - ref - math.log(total))
-        return SampledToken(token, logprob, full_logprob(token))
+        return token, float(z[token] - ref - math.log(total))
 
     def _repeated_ids(self, context_ids: np.ndarray | Sequence[int], size: int) -> np.ndarray | None:
         """Context ids as an index array, or None when the repetition penalty has nothing to do."""

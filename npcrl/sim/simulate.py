@@ -257,20 +257,7 @@ def simulate(
     if isinstance(log_writer, PlayLogWriter):
         _refuse_logged_run(log_writer.directory, simulated_conversation_id(model.bundle_id, seed, 0))
     idle = _agent_sets(model, persona_list, base, prompts, log_writer, workers)
-
-    def play(k: int, buffer: RecordBuffer | None) -> SimulatedConversation:
-        agents = idle.get()
-        try:
-            agent = agents[k % len(agents)]
-            agent.config = with_sampler(base, seed=derive_seed(seed, k, "sampler"))
-            if buffer is not None:
-                agent.log_writer = buffer
-            profile = profile_list[random.Random(derive_seed(seed, k, "profile")).randrange(len(profile_list))]
-            rng = random.Random(derive_seed(seed, k, "player"))
-            return play_conversation(agent, profile, rng, k, simulated_conversation_id(model.bundle_id, seed, k))
-        finally:
-            idle.put(agents)
-
+    play = _SeededPlay(idle, profile_list, base, seed, model.bundle_id).play
     started = time.perf_counter()
     tally = _Tally(profile_list, on_conversation)
     if workers == 1:
@@ -324,6 +311,32 @@ def _agent_sets(
             ]
         )
     return idle
+
+
+@dataclass(frozen=True)
+class _SeededPlay:
+    """Plays conversation k of a run: its sampler seed, player profile and player draws all derive
+    from (seed, k) alone, so a worker thread that picks k up plays what a serial run would."""
+
+    idle: queue.SimpleQueue[list[NpcAgent]]
+    profiles: Sequence[PlayerProfile]
+    config: AgentConfig
+    seed: int
+    bundle_id: str
+
+    def play(self, k: int, buffer: RecordBuffer | None) -> SimulatedConversation:
+        agents = self.idle.get()
+        try:
+            agent = agents[k % len(agents)]
+            agent.config = with_sampler(self.config, seed=derive_seed(self.seed, k, "sampler"))
+            if buffer is not None:
+                agent.log_writer = buffer
+            pick = random.Random(derive_seed(self.seed, k, "profile")).randrange(len(self.profiles))
+            rng = random.Random(derive_seed(self.seed, k, "player"))
+            conversation_id = simulated_conversation_id(self.bundle_id, self.seed, k)
+            return play_conversation(agent, self.profiles[pick], rng, k, conversation_id)
+        finally:
+            self.idle.put(agents)
 
 
 class _Tally:

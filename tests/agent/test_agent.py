@@ -35,6 +35,19 @@ def make_agent(model, log_dir=None, **config_changes) -> NpcAgent:
     )
 
 
+def count_fed_tokens(model, monkeypatch) -> list[int]:
+    """The number of tokens of each ``model.forward`` call from now on (the list fills as it runs)."""
+    fed: list[int] = []
+    real_forward = model.forward
+
+    def counting_forward(ids, cache, all_logits=False):
+        fed.append(len(ids))
+        return real_forward(ids, cache, all_logits)
+
+    monkeypatch.setattr(model, "forward", counting_forward)
+    return fed
+
+
 def records_of(agent: NpcAgent) -> list:
     agent.log_writer.flush()
     return list(read_log_dir(agent.log_writer.directory))
@@ -219,14 +232,7 @@ def test_many_npcs_share_one_model_concurrently(model):
 
 def test_turns_start_from_the_persona_prefix_cache(model, monkeypatch):
     agent = make_agent(model)
-    fed: list[int] = []
-    real_forward = model.forward
-
-    def counting_forward(ids, cache, all_logits=False):
-        fed.append(len(ids))
-        return real_forward(ids, cache, all_logits)
-
-    monkeypatch.setattr(model, "forward", counting_forward)
+    fed = count_fed_tokens(model, monkeypatch)
     first = agent.start_conversation().respond("Hello there!")
     prefix = agent.prefix_cache(model)
     assert prefix is not None and len(prefix) > 10
@@ -249,14 +255,7 @@ def test_later_turns_prefill_only_the_new_player_line(model, monkeypatch):
     assert history_ids is not None and len(history_ids) > len(first.generation.prompt_ids)
     # It reaches past the shown line to where the player's next words go (the user header).
     assert history_ids == prompt_stem(conversation.build_prompt)
-    fed: list[int] = []
-    real_forward = model.forward
-
-    def counting_forward(ids, cache, all_logits=False):
-        fed.append(len(ids))
-        return real_forward(ids, cache, all_logits)
-
-    monkeypatch.setattr(model, "forward", counting_forward)
+    fed = count_fed_tokens(model, monkeypatch)
     second = conversation.respond("And the anvil?")
     prompt = second.generation.prompt_ids
     assert prompt[: len(history_ids)] == history_ids

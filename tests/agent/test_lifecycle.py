@@ -87,7 +87,7 @@ def test_warm_up_runs_in_the_background_and_can_be_polled(model):
     misses = model.prefixes.misses
     ready = agent.warm_up()
     deadline = time.monotonic() + HANG_GUARD_S
-    while not ready.done():  # what a loading screen does each frame
+    while not ready.done:  # what a loading screen does each frame
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert ready.wait(0) and ready.result() is None and ready.exception() is None

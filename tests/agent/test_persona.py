@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from config_helpers import load_error
 
 from npcrl.agent.persona import Persona, builtin_persona_dir, builtin_personas, load_persona, load_personas
 from npcrl.errors import NpcrlError, PersonaError
@@ -180,13 +181,7 @@ def test_fallback_line_by_index_and_by_rng():
 
 
 def assert_error(path, *fragments):
-    with pytest.raises(PersonaError) as info:
-        load_persona(path)
-    message = str(info.value)
-    assert str(path) in message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
+    return load_error(load_persona, path, PersonaError, *fragments)
 
 
 def test_persona_error_is_an_npcrl_error():

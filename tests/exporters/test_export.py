@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,13 +35,19 @@ def test_manifest_records_passed_parity_and_kv_layout(tiny_bundles, family):
     assert manifest.quantization["method"] == "none"
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"], ids=["gpt2", "llama"])
-def test_onnx_logits_match_torch_for_prefill_and_cached_steps(tiny_model_dirs, tiny_bundles, family):
-    import torch
+def torch_and_onnx(tiny_model_dirs, tiny_bundles, family: str) -> tuple[Any, OnnxCausalLM]:
+    """The tiny ``family`` model in torch (eval mode) and its fp32 ONNX bundle on the runtime."""
     from transformers import AutoModelForCausalLM
 
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family]).eval()
-    model = OnnxCausalLM(tiny_bundles[f"{family}-fp32"])
+    return reference, OnnxCausalLM(tiny_bundles[f"{family}-fp32"])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"], ids=["gpt2", "llama"])
+def test_onnx_logits_match_torch_for_prefill_and_cached_steps(tiny_model_dirs, tiny_bundles, family):
+    import torch
+
+    reference, model = torch_and_onnx(tiny_model_dirs, tiny_bundles, family)
     ids = model.tokenizer.encode("The guard captain says the gates close at sundown.")
     with torch.no_grad():
         expected = reference(input_ids=torch.tensor([ids])).logits[0].numpy()
@@ -65,12 +72,10 @@ def test_incremental_and_one_shot_forward_agree(tiny_bundle):
 @pytest.mark.parametrize("family", ["gpt2", "llama"], ids=["gpt2", "llama"])
 def test_runtime_greedy_matches_hf_generate(tiny_model_dirs, tiny_bundles, family):
     import torch
-    from transformers import AutoModelForCausalLM
 
     from npcrl.runtime.sampler import SamplerConfig
 
-    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family]).eval()
-    model = OnnxCausalLM(tiny_bundles[f"{family}-fp32"])
+    reference, model = torch_and_onnx(tiny_model_dirs, tiny_bundles, family)
     prompt = model.tokenizer.encode("The blacksmith wiped the soot")
     with torch.no_grad():
         expected = reference.generate(
@@ -167,32 +172,9 @@ def test_export_leaves_no_staging_directory(tiny_bundles):
 @pytest.fixture(scope="module")
 def head_dim_8_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama whose head size (8) onnxruntime's CPU GroupQueryAttention cannot run."""
-    import torch
-    from conftest import CHATML_TEMPLATE, build_tokenizer_json
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from conftest import build_tiny_model_dir
 
-    root = tmp_path_factory.mktemp("head-dim-8")
-    build_tokenizer_json(root / "tokenizer.json")
-    tok = PreTrainedTokenizerFast(
-        tokenizer_file=str(root / "tokenizer.json"), bos_token="<|im_start|>", eos_token="<|im_end|>"
-    )
-    tok.chat_template = CHATML_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    out = root / "model"
-    LlamaForCausalLM(config).eval().save_pretrained(str(out), safe_serialization=True)
-    tok.save_pretrained(str(out))
-    return out
+    return build_tiny_model_dir(tmp_path_factory.mktemp("head-dim-8"), "llama", hidden_size=32)
 
 
 def test_explicit_fused_route_is_refused_for_a_head_size_the_kernel_cannot_run(head_dim_8_llama, tmp_path):

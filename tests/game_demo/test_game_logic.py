@@ -442,7 +442,7 @@ class FakeAgent:
     def swap_model(self, model: Any) -> None:
         self.models.append(model)
 
-    def prefix_cache(self, model: Any) -> object:
+    def warm_up(self) -> Any:
         return None
 
 
@@ -468,8 +468,8 @@ class Recorder:
         self.calls.append("request")
         return True
 
-    def start(self, agents: Any, model: Any) -> None:
-        self.calls.append(("start", len(agents), model))
+    def start(self, agents: Any) -> None:
+        self.calls.append(("start", len(agents), agents[0].models[-1]))
 
 
 def make_game(**kwargs: Any) -> tuple[Game, dict[str, FakeAgent]]:
@@ -486,6 +486,16 @@ def make_game(**kwargs: Any) -> tuple[Game, dict[str, FakeAgent]]:
 def stand_by(game: Game, persona_id: str, dx: float = 25) -> None:
     spot = next(s for s in game.world.npcs if s.persona_id == persona_id)
     game.player.x, game.player.y = spot.x + dx, spot.y + 30
+
+
+def quick_reply_to(persona_id: str, index: int) -> tuple[Game, FakeConversation]:
+    """A new game whose player walks up to ``persona_id``, talks and picks quick reply ``index``;
+    returns the game and that NPC's conversation."""
+    game, agents = make_game()
+    stand_by(game, persona_id)
+    game.apply(Action(Act.TALK))
+    game.apply(Action(Act.QUICK_REPLY, index=index))
+    return game, agents[persona_id].conversations[0]
 
 
 def test_talk_needs_an_npc_in_reach():
@@ -533,11 +543,7 @@ def test_escape_leaves_the_talk_and_then_closes_the_stats():
 
 
 def test_dialogue_actions_reach_the_conversation():
-    game, agents = make_game()
-    stand_by(game, "blacksmith")
-    game.apply(Action(Act.TALK))
-    game.apply(Action(Act.QUICK_REPLY, index=1))
-    conversation = agents["blacksmith"].conversations[0]
+    game, conversation = quick_reply_to("blacksmith", 1)
     assert conversation.calls == [("respond", "b")]
     conversation.pendings[0].finish("Aye.")
     game.update(1 / 60, 0, 0)
@@ -590,11 +596,7 @@ def test_quit_action():
 
 
 def test_closing_the_game_mid_line_cancels_it_without_a_walk_away():
-    game, agents = make_game()
-    stand_by(game, "blacksmith")
-    game.apply(Action(Act.TALK))
-    game.apply(Action(Act.QUICK_REPLY, index=0))
-    conversation = agents["blacksmith"].conversations[0]
+    game, conversation = quick_reply_to("blacksmith", 0)
     pending = conversation.pendings[0]
     game.shutdown()
     assert game.dialogue is None and pending.cancelled

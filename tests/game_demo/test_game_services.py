@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,23 +171,33 @@ def test_swapper_survives_a_bundle_that_fails_to_load(tmp_path, tiny_bundles):
 
 
 class SlowAgent:
-    def __init__(self, log: list[tuple[str, Any]], name: str, delay: float = 0.0) -> None:
-        self.log, self.name, self.delay = log, name, delay
+    """Stands in for an NpcAgent: ``warm_up()`` hands back work for the model it holds at the call."""
 
-    def prefix_cache(self, model: Any) -> object:
-        time.sleep(self.delay)
-        self.log.append((self.name, model))
-        if self.name == "broken":
+    def __init__(self, log: list[tuple[str, Any]], name: str, model: str, delay: float = 0.0) -> None:
+        self.log, self.name, self.model, self.delay = log, name, model, delay
+
+    def warm_up(self) -> WarmUpWork:
+        return WarmUpWork(self, self.model)
+
+
+@dataclass
+class WarmUpWork:
+    agent: SlowAgent
+    model: str
+
+    def result(self, timeout: float | None = None) -> None:
+        time.sleep(self.agent.delay)
+        self.agent.log.append((self.agent.name, self.model))
+        if self.agent.name == "broken":
             raise RuntimeError("prefill failed")
-        return object()
 
 
 def test_prewarmer_prepares_every_agent_and_reports_progress():
     log: list[tuple[str, Any]] = []
     warmer = Prewarmer()
     try:
-        agents = [SlowAgent(log, "a", 0.05), SlowAgent(log, "broken"), SlowAgent(log, "c")]
-        warmer.start(agents, "M1")
+        agents = [SlowAgent(log, "a", "M1", 0.05), SlowAgent(log, "broken", "M1"), SlowAgent(log, "c", "M1")]
+        warmer.start(agents)
         assert warmer.busy and warmer.status.startswith("preparing NPC voices")
         assert wait_for(lambda: not warmer.busy)
         assert log == [("a", "M1"), ("broken", "M1"), ("c", "M1")]  # one failure does not stop the rest
@@ -199,10 +210,12 @@ def test_prewarmer_switches_to_the_newest_model():
     log: list[tuple[str, Any]] = []
     warmer = Prewarmer()
     try:
-        agents = [SlowAgent(log, name, 0.2) for name in "abc"]
-        warmer.start(agents, "old")
+        agents = [SlowAgent(log, name, "old", 0.2) for name in "abc"]
+        warmer.start(agents)
         assert wait_for(lambda: log)  # the first agent is being warmed for "old"
-        warmer.start(agents, "new")
+        for agent in agents:
+            agent.model = "new"  # what swap_model does before the game asks for a new warm-up
+        warmer.start(agents)
         assert wait_for(lambda: not warmer.busy)
         assert [entry for entry in log if entry[1] == "new"] == [("a", "new"), ("b", "new"), ("c", "new")]
         assert len([entry for entry in log if entry[1] == "old"]) < 3  # "old" was abandoned part-way

@@ -7,25 +7,18 @@ from typing import Any
 
 import pytest
 
-from npcrl.evaluation.metric_names import (
-    ENGAGEMENT,
-    KL_PER_LINE,
-    PAIRED_GAIN,
-    PERPLEXITY,
-    REPETITION_RATE,
-    WORDS_PER_LINE,
-)
+from npcrl.evaluation import metric_names as metric
 from npcrl.evaluation.metrics import paired_gain
 from npcrl.loop.decision import Guards, decide
 
 
 def rows(engagement: float, kl: float = 1.0, ppl: float = 50.0, repetition: float = 0.1, words: float = 20.0) -> dict:
     return {
-        ENGAGEMENT: (engagement, engagement - 0.1, engagement + 0.1),
-        KL_PER_LINE: kl,
-        PERPLEXITY: ppl,
-        REPETITION_RATE: repetition,
-        WORDS_PER_LINE: words,
+        metric.ENGAGEMENT: (engagement, engagement - 0.1, engagement + 0.1),
+        metric.KL_PER_LINE: kl,
+        metric.PERPLEXITY: ppl,
+        metric.REPETITION_RATE: repetition,
+        metric.WORDS_PER_LINE: words,
     }
 
 
@@ -90,8 +83,8 @@ def test_paired_gain_is_tighter_than_two_separate_intervals() -> None:
 
 
 def test_significant_rule_needs_the_paired_interval_above_zero() -> None:
-    winner = {**rows(0.8), PAIRED_GAIN: (0.3, 0.1, 0.5)}
-    noisy = {**rows(0.8), PAIRED_GAIN: (0.3, -0.2, 0.8)}
+    winner = {**rows(0.8), metric.PAIRED_GAIN: (0.3, 0.1, 0.5)}
+    noisy = {**rows(0.8), metric.PAIRED_GAIN: (0.3, -0.2, 0.8)}
     current = rows(0.5)
     assert decide(winner, current, 50.0, Guards(), "significant")[0]
     promoted, reasons = decide(noisy, current, 50.0, Guards(), "significant")
@@ -155,7 +148,7 @@ def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path
     assert set(decision["metrics"]) == {"current", "candidate"}
     assert (store / "CURRENT").is_file() == result.promoted
     assert "| 1 |" in (tmp_path / "loop" / "loop.md").read_text()
-    gain, low, high = decision["metrics"]["candidate"][PAIRED_GAIN]
+    gain, low, high = decision["metrics"]["candidate"][metric.PAIRED_GAIN]
     assert low <= gain <= high and any(r.startswith("paired gain") for r in result.reasons)
 
 
@@ -225,7 +218,7 @@ def test_a_winner_must_also_win_with_fresh_players_before_it_is_promoted(
         tiny_bundles["llama-fp32"], out, config, eval_conversations=2, rounds=2, confirm_conversations=3
     )
     assert not first.promoted and second.promoted
-    assert len(calls) == 4 and all(PAIRED_GAIN in candidate for candidate, _ in calls)
+    assert len(calls) == 4 and all(metric.PAIRED_GAIN in candidate for candidate, _ in calls)
     assert any(r.startswith("fresh players (3, seed 20000): engagement") for r in first.reasons), first.reasons
     assert second.current == str(tiny_bundles["llama-fp32"])  # round 1's candidate was kept out
     for number, result in ((1, first), (2, second)):
@@ -326,7 +319,7 @@ def test_a_stopped_loop_resumes_from_its_last_finished_stage(
     assert set(first.cut_off_seconds) == {"train_and_export", "evaluate"}
     assert first.seconds["evaluate"] > first.cut_off_seconds["evaluate"] > 0
     assert "stopped and resumed; the seconds include" in (out / "loop.md").read_text()
-    candidate = {k: v for k, v in first.metrics["candidate"].items() if k != PAIRED_GAIN}
+    candidate = {k: v for k, v in first.metrics["candidate"].items() if k != metric.PAIRED_GAIN}
     assert candidate == json.loads(json.dumps(evaluated["candidate"], default=list))  # the same conversations
 
     with pytest.raises(LoopError, match="different seed"):

@@ -16,15 +16,11 @@ from hypothesis import strategies as st
 from playlog_helpers import SAMPLER, conversation, event, npc_turn
 
 from npcrl.errors import LogFormatError, NpcrlError
+from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, Record
 from npcrl.playlog.framing import MAX_PAYLOAD_BYTES
 from npcrl.playlog.records import (
     KIND_ENGAGEMENT_EVENT,
     KIND_NPC_TURN,
-    ConversationEnd,
-    ConversationStart,
-    EngagementEvent,
-    NpcTurn,
-    Record,
     checked_values,
     decode_record,
     encode_record,

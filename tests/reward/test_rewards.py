@@ -6,6 +6,7 @@ import math
 import textwrap
 
 import pytest
+from config_helpers import load_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -300,13 +301,7 @@ def test_load_reward_spec(tmp_path):
     ],
 )
 def test_toml_errors_name_the_file_and_field(tmp_path, text, fragments):
-    path = write_spec(tmp_path, text)
-    with pytest.raises(RewardSpecError) as info:
-        load_reward_spec(path)
-    message = str(info.value)
-    assert str(path) in message
-    for fragment in fragments:
-        assert fragment in message, message
+    load_error(load_reward_spec, write_spec(tmp_path, text), RewardSpecError, *fragments)
 
 
 def test_missing_file(tmp_path):

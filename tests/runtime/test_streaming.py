@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny_tokenizer import train_byte_level_bpe
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from npcrl.runtime.streaming import IncrementalDecoder, StopStringMatcher
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CORPUS = [
     "The blacksmith wiped the soot from his hands and looked up at the stranger.",
     "Welcome to the tavern, traveller! Ale or cider? The guard says the gates close at sundown.",
@@ -28,17 +28,7 @@ MULTIBYTE_TEXTS = {
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    return tok
+    return train_byte_level_bpe(CORPUS, 300)
 
 
 def stream(tokenizer: Tokenizer, ids: list[int], skip_special_tokens: bool = True) -> tuple[list[str], str]:

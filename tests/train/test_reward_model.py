@@ -20,9 +20,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from toy_logs import TOY_SPEC, target_rate, write_toy_logs  # noqa: E402
+from config_helpers import train_config_error, write_train_config  # noqa: E402
+from toy_logs import TOY_SPEC, target_rate, toy_config, write_toy_logs  # noqa: E402
 
-from npcrl.errors import TrainConfigError, TrainError  # noqa: E402
+from npcrl.errors import TrainError  # noqa: E402
 from npcrl.evaluation.metrics import word_tokens  # noqa: E402
 from npcrl.reward.model_data import conversation_folds  # noqa: E402
 from npcrl.reward.model_metrics import regression_metrics  # noqa: E402
@@ -493,17 +494,15 @@ def test_score_refuses_bundles_it_cannot_read_and_keeps_existing_files(
     ],
 )
 def test_reward_model_config_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "train.toml"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(TrainConfigError, match=message) as info:
-        load_train_config(path)
-    assert str(path) in str(info.value)
+    train_config_error(tmp_path, text, message)
 
 
 def test_on_policy_mode_config_is_accepted(tmp_path: Path) -> None:
-    path = tmp_path / "train.toml"
-    path.write_text("[data]\nmode = 'reward_model'\n[reward_model]\npath = 'rm'\nmax_new_tokens = 12\n")
-    config = load_train_config(path)
+    config = load_train_config(
+        write_train_config(
+            tmp_path, "[data]\nmode = 'reward_model'\n[reward_model]\npath = 'rm'\nmax_new_tokens = 12\n"
+        )
+    )
     assert config.data.mode == "reward_model" and config.reward_model.path == "rm"
     assert config.reward_model.max_new_tokens == 12
     assert load_train_config(None).data.mode == "logged"
@@ -516,21 +515,10 @@ def on_policy_trainer(
     toy: dict[str, Any], trained: dict[str, Any], iterations: int, repetition_penalty: float = 0.0
 ) -> PPOTrainer:
     torch.set_num_threads(1)
-    config = TrainConfig(
-        seed=0,
+    # The toy task's PPO settings, scored by the trained reward model instead of the logged rewards.
+    config = replace(
+        toy_config("lora", iterations, kl_target=3.0, kl_horizon=200),
         data=DataConfig(holdout_fraction=0.2, mode="reward_model"),
-        model=ModelConfig(mode="lora", lora_r=8),
-        ppo=PPOConfig(
-            rollout_turns=32,
-            minibatch_turns=16,
-            micro_batch_turns=8,
-            epochs=2,
-            iterations=iterations,
-            learning_rate=5e-3,
-            kl_coef=0.2,
-            kl_target=3.0,
-            kl_horizon=200,
-        ),
         reward_model=RewardModelConfig(path=str(trained["out"]), repetition_penalty=repetition_penalty),
         run=RunConfig(threads=1),
     ).validate()

@@ -18,12 +18,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from safetensors.torch import load_file  # noqa: E402
-from toy_logs import TOY_SPEC, target_rate, toy_prompts, write_toy_logs  # noqa: E402
+from toy_logs import TOY_SPEC, target_rate, toy_config, toy_prompts, write_toy_logs  # noqa: E402
 
 from npcrl.durable import set_aside_path  # noqa: E402
 from npcrl.reward.spec import load_reward_spec  # noqa: E402
 from npcrl.runtime.bundle import load_bundle  # noqa: E402
-from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RunConfig, TrainConfig  # noqa: E402
+from npcrl.train.config import PPOConfig, TrainConfig  # noqa: E402
 from npcrl.train.data import load_training_data  # noqa: E402
 from npcrl.train.distributed import Dist  # noqa: E402
 from npcrl.train.policy import build_policy, resolve_base_weights  # noqa: E402
@@ -40,27 +40,6 @@ def toy(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
     spec = root / "toy-rewards.toml"
     spec.write_text(TOY_SPEC, encoding="utf-8")
     return {"root": root, "bundle": bundle, "logs": root / "logs", "spec": spec, "target": target}
-
-
-def toy_config(mode: str = "full", iterations: int = 9, **ppo: Any) -> TrainConfig:
-    lr = 6e-4 if mode == "full" else 5e-3
-    settings: dict[str, Any] = {
-        "rollout_turns": 32,
-        "minibatch_turns": 16,
-        "micro_batch_turns": 8,
-        "epochs": 2,
-        "iterations": iterations,
-        "learning_rate": lr,
-        "kl_coef": 0.2,
-        **ppo,
-    }
-    return TrainConfig(
-        seed=0,
-        data=DataConfig(holdout_fraction=0.2),
-        model=ModelConfig(mode=mode, lora_r=8),
-        ppo=PPOConfig(**settings),
-        run=RunConfig(threads=1, export_quant="none", sample_prompts=2, sample_tokens=8),
-    ).validate()
 
 
 def make_trainer(toy: dict[str, Any], config: TrainConfig) -> PPOTrainer:

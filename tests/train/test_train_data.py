@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
+from config_helpers import train_config_error, write_train_config
 
-from npcrl.errors import TrainConfigError, TrainDataError
+from npcrl.errors import TrainDataError
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter
 from npcrl.reward.spec import default_reward_spec
 from npcrl.train.config import DataConfig, TrainConfig, load_train_config
@@ -207,17 +208,15 @@ def test_defaults_are_valid_and_round_trip() -> None:
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "train.toml"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(TrainConfigError, match=message) as info:
-        load_train_config(path)
-    assert str(path) in str(info.value)
+    train_config_error(tmp_path, text, message)
 
 
 def test_config_file_values_are_used(tmp_path: Path) -> None:
-    path = tmp_path / "train.toml"
-    path.write_text("seed = 7\n[ppo]\nkl_target = 0.5\nlearning_rate = 1e-4\n[data]\nreward_spec = 'x.toml'\n")
-    config = load_train_config(path)
+    config = load_train_config(
+        write_train_config(
+            tmp_path, "seed = 7\n[ppo]\nkl_target = 0.5\nlearning_rate = 1e-4\n[data]\nreward_spec = 'x.toml'\n"
+        )
+    )
     assert config.seed == 7 and config.ppo.kl_target == 0.5 and config.ppo.learning_rate == 1e-4
     assert config.data.reward_spec == "x.toml"
 
