@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from npcrl import _moved
+import npcrl._moved as _moved
 from npcrl.errors import (
     BundleError,
     GenerationError,

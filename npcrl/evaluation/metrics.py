@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+import npcrl.evaluation.metric_names as names
 from npcrl.errors import LogFormatError
-from npcrl.evaluation import metric_names as names
 from npcrl.playlog import NpcTurn, read_log_dir
 from npcrl.reward.engagement import ConversationLog, group_conversations, score_conversation
 from npcrl.reward.spec import RewardSpec

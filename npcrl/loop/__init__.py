@@ -10,6 +10,7 @@ from the module that holds each now, with a ``DeprecationWarning``, until npcrl 
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 from typing import Any
@@ -35,13 +36,8 @@ def __getattr__(name: str) -> Any:
     if name not in OLD_NAMES:
         # also how ``from npcrl.loop import promotion`` finds a submodule not imported yet
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from npcrl.evaluation import metric_names
-    from npcrl.loop import decision, run
-    from npcrl.loop import round as loop_round
-
-    holders = {module.__name__: module for module in (metric_names, decision, loop_round, run)}
     module_name, attribute = OLD_NAMES[name]
-    value = getattr(holders[module_name], attribute)
+    value = getattr(importlib.import_module(module_name), attribute)
     if not _probed_by_import():
         warnings.warn(
             f"npcrl.loop.{name} moved to {module_name}.{attribute}; import it from there "

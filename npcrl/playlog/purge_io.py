@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import npcrl.playlog.inuse as inuse
 from npcrl.durable import atomic_file, atomic_write, fsync_dir, write_all
 from npcrl.errors import LogFormatError
-from npcrl.playlog import inuse
 from npcrl.playlog.dedupe import LogRepeat, RecordIndex
 from npcrl.playlog.framing import FILE_HEADER, FILE_SUFFIX, FRAME_HEADER
 from npcrl.playlog.reader import LogReader

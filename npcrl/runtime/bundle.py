@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import npcrl.runtime.manifest_fields as mf
 from npcrl.durable import atomic_write
 from npcrl.errors import BundleError
-from npcrl.runtime import manifest_fields as mf
 from npcrl.runtime.manifest_sections import KVLayout, SpecialTokens
 from npcrl.runtime.onnx_refs import check_listed, external_data_references
 

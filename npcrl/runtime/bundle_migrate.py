@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import npcrl.runtime.manifest_fields as mf
 from npcrl.errors import BundleError
-from npcrl.runtime import manifest_fields as mf
 from npcrl.runtime.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,

@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import npcrl.runtime.manifest_fields as mf
 from npcrl.errors import BundleError
-from npcrl.runtime import manifest_fields as mf
 
 _KV_KEYS = frozenset(
     {"num_layers", "num_kv_heads", "head_dim", "dtype", "axes", "past_name", "present_name", "position_ids"}

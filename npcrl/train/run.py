@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
+import npcrl.train.checkpoint as ckpt
 from npcrl.durable import restore_set_aside
 from npcrl.errors import TrainError
 from npcrl.reward.spec import default_reward_spec, load_reward_spec
 from npcrl.runtime.bundle import Bundle, load_bundle
-from npcrl.train import checkpoint as ckpt
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingData, accepted_bundle_ids, load_training_data
 from npcrl.train.distributed import Dist
