@@ -16,7 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = ROOT / "npcrl"
 
 # Top to bottom: a module may import from its own layer or any layer below it.
-LAYERS = ("cli", "loop", "train", "evaluation", "sim", "agent", "reward", "playlog", "runtime", "privacy", "base")
+LAYERS = (
+    "cli",
+    "serve",
+    "loop",
+    "train",
+    "evaluation",
+    "sim",
+    "agent",
+    "reward",
+    "playlog",
+    "runtime",
+    "privacy",
+    "base",
+)
 BASE_MODULES = frozenset({"errors", "paths", "durable", "validate", "tomlfile", "_moved"})
 FACADE = "npcrl"  # npcrl/__init__.py, the public face
 

@@ -18,6 +18,7 @@ from npcrl.cli.loop import add_loop_parser
 from npcrl.cli.promote import add_promote_parser
 from npcrl.cli.quickstart import add_quickstart_parser
 from npcrl.cli.rewards import add_rewards_parser
+from npcrl.cli.serve import add_serve_parser
 from npcrl.cli.sim import add_simulate_parser
 from npcrl.cli.train import add_train_parser
 from npcrl.errors import NpcrlError
@@ -28,6 +29,7 @@ COMMAND_GROUPS = (
     add_bundle_parser,
     add_generate_parser,
     add_chat_parser,
+    add_serve_parser,
     add_rewards_parser,
     add_train_parser,
     add_loop_parser,
