@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -198,28 +199,46 @@ class Persona:
         return self.fallback_lines[index]
 
 
+def _check_card_keys(card: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(card) - set(_LIMITS))
+    if unknown:
+        raise PersonaError(
+            f"{where}: unknown field(s) {unknown_keys_text(unknown, list(_LIMITS))}; allowed fields: {', '.join(_LIMITS)}"
+        )
+    missing = [field for field, limit in _LIMITS.items() if limit.required and field not in card]
+    if missing:
+        raise PersonaError(f"{where}: missing required field(s) {', '.join(repr(f) for f in missing)}")
+
+
+def _cleaned_card(card: Mapping[str, Any]) -> dict[str, Any]:
+    """Every card field validated and normalised (raises ``_FieldProblem``)."""
+    return {field: _clean_field(field, card.get(field, ())) for field in _LIMITS}
+
+
+def persona_from_card(persona_id: str, card: Mapping[str, Any], where: str) -> Persona:
+    """A persona from a card's fields (a TOML table, or a card a client sent over the network):
+    unknown and missing fields are refused by name, each field checked as in ``load_persona``;
+    ``where`` names the card's source in the error."""
+    _check_card_keys(card, where)
+    try:
+        cleaned = _cleaned_card(card)
+    except _FieldProblem as exc:
+        raise PersonaError(f"{where}: {exc}") from None
+    return Persona(id=persona_id, **cleaned)
+
+
 def load_persona(path: str | os.PathLike[str]) -> Persona:
     """Read and validate one persona card; the persona's id is the file stem."""
     path = Path(path)
     data = read_toml(path, PersonaError, "persona file")
-
-    unknown = sorted(set(data) - set(_LIMITS))
-    if unknown:
-        raise PersonaError(
-            f"{path}: unknown field(s) {unknown_keys_text(unknown, list(_LIMITS))}; allowed fields: {', '.join(_LIMITS)}"
-        )
-    missing = [field for field, limit in _LIMITS.items() if limit.required and field not in data]
-    if missing:
-        raise PersonaError(f"{path}: missing required field(s) {', '.join(repr(f) for f in missing)}")
-
-    fields = {field: data.get(field, ()) for field in _LIMITS}
+    _check_card_keys(data, str(path))
     try:
         if not _ID_PATTERN.fullmatch(path.stem):
             raise _FieldProblem("id", f"file stem {path.stem!r} is not 1-40 letters, digits, '_' or '-'")
-        cleaned = {field: _clean_field(field, value) for field, value in fields.items()}
+        cleaned = _cleaned_card(data)
     except _FieldProblem as exc:
         raise PersonaError(f"{path}: {exc}") from None
-    return Persona(id=path.stem, **cleaned)  # type: ignore[arg-type]  # _clean_field types each field
+    return Persona(id=path.stem, **cleaned)
 
 
 def load_personas(directory: str | os.PathLike[str]) -> dict[str, Persona]:

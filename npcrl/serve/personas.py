@@ -3,18 +3,15 @@ cards a client may send with ``open`` (fields only: a client never names a file)
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any
 
-from npcrl.agent.persona import Persona, builtin_personas, load_personas
+from npcrl.agent.persona import Persona, builtin_personas, load_personas, persona_from_card
 from npcrl.errors import PersonaError
 
 INLINE_PREFIX = "inline-"
 """ids of inline personas start with this, so the play log tells them from the server's cards"""
-CARD_FIELDS = tuple(f.name for f in dataclasses.fields(Persona) if f.name != "id")
-LIST_FIELDS = frozenset(f.name for f in dataclasses.fields(Persona) if "tuple" in str(f.type))
 
 
 def server_personas(directory: Path | None) -> dict[str, Persona]:
@@ -27,20 +24,14 @@ def server_personas(directory: Path | None) -> dict[str, Persona]:
 
 
 def inline_persona(card: Any) -> Persona:
-    """A persona from a client's card fields (as in a persona TOML file); its id is derived from
-    its name. Raises ``PersonaError`` naming the field at fault."""
+    """A persona from a client's card fields (as in a persona TOML file), checked exactly as a card
+    file is; its id is derived from its name. Raises ``PersonaError`` naming the field at fault."""
     if not isinstance(card, dict):
         raise PersonaError("field 'persona' must be an object of persona card fields")
-    unknown = sorted(set(card) - set(CARD_FIELDS))
-    if unknown:
-        raise PersonaError(
-            f"persona: unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(CARD_FIELDS)}"
-        )
     name = card.get("name")
     if not isinstance(name, str) or not name.strip():
         raise PersonaError("persona: field 'name' must be a non-empty string")
-    fields = {field: card.get(field, () if field in LIST_FIELDS else "") for field in CARD_FIELDS}
-    return Persona(id=inline_id(name), **fields)
+    return persona_from_card(inline_id(name), card, "persona")
 
 
 def inline_id(name: str) -> str:
