@@ -1,7 +1,7 @@
 """``npcrl serve`` against the in-process API, and under many concurrent clients (real model).
 
 1. Overhead. The same scripted player lines, greedy sampling (seed 0, a fixed ``max_new_tokens``),
-   alternating line by line between an in-process ``NpcAgent`` (``respond_async``, polled every
+   alternating line by line (each after a 0.3 s player's pause) between an in-process ``NpcAgent`` (``respond_async``, polled every
    0.5 ms as a game loop would poll it, at best) and a conversation over the server's WebSocket on
    loopback (one server for the whole run, started with the same settings: ``--temperature 0
    --seed 0 --max-new-tokens N``). Both sides are timed by the client: time to first token is
@@ -40,14 +40,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_agent import PLAYER_LINES  # noqa: E402
 from bench.common import print_table  # noqa: E402
 from bench.serve_client import LineTiming, ServerProcess, WsClient  # noqa: E402
-from npcrl import AgentConfig, Conversation, NpcAgent, OnnxCausalLM, PlayLogWriter, builtin_personas, read_log_dir  # noqa: E402
+from npcrl import (  # noqa: E402
+    AgentConfig,
+    Conversation,
+    NpcAgent,
+    OnnxCausalLM,
+    PlayLogWriter,
+    SessionOptions,
+    builtin_personas,
+    read_log_dir,
+)
 from npcrl.agent.config import with_sampler  # noqa: E402
+from npcrl.cli.serve import thread_settings  # noqa: E402
 from npcrl.paths import default_bundle_dir  # noqa: E402
 from npcrl.playlog.record_types import ConversationEnd, EngagementEvent, NpcTurn  # noqa: E402
 
 NPCS = ("blacksmith", "innkeeper", "guard", "miller")
 EVENTS = (("rating", 1.0), ("rating", -1.0), ("trade", 5.0), ("haggled", 1.0))  # the last: a custom kind
 POLL_S = 0.0005
+THINK_S = 0.3
+"""the player's pause before each overhead line"""
+BUDGET_S = AgentConfig().time_budget_s or float("nan")
 # uvicorn re-raises the SIGINT it handled once the server has shut down cleanly
 CLEAN_EXIT = (0, 130, -2)
 # Fallback reasons that mean the server ran out of capacity: the time budget ran out, the wait
@@ -103,14 +116,21 @@ async def overhead(model: OnnxCausalLM, client: WsClient, config: AgentConfig, l
         for n in range(0, lines, len(PLAYER_LINES)):
             conversation = agent.start_conversation("bench", f"{logs.name}-local-{n}")
             await client.open(f"{logs.name}-remote-{n}", "blacksmith", "bench")
+
+            async def local_line(text: str, conversation: Conversation = conversation) -> None:
+                local.append(in_process_line(conversation, text))
+
+            async def remote_line(text: str, name: str = f"{logs.name}-remote-{n}") -> None:
+                remote.append(await client.say(name, text))
+
             for i, text in enumerate(PLAYER_LINES[: lines - n]):
                 # the side that goes first changes every line, so neither always runs on a cooler cache
-                if (n + i) % 2 == 0:
-                    local.append(in_process_line(conversation, text))
-                    remote.append(await client.say(f"{logs.name}-remote-{n}", text))
-                else:
-                    remote.append(await client.say(f"{logs.name}-remote-{n}", text))
-                    local.append(in_process_line(conversation, text))
+                # and each line comes after a player's pause, as in play: the previous line's cache
+                # update (a background prefill) is then done, on both sides, before it is timed
+                sides = [local_line, remote_line] if (n + i) % 2 == 0 else [remote_line, local_line]
+                for side in sides:
+                    await asyncio.sleep(THINK_S)
+                    await side(text)
             conversation.end()
             await client.end(f"{logs.name}-remote-{n}")
     return local, remote
@@ -213,6 +233,13 @@ def rss_slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
     return float(np.polyfit(t, rss, 1)[0] * 60) if np.ptp(t) > 0 else 0.0
 
 
+def second_half(samples: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    if not samples:
+        return []
+    middle = samples[-1][0] / 2
+    return [sample for sample in samples if sample[0] >= middle]
+
+
 def overhead_rows(run: Run) -> list[tuple[str, float, float]]:
     ms = 1000.0
     local_speed, remote_speed = decode_speeds(run.local, run.local_tokens), decode_speeds(run.remote, run.server_tokens)
@@ -275,8 +302,12 @@ def load_rows(run: Run, records: list) -> tuple[list[tuple[str, float, float]], 
         ("fallbacks: capacity / all", float(len(capacity)), float(sum(x.fallback for x in load.lines))),
         ("TTFT p50 ms (incl. queue)", float("nan"), percentile(ttft, 50)),
         ("TTFT p99 ms (incl. queue)", float("nan"), percentile(ttft, 99)),
+        # a line's time budget runs from its KV slot on: this is how close the slowest came to it
+        ("first text to line, max s (budget)", BUDGET_S, max((x.done_s - x.ttft_s for x in load.lines), default=0.0)),
         ("server RSS MB start / end", rss[0], rss[-1]),
         ("server RSS slope MB/min", float("nan"), rss_slope_mb_per_min(load.rss_mb)),
+        # the KV pool's pages are touched as conversations deepen, then reused: flat means flat here
+        ("server RSS slope MB/min, 2nd half", float("nan"), rss_slope_mb_per_min(second_half(load.rss_mb))),
         ("turns made / logged", float(made_turns), float(len(turns))),
         ("events made / logged (incl. replies)", float(made_events), float(events)),
         ("conversations opened / ended", float(load.conversations), float(ends)),
@@ -310,7 +341,11 @@ def print_rows(title: str, rows: list[tuple[str, float, float]]) -> list[str]:
 def report(run: Run, args, health: dict) -> list[str]:
     """Print the table; return the failed checks."""
     rows, failed = load_rows(run, run.records)
+    threads = args.threads_used
     print(f"bundle {health.get('bundle_id')} ({args.bundle}); greedy, seed 0, max_new_tokens {args.max_new_tokens}")
+    print(
+        f"onnxruntime on both sides: threads {threads['intra_op_threads'] or 'default'}, spin {threads['allow_spinning']}"
+    )
     print("A: in-process (overhead), or what the clients made / the start value; B: the server\n")
     print_table(
         f"{'measure':40s} {'A':>9s} {'B':>9s} {'B - A':>9s} {'B / A':>7s}",
@@ -334,11 +369,19 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--threads", type=int, help="onnxruntime threads, both sides (default: the server's own)")
+    parser.add_argument("--spin", action=argparse.BooleanOptionalAction, default=None, help="both sides")
     args = parser.parse_args()
     config = with_sampler(AgentConfig(), temperature=0.0, seed=0, max_new_tokens=args.max_new_tokens)
     sampler_args = ["--temperature", "0", "--seed", "0", "--max-new-tokens", str(args.max_new_tokens)]
+    # both sides run onnxruntime alike: the server's own default for this machine, or the flags
+    threads = thread_settings(args.threads, args.spin)
+    sampler_args += ["--spin" if threads["allow_spinning"] else "--no-spin"]
+    if threads["intra_op_threads"] is not None:
+        sampler_args += ["--threads", str(threads["intra_op_threads"])]
+    args.threads_used = threads
     with tempfile.TemporaryDirectory() as tmp:
-        model = OnnxCausalLM(args.bundle)
+        model = OnnxCausalLM(args.bundle, SessionOptions(**threads))
         with ServerProcess(args.bundle, Path(tmp) / "server-logs", sampler_args) as server:
             health = server.wait_ready()
             local, remote, warm_up, load = asyncio.run(phases(server, model, config, args, Path(tmp)))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from npcrl.runtime.generation import CancelToken, GenerationResult
+
+log = logging.getLogger("npcrl.agent.pending")
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,9 @@ class NpcLine:
 class PendingLine:
     """An NPC turn generating in a worker thread. Poll it from the game loop; it never blocks.
 
-    The turn's worker feeds it with ``push_text`` and ``finish``; the game only reads it."""
+    The turn's worker feeds it with ``push_text`` and ``finish``; the game only reads it. Code
+    that would rather be told than poll (a server's event loop) registers a callback with
+    ``on_change``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -37,17 +43,42 @@ class PendingLine:
         self._polled = 0
         self._done = threading.Event()
         self._line: NpcLine | None = None
+        self._listeners: list[Callable[[], None]] = []
         self.cancel_token = CancelToken()
 
     def push_text(self, piece: str) -> None:
         """More streamed text (the turn's worker calls this)."""
         with self._lock:
             self._streamed.append(piece)
+            listeners = list(self._listeners)
+        _notify(listeners)
 
     def finish(self, line: NpcLine) -> None:
         """The turn is over (the turn's worker calls this once)."""
-        self._line = line
-        self._done.set()
+        with self._lock:
+            self._line = line
+            self._done.set()
+            listeners, self._listeners = self._listeners, []
+        _notify(listeners)
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` whenever text arrives and once the line is finished (at once if it
+        already is); returns a function that unregisters it. The callback runs in the turn's
+        worker thread, so it must be quick and must not block: hand the news to your own thread
+        (``loop.call_soon_threadsafe``). An exception it raises is logged and ignored."""
+        with self._lock:
+            finished = self._done.is_set()
+            if not finished:
+                self._listeners.append(callback)
+        if finished:
+            _notify([callback])
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return remove
 
     @property
     def done(self) -> bool:
@@ -81,3 +112,12 @@ class PendingLine:
             raise TimeoutError("the NPC line is not finished yet")
         assert self._line is not None
         return self._line
+
+
+def _notify(listeners: list[Callable[[], None]]) -> None:
+    """Call each listener; one that fails must not stop the turn's worker or the others."""
+    for listener in listeners:
+        try:
+            listener()
+        except Exception:
+            log.exception("a PendingLine listener failed")

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from npcrl.serve.loading import ModelSource
 
 DEFAULT_PORT = 8377
+SMALL_MACHINE_CORES = 2
 
 
 def default_log_dir() -> Path:
@@ -44,12 +45,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from npcrl.serve.state import ServerState
 
     check_exposure(args.host, args.token)
-    source = ModelSource(bundle=args.bundle, store=args.store, options=SessionOptions(kv_slots=args.kv_slots))
+    options = SessionOptions(kv_slots=args.kv_slots, **thread_settings(args.threads, args.spin))
+    source = ModelSource(bundle=args.bundle, store=args.store, options=options)
     check_source(source)
     personas = server_personas(args.personas)
     config = AgentConfig(sampler=sampler_from_args(args, default_stops=True))
     state = ServerState(PlayLogWriter(args.logs or default_log_dir()), personas, source, config)
     return serve(state, Listen(args.host, args.port, args.token))
+
+
+def thread_settings(threads: int | None, spin: bool | None, cores: int | None = None) -> dict[str, Any]:
+    """onnxruntime threads for a server that runs beside a game. On at most two cores: one thread,
+    no spinning, so that a core stays free for the game's frame loop and for the server's own event
+    loop (which sends each line's text as it comes); elsewhere onnxruntime's defaults. A flag
+    given on the command line wins."""
+    from npcrl.runtime.session import default_thread_count
+
+    small = (default_thread_count() if cores is None else cores) <= SMALL_MACHINE_CORES
+    return {
+        "intra_op_threads": threads if threads is not None else (1 if small else None),
+        "allow_spinning": spin if spin is not None else not small,
+    }
 
 
 def check_source(source: ModelSource) -> None:
@@ -85,5 +101,16 @@ def add_serve_parser(subparsers: Any) -> None:
     serve.add_argument("--token", help="bearer token every client must send; required with a --host off loopback")
     serve.add_argument("--personas", type=Path, help="directory of persona cards, added to the built-in ones")
     serve.add_argument("--kv-slots", type=positive_int, default=8, help="conversations generating at once (default 8)")
+    serve.add_argument(
+        "--threads",
+        type=positive_int,
+        help="onnxruntime threads per pass (default: 1 on at most 2 cores, else up to 4)",
+    )
+    serve.add_argument(
+        "--spin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let idle onnxruntime threads busy-wait (default: off on at most 2 cores, else on)",
+    )
     add_sampler_args(serve)
     serve.set_defaults(func=cmd_serve, max_new_tokens=60)  # the agent's default line length

@@ -5,10 +5,16 @@ passes concurrently on a small CPU only makes them fight over cores (and starves
 frame thread); running them one after another wastes the fact that a one-token decode step is
 bound by reading the weights, which a batch of rows reads once. So every pass goes through a
 ``StepScheduler``: the thread that finds it idle becomes the leader, waits up to ``gather_s``
-for the other generating sequences' next steps, then runs everything queued — one-token steps
-of pool slots as one batched pass, anything else (prefill chunks, cache copies) on its own — and
-hands each waiting thread its result (group commit). A single NPC never waits: with one
-sequence generating there is nothing to gather.
+for the other generating sequences' next steps, then runs a round — one-token steps of pool
+slots as one batched pass, anything else (prefill chunks, cache copies) on its own — and hands
+each waiting thread its result (group commit). A single NPC never waits: with one sequence
+generating there is nothing to gather.
+
+While decode steps are waiting, a round runs at most one other job (the oldest): a generating
+line then waits for one prefill chunk per token, not for every queued chunk of every NPC that
+was just admitted. Under many conversations (a server with more players than cores) that keeps
+the lines already speaking at a steady pace, within their time budget, while newly admitted
+ones prefill a chunk per round; with no decode step waiting, every queued job runs at once.
 """
 
 from __future__ import annotations
@@ -84,7 +90,7 @@ class StepScheduler:
                     continue
                 self._busy = True
                 self._gather()
-                jobs, self._queue = self._queue, []
+                jobs, self._queue = next_round(self._queue, self._run_batch is not None)
                 self._cond.release()
                 try:
                     self._execute(jobs)
@@ -97,11 +103,12 @@ class StepScheduler:
         return job.result
 
     def _gather(self) -> None:
-        """Wait (lock held, released while waiting) until every generating sequence has queued a job."""
+        """Wait (lock held, released while waiting) until every generating sequence has queued its
+        decode step (other jobs left from an earlier round do not count)."""
         if self._run_batch is None or self.gather_s <= 0:
             return
         deadline = time.perf_counter() + self.gather_s
-        while len(self._queue) < self._active:
+        while sum(job.batch_key is not None for job in self._queue) < self._active:
             left = deadline - time.perf_counter()
             if left <= 0:
                 return
@@ -135,3 +142,23 @@ class StepScheduler:
         for job, result in zip(jobs, results, strict=True):
             job.result, job.done = result, True
             job.batch_size = len(jobs)
+
+
+def next_round(queue: list[Job], batching: bool) -> tuple[list[Job], list[Job]]:
+    """(jobs to run now, jobs left queued): every decode step, and at most the oldest other job
+    while decode steps wait (``batching``: the scheduler merges them); everything without them."""
+    decoding = batching and any(job.batch_key is not None for job in queue)
+    if not decoding:
+        return queue, []
+    run: list[Job] = []
+    kept: list[Job] = []
+    other_taken = False
+    for job in queue:
+        if job.batch_key is not None:
+            run.append(job)
+        elif not other_taken:
+            run.append(job)
+            other_taken = True
+        else:
+            kept.append(job)
+    return run, kept

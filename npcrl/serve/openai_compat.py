@@ -4,7 +4,7 @@
 server-sent ``chat.completion.chunk`` events; ``GET /v1/models`` lists the personas;
 ``POST /v1/events`` records engagement against a completion id. Every turn is logged like any
 other, and its completion id is its turn id. Generation runs in the agent's worker threads: the
-event loop only polls the pending line.
+event loop only waits for the pending line, woken as it changes.
 
 A streamed answer sends its text once the line is final. The model's raw tokens are not streamed
 because the displayed line is known only after post-processing and the output filter have seen
@@ -14,7 +14,6 @@ of the chat different from what the NPC said (which the next request must send b
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -40,9 +39,8 @@ from npcrl.serve.openai_shapes import (
 from npcrl.serve.protocol import MAX_DATA_CHARS, OPEN_WAIT_S, ClientMessage, ProtocolError
 from npcrl.serve.state import ServerState, UnknownTurnError
 from npcrl.serve.turns import turn_id
+from npcrl.serve.wakeup import line_text
 
-POLL_S = 0.02
-"""how often the event loop looks at a line still generating"""
 KEEPALIVE_S = 5.0
 """a stream waiting this long for its line sends an SSE comment, so proxies keep it open"""
 MAX_TURN_ID_CHARS = 300
@@ -152,10 +150,10 @@ def event_fields(data: dict[str, Any]) -> tuple[str, float | None, dict[str, str
 
 
 async def wait_line(pending: PendingLine) -> AsyncIterator[str]:
-    """Wait for ``pending`` off the event loop's back, yielding an SSE comment now and then."""
+    """Wait for ``pending`` without blocking the event loop (woken as it changes), yielding an
+    SSE comment every ``KEEPALIVE_S`` while it runs."""
     last = time.monotonic()
-    while not pending.done:
-        await asyncio.sleep(POLL_S)
+    async for _ in line_text(pending, KEEPALIVE_S):
         if time.monotonic() - last >= KEEPALIVE_S:
             last = time.monotonic()
             yield ": generating\n\n"

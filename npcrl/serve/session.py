@@ -1,8 +1,9 @@
 """One WebSocket connection: its conversations, its rate limit, and the answer to each message.
 
 Messages are handled in the order they arrive. A ``say`` starts the NPC's line in a worker thread
-(``Conversation.respond_async``); a task of the event loop then polls it and streams ``delta``
-messages, so the connection keeps reading (``cancel``, ``event``, other conversations) meanwhile.
+(``Conversation.respond_async``); a task of the event loop is woken as its text arrives
+(``npcrl.serve.wakeup``) and streams ``delta`` messages, so the connection keeps reading
+(``cancel``, ``event``, other conversations) meanwhile.
 Closing the connection ends every conversation it opened.
 """
 
@@ -40,11 +41,10 @@ from npcrl.serve.protocol import (
 from npcrl.serve.security import RateLimiter
 from npcrl.serve.state import ServerState, UnknownNpcError
 from npcrl.serve.turns import turn_id
+from npcrl.serve.wakeup import line_text
 
 log = logging.getLogger("npcrl.serve.session")
 
-POLL_S = 0.01
-"""how often a running line is polled for new text: well under a frame, and no busy loop"""
 END_WAIT_S = 30.0
 """hang guard: how long ``end`` waits for a cancelled line's last message before answering"""
 MAX_LOG_ID = 128
@@ -189,19 +189,13 @@ class WsSession:
         assert pending is not None
         head = {"conversation": name, "turn": turn}
         try:
-            while not pending.done:
-                await self._delta(message, head, pending.poll())
-                await asyncio.sleep(POLL_S)
-            await self._delta(message, head, pending.poll())
+            async for text in line_text(pending):
+                await self.reply(message, {"type": "delta", **head, "text": text})
             line = pending.result()
             self.state.register_line(talk.conversation, line.turn_index)
             await self.reply(message, {"type": "line", **head, **line_fields(line, talk.cancel_requested)})
         except Exception as exc:  # the connection closed under us: its conversations end in close()
             log.debug("line of %s not delivered: %s", name, exc)
-
-    async def _delta(self, message: ClientMessage, head: dict[str, str], text: str) -> None:
-        if text:
-            await self.reply(message, {"type": "delta", **head, "text": text})
 
     async def event(self, message: ClientMessage) -> None:
         name, talk = self.talk(message)

@@ -4,7 +4,6 @@ turns that events are recorded against."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -22,12 +21,12 @@ from npcrl.playlog.writer import PlayLogWriter
 from npcrl.runtime.model import OnnxCausalLM
 from npcrl.serve.loading import ModelLoader, ModelSource
 from npcrl.serve.turns import TurnMap, turn_id
+from npcrl.serve.wakeup import ThreadSignal
 
 log = logging.getLogger("npcrl.serve.state")
 
 MAX_AGENTS = 256
 """agents kept at once (inline personas each get one); the least recently used is dropped first"""
-WAIT_POLL_S = 0.05
 
 
 class UnknownNpcError(NpcrlError):
@@ -70,6 +69,7 @@ class ServerState:
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._agents: OrderedDict[tuple[str, str, str], NpcAgent] = OrderedDict()
+        self._ready_waiters: set[ThreadSignal] = set()
         self._open: dict[Conversation, PendingLine | None] = {}
         """open conversations, each with its latest line (cancelled if the conversation ends early)"""
         self._loader = ModelLoader(source or ModelSource(), self._use_model, self._load_failed)
@@ -93,12 +93,27 @@ class ServerState:
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait, without blocking the event loop, until the model is ready; False if ``timeout_s``
         ran out or loading failed."""
-        deadline = time.monotonic() + timeout_s
-        while not self._ready.is_set():
-            if self.load_error is not None or time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(WAIT_POLL_S)
-        return True
+        if self._ready.is_set():
+            return True
+        signal = ThreadSignal()  # woken by the loader thread when it is done, either way
+        with self._lock:
+            self._ready_waiters.add(signal)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not self._ready.is_set() and self.load_error is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not await signal.wait(left):
+                    break
+        finally:
+            with self._lock:
+                self._ready_waiters.discard(signal)
+        return self._ready.is_set()
+
+    def _wake_ready_waiters(self) -> None:
+        with self._lock:
+            waiters = list(self._ready_waiters)
+        for signal in waiters:
+            signal.set()
 
     def _use_model(self, model: OnnxCausalLM) -> None:
         """A newly loaded model: warm every persona up on it, then hand it to new conversations."""
@@ -113,9 +128,11 @@ class ServerState:
             for key in [key for key in self._agents if key[2] != model.bundle_id]:
                 del self._agents[key]
         self._ready.set()
+        self._wake_ready_waiters()
 
     def _load_failed(self, error: BaseException) -> None:
         self.load_error = error
+        self._wake_ready_waiters()
         if self.on_load_failed is not None:
             self.on_load_failed(error)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from npcrl.runtime.scheduler import Job, StepScheduler
+from npcrl.runtime.scheduler import Job, StepScheduler, next_round
 
 
 class Recorder:
@@ -125,3 +125,42 @@ def test_a_failing_batch_fails_each_of_its_jobs():
     # both joined one batch (the window waits for both), so both see its error
     assert all(isinstance(e, RuntimeError) for e in errors), (results, errors)
     assert scheduler.call(lambda: "still running") == "still running"
+
+
+def test_a_round_runs_every_decode_step_and_one_other_job_while_lines_are_decoding():
+    single = [Job(lambda: None) for _ in range(3)]
+    decode = [Job(lambda: None, batch_key="pool") for _ in range(2)]
+    queue = [single[0], decode[0], single[1], decode[1], single[2]]
+    assert next_round(queue, batching=True) == ([single[0], decode[0], decode[1]], [single[1], single[2]])
+    assert next_round(single, batching=True) == (single, [])  # nobody decoding: nothing to starve
+    assert next_round(queue, batching=False) == (queue, [])
+
+
+def test_prefill_chunks_of_new_lines_do_not_starve_lines_already_decoding():
+    """Two lines decode while six newly admitted NPCs each queue a prefill chunk: each decode
+    pass waits for one chunk at most, never for all of them in one go."""
+    order: list[str] = []
+    first_pass = threading.Event()
+    scheduler = StepScheduler(lambda jobs: [order.append("decode"), first_pass.set(), [None] * len(jobs)][2], 120.0)
+    for _ in range(2):
+        scheduler.begin_sequence()
+
+    def decoding(_: int) -> None:
+        for _ in range(20):
+            scheduler.submit(Job(lambda: None, batch_key="pool"))
+        scheduler.end_sequence()
+
+    def prefill(_: int) -> None:
+        first_pass.wait(60)
+        scheduler.call(lambda: (order.append("chunk"), time.sleep(0.001)))
+
+    workers = [threading.Thread(target=decoding, args=(i,)) for i in range(2)]
+    workers += [threading.Thread(target=prefill, args=(i,)) for i in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(300)
+    last_decode = len(order) - order[::-1].index("decode")
+    while_decoding = "".join("c" if step == "chunk" else "d" for step in order[:last_decode])
+    assert "cc" not in while_decoding
+    assert order.count("chunk") == 6 and order.count("decode") == 20

@@ -83,3 +83,24 @@ def test_serve_refuses_a_missing_bundle(tmp_path: Path) -> None:
     command = serve_command("--bundle", str(tmp_path / "nope"), "--port", "0")
     result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 2 and "no such bundle" in result.stderr
+
+
+def test_serve_leaves_a_core_free_on_a_small_machine_and_flags_win() -> None:
+    """On at most two cores onnxruntime gets one thread and no spinning, so the server's event loop
+    (and the game beside it) always has a core to send each line's text the moment it exists."""
+    from npcrl.cli.serve import thread_settings
+
+    assert thread_settings(None, None, cores=2) == {"intra_op_threads": 1, "allow_spinning": False}
+    assert thread_settings(None, None, cores=1) == {"intra_op_threads": 1, "allow_spinning": False}
+    assert thread_settings(None, None, cores=4) == {"intra_op_threads": None, "allow_spinning": True}
+    assert thread_settings(2, True, cores=2) == {"intra_op_threads": 2, "allow_spinning": True}
+    assert thread_settings(None, False, cores=8) == {"intra_op_threads": None, "allow_spinning": False}
+
+
+def test_serve_thread_flags_parse() -> None:
+    from npcrl.cli.main import build_parser
+
+    args = build_parser().parse_args(["serve", "--threads", "2", "--no-spin"])
+    assert (args.threads, args.spin) == (2, False)
+    args = build_parser().parse_args(["serve"])
+    assert (args.threads, args.spin) == (None, None)
