@@ -254,6 +254,12 @@ def overhead_rows(run: Run) -> list[tuple[str, float, float]]:
             percentile([x.ttft_s for x in run.local], 90) * ms,
             percentile([x.ttft_s for x in run.remote], 90) * ms,
         ),
+        # the same line (same prompt, same greedy text) on both sides: the noise of the prompts cancels
+        (
+            "TTFT, same line paired: B - A p50 ms",
+            0.0,
+            percentile([b.ttft_s - a.ttft_s for a, b in zip(run.local, run.remote, strict=True)], 50) * ms,
+        ),
         (
             "agent-measured TTFT p50 ms",
             percentile([x.agent_ttft_s for x in run.local], 50) * ms,

@@ -10,6 +10,7 @@ from npcrl.privacy.pseudonym import is_pseudonym
 
 if TYPE_CHECKING:
     from npcrl.runtime.sampler import SamplerConfig
+    from npcrl.sim.profiles import PlayerProfile
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([hdw])")
 _AGE_UNIT_S = {"h": 3600, "d": 86400, "w": 7 * 86400}
@@ -63,12 +64,46 @@ def add_command(
 
 def add_concurrent_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--concurrency",
         "--concurrent",
+        dest="concurrent",
         type=positive_int,
         default=DEFAULT_CONCURRENT,
-        help=f"conversations played at once (default {DEFAULT_CONCURRENT}; at most half the model's KV slots,"
-        " 4 by default); the results do not depend on it",
+        help=f"conversations played at once (default {DEFAULT_CONCURRENT}; the model gets twice as many KV"
+        " slots, so each keeps its cache between turns); the results do not depend on it",
     )
+
+
+def population_name(text: str) -> str:
+    """A shipped player population's name (``npcrl.sim.populations``), checked when the flag is given."""
+    from npcrl.sim.populations import builtin_populations
+
+    known = builtin_populations()
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"unknown player population {text!r}; known: {', '.join(known)}")
+    return text
+
+
+def add_players_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--players FILE_OR_DIR`` or ``--population NAME`` (not both); ``player_profiles`` reads them."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--players", help="player profile .toml, or a directory of them (default: the shipped profiles)")
+    group.add_argument(
+        "--population",
+        type=population_name,
+        help="a shipped population of players who share one preference: default, questioners,"
+        " lore_seekers, brief, humour (docs/LOOP.md)",
+    )
+
+
+def player_profiles(args: argparse.Namespace) -> dict[str, PlayerProfile]:
+    """The profiles ``--players`` or ``--population`` name; neither: the shipped ones (``default``)."""
+    from npcrl.sim.populations import load_population
+    from npcrl.sim.profiles import load_profiles
+
+    if args.players:
+        return load_profiles(args.players)
+    return load_population(args.population or "default")
 
 
 def add_sampler_args(parser: argparse.ArgumentParser) -> None:

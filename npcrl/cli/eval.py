@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from npcrl.cli.args import add_command, add_concurrent_argument
+from npcrl.cli.args import add_command, add_concurrent_argument, add_players_arguments, player_profiles
 from npcrl.errors import NpcrlError
 
 
@@ -27,7 +27,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from npcrl.evaluation.run import EvalSettings, evaluate_bundle
     from npcrl.reward.spec import default_reward_spec, load_reward_spec
     from npcrl.runtime.model import OnnxCausalLM
-    from npcrl.sim.profiles import builtin_profiles, load_profiles
+    from npcrl.sim.simulate import session_options_for
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -41,9 +41,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     spec = load_reward_spec(args.spec) if args.spec else default_reward_spec()
     personas = _personas(args.personas)
-    profiles = list(load_profiles(args.players).values()) if args.players else list(builtin_profiles().values())
+    profiles = list(player_profiles(args).values())
     bundles = {"against": args.against, "bundle": args.bundle} if args.against else {"bundle": args.bundle}
-    models = {path: OnnxCausalLM(path) for path in {*bundles.values(), *([args.reference] if args.reference else [])}}
+    options = session_options_for(args.concurrent)
+    paths = {*bundles.values(), *([args.reference] if args.reference else [])}
+    models = {path: OnnxCausalLM(path, options) for path in paths}
     reference_dir = args.reference or args.against
     reference = models[reference_dir] if reference_dir else None
     columns = {}
@@ -79,7 +81,7 @@ def add_eval_parser(sub: Any) -> None:
     parser.add_argument("--reference", help="bundle the KL per line is measured against (default: --against)")
     parser.add_argument("--conversations", type=int, default=24, help="simulated conversations per bundle")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--players", help="player profile TOML or a directory of them (default: the shipped ones)")
+    add_players_arguments(parser)
     parser.add_argument("--personas", help="directory of persona cards (default: the built-in NPCs)")
     parser.add_argument("--spec", help="reward spec TOML (default: the shipped one)")
     parser.add_argument("--kl-turns", type=int, default=48, help="NPC turns used for the KL per line")

@@ -7,17 +7,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from npcrl.cli.args import add_command, add_concurrent_argument
+from npcrl.cli.args import add_command, add_concurrent_argument, add_players_arguments, player_profiles
 from npcrl.loop.decision import PROMOTE_WHEN
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
     from npcrl.loop.run import run_loop
-    from npcrl.sim.profiles import load_profiles
     from npcrl.train.config import load_train_config
 
     config = load_train_config(args.config)
-    players = list(load_profiles(args.players).values()) if args.players else None
+    players = list(player_profiles(args).values())
     results = run_loop(
         args.bundle,
         args.out,
@@ -52,7 +51,7 @@ def add_loop_parser(subparsers: Any) -> None:
     loop.add_argument("--conversations", type=int, default=48, help="simulated conversations to train on per round")
     loop.add_argument("--eval-conversations", type=int, default=24, help="simulated conversations per evaluated bundle")
     loop.add_argument("--config", help="training config TOML (docs/TRAINING.md)")
-    loop.add_argument("--players", help="player profile TOML or directory (default: the shipped profiles)")
+    add_players_arguments(loop)
     loop.add_argument("--store", help="bundle store to promote winners into (games hot-swap from it)")
     loop.add_argument("--seed", type=int, default=0)
     loop.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")

@@ -7,7 +7,14 @@ import json
 import sys
 from typing import Any
 
-from npcrl.cli.args import add_command, add_concurrent_argument, non_negative_int, positive_int
+from npcrl.cli.args import (
+    add_command,
+    add_concurrent_argument,
+    add_players_arguments,
+    non_negative_int,
+    player_profiles,
+    positive_int,
+)
 from npcrl.sim.simulate import SimulatedConversation, SimulationSummary
 
 
@@ -22,9 +29,7 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--bundle", required=True, help="bundle directory the NPCs speak with")
     parser.add_argument("--conversations", required=True, type=positive_int, help="how many conversations")
     parser.add_argument("--logs", required=True, help="play-log directory to write")
-    parser.add_argument(
-        "--players", help="player profile .toml, or a directory of them (default: the shipped profiles)"
-    )
+    add_players_arguments(parser)
     parser.add_argument("--personas", help="directory of persona cards, every *.toml (default: the built-in ones)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="same seed, same conversations (default 0)")
     parser.add_argument(
@@ -41,15 +46,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from npcrl.agent.persona import builtin_personas, load_personas
     from npcrl.playlog import PlayLogWriter
     from npcrl.runtime.model import OnnxCausalLM
-    from npcrl.sim.profiles import builtin_profiles, load_profiles
-    from npcrl.sim.simulate import simulate
+    from npcrl.sim.simulate import session_options_for, simulate
 
     personas = load_personas(args.personas) if args.personas else builtin_personas()
-    profiles = load_profiles(args.players) if args.players else builtin_profiles()
+    profiles = player_profiles(args)
     config = AgentConfig()
     if args.max_new_tokens is not None:
         config = with_sampler(config, max_new_tokens=args.max_new_tokens)
-    model = OnnxCausalLM(args.bundle)
+    model = OnnxCausalLM(args.bundle, session_options_for(args.concurrent))
 
     def progress(result: SimulatedConversation) -> None:
         print(

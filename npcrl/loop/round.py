@@ -98,11 +98,12 @@ def play_round(
 ) -> tuple[RoundResult, LoadedBundle]:
     """Round ``number`` from ``current``: its result (not yet written) and the candidate it trained."""
     from npcrl.runtime.model import OnnxCausalLM
+    from npcrl.sim.simulate import session_options_for
 
     stages = RoundStages(inputs.round_dir(number))
     simulate_stage(inputs, stages, current.model, number)
     trained = train_stage(inputs, stages, current.path, number)
-    candidate = LoadedBundle(trained, OnnxCausalLM(trained))
+    candidate = LoadedBundle(trained, OnnxCausalLM(trained, session_options_for(inputs.settings.concurrency)))
     metrics = evaluate_both(inputs, stages, state, current, candidate)
     promoted, reasons = decide_round(inputs, state, metrics)
     if promoted and inputs.settings.confirm_conversations > 0:

@@ -81,10 +81,11 @@ def start(settings: LoopSettings, out: Path) -> LoopInputs:
     """Load what every round reads, then claim ``out`` by writing ``loop.json``."""
     from npcrl.reward.spec import default_reward_spec, load_reward_spec
     from npcrl.runtime.model import OnnxCausalLM
+    from npcrl.sim.simulate import session_options_for
 
     spec_path = settings.train_config.data.reward_spec
     spec = load_reward_spec(spec_path) if spec_path else default_reward_spec()
-    base_model = OnnxCausalLM(settings.base)
+    base_model = OnnxCausalLM(settings.base, session_options_for(settings.concurrency))
     write_loop_record(out, settings.record())  # once the inputs are known good: a typo must not claim the directory
     return LoopInputs(settings, out, spec, base_model)
 
@@ -112,10 +113,12 @@ def play_rounds(inputs: LoopInputs, store: str | Path | None) -> list[RoundResul
 def current_bundle(inputs: LoopInputs, state: LoopState) -> LoadedBundle:
     """The bundle the next round starts from: the last one promoted, or the base."""
     from npcrl.runtime.model import OnnxCausalLM
+    from npcrl.sim.simulate import session_options_for
 
     if state.current is None:
         return LoadedBundle(inputs.settings.base, inputs.base_model)
-    return LoadedBundle(state.current, OnnxCausalLM(state.current))
+    options = session_options_for(inputs.settings.concurrency)
+    return LoadedBundle(state.current, OnnxCausalLM(state.current, options))
 
 
 def promote_once(store: str | Path, bundle: Path) -> None:

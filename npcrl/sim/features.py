@@ -20,6 +20,13 @@ except ``words``):
   earlier lines of the conversation (a line of one or two words: 1 if an earlier line had the
   same words, else 0).
 - ``empty``: 1 if the line has no words.
+- ``humorous``: the line jokes. 0.5 per distinct humour cue, at most 1. The cues: ``HUMOUR_CUES``
+  (laughter: "ha ha", "heh", "chuckles", "laughs", ...; talk of jokes and wit: "joke", "jest",
+  "kidding", "pun", "funny", "wryly", "winks", ...; a joke's set-up: "knock knock", "why did the",
+  "what do you call a"), ``PUNS`` ("forge ahead", "steel yourself", "no pun intended", ...) and a
+  smiley (":)", ";)", ":D"). Conservative: a word cue counts only where neither of the two words
+  before it is in ``NEGATIONS`` ("no laughing matter", "this is no joke" and "I'm not kidding" are
+  serious), and a bare exclamation ("Ha!", "Hah!") is no cue.
 - ``words``: the number of words (a count, not in [0, 1]; not usable as a profile weight).
 
 Everything is a pure function of its arguments; persona vocabularies are computed once per persona.
@@ -44,6 +51,7 @@ FEATURES = (
     "chatty",
     "repeats_itself",
     "empty",
+    "humorous",
 )
 """the features a player profile may weight (each in [0, 1])"""
 
@@ -110,6 +118,21 @@ OFFER_CUES = (
     "need someone",
     "in return",
 )
+# Humour cues as word sequences: laughter; talk of jokes, wit and wry asides; a joke's set-up.
+HUMOUR_CUES = tuple(
+    cue.strip()
+    for cue in """
+    ha ha, haha, ha-ha, hahaha, heh, hehe, ho ho, har har, tee hee, laugh, laughs, laughed, laughing, laughter,
+    chuckle, chuckles, chuckled, chuckling, giggle, giggles, guffaw, guffaws,
+    joke, jokes, joking, jest, jests, jesting, kidding, pun, puns, funny, witty, wry, wryly, dryly,
+    winks, grins, grinning,
+    knock knock, why did the, what do you call a
+    """.split(",")
+)
+# Plays on the shipped personas' trades (forge, mill), and the pun that owns up.
+PUNS = ("no pun intended", "pun intended", "forge ahead", "steel yourself", "rolling in dough")
+NEGATIONS = frozenset("no not nothing never nor isn't ain't wasn't don't doesn't didn't won't".split())
+_SMILEY = re.compile(r"(?<![\w:;])[:;]-?[)D](?![\w)])")
 _STOPWORDS = frozenset(
     """
     a an the of and or but if then so to in on at by for from with about under over into onto out up
@@ -290,6 +313,22 @@ def _repeats(tokens: Sequence[str], previous: Sequence[str]) -> float:
     return max((len(grams & _ngrams(words(line), 3)) / len(grams) for line in previous), default=0.0)
 
 
+def _unnegated(tokens: Sequence[str], phrase: str) -> bool:
+    """``phrase`` occurs in ``tokens`` somewhere no word of ``NEGATIONS`` stands in the two words before it."""
+    target = phrase.split()
+    n = len(target)
+    return any(
+        list(tokens[i : i + n]) == target and not NEGATIONS.intersection(tokens[max(0, i - 2) : i])
+        for i in range(len(tokens) - n + 1)
+    )
+
+
+def _humorous(text: str, tokens: Sequence[str]) -> float:
+    cues = sum(1 for cue in (*HUMOUR_CUES, *PUNS) if _unnegated(tokens, cue))
+    cues += 1 if _SMILEY.search(text) else 0
+    return min(1.0, 0.5 * cues)
+
+
 def line_features(text: str, persona: Persona, previous_npc_lines: Sequence[str] = ()) -> dict[str, float]:
     """The features of one NPC line (see the module docstring), given the persona speaking it and
     the NPC's earlier lines in this conversation."""
@@ -304,5 +343,6 @@ def line_features(text: str, persona: Persona, previous_npc_lines: Sequence[str]
         "chatty": 1.0 - concise,
         "repeats_itself": _repeats(tokens, previous_npc_lines),
         "empty": 0.0 if tokens else 1.0,
+        "humorous": _humorous(text, tokens),
         "words": float(len(tokens)),
     }

@@ -48,7 +48,7 @@ the file and the key. A complete example, ``haggler.toml``::
 
 Player lines may use two slots: ``{npc}`` (the NPC's name) and ``{topic}`` (one of ``topics``,
 or of the persona's lore names when ``topics`` is empty), without format specs or conversions. Weighted features: asks_back,
-offers_quest, mentions_lore, in_character, concise, chatty, repeats_itself, empty.
+offers_quest, mentions_lore, in_character, concise, chatty, repeats_itself, empty, humorous.
 """
 
 from __future__ import annotations
