@@ -13,6 +13,7 @@ from npcrl.validate import ConfigValueError, check_bool, check_number, check_opt
 DEFAULT_STOPS = ("<|im_start|>", "\nPlayer:", "\nTraveller:", "\nTraveler:", "\nUser:", "\nYou:")
 BUILTIN_EVENTS = ("reply", "rating", "walk_away", "quest_accepted", "trade")
 MAX_CONVERSATION_ID = 128
+MAX_CONSISTENCY_RETRIES = 16
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class AgentConfig:
     player_text_storage: str = "scrubbed"
     """what of the player's words the play log keeps: "scrubbed" (personal data masked), "none" (no
     player words at all) or "raw" (as typed); the model always sees them as typed (docs/PRIVACY.md)"""
+    consistency_retries: int | None = 2
+    """a line that contradicts the persona card (``npcrl.agent.consistency``: another name, trade or
+    home) is sampled again at most this many times within the turn's time budget, and replaced by a
+    fallback line when every sample contradicts; 0: replaced at once; None: lines are not checked"""
 
     def __post_init__(self) -> None:
         # ConfigValueError is a ValueError naming the field and value; upper bounds are far above use.
@@ -56,6 +61,7 @@ class AgentConfig:
         check_number("max_player_chars", self.max_player_chars, 1, 100_000, integer=True)
         check_bool("reuse_persona_prefix", self.reuse_persona_prefix)
         check_storage_mode("player_text_storage", self.player_text_storage)
+        check_optional("consistency_retries", self.consistency_retries, 0, MAX_CONSISTENCY_RETRIES, integer=True)
 
 
 def with_sampler(config: AgentConfig, **changes: Any) -> AgentConfig:

@@ -13,11 +13,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 from npcrl.agent.config import MAX_CONVERSATION_ID
-from npcrl.agent.lines import final_text, make_line, stream_into
+from npcrl.agent.consistency import RESAMPLED
+from npcrl.agent.lines import Retry, contradicts_card, final_text, make_line, resample, stream_into
 from npcrl.agent.memory import ConversationMemory
 from npcrl.agent.pending import NpcLine, PendingLine
 from npcrl.agent.player_text import RESPONSE_WITHHELD, PlayerTextStorage
@@ -167,8 +169,7 @@ class Conversation:
         started = time.perf_counter()
         kept = logged = False
         try:
-            result, error, prompt, generation, waited = self._generate(pending, clean, started)
-            line = self._line(turn_index, result, error, started, waited)
+            line, prompt, generation = self._answer(pending, turn_index, clean, started)
             self._keep_line(line, clean)
             kept = True
             self._log_turn(line, raw_player_text, prompt)
@@ -191,6 +192,30 @@ class Conversation:
             logged_hook()
             if not pending.done:  # interrupted by a BaseException: still never leave a game waiting
                 pending.finish(self._line(turn_index, None, "interrupted", started, 0.0))
+
+    def _answer(
+        self, pending: PendingLine, turn_index: int, clean: str, started: float
+    ) -> tuple[NpcLine, list[int], Generation | None]:
+        """The turn's line, its prompt as logged, and the generation whose cache the memory keeps.
+        A line that contradicts the persona card is sampled again, at most ``consistency_retries``
+        times and while the turn's time budget lasts; the line is then the last sample's, so the
+        logged ids and log-probs are always those of the sample the line came from."""
+        result, error, prompt, generation, waited = self._generate(pending, clean, started)
+        line = first = self._line(turn_index, result, error, started, waited)
+        budget = self.agent.config.time_budget_s
+        # the budget runs from when the first sample held its KV slot (see ``stream_into``)
+        deadline = None if budget is None or result is None else started + waited + result.queue_s + budget
+        for attempt in range(1, (self.agent.config.consistency_retries or 0) + 1):
+            left = None if deadline is None else deadline - time.perf_counter()
+            if not contradicts_card(line) or generation is None or (left is not None and left <= 0):
+                break
+            retry = Retry(generation, attempt, left, started, self._persona_prefix(generation.prompt_ids))
+            generation, result, error = resample(self.agent, self.model, pending, retry)
+            waited += result.queue_s if result is not None else 0.0
+            line = self._line(turn_index, result, error, started, waited)
+        if line is not first and not (line.fallback or line.filtered):
+            line = replace(line, filter_reason=f"{RESAMPLED}{first.filter_reason}")
+        return line, prompt, generation
 
     def _generate(self, pending: PendingLine, clean: str, started: float) -> Generated:
         config = self.agent.config
@@ -241,10 +266,13 @@ class Conversation:
         """Log the turn as ``player_text_storage`` allows; ``prompt`` is already the stored one."""
         agent, config, result, storage = self.agent, self.agent.config, line.generation, self._storage
         reason = line.filter_reason
+        # a resample ran with its own seed: the log names the sampler of the sample it holds
+        sampler = result.sampler if result is not None and result.sampler else config.sampler.to_dict()
         sampled = self.model.tokenizer.decode(result.token_ids) if result is not None else ""
         if result is not None and storage.withholds_response(sampled, line.text):
             # the sample decodes to personal data: its ids cannot be logged, so neither can it be trained on
-            result, reason = None, reason or RESPONSE_WITHHELD
+            shown = reason is None or reason.startswith(RESAMPLED)  # a line the player saw
+            result, reason = None, RESPONSE_WITHHELD if shown else reason
         self._log(
             NpcTurn(
                 conversation_id=self.conversation_id,
@@ -258,7 +286,7 @@ class Conversation:
                 full_logprobs=list(result.full_logprobs) if result else [],
                 text=storage.npc_text(line.text),
                 stop_reason=line.stop_reason,
-                sampler=config.sampler.to_dict(),
+                sampler=sampler,
                 latency_s=line.latency_s,
                 time_to_first_token_s=line.time_to_first_token_s,
                 filtered=line.filtered,

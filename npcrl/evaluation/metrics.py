@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 import npcrl.evaluation.metric_names as names
+from npcrl.agent.consistency import CONTRADICTS_CARD, RESAMPLED, card_contradictions
+from npcrl.agent.persona import Persona, builtin_personas
 from npcrl.errors import LogFormatError
 from npcrl.playlog import NpcTurn, read_log_dir
 from npcrl.reward.engagement import ConversationLog, group_conversations, score_conversation
@@ -178,6 +180,12 @@ class LogMetrics:
     repetition_rate: float
     """share of model lines more than half of whose word 3-grams occurred in earlier model lines of
     the same conversation (lines under 3 words: an exact repeat of an earlier line)"""
+    card_contradiction_rate: float = math.nan
+    """share of NPC turns whose model sample contradicted the persona card: a shown model line
+    ``card_contradictions`` flags, or a turn the agent logged as resampled or replaced for a
+    contradiction (so the number is the model's, whether the agent resampled or not); other fallback
+    and filtered turns count as not contradicting. Only conversations whose card is known (by the
+    persona hash of their start record) count; NaN when there are none"""
 
     def as_dict(self) -> dict[str, float | tuple[float, float, float]]:
         """The metrics as report rows: label -> number, or (mean, low, high) for the engagement interval."""
@@ -195,6 +203,7 @@ class LogMetrics:
             names.DISTINCT_1: self.distinct_1,
             names.DISTINCT_2: self.distinct_2,
             names.REPETITION_RATE: self.repetition_rate,
+            names.CARD_CONTRADICTIONS: self.card_contradiction_rate,
         }
 
     def to_json(self) -> dict[str, object]:
@@ -208,11 +217,38 @@ def _is_model_line(turn: NpcTurn) -> bool:
     return not (turn.filtered or turn.fallback)
 
 
+def contradicts_card(turn: NpcTurn, persona: Persona) -> bool:
+    """Did the model's sample for ``turn`` contradict ``persona``'s card? Its shown line (checked
+    here, for logs played without the agent's check), or the reason the agent logged for it."""
+    reason = turn.filter_reason or ""
+    if reason.startswith((CONTRADICTS_CARD, RESAMPLED + CONTRADICTS_CARD)):
+        return True
+    return _is_model_line(turn) and bool(card_contradictions(turn.text, persona))
+
+
+def card_contradiction_rate(conversations: Sequence[ConversationLog], personas: Sequence[Persona]) -> float:
+    """Share of the NPC turns of ``conversations`` whose sample contradicted their persona card
+    (``contradicts_card``); conversations with no start record or an unknown card are left out."""
+    cards = {persona.persona_hash: persona for persona in personas}
+    flags = [
+        contradicts_card(turn, cards[log.start.persona_hash])
+        for log in conversations
+        if log.start is not None and log.start.persona_hash in cards
+        for turn in log.turns.values()
+    ]
+    return _mean([float(flag) for flag in flags])
+
+
 def conversation_metrics(
-    conversations: Sequence[ConversationLog], spec: RewardSpec, seed: int = 0, where: str = "play logs"
+    conversations: Sequence[ConversationLog],
+    spec: RewardSpec,
+    seed: int = 0,
+    where: str = "play logs",
+    personas: Sequence[Persona] | None = None,
 ) -> LogMetrics:
     """``LogMetrics`` of already grouped conversations (those without NPC turns are skipped);
-    ``where`` names the source in the error raised when no NPC turn is left."""
+    ``where`` names the source in the error raised when no NPC turn is left. ``personas``: the
+    cards the NPCs played, for the contradiction share (default: the shipped ones)."""
     kept = [log for log in conversations if log.turns]
     if not kept:
         raise LogFormatError(f"{where}: no conversation with a logged NPC turn; nothing to evaluate")
@@ -250,16 +286,25 @@ def conversation_metrics(
         distinct_1=distinct_n(model_lines, 1),
         distinct_2=distinct_n(model_lines, 2),
         repetition_rate=_mean([float(flag) for flag in repeated]),
+        card_contradiction_rate=card_contradiction_rate(
+            kept, list(builtin_personas().values()) if personas is None else personas
+        ),
     )
 
 
 def log_metrics(
-    log_dir: str | os.PathLike[str], spec: RewardSpec, seed: int = 0, *, bundle_id: str | None = None
+    log_dir: str | os.PathLike[str],
+    spec: RewardSpec,
+    seed: int = 0,
+    *,
+    bundle_id: str | None = None,
+    personas: Sequence[Persona] | None = None,
 ) -> LogMetrics:
     """Engagement and line metrics of every conversation in the play logs of ``log_dir``.
 
     ``seed`` seeds the bootstrap. ``bundle_id`` keeps only conversations whose NPC turns all come
-    from that bundle (logs of an A/B test hold several). Corrupt records are skipped by the log
+    from that bundle (logs of an A/B test hold several). ``personas``: the cards played, for the
+    contradiction share (default: the shipped ones). Corrupt records are skipped by the log
     reader; an empty selection is an error naming the directory."""
     conversations = list(group_conversations(read_log_dir(log_dir)).values())
     where = str(Path(log_dir))
@@ -268,7 +313,7 @@ def log_metrics(
             log for log in conversations if log.turns and all(t.bundle_id == bundle_id for t in log.turns.values())
         ]
         where += f" (bundle {bundle_id})"
-    return conversation_metrics(conversations, spec, seed=seed, where=where)
+    return conversation_metrics(conversations, spec, seed=seed, where=where, personas=personas)
 
 
 def conversation_rewards(log_dir: str | os.PathLike[str], spec: RewardSpec) -> list[float]:

@@ -70,7 +70,7 @@ def evaluate_bundle(
             system_prompts=system_prompts,
             concurrency=settings.concurrency,
         )
-    rows: dict[str, Value] = dict(log_metrics(log_dir, spec, settings.seed).as_dict())
+    rows: dict[str, Value] = dict(log_metrics(log_dir, spec, settings.seed, personas=personas).as_dict())
     turns = [r for r in read_log_dir(log_dir) if isinstance(r, NpcTurn) and not (r.filtered or r.fallback)]
     if reference is None:
         kl = 0.0

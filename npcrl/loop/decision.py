@@ -1,7 +1,8 @@
 """The promotion decision: does a round's candidate replace the current bundle?
 
 A candidate is promoted only when it engages more *and* passes every guard against reward hacking
-and language damage (KL to the base, perplexity, repetition, line length). ``decide`` is pure: it
+and language damage (KL to the base, perplexity, repetition, line length, persona-card
+contradictions). ``decide`` is pure: it
 reads the evaluation rows of the two bundles (``npcrl.evaluation.metric_names``) and says why,
 either way.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from npcrl.evaluation.metric_names import (
+    CARD_CONTRADICTIONS,
     ENGAGEMENT,
     KL_PER_LINE,
     PAIRED_GAIN,
@@ -37,6 +39,9 @@ class Guards:
     (docs/RESULTS.md), which +0.10 let through"""
     max_length_ratio: float = 1.5
     """words per line may grow by at most this factor over the current bundle (length hacking)"""
+    max_contradiction_increase: float = 0.02
+    """the share of lines contradicting the persona card (``CARD_CONTRADICTIONS``) may rise by at
+    most this much (absolute) over the current bundle"""
 
 
 PROMOTE_WHEN = ("better", "significant")
@@ -114,4 +119,19 @@ def guard_reasons(
     words, current_words = estimate(candidate[WORDS_PER_LINE]), estimate(current[WORDS_PER_LINE])
     if current_words > 0 and exceeds(words, guards.max_length_ratio * current_words):
         reasons.append(f"{GUARD_PREFIX} words per line {words:.1f} > {guards.max_length_ratio}x {current_words:.1f}")
+    contradiction = contradiction_increase(candidate, current)
+    if contradiction is not None and exceeds(contradiction, guards.max_contradiction_increase):
+        reasons.append(f"{GUARD_PREFIX} card contradictions per line rose by {contradiction:.3f}")
     return reasons
+
+
+def contradiction_increase(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> float | None:
+    """How much the share of card-contradicting lines rose (NaN, which vetoes, when only one of the
+    two is measured); None when there is nothing to compare: rows evaluated before the metric
+    existed, or neither bundle's conversations played a known card."""
+    if CARD_CONTRADICTIONS not in candidate or CARD_CONTRADICTIONS not in current:
+        return None
+    ours, theirs = estimate(candidate[CARD_CONTRADICTIONS]), estimate(current[CARD_CONTRADICTIONS])
+    if math.isnan(ours) and math.isnan(theirs):
+        return None
+    return ours - theirs

@@ -57,6 +57,7 @@ def check_loop_out(out: Path, resume: bool, record: dict[str, Any]) -> None:
     except (OSError, ValueError) as exc:
         raise LoopError(f"{path}: cannot be read ({exc})") from None
     now = as_read_back(record)  # so tuples and lists compare alike
+    previous = with_later_guards(previous)
     for key in sorted(set(previous) | set(now)):
         if key != "rounds" and previous.get(key) != now.get(key):
             raise LoopError(
@@ -66,6 +67,19 @@ def check_loop_out(out: Path, resume: bool, record: dict[str, Any]) -> None:
     finished = finished_rounds(out)
     if record["rounds"] < finished:
         raise LoopError(f"{out}: {finished} rounds are already finished; --rounds must be at least that")
+
+
+def with_later_guards(previous: dict[str, Any]) -> dict[str, Any]:
+    """``previous`` with the guards added since it was written at their defaults: a run started
+    before a guard existed resumes under it only if this run leaves it at its default."""
+    from dataclasses import asdict
+
+    from npcrl.loop.decision import Guards
+
+    guards = previous.get("guards")
+    if not isinstance(guards, dict):
+        return previous
+    return {**previous, "guards": {**asdict(Guards()), **guards}}
 
 
 @contextmanager

@@ -21,11 +21,17 @@ from npcrl.reward.spec import RewardSpec
 from npcrl.runtime.bundle import Bundle, load_bundle, sha256_file
 from npcrl.train.config import DataConfig
 
+RESAMPLED_PREFIX = "resampled:"
+"""``filter_reason`` of a line the agent drew again because the first contradicted its card
+(``npcrl.agent.consistency.RESAMPLED``; the trainer does not import the agent)"""
+
 # Reasons a logged turn is not trained on, in the order they are checked.
 DROP_REASONS = (
     "conflicting_records",  # its conversation holds two different records of one identity: which is true is unknown
     "unscorable_events",  # an event the reward spec cannot score (a value-scaled kind without a value)
     "filtered_or_fallback",  # the player saw a replacement line, not the model's (never trained on)
+    "resampled",  # shown only after earlier samples contradicted the card: drawn from the sampler *given*
+    # it passed the check, whose probability the log does not hold, so its importance weight is unknown
     "other_tokenizer",  # logged by a bundle whose tokenizer is not the training bundle's
     "greedy",  # drawn greedily: the behaviour policy is a point mass, no importance weight exists
     "too_short",
@@ -129,6 +135,8 @@ def _drop_reason(
 ) -> str | None:
     if not trainable:
         return "filtered_or_fallback"
+    if (turn.filter_reason or "").startswith(RESAMPLED_PREFIX):
+        return "resampled"
     if turn.bundle_id not in accepted_bundles:
         return "other_tokenizer"
     temperature = float(turn.sampler.get("temperature", 0.0) or 0.0)

@@ -218,6 +218,7 @@ def test_the_rows_are_keyed_by_the_shared_metric_names(log_dir):
         names.DISTINCT_1,
         names.DISTINCT_2,
         names.REPETITION_RATE,
+        names.CARD_CONTRADICTIONS,
     ]
     assert (names.ENGAGEMENT, names.KL_PER_LINE, names.PERPLEXITY, names.PAIRED_GAIN) == (
         "reward / conversation (95% CI)",

@@ -85,6 +85,7 @@ def test_each_kind_of_unusable_turn_is_dropped_and_counted(tmp_path: Path) -> No
         turn("c1", 6, prompt_ids=list(range(50))),
         turn("c1", 7, response_ids=[4, 500]),
         turn("c1", 8, logprobs=[-0.5, float("-inf")]),
+        turn("c1", 9, filter_reason="resampled:contradicts_card:name:Grimbold"),
     )
     write(tmp_path, records)
     data = load(tmp_path, DataConfig(holdout_fraction=0.0, max_sequence_tokens=20))
@@ -93,13 +94,14 @@ def test_each_kind_of_unusable_turn_is_dropped_and_counted(tmp_path: Path) -> No
         "conflicting_records": 0,
         "unscorable_events": 0,
         "filtered_or_fallback": 2,
+        "resampled": 1,
         "other_tokenizer": 1,
         "greedy": 1,
         "too_short": 1,
         "too_long": 1,
         "invalid": 2,
     }
-    assert data.report.turns_logged == 9
+    assert data.report.turns_logged == 10
 
 
 def test_holdout_is_split_by_conversation(tmp_path: Path) -> None:

@@ -1,0 +1,144 @@
+"""How often NPC lines contradict their persona card, with the agent's resampling off and on.
+
+Each shipped persona answers ``--lines`` player lines (conversations of ``TURNS`` turns, the
+player's lines drawn, seeded, from ``PLAYER_LINES``: half ask who the NPC is, what it does or
+where the player is, the rest are ordinary questions) on the default bundle. Both modes play the
+same conversations with the same seeds, so a mode's first samples are the same until a resample
+changes the conversation:
+
+* off: ``consistency_retries=None``, lines are not checked; a line counts when
+  ``card_contradictions`` flags the shown model line (the model's own rate);
+* on: the default ``consistency_retries`` (2): a contradicting line is sampled again; a line counts
+  when the shown model line still contradicts (by construction only a checker the agent did not
+  run could find one), and the table shows how many turns were resampled and how many ended in a
+  fallback because every sample contradicted.
+
+Usage: python bench/persona_consistency.py [--lines 200] [--seed 0] [--show 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from common import print_table
+
+from npcrl.agent.consistency import CONTRADICTS_CARD, RESAMPLED, card_contradictions
+from npcrl.agent.npc_agent import AgentConfig, NpcAgent, NpcLine
+from npcrl.agent.persona import Persona, builtin_personas
+from npcrl.paths import default_bundle_dir
+from npcrl.runtime.model import OnnxCausalLM
+
+TURNS = 4
+IDENTITY_LINES = (
+    "Who are you?",
+    "What's your name?",
+    "What do you do here?",
+    "Where am I?",
+    "Tell me about yourself.",
+    "Are you the baker?",
+    "Introduce yourself, please.",
+    "What is this place called?",
+)
+ORDINARY_LINES = (
+    "Hello there!",
+    "Any work for a traveller?",
+    "What's the news in the village?",
+    "How much for a room?",
+    "Have you seen any bandits?",
+    "Can you help me?",
+    "Goodbye for now.",
+    "What do you sell?",
+)
+
+
+@dataclass
+class Tally:
+    lines: int = 0
+    contradicting: int = 0
+    resampled: int = 0
+    card_fallbacks: int = 0
+    latencies: list[float] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, line: NpcLine, persona: Persona) -> None:
+        self.lines += 1
+        self.latencies.append(line.latency_s)
+        reason = line.filter_reason or ""
+        self.resampled += reason.startswith(RESAMPLED)
+        self.card_fallbacks += reason.startswith(CONTRADICTS_CARD)
+        found = [] if line.fallback or line.filtered else card_contradictions(line.text, persona)
+        if found:
+            self.contradicting += 1
+            self.reasons.update(r.split(":")[0] for r in found)
+            self.examples.append(f"{persona.id}: {line.text!r} -> {', '.join(found)}")
+
+
+def play(model: OnnxCausalLM, persona: Persona, config: AgentConfig, lines: int, seed: int) -> Tally:
+    tally = Tally()
+    rng = random.Random(f"{seed}/{persona.id}")
+    conversations = -(-lines // TURNS)
+    for index in range(conversations):
+        sampler = replace(config.sampler, seed=seed * 100_003 + index)
+        agent = NpcAgent(model, persona, config=replace(config, sampler=sampler))
+        with agent.conversation(f"bench-{index}") as talk:
+            for turn in range(min(TURNS, lines - index * TURNS)):
+                pool = IDENTITY_LINES if turn % 2 == 0 else ORDINARY_LINES
+                tally.add(talk.respond(rng.choice(pool)), persona)
+    return tally
+
+
+def row(persona: str, off: Tally, on: Tally) -> str:
+    return (
+        f"{persona:<11} {off.lines:>5}  {off.contradicting / off.lines:>9.3f}  {on.contradicting / on.lines:>8.3f}  "
+        f"{on.resampled / on.lines:>9.3f}  {on.card_fallbacks / on.lines:>9.3f}  "
+        f"{statistics.mean(off.latencies):>7.2f}  {statistics.mean(on.latencies):>6.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lines", type=int, default=200, help="NPC lines per persona and mode")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--show", type=int, default=3, help="flagged lines to print per persona (off mode)")
+    args = parser.parse_args()
+    model = OnnxCausalLM(default_bundle_dir("q8"))
+    # no wall-clock budget: a busy machine must not turn lines into fallbacks and change the counts
+    on_config = AgentConfig(time_budget_s=None)
+    off_config = replace(on_config, consistency_retries=None)
+    rows, examples, total = [], [], {"off": Tally(), "on": Tally()}
+    started = time.perf_counter()
+    for persona in builtin_personas().values():
+        off = play(model, persona, off_config, args.lines, args.seed)
+        on = play(model, persona, on_config, args.lines, args.seed)
+        rows.append(row(persona.id, off, on))
+        examples += off.examples[: args.show]
+        for name, tally in (("off", off), ("on", on)):
+            merged = total[name]
+            merged.lines += tally.lines
+            merged.contradicting += tally.contradicting
+            merged.resampled += tally.resampled
+            merged.card_fallbacks += tally.card_fallbacks
+            merged.latencies += tally.latencies
+            merged.reasons += tally.reasons
+        print(f"[{time.perf_counter() - started:.0f} s] {rows[-1]}", file=sys.stderr, flush=True)
+        print("\n".join(off.examples), file=sys.stderr, flush=True)
+    rows.append(row("all", total["off"], total["on"]))
+    print_table(
+        "persona     lines  contra off  contra on  resampled  fallback  lat off  lat on",
+        rows,
+    )
+    print(f"\nreasons (off): {dict(total['off'].reasons)}")
+    print("flagged lines (off):")
+    for example in examples:
+        print(f"  {example}")
+
+
+if __name__ == "__main__":
+    main()
