@@ -72,20 +72,22 @@ class Evaluation:
 def evaluate_run(run: TrainedRun) -> Evaluation:
     """The off-policy estimate on the holdout logs and sample lines before and after training."""
     log("evaluating on holdout logs")
-    config = run.config
-    off_policy = evaluate_holdout(run.policy, run.data.holdout, run.pad_id, config.run.ope_log_weight_clip)
+    config, timer = run.config, run.trainer.timer
+    with timer.phase("off_policy"):
+        off_policy = evaluate_holdout(run.policy, run.data.holdout, run.pad_id, config.run.ope_log_weight_clip)
     samples: dict[str, Any] = {"before": [], "after": []}
     if config.run.sample_prompts:
         for name, reference in (("before", True), ("after", False)):
-            samples[name] = sample_lines(
-                run.policy,
-                run.data.holdout or run.data.train,
-                config.run.sample_prompts,
-                config.run.sample_tokens,
-                config.seed,
-                reference,
-                run.judge[0] if run.judge is not None else None,
-            )
+            with timer.phase("samples"):
+                samples[name] = sample_lines(
+                    run.policy,
+                    run.data.holdout or run.data.train,
+                    config.run.sample_prompts,
+                    config.run.sample_tokens,
+                    config.seed,
+                    reference,
+                    run.judge[0] if run.judge is not None else None,
+                )
     return Evaluation(off_policy, samples, reward_model_summary(config, run.judge, samples))
 
 
@@ -153,13 +155,15 @@ def write_summary(run: TrainedRun, evaluation: Evaluation, bundle_path: Path | N
     metrics = run.trainer.metrics
     if metrics:
         plot_metrics(metrics, run.report_dir / PLOT_FILE)
+    elapsed = time.perf_counter() - run.started
     summary = {
         "parent_bundle": run.bundle.bundle_id,
         "base_weights": str(run.base),
         "bundle": str(bundle_path) if bundle_path else None,
         "bundle_id": bundle_id,
         "data_summary": run.data.report.summary(),
-        "time_s": time.perf_counter() - run.started,
+        "time_s": elapsed,
+        "phases_s": run.trainer.timer.summary(elapsed),
         "metrics": metrics,
         "off_policy": evaluation.off_policy,
         "samples": evaluation.samples,
@@ -174,14 +178,19 @@ def finish(run: TrainedRun) -> TrainResult:
     # Before the report files too: a model with a NaN weight is not evaluated, saved or exported.
     require_finite_tensors(run.policy.module.named_parameters(), f"{run.out}: nothing written", "parameters")
     evaluation = evaluate_run(run)
-    write_json(run.report_dir / "off_policy.json", evaluation.off_policy)
-    write_json(run.report_dir / "samples.json", evaluation.samples, ensure_ascii=False)
+    timer = run.trainer.timer
+    with timer.phase("report"):
+        write_json(run.report_dir / "off_policy.json", evaluation.off_policy)
+        write_json(run.report_dir / "samples.json", evaluation.samples, ensure_ascii=False)
     checkpoint = run.out / "checkpoint"
-    write_final_checkpoint(run.policy, checkpoint)  # an extended run replaces its shorter self's
+    with timer.phase("final_checkpoint"):
+        write_final_checkpoint(run.policy, checkpoint)  # an extended run replaces its shorter self's
     recorded = provenance(run, evaluation)
-    bundle_path, bundle_id = export(run, checkpoint, recorded)
-    write_json(run.report_dir / "provenance.json", recorded)
-    write_summary(run, evaluation, bundle_path, bundle_id)
+    with timer.phase("export"):
+        bundle_path, bundle_id = export(run, checkpoint, recorded)
+    with timer.phase("report"):
+        write_json(run.report_dir / "provenance.json", recorded)
+        write_summary(run, evaluation, bundle_path, bundle_id)
     log(f"done: {checkpoint}" + (f", bundle {bundle_path} ({bundle_id})" if bundle_path else ""))
     return TrainResult(
         out=run.out,

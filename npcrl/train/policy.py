@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ from npcrl.runtime.bundle import Bundle
 from npcrl.runtime.sampler import SamplerConfig
 from npcrl.train.batching import Batch
 from npcrl.train.config import ModelConfig
+from npcrl.train.phase_timer import PhaseTimer
 from npcrl.train.ppo_math import entropy_from_logits, selective_log_softmax
+from npcrl.train.prefix_cache import PrefixCache
 from npcrl.train.shared_prefix import decoder_hidden
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -83,15 +85,22 @@ def lm_head_of(lm: nn.Module) -> nn.Module:
 
 
 def response_hidden(
-    lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    lm: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    prefixes: PrefixCache | None = None,
 ) -> torch.Tensor:
     """Last hidden states at the positions that predict each response token: (B, T, H).
 
     Rows sharing a prompt prefix run it once (``shared_prefix.decoder_hidden``: exact, ~3x less work
-    on persona prompts)."""
+    on persona prompts); ``prefixes`` keeps those prefixes across calls (frozen weights only)."""
     # Step 0 is real in every row (a turn has a response token); padded steps hold position 0.
     first = int(positions[:, 0].min())
-    hidden, offset = decoder_hidden(decoder_of(lm), input_ids, attention_mask, limit=first)  # after the final norm
+    decoder = decoder_of(lm)
+    hidden, offset = decoder_hidden(
+        decoder, input_ids, attention_mask, limit=first, prefixes=prefixes
+    )  # after the final norm
     index = (positions - offset).clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, T, H)
     return hidden.gather(1, index)
 
@@ -117,11 +126,15 @@ class PolicyWithValue(nn.Module):
         positions: torch.Tensor,
         response_ids: torch.Tensor,
         temperature: torch.Tensor,
+        entropy_grad: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``entropy_grad`` False: the entropy is a monitor only (no bonus in the loss), and its
+        backward through the (B, T, V) softmax is skipped."""
         hidden = response_hidden(self.lm, input_ids, attention_mask, positions)
         logits = response_logits(self.lm, hidden, temperature)  # (B, T, V)
         logprobs = selective_log_softmax(logits, response_ids)  # (B, T)
-        entropy = entropy_from_logits(logits)  # (B, T)
+        with nullcontext() if entropy_grad else torch.no_grad():
+            entropy = entropy_from_logits(logits)  # (B, T)
         values = self.value_head(hidden.float()).squeeze(-1)  # (B, T)
         return logprobs, values, entropy
 
@@ -137,6 +150,8 @@ class Policy:
     tokenizer: Any
     source: Path
     reference_lm: nn.Module | None = None  # full mode only
+    reference_prefixes: PrefixCache = field(default_factory=PrefixCache)
+    """the reference's persona prefixes, computed once per run (the reference never changes)"""
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
@@ -152,14 +167,15 @@ class Policy:
 
     @torch.no_grad()
     def score(
-        self, batch: Batch, reference_is_policy: bool
+        self, batch: Batch, reference_is_policy: bool, timer: PhaseTimer | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """pi_old and reference log-probs of the logged tokens, values, and the exact per-state
         KL(pi_old(.|s_t) || pi_ref(.|s_t)) over the whole vocabulary, each (B, T).
 
         The exact KL matters offline: the logged tokens were drawn from mu, not pi_old, so the
         usual one-sample estimate log pi_old(a_t) - log pi_ref(a_t) is biased and goes negative as
-        soon as the policy moves away from the logged lines.
+        soon as the policy moves away from the logged lines. ``timer`` records the reference pass
+        as its own phase.
         """
         hidden = response_hidden(self.module.lm, batch.input_ids, batch.attention_mask, batch.positions)
         logp = torch.log_softmax(response_logits(self.module.lm, hidden, batch.temperature), dim=-1)  # (B, T, V)
@@ -167,11 +183,13 @@ class Policy:
         values = self.module.value_head(hidden.float()).squeeze(-1)
         if reference_is_policy:
             return old, old.clone(), values, torch.zeros_like(old)
-        with self.reference_context():
+        with timer.phase("reference") if timer is not None else nullcontext(), self.reference_context():
             lm = self.reference_lm_module()
-            ref_hidden = response_hidden(lm, batch.input_ids, batch.attention_mask, batch.positions)
+            ref_hidden = response_hidden(
+                lm, batch.input_ids, batch.attention_mask, batch.positions, self.reference_prefixes
+            )
             ref_logp = torch.log_softmax(response_logits(lm, ref_hidden, batch.temperature), dim=-1)
-        ref = ref_logp.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+            ref = ref_logp.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
         kl = (logp.exp() * (logp - ref_logp)).sum(-1).clamp_min(0.0)  # clamp: float rounding only
         return old, ref, values, kl
 
@@ -181,7 +199,8 @@ class Policy:
         ctx = self.reference_context() if reference else nullcontext()
         with ctx:
             lm = self.reference_lm_module() if reference else self.module.lm
-            hidden = response_hidden(lm, batch.input_ids, batch.attention_mask, batch.positions)
+            prefixes = self.reference_prefixes if reference else None
+            hidden = response_hidden(lm, batch.input_ids, batch.attention_mask, batch.positions, prefixes)
             return response_logits(lm, hidden, torch.ones_like(batch.temperature))
 
     @torch.no_grad()
@@ -209,6 +228,7 @@ class Policy:
         """The trained causal LM as a plain transformers model (LoRA merged into the weights)."""
         lm = self.module.lm
         if self.mode == "lora":
+            self.reference_prefixes.clear()  # merging changes the weights the reference ran with
             return lm.merge_and_unload()  # type: ignore[operator]
         return lm
 

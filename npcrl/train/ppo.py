@@ -1,8 +1,8 @@
 """One PPO iteration over logged turns, in three stages that each fit on a screen:
 
-1. ``score``: pi_old log-probs, reference log-probs and values for the rollout batch (no grad);
-   under torchrun each rank scores its share and the results are gathered, so every rank holds
-   the whole batch.
+1. ``score`` (``rollout.py``): pi_old log-probs, reference log-probs and values for the rollout
+   batch (no grad); under torchrun each rank scores its share and the results are gathered, so
+   every rank holds the whole batch.
 2. ``advantages``: KL-penalised per-token rewards, GAE, whitening and the truncated importance
    weights pi_old/mu (docs/TRAINING.md) - computed identically on every rank.
 3. ``update``: epochs of clipped-policy + clipped-value (+ entropy) steps over shuffled minibatches
@@ -14,7 +14,8 @@ answers the rollout turns' prompts and a reward model scores the answers (``onpo
 three stages then run unchanged, with the behaviour set to pi_old (importance weights 1).
 
 Data and minibatch order (and on-policy sampling seeds) come from the seed and the iteration
-number alone, which is what makes a resumed run end where an uninterrupted one would.
+number alone, which is what makes a resumed run end where an uninterrupted one would. Each
+iteration's metrics record the wall time of its phases (``phase_timer.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from npcrl.errors import TrainConfigError
-from npcrl.train.batching import Batch, collate
+from npcrl.train.batching import collate
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingTurn
 from npcrl.train.distributed import Dist
@@ -43,6 +43,7 @@ from npcrl.train.finite import (
 )
 from npcrl.train.kl_control import AdaptiveKLController, FixedKLController, kl_controller
 from npcrl.train.onpolicy import FreshRollouts
+from npcrl.train.phase_timer import PhaseTimer
 from npcrl.train.policy import Policy, batch_inputs
 from npcrl.train.ppo_math import (
     approx_kl,
@@ -58,30 +59,8 @@ from npcrl.train.ppo_math import (
     standardize_scores,
     truncated_importance_weights,
 )
+from npcrl.train.rollout import Rollout, Scorer
 from npcrl.train.shared_prefix import group_by_prefix
-
-
-@dataclass
-class Rollout:
-    """A scored rollout batch, padded to (R, T)."""
-
-    turns: list[TrainingTurn]
-    batch: Batch
-    old_logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    values: torch.Tensor
-    kl: torch.Tensor
-    """exact KL(pi_old || pi_ref) at each response state"""
-    advantages: torch.Tensor | None = None
-    returns: torch.Tensor | None = None
-    weights: torch.Tensor | None = None
-
-
-def _pad_rows(rows: list[torch.Tensor], width: int) -> torch.Tensor:
-    out = torch.zeros((len(rows), width), dtype=torch.float32)
-    for i, row in enumerate(rows):
-        out[i, : row.numel()] = row
-    return out
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
@@ -99,9 +78,12 @@ class PPOTrainer:
         pad_id: int,
         progress: bool = False,
         fresh: FreshRollouts | None = None,
+        timer: PhaseTimer | None = None,
     ) -> None:
         """``fresh`` switches to on-policy PPO: the rollout's responses are sampled from the current
-        policy and scored by a reward model (``npcrl.train.onpolicy``) instead of read from the logs."""
+        policy and scored by a reward model (``npcrl.train.onpolicy``) instead of read from the logs.
+        ``timer`` records the wall time of each phase (the run's own, to share it with the stages
+        outside the iterations)."""
         ppo = config.ppo
         if not train_turns:
             raise TrainConfigError("no training turns")
@@ -125,6 +107,8 @@ class PPOTrainer:
         self.total_iterations = ppo.iterations or math.ceil(ppo.passes * len(train_turns) / ppo.rollout_turns)
         self.ddp: DistributedDataParallel | None = DistributedDataParallel(policy.module) if dist.enabled else None
         self._orders: dict[int, np.ndarray] = {}
+        self.timer = timer if timer is not None else PhaseTimer()
+        self.scorer = Scorer(policy, dist, pad_id, ppo.micro_batch_turns, self.timer, self._bar)
 
     # -- data order ---------------------------------------------------------------------------
     def rollout_turns(self, iteration: int) -> list[TrainingTurn]:
@@ -139,35 +123,9 @@ class PPOTrainer:
         return picked
 
     # -- stage 1 ------------------------------------------------------------------------------
-    @torch.no_grad()
     def score(self, turns: list[TrainingTurn]) -> Rollout:
-        micro = self.config.ppo.micro_batch_turns
-        mine = list(range(self.dist.rank, len(turns), self.dist.world))
-        scored: dict[int, tuple[torch.Tensor, ...]] = {}
-        prompts = [t.prompt_ids for t in turns]
-        for chunk in self._bar(group_by_prefix(mine, prompts, micro), "scoring"):
-            batch = collate([turns[i] for i in chunk], self.pad_id)
-            # Before the first update the policy is the reference: one forward pass serves both.
-            outputs = self.policy.score(batch, reference_is_policy=self.updates == 0)
-            for row, i in enumerate(chunk):
-                length = len(turns[i].response_ids)
-                scored[i] = tuple(t[row, :length].clone() for t in outputs)
-        for part in self.dist.all_gather_objects(scored):
-            scored.update(part)
-        batch = collate(turns, self.pad_id)
-        width = batch.mask.shape[1]
-
-        def padded(k: int) -> torch.Tensor:
-            return _pad_rows([scored[i][k] for i in range(len(turns))], width)
-
-        return Rollout(
-            turns=turns,
-            batch=batch,
-            old_logprobs=padded(0),
-            ref_logprobs=padded(1),
-            values=padded(2),
-            kl=padded(3),
-        )
+        # Before the first update the policy is the reference: one forward pass serves both.
+        return self.scorer.score(turns, reference_is_policy=self.updates == 0)
 
     # -- stage 2 ------------------------------------------------------------------------------
     def advantages(self, rollout: Rollout) -> dict[str, float]:
@@ -306,7 +264,7 @@ class PPOTrainer:
             return full[rows, :width]
 
         mask = batch.mask
-        logprobs, values, entropy = model(*batch_inputs(batch))
+        logprobs, values, entropy = model(*batch_inputs(batch), entropy_grad=ppo.entropy_coef != 0)
         old = take(rollout.old_logprobs)
         policy_loss, clipped = clipped_policy_loss(
             logprobs, old, take(rollout.advantages), ppo.clip_eps, take(rollout.weights)
@@ -332,20 +290,24 @@ class PPOTrainer:
     # -- one iteration ------------------------------------------------------------------------
     def run_iteration(self) -> dict[str, Any]:
         started = time.perf_counter()
+        timer = self.timer
         turns = self.rollout_turns(self.iteration)
-        sampling_s = 0.0
         if self.fresh is not None:
-            turns = self.fresh.sample(self.policy, turns, self.iteration)
-            sampling_s = time.perf_counter() - started
-        rollout = self.score(turns)
+            with timer.phase("sampling"):
+                turns = self.fresh.sample(self.policy, turns, self.iteration)
+        with timer.phase("scoring"):
+            rollout = self.score(turns)
         if self.fresh is not None:
             # The responses were drawn from pi_old itself: it is the behaviour, every importance weight is 1.
             rollout.batch.behaviour_logprobs = rollout.old_logprobs.clone()
             rollout.batch.logged_full_logprobs = rollout.old_logprobs.clone()
-        stats = self.advantages(rollout)
-        stats.update(self.update(rollout))
-        require_finite_tensors(self.policy.trainable_parameters(), self._where(), "parameters after the update")
+        with timer.phase("advantages"):
+            stats = self.advantages(rollout)
+        with timer.phase("update"):
+            stats.update(self.update(rollout))
+            require_finite_tensors(self.policy.trainable_parameters(), self._where(), "parameters after the update")
         elapsed = time.perf_counter() - started
+        phases = timer.take_iteration()
         sequence_tokens = float(rollout.batch.attention_mask.sum())
         self.iteration += 1
         record: dict[str, Any] = {
@@ -353,7 +315,8 @@ class PPOTrainer:
             "turns": len(turns),
             **stats,
             "time_s": elapsed,
-            **({"sampling_s": sampling_s, **self.fresh.last_stats} if self.fresh is not None else {}),
+            "phases_s": phases,
+            **({"sampling_s": phases["sampling"], **self.fresh.last_stats} if self.fresh is not None else {}),
             "sequence_tokens_per_s": sequence_tokens * stats["epochs_run"] / elapsed,
         }
         self.metrics.append(record)

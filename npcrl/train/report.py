@@ -138,14 +138,26 @@ def _samples_section(samples: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _phases_section(phases: dict[str, float] | None, wall_s: float) -> list[str]:
+    """Where the run's time went up to this report (the phases of ``phase_timer.py``)."""
+    if not phases:
+        return []
+    lines = ["## Where the time went", "", "| phase | seconds | share |", "|---|---|---|"]
+    for name, seconds in sorted(phases.items(), key=lambda item: -item[1]):
+        if seconds > 0:
+            lines.append(f"| {name} | {seconds:.1f} | {100 * seconds / max(wall_s, 1e-9):.1f}% |")
+    return [*lines, ""]
+
+
 def write_markdown(path: Path, summary: dict[str, Any]) -> None:
     """``report.md``: what was trained from, the reward model, the monitors, the off-policy
-    estimate and the sample lines, each section only when the run has it."""
+    estimate, the sample lines and the time by phase, each section only when the run has it."""
     lines = [
         *_header(summary),
         *_reward_model_section(summary.get("reward_model")),
         *_monitors_section(summary["metrics"]),
         *_off_policy_section(summary.get("off_policy")),
         *_samples_section(summary.get("samples") or {}),
+        *_phases_section(summary.get("phases_s"), summary["time_s"]),
     ]
     atomic_write(path, "\n".join(lines))

@@ -3,7 +3,8 @@
 Output directory layout::
 
     OUT/run.json            arguments and config of the run (a resume must match them, or raise only
-                            ppo.iterations to extend it), finished_iterations once checkpoint/ is written
+                            ppo.iterations to extend it), finished_iterations once checkpoint/ is written,
+                            with the run's wall time and its split by phase (time_s, phases_s)
     OUT/state/ckpt-NNNNNN/  resumable checkpoints (the newest ``run.keep_checkpoints``)
     OUT/report/             metrics.jsonl, training.png, samples.json, off_policy.json, data.json, report.md
     OUT/checkpoint/         the trained model as an HF directory (safetensors) + value_head.safetensors
@@ -31,6 +32,7 @@ from npcrl.train.data import TrainingData, accepted_bundle_ids, load_training_da
 from npcrl.train.distributed import Dist
 from npcrl.train.finish import TrainedRun, TrainResult, finish, log
 from npcrl.train.onpolicy import FreshRollouts, RewardScorer, logged_lines
+from npcrl.train.phase_timer import PhaseTimer, format_summary
 from npcrl.train.policy import build_policy, resolve_base_weights
 from npcrl.train.ppo import PPOTrainer
 from npcrl.train.report import METRICS_FILE, write_json, write_metrics
@@ -100,6 +102,7 @@ def _build_trainer(
     scorer: Scorer | None,
     dist: Dist,
     progress: bool,
+    timer: PhaseTimer,
 ) -> PPOTrainer:
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
@@ -113,7 +116,7 @@ def _build_trainer(
         assert scorer is not None  # checked by _load_scorer
         lines = logged_lines([*data.train, *data.holdout], tokenizer)
         fresh = FreshRollouts(scorer[0], eos_ids, config, dist, lines)
-    return PPOTrainer(policy, data.train, config, dist, pad_id, progress=progress, fresh=fresh)
+    return PPOTrainer(policy, data.train, config, dist, pad_id, progress=progress, fresh=fresh, timer=timer)
 
 
 def _resume(trainer: PPOTrainer, state_dir: Path, fingerprint: str, dist: Dist) -> None:
@@ -138,18 +141,21 @@ def _iterate(trainer: PPOTrainer, config: TrainConfig, out: Path, fingerprint: s
         record = trainer.run_iteration()
         if not is_main:
             continue
-        write_metrics(out / "report" / METRICS_FILE, trainer.metrics)
         last = trainer.iteration == trainer.total_iterations
-        if trainer.iteration % config.run.checkpoint_every == 0 or last:
-            state = {**trainer.loop_state(), "data_fingerprint": fingerprint}
-            ckpt.save_checkpoint(
-                out / "state",
-                trainer.iteration,
-                trainer.trainable_state(),
-                trainer.optimizer,
-                state,
-                config.run.keep_checkpoints,
-            )
+        with trainer.timer.phase("checkpoint"):
+            if trainer.iteration % config.run.checkpoint_every == 0 or last:
+                state = {**trainer.loop_state(), "data_fingerprint": fingerprint}
+                ckpt.save_checkpoint(
+                    out / "state",
+                    trainer.iteration,
+                    trainer.trainable_state(),
+                    trainer.optimizer,
+                    state,
+                    config.run.keep_checkpoints,
+                )
+        # The iteration's record carries its checkpoint time too (its copy in the checkpoint cannot).
+        record["phases_s"].update(checkpoint=trainer.timer.take_iteration()["checkpoint"])
+        write_metrics(out / "report" / METRICS_FILE, trainer.metrics)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl_per_turn']:.3f}")
@@ -194,22 +200,24 @@ def train(
     (as ``RewardModel``) and a dict with at least ``tensors_sha256`` (what identifies it in the run
     record). Benchmarks plug scorers that are not a saved predictor in here."""
     started = time.perf_counter()
+    timer = PhaseTimer()
     dist = Dist.from_environment()
     out = Path(out).expanduser().resolve()
-    bundle = load_bundle(bundle_dir)
-    base = resolve_base_weights(bundle, base_model)
-    data, lineage = _load_data(logs, bundle, config)
-    scorer = _load_scorer(config, bundle, scorer)
-    run_record = _new_run_record(logs, bundle, base, config, scorer, dist.world)
-    run_record = _open_out(out, resume, run_record, dist, config)
-    if dist.is_main:
-        log(data.report.summary())
-    dist.barrier()
-    trainer = _build_trainer(base, bundle, config, data, scorer, dist, progress)
-    fingerprint = data.fingerprint()
-    if resume:
-        _resume(trainer, out / "state", fingerprint, dist)
-    bar = _start_report(trainer, config, data, out, progress) if dist.is_main else None
+    with timer.phase("setup"):
+        bundle = load_bundle(bundle_dir)
+        base = resolve_base_weights(bundle, base_model)
+        data, lineage = _load_data(logs, bundle, config)
+        scorer = _load_scorer(config, bundle, scorer)
+        run_record = _new_run_record(logs, bundle, base, config, scorer, dist.world)
+        run_record = _open_out(out, resume, run_record, dist, config)
+        if dist.is_main:
+            log(data.report.summary())
+        dist.barrier()
+        trainer = _build_trainer(base, bundle, config, data, scorer, dist, progress, timer)
+        fingerprint = data.fingerprint()
+        if resume:
+            _resume(trainer, out / "state", fingerprint, dist)
+        bar = _start_report(trainer, config, data, out, progress) if dist.is_main else None
     _iterate(trainer, config, out, fingerprint, bar)
     if bar is not None:
         bar.close()
@@ -231,6 +239,10 @@ def train(
         judge=scorer,
     )
     result = finish(run)
-    write_run_record(out, {**run_record, "finished_iterations": trainer.iteration})
+    wall_s = time.perf_counter() - started
+    phases = timer.summary(wall_s)
+    timing = {"time_s": wall_s, "phases_s": phases}  # this process's own: a resumed run's time since its resume
+    write_run_record(out, {**run_record, "finished_iterations": trainer.iteration, **timing})
+    log(format_summary(phases, wall_s))
     dist.close()
     return result

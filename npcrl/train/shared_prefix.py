@@ -14,10 +14,13 @@ over the rows), so values, log-probs and gradients equal the full pass up to flo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from npcrl.train.prefix_cache import PrefixCache
 
 MIN_SHARED_PREFIX = 32
 """shorter common prefixes are run with the rows (a second pass costs more than it saves)"""
@@ -39,28 +42,43 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
 
 def decoder_hidden(
-    decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, limit: int, share_prefix: bool = True
+    decoder: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    limit: int,
+    share_prefix: bool = True,
+    prefixes: PrefixCache | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(last hidden states of positions ``offset:``, ``offset``) for right-padded (B, L) rows.
 
     ``limit`` caps the shared prefix: the caller needs the hidden states of every position from
-    ``limit`` on (e.g. the first position that predicts a response token).
+    ``limit`` on (e.g. the first position that predicts a response token). ``prefixes`` keeps the
+    shared prefixes' keys and values across calls (frozen weights only: ``prefix_cache.py``).
     """
     shared = shared_prefix_length(input_ids, attention_mask, limit) if share_prefix else 0
     if shared == 0:
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state, 0
-    cache = expanded_prefix_cache(decoder, input_ids[:1, :shared], input_ids.shape[0])
+    rows = input_ids.shape[0]
+    if prefixes is not None:
+        cache = expanded_cache(decoder, prefixes.layers(decoder, input_ids[:1, :shared]), rows)
+    else:
+        cache = expanded_prefix_cache(decoder, input_ids[:1, :shared], rows)
     out = decoder(input_ids=input_ids[:, shared:], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
     return out.last_hidden_state, shared
 
 
 def expanded_prefix_cache(decoder: nn.Module, prefix_ids: torch.Tensor, rows: int) -> Any:
     """The KV cache of the (1, n) ``prefix_ids`` run once, expanded (a view, no copy) to ``rows`` rows."""
+    prefix = decoder(input_ids=prefix_ids, use_cache=True).past_key_values
+    return expanded_cache(decoder, [(layer.keys, layer.values) for layer in prefix.layers], rows)
+
+
+def expanded_cache(decoder: nn.Module, layers: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> Any:
+    """A KV cache of one row's per-layer (keys, values) expanded (a view, no copy) to ``rows`` rows."""
     from transformers.cache_utils import DynamicCache
 
-    prefix = decoder(input_ids=prefix_ids, use_cache=True).past_key_values
-    expanded = [(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1)) for layer in prefix.layers]
+    expanded = [(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1)) for keys, values in layers]
     config: Any = decoder.config  # a transformers config; nn.Module types attributes as Tensor | Module
     return DynamicCache(expanded, config=config)
 

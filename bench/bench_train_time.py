@@ -1,0 +1,73 @@
+"""Side by side: ``npcrl train`` of this checkout against another one (e.g. an older commit), on
+the same logs, bundle, config and seed, one run after the other.
+
+Prints per run the wall and CPU time, the split by phase (from ``run.json``, when the checkout
+records one) and the training result that must not change: each iteration's reward, KL, losses
+and clip fraction from ``report/metrics.jsonl``, with the largest difference between the runs.
+
+Usage: python bench/bench_train_time.py --logs LOGS --bundle BUNDLE --before-root OLD_CHECKOUT
+           [--iterations 3] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_KEYS = ("reward_mean", "kl_per_turn", "policy_loss", "value_loss", "entropy", "clip_frac", "approx_kl")
+
+
+def run_train(root: Path, logs: str, bundle: str, config: Path, out: Path) -> dict[str, Any]:
+    """One ``npcrl train`` with the package of ``root``; its wall and CPU seconds and its records."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "npcrl.cli", "train", "--logs", logs, "--bundle", bundle]
+    command += ["--out", str(out), "--config", str(config), "--no-progress"]
+    subprocess.run(command, cwd=root, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    metrics = [json.loads(line) for line in (out / "report" / "metrics.jsonl").read_text().splitlines()]
+    return {"wall_s": wall, "cpu_s": cpu, "phases_s": record.get("phases_s"), "metrics": metrics}
+
+
+def largest_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, float]:
+    return {key: max(abs(x[key] - y[key]) for x, y in zip(a, b, strict=True)) for key in RESULT_KEYS}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--logs", required=True)
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--before-root", required=True, help="a checkout of the trainer to compare against")
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--work", help="directory for the runs' outputs (default: a temporary one)")
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="train-time-"))
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "train.toml"
+    config.write_text(f"[ppo]\niterations = {args.iterations}\n", encoding="utf-8")
+    results = {}
+    for name, root in (("before", Path(args.before_root).resolve()), ("after", ROOT)):
+        results[name] = run_train(root, args.logs, args.bundle, config, work / name)
+        print(f"{name}: wall {results[name]['wall_s']:.1f} s, cpu {results[name]['cpu_s']:.1f} s", flush=True)
+    print(json.dumps({k: {x: y for x, y in v.items() if x != "metrics"} for k, v in results.items()}, indent=1))
+    before, after = results["before"], results["after"]
+    print(f"speed-up: wall {before['wall_s'] / after['wall_s']:.2f}x, cpu {before['cpu_s'] / after['cpu_s']:.2f}x")
+    for row_a, row_b in zip(before["metrics"], after["metrics"], strict=True):
+        print("iteration", row_a["iteration"], {k: (round(row_a[k], 6), round(row_b[k], 6)) for k in RESULT_KEYS})
+    print("largest difference:", largest_difference(before["metrics"], after["metrics"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
