@@ -239,10 +239,15 @@ def train(
         judge=scorer,
     )
     result = finish(run)
-    wall_s = time.perf_counter() - started
-    phases = timer.summary(wall_s)
-    timing = {"time_s": wall_s, "phases_s": phases}  # this process's own: a resumed run's time since its resume
-    write_run_record(out, {**run_record, "finished_iterations": trainer.iteration, **timing})
-    log(format_summary(phases, wall_s))
+    _record_time(out, {**run_record, "finished_iterations": trainer.iteration}, timer, started)
     dist.close()
     return result
+
+
+def _record_time(out: Path, run_record: dict[str, Any], timer: PhaseTimer, started: float) -> None:
+    """Write the run's wall time by phase into ``run.json`` and print it. This process's own time:
+    a resumed run's since its resume."""
+    wall_s = time.perf_counter() - started
+    phases = timer.summary(wall_s)
+    write_run_record(out, {**run_record, "time_s": wall_s, "phases_s": phases})
+    log(format_summary(phases, wall_s))
