@@ -344,10 +344,9 @@ def print_rows(title: str, rows: list[tuple[str, float, float]]) -> list[str]:
     return lines
 
 
-def report(run: Run, args, health: dict) -> list[str]:
+def report(run: Run, args, health: dict, threads: dict) -> list[str]:
     """Print the table; return the failed checks."""
     rows, failed = load_rows(run, run.records)
-    threads = args.threads_used
     print(f"bundle {health.get('bundle_id')} ({args.bundle}); greedy, seed 0, max_new_tokens {args.max_new_tokens}")
     print(
         f"onnxruntime on both sides: threads {threads['intra_op_threads'] or 'default'}, spin {threads['allow_spinning']}"
@@ -385,7 +384,6 @@ def main() -> int:
     sampler_args += ["--spin" if threads["allow_spinning"] else "--no-spin"]
     if threads["intra_op_threads"] is not None:
         sampler_args += ["--threads", str(threads["intra_op_threads"])]
-    args.threads_used = threads
     with tempfile.TemporaryDirectory() as tmp:
         model = OnnxCausalLM(args.bundle, SessionOptions(**threads))
         with ServerProcess(args.bundle, Path(tmp) / "server-logs", sampler_args) as server:
@@ -396,7 +394,7 @@ def main() -> int:
         local_tokens = logged_tokens(list(read_log_dir(Path(tmp) / "timed")))
         run = Run(local, remote, load, local_tokens, logged_tokens(records), records, warm_up)
         stderr = server.stderr_tail()
-    failed = report(run, args, health)
+    failed = report(run, args, health, threads)
     if status not in CLEAN_EXIT:
         print(f"FAILED: npcrl serve exited with status {status} after SIGINT\n{stderr}")
     return 1 if failed or status not in CLEAN_EXIT else 0

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npcrl.agent.consistency import RESAMPLED
 from npcrl.errors import BundleError, LogFormatError, RewardSpecError, TrainDataError, TrainError
 from npcrl.playlog import LogReader, NpcTurn, RecordIndex
 from npcrl.playlog.reader import list_log_files
@@ -20,10 +21,6 @@ from npcrl.reward.engagement import ConversationLog, TurnReward, group_conversat
 from npcrl.reward.spec import RewardSpec
 from npcrl.runtime.bundle import Bundle, load_bundle, sha256_file
 from npcrl.train.config import DataConfig
-
-RESAMPLED_PREFIX = "resampled:"
-"""``filter_reason`` of a line the agent drew again because the first contradicted its card
-(``npcrl.agent.consistency.RESAMPLED``; the trainer does not import the agent)"""
 
 # Reasons a logged turn is not trained on, in the order they are checked.
 DROP_REASONS = (
@@ -135,7 +132,7 @@ def _drop_reason(
 ) -> str | None:
     if not trainable:
         return "filtered_or_fallback"
-    if (turn.filter_reason or "").startswith(RESAMPLED_PREFIX):
+    if (turn.filter_reason or "").startswith(RESAMPLED):
         return "resampled"
     if turn.bundle_id not in accepted_bundles:
         return "other_tokenizer"

@@ -11,6 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from training_turns import VOCAB, make_turn  # noqa: E402
+
 from npcrl.runtime.bundle import load_bundle  # noqa: E402
 from npcrl.train.batching import Batch, collate  # noqa: E402
 from npcrl.train.config import ModelConfig  # noqa: E402
@@ -23,24 +25,6 @@ from npcrl.train.policy import (  # noqa: E402
     response_hidden,
     response_logits,
 )
-
-VOCAB = 60
-
-
-def make_turn(prompt: list[int], response: list[int], key: int) -> TrainingTurn:
-    return TrainingTurn(
-        conversation_id=f"c{key}",
-        turn_index=0,
-        npc_id="npc",
-        bundle_id="b",
-        prompt_ids=tuple(prompt),
-        response_ids=tuple(response),
-        behaviour_logprobs=tuple(-1.0 for _ in response),
-        full_logprobs=tuple(-1.0 for _ in response),
-        temperature=0.8,
-        sampler={},
-        reward=0.0,
-    )
 
 
 def turns_of_one_persona() -> list[TrainingTurn]:

@@ -10,6 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from training_turns import VOCAB, make_turn  # noqa: E402
+
 from npcrl.runtime.bundle import load_bundle  # noqa: E402
 from npcrl.train import shared_prefix  # noqa: E402
 from npcrl.train.batching import collate  # noqa: E402
@@ -22,24 +24,6 @@ from npcrl.train.shared_prefix import (  # noqa: E402
     group_by_prefix,
     shared_prefix_length,
 )
-
-VOCAB = 60  # token ids drawn below this (the tiny models' vocabularies are larger)
-
-
-def make_turn(prompt: list[int], response: list[int], key: int) -> TrainingTurn:
-    return TrainingTurn(
-        conversation_id=f"c{key}",
-        turn_index=0,
-        npc_id="npc",
-        bundle_id="b",
-        prompt_ids=tuple(prompt),
-        response_ids=tuple(response),
-        behaviour_logprobs=tuple(-1.0 for _ in response),
-        full_logprobs=tuple(-1.0 for _ in response),
-        temperature=0.8,
-        sampler={},
-        reward=float(key % 3) - 1.0,
-    )
 
 
 def persona_turns(vocab: int, seed: int = 0) -> list[TrainingTurn]:
