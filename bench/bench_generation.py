@@ -8,9 +8,16 @@ Engines (each measured in its own subprocess, so peak RSS is its own):
   npcrl-traced-q8  npcrl runtime on a torch-traced q8 bundle (only with --traced)
   genai-int4    onnxruntime-genai int4, our own sampler every step (get_logits → sample → append_tokens)
   genai-int8    the same at int8
+  llama.cpp-q8_0, llama.cpp-q4_0, llama.cpp-q4_k_m
+                llama.cpp through llama-cpp-python (the ``bench`` extra), its own sampler, on GGUF
+                files converted and quantised by llama.cpp's own tools from the same fp32 weights
+                (``bench/llama_cpp_engine.py``)
 Every engine samples with the same settings (temperature 0.7, top-p 0.9, repetition penalty 1.1,
 seed 0) and generates exactly N tokens (EOS ignored), so decode speeds compare like for like.
 Quality: KL(torch fp32 || engine) and top-1 agreement, teacher-forced on one fixed sequence.
+Every engine runs with the same thread count (npcrl's default: the usable cores, at most 4).
+*prefill tok/s* is the prompt's tokens over the time to first token; *limit tok/s* is the
+machine's measured read bandwidth over the bytes one decode step must read (the physical bound).
 
 Usage: python bench/bench_generation.py [--tokens 48] [--rounds 3] [--repeats 2] [--traced] [--json out.json]
 """
@@ -31,10 +38,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import llama_cpp_engine  # noqa: E402
 from bench.bandwidth import graph_weight_bytes, memory_bandwidth_gbs  # noqa: E402
 from bench.common import print_table  # noqa: E402
 from exporters.parity import log_softmax  # noqa: E402
 from npcrl.paths import default_bundle_dir, default_model_dir, user_cache_dir  # noqa: E402
+from npcrl.runtime.session import default_thread_count  # noqa: E402
 
 PERSONA = (
     "You are Brom, the blacksmith of the village of Oakrest. You are gruff but kind, proud of your craft, and you "
@@ -69,7 +78,7 @@ def run_hf(prompt: list[int], tokens: int, repeats: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(default_thread_count())
     model = AutoModelForCausalLM.from_pretrained(default_model_dir(), dtype=torch.float32).eval()
     ids = torch.tensor([prompt])
     kwargs = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=1.1, pad_token_id=2)
@@ -181,6 +190,11 @@ def child_main(engine: str, tokens: int, repeats: int, out: Path) -> None:
         result = run_hf(prompt, tokens, repeats)
     elif engine.startswith("npcrl-"):
         result = run_npcrl(os.environ["NPCRL_BENCH_BUNDLE"], prompt, tokens, repeats)
+    elif engine.startswith("llama.cpp-"):
+        gguf = Path(os.environ["NPCRL_BENCH_GGUF"])
+        reference = _reference_sequence(prompt)
+        result = llama_cpp_engine.run(gguf, prompt, reference, tokens, repeats, default_thread_count(), SAMPLING)
+        result["peak_rss_mb"] = _rss_mb()
     else:
         result = run_genai(engine.split("-")[1], prompt, tokens, repeats)
     logits = result.pop("logits", None)
@@ -229,6 +243,7 @@ def parse_args() -> argparse.Namespace:
 
 def chosen_engines(args: argparse.Namespace) -> list[str]:
     engines = ["hf", "npcrl-fp32", "npcrl-q8", "npcrl-q4", "genai-int4", "genai-int8"]
+    engines += [f"llama.cpp-{quant}" for quant in llama_cpp_engine.QUANTS]
     if args.traced:
         engines.insert(4, "npcrl-traced-q8")
     try:
@@ -236,6 +251,10 @@ def chosen_engines(args: argparse.Namespace) -> list[str]:
     except ImportError:
         engines = [e for e in engines if not e.startswith("genai")]
         print("onnxruntime-genai is not installed: its rows are skipped", file=sys.stderr)
+    missing = llama_cpp_engine.available()
+    if missing:
+        engines = [e for e in engines if not e.startswith("llama.cpp")]
+        print(f"{missing}: the llama.cpp rows are skipped", file=sys.stderr)
     if args.engines:
         engines = [e for e in engines if e in args.engines.split(",")]
     return engines
@@ -251,6 +270,8 @@ def engine_envs(engines: list[str], work: Path) -> dict[str, dict[str, str]]:
             env["NPCRL_BENCH_BUNDLE"] = str(ensure_bundle(quant, "torch" if "traced" in engine else "fused"))
         elif engine.startswith("genai-"):
             genai_model_dir(engine.split("-")[1])
+        elif engine.startswith("llama.cpp-"):
+            env["NPCRL_BENCH_GGUF"] = str(llama_cpp_engine.gguf_path(engine.split("-", 1)[1]))
         envs[engine] = env
     return envs
 
@@ -262,6 +283,10 @@ def bytes_per_step(envs: dict[str, dict[str, str]], prompt_tokens: int, new_toke
     kv_bytes = (prompt_tokens + new_tokens / 2) * kv_per_token
     step_bytes: dict[str, float] = {}
     for engine, env in envs.items():
+        if engine.startswith("llama.cpp-"):
+            # llama.cpp keeps its KV cache in float16 by default: half the bytes per position.
+            step_bytes[engine] = llama_cpp_engine.gguf_weight_bytes(Path(env["NPCRL_BENCH_GGUF"])) + kv_bytes / 2
+            continue
         if engine == "hf" or engine.startswith("npcrl-"):
             graph = Path(env.get("NPCRL_BENCH_BUNDLE") or str(default_bundle_dir("fp32"))) / "model.onnx"
         else:
@@ -302,28 +327,59 @@ def median_results(per_round: dict[str, list[dict]], step_bytes: dict[str, float
     return results
 
 
-def print_results(results: dict[str, dict], bandwidth: list[float]) -> None:
-    hf = results.get("hf", {}).get("decode_tok_s")
-    genai = results.get("genai-int4", {}).get("decode_tok_s")
+def _ratio(value: float, base: float | None) -> float:
+    return value / base if base else float("nan")
+
+
+def print_results(results: dict[str, dict], bandwidth: list[float], prompt_tokens: int) -> None:
+    decode = {engine: r["decode_tok_s"] for engine, r in results.items()}
     peak_bw = max(bandwidth)
     print(
         f"memory read bandwidth (numpy sums over 256 MB on every core, best of 5) {bandwidth[0]:.1f} GB/s before, "
-        f"{bandwidth[1]:.1f} GB/s after; MB/token = weights read per decode step + KV at the mean context"
+        f"{bandwidth[1]:.1f} GB/s after; MB/token = weights read per decode step + KV at the mean context; "
+        f"limit = {peak_bw:.1f} GB/s / MB/token"
     )
-    header = f"{'engine':18s} {'TTFT ms':>8s} {'decode tok/s':>12s} {'(min-max)':>11s} {'x HF':>6s} {'x genai-int4':>12s} {'MB/token':>8s} {'GB/s':>5s} {'% bw':>5s} {'peak RSS MB':>11s} {'KL vs fp32':>10s} {'top-1':>6s}"
+    header = (
+        f"{'engine':17s} {'TTFT ms':>7s} {'prefill tok/s':>13s} {'decode tok/s':>12s} {'(min-max)':>9s} "
+        f"{'x HF':>5s} {'x l.cpp q8_0':>12s} {'x l.cpp q4_0':>12s} {'MB/token':>8s} {'limit tok/s':>11s} "
+        f"{'% limit':>7s} {'peak RSS MB':>11s} {'KL vs fp32':>10s} {'top-1':>6s}"
+    )
     print_table(
         header,
         (
-            f"{engine:18s} {r['ttft_s'] * 1000:8.0f} {r['decode_tok_s']:12.1f} "
-            f"{r['decode_tok_s_range'][0]:5.0f}-{r['decode_tok_s_range'][1]:<5.0f} "
-            f"{r['decode_tok_s'] / hf if hf else float('nan'):6.2f} "
-            f"{r['decode_tok_s'] / genai if genai else float('nan'):12.2f} "
-            f"{r['mb_per_token']:8.1f} {r['mb_per_token'] * r['decode_tok_s'] / 1e3:5.1f} "
-            f"{r['mb_per_token'] * r['decode_tok_s'] / 1e3 / peak_bw * 100:4.0f}% {r['peak_rss_mb']:11.0f} "
+            f"{engine:17s} {r['ttft_s'] * 1000:7.0f} {prompt_tokens / r['ttft_s']:13.0f} {r['decode_tok_s']:12.1f} "
+            f"{r['decode_tok_s_range'][0]:4.0f}-{r['decode_tok_s_range'][1]:<4.0f} "
+            f"{_ratio(r['decode_tok_s'], decode.get('hf')):5.2f} "
+            f"{_ratio(r['decode_tok_s'], decode.get('llama.cpp-q8_0')):12.2f} "
+            f"{_ratio(r['decode_tok_s'], decode.get('llama.cpp-q4_0')):12.2f} "
+            f"{r['mb_per_token']:8.1f} {peak_bw * 1e3 / r['mb_per_token']:11.0f} "
+            f"{r['mb_per_token'] * r['decode_tok_s'] / 1e3 / peak_bw * 100:6.0f}% {r['peak_rss_mb']:11.0f} "
             f"{r['kl_vs_fp32']:10.4f} {r['top1_vs_fp32']:6.3f}"
             for engine, r in results.items()
         ),
     )
+    print_targets(results, prompt_tokens)
+
+
+def print_targets(results: dict[str, dict], prompt_tokens: int) -> None:
+    """The comparisons the runtime is held to, as ratios from this run."""
+    llama_q8, llama_q4 = results.get("llama.cpp-q8_0"), results.get("llama.cpp-q4_0")
+    hf, ours = results.get("hf"), results.get("npcrl-q8")
+    if ours and hf:
+        print(f"npcrl-q8 decode vs HF generate: {ours['decode_tok_s'] / hf['decode_tok_s']:.2f}x")
+    if ours and llama_q8:
+        print(
+            f"default point (npcrl-q8, KL {ours['kl_vs_fp32']:.4f}) vs llama.cpp Q8_0 (KL {llama_q8['kl_vs_fp32']:.4f}): "
+            f"decode {ours['decode_tok_s'] / llama_q8['decode_tok_s']:.2f}x, "
+            f"prefill {llama_q8['ttft_s'] / ours['ttft_s']:.2f}x ({prompt_tokens} tokens)"
+        )
+    fast = [e for e, r in results.items() if e.startswith("npcrl-") and r["kl_vs_fp32"] <= 0.1]
+    if fast and llama_q4:
+        best = max(fast, key=lambda e: results[e]["decode_tok_s"])
+        print(
+            f"fastest npcrl row with KL <= 0.1 ({best}, KL {results[best]['kl_vs_fp32']:.4f}) vs llama.cpp Q4_0 "
+            f"(KL {llama_q4['kl_vs_fp32']:.4f}): decode {results[best]['decode_tok_s'] / llama_q4['decode_tok_s']:.2f}x"
+        )
 
 
 def main() -> None:
@@ -359,7 +415,7 @@ def main() -> None:
         f"\nprompt {len(prompt)} tokens, {args.tokens} new tokens; median over {args.rounds} interleaved rounds "
         f"of {args.repeats} runs each; cpu threads {os.cpu_count()}"
     )
-    print_results(results, bandwidth)
+    print_results(results, bandwidth, len(prompt))
     if args.json:
         args.json.write_text(
             json.dumps(
