@@ -34,6 +34,9 @@ from npcrl.validate import ConfigValueError, check_number, check_optional
 # Top-p without top-k ranks this many best candidates first (the nucleus of a trained LM usually
 # fits), then 16 times as many while that can still suffice, then sorts the whole vocabulary.
 _TOP_P_CANDIDATES = 256
+# Before that, the tokens within this many nats of the best one are tried: usually a few dozen
+# that already hold the nucleus, found by one comparison instead of partitioning the vocabulary.
+_NEAR_BEST_NATS = 9.0
 # The repetition penalty patches the step's float32 weights in place while the penalised maximum
 # stays within this many nats of the raw one; tokens below that are too rare to matter.
 _REUSE_RANGE = 20.0
@@ -191,6 +194,9 @@ def _truncate(z: np.ndarray, lse: float, top_k: int, top_p: float, ws: _Workspac
         return kept
     if top_p >= 1.0:
         return None
+    near = _near_best_nucleus(z, lse, top_p, ws)
+    if near is not None:
+        return near
     count = _TOP_P_CANDIDATES
     while count < size:
         kept = _top_candidates(z, count, ws)
@@ -204,6 +210,22 @@ def _truncate(z: np.ndarray, lse: float, top_k: int, top_p: float, ws: _Workspac
         if mass[-1] + (count - kept.size) * probs[-1] < top_p:
             break
     return _wide_nucleus(z, lse, top_p)
+
+
+def _near_best_nucleus(z: np.ndarray, lse: float, top_p: float, ws: _Workspace) -> np.ndarray | None:
+    """The nucleus when the tokens within ``_NEAR_BEST_NATS`` of the best hold it and are at most
+    ``_TOP_P_CANDIDATES``; else None. Exactly what the ranked search returns then: those tokens are
+    the best ones in rank order (a threshold on the float64 ``z`` keeps every tie together), so
+    their prefix sums are the ranked search's."""
+    threshold = float(z.max()) - _NEAR_BEST_NATS
+    candidates = np.flatnonzero(np.greater(z, threshold, out=ws.mask))
+    if candidates.size > _TOP_P_CANDIDATES:
+        return None
+    kept = _sort_desc(z, candidates)
+    mass = np.cumsum(np.exp(z[kept] - lse))
+    if mass[-1] < top_p:
+        return None
+    return kept[: _nucleus_size(mass, top_p)]
 
 
 def _wide_nucleus(z: np.ndarray, lse: float, top_p: float) -> np.ndarray:

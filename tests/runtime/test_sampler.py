@@ -8,7 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from npcrl.runtime.sampler import SampledToken, Sampler, SamplerConfig, _truncate, _Workspace
+from npcrl.runtime import sampler as sampler_module
+from npcrl.runtime.sampler import (
+    _NEAR_BEST_NATS,
+    SampledToken,
+    Sampler,
+    SamplerConfig,
+    _near_best_nucleus,
+    _truncate,
+    _Workspace,
+)
 
 
 def logsumexp(z: np.ndarray) -> float:
@@ -163,6 +172,42 @@ def test_fast_path_equals_full_sort_reference(make, top_k, top_p, bounds, seed):
         np.testing.assert_array_equal(kept, expected)  # partition passes return best first
     low, high = bounds
     assert low <= expected.size <= (high or size)
+
+
+def _peaked(rng: np.random.Generator, size: int) -> np.ndarray:
+    out = rng.normal(0.0, 1.0, size)
+    out[rng.choice(size, 12, replace=False)] += rng.uniform(8.0, 12.0, 12)  # a trained LM's few likely tokens
+    return out
+
+
+def _tie_at_threshold(rng: np.random.Generator, size: int) -> np.ndarray:
+    out = rng.normal(-20.0, 1.0, size)
+    out[:5] = 10.0
+    out[5:40] = 10.0 - _NEAR_BEST_NATS  # exactly on the threshold: all out together
+    out[40:60] = 10.0 - _NEAR_BEST_NATS + 1e-9  # just inside
+    return out
+
+
+NEAR_BEST_CASES = [
+    # (logits maker, top_p, whether the tokens near the best hold the nucleus)
+    pytest.param(_peaked, 0.9, True, id="peaked"),
+    pytest.param(_tie_at_threshold, 0.999, True, id="ties-on-the-threshold"),
+    pytest.param(lambda r, v: r.normal(0.0, 4.0, v), 0.9, False, id="too-many-near-the-best"),
+    pytest.param(lambda r, v: np.r_[np.full(3, 9.0), r.normal(0.0, 1.0, v - 3)], 0.9, False, id="mass-beyond-them"),
+]
+
+
+@pytest.mark.parametrize(("make", "top_p", "held"), NEAR_BEST_CASES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_near_best_nucleus_is_exactly_the_ranked_search(monkeypatch, make, top_p, held, seed):
+    size = 6000
+    z = np.asarray(make(np.random.default_rng(seed), size), dtype=np.float64)
+    lse, ws = logsumexp(z), _Workspace(size)
+    assert (_near_best_nucleus(z, lse, top_p, ws) is not None) == held  # which path runs
+    kept = _truncate(z, lse, 0, top_p, ws)
+    monkeypatch.setattr(sampler_module, "_near_best_nucleus", lambda *args: None)
+    ranked = _truncate(z, lse, 0, top_p, _Workspace(size))
+    np.testing.assert_array_equal(kept, ranked)  # the same tokens in the same order: the same draws
 
 
 def test_fast_path_end_to_end_on_a_full_size_vocabulary():
