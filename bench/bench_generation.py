@@ -4,6 +4,7 @@ Engines (each measured in its own subprocess, so peak RSS is its own):
   hf            transformers ``generate`` (torch fp32, KV cache), the baseline
   npcrl-fp32    npcrl runtime on the fp32 bundle          (fused graph)
   npcrl-q8      npcrl runtime on the q8 bundle (default)  (fused graph, 8-bit weights)
+  npcrl-q8-fast npcrl runtime on the q8-fast bundle         (fused graph, 8-bit weights in blocks of 64)
   npcrl-q4      npcrl runtime on the q4 bundle            (fused graph, 4-bit weights)
   npcrl-traced-q8  npcrl runtime on a torch-traced q8 bundle (only with --traced)
   genai-int4    onnxruntime-genai int4, our own sampler every step (get_logits → sample → append_tokens)
@@ -125,7 +126,7 @@ def genai_model_dir(precision: str) -> Path:
     if not (target / "genai_config.json").is_file():
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(default_model_dir()), "-o",
                str(target), "-p", precision, "-e", "cpu", "-c", str(target.parent / "genai-cache"),
-               "--extra_options", "int4_accuracy_level=4", "int4_block_size=32"]  # fmt: skip
+               "--extra_options", "accuracy_level=4", "block_size=32"]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True)
     return target
 
@@ -242,10 +243,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def chosen_engines(args: argparse.Namespace) -> list[str]:
-    engines = ["hf", "npcrl-fp32", "npcrl-q8", "npcrl-q4", "genai-int4", "genai-int8"]
+    engines = ["hf", "npcrl-fp32", "npcrl-q8", "npcrl-q8-fast", "npcrl-q4", "genai-int4", "genai-int8"]
     engines += [f"llama.cpp-{quant}" for quant in llama_cpp_engine.QUANTS]
     if args.traced:
-        engines.insert(4, "npcrl-traced-q8")
+        engines.insert(5, "npcrl-traced-q8")
     try:
         import onnxruntime_genai  # noqa: F401
     except ImportError:
@@ -265,9 +266,10 @@ def engine_envs(engines: list[str], work: Path) -> dict[str, dict[str, str]]:
     envs: dict[str, dict[str, str]] = {}
     for engine in engines:
         env = dict(os.environ, NPCRL_BENCH_REF=str(work / "reference.json"))
-        if engine.startswith("npcrl-"):
-            quant = engine.rsplit("-", 1)[1]
-            env["NPCRL_BENCH_BUNDLE"] = str(ensure_bundle(quant, "torch" if "traced" in engine else "fused"))
+        if engine.startswith("npcrl-traced-"):
+            env["NPCRL_BENCH_BUNDLE"] = str(ensure_bundle(engine.removeprefix("npcrl-traced-"), "torch"))
+        elif engine.startswith("npcrl-"):
+            env["NPCRL_BENCH_BUNDLE"] = str(ensure_bundle(engine.removeprefix("npcrl-")))
         elif engine.startswith("genai-"):
             genai_model_dir(engine.split("-")[1])
         elif engine.startswith("llama.cpp-"):

@@ -24,6 +24,7 @@ from exporters.fused_export import (
     fused_unsupported_reason,
 )
 from exporters.manifest import ONNX_NAME, ManifestInputs, build_manifest, save_tokenizer
+from exporters.merge_projections import merge_shared_input_matmuls
 from exporters.onnx_export import export_onnx, kv_layout_of
 from exporters.parity import HELDOUT_PASSAGE, PARITY_TEXT, QUALITY_PROMPTS, check_parity, measure_quality
 from exporters.quantize import QUANT_SPECS, QuantSpec, quantize_onnx
@@ -164,6 +165,9 @@ def _quantise(job: ExportJob, fp32_path: Path) -> dict[str, Any]:
         return quantization
     if job.route == "fused":
         export_fused(_hf_dir(job), bundle_dir, bits, spec.block_size)
+        merged = merge_shared_input_matmuls(bundle_dir / ONNX_NAME)
+        _log(f"merged {merged} quantised projections into others that read the same input (MLP gate and up)")
+        quantization["merged_projections"] = merged
         quantization["scope"] = "every linear layer incl. the LM head" + (
             "; the tied embedding is 4-bit too" if bits == 4 else "; embedding lookup stays fp32"
         )

@@ -95,7 +95,9 @@ def export_fused(hf_dir: Path, out_dir: Path, bits: int | None, block_size: int 
     if bits is not None:
         # Accuracy level 4 = int8 activations inside MatMulNBits: the fast CPU kernel. Level 0
         # falls back to dequantising whole weights each call (measured 50x slower for 8 bits).
-        cmd += ["--extra_options", "int4_accuracy_level=4", f"int4_block_size={block_size}"]
+        # (onnxruntime-genai 0.18 reads "accuracy_level" and "block_size"; the "int4_"-prefixed
+        # names its help still calls aliases are silently ignored, leaving its defaults.)
+        cmd += ["--extra_options", "accuracy_level=4", f"block_size={block_size}"]
     print(f"[npcrl export] building the fused {precision} graph", file=sys.stderr, flush=True)
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)

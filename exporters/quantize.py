@@ -40,6 +40,10 @@ QUANT_SPECS = {
     # Accuracy level 4 (int8 activations) selects MatMulNBits' fast CPU kernel; level 0 was
     # measured at 1 tok/s for 8-bit weights on SmolLM2 (it dequantises whole weights each call).
     "q8": QuantSpec("q8", 8, block_size=32, accuracy_level=4),
+    # Blocks of 64: half the scales, about 15% faster decoding; mean KL to fp32 0.009 against
+    # q8's 0.006 on SmolLM2-135M (still within the 8-bit bound). Blocks of 128 are not offered:
+    # 576-wide rows pad to 640 and the one-row and many-row kernels then disagree (1.7 logits).
+    "q8-fast": QuantSpec("q8-fast", 8, block_size=64, accuracy_level=4),
     "q4": QuantSpec("q4", 4, block_size=32, accuracy_level=4),
 }
 

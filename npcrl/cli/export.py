@@ -59,7 +59,7 @@ def add_export_parser(subparsers: Any) -> None:
     )
     export.add_argument("source", help="HF model directory, .gguf file, hub id, or 'default' for SmolLM2-135M-Instruct")
     export.add_argument("--out", required=True, help="bundle directory to write")
-    export.add_argument("--quant", choices=("fp32", "q8", "q4"), default=DEFAULT_QUANT)
+    export.add_argument("--quant", choices=("fp32", "q8", "q8-fast", "q4"), default=DEFAULT_QUANT)
     export.add_argument("--force", action="store_true", help="replace an existing bundle")
     export.add_argument(
         "--graph",

@@ -184,7 +184,7 @@ class RunConfig:
 
     def validate(self) -> None:
         _check_fields(self, "run.")
-        quants = ("fp32", "q8", "q4", "none")
+        quants = ("fp32", "q8", "q8-fast", "q4", "none")
         _check(self.export_quant in quants, "run.export_quant", self.export_quant, f"one of {', '.join(quants)}")
         graphs = ("auto", "fused", "torch")
         _check(self.export_graph in graphs, "run.export_graph", self.export_graph, f"one of {', '.join(graphs)}")
