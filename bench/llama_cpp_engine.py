@@ -148,3 +148,64 @@ def run(
         "decode_tok_s": float(np.median([r[1] for r in runs])),
         "logits": logits,
     }
+
+
+def run_parallel(path: Path, prompts: list[list[int]], tokens: int, threads: int, sampling: dict) -> dict:
+    """llama.cpp's own way to serve several sequences: one context with a sequence id per
+    conversation, every prompt prefilled in one batch, then one batch per step holding each
+    sequence's next token (as its ``parallel`` and ``batched`` examples do). Each sequence samples
+    with its own chain at the benchmark's settings (repetition penalty over the last 64 tokens,
+    llama.cpp's default window). Returns the wall time and tokens made."""
+    import llama_cpp as lc
+
+    lc.llama_backend_init()
+    model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+    params = lc.llama_context_default_params()
+    total_prompt = sum(len(p) for p in prompts)
+    params.n_ctx = len(prompts) * (max(len(p) for p in prompts) + tokens + 16)
+    params.n_batch = max(512, total_prompt)
+    params.n_seq_max = len(prompts)
+    params.n_threads = params.n_threads_batch = threads
+    ctx = lc.llama_init_from_model(model, params)
+    batch = lc.llama_batch_init(max(total_prompt, len(prompts)), 0, len(prompts))
+    chains = []
+    for seq, prompt in enumerate(prompts):
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(64, sampling["repetition_penalty"], 0.0, 0.0))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(sampling["top_p"], 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(sampling["temperature"]))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(sampling["seed"] + seq))
+        for token in prompt:
+            lc.llama_sampler_accept(chain, token)
+        chains.append(chain)
+
+    def fill(entries: list[tuple[int, int, int, bool]]) -> None:
+        for k, (token, pos, seq, logits) in enumerate(entries):
+            batch.token[k], batch.pos[k], batch.n_seq_id[k] = token, pos, 1
+            batch.seq_id[k][0], batch.logits[k] = seq, logits
+        batch.n_tokens = len(entries)
+
+    try:
+        start = time.perf_counter()
+        entries = [(t, pos, seq, pos == len(p) - 1) for seq, p in enumerate(prompts) for pos, t in enumerate(p)]
+        fill(entries)
+        if lc.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed on the prompts")
+        rows = [i for i, entry in enumerate(entries) if entry[3]]  # batch index of each sequence's logits
+        first = time.perf_counter()
+        for step in range(tokens):
+            made = [lc.llama_sampler_sample(chains[seq], ctx, rows[seq]) for seq in range(len(prompts))]
+            if step == tokens - 1:
+                break
+            fill([(token, len(prompts[seq]) + step, seq, True) for seq, token in enumerate(made)])
+            if lc.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed on a decode step")
+            rows = list(range(len(prompts)))
+        end = time.perf_counter()
+    finally:
+        for chain in chains:
+            lc.llama_sampler_free(chain)
+        lc.llama_batch_free(batch)
+        lc.llama_free(ctx)
+        lc.llama_model_free(model)
+    return {"wall_s": end - start, "prefill_s": first - start, "tokens": tokens * len(prompts)}

@@ -23,6 +23,7 @@ from exporters.fused_export import (
     fused_kv_layout,
     fused_unsupported_reason,
 )
+from exporters.logits_to_keep import add_logits_to_keep
 from exporters.manifest import ONNX_NAME, ManifestInputs, build_manifest, save_tokenizer
 from exporters.merge_projections import merge_shared_input_matmuls
 from exporters.onnx_export import export_onnx, kv_layout_of
@@ -138,7 +139,9 @@ def _export_fp32_graph(job: ExportJob) -> Path:
     fp32_dir = job.scratch / "fp32"
     fp32_dir.mkdir()
     if job.route == "fused":
-        return export_fused(_hf_dir(job), fp32_dir, None)
+        path = export_fused(_hf_dir(job), fp32_dir, None)
+        add_logits_to_keep(path)
+        return path
     fp32_path = fp32_dir / ONNX_NAME
     export_onnx(job.loaded.model, job.layout, fp32_path)
     return fp32_path
@@ -168,6 +171,7 @@ def _quantise(job: ExportJob, fp32_path: Path) -> dict[str, Any]:
         merged = merge_shared_input_matmuls(bundle_dir / ONNX_NAME)
         _log(f"merged {merged} quantised projections into others that read the same input (MLP gate and up)")
         quantization["merged_projections"] = merged
+        add_logits_to_keep(bundle_dir / ONNX_NAME)
         quantization["scope"] = "every linear layer incl. the LM head" + (
             "; the tied embedding is 4-bit too" if bits == 4 else "; embedding lookup stays fp32"
         )

@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from npcrl.errors import NpcrlError
 from npcrl.runtime.bundle import KVLayout
+from npcrl.runtime.session import LOGITS_TO_KEEP
 
 LOGIT_ATOL = 2e-3
 """max |logit difference| accepted between torch and the fp32 graph (measured ≈ 6e-5 on SmolLM2)"""
@@ -60,6 +61,7 @@ class OrtGraph:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         self.layout = layout
+        self.keeps_logits = any(i.name == LOGITS_TO_KEEP for i in self.session.get_inputs())
 
     def empty_past(self) -> list[np.ndarray]:
         shape = (1, self.layout.num_kv_heads, 0, self.layout.head_dim)
@@ -75,6 +77,8 @@ class OrtGraph:
         }
         if self.layout.position_ids:
             feeds["position_ids"] = np.arange(past_len, total, dtype=np.int64)[None, :]
+        if self.keeps_logits:
+            feeds[LOGITS_TO_KEEP] = np.asarray([len(ids)], dtype=np.int64)  # every position's logits
         feeds.update(zip(self.layout.past_names(), past, strict=True))
         outputs = self.session.run(["logits", *self.layout.present_names()], feeds)
         return outputs[0][0], list(outputs[1:])

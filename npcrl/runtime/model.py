@@ -32,7 +32,13 @@ from npcrl.runtime.malloc import limit_malloc_arenas
 from npcrl.runtime.prefixstore import PrefixStore
 from npcrl.runtime.sampler import SamplerConfig
 from npcrl.runtime.scheduler import Job, StepScheduler
-from npcrl.runtime.session import SessionOptions, check_graph_interface, create_session, default_thread_count
+from npcrl.runtime.session import (
+    LOGITS_TO_KEEP,
+    SessionOptions,
+    check_graph_interface,
+    create_session,
+    default_thread_count,
+)
 from npcrl.runtime.tokenizer import BundleTokenizer
 
 __all__ = [
@@ -78,6 +84,9 @@ class OnnxCausalLM:
         self.session = create_session(bundle.onnx_path, self.options)
         check_graph_interface(self.session, bundle)
         self._kv_dtype = np.dtype(self.kv_layout.dtype)
+        self.keeps_logits = any(i.name == LOGITS_TO_KEEP for i in self.session.get_inputs())
+        """the graph can skip the LM head for positions whose logits nobody reads (a prefill's)"""
+        self._one = np.ones(1, dtype=np.int64)
         self.in_place_kv = manifest.model.get("graph") == "fused"
         """fused (GroupQueryAttention) graphs accept one buffer as past and present: KV pool slots"""
         self.scheduler = StepScheduler(
@@ -151,9 +160,9 @@ class OnnxCausalLM:
                     size += 1
                 chunk = ids[start : start + size]
                 start += len(chunk)
-                want_all = all_logits or start == len(ids)
+                want_all = all_logits or start == len(ids)  # this chunk's logits are returned
                 job = Job(
-                    partial(self._run_slot, chunk, cache, want_all),
+                    partial(self._run_slot, chunk, cache, all_logits),
                     batch_key=self.pool if len(chunk) == 1 else None,
                     payload=(cache, int(chunk[0])),
                 )
@@ -180,10 +189,12 @@ class OnnxCausalLM:
             binding.bind_input(past, "cpu", 0, self._kv_dtype, shape, ptr)
             binding.bind_output(present, "cpu", 0, self._kv_dtype, shape, ptr)
 
-    def _run_rows(self, lo: int, hi: int, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """A pass over pool rows ``lo..hi``; returns logits ``(rows, T, V)``. The binding of those
-        rows is made once and kept (the KV pointers never move), so a pass only rebinds its ids,
-        mask and a fresh logits buffer: binding 60 KV tensors costs about a millisecond."""
+    def _run_rows(self, lo: int, hi: int, ids: np.ndarray, mask: np.ndarray, all_logits: bool = True) -> np.ndarray:
+        """A pass over pool rows ``lo..hi``; returns logits ``(rows, T, V)``, or only the last
+        position's ``(rows, 1, V)`` without ``all_logits`` where the graph can skip the rest. The
+        binding of those rows is made once and kept (the KV pointers never move), so a pass only
+        rebinds its ids, mask and a fresh logits buffer: binding 60 KV tensors costs about a
+        millisecond."""
         binding = self._bindings.get((lo, hi))
         if binding is None:
             assert self.pool is not None
@@ -192,7 +203,11 @@ class OnnxCausalLM:
             self._bindings[(lo, hi)] = binding
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
-        logits = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), dtype=np.float32)
+        kept = ids.shape[1]
+        if self.keeps_logits:
+            kept = kept if all_logits else 1
+            binding.bind_cpu_input(LOGITS_TO_KEEP, np.asarray([kept], dtype=np.int64) if kept > 1 else self._one)
+        logits = np.empty((ids.shape[0], kept, self.vocab_size), dtype=np.float32)
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         self._run(binding)  # writes into the bound buffers
         return logits
@@ -201,7 +216,7 @@ class OnnxCausalLM:
         """One sequence's pass in its pool slot (runs inside the scheduler)."""
         assert cache.slot is not None
         mask = np.ones((1, len(cache) + len(ids)), dtype=np.int64)
-        logits = self._run_rows(cache.slot, cache.slot, ids[None, :], mask)[0]
+        logits = self._run_rows(cache.slot, cache.slot, ids[None, :], mask, all_logits)[0]
         cache.token_ids.extend(int(t) for t in ids)
         return logits if all_logits else logits[-1:]
 

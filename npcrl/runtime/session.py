@@ -13,6 +13,10 @@ from npcrl.errors import BundleError
 from npcrl.runtime.bundle import Bundle
 from npcrl.validate import check_bool, check_number, check_optional
 
+LOGITS_TO_KEEP = "logits_to_keep"
+"""optional graph input (int64, shape [1]): the LM head runs for only the last k fed positions
+(``exporters/logits_to_keep.py``); graphs exported before it lack it and return every position"""
+
 
 def default_thread_count() -> int:
     """Threads for one session: the cores this process may use, at most 4 (decode is bandwidth bound)."""
@@ -91,7 +95,7 @@ def check_graph_interface(session: ort.InferenceSession, bundle: Bundle) -> None
     vocab_size = bundle.manifest.vocab_size
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
-    past_like = len(set(inputs) - {"input_ids", "attention_mask", "position_ids"})
+    past_like = len(set(inputs) - {"input_ids", "attention_mask", "position_ids", LOGITS_TO_KEEP})
     if past_like != 2 * layout.num_layers:
         raise BundleError(
             f"{where}: the graph has {past_like} past key/value inputs, but field 'kv_cache.num_layers' = "
@@ -100,6 +104,8 @@ def check_graph_interface(session: ort.InferenceSession, bundle: Bundle) -> None
     want_in = {"input_ids", "attention_mask", *layout.past_names()}
     if layout.position_ids:
         want_in.add("position_ids")
+    if LOGITS_TO_KEEP in inputs:
+        want_in.add(LOGITS_TO_KEEP)
     want_out = {"logits", *layout.present_names()}
     if set(inputs) != want_in or not want_out <= set(outputs):
         raise BundleError(
