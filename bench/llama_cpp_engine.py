@@ -150,6 +150,18 @@ def run(
     }
 
 
+_LOG_SINK: list = []
+
+
+def _silent_log() -> object:
+    """A llama.cpp log callback that drops every message (kept alive for the process)."""
+    import llama_cpp as lc
+
+    if not _LOG_SINK:
+        _LOG_SINK.append(lc.llama_log_callback(lambda level, text, data: None))
+    return _LOG_SINK[0]
+
+
 def run_parallel(path: Path, prompts: list[list[int]], tokens: int, threads: int, sampling: dict) -> dict:
     """llama.cpp's own way to serve several sequences: one context with a sequence id per
     conversation, every prompt prefilled in one batch, then one batch per step holding each
@@ -158,6 +170,7 @@ def run_parallel(path: Path, prompts: list[list[int]], tokens: int, threads: int
     llama.cpp's default window). Returns the wall time and tokens made."""
     import llama_cpp as lc
 
+    lc.llama_log_set(_silent_log(), ctypes.c_void_p(0))  # the low-level calls take no verbose flag
     lc.llama_backend_init()
     model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
     params = lc.llama_context_default_params()
@@ -167,11 +180,13 @@ def run_parallel(path: Path, prompts: list[list[int]], tokens: int, threads: int
     params.n_seq_max = len(prompts)
     params.n_threads = params.n_threads_batch = threads
     ctx = lc.llama_init_from_model(model, params)
+    vocab_size = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model))
     batch = lc.llama_batch_init(max(total_prompt, len(prompts)), 0, len(prompts))
     chains = []
     for seq, prompt in enumerate(prompts):
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(64, sampling["repetition_penalty"], 0.0, 0.0))
+        penalties = lc.llama_sampler_init_penalties(vocab_size, 64, sampling["repetition_penalty"], 0.0, 0.0)
+        lc.llama_sampler_chain_add(chain, penalties)
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(sampling["top_p"], 1))
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(sampling["temperature"]))
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(sampling["seed"] + seq))
