@@ -144,7 +144,7 @@ def main() -> None:
         model = OnnxCausalLM(default_bundle_dir(quant))
         play(model, "prefix", 1, 2)  # warm-up
         results = {mode: play(model, mode, args.conversations, args.turns) for mode in ("cold", "prefix", "typing")}
-        if not args.no_genai:
+        if not args.no_genai and quant in GENAI_PRECISION:  # genai has no q8-fast counterpart
             results["genai"] = genai_turns(GENAI_PRECISION[quant], results["prefix"])
         for mode, rows in results.items():
             table.append((quant, mode if mode != "genai" else rows[0]["mode"], summarise(rows)))
