@@ -4,7 +4,7 @@ npcrl: N threads each call ``generate`` on one shared ``OnnxCausalLM`` (default 
 N KV slots), as N NPCs of a game would; the runtime's step scheduler merges their decode steps
 into batched passes. llama.cpp (through llama-cpp-python, ``bench/llama_cpp_engine.py``): its own
 parallel-sequence route, one context with a sequence id per line, all prompts in one batch, then
-one batch per step. Every line is the benchmark persona and a different player line (no prefix
+one batch per step. Both warm up with one short round of the same lines. Every line is the benchmark persona and a different player line (no prefix
 shared, so both engines prefill every prompt), N new tokens each (EOS ignored), temperature 0.7,
 top-p 0.9, repetition penalty 1.1, its own seed. Each engine runs in its own process; rounds
 interleave the engines and the figures are medians.
@@ -72,17 +72,25 @@ def prompts(count: int) -> list[list[int]]:
 
 def run_npcrl(bundle: str, lines: list[list[int]], tokens: int) -> dict:
     from npcrl.runtime.model import OnnxCausalLM, SessionOptions
-    from npcrl.runtime.sampler import SamplerConfig
 
     model = OnnxCausalLM(bundle, SessionOptions(kv_slots=max(8, len(lines)), verify_hashes=False))
-    model.generate_text(lines[0], SamplerConfig(max_new_tokens=4, **SAMPLING))  # warm-up
+    # Warm-up: the same lines once, briefly. The first concurrent round pays one-time costs (the KV
+    # pool's pages touched, onnxruntime's arena grown for batched shapes) that a game pays once.
+    speak_all(model, lines, 8)
+    return speak_all(model, lines, tokens)
+
+
+def speak_all(model: object, lines: list[list[int]], tokens: int) -> dict:
+    """Every line at once, each from its own thread, as N NPCs of a game would."""
+    from npcrl.runtime.sampler import SamplerConfig
+
     barrier = threading.Barrier(len(lines) + 1)
     results: list = [None] * len(lines)
 
     def speak(index: int) -> None:
         config = SamplerConfig(max_new_tokens=tokens, **{**SAMPLING, "seed": SAMPLING["seed"] + index})
         barrier.wait()
-        results[index] = model.generate(lines[index], config, ignore_eos=True).run()
+        results[index] = model.generate(lines[index], config, ignore_eos=True).run()  # type: ignore[attr-defined]
 
     threads = [threading.Thread(target=speak, args=(i,)) for i in range(len(lines))]
     for thread in threads:
@@ -102,7 +110,7 @@ def child(engine: str, streams: int, tokens: int, out: Path) -> None:
         result = run_npcrl(os.environ["NPCRL_BENCH_BUNDLE"], lines, tokens)
     else:
         path = Path(os.environ["NPCRL_BENCH_GGUF"])
-        llama_cpp_engine.run_parallel(path, lines[:1], 4, default_thread_count(), SAMPLING)  # warm-up
+        llama_cpp_engine.run_parallel(path, lines, 8, default_thread_count(), SAMPLING)  # warm-up, as for npcrl
         result = llama_cpp_engine.run_parallel(path, lines, tokens, default_thread_count(), SAMPLING)
         result["all_started_s"] = result.pop("prefill_s")
     out.write_text(json.dumps(result))
@@ -153,10 +161,11 @@ def main() -> None:
 
 def report(runs: dict[tuple[str, int], list[dict]], engines: list[str], args: argparse.Namespace) -> None:
     rate = {key: float(np.median([r["tokens"] / r["wall_s"] for r in rs])) for key, rs in runs.items()}
+    lines = prompts(args.streams)
     started = {key: float(np.median([r["all_started_s"] for r in rs])) for key, rs in runs.items()}
     print(
         f"\n{args.streams} concurrent lines of {args.tokens} tokens (and 1 alone), prompts of "
-        f"{len(prompts(1)[0])}-{max(len(p) for p in prompts(args.streams))} tokens; median of {args.rounds} "
+        f"{min(map(len, lines))}-{max(map(len, lines))} tokens; median of {args.rounds} "
         f"rounds; {default_thread_count()} threads"
     )
     header = f"{'engine':16s} {'lines':>5s} {'total tok/s':>11s} {'x 1 line':>8s} {'all started s':>13s} {'x llama.cpp':>11s}"

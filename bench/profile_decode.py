@@ -103,8 +103,10 @@ def step_split(model: OnnxCausalLM, prompt: list[int], tokens: int, runs: int) -
 
 
 def sampler_parts(model: OnnxCausalLM, prompt: list[int], repeats: int = 500) -> dict[str, float]:
-    """Microseconds per sample on real logits: the full sampler, and without penalty or top-p."""
-    logits = model.forward(prompt, model.new_cache())
+    """Microseconds per sample on the real logits of one generated line (each of its steps in
+    turn): the full sampler, and without penalty or top-p."""
+    line = model.generate(prompt, SamplerConfig(max_new_tokens=32, **SAMPLING), ignore_eos=True).run()
+    rows = model.forward(prompt + line.token_ids, model.new_cache(), all_logits=True)[len(prompt) - 1 : -1]
     context = np.asarray(prompt)
     variants = {
         "sampler (penalty + top-p)": SamplerConfig(**SAMPLING),
@@ -115,11 +117,11 @@ def sampler_parts(model: OnnxCausalLM, prompt: list[int], repeats: int = 500) ->
     out = {}
     for name, config in variants.items():
         sampler = Sampler(config)
-        for _ in range(20):
-            sampler.sample(logits, context)
+        for row in rows:
+            sampler.sample(row, context)
         start = time.perf_counter()
-        for _ in range(repeats):
-            sampler.sample(logits, context)
+        for i in range(repeats):
+            sampler.sample(rows[i % len(rows)], context)
         out[name] = (time.perf_counter() - start) / repeats * 1e6
     return out
 
