@@ -192,7 +192,7 @@ def main() -> None:
         print(f"  {part:10s} {split[part]:7.3f} ms  {split[part] / split['step'] * 100:5.1f}%")
     around = split["step"] - split["graph"]
     print(f"  around the graph: {around:.3f} ms ({around / split['step'] * 100:.1f}% of the step)")
-    print("sampler on one step's real logits (us per call):")
+    print("sampler on the logits of a real line's steps (us per call):")
     for name, us in micro.items():
         print(f"  {name:32s} {us:7.0f}")
     print("inside the graph (onnxruntime profiler; shares of the profiled run time):")
