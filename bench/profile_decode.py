@@ -10,8 +10,8 @@ decode step by wrapping it:
   streaming   incremental detokenising and stop-string matching
   loop        what is left of the step (the generation loop's own bookkeeping)
 Then, in a second session with onnxruntime's profiler on, the graph's kernel time by operator
-type, and the executor's time between kernels. Profiling slows the graph, so that part is read
-as shares, not milliseconds.
+type, and the executor's time between kernels (profiling slows the graph, so that part is read
+as shares, not milliseconds); and the graph time of one batched decode step of 1, 2, 4 and 8 rows.
 
 Usage: python bench/profile_decode.py [--bundle DIR | --quant q8] [--tokens 128] [--runs 3]
 """
@@ -171,6 +171,27 @@ def operator_split(bundle: Path, prompt: list[int], tokens: int) -> tuple[dict[s
     return shares, 1.0 - sum(shares.values())
 
 
+def batched_steps(bundle: Path, prompt: list[int], rows: tuple[int, ...] = (1, 2, 4, 8)) -> dict[int, float]:
+    """Milliseconds of graph time for one decode step of 1..8 pool rows at once (the batched pass
+    the step scheduler runs for concurrent lines), each row after the prompt."""
+    model = OnnxCausalLM(bundle, SessionOptions(verify_hashes=False, kv_slots=max(rows)))
+    assert model.pool is not None
+    caches = [model.pool.acquire(pin=True) for _ in range(max(rows))]
+    for cache in caches:
+        model.forward(prompt, cache)
+    out = {}
+    for count in rows:
+        ids = np.full((count, 1), prompt[-1], dtype=np.int64)
+        mask = np.ones((count, len(prompt) + 1), dtype=np.int64)
+        times = []
+        for _ in range(18):
+            start = time.perf_counter()
+            model._run_rows(0, count - 1, ids, mask, False)  # writes one position past each row's prompt
+            times.append(time.perf_counter() - start)
+        out[count] = float(np.median(times[3:])) * 1e3
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, help="a bundle directory (default: the q8 bundle, exported if missing)")
@@ -185,6 +206,7 @@ def main() -> None:
     split = step_split(model, prompt, args.tokens, args.runs)
     del model
     shares, executor = operator_split(bundle, prompt, args.tokens)
+    batched = batched_steps(bundle, prompt)
 
     print(f"bundle {bundle}; prompt {len(prompt)} tokens, {args.tokens} new tokens x {args.runs} runs")
     print(f"decode step {split['step']:.2f} ms ({1e3 / split['step']:.1f} tok/s)")
@@ -200,6 +222,11 @@ def main() -> None:
         if share >= 0.002:
             print(f"  {op:36s} {share * 100:5.1f}%")
     print(f"  {'executor between kernels':36s} {executor * 100:5.1f}%")
+    print("one batched decode step of several lines (graph only):")
+    for count, ms in batched.items():
+        print(
+            f"  {count} rows: {ms:6.2f} ms per step, {count / ms * 1e3:5.0f} tok/s, {ms / batched[1]:4.2f}x one row's time"
+        )
 
 
 if __name__ == "__main__":
