@@ -22,27 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_generation import ensure_bundle  # noqa: E402
+from exporters.logits_to_keep import remove_logits_to_keep  # noqa: E402
 from npcrl.paths import user_cache_dir  # noqa: E402
 from npcrl.runtime.bundle import Manifest, describe_files, load_bundle, write_manifest  # noqa: E402
 from npcrl.runtime.model import OnnxCausalLM, SessionOptions  # noqa: E402
-from npcrl.runtime.session import LOGITS_TO_KEEP  # noqa: E402
 
 
 def without_logits_to_keep(source: Path) -> Path:
     """A copy of the bundle at ``source`` whose LM head reads every position again."""
-    import onnx
-
     target = user_cache_dir() / "bench" / f"{source.name}-every-logit"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source, target)
-    model = onnx.load(str(target / "model.onnx"), load_external_data=False)
-    graph = model.graph
-    slicer = next(n for n in graph.node if n.name == f"/{LOGITS_TO_KEEP}/Slice")
-    next(n for n in graph.node if "logits" in n.output).input[0] = slicer.input[0]
-    for name in (f"/{LOGITS_TO_KEEP}/Neg", f"/{LOGITS_TO_KEEP}/Slice"):
-        graph.node.remove(next(n for n in graph.node if n.name == name))
-    graph.input.remove(next(i for i in graph.input if i.name == LOGITS_TO_KEEP))
-    onnx.save(model, str(target / "model.onnx"))
+    remove_logits_to_keep(target / "model.onnx")
     data = load_bundle(source, verify=False).manifest.to_dict()
     data.pop("content_hash")
     data["files"] = describe_files(target, list(data["files"]))

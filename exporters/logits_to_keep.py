@@ -52,3 +52,19 @@ def add_logits_to_keep(path: Path) -> None:
     for offset, node in enumerate(slicing):
         graph.node.insert(position + offset, node)
     onnx.save(model, str(path))
+
+
+def remove_logits_to_keep(path: Path) -> None:
+    """The inverse of ``add_logits_to_keep``: the LM head reads every position again, as in graphs
+    exported before the input existed (benchmarks and compatibility tests compare against them)."""
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    slicer = next(n for n in graph.node if n.name == f"/{INPUT_NAME}/Slice")
+    next(n for n in graph.node if "logits" in n.output).input[0] = slicer.input[0]
+    for name in (f"/{INPUT_NAME}/Neg", f"/{INPUT_NAME}/Slice"):
+        graph.node.remove(next(n for n in graph.node if n.name == name))
+    graph.input.remove(next(i for i in graph.input if i.name == INPUT_NAME))
+    kept = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name.startswith(f"{INPUT_NAME}/") and i.name not in kept]:
+        graph.initializer.remove(init)
+    onnx.save(model, str(path))

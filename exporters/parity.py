@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from npcrl.errors import NpcrlError
 from npcrl.runtime.bundle import KVLayout
-from npcrl.runtime.session import LOGITS_TO_KEEP
+from npcrl.runtime.session import LOGITS_TO_KEEP, takes_logits_to_keep
 
 LOGIT_ATOL = 2e-3
 """max |logit difference| accepted between torch and the fp32 graph (measured ≈ 6e-5 on SmolLM2)"""
@@ -61,7 +61,7 @@ class OrtGraph:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         self.layout = layout
-        self.keeps_logits = any(i.name == LOGITS_TO_KEEP for i in self.session.get_inputs())
+        self.keeps_logits = takes_logits_to_keep(self.session)
 
     def empty_past(self) -> list[np.ndarray]:
         shape = (1, self.layout.num_kv_heads, 0, self.layout.head_dim)

@@ -38,6 +38,7 @@ from npcrl.runtime.session import (
     check_graph_interface,
     create_session,
     default_thread_count,
+    takes_logits_to_keep,
 )
 from npcrl.runtime.tokenizer import BundleTokenizer
 
@@ -84,9 +85,8 @@ class OnnxCausalLM:
         self.session = create_session(bundle.onnx_path, self.options)
         check_graph_interface(self.session, bundle)
         self._kv_dtype = np.dtype(self.kv_layout.dtype)
-        self.keeps_logits = any(i.name == LOGITS_TO_KEEP for i in self.session.get_inputs())
+        self.keeps_logits = takes_logits_to_keep(self.session)
         """the graph can skip the LM head for positions whose logits nobody reads (a prefill's)"""
-        self._one = np.ones(1, dtype=np.int64)
         self.in_place_kv = manifest.model.get("graph") == "fused"
         """fused (GroupQueryAttention) graphs accept one buffer as past and present: KV pool slots"""
         self.scheduler = StepScheduler(
@@ -206,7 +206,7 @@ class OnnxCausalLM:
         kept = ids.shape[1]
         if self.keeps_logits:
             kept = kept if all_logits else 1
-            binding.bind_cpu_input(LOGITS_TO_KEEP, np.asarray([kept], dtype=np.int64) if kept > 1 else self._one)
+            binding.bind_cpu_input(LOGITS_TO_KEEP, np.asarray([kept], dtype=np.int64))
         logits = np.empty((ids.shape[0], kept, self.vocab_size), dtype=np.float32)
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         self._run(binding)  # writes into the bound buffers

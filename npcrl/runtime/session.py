@@ -18,6 +18,11 @@ LOGITS_TO_KEEP = "logits_to_keep"
 (``exporters/logits_to_keep.py``); graphs exported before it lack it and return every position"""
 
 
+def takes_logits_to_keep(session: ort.InferenceSession) -> bool:
+    """Whether the session's graph declares the optional ``LOGITS_TO_KEEP`` input."""
+    return any(i.name == LOGITS_TO_KEEP for i in session.get_inputs())
+
+
 def default_thread_count() -> int:
     """Threads for one session: the cores this process may use, at most 4 (decode is bandwidth bound)."""
     try:

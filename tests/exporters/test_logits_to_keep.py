@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from exporters.logits_to_keep import add_logits_to_keep
+from exporters.logits_to_keep import add_logits_to_keep, remove_logits_to_keep
 from exporters.parity import OrtGraph
 from npcrl.runtime.bundle import load_bundle
 from npcrl.runtime.model import OnnxCausalLM
@@ -68,15 +68,7 @@ def test_graphs_without_it_still_load_and_score(tiny_bundles, tmp_path):
     source = _fused(tiny_bundles["llama-fp32"])
     old = tmp_path / "old"
     shutil.copytree(source.root, old)
-    model_proto = onnx.load(str(old / "model.onnx"), load_external_data=False)
-    graph = model_proto.graph
-    slice_node = next(n for n in graph.node if n.name == f"/{LOGITS_TO_KEEP}/Slice")
-    head = next(n for n in graph.node if "logits" in n.output)
-    head.input[0] = slice_node.input[0]
-    for name in (f"/{LOGITS_TO_KEEP}/Neg", f"/{LOGITS_TO_KEEP}/Slice"):
-        graph.node.remove(next(n for n in graph.node if n.name == name))
-    graph.input.remove(next(i for i in graph.input if i.name == LOGITS_TO_KEEP))
-    onnx.save(model_proto, str(old / "model.onnx"))
+    remove_logits_to_keep(old / "model.onnx")
     data = source.manifest.to_dict()
     data.pop("content_hash")
     data["files"] = describe_files(old, list(source.manifest.files))
