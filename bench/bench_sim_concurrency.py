@@ -1,15 +1,22 @@
 """Simulated play per hour: ``simulate`` at concurrency 1 and at concurrency N, side by side (real model).
 
-The same seeded conversations (the four built-in NPCs, the shipped player profiles) are played
-twice on one model in one process: one at a time, then ``--concurrency`` at once (the model's
-scheduler merges the NPCs' decode steps into batched passes). The model is set up as ``npcrl
-simulate --concurrency N`` sets it up (``session_options_for``: 2 x N KV slots, so a live
-conversation keeps its cache between turns, and whole prefills). Prints conversations per
-hour, NPC lines per second and the ratio, and checks that both runs played the same
-conversations: the same NPC lines in the same order (exits 1 if not).
+The same seeded conversations (the four built-in NPCs, the shipped player profiles) are played on
+one model in one process: one at a time, then ``--concurrency`` at once (the model's scheduler
+merges the NPCs' decode steps into batched passes), for each history window margin asked for
+(``AgentConfig.history_drop_margin``; 0 drops one exchange at a time, as before the margin
+existed). The model is set up as ``npcrl simulate --concurrency N`` sets it up
+(``session_options_for``: 2 x N KV slots, so a live conversation keeps its cache between turns,
+and whole prefills). Prints conversations per hour, NPC lines per second, the prompt tokens
+prefilled and the ratio to the first row, and checks that both concurrencies played the same
+conversations: the same NPC lines in the same order (exits 1 if not). A short warm-up round
+first computes the personas' prefixes and touches the KV pool, which every row would otherwise
+pay differently.
+
+Then the ceiling the concurrency ratio cannot pass on this machine: the graph time of one batched
+decode step of N rows against one row, at the run's mean prompt length (``profile_decode``).
 
 Usage: python bench/bench_sim_concurrency.py [--bundle DIR] [--conversations 16] [--concurrency 8]
-                                             [--max-new-tokens 60] [--seed 0]
+                                             [--max-new-tokens 60] [--seed 0] [--margins 0,160]
 """
 
 from __future__ import annotations
@@ -17,22 +24,37 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table  # noqa: E402
+from bench.profile_decode import batched_steps  # noqa: E402
 from npcrl import AgentConfig, OnnxCausalLM, PlayLogWriter, builtin_personas  # noqa: E402
 from npcrl.agent.config import with_sampler  # noqa: E402
 from npcrl.paths import default_bundle_dir  # noqa: E402
+from npcrl.playlog import NpcTurn, read_log_dir  # noqa: E402
 from npcrl.sim import SimulatedConversation, builtin_profiles, simulate  # noqa: E402
 from npcrl.sim.simulate import session_options_for  # noqa: E402
 
 
-def play(model: OnnxCausalLM, args, concurrency: int, logs: Path) -> tuple[float, int, list[tuple[str, ...]]]:
-    """(seconds, NPC lines, each conversation's NPC lines) of one seeded run."""
+@dataclass
+class Played:
+    seconds: float
+    lines: int
+    prefilled: int
+    """prompt tokens run through the model outside one-token decode steps"""
+    prompt_tokens: float
+    """mean prompt length of the logged turns"""
+    conversations: list[tuple[str, ...]]
+
+
+def play(model: OnnxCausalLM, args, concurrency: int, margin: int, logs: Path) -> Played:
+    """One seeded run."""
     played: list[tuple[str, ...]] = []
-    config = with_sampler(AgentConfig(), max_new_tokens=args.max_new_tokens)
+    config = with_sampler(replace(AgentConfig(), history_drop_margin=margin), max_new_tokens=args.max_new_tokens)
+    prefilled = count_prefilled(model)
     with PlayLogWriter(logs) as writer:
         summary = simulate(
             model,
@@ -45,7 +67,22 @@ def play(model: OnnxCausalLM, args, concurrency: int, logs: Path) -> tuple[float
             on_conversation=lambda c: played.append(lines_of(c)),
             concurrency=concurrency,
         )
-    return summary.seconds, summary.turns, played
+    prompts = [len(r.prompt_ids) for r in read_log_dir(logs) if isinstance(r, NpcTurn)]
+    return Played(summary.seconds, summary.turns, prefilled[0], sum(prompts) / max(1, len(prompts)), played)
+
+
+def count_prefilled(model: OnnxCausalLM) -> list[int]:
+    """A counter of the tokens every ``forward`` of more than one token feeds from now on."""
+    counter = [0]
+    forward = OnnxCausalLM.forward
+
+    def counting(token_ids, cache, all_logits=False):  # type: ignore[no-untyped-def]
+        if len(token_ids) > 1:
+            counter[0] += len(token_ids)
+        return forward(model, token_ids, cache, all_logits)
+
+    model.forward = counting  # type: ignore[method-assign]
+    return counter
 
 
 def lines_of(conversation: SimulatedConversation) -> tuple[str, ...]:
@@ -59,31 +96,66 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--margins",
+        default=f"0,{AgentConfig().history_drop_margin}",
+        help="history_drop_margin values to compare, comma-separated (default: 0 and the default)",
+    )
     args = parser.parse_args()
+    margins = [int(m) for m in args.margins.split(",")]
     model = OnnxCausalLM(args.bundle, session_options_for(args.concurrency))
-    rows = []
-    runs = {}
+    runs: dict[tuple[int, int], Played] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for concurrency in (1, args.concurrency):
-            runs[concurrency] = play(model, args, concurrency, Path(tmp) / f"c{concurrency}")
-    serial_s = runs[1][0]
-    for concurrency, (seconds, lines, _) in runs.items():
-        per_hour = args.conversations * 3600 / seconds
+        # Warm-up: the personas' prefixes are computed once per model and the KV pool's pages are
+        # touched once; without it the first timed row would pay both.
+        warm = argparse.Namespace(**{**vars(args), "conversations": 8, "max_new_tokens": 4})
+        play(model, warm, args.concurrency, margins[0], Path(tmp) / "warm-up")
+        for margin in margins:
+            for concurrency in (1, args.concurrency):
+                runs[margin, concurrency] = play(
+                    model, args, concurrency, margin, Path(tmp) / f"m{margin}c{concurrency}"
+                )
+    first = runs[margins[0], 1].seconds
+    rows = []
+    for (margin, concurrency), run in runs.items():
+        per_hour = args.conversations * 3600 / run.seconds
         rows.append(
-            f"{concurrency:>11d} {args.conversations:>13d} {lines:>9d} {seconds:>9.1f} "
-            f"{per_hour:>16.0f} {lines / seconds:>9.2f} {serial_s / seconds:>7.2f}"
+            f"{margin:>6d} {concurrency:>11d} {args.conversations:>13d} {run.lines:>9d} {run.prefilled:>10d} "
+            f"{run.seconds:>9.1f} {per_hour:>16.0f} {run.lines / run.seconds:>9.2f} {first / run.seconds:>8.2f} "
+            f"{runs[margin, 1].seconds / run.seconds:>8.2f}"
         )
     print(f"bundle {model.bundle_id} ({args.bundle}); seed {args.seed}, max_new_tokens {args.max_new_tokens}")
     print_table(
-        f"{'concurrency':>11s} {'conversations':>13s} {'NPC lines':>9s} {'seconds':>9s} "
-        f"{'conversations/h':>16s} {'lines/s':>9s} {'speedup':>7s}",
+        f"{'margin':>6s} {'concurrency':>11s} {'conversations':>13s} {'NPC lines':>9s} {'prefilled':>10s} "
+        f"{'seconds':>9s} {'conversations/h':>16s} {'lines/s':>9s} {'vs first':>8s} {'vs c1':>8s}",
         rows,
     )
-    serial, concurrent = runs[1][2], runs[args.concurrency][2]
-    same = sum(a == b for a, b in zip(serial, concurrent, strict=True))
-    print(f"same conversations at both concurrencies: {same} of {len(serial)}")
-    same = same == len(serial)
+    same = True
+    for margin in margins:
+        serial, concurrent = runs[margin, 1].conversations, runs[margin, args.concurrency].conversations
+        equal = sum(a == b for a, b in zip(serial, concurrent, strict=True))
+        print(f"margin {margin}: same conversations at both concurrencies: {equal} of {len(serial)}")
+        same = same and equal == len(serial)
+    prompt = round(runs[margins[-1], args.concurrency].prompt_tokens)
+    ceiling(args.bundle, prompt, args.concurrency)
     return 0 if same else 1
+
+
+def ceiling(bundle: Path, prompt_tokens: int, rows: int) -> None:
+    """The decode graph's own limit: N rows in one step against one row, after a prompt this long."""
+    from tokenizers import Tokenizer
+
+    from bench.bench_generation import PERSONA
+
+    tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    text = tokenizer.encode(f"<|im_start|>system\n{PERSONA}<|im_end|>\n").ids
+    prompt = (text * (prompt_tokens // len(text) + 1))[:prompt_tokens]
+    steps = batched_steps(bundle, prompt, (1, rows))
+    ratio = rows * steps[1] / steps[rows]
+    print(
+        f"decode graph after {prompt_tokens} prompt tokens: 1 row {steps[1]:.1f} ms, {rows} rows {steps[rows]:.1f} ms "
+        f"per step: at most {ratio:.2f}x the tokens per second of one line, if nothing else ran"
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ class AgentConfig:
     """sampling settings of every NPC turn (logged with each turn)"""
     prompt_token_budget: int = 1024
     """max prompt tokens: the persona is always kept, the oldest exchanges are dropped first"""
+    history_drop_margin: int = 160
+    """when a prompt outgrows ``prompt_token_budget``, the oldest exchanges are dropped until this many
+    tokens are free (at most half the budget), so the next turns append to the conversation's cache
+    instead of dropping one exchange, and prefilling everything after the persona again, each turn;
+    0: drop as few as fit"""
     time_budget_s: float | None = 20.0
     """a turn still generating after this many seconds is cancelled and answered with a fallback;
     None: no limit (headless play, where a wall-clock limit makes results depend on machine load)"""
@@ -56,6 +61,7 @@ class AgentConfig:
                 f"prompt_token_budget={self.prompt_token_budget} must exceed sampler.max_new_tokens="
                 f"{self.sampler.max_new_tokens}"
             )
+        check_number("history_drop_margin", self.history_drop_margin, 0, 1 << 20, integer=True)
         check_optional("time_budget_s", self.time_budget_s, 0.0, 86_400.0, low_open=True)
         check_number("max_line_chars", self.max_line_chars, 1, 100_000, integer=True)
         check_number("max_player_chars", self.max_player_chars, 1, 100_000, integer=True)

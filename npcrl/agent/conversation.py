@@ -23,7 +23,7 @@ from npcrl.agent.lines import Retry, contradicts_card, final_text, make_line, re
 from npcrl.agent.memory import ConversationMemory
 from npcrl.agent.pending import NpcLine, PendingLine
 from npcrl.agent.player_text import RESPONSE_WITHHELD, PlayerTextStorage
-from npcrl.agent.prompt import Message, fit_prompt, prompt_stem
+from npcrl.agent.prompt import FittedPrompt, Message, fit_prompt, prompt_stem
 from npcrl.agent.safety import delimit_player_text, sanitize_player_text
 from npcrl.agent.speaker import Speaker, hold_sink
 from npcrl.agent.workers import start_worker
@@ -63,6 +63,7 @@ class Conversation:
         self.player_id = player_id
         self.conversation_id = conversation_id or uuid.uuid4().hex
         self.exchanges: list[tuple[str, str]] = []  # (delimited player text, NPC line) kept as memory
+        self._first_shown = 0  # the oldest exchange the last turn's prompt showed (only moves on)
         self._storage = PlayerTextStorage(agent.config.player_text_storage)
         self.lines: list[NpcLine] = []
         self.ended = False
@@ -142,16 +143,17 @@ class Conversation:
 
     def build_prompt(self, clean_player_text: str) -> list[int]:
         """Chat-template prompt within the token budget: persona + as many recent exchanges as fit."""
-        return self._prompt(clean_player_text)[1]
+        return self._prompt(clean_player_text).ids
 
-    def _prompt(self, clean_player_text: str) -> tuple[list[Message], list[int]]:
+    def _prompt(self, clean_player_text: str) -> FittedPrompt:
+        """The prompt a turn on ``clean_player_text`` would get now. Exchanges an earlier turn
+        dropped stay dropped: the prompt grows from the same start (its cache stays usable)."""
         config = self.agent.config
         limit = min(config.prompt_token_budget, self.model.max_positions or config.prompt_token_budget)
-        current = delimit_player_text(clean_player_text)
+        budget = limit - config.sampler.max_new_tokens
+        current, margin = delimit_player_text(clean_player_text), min(config.history_drop_margin, budget // 2)
         encode = self.model.tokenizer.encode_chat
-        return fit_prompt(
-            encode, self.agent.system_prompt, self.exchanges, current, limit - config.sampler.max_new_tokens
-        )
+        return fit_prompt(encode, self.agent.system_prompt, self.exchanges, current, budget, self._first_shown, margin)
 
     def _stored_prompt(self, messages: list[Message], prompt: list[int]) -> list[int]:
         """The prompt as the play log keeps it (``player_text_storage``): the same messages as the
@@ -225,7 +227,7 @@ class Conversation:
         waited = 0.0
         history = self.memory.take(config.time_budget_s)  # after the previous turn's cache extension
         try:
-            messages, prompt = self._prompt(clean)
+            messages, prompt, self._first_shown = self._prompt(clean)
             asked = time.perf_counter()
             prefix = self._persona_prefix(prompt)  # another NPC may be computing it: wait for that
             waited = time.perf_counter() - asked
