@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from npcrl.cli.bundle import add_bundle_parser
 from npcrl.cli.chat import add_chat_parser
+from npcrl.cli.curve import add_curve_parser
 from npcrl.cli.eval import add_eval_parser
 from npcrl.cli.export import add_export_parser
 from npcrl.cli.generate import add_generate_parser
@@ -33,6 +34,7 @@ COMMAND_GROUPS = (
     add_rewards_parser,
     add_train_parser,
     add_loop_parser,
+    add_curve_parser,
     add_promote_parser,
     add_logs_parser,
     add_simulate_parser,

@@ -1,0 +1,269 @@
+"""``npcrl curve``: what one round of the loop gains from more play, as a learning curve.
+
+The base bundle plays the largest size of simulated conversations once, and is evaluated once on
+the evaluation players. Simulation is seeded per conversation, so the first N of those
+conversations are exactly the ones a loop round of N conversations would play: each size's round
+(``npcrl.loop.round.play_round``) trains on them, and its candidate plays the same evaluation
+players, paired with the base. Nothing but the number of conversations differs between sizes.
+
+    OUT/loop.json               the settings (with ``sizes``); a resume must match them
+    OUT/base/                   the shared stages: ``logs`` (largest size), ``eval/current``
+    OUT/size-N/round-1/         size N's round: its logs (the first N conversations), training,
+                                candidate evaluation and ``decision.json``; ``OUT/size-N/loop.md``
+    OUT/curve.json, curve.md    one point per size: gain over the base with its paired 95% interval,
+    OUT/curve.png               KL per line, perplexity, whether the round would be promoted
+
+Every stage is recorded as it finishes (``npcrl.loop.state``): ``resume`` goes on from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from npcrl.durable import atomic_write
+from npcrl.errors import LoopError
+from npcrl.evaluation.metric_names import ENGAGEMENT, KL_PER_LINE, PAIRED_GAIN, PERPLEXITY
+from npcrl.loop.decision import estimate
+from npcrl.loop.round import LoadedBundle, LoopState, RoundResult, play_round
+from npcrl.loop.settings import LoopSettings
+from npcrl.loop.stages import LoopInputs, evaluate_stage, simulate_stage, stage_logs
+from npcrl.loop.state import (
+    DECISION_FILE,
+    RoundStages,
+    check_loop_out,
+    exclusive,
+    read_decision,
+    write_decision,
+    write_loop_record,
+)
+from npcrl.loop.summary import write_summary
+
+DEFAULT_SIZES = (150, 300, 600, 1200)
+CURVE_JSON, CURVE_MD, CURVE_PNG = "curve.json", "curve.md", "curve.png"
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One size's round, as the curve reports it."""
+
+    conversations: int
+    engagement_base: float
+    engagement_candidate: float
+    paired_gain: tuple[float, float, float]
+    """the candidate's mean per-conversation gain over the base: (mean, low, high)"""
+    gain_percent: tuple[float, float, float]
+    """the same relative to the base's mean engagement, in percent"""
+    kl_per_line: float
+    perplexity: float
+    base_perplexity: float
+    promoted: bool
+    """the loop would promote the candidate: it wins by ``promote_when`` and holds every guard"""
+    reasons: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_curve(  # the keywords of run_loop, but sizes instead of rounds and conversations
+    base: str | Path,
+    out: str | Path,
+    sizes: Sequence[int],
+    eval_conversations: int,
+    train_config: Any,
+    seed: int = 0,
+    players: Sequence[Any] | None = None,
+    personas: Sequence[Any] | None = None,
+    max_new_tokens: int | None = None,
+    system_prompts: dict[str, str] | None = None,
+    concurrency: int = 1,
+    promote_when: str = "significant",
+    resume: bool = False,
+) -> list[CurvePoint]:
+    """One loop round per size in ``sizes`` (conversations from the base), into ``out``; the points."""
+    from npcrl.agent.persona import builtin_personas
+    from npcrl.sim.profiles import builtin_profiles
+
+    sizes = check_sizes(sizes)
+    settings = LoopSettings(
+        base=Path(base),
+        rounds=1,
+        conversations=sizes[-1],
+        eval_conversations=eval_conversations,
+        train_config=train_config,
+        seed=seed,
+        players=list(players or builtin_profiles().values()),
+        personas=list(personas or builtin_personas().values()),
+        max_new_tokens=max_new_tokens,
+        system_prompts=system_prompts,
+        concurrency=concurrency,
+        promote_when=promote_when,
+    )
+    settings.check()
+    out = Path(out)
+    record = {**settings.record(), "sizes": list(sizes)}
+    with exclusive(out):
+        check_loop_out(out, resume, record)
+        inputs = shared_inputs(settings, out)
+        write_loop_record(out, record)
+        state = base_state(inputs)
+        points = [curve_point(size, play_size(inputs, state, size)) for size in sizes]
+        write_curve(out, points)
+    return points
+
+
+def check_sizes(sizes: Sequence[int]) -> list[int]:
+    ordered = sorted(set(int(size) for size in sizes))
+    if not ordered or ordered[0] < 1:
+        raise LoopError(f"sizes must be one or more conversation counts of at least 1, got {list(sizes)}")
+    return ordered
+
+
+def shared_inputs(settings: LoopSettings, out: Path) -> LoopInputs:
+    """What every size reads: the settings of the largest size, the reward spec, the base loaded once."""
+    from npcrl.reward.spec import default_reward_spec, load_reward_spec
+    from npcrl.runtime.model import OnnxCausalLM
+    from npcrl.sim.simulate import session_options_for
+
+    spec_path = settings.train_config.data.reward_spec
+    spec = load_reward_spec(spec_path) if spec_path else default_reward_spec()
+    return LoopInputs(settings, out, spec, OnnxCausalLM(settings.base, session_options_for(settings.concurrency)))
+
+
+def base_state(inputs: LoopInputs) -> LoopState:
+    """The base plays the largest size once (as round 1 of a loop would) and the evaluation players."""
+    stages = RoundStages(inputs.out / "base")
+    simulate_stage(inputs, stages, inputs.base_model, 1)
+    rows = evaluate_stage(inputs, stages, "evaluate_current", inputs.base_model, inputs.settings.eval_settings())
+    state = LoopState()
+    state.base_evaluated(rows, stage_logs(stages.folder, "evaluate_current"))
+    return state
+
+
+def play_size(inputs: LoopInputs, state: LoopState, size: int) -> RoundResult:
+    """Size ``size``'s round: trained on the first ``size`` of the base's conversations."""
+    folder = inputs.out / f"size-{size}"
+    size_inputs = replace(inputs, settings=replace(inputs.settings, conversations=size), out=folder)
+    round_dir = size_inputs.round_dir(1)
+    if (round_dir / DECISION_FILE).is_file():
+        return RoundResult(**read_decision(round_dir))
+    stages = RoundStages(round_dir)
+    if stages.start("simulate", output=round_dir / "logs"):
+        copy_first_conversations(inputs.out / "base" / "logs", round_dir / "logs", size)
+        stages.finish("simulate")
+    write_loop_record(folder, size_inputs.settings.record())
+    result, _ = play_round(size_inputs, state, LoadedBundle(inputs.settings.base, inputs.base_model), 1)
+    played = RoundResult(**write_decision(round_dir, asdict(result)))
+    write_summary(folder, [played])
+    print(f"{size} conversations: " + "; ".join(played.reasons))
+    return played
+
+
+def copy_first_conversations(source: Path, target: Path, count: int) -> None:
+    """Write into ``target`` every record of the first ``count`` simulated conversations in ``source``
+    (``npcrl.sim.simulate.simulated_conversation_id`` ends in the conversation's index)."""
+    from npcrl.playlog import PlayLogWriter, read_log_dir
+
+    kept = 0
+    with PlayLogWriter(target) as writer:
+        for record in read_log_dir(source):
+            index = conversation_index(record.conversation_id)
+            if index < count:
+                writer.append(record)
+                kept += 1
+                if kept % 10_000 == 0:
+                    writer.flush()  # the writer's queue is bounded; a copy must not drop records
+    if kept == 0:
+        raise LoopError(f"{source}: no records of the first {count} simulated conversations")
+
+
+def conversation_index(conversation_id: str) -> int:
+    """The index a simulated conversation id ends with ("sim-<bundle>-s<seed>-000042" -> 42)."""
+    tail = conversation_id.rsplit("-", 1)[-1]
+    if not conversation_id.startswith("sim-") or not tail.isdigit():
+        raise LoopError(f"{conversation_id!r} is not a simulated conversation's id; a curve reads only simulated play")
+    return int(tail)
+
+
+def curve_point(size: int, result: RoundResult) -> CurvePoint:
+    base, candidate = result.metrics["current"], result.metrics["candidate"]
+    engagement = estimate(base[ENGAGEMENT])
+    gain = tuple(float(v) for v in candidate[PAIRED_GAIN])
+    scale = 100.0 / abs(engagement) if engagement else math.nan
+    return CurvePoint(
+        conversations=size,
+        engagement_base=engagement,
+        engagement_candidate=estimate(candidate[ENGAGEMENT]),
+        paired_gain=(gain[0], gain[1], gain[2]),
+        gain_percent=(gain[0] * scale, gain[1] * scale, gain[2] * scale),
+        kl_per_line=estimate(candidate[KL_PER_LINE]),
+        perplexity=estimate(candidate[PERPLEXITY]),
+        base_perplexity=estimate(base[PERPLEXITY]),
+        promoted=result.promoted,
+        reasons=list(result.reasons),
+        seconds=dict(result.seconds),
+    )
+
+
+def write_curve(out: Path, points: Sequence[CurvePoint]) -> None:
+    """``curve.json``, ``curve.md`` and (with matplotlib) ``curve.png``."""
+    atomic_write(out / CURVE_JSON, json.dumps([asdict(p) for p in points], indent=2) + "\n")
+    lines = [
+        "# npcrl curve",
+        "",
+        "| conversations | engagement base | engagement candidate | paired gain [95% CI] | gain % [95% CI] "
+        "| KL/line | perplexity (base) | promoted | train+export s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        gain, pct = p.paired_gain, p.gain_percent
+        lines.append(
+            f"| {p.conversations} | {p.engagement_base:.3f} | {p.engagement_candidate:.3f} "
+            f"| {gain[0]:+.3f} [{gain[1]:.3f}, {gain[2]:.3f}] | {pct[0]:+.1f}% [{pct[1]:+.1f}, {pct[2]:+.1f}] "
+            f"| {p.kl_per_line:.2f} | {p.perplexity:.2f} ({p.base_perplexity:.2f}) | {p.promoted} "
+            f"| {p.seconds.get('train_and_export', math.nan):.0f} |"
+        )
+    lines += ["", *(f"- {p.conversations} conversations: " + "; ".join(p.reasons) for p in points)]
+    atomic_write(out / CURVE_MD, "\n".join(lines) + "\n")
+    plot_curve(out / CURVE_PNG, points)
+
+
+def plot_curve(path: Path, points: Sequence[CurvePoint]) -> bool:
+    """Gain in percent with its interval, KL per line and perplexity against the size; False (and
+    no file) without matplotlib, which only the ``train`` extra installs."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")  # headless: curves are made on servers and in tests
+    import matplotlib.pyplot as plt
+
+    sizes = [p.conversations for p in points]
+    fig, (gain_ax, cost_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    mean = [p.gain_percent[0] for p in points]
+    below = [p.gain_percent[0] - p.gain_percent[1] for p in points]
+    above = [p.gain_percent[2] - p.gain_percent[0] for p in points]
+    gain_ax.errorbar(sizes, mean, yerr=[below, above], marker="o", capsize=4, label="gain over the base (95% CI)")
+    gain_ax.axhline(0.0, color="grey", linewidth=0.8)
+    gain_ax.axhline(30.0, color="tab:green", linestyle="--", linewidth=0.8, label="+30%")
+    gain_ax.set(ylabel="engagement gain (%)")
+    gain_ax.legend(loc="best", fontsize=8)
+    kl = cost_ax.plot(sizes, [p.kl_per_line for p in points], marker="o", color="tab:red", label="KL to the base")
+    cost_ax.set(ylabel="KL to the base (nats / line)")
+    perplexity_ax = cost_ax.twinx()
+    perplexity = perplexity_ax.plot(
+        sizes, [p.perplexity for p in points], marker="s", color="tab:purple", label="perplexity (dotted: base)"
+    )
+    perplexity_ax.axhline(points[0].base_perplexity, color="tab:purple", linestyle=":", linewidth=0.8)
+    perplexity_ax.set_ylabel("held-out persona perplexity")
+    cost_ax.legend(handles=kl + perplexity, loc="best", fontsize=8)
+    for ax in (gain_ax, cost_ax):
+        ax.set(xscale="log", xlabel="conversations played for the round")
+        ax.minorticks_off()
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,108 @@
+"""``npcrl curve`` on a tiny model: one round per size from one simulation and one base evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from npcrl.errors import LoopError
+from npcrl.playlog import ConversationStart, NpcTurn, read_log_dir
+from tests.loop.test_loop import TINY_SYSTEM_PROMPTS, full_tiny_config
+
+
+def tiny_curve(bundle: Path, out: Path, **options: Any) -> Any:
+    from npcrl.loop.curve import run_curve
+
+    return run_curve(
+        bundle,
+        out,
+        [6, 3],
+        eval_conversations=3,
+        train_config=full_tiny_config(),
+        max_new_tokens=6,
+        system_prompts=TINY_SYSTEM_PROMPTS,
+        concurrency=2,
+        **options,
+    )
+
+
+def conversations_in(logs: Path) -> list[str]:
+    return sorted(r.conversation_id for r in read_log_dir(logs) if isinstance(r, ConversationStart))
+
+
+def test_one_round_per_size_from_one_simulation_and_one_base_evaluation(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "curve"
+    points = tiny_curve(tiny_bundles["llama-fp32"], out)
+    assert [p.conversations for p in points] == [3, 6]  # in order of size
+    played = conversations_in(out / "base" / "logs")
+    assert len(played) == 6
+    # each size trained on the first N of the base's conversations, every record of them
+    for size in (3, 6):
+        logs = out / f"size-{size}" / "round-1" / "logs"
+        assert conversations_in(logs) == played[:size]
+        turns = [r.conversation_id for r in read_log_dir(logs) if isinstance(r, NpcTurn)]
+        base_turns = [r.conversation_id for r in read_log_dir(out / "base" / "logs") if isinstance(r, NpcTurn)]
+        assert sorted(turns) == sorted(t for t in base_turns if t in played[:size])
+        # the base was evaluated once, in base/; each size evaluated only its candidate
+        assert not (out / f"size-{size}" / "round-1" / "eval" / "current").exists()
+        assert (out / f"size-{size}" / "round-1" / "eval" / "candidate").is_dir()
+    assert (out / "base" / "eval" / "current").is_dir()
+    for point in points:
+        mean, low, high = point.gain_percent
+        assert low <= mean <= high
+        gain = point.paired_gain[0]
+        assert mean == pytest.approx(100 * gain / abs(point.engagement_base))
+    saved = json.loads((out / "curve.json").read_text())
+    assert [p["conversations"] for p in saved] == [3, 6]
+    table = (out / "curve.md").read_text()
+    assert "| 3 |" in table and "| 6 |" in table
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a resume reads the finished rounds back instead of training again
+    import npcrl.loop.stages
+
+    def no_training(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a finished size was trained again")
+
+    monkeypatch.setattr(npcrl.loop.stages, "train_or_resume", no_training)
+    again = tiny_curve(tiny_bundles["llama-fp32"], out, resume=True)
+    assert [p.paired_gain for p in again] == [p.paired_gain for p in points]
+    with pytest.raises(LoopError, match="not empty"):
+        tiny_curve(tiny_bundles["llama-fp32"], out)
+
+
+def test_a_curve_reads_only_simulated_conversations(tmp_path: Path) -> None:
+    from npcrl.loop.curve import conversation_index
+
+    assert conversation_index("sim-0123456789abcdef-s1-000042") == 42
+    with pytest.raises(LoopError, match="'player-7'"):
+        conversation_index("player-7")
+
+
+def test_the_command_line_passes_the_curve_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import npcrl.loop.curve
+    from npcrl.cli.main import main
+
+    seen: dict[str, Any] = {}
+
+    def fake_run_curve(base: str, out: str, sizes: list[int], **kwargs: Any) -> list:
+        seen.update(kwargs, base=base, out=out, sizes=sizes)
+        return []
+
+    monkeypatch.setattr(npcrl.loop.curve, "run_curve", fake_run_curve)
+    argv = ["curve", "--bundle", "B", "--out", str(tmp_path / "c")]
+    assert main(argv) == 0
+    assert seen["sizes"] == [150, 300, 600, 1200] and seen["eval_conversations"] == 96
+    assert seen["promote_when"] == "significant" and not seen["resume"]
+    assert main([*argv, "--sizes", "10,20", "--population", "brief", "--resume"]) == 0
+    assert seen["sizes"] == [10, 20] and seen["resume"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--sizes", "10,0"])
+    assert "must be counts of at least 1" in capsys.readouterr().err
