@@ -1,12 +1,15 @@
-"""Side by side: ``npcrl train`` of this checkout against another one (e.g. an older commit), on
-the same logs, bundle, config and seed, one run after the other.
+"""Side by side: ``npcrl train`` of this checkout against another one (e.g. an older commit), or
+this checkout at two ``model.precision`` settings, on the same logs, bundle, config and seed, one
+run after the other.
 
 Prints per run the wall and CPU time, the split by phase (from ``run.json``, when the checkout
-records one) and the training result that must not change: each iteration's reward, KL, losses
-and clip fraction from ``report/metrics.jsonl``, with the largest difference between the runs.
+records one) and the training result: each iteration's reward, KL, losses and clip fraction from
+``report/metrics.jsonl``, with the largest difference between the runs (none may change between
+checkouts that should train alike; between precisions it shows how far rounding moves them).
 
 Usage: python bench/bench_train_time.py --logs LOGS --bundle BUNDLE --before-root OLD_CHECKOUT
            [--iterations 3] [--work DIR]
+       python bench/bench_train_time.py --logs LOGS --bundle BUNDLE --precisions fp32,bf16 [...]
 """
 
 from __future__ import annotations
@@ -48,20 +51,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--logs", required=True)
     parser.add_argument("--bundle", required=True)
-    parser.add_argument("--before-root", required=True, help="a checkout of the trainer to compare against")
+    compared = parser.add_mutually_exclusive_group(required=True)
+    compared.add_argument("--before-root", help="a checkout of the trainer to compare against")
+    compared.add_argument("--precisions", help="two model.precision values to compare, e.g. fp32,bf16")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--work", help="directory for the runs' outputs (default: a temporary one)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="train-time-"))
     work.mkdir(parents=True, exist_ok=True)
-    config = work / "train.toml"
-    config.write_text(f"[ppo]\niterations = {args.iterations}\n", encoding="utf-8")
+    iterations = f"[ppo]\niterations = {args.iterations}\n"
+    if args.before_root:
+        runs = [("before", Path(args.before_root).resolve(), iterations), ("after", ROOT, iterations)]
+    else:
+        names = args.precisions.split(",")
+        if len(names) != 2:
+            parser.error("--precisions takes two values, e.g. fp32,bf16")
+        runs = [(name, ROOT, f'{iterations}[model]\nprecision = "{name}"\n') for name in names]
     results = {}
-    for name, root in (("before", Path(args.before_root).resolve()), ("after", ROOT)):
+    for name, root, toml in runs:
+        config = work / f"{name}.toml"
+        config.write_text(toml, encoding="utf-8")
         results[name] = run_train(root, args.logs, args.bundle, config, work / name)
         print(f"{name}: wall {results[name]['wall_s']:.1f} s, cpu {results[name]['cpu_s']:.1f} s", flush=True)
     print(json.dumps({k: {x: y for x, y in v.items() if x != "metrics"} for k, v in results.items()}, indent=1))
-    before, after = results["before"], results["after"]
+    before, after = (results[name] for name, _, _ in runs)
     print(f"speed-up: wall {before['wall_s'] / after['wall_s']:.2f}x, cpu {before['cpu_s'] / after['cpu_s']:.2f}x")
     for row_a, row_b in zip(before["metrics"], after["metrics"], strict=True):
         print("iteration", row_a["iteration"], {k: (round(row_a[k], 6), round(row_b[k], 6)) for k in RESULT_KEYS})

@@ -65,6 +65,9 @@ class DataConfig:
             _check_path("data.extra_bundles[]", bundle)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass
 class ModelConfig:
     """Policy, value head and reference."""
@@ -80,10 +83,16 @@ class ModelConfig:
     """module names LoRA adapts; GPT-2 models use ['c_attn', 'c_proj']"""
     value_head_std: float = 0.0
     """init std of the scalar value head's weight (0 = zeros: values start at 0, as in cleanrl's critic bias)"""
+    precision: str = "fp32"
+    """'fp32', or 'bf16': the transformer body of the policy and the reference runs under torch's CPU
+    autocast in bfloat16 (forward and backward); the output layer, value head, log-probs, KL, losses,
+    LoRA weights and optimizer state stay float32. About 2x faster per pass on CPUs with AVX512-BF16
+    or AMX; see docs/TRAINING.md for what it changes"""
 
     def validate(self) -> None:
         _check_fields(self, "model.")
         _check(self.mode in ("lora", "full"), "model.mode", self.mode, "'lora' or 'full'")
+        _check(self.precision in PRECISIONS, "model.precision", self.precision, "'fp32' or 'bf16'")
         _check(
             bool(self.lora_target_modules) and all(isinstance(m, str) and m for m in self.lora_target_modules),
             "model.lora_target_modules",

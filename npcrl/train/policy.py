@@ -84,25 +84,36 @@ def lm_head_of(lm: nn.Module) -> nn.Module:
     return _causal_lm(lm).get_output_embeddings()
 
 
+def body_precision(precision: str) -> AbstractContextManager[Any]:
+    """Where the transformer body runs: as it is (fp32), or under CPU autocast in bfloat16."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def response_hidden(
     lm: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     positions: torch.Tensor,
     prefixes: PrefixCache | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """Last hidden states at the positions that predict each response token: (B, T, H).
+    """Last hidden states at the positions that predict each response token: (B, T, H), float32.
 
     Rows sharing a prompt prefix run it once (``shared_prefix.decoder_hidden``: exact, ~3x less work
-    on persona prompts); ``prefixes`` keeps those prefixes across calls (frozen weights only)."""
+    on persona prompts); ``prefixes`` keeps those prefixes across calls (frozen weights only). With
+    ``precision`` "bf16" the body runs in bfloat16; the hidden states come back as float32, so the
+    output layer after it keeps float32 logits (bfloat16 logits of ~20 are 0.125 apart)."""
     # Step 0 is real in every row (a turn has a response token); padded steps hold position 0.
     first = int(positions[:, 0].min())
     decoder = decoder_of(lm)
-    hidden, offset = decoder_hidden(
-        decoder, input_ids, attention_mask, limit=first, prefixes=prefixes
-    )  # after the final norm
+    with body_precision(precision):
+        hidden, offset = decoder_hidden(
+            decoder, input_ids, attention_mask, limit=first, prefixes=prefixes
+        )  # after the final norm
     index = (positions - offset).clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, T, H)
-    return hidden.gather(1, index)
+    return hidden.gather(1, index).float()
 
 
 def response_logits(lm: nn.Module, hidden: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
@@ -114,10 +125,12 @@ def response_logits(lm: nn.Module, hidden: torch.Tensor, temperature: torch.Tens
 class PolicyWithValue(nn.Module):
     """The trained module (what DDP wraps): returns per-token log-probs, values and entropy."""
 
-    def __init__(self, lm: nn.Module, value_head: nn.Linear) -> None:
+    def __init__(self, lm: nn.Module, value_head: nn.Linear, precision: str = "fp32") -> None:
         super().__init__()
         self.lm = lm
         self.value_head = value_head
+        self.precision = precision
+        """the transformer body's precision (``ModelConfig.precision``), for every pass of the run"""
 
     def forward(
         self,
@@ -130,7 +143,7 @@ class PolicyWithValue(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``entropy_grad`` False: the entropy is a monitor only (no bonus in the loss), and its
         backward through the (B, T, V) softmax is skipped."""
-        hidden = response_hidden(self.lm, input_ids, attention_mask, positions)
+        hidden = response_hidden(self.lm, input_ids, attention_mask, positions, precision=self.precision)
         logits = response_logits(self.lm, hidden, temperature)  # (B, T, V)
         logprobs = selective_log_softmax(logits, response_ids)  # (B, T)
         with nullcontext() if entropy_grad else torch.no_grad():
@@ -177,7 +190,10 @@ class Policy:
         soon as the policy moves away from the logged lines. ``timer`` records the reference pass
         as its own phase.
         """
-        hidden = response_hidden(self.module.lm, batch.input_ids, batch.attention_mask, batch.positions)
+        precision = self.module.precision
+        hidden = response_hidden(
+            self.module.lm, batch.input_ids, batch.attention_mask, batch.positions, precision=precision
+        )
         logp = torch.log_softmax(response_logits(self.module.lm, hidden, batch.temperature), dim=-1)  # (B, T, V)
         old = logp.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
         values = self.module.value_head(hidden.float()).squeeze(-1)
@@ -186,7 +202,7 @@ class Policy:
         with timer.phase("reference") if timer is not None else nullcontext(), self.reference_context():
             lm = self.reference_lm_module()
             ref_hidden = response_hidden(
-                lm, batch.input_ids, batch.attention_mask, batch.positions, self.reference_prefixes
+                lm, batch.input_ids, batch.attention_mask, batch.positions, self.reference_prefixes, precision
             )
             ref_logp = torch.log_softmax(response_logits(lm, ref_hidden, batch.temperature), dim=-1)
             ref = ref_logp.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
@@ -200,7 +216,9 @@ class Policy:
         with ctx:
             lm = self.reference_lm_module() if reference else self.module.lm
             prefixes = self.reference_prefixes if reference else None
-            hidden = response_hidden(lm, batch.input_ids, batch.attention_mask, batch.positions, prefixes)
+            hidden = response_hidden(
+                lm, batch.input_ids, batch.attention_mask, batch.positions, prefixes, self.module.precision
+            )
             return response_logits(lm, hidden, torch.ones_like(batch.temperature))
 
     @torch.no_grad()
@@ -301,7 +319,7 @@ def build_policy(source: Path, config: ModelConfig, seed: int) -> Policy:
     with torch.no_grad():
         value_head.weight.normal_(0.0, config.value_head_std, generator=generator)
         value_head.bias.zero_()
-    module = PolicyWithValue(lm, value_head)
+    module = PolicyWithValue(lm, value_head, config.precision)
     module.eval()  # no dropout; gradients flow in eval mode too
     return Policy(module=module, mode=config.mode, tokenizer=tokenizer, source=source, reference_lm=reference_lm)
 
