@@ -149,6 +149,7 @@ def play_size(inputs: LoopInputs, state: LoopState, size: int) -> RoundResult:
     round_dir = size_inputs.round_dir(1)
     if (round_dir / DECISION_FILE).is_file():
         return RoundResult(**read_decision(round_dir))
+    print(f"[npcrl curve] size {size}: a round on the first {size} conversations, in {round_dir}", flush=True)
     stages = RoundStages(round_dir)
     if stages.start("simulate", output=round_dir / "logs"):
         copy_first_conversations(inputs.out / "base" / "logs", round_dir / "logs", size)
