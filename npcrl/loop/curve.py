@@ -30,6 +30,7 @@ from npcrl.errors import LoopError
 from npcrl.evaluation.metric_names import ENGAGEMENT, KL_PER_LINE, PAIRED_GAIN, PERPLEXITY
 from npcrl.loop.decision import estimate
 from npcrl.loop.round import LoadedBundle, LoopState, RoundResult, play_round
+from npcrl.loop.run import load_inputs
 from npcrl.loop.settings import LoopSettings
 from npcrl.loop.stages import LoopInputs, evaluate_stage, simulate_stage, stage_logs
 from npcrl.loop.state import (
@@ -106,7 +107,7 @@ def run_curve(  # the keywords of run_loop, but sizes instead of rounds and conv
     record = {**settings.record(), "sizes": list(sizes)}
     with exclusive(out):
         check_loop_out(out, resume, record)
-        inputs = shared_inputs(settings, out)
+        inputs = load_inputs(settings, out)  # before the record: a typo must not claim the directory
         write_loop_record(out, record)
         state = base_state(inputs)
         points = [curve_point(size, play_size(inputs, state, size)) for size in sizes]
@@ -119,17 +120,6 @@ def check_sizes(sizes: Sequence[int]) -> list[int]:
     if not ordered or ordered[0] < 1:
         raise LoopError(f"sizes must be one or more conversation counts of at least 1, got {list(sizes)}")
     return ordered
-
-
-def shared_inputs(settings: LoopSettings, out: Path) -> LoopInputs:
-    """What every size reads: the settings of the largest size, the reward spec, the base loaded once."""
-    from npcrl.reward.spec import default_reward_spec, load_reward_spec
-    from npcrl.runtime.model import OnnxCausalLM
-    from npcrl.sim.simulate import session_options_for
-
-    spec_path = settings.train_config.data.reward_spec
-    spec = load_reward_spec(spec_path) if spec_path else default_reward_spec()
-    return LoopInputs(settings, out, spec, OnnxCausalLM(settings.base, session_options_for(settings.concurrency)))
 
 
 def base_state(inputs: LoopInputs) -> LoopState:

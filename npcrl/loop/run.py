@@ -79,6 +79,13 @@ def run_loop(  # one keyword per command-line option; the rounds read them as on
 
 def start(settings: LoopSettings, out: Path) -> LoopInputs:
     """Load what every round reads, then claim ``out`` by writing ``loop.json``."""
+    inputs = load_inputs(settings, out)
+    write_loop_record(out, settings.record())  # once the inputs are known good: a typo must not claim the directory
+    return inputs
+
+
+def load_inputs(settings: LoopSettings, out: Path) -> LoopInputs:
+    """What every round reads: the settings, the reward spec, and the base bundle loaded once."""
     from npcrl.reward.spec import default_reward_spec, load_reward_spec
     from npcrl.runtime.model import OnnxCausalLM
     from npcrl.sim.simulate import session_options_for
@@ -86,7 +93,6 @@ def start(settings: LoopSettings, out: Path) -> LoopInputs:
     spec_path = settings.train_config.data.reward_spec
     spec = load_reward_spec(spec_path) if spec_path else default_reward_spec()
     base_model = OnnxCausalLM(settings.base, session_options_for(settings.concurrency))
-    write_loop_record(out, settings.record())  # once the inputs are known good: a typo must not claim the directory
     return LoopInputs(settings, out, spec, base_model)
 
 
