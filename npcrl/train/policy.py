@@ -148,7 +148,7 @@ class PolicyWithValue(nn.Module):
         logprobs = selective_log_softmax(logits, response_ids)  # (B, T)
         with nullcontext() if entropy_grad else torch.no_grad():
             entropy = entropy_from_logits(logits)  # (B, T)
-        values = self.value_head(hidden.float()).squeeze(-1)  # (B, T)
+        values = self.value_head(hidden).squeeze(-1)  # (B, T)
         return logprobs, values, entropy
 
 
@@ -196,7 +196,7 @@ class Policy:
         )
         logp = torch.log_softmax(response_logits(self.module.lm, hidden, batch.temperature), dim=-1)  # (B, T, V)
         old = logp.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
-        values = self.module.value_head(hidden.float()).squeeze(-1)
+        values = self.module.value_head(hidden).squeeze(-1)
         if reference_is_policy:
             return old, old.clone(), values, torch.zeros_like(old)
         with timer.phase("reference") if timer is not None else nullcontext(), self.reference_context():
