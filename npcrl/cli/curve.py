@@ -79,6 +79,11 @@ def add_curve_parser(subparsers: Any) -> None:
         help="what 'promoted' in the table means: the paired interval above 0 (significant, the default)"
         " or a higher mean (better); every guard must hold either way",
     )
-    curve.add_argument("--resume", action="store_true", help="go on with the curve in --out (same settings)")
+    curve.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the curve in --out (same settings; --sizes may add sizes, and the base then plays only "
+        "the new conversations)",
+    )
     add_concurrent_argument(curve)
     curve.set_defaults(func=cmd_curve)

@@ -47,18 +47,24 @@ def evaluate_bundle(
     settings: EvalSettings,
     reference: OnnxCausalLM | None = None,
     system_prompts: dict[str, str] | None = None,
+    resume_from: Path | None = None,
 ) -> dict[str, Value]:
     """Simulate with ``model``, then measure; returns report rows (metric -> value) for its bundle.
+    ``resume_from``: a cut-off attempt's logs, whose finished conversations are kept, not played again.
 
     Callers pass loaded models so one bundle used as candidate, reference and simulator is
     loaded (and its files hashed) once."""
     from npcrl.agent.npc_agent import AgentConfig, with_sampler
+    from npcrl.sim.resume import keep_finished
     from npcrl.sim.simulate import simulate
 
     config = AgentConfig()
     if settings.max_new_tokens is not None:
         config = with_sampler(config, max_new_tokens=settings.max_new_tokens)
     with PlayLogWriter(log_dir) as writer:
+        first = 0
+        if resume_from is not None:
+            first = keep_finished(resume_from, writer, model.bundle_id, settings.seed, settings.conversations)
         simulate(
             model,
             personas,
@@ -69,6 +75,7 @@ def evaluate_bundle(
             agent_config=config,
             system_prompts=system_prompts,
             concurrency=settings.concurrency,
+            first=first,
         )
     rows: dict[str, Value] = dict(log_metrics(log_dir, spec, settings.seed, personas=personas).as_dict())
     turns = [r for r in read_log_dir(log_dir) if isinstance(r, NpcTurn) and not (r.filtered or r.fallback)]

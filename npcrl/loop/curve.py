@@ -32,13 +32,15 @@ from npcrl.loop.decision import estimate
 from npcrl.loop.round import LoadedBundle, LoopState, RoundResult, play_round
 from npcrl.loop.run import load_inputs
 from npcrl.loop.settings import LoopSettings
-from npcrl.loop.stages import LoopInputs, evaluate_stage, simulate_stage, stage_logs
+from npcrl.loop.stages import LoopInputs, evaluate_stage, simulate_stage, simulation_seed, stage_logs
 from npcrl.loop.state import (
     DECISION_FILE,
+    LOOP_FILE,
     RoundStages,
     check_loop_out,
     exclusive,
     read_decision,
+    read_loop_record,
     write_decision,
     write_loop_record,
 )
@@ -106,7 +108,9 @@ def run_curve(  # the keywords of run_loop, but sizes instead of rounds and conv
     out = Path(out)
     record = {**settings.record(), "sizes": list(sizes)}
     with exclusive(out):
-        check_loop_out(out, resume, record)
+        check_loop_out(out, resume, record, may_change=("sizes", "conversations"))
+        if resume:
+            check_added_sizes(out, sizes)
         inputs = load_inputs(settings, out)  # before the record: a typo must not claim the directory
         write_loop_record(out, record)
         state = base_state(inputs)
@@ -122,9 +126,32 @@ def check_sizes(sizes: Sequence[int]) -> list[int]:
     return ordered
 
 
+def check_added_sizes(out: Path, sizes: Sequence[int]) -> None:
+    """A resumed curve may add sizes (the base then plays more conversations), never drop one."""
+    started = read_loop_record(out).get("sizes")
+    if not isinstance(started, list) or not set(started) <= set(sizes):
+        raise LoopError(
+            f"{out / LOOP_FILE}: the curve was started with sizes {started!r}; a resume may add sizes, "
+            f"not drop them (now {list(sizes)})"
+        )
+
+
 def base_state(inputs: LoopInputs) -> LoopState:
-    """The base plays the largest size once (as round 1 of a loop would) and the evaluation players."""
+    """The base plays the largest size once (as round 1 of a loop would) and the evaluation players.
+
+    A resume that added a larger size reopens the finished simulation: it keeps the conversations
+    played (``npcrl.sim.resume``) and plays only the new ones."""
+    from npcrl.sim.resume import finished_conversations
+
     stages = RoundStages(inputs.out / "base")
+    wanted = inputs.settings.conversations
+    if stages.done("simulate"):
+        played = finished_conversations(
+            stages.folder / "logs", inputs.base_model.bundle_id, simulation_seed(inputs.settings, 1)
+        )
+        if played < wanted:
+            print(f"[npcrl curve] the base played {played} conversations; {wanted} are needed now", flush=True)
+            stages.reopen("simulate")
     simulate_stage(inputs, stages, inputs.base_model, 1)
     rows = evaluate_stage(inputs, stages, "evaluate_current", inputs.base_model, inputs.settings.eval_settings())
     state = LoopState()
@@ -156,16 +183,12 @@ def copy_first_conversations(source: Path, target: Path, count: int) -> None:
     """Write into ``target`` every record of the first ``count`` simulated conversations in ``source``
     (``npcrl.sim.simulate.simulated_conversation_id`` ends in the conversation's index)."""
     from npcrl.playlog import PlayLogWriter, read_log_dir
+    from npcrl.sim.resume import copy_records
 
-    kept = 0
     with PlayLogWriter(target) as writer:
-        for record in read_log_dir(source):
-            index = conversation_index(record.conversation_id)
-            if index < count:
-                writer.append(record)
-                kept += 1
-                if kept % 10_000 == 0:
-                    writer.flush()  # the writer's queue is bounded; a copy must not drop records
+        kept = copy_records(
+            read_log_dir(source), writer, lambda conversation_id: conversation_index(conversation_id) < count
+        )
     if kept == 0:
         raise LoopError(f"{source}: no records of the first {count} simulated conversations")
 

@@ -2,8 +2,9 @@
 candidate and the evaluation logs.
 
 Each runs only when ``round-N/stages.json`` does not record it finished (``RoundStages``), so a
-resumed round goes on from its last finished stage; simulation and evaluation are seeded, so a
-stage run again plays the same conversations.
+resumed round goes on from its last finished stage. Simulation and evaluation are seeded per
+conversation: a cut-off one keeps the conversations it finished and plays the rest, which are the
+conversations an uninterrupted stage would have played.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from npcrl.loop.state import RoundStages, set_aside
 
 if TYPE_CHECKING:
     from npcrl.evaluation.run import EvalSettings
+    from npcrl.playlog import PlayLogWriter
     from npcrl.reward.spec import RewardSpec
     from npcrl.runtime.model import OnnxCausalLM
 
@@ -47,19 +49,42 @@ def simulate_stage(inputs: LoopInputs, stages: RoundStages, model: OnnxCausalLM,
     settings, logs = inputs.settings, stages.folder / "logs"
     if not stages.start("simulate", output=logs):
         return
+    seed = simulation_seed(settings, number)
     with PlayLogWriter(logs) as writer:
+        first = kept_conversations(stages, "simulate", writer, model.bundle_id, seed, settings.conversations)
         simulate(
             model,
             settings.personas,
             settings.players,
             writer,
             settings.conversations,
-            settings.seed + number,
+            seed,
             agent_config=settings.agent_config(),
             system_prompts=settings.system_prompts,
             concurrency=settings.concurrency,
+            first=first,
         )
     stages.finish("simulate")
+
+
+def simulation_seed(settings: LoopSettings, number: int) -> int:
+    """The seed of round ``number``'s simulated play (each round plays new conversations)."""
+    return settings.seed + number
+
+
+def kept_conversations(
+    stages: RoundStages, name: str, writer: PlayLogWriter, bundle_id: str, seed: int, limit: int
+) -> int:
+    """The conversations a cut-off attempt of stage ``name`` finished, copied into ``writer`` so
+    that they are not played again; how many (0 when the stage was not cut off)."""
+    from npcrl.sim.resume import keep_finished
+
+    cut_off = stages.cut_off_output(name)
+    if cut_off is None:
+        return 0
+    kept = keep_finished(cut_off, writer, bundle_id, seed, limit)
+    print(f"[npcrl loop] {stages.folder.name}: {name} keeps the {kept} conversations it had finished", flush=True)
+    return kept
 
 
 def train_stage(inputs: LoopInputs, stages: RoundStages, current: Path, number: int) -> Path:
@@ -116,6 +141,11 @@ def evaluate_stage(
 
     if stages.start(name, output=stage_logs(stages.folder, name)):
         settings = inputs.settings
+        cut_off = stages.cut_off_output(name)
+        if cut_off is not None:
+            print(
+                f"[npcrl loop] {stages.folder.name}: {name} keeps the conversations finished in {cut_off}", flush=True
+            )
         rows = evaluate_bundle(
             model,
             stage_logs(stages.folder, name),
@@ -125,6 +155,7 @@ def evaluate_stage(
             eval_settings,
             inputs.base_model,
             settings.system_prompts,
+            resume_from=cut_off,
         )
         stages.finish(name, rows)
     return dict(stages.result(name))

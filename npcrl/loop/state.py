@@ -8,8 +8,9 @@
 
 A round's stages take hours on a laptop-class CPU, so a stop loses at most the stage it was in. That
 stage's partial output is moved aside (``NAME.interrupted-K``), never deleted, and the stage runs
-again; simulation and evaluation are seeded, so the redo plays the same conversations. Training is
-the exception: it resumes from its own last checkpoint (``npcrl train --resume``).
+again. Simulation and evaluation are seeded per conversation, so the redo copies the conversations
+the cut-off attempt finished from the set-aside logs and plays only the rest (``npcrl.sim.resume``).
+Training resumes from its own last checkpoint (``npcrl train --resume``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,27 +40,22 @@ def fingerprint(items: Sequence[Any]) -> str:
     return hashlib.sha256(repr(list(items)).encode("utf-8")).hexdigest()
 
 
-def check_loop_out(out: Path, resume: bool, record: dict[str, Any]) -> None:
+def check_loop_out(out: Path, resume: bool, record: dict[str, Any], may_change: Collection[str] = ()) -> None:
     """Refuse an output directory in use unless resuming, and a resume whose settings differ.
 
-    ``record`` is this run's settings; every key but ``rounds`` must equal the recorded run's, so the
-    rounds already finished are rounds this run would have played."""
+    ``record`` is this run's settings; every key but ``rounds`` and those in ``may_change`` (whose
+    caller checks them: a curve may add sizes) must equal the recorded run's, so the rounds already
+    finished are rounds this run would have played."""
     path = out / LOOP_FILE
     if not resume:
         if out.exists() and any(entry.name != LOCK_FILE for entry in out.iterdir()):
             hint = " (pass --resume to continue it)" if path.is_file() else ""
             raise LoopError(f"{out}: output directory is not empty{hint}")
         return
-    if not path.is_file():
-        raise LoopError(f"{out}: nothing to resume ({LOOP_FILE} is missing)")
-    try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LoopError(f"{path}: cannot be read ({exc})") from None
     now = as_read_back(record)  # so tuples and lists compare alike
-    previous = with_later_guards(previous)
+    previous = with_later_guards(read_loop_record(out))
     for key in sorted(set(previous) | set(now)):
-        if key != "rounds" and previous.get(key) != now.get(key):
+        if key != "rounds" and key not in may_change and previous.get(key) != now.get(key):
             raise LoopError(
                 f"{path}: the loop was started with a different {key} "
                 f"({previous.get(key)!r}, now {now.get(key)!r}); resume with the same settings"
@@ -67,6 +63,20 @@ def check_loop_out(out: Path, resume: bool, record: dict[str, Any]) -> None:
     finished = finished_rounds(out)
     if record["rounds"] < finished:
         raise LoopError(f"{out}: {finished} rounds are already finished; --rounds must be at least that")
+
+
+def read_loop_record(out: Path) -> dict[str, Any]:
+    """The settings a run in ``out`` was started with (``loop.json``)."""
+    path = out / LOOP_FILE
+    if not path.is_file():
+        raise LoopError(f"{out}: nothing to resume ({LOOP_FILE} is missing)")
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LoopError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(previous, dict):
+        raise LoopError(f"{path}: not a loop's settings (a JSON object)")
+    return previous
 
 
 def with_later_guards(previous: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +154,7 @@ class RoundStages:
         self.path = folder / STAGES_FILE
         self._stages: dict[str, dict[str, Any]] = {}
         self._started: dict[str, float] = {}
+        self._set_aside: dict[str, Path] = {}
         if self.path.is_file():
             try:
                 loaded = json.loads(self.path.read_text(encoding="utf-8"))
@@ -185,11 +196,25 @@ class RoundStages:
         if STARTED in unfinished and output is not None:
             cut_off += max(0.0, _last_write(output) - float(unfinished[STARTED]))
         if output is not None and not resumes_output and (aside := set_aside(output)) is not None:
-            print(f"{label} was cut off; its partial output moved to {aside}", flush=True)
+            why = "was cut off; its partial output" if STARTED in unfinished else "runs again; its earlier output"
+            print(f"{label} {why} moved to {aside}", flush=True)
+            self._set_aside[name] = aside
         print(f"{label} ...", flush=True)
         self._started[name] = time.perf_counter()
         self._record(name, {STARTED: time.time(), CUT_OFF: cut_off})
         return True
+
+    def reopen(self, name: str) -> None:
+        """Let finished stage ``name`` run again to make more of its output (a curve that gained a
+        larger size plays more conversations); its seconds so far count as an earlier attempt's."""
+        stage = self._stages.get(name, {})
+        if "seconds" in stage:
+            self._record(name, {CUT_OFF: float(stage["seconds"]) + float(stage.get(CUT_OFF, 0.0))})
+
+    def cut_off_output(self, name: str) -> Path | None:
+        """Where ``start`` just moved a cut-off attempt's output (None when there was none): a
+        seeded stage reads what it already finished from there (``npcrl.sim.resume``)."""
+        return self._set_aside.get(name)
 
     def finish(self, name: str, result: Any = None) -> None:
         """Record a started stage as finished, with its seconds and ``result`` (JSON)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -41,14 +41,14 @@ class RecordBuffer:
 
 def play_concurrently(
     play: Callable[[int, RecordBuffer | None], Result],
-    conversations: int,
+    conversations: Sequence[int],
     workers: int,
     log_writer: PlayLogWriter | None,
     finish: Callable[[Result], None],
 ) -> None:
-    """Run ``play`` for every conversation in ``workers`` threads; log and ``finish`` the results in
-    conversation order as they become available. ``play`` gets a buffer for the conversation's
-    records (None when nothing is logged)."""
+    """Run ``play`` for every conversation index in ``conversations`` (ascending) in ``workers``
+    threads; log and ``finish`` the results in conversation order as they become available.
+    ``play`` gets a buffer for the conversation's records (None when nothing is logged)."""
     failed = threading.Event()
 
     def job(k: int, buffer: RecordBuffer) -> Result | None:
@@ -63,7 +63,7 @@ def play_concurrently(
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="npcrl-sim")
     try:
         jobs: list[tuple[Future[Result | None], RecordBuffer]] = []
-        for k in range(conversations):
+        for k in conversations:
             buffer = RecordBuffer()
             jobs.append((executor.submit(job, k, buffer), buffer))
         for future, buffer in jobs:

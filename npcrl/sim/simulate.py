@@ -242,9 +242,12 @@ def simulate(
     on_conversation: Callable[[SimulatedConversation], None] | None = None,
     system_prompts: Mapping[str, str] | None = None,
     concurrency: int = 1,
+    first: int = 0,
 ) -> SimulationSummary:
     """Play ``conversations`` headless conversations and log them to ``log_writer`` (flushed at the
-    end, not closed).
+    end, not closed); with ``first`` > 0 only conversations ``first``..``conversations - 1``, going
+    on with a cut-off run whose first ones ``npcrl.sim.resume.keep_finished`` kept (the summary then
+    counts only those played).
 
     Conversation k talks to persona ``k % len(personas)`` (one ``NpcAgent`` per persona on the
     shared ``model``) with a player profile drawn from a seeded generator; the NPC samples with
@@ -260,24 +263,28 @@ def simulate(
     """
     _check_count("conversations", conversations, 0)
     _check_count("concurrency", concurrency, 1)
+    _check_count("first", first, 0)
+    if first > conversations:
+        raise ValueError(f"first must be at most conversations ({conversations}), got {first}")
     persona_list: list[Persona] = _as_list(personas, "persona")
     profile_list: list[PlayerProfile] = _as_list(profiles, "player profile")
     prompts = _checked_prompts(system_prompts, persona_list)
     # No player waits on a headless line, and a wall-clock budget would make a run's conversations
     # depend on machine load (a 20 s budget cut two lines of an evaluation run beside another job).
     base = replace(agent_config or AgentConfig(), time_budget_s=None)
-    workers = _worker_count(model, concurrency, conversations)
+    to_play = range(first, conversations)
+    workers = _worker_count(model, concurrency, len(to_play))
     if isinstance(log_writer, PlayLogWriter):
-        _refuse_logged_run(log_writer.directory, simulated_conversation_id(model.bundle_id, seed, 0))
+        _refuse_logged_run(log_writer.directory, simulated_conversation_id(model.bundle_id, seed, first))
     idle = _agent_sets(model, persona_list, base, prompts, log_writer, workers)
     play = _SeededPlay(idle, profile_list, base, seed, model.bundle_id).play
     started = time.perf_counter()
     tally = _Tally(profile_list, on_conversation)
     if workers == 1:
-        for k in range(conversations):
+        for k in to_play:
             tally.add(play(k, None))
     else:
-        play_concurrently(play, conversations, workers, log_writer, tally.add)
+        play_concurrently(play, to_play, workers, log_writer, tally.add)
     summary = tally.summary()
     if log_writer is not None:
         log_writer.flush()

@@ -106,3 +106,99 @@ def test_the_command_line_passes_the_curve_its_settings(
     with pytest.raises(SystemExit):
         main([*argv, "--sizes", "10,0"])
     assert "must be counts of at least 1" in capsys.readouterr().err
+
+
+def test_a_cut_off_simulation_or_evaluation_keeps_the_conversations_it_finished(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Conversations are seeded one by one, so a resumed stage copies the ones the stopped attempt
+    finished and plays only the rest."""
+    import importlib
+
+    import npcrl.loop.stages
+    from npcrl.loop.curve import conversation_index
+
+    simulate_module = importlib.import_module("npcrl.sim.simulate")  # the package exports the function
+    real_play = simulate_module.play_conversation
+    played: list[str] = []
+    stop_at: dict[str, int] = {}
+
+    def play(agent: Any, profile: Any, rng: Any, index: int, conversation_id: str) -> Any:
+        stage = "simulate" if "-s1-" in conversation_id else "evaluate"  # the base simulation's seed is 1
+        if stop_at.get(stage) == index:
+            raise KeyboardInterrupt
+        played.append(conversation_id)
+        return real_play(agent, profile, rng, index, conversation_id)
+
+    def indexes(stage: str) -> list[int]:
+        return sorted(conversation_index(c) for c in played if ("-s1-" in c) == (stage == "simulate"))
+
+    def no_training(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # the test is about the base's stages
+
+    monkeypatch.setattr(simulate_module, "play_conversation", play)
+    monkeypatch.setattr(npcrl.loop.stages, "train_or_resume", no_training)
+    out = tmp_path / "curve"
+    stop_at["simulate"] = 4  # of 6
+    with pytest.raises(KeyboardInterrupt):
+        tiny_curve(tiny_bundles["llama-fp32"], out)
+    assert len(conversations_in(out / "base" / "logs")) == 4
+
+    played.clear()
+    stop_at.update(simulate=-1, evaluate=2)  # of 3
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        tiny_curve(tiny_bundles["llama-fp32"], out, resume=True)
+    assert indexes("simulate") == [4, 5]  # the first four were kept
+    assert "base: simulate keeps the 4 conversations it had finished" in capsys.readouterr().out
+    assert len(conversations_in(out / "base" / "logs")) == 6
+    assert len(conversations_in(out / "base" / "logs.interrupted-1")) == 4  # set aside, never deleted
+
+    played.clear()
+    stop_at.clear()
+    with pytest.raises(KeyboardInterrupt):  # in training, after the base's evaluation
+        tiny_curve(tiny_bundles["llama-fp32"], out, resume=True)
+    assert indexes("simulate") == [] and indexes("evaluate") == [2]
+    assert len(conversations_in(out / "base" / "eval" / "current")) == 3
+    stages = json.loads((out / "base" / "stages.json").read_text())
+    assert "seconds" in stages["simulate"] and "seconds" in stages["evaluate_current"]
+
+
+def test_a_resumed_curve_may_add_sizes_and_the_base_plays_only_the_new_conversations(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib
+
+    from npcrl.loop.curve import run_curve
+
+    simulate_module = importlib.import_module("npcrl.sim.simulate")
+    real_play = simulate_module.play_conversation
+    played: list[str] = []
+
+    def play(agent: Any, profile: Any, rng: Any, index: int, conversation_id: str) -> Any:
+        played.append(conversation_id)
+        return real_play(agent, profile, rng, index, conversation_id)
+
+    def curve(sizes: list[int], **options: Any) -> Any:
+        return run_curve(
+            tiny_bundles["llama-fp32"], out, sizes, eval_conversations=2, train_config=full_tiny_config(),
+            max_new_tokens=6, system_prompts=TINY_SYSTEM_PROMPTS, concurrency=2, **options,
+        )  # fmt: skip
+
+    out = tmp_path / "curve"
+    (small,) = curve([2])
+    base_logs = out / "base" / "logs"
+    first_two = conversations_in(base_logs)
+    monkeypatch.setattr(simulate_module, "play_conversation", play)
+    capsys.readouterr()
+    again, larger = curve([2, 4], resume=True)
+    assert again == small  # read back, not trained again
+    assert sorted(c for c in played if "-s1-" in c) == conversations_in(base_logs)[2:]  # only the new two
+    assert conversations_in(base_logs)[:2] == first_two and len(conversations_in(base_logs)) == 4
+    assert conversations_in(out / "size-4" / "round-1" / "logs") == conversations_in(base_logs)
+    said = capsys.readouterr().out
+    assert "the base played 2 conversations; 4 are needed now" in said
+    assert "base: simulate keeps the 2 conversations it had finished" in said
+    assert [p["conversations"] for p in json.loads((out / "curve.json").read_text())] == [2, 4]
+    with pytest.raises(LoopError, match="a resume may add sizes, not drop them"):
+        curve([4], resume=True)

@@ -753,3 +753,38 @@ def test_cli_simulates_into_a_log_directory(tiny_bundles, tmp_path, capsys):
     assert [s.npc_id for s in starts] == ["smith", "smith"]
     assert all(s.sampler["max_new_tokens"] == 8 for s in starts)
     assert sum(isinstance(r, NpcTurn) for r in records) == summary["turns"]
+
+
+def test_a_cut_off_run_keeps_its_finished_conversations_and_plays_only_the_rest(sim_run, model, tmp_path, monkeypatch):
+    from npcrl.sim.resume import keep_finished
+
+    _, results, records = sim_run  # 6 conversations of seed 3
+    ids = [r.conversation_id for r in results]
+    # a run stopped in conversation 2: 0 and 1 are whole, 2 has no end yet
+    cut_off = tmp_path / "logs.interrupted-1"
+    with PlayLogWriter(cut_off) as writer:
+        for r in records:
+            if r.conversation_id in ids[:2] or (r.conversation_id == ids[2] and not isinstance(r, ConversationEnd)):
+                writer.append(r)
+    written = list(read_log_dir(cut_off))
+    seen = spy_on_conversations(monkeypatch)
+    with PlayLogWriter(tmp_path / "logs") as writer:
+        first = keep_finished(cut_off, writer, model.bundle_id, 3, 6)
+        simulate(
+            model, builtin_personas(), builtin_profiles(), writer, 6, 3, SIM_CONFIG,
+            system_prompts=short_prompts(), concurrency=2, first=first,
+        )  # fmt: skip
+    assert first == 2 and sorted(seen["started"]) == [2, 3, 4, 5]
+    resumed = list(read_log_dir(tmp_path / "logs"))
+    assert comparable(resumed) == comparable(records)  # what the uninterrupted run wrote, in its order
+    kept = [r for r in resumed if r.conversation_id in ids[:2]]
+    assert kept == [r for r in written if r.conversation_id in ids[:2]]  # copies, wall-clock times and all
+    assert list(read_log_dir(cut_off)) == written  # the cut-off attempt's logs are read, never changed
+
+    with PlayLogWriter(tmp_path / "other") as writer:
+        assert keep_finished(cut_off, writer, model.bundle_id, 3, 1) == 1  # no more than the run plays
+        assert keep_finished(cut_off, writer, model.bundle_id, 4, 6) == 0  # another seed's conversations
+        (tmp_path / "empty").mkdir()  # stopped before it wrote a record
+        assert keep_finished(tmp_path / "empty", writer, model.bundle_id, 3, 6) == 0
+    with pytest.raises(ValueError, match="first must be at most conversations"):
+        simulate(model, builtin_personas(), builtin_profiles(), None, 2, 3, first=3)
