@@ -5,7 +5,7 @@ one model in one process: one at a time, then ``--concurrency`` at once (the mod
 merges the NPCs' decode steps into batched passes), for each history window margin asked for
 (``AgentConfig.history_drop_margin``; 0 drops one exchange at a time, as before the margin
 existed). The model is set up as ``npcrl simulate --concurrency N`` sets it up
-(``session_options_for``: 2 x N KV slots, so a live conversation keeps its cache between turns,
+(``npcrl.sim.ordered.session_options_for``: 2 x N KV slots, so a live conversation keeps its cache between turns,
 and whole prefills). Prints conversations per hour, NPC lines per second, the prompt tokens
 prefilled and the ratio to the first row, and checks that both concurrencies played the same
 conversations: the same NPC lines in the same order (exits 1 if not). A short warm-up round
@@ -36,7 +36,7 @@ from npcrl.agent.config import with_sampler  # noqa: E402
 from npcrl.paths import default_bundle_dir  # noqa: E402
 from npcrl.playlog import NpcTurn, read_log_dir  # noqa: E402
 from npcrl.sim import SimulatedConversation, builtin_profiles, simulate  # noqa: E402
-from npcrl.sim.simulate import session_options_for  # noqa: E402
+from npcrl.sim.ordered import session_options_for  # noqa: E402
 
 
 @dataclass

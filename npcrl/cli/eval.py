@@ -27,7 +27,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from npcrl.evaluation.run import EvalSettings, evaluate_bundle
     from npcrl.reward.spec import default_reward_spec, load_reward_spec
     from npcrl.runtime.model import OnnxCausalLM
-    from npcrl.sim.simulate import session_options_for
+    from npcrl.sim.ordered import session_options_for
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):

@@ -46,7 +46,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from npcrl.agent.persona import builtin_personas, load_personas
     from npcrl.playlog import PlayLogWriter
     from npcrl.runtime.model import OnnxCausalLM
-    from npcrl.sim.simulate import session_options_for, simulate
+    from npcrl.sim.ordered import session_options_for
+    from npcrl.sim.simulate import simulate
 
     personas = load_personas(args.personas) if args.personas else builtin_personas()
     profiles = player_profiles(args)

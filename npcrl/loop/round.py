@@ -98,7 +98,7 @@ def play_round(
 ) -> tuple[RoundResult, LoadedBundle]:
     """Round ``number`` from ``current``: its result (not yet written) and the candidate it trained."""
     from npcrl.runtime.model import OnnxCausalLM
-    from npcrl.sim.simulate import session_options_for
+    from npcrl.sim.ordered import session_options_for
 
     stages = RoundStages(inputs.round_dir(number))
     simulate_stage(inputs, stages, current.model, number)

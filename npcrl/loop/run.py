@@ -88,7 +88,7 @@ def load_inputs(settings: LoopSettings, out: Path) -> LoopInputs:
     """What every round reads: the settings, the reward spec, and the base bundle loaded once."""
     from npcrl.reward.spec import default_reward_spec, load_reward_spec
     from npcrl.runtime.model import OnnxCausalLM
-    from npcrl.sim.simulate import session_options_for
+    from npcrl.sim.ordered import session_options_for
 
     spec_path = settings.train_config.data.reward_spec
     spec = load_reward_spec(spec_path) if spec_path else default_reward_spec()
@@ -119,7 +119,7 @@ def play_rounds(inputs: LoopInputs, store: str | Path | None) -> list[RoundResul
 def current_bundle(inputs: LoopInputs, state: LoopState) -> LoadedBundle:
     """The bundle the next round starts from: the last one promoted, or the base."""
     from npcrl.runtime.model import OnnxCausalLM
-    from npcrl.sim.simulate import session_options_for
+    from npcrl.sim.ordered import session_options_for
 
     if state.current is None:
         return LoadedBundle(inputs.settings.base, inputs.base_model)

@@ -2,7 +2,8 @@
 
 A conversation's records are held in a ``RecordBuffer`` until every earlier conversation's are in
 the log, so the log reads as a serial run's: ``npcrl eval`` reads the first turns for its KL and
-bootstraps over conversations in log order.
+bootstraps over conversations in log order. ``session_options_for`` and ``max_concurrency`` size a
+model's KV slots for that many conversations at once.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import TypeVar
 
 from npcrl.errors import NpcrlError
 from npcrl.playlog import PlayLogWriter, Record
+from npcrl.runtime.model import OnnxCausalLM
+from npcrl.runtime.session import SessionOptions
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -75,3 +79,25 @@ def play_concurrently(
     finally:
         failed.set()  # an error here (or in a callback): start no more conversations
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def session_options_for(concurrency: int) -> SessionOptions:
+    """onnxruntime settings for a model that plays ``concurrency`` conversations at once: enough KV
+    slots (twice the conversations, at least the default) that ``max_concurrency`` allows them
+    all, and prompts prefilled whole. A game prefills in chunks while other NPCs speak, so that
+    their next tokens are not held up; but a chunked prefill rounds differently from a whole one
+    (other matrix shapes), and a near-tie at one token then makes a conversation differ from the
+    serial run's. Whole prefills keep every conversation the same at any concurrency (a batched
+    decode step is exact: tested)."""
+    default = SessionOptions()
+    return replace(default, kv_slots=max(default.kv_slots, 2 * concurrency), prefill_chunk=0)
+
+
+def max_concurrency(model: OnnxCausalLM) -> int:
+    """How many conversations ``simulate`` plays at once on ``model`` at most: half its KV slots.
+
+    Each live conversation keeps one slot between turns, and computing a persona prefix takes
+    another for a moment; with at most half the slots in use nothing is evicted, so no
+    conversation has to prefill its history again. Models without a slot pool have no cap."""
+    pool = model.pool
+    return max(1, pool.slots // 2) if pool is not None else 1 << 30

@@ -39,9 +39,8 @@ from npcrl.agent.npc_agent import AgentConfig, Conversation, NpcAgent, with_samp
 from npcrl.agent.persona import Persona
 from npcrl.playlog import ConversationStart, LogReader, PlayLogWriter, list_log_files
 from npcrl.runtime.model import OnnxCausalLM
-from npcrl.runtime.session import SessionOptions
 from npcrl.sim.features import FEATURES, best_quest, line_features
-from npcrl.sim.ordered import RecordBuffer, play_concurrently
+from npcrl.sim.ordered import RecordBuffer, max_concurrency, play_concurrently
 from npcrl.sim.profiles import PlayerProfile, Reaction
 
 _SEED_MASK = (1 << 63) - 1
@@ -207,28 +206,6 @@ def play_conversation(
     return SimulatedConversation(
         index, conversation.conversation_id, persona.id, profile.name, tuple(turns), end_reason
     )
-
-
-def session_options_for(concurrency: int) -> SessionOptions:
-    """onnxruntime settings for a model that plays ``concurrency`` conversations at once: enough KV
-    slots (twice the conversations, at least the default) that ``max_concurrency`` allows them
-    all, and prompts prefilled whole. A game prefills in chunks while other NPCs speak, so that
-    their next tokens are not held up; but a chunked prefill rounds differently from a whole one
-    (other matrix shapes), and a near-tie at one token then makes a conversation differ from the
-    serial run's. Whole prefills keep every conversation the same at any concurrency (a batched
-    decode step is exact: tested)."""
-    default = SessionOptions()
-    return replace(default, kv_slots=max(default.kv_slots, 2 * concurrency), prefill_chunk=0)
-
-
-def max_concurrency(model: OnnxCausalLM) -> int:
-    """How many conversations ``simulate`` plays at once on ``model`` at most: half its KV slots.
-
-    Each live conversation keeps one slot between turns, and computing a persona prefix takes
-    another for a moment; with at most half the slots in use nothing is evicted, so no
-    conversation has to prefill its history again. Models without a slot pool have no cap."""
-    pool = model.pool
-    return max(1, pool.slots // 2) if pool is not None else 1 << 30
 
 
 def simulate(

@@ -6,7 +6,7 @@ import pytest
 
 from npcrl.cli.main import build_parser
 from npcrl.runtime.session import SessionOptions
-from npcrl.sim.simulate import session_options_for
+from npcrl.sim.ordered import session_options_for
 
 
 @pytest.mark.parametrize("concurrency, slots", [(1, 8), (4, 8), (8, 16), (12, 24)])

@@ -28,11 +28,11 @@ from npcrl.runtime.model import OnnxCausalLM
 from npcrl.runtime.sampler import SamplerConfig
 from npcrl.sim import profiles as profiles_module
 from npcrl.sim.features import FEATURES, best_quest, line_features, persona_topics
+from npcrl.sim.ordered import max_concurrency
 from npcrl.sim.profiles import PlayerProfile, PlayerProfileError, builtin_profiles, load_profile, load_profiles
 from npcrl.sim.simulate import (
     SimulatedConversation,
     derive_seed,
-    max_concurrency,
     simulate,
     simulated_conversation_id,
 )
