@@ -70,13 +70,7 @@ def read_loop_record(out: Path) -> dict[str, Any]:
     path = out / LOOP_FILE
     if not path.is_file():
         raise LoopError(f"{out}: nothing to resume ({LOOP_FILE} is missing)")
-    try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LoopError(f"{path}: cannot be read ({exc})") from None
-    if not isinstance(previous, dict):
-        raise LoopError(f"{path}: not a loop's settings (a JSON object)")
-    return previous
+    return _read_object(path, "a loop's settings")
 
 
 def with_later_guards(previous: dict[str, Any]) -> dict[str, Any]:
@@ -128,14 +122,7 @@ def finished_rounds(out: Path) -> int:
 
 
 def read_decision(folder: Path) -> dict[str, Any]:
-    path = folder / DECISION_FILE
-    try:
-        decision = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LoopError(f"{path}: cannot be read ({exc})") from None
-    if not isinstance(decision, dict):
-        raise LoopError(f"{path}: not a round decision (a JSON object)")
-    return decision
+    return _read_object(folder / DECISION_FILE, "a round decision")
 
 
 def write_decision(folder: Path, decision: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +242,17 @@ def set_aside(output: Path) -> Path | None:
 def as_read_back(value: Any) -> Any:
     """``value`` as it reads back from the JSON the loop writes (tuples become lists)."""
     return json.loads(json.dumps(value, default=list))
+
+
+def _read_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a LoopError naming the file when it cannot be read or is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LoopError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(value, dict):
+        raise LoopError(f"{path}: not {what} (a JSON object)")
+    return value
 
 
 def _write_json(path: Path, value: Any) -> None:
