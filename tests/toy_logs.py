@@ -155,3 +155,68 @@ def toy_config(mode: str = "full", iterations: int = 9, **ppo: Any) -> Any:
         ppo=PPOConfig(**settings),
         run=RunConfig(threads=1, export_quant="none", sample_prompts=2, sample_tokens=8),
     ).validate()
+
+
+def write_rejection_logs(bundle: Path, log_dir: Path, count: int, seed: int = 0, retries: int = 2) -> int:
+    """Write ``count`` one-turn conversations played as the agent plays a line that contradicts the
+    persona card, with a chosen token standing for the contradiction: a sample holding it is
+    rejected and drawn again (at most ``retries`` times, each with its own seed), the first without
+    it is shown, and every rejected sample is logged with its turn; no event follows, so a shown
+    line's reward is 0. Returns the rejected token id."""
+    model = OnnxCausalLM(bundle)
+    forbidden = pick_target(generate_turns(model, count, seed))
+    prompts = toy_prompts(model)
+    now = time.time()
+    with PlayLogWriter(log_dir) as writer:
+        for k in range(count):
+            cid = f"reject-{seed}-{k:05d}"
+            prompt = prompts[k % len(prompts)]
+            rejected: list[dict[str, Any]] = []
+            for attempt in range(retries + 1):
+                sampler = {**TOY_SAMPLER.to_dict(), "seed": seed + k + 100_003 * attempt}
+                result: Any = model.generate(prompt, SamplerConfig(**sampler), ignore_eos=True).run()
+                if forbidden not in result.token_ids:
+                    break
+                rejected.append(
+                    {
+                        "response_ids": list(result.token_ids),
+                        "logprobs": list(result.logprobs),
+                        "full_logprobs": list(result.full_logprobs),
+                        "sampler": sampler,
+                        "reason": "contradicts_card:name:Toy",
+                    }
+                )
+            fell_back = forbidden in result.token_ids
+            reason = (
+                "contradicts_card:name:Toy"
+                if fell_back
+                else "resampled:contradicts_card:name:Toy"
+                if rejected
+                else None
+            )
+            writer.append(ConversationStart(cid, "brom", "tester", "Brom", "toyhash", model.bundle_id, sampler, now))
+            writer.append(
+                NpcTurn(
+                    conversation_id=cid,
+                    turn_index=0,
+                    npc_id="brom",
+                    bundle_id=model.bundle_id,
+                    player_text=PLAYER_LINES[k % len(PLAYER_LINES)],
+                    prompt_ids=list(prompt),
+                    response_ids=list(result.token_ids),
+                    logprobs=list(result.logprobs),
+                    full_logprobs=list(result.full_logprobs),
+                    text=result.text,
+                    stop_reason=result.stop_reason,
+                    sampler=sampler,
+                    latency_s=0.01,
+                    time_to_first_token_s=0.001,
+                    filtered=False,
+                    fallback=fell_back,
+                    time=now + k,
+                    filter_reason=reason,
+                    rejected_samples=rejected,
+                )
+            )
+            writer.append(ConversationEnd(cid, "done", now + k + 1))
+    return forbidden

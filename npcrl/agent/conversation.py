@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
@@ -171,10 +171,10 @@ class Conversation:
         started = time.perf_counter()
         kept = logged = False
         try:
-            line, prompt, generation = self._answer(pending, turn_index, clean, started)
+            line, prompt, generation, rejected = self._answer(pending, turn_index, clean, started)
             self._keep_line(line, clean)
             kept = True
-            self._log_turn(line, raw_player_text, prompt)
+            self._log_turn(line, raw_player_text, prompt, rejected)
             logged = True
             logged_hook()
             self._after_line(pending, line, generation)
@@ -197,13 +197,19 @@ class Conversation:
 
     def _answer(
         self, pending: PendingLine, turn_index: int, clean: str, started: float
-    ) -> tuple[NpcLine, list[int], Generation | None]:
-        """The turn's line, its prompt as logged, and the generation whose cache the memory keeps.
-        A line that contradicts the persona card is sampled again, at most ``consistency_retries``
-        times and while the turn's time budget lasts; the line is then the last sample's, so the
-        logged ids and log-probs are always those of the sample the line came from."""
+    ) -> tuple[NpcLine, list[int], Generation | None, list[NpcLine]]:
+        """The turn's line, its prompt as logged, the generation whose cache the memory keeps, and
+        every sample's line that contradicted the persona card, in the order drawn.
+
+        A line that contradicts the card is sampled again, at most ``consistency_retries`` times
+        and while the turn's time budget lasts; the line is then the last sample's, so the logged
+        ids and log-probs are always those of the sample the line came from. The contradicting
+        samples are logged too: each is an unconditional draw of the model, so together with the
+        shown one they are what training needs to keep the resampled turn and to learn that a
+        contradiction is bad (docs/TRAINING.md)."""
         result, error, prompt, generation, waited = self._generate(pending, clean, started)
         line = first = self._line(turn_index, result, error, started, waited)
+        rejected = [line] if contradicts_card(line) else []
         budget = self.agent.config.time_budget_s
         # the budget runs from when the first sample held its KV slot (see ``stream_into``)
         deadline = None if budget is None or result is None else started + waited + result.queue_s + budget
@@ -215,9 +221,10 @@ class Conversation:
             generation, result, error = resample(self.agent, self.model, pending, retry)
             waited += result.queue_s if result is not None else 0.0
             line = self._line(turn_index, result, error, started, waited)
+            rejected += [line] if contradicts_card(line) else []
         if line is not first and not (line.fallback or line.filtered):
             line = replace(line, filter_reason=f"{RESAMPLED}{first.filter_reason}")
-        return line, prompt, generation
+        return line, prompt, generation, rejected
 
     def _generate(self, pending: PendingLine, clean: str, started: float) -> Generated:
         config = self.agent.config
@@ -264,8 +271,11 @@ class Conversation:
                 self.exchanges.append((delimit_player_text(clean), line.text))
             self._last_line_at = time.monotonic()
 
-    def _log_turn(self, line: NpcLine, raw_player_text: str, prompt: list[int]) -> None:
-        """Log the turn as ``player_text_storage`` allows; ``prompt`` is already the stored one."""
+    def _log_turn(
+        self, line: NpcLine, raw_player_text: str, prompt: list[int], rejected: Sequence[NpcLine] = ()
+    ) -> None:
+        """Log the turn as ``player_text_storage`` allows; ``prompt`` is already the stored one,
+        ``rejected`` the lines of the samples that contradicted the card."""
         agent, config, result, storage = self.agent, self.agent.config, line.generation, self._storage
         reason = line.filter_reason
         # a resample ran with its own seed: the log names the sampler of the sample it holds
@@ -296,8 +306,28 @@ class Conversation:
                 time=time.time(),
                 filter_reason=reason,
                 queue_s=line.queue_s,
+                rejected_samples=self._rejected_samples(rejected) if prompt else [],
             )
         )
+
+    def _rejected_samples(self, rejected: Sequence[NpcLine]) -> list[dict[str, Any]]:
+        """``NpcTurn.rejected_samples`` of the contradicting lines; a sample that decodes to
+        personal data is left out, as a shown one would be."""
+        samples = []
+        for line in rejected:
+            result = line.generation
+            if result is None or self._storage.withholds_response(self.model.tokenizer.decode(result.token_ids)):
+                continue
+            samples.append(
+                {
+                    "response_ids": list(result.token_ids),
+                    "logprobs": list(result.logprobs),
+                    "full_logprobs": list(result.full_logprobs),
+                    "sampler": result.sampler or self.agent.config.sampler.to_dict(),
+                    "reason": line.filter_reason or "",
+                }
+            )
+        return samples
 
     def _after_line(self, pending: PendingLine, line: NpcLine, generation: Generation | None) -> None:
         """Show the line, then (while the player reads it) extend the cache for the next turn."""

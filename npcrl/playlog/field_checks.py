@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from npcrl.playlog.record_types import REJECTED_SAMPLE_KEYS
+
 _MAX_NESTING = 32  # well under msgpack's unpack stack limit, so every nested value we write reads back
 
 
@@ -120,6 +122,33 @@ def _str_dict(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _rejected_samples(value: Any) -> list[dict[str, Any]]:
+    """``NpcTurn.rejected_samples`` (``record_types.RejectedSamples``): a list of sample maps, each
+    with exactly the known keys, checked like the turn's own lists; the message names the entry."""
+    if not isinstance(value, (list, tuple)):
+        raise InvalidValue(f"expected a list of samples, got {type(value).__name__}")
+    samples = []
+    for i, sample in enumerate(value):
+        if not isinstance(sample, dict):
+            raise InvalidValue(f"[{i}]: expected a map, got {type(sample).__name__}")
+        missing = [key for key in REJECTED_SAMPLE_KEYS if key not in sample]
+        unknown = sorted(str(key) for key in sample if key not in REJECTED_SAMPLE_KEYS)
+        if missing or unknown:
+            raise InvalidValue(f"[{i}]: missing keys {missing}, unknown keys {unknown}")
+        checks = (_int_list, _float_list, _float_list, _str_dict, _str)
+        checked = {}
+        for key, check in zip(REJECTED_SAMPLE_KEYS, checks, strict=True):
+            try:
+                checked[key] = check(sample[key])
+            except InvalidValue as exc:
+                raise InvalidValue(f"[{i}].{key}: {exc}") from None
+        lengths = {len(checked[key]) for key in ("response_ids", "logprobs", "full_logprobs")}
+        if len(lengths) != 1:
+            raise InvalidValue(f"[{i}]: response_ids, logprobs and full_logprobs must have one length")
+        samples.append(checked)
+    return samples
+
+
 CHECKS: dict[str, Callable[[Any], Any]] = {
     "str": _str,
     "str | None": _opt_str,
@@ -130,6 +159,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "list[int]": _int_list,
     "list[float]": _float_list,
     "dict[str, Any]": _str_dict,
+    "RejectedSamples": _rejected_samples,
 }
 
 
@@ -147,6 +177,7 @@ EXACT_TYPES: dict[str, tuple[type, ...]] = {
     "list[int]": (list,),
     "list[float]": (list,),
     "dict[str, Any]": (dict,),
+    "RejectedSamples": (list,),
 }
 _SCALARS = frozenset({_NONE, bool, int, str, bytes})
 _isfinite = math.isfinite
@@ -189,6 +220,7 @@ CONTENT_OK: dict[str, Callable[[Any], bool]] = {
     "list[int]": _ints_ok,
     "list[float]": _floats_ok,
     "dict[str, Any]": _plain_ok,
+    "RejectedSamples": lambda value: not value,  # the common empty list; any sample takes the full check
 }
 # The same tests as one boolean expression per annotation, for compile_canonical.
 _CANONICAL_TERMS = {
@@ -201,6 +233,7 @@ _CANONICAL_TERMS = {
     "list[int]": "(type({v}) is list and _ints_ok({v}))",
     "list[float]": "(type({v}) is list and _floats_ok({v}))",
     "dict[str, Any]": "(type({v}) is dict and _plain_ok({v}))",
+    "RejectedSamples": "(type({v}) is list and not {v})",
 }
 
 

@@ -8,6 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+RejectedSamples = list[dict[str, Any]]
+"""``NpcTurn.rejected_samples``: each sample of the turn that the agent drew and did not show because
+it contradicted the persona card, in the order drawn, as a map with ``response_ids``, ``logprobs``,
+``full_logprobs`` (one entry per token each, as the turn's own lists), ``sampler`` (the sampler
+settings it was drawn with, its seed included) and ``reason`` (``contradicts_card:...``). A turn
+that fell back because every sample contradicted lists all of them, its own ids included. Checked
+field by field in ``npcrl.playlog.field_checks``; no text is kept (the ids say what was sampled)."""
+REJECTED_SAMPLE_KEYS = ("response_ids", "logprobs", "full_logprobs", "sampler", "reason")
+
 KIND_CONVERSATION_START = 1
 KIND_NPC_TURN = 2
 KIND_ENGAGEMENT_EVENT = 3
@@ -53,6 +62,7 @@ class NpcTurn:
     time: float
     filter_reason: str | None = None
     queue_s: float = 0.0
+    rejected_samples: RejectedSamples = field(default_factory=list)
 
 
 @dataclass

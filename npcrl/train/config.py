@@ -55,6 +55,10 @@ class DataConfig:
     mode: str = "logged"
     """'logged' (offline PPO on the logged responses and their rewards) or 'reward_model' (on-policy PPO:
     the current policy answers the logged prompts and the reward model at reward_model.path scores it)"""
+    train_on_rejected: bool = True
+    """logged mode: also train on the samples the agent rejected for contradicting the persona card (logged
+    with their turn), each rewarded with the reward spec's contradiction_reward; a turn shown after such
+    samples is then trained on too. False: both are left out, as in logs written before they were logged"""
 
     def validate(self) -> None:
         _check_fields(self, "data.")

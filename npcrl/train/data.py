@@ -27,8 +27,9 @@ DROP_REASONS = (
     "conflicting_records",  # its conversation holds two different records of one identity: which is true is unknown
     "unscorable_events",  # an event the reward spec cannot score (a value-scaled kind without a value)
     "filtered_or_fallback",  # the player saw a replacement line, not the model's (never trained on)
-    "resampled",  # shown only after earlier samples contradicted the card: drawn from the sampler *given*
-    # it passed the check, whose probability the log does not hold, so its importance weight is unknown
+    "resampled",  # shown only after earlier samples contradicted the card, and those samples are not
+    # trained on (an older log without them, or train_on_rejected off): alone it is a draw *given* it
+    # passed the check, whose probability the log does not hold, so its importance weight is unknown
     "other_tokenizer",  # logged by a bundle whose tokenizer is not the training bundle's
     "greedy",  # drawn greedily: the behaviour policy is a point mass, no importance weight exists
     "too_short",
@@ -55,10 +56,15 @@ class TrainingTurn:
     temperature: float
     sampler: dict[str, Any]
     reward: float
+    rejected_sample: int = 0
+    """0: the sample the player saw; k >= 1: the turn's k-th logged sample that the agent rejected
+    for contradicting the persona card (``NpcTurn.rejected_samples``), rewarded with the spec's
+    ``contradiction_reward``"""
 
     @property
     def key(self) -> str:
-        return f"{self.conversation_id}#{self.turn_index}"
+        base = f"{self.conversation_id}#{self.turn_index}"
+        return f"{base}/rejected-{self.rejected_sample}" if self.rejected_sample else base
 
 
 @dataclass
@@ -89,6 +95,12 @@ class DataReport:
     holdout_reward_mean: float | None = None
     bundles: dict[str, int] = field(default_factory=dict)
     """usable turns per logging bundle id"""
+    rejected_samples_logged: int = 0
+    """samples the agent rejected for contradicting the persona card, logged beside their turns"""
+    rejected_samples_dropped: dict[str, int] = field(default_factory=dict)
+    """of those, the ones not trained on, per reason (``DROP_REASONS``; "not_used": training without them)"""
+    train_rejected_samples: int = 0
+    holdout_rejected_samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,12 +108,25 @@ class DataReport:
     def summary(self) -> str:
         dropped = ", ".join(f"{k} {v}" for k, v in self.dropped.items() if v) or "none"
         return (
-            f"{self.log_dir}: {len(self.log_files)} files, {self.records} records "
-            f"({self.corrupt_records_skipped} corrupt skipped, {self.torn_tail_bytes} torn-tail bytes); "
-            f"{self.turns_logged} turns logged, dropped: {dropped}; "
-            f"train {self.train_turns} turns / {self.train_conversations} conversations, "
-            f"holdout {self.holdout_turns} / {self.holdout_conversations}"
-        ) + self._repeat_warning()
+            (
+                f"{self.log_dir}: {len(self.log_files)} files, {self.records} records "
+                f"({self.corrupt_records_skipped} corrupt skipped, {self.torn_tail_bytes} torn-tail bytes); "
+                f"{self.turns_logged} turns logged, dropped: {dropped}; "
+                f"train {self.train_turns} turns / {self.train_conversations} conversations, "
+                f"holdout {self.holdout_turns} / {self.holdout_conversations}"
+            )
+            + self._rejected_summary()
+            + self._repeat_warning()
+        )
+
+    def _rejected_summary(self) -> str:
+        if not self.rejected_samples_logged:
+            return ""
+        used = self.train_rejected_samples + self.holdout_rejected_samples
+        return (
+            f"; {self.rejected_samples_logged} rejected (card-contradicting) samples logged, {used} trained on as "
+            f"contradictions (train {self.train_rejected_samples}, holdout {self.holdout_rejected_samples})"
+        )
 
     def _repeat_warning(self) -> str:
         if not (self.duplicate_records or self.conflicting_records):
@@ -128,25 +153,37 @@ class TrainingData:
 
 
 def _drop_reason(
-    turn: NpcTurn, trainable: bool, accepted_bundles: set[str], vocab_size: int, config: DataConfig
+    turn: NpcTurn,
+    trainable: bool,
+    accepted_bundles: set[str],
+    vocab_size: int,
+    config: DataConfig,
+    with_rejected: bool,
 ) -> str | None:
     if not trainable:
         return "filtered_or_fallback"
-    if (turn.filter_reason or "").startswith(RESAMPLED):
+    if (turn.filter_reason or "").startswith(RESAMPLED) and not (with_rejected and turn.rejected_samples):
         return "resampled"
     if turn.bundle_id not in accepted_bundles:
         return "other_tokenizer"
-    temperature = float(turn.sampler.get("temperature", 0.0) or 0.0)
+    return _sample_drop_reason(turn.prompt_ids, turn.__dict__, vocab_size, config)
+
+
+def _sample_drop_reason(
+    prompt_ids: Sequence[int], sample: dict[str, Any], vocab_size: int, config: DataConfig
+) -> str | None:
+    """Why one sample (a turn's fields, or one of its rejected samples) cannot be trained on."""
+    temperature = float(sample["sampler"].get("temperature", 0.0) or 0.0)
     if temperature <= 0.0:
         return "greedy"
-    if len(turn.response_ids) < config.min_response_tokens:
+    response = sample["response_ids"]
+    if len(response) < config.min_response_tokens:
         return "too_short"
-    if len(turn.prompt_ids) + len(turn.response_ids) > config.max_sequence_tokens or not turn.prompt_ids:
-        return "too_long" if turn.prompt_ids else "invalid"
-    ids = list(turn.prompt_ids) + list(turn.response_ids)
-    if max(ids) >= vocab_size:
+    if len(prompt_ids) + len(response) > config.max_sequence_tokens or not prompt_ids:
+        return "too_long" if prompt_ids else "invalid"
+    if max([*prompt_ids, *response]) >= vocab_size:
         return "invalid"
-    values = list(turn.logprobs) + list(turn.full_logprobs)
+    values = list(sample["logprobs"]) + list(sample["full_logprobs"])
     if not all(math.isfinite(v) and v <= 1e-6 for v in values):
         return "invalid"
     return None
@@ -173,9 +210,16 @@ def load_training_data(
     vocab_size: int,
     config: DataConfig,
     seed: int,
+    *,
+    with_rejected: bool = False,
 ) -> TrainingData:
     """Read every ``*.npl`` file in ``log_dirs`` (one play-log directory, or several pooled) and
     return the usable turns split train/holdout.
+
+    ``with_rejected``: also each turn's logged samples that contradicted the persona card, as
+    training turns of their own rewarded with the spec's ``contradiction_reward``; a turn shown
+    after such samples is then kept too. Every draw of the model for the turn is then in the data,
+    which is what makes the set unbiased (docs/TRAINING.md); without them a resampled turn is dropped.
 
     Raises TrainDataError when a directory holds no log files, when two pooled directories hold
     the same conversation (their records would merge), or when no turn is usable, naming the counts.
@@ -191,12 +235,21 @@ def load_training_data(
         turns = _scored_turns(conversations[cid], spec, report)
         for turn, reward in turns:
             reason = "conflicting_records" if cid in conflicting else None
-            reason = reason or _drop_reason(turn, reward.trainable, accepted_bundles, vocab_size, config)
-            if reason is not None:
-                report.dropped[reason] += 1
-                continue
-            report.bundles[turn.bundle_id] = report.bundles.get(turn.bundle_id, 0) + 1
-            usable.setdefault(cid, []).append(_training_turn(cid, turn, float(reward.reward)))
+            shown_reason = reason or _drop_reason(
+                turn, reward.trainable, accepted_bundles, vocab_size, config, with_rejected
+            )
+            if shown_reason is not None:
+                report.dropped[shown_reason] += 1
+            else:
+                report.bundles[turn.bundle_id] = report.bundles.get(turn.bundle_id, 0) + 1
+                usable.setdefault(cid, []).append(_training_turn(cid, turn, float(reward.reward)))
+            if turn.bundle_id not in accepted_bundles:
+                reason = reason or "other_tokenizer"
+            if not with_rejected:
+                reason = "not_used"
+            rejected = _rejected_turns(cid, turn, reason, spec.contradiction_reward, vocab_size, config, report)
+            if rejected:
+                usable.setdefault(cid, []).extend(rejected)
     if not usable:
         raise TrainDataError(f"{report.log_dir}: no usable training turns. {report.summary()}")
     return _split(usable, config.holdout_fraction, seed, report)
@@ -212,6 +265,45 @@ def _scored_turns(log: ConversationLog, spec: RewardSpec, report: DataReport) ->
         report.dropped["unscorable_events"] += len(log.turns)
         return []
     return [(log.turns[reward.turn_index], reward) for reward in rewards]
+
+
+def _rejected_turns(
+    cid: str,
+    turn: NpcTurn,
+    unusable: str | None,
+    reward: float | None,
+    vocab_size: int,
+    config: DataConfig,
+    report: DataReport,
+) -> list[TrainingTurn]:
+    """The turn's rejected samples that can be trained on, each rewarded with ``reward`` and
+    counted in the report; ``unusable``: why none of them can be (a ``DROP_REASONS`` entry, or
+    "not_used" when training leaves them out)."""
+    out = []
+    dropped = report.rejected_samples_dropped
+    for k, sample in enumerate(turn.rejected_samples, start=1):
+        report.rejected_samples_logged += 1
+        why = unusable or _sample_drop_reason(turn.prompt_ids, sample, vocab_size, config)
+        if why is not None:
+            dropped[why] = dropped.get(why, 0) + 1
+            continue
+        out.append(
+            TrainingTurn(
+                conversation_id=cid,
+                turn_index=turn.turn_index,
+                npc_id=turn.npc_id,
+                bundle_id=turn.bundle_id,
+                prompt_ids=tuple(turn.prompt_ids),
+                response_ids=tuple(sample["response_ids"]),
+                behaviour_logprobs=tuple(sample["logprobs"]),
+                full_logprobs=tuple(sample["full_logprobs"]),
+                temperature=float(sample["sampler"]["temperature"]),
+                sampler=dict(sample["sampler"]),
+                reward=float(reward if reward is not None else 0.0),
+                rejected_sample=k,
+            )
+        )
+    return out
 
 
 def _training_turn(conversation_id: str, turn: NpcTurn, reward: float) -> TrainingTurn:
@@ -239,9 +331,13 @@ def _split(
     report.train_conversations = len(usable) - len(holdout_ids)
     train = [t for cid in sorted(usable) if cid not in holdout_ids for t in usable[cid]]
     holdout = [t for cid in sorted(usable) if cid in holdout_ids for t in usable[cid]]
-    report.train_turns, report.holdout_turns = len(train), len(holdout)
-    report.train_reward_mean = _mean([t.reward for t in train])
-    report.holdout_reward_mean = _mean([t.reward for t in holdout])
+    shown = [t for t in train if not t.rejected_sample], [t for t in holdout if not t.rejected_sample]
+    report.train_turns, report.holdout_turns = len(shown[0]), len(shown[1])
+    report.train_rejected_samples = len(train) - len(shown[0])
+    report.holdout_rejected_samples = len(holdout) - len(shown[1])
+    # the means of the turns players saw: comparable with runs and logs without rejected samples
+    report.train_reward_mean = _mean([t.reward for t in shown[0]])
+    report.holdout_reward_mean = _mean([t.reward for t in shown[1]])
     return TrainingData(train=train, holdout=holdout, report=report)
 
 

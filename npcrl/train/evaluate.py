@@ -123,7 +123,8 @@ def sample_lines(
     """
     firsts: dict[str, TrainingTurn] = {}
     for turn in holdout:
-        firsts.setdefault(turn.conversation_id, turn)
+        if not turn.rejected_sample:  # a line a player saw, not one the agent rejected
+            firsts.setdefault(turn.conversation_id, turn)
     out = []
     for k, turn in enumerate(list(firsts.values())[:count]):
         sampler = SamplerConfig.from_dict(turn.sampler)

@@ -46,7 +46,10 @@ def _load_data(logs: str | Path, bundle: Bundle, config: TrainConfig) -> tuple[T
     """(the training turns and holdout, the bundle's tokenizer lineage)."""
     spec = load_reward_spec(config.data.reward_spec) if config.data.reward_spec else default_reward_spec()
     accepted, lineage = accepted_bundle_ids(bundle, config.data.extra_bundles)
-    data = load_training_data(logs, spec, accepted, bundle.manifest.vocab_size, config.data, config.seed)
+    with_rejected = config.data.mode == "logged" and config.data.train_on_rejected
+    data = load_training_data(
+        logs, spec, accepted, bundle.manifest.vocab_size, config.data, config.seed, with_rejected=with_rejected
+    )
     return data, lineage
 
 

@@ -10,6 +10,7 @@ import pytest
 from npcrl.agent.consistency import card_contradictions
 from npcrl.agent.npc_agent import AgentConfig, NpcAgent
 from npcrl.agent.persona import builtin_personas
+from npcrl.agent.player_text import PlayerTextStorage
 from npcrl.evaluation import metric_names as names
 from npcrl.evaluation.metrics import log_metrics
 from npcrl.playlog import ConversationStart, NpcTurn, PlayLogWriter, read_log_dir
@@ -128,6 +129,11 @@ def test_a_contradicting_line_is_resampled_and_the_shown_sample_is_logged(model,
     assert turn.full_logprobs == pytest.approx(shown.full_logprobs)
     assert turn.sampler["seed"] == 2  # the resample's own seed, logged with its sample
     assert conversation.exchanges[-1][1] == "Aye, I'm Brom."  # the NPC remembers what it said
+    # the sample it replaced is logged beside it, ids, log-probs, seed and reason, for training
+    (rejected,) = turn.rejected_samples
+    assert rejected["response_ids"] == first.token_ids and rejected["logprobs"] == pytest.approx(first.logprobs)
+    assert rejected["full_logprobs"] == pytest.approx(first.full_logprobs)
+    assert rejected["sampler"]["seed"] == 1 and rejected["reason"] == "contradicts_card:name:Grimbold"
 
 
 def test_when_every_sample_contradicts_the_player_gets_a_fallback(model, monkeypatch, tmp_path):
@@ -139,6 +145,20 @@ def test_when_every_sample_contradicts_the_player_gets_a_fallback(model, monkeyp
     turn = logged_turn(agent)
     assert turn.fallback and turn.filter_reason == line.filter_reason
     assert turn.response_ids == generations[-1].result.token_ids  # the sample the fallback replaced
+    # every sample drawn is logged as rejected, the last (the turn's own ids) included
+    assert [s["response_ids"] for s in turn.rejected_samples] == [g.result.token_ids for g in generations]
+    assert [s["sampler"]["seed"] for s in turn.rejected_samples] == [1, 2, 3]
+
+
+def test_a_line_that_agrees_logs_no_rejected_samples_and_a_private_one_is_left_out(model, monkeypatch, tmp_path):
+    agent, _ = scripted_agent(model, monkeypatch, tmp_path / "a", ["Aye, I'm Brom."])
+    agent.start_conversation().respond("Who are you?")
+    assert logged_turn(agent).rejected_samples == []
+    # a rejected sample that decodes to personal data is not logged, as a shown one would not be
+    agent, _ = scripted_agent(model, monkeypatch, tmp_path / "b", ["I am Grimbold.", "Aye, I'm Brom."])
+    monkeypatch.setattr(PlayerTextStorage, "withholds_response", lambda self, *texts: True)
+    agent.start_conversation().respond("Who are you?")
+    assert logged_turn(agent).rejected_samples == []
 
 
 def test_no_retries_replaces_at_once_and_none_turns_the_check_off(model, monkeypatch, tmp_path):

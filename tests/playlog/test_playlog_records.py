@@ -303,3 +303,48 @@ def test_fast_path_agrees_with_the_field_checks(base: Record, data: st.DataObjec
             encode_record(record)
         return
     assert encode_record(record)[1] == expected  # by the fast path or not, the same bytes
+
+
+def _rejected(tokens: int = 3, **overrides: object) -> dict[str, object]:
+    sample: dict[str, object] = {
+        "response_ids": [5 + i for i in range(tokens)],
+        "logprobs": [-0.5 - i for i in range(tokens)],
+        "full_logprobs": [-0.6 - i for i in range(tokens - 1)] + [-math.inf],
+        "sampler": {**SAMPLER, "seed": 8},
+        "reason": "contradicts_card:name:Grimbold",
+    }
+    sample.update(overrides)
+    return sample
+
+
+def test_rejected_samples_round_trip_and_are_left_out_when_empty() -> None:
+    turn = npc_turn(tokens=2, rejected_samples=[_rejected(), _rejected(tokens=1)])
+    assert roundtrip(turn) == turn
+    assert roundtrip(turn).rejected_samples[0]["full_logprobs"][-1] == -math.inf
+    # a turn without any keeps the bytes a writer before the field wrote (no key at all)
+    _, payload = encode_record(npc_turn(tokens=2))
+    assert "rejected_samples" not in msgpack.unpackb(payload)
+
+
+@pytest.mark.parametrize(
+    ("samples", "message"),
+    [
+        ({"x": 1}, "expected a list of samples"),
+        (["not a map"], r"\[0\]: expected a map"),
+        ([_rejected(reason=None)], r"\[0\].reason: expected str"),
+        ([{k: v for k, v in _rejected().items() if k != "sampler"}], r"\[0\]: missing keys \['sampler'\]"),
+        ([{**_rejected(), "text": "Grimbold here"}], r"\[0\]: missing keys \[\], unknown keys \['text'\]"),
+        ([_rejected(), _rejected(logprobs=[-0.1])], r"\[1\]: response_ids, logprobs and full_logprobs must have one"),
+        ([_rejected(logprobs=[-0.1, math.nan, -0.2])], r"\[0\].logprobs: expected log-probs"),
+        ([_rejected(response_ids=[1, -2, 3])], r"\[0\].response_ids: expected token ids >= 0"),
+    ],
+    ids=["not-a-list", "not-a-map", "bad-reason", "missing-key", "unknown-key", "length", "nan", "negative-id"],
+)
+def test_bad_rejected_samples_are_refused_naming_the_entry(samples: object, message: str) -> None:
+    turn = npc_turn(tokens=2, rejected_samples=samples)
+    with pytest.raises(LogFormatError, match="NpcTurn.rejected_samples: " + message):
+        encode_record(turn)
+    payload = msgpack.unpackb(encode_record(npc_turn(tokens=2))[1])
+    payload["rejected_samples"] = samples
+    with pytest.raises(LogFormatError, match="NpcTurn.rejected_samples: " + message):
+        decode_record(KIND_NPC_TURN, msgpack.packb(payload))

@@ -104,6 +104,57 @@ def test_each_kind_of_unusable_turn_is_dropped_and_counted(tmp_path: Path) -> No
     assert data.report.turns_logged == 10
 
 
+def rejected(ids: list[int], seed: int, **overrides: object) -> dict[str, object]:
+    sample: dict[str, object] = {
+        "response_ids": ids,
+        "logprobs": [-1.5] * len(ids),
+        "full_logprobs": [-1.75] * len(ids),
+        "sampler": {**SAMPLER, "seed": seed},
+        "reason": "contradicts_card:name:Grimbold",
+    }
+    sample.update(overrides)
+    return sample
+
+
+def test_rejected_samples_train_as_contradictions_and_keep_the_resampled_turn(tmp_path: Path) -> None:
+    resampled = turn(
+        "c1", 0, filter_reason="resampled:contradicts_card:name:Grimbold", rejected_samples=[rejected([6, 7], 1)]
+    )
+    # every sample contradicted: the player saw a fallback, the samples still teach
+    fell_back = turn(
+        "c1",
+        1,
+        fallback=True,
+        filter_reason="contradicts_card:name:Grimbold",
+        rejected_samples=[
+            rejected([8], 1),
+            rejected([9, 9, 9], 2),
+            rejected([4, 500], 3),
+            rejected([4], 4, sampler={}),
+        ],
+    )
+    write(tmp_path, conversation("c1", resampled, fell_back))
+    data = load_training_data(
+        tmp_path, default_reward_spec(), {"b1"}, 100, DataConfig(holdout_fraction=0.0), seed=0, with_rejected=True
+    )
+    by_key = {t.key: t for t in data.train}
+    assert list(by_key) == ["c1#0", "c1#0/rejected-1", "c1#1/rejected-1", "c1#1/rejected-2"]
+    shown, first = by_key["c1#0"], by_key["c1#0/rejected-1"]
+    assert shown.response_ids == (4, 5) and shown.reward == pytest.approx(0.5 + 0.5 * 0.5)  # its rating, half the next
+    assert first.response_ids == (6, 7) and first.prompt_ids == shown.prompt_ids
+    assert first.behaviour_logprobs == (-1.5, -1.5) and first.full_logprobs == (-1.75, -1.75)
+    assert first.sampler["seed"] == 1 and first.rejected_sample == 1
+    assert all(t.reward == -1.0 for key, t in by_key.items() if "rejected" in key)  # the spec's contradiction_reward
+    report = data.report
+    assert (report.train_turns, report.train_rejected_samples, report.rejected_samples_logged) == (1, 3, 5)
+    assert report.rejected_samples_dropped == {"invalid": 1, "greedy": 1}
+    assert report.train_reward_mean == pytest.approx(0.75)  # of the shown turns only
+    assert "5 rejected (card-contradicting) samples logged, 3 trained on" in report.summary()
+    # left out by default (the reward-model paths), and then the resampled turn with them
+    with pytest.raises(TrainDataError, match="resampled 1; .* 5 rejected .* 0 trained on"):
+        load(tmp_path, DataConfig(holdout_fraction=0.0))
+
+
 def test_holdout_is_split_by_conversation(tmp_path: Path) -> None:
     records: list[object] = []
     for k in range(20):
