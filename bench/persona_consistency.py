@@ -13,7 +13,12 @@ changes the conversation:
   run could find one), and the table shows how many turns were resampled and how many ended in a
   fallback because every sample contradicted.
 
+With ``--bundle`` given more than once (say a base and bundles trained from its logs), each bundle
+plays the same conversations and seeds, and the last table sets each one's contradiction share
+(off) beside the first bundle's; ``--modes off`` measures only the model's own rate.
+
 Usage: python bench/persona_consistency.py [--lines 200] [--seed 0] [--show 3]
+       [--bundle DIR --bundle DIR ...] [--modes off,on]
 """
 
 from __future__ import annotations
@@ -94,12 +99,55 @@ def play(model: OnnxCausalLM, persona: Persona, config: AgentConfig, lines: int,
     return tally
 
 
-def row(persona: str, off: Tally, on: Tally) -> str:
-    return (
-        f"{persona:<11} {off.lines:>5}  {off.contradicting / off.lines:>9.3f}  {on.contradicting / on.lines:>8.3f}  "
-        f"{on.resampled / on.lines:>9.3f}  {on.card_fallbacks / on.lines:>9.3f}  "
-        f"{statistics.mean(off.latencies):>7.2f}  {statistics.mean(on.latencies):>6.2f}"
+def row(persona: str, off: Tally, on: Tally | None) -> str:
+    on_cells = (
+        f"{on.contradicting / on.lines:>8.3f}  {on.resampled / on.lines:>9.3f}  {on.card_fallbacks / on.lines:>9.3f}"
+        if on is not None
+        else f"{'-':>8}  {'-':>9}  {'-':>9}"
     )
+    on_latency = f"{statistics.mean(on.latencies):>6.2f}" if on is not None else f"{'-':>6}"
+    return (
+        f"{persona:<11} {off.lines:>5}  {off.contradicting / off.lines:>9.3f}  {on_cells}  "
+        f"{statistics.mean(off.latencies):>7.2f}  {on_latency}"
+    )
+
+
+def merge(into: Tally, tally: Tally) -> None:
+    into.lines += tally.lines
+    into.contradicting += tally.contradicting
+    into.resampled += tally.resampled
+    into.card_fallbacks += tally.card_fallbacks
+    into.latencies += tally.latencies
+    into.reasons += tally.reasons
+
+
+def measure(bundle: str, modes: list[str], args: argparse.Namespace) -> Tally:
+    """Play every persona with one bundle in ``modes``; print its table; the merged off-mode tally."""
+    model = OnnxCausalLM(bundle)
+    # no wall-clock budget: a busy machine must not turn lines into fallbacks and change the counts
+    on_config = AgentConfig(time_budget_s=None)
+    off_config = replace(on_config, consistency_retries=None)
+    rows, examples = [], []
+    total = {"off": Tally(), "on": Tally()}
+    started = time.perf_counter()
+    for persona in builtin_personas().values():
+        off = play(model, persona, off_config, args.lines, args.seed)
+        on = play(model, persona, on_config, args.lines, args.seed) if "on" in modes else None
+        rows.append(row(persona.id, off, on))
+        examples += off.examples[: args.show]
+        merge(total["off"], off)
+        if on is not None:
+            merge(total["on"], on)
+        print(f"[{time.perf_counter() - started:.0f} s] {rows[-1]}", file=sys.stderr, flush=True)
+        print("\n".join(off.examples), file=sys.stderr, flush=True)
+    rows.append(row("all", total["off"], total["on"] if "on" in modes else None))
+    print(f"\nbundle {bundle}")
+    print_table("persona     lines  contra off  contra on  resampled  fallback  lat off  lat on", rows)
+    print(f"\nreasons (off): {dict(total['off'].reasons)}")
+    print("flagged lines (off):")
+    for example in examples:
+        print(f"  {example}")
+    return total["off"]
 
 
 def main() -> None:
@@ -107,37 +155,26 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=200, help="NPC lines per persona and mode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show", type=int, default=3, help="flagged lines to print per persona (off mode)")
-    args = parser.parse_args()
-    model = OnnxCausalLM(default_bundle_dir("q8"))
-    # no wall-clock budget: a busy machine must not turn lines into fallbacks and change the counts
-    on_config = AgentConfig(time_budget_s=None)
-    off_config = replace(on_config, consistency_retries=None)
-    rows, examples, total = [], [], {"off": Tally(), "on": Tally()}
-    started = time.perf_counter()
-    for persona in builtin_personas().values():
-        off = play(model, persona, off_config, args.lines, args.seed)
-        on = play(model, persona, on_config, args.lines, args.seed)
-        rows.append(row(persona.id, off, on))
-        examples += off.examples[: args.show]
-        for name, tally in (("off", off), ("on", on)):
-            merged = total[name]
-            merged.lines += tally.lines
-            merged.contradicting += tally.contradicting
-            merged.resampled += tally.resampled
-            merged.card_fallbacks += tally.card_fallbacks
-            merged.latencies += tally.latencies
-            merged.reasons += tally.reasons
-        print(f"[{time.perf_counter() - started:.0f} s] {rows[-1]}", file=sys.stderr, flush=True)
-        print("\n".join(off.examples), file=sys.stderr, flush=True)
-    rows.append(row("all", total["off"], total["on"]))
-    print_table(
-        "persona     lines  contra off  contra on  resampled  fallback  lat off  lat on",
-        rows,
+    parser.add_argument(
+        "--bundle", action="append", help="bundle directory; repeat to compare (default: the default q8 bundle)"
     )
-    print(f"\nreasons (off): {dict(total['off'].reasons)}")
-    print("flagged lines (off):")
-    for example in examples:
-        print(f"  {example}")
+    parser.add_argument("--modes", default="off,on", help="off (the model's own rate), on (the agent's check), or both")
+    args = parser.parse_args()
+    modes = [mode for mode in args.modes.split(",") if mode]
+    if "off" not in modes or not set(modes) <= {"off", "on"}:
+        parser.error("--modes: off, or off,on")
+    bundles = args.bundle or [str(default_bundle_dir("q8"))]
+    tallies = [measure(bundle, modes, args) for bundle in bundles]
+    if len(bundles) > 1:
+        first = tallies[0].contradicting / tallies[0].lines
+        print_table(
+            "bundle                                            lines  contra off  vs first",
+            [
+                f"{bundle[-48:]:<48} {t.lines:>6}  {t.contradicting / t.lines:>10.3f}  "
+                f"{t.contradicting / t.lines - first:>+8.3f}"
+                for bundle, t in zip(bundles, tallies, strict=True)
+            ],
+        )
 
 
 if __name__ == "__main__":
