@@ -115,7 +115,12 @@ def format_entry(entry: LogEntry) -> str:
         )
     elif isinstance(r, NpcTurn):
         flags = "".join(
-            [f" filtered({r.filter_reason or '?'})" if r.filtered else "", " fallback" if r.fallback else ""]
+            [
+                f" filtered({r.filter_reason or '?'})" if r.filtered else "",
+                " fallback" if r.fallback else "",
+                f" reason={r.filter_reason}" if r.filter_reason and not r.filtered else "",
+                f" rejected_samples={len(r.rejected_samples)}" if r.rejected_samples else "",
+            ]
         )
         body = (
             f"conv={r.conversation_id} turn={r.turn_index} npc={r.npc_id} bundle={r.bundle_id}"

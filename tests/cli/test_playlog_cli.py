@@ -25,6 +25,27 @@ def run(argv: list[str]) -> int:
 pytestmark = pytest.mark.usefixtures("key_file")  # a fresh key per test (tests/conftest.py)
 
 
+def test_inspect_shows_why_a_line_was_resampled_and_how_many_samples_were_rejected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = {
+        "response_ids": [1, 2],
+        "logprobs": [-0.5, -0.5],
+        "full_logprobs": [-0.6, -0.6],
+        "sampler": {"temperature": 0.7, "seed": 1},
+        "reason": "contradicts_card:name:Grimbold",
+    }
+    resampled = npc_turn(
+        "conv-a", 0, filter_reason="resampled:contradicts_card:name:Grimbold", rejected_samples=[sample, sample]
+    )
+    write_log(
+        tmp_path / "play-20250101T000000Z-000000.npl", build_log([conversation("conv-a", turns=0)[0], resampled])[0]
+    )
+    assert run(["logs", "inspect", str(tmp_path)]) == 0
+    turn = capsys.readouterr().out.splitlines()[1]
+    assert "reason=resampled:contradicts_card:name:Grimbold rejected_samples=2" in turn
+
+
 @pytest.fixture
 def sample_dir(tmp_path: Path) -> Path:
     first = conversation("conv-a", turns=2)
