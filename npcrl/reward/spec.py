@@ -104,9 +104,9 @@ class RewardSpec:
     turn_min: float = -1.0
     turn_max: float = 1.0
     unknown_kinds: str = "ignore"
-    contradiction_reward: float | None = None
-    """reward of a sample the agent drew and rejected because it contradicted the persona card (the
-    player never saw it); None: ``turn_min``, the worst a turn can be (docs/TRAINING.md)"""
+    contradiction_reward: float = -1.0
+    """reward of a line that contradicts the persona card (a sample the agent rejected; the player
+    never saw it), clipped to [turn_min, turn_max] like every turn's reward (docs/TRAINING.md)"""
     source: str = field(default="reward spec", init=False, repr=False, compare=False)
     """what errors call the spec: its file once loaded"""
     _known: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -127,12 +127,8 @@ class RewardSpec:
         object.__setattr__(self, "turn_max", _finite_number("turn_max", self.turn_max))
         if self.turn_min > self.turn_max:
             raise _Invalid("turn_min", f"{self.turn_min} is greater than turn_max {self.turn_max}")
-        if self.contradiction_reward is None:
-            object.__setattr__(self, "contradiction_reward", self.turn_min)
         reward = _finite_number("contradiction_reward", self.contradiction_reward)
-        if not self.turn_min <= reward <= self.turn_max:
-            raise _Invalid("contradiction_reward", f"{reward} lies outside [turn_min, turn_max]")
-        object.__setattr__(self, "contradiction_reward", reward)
+        object.__setattr__(self, "contradiction_reward", min(max(reward, self.turn_min), self.turn_max))
         if self.unknown_kinds not in UNKNOWN_KINDS_MODES:
             raise _Invalid("unknown_kinds", f"must be 'ignore' or 'error', got {self.unknown_kinds!r}")
 

@@ -55,10 +55,12 @@ class DataConfig:
     mode: str = "logged"
     """'logged' (offline PPO on the logged responses and their rewards) or 'reward_model' (on-policy PPO:
     the current policy answers the logged prompts and the reward model at reward_model.path scores it)"""
-    train_on_rejected: bool = True
-    """logged mode: also train on the samples the agent rejected for contradicting the persona card (logged
-    with their turn), each rewarded with the reward spec's contradiction_reward; a turn shown after such
-    samples is then trained on too. False: both are left out, as in logs written before they were logged"""
+    penalize_card_contradictions: bool = True
+    """lines that contradict the persona card get the reward spec's contradiction_reward. Logged mode: the
+    samples the agent rejected for it (logged with their turn) are trained on, and so the turn shown
+    after them; reward_model mode: a fresh line that contradicts its conversation's card (a shipped
+    persona) is scored so instead of by the reward model. False: neither (logged mode then drops
+    resampled turns, as for logs written before rejected samples were logged)"""
 
     def validate(self) -> None:
         _check_fields(self, "data.")

@@ -28,7 +28,7 @@ DROP_REASONS = (
     "unscorable_events",  # an event the reward spec cannot score (a value-scaled kind without a value)
     "filtered_or_fallback",  # the player saw a replacement line, not the model's (never trained on)
     "resampled",  # shown only after earlier samples contradicted the card, and those samples are not
-    # trained on (an older log without them, or train_on_rejected off): alone it is a draw *given* it
+    # trained on (an older log without them, or penalize_card_contradictions off): alone it is a draw *given* it
     # passed the check, whose probability the log does not hold, so its importance weight is unknown
     "other_tokenizer",  # logged by a bundle whose tokenizer is not the training bundle's
     "greedy",  # drawn greedily: the behaviour policy is a point mass, no importance weight exists
@@ -56,6 +56,8 @@ class TrainingTurn:
     temperature: float
     sampler: dict[str, Any]
     reward: float
+    persona_hash: str = ""
+    """the persona card the NPC played (its conversation's start record); "" when not logged"""
     rejected_sample: int = 0
     """0: the sample the player saw; k >= 1: the turn's k-th logged sample that the agent rejected
     for contradicting the persona card (``NpcTurn.rejected_samples``), rewarded with the spec's
@@ -232,6 +234,8 @@ def load_training_data(
     report.conversations = len(conversations)
     usable: dict[str, list[TrainingTurn]] = {}
     for cid in sorted(conversations):
+        start = conversations[cid].start
+        persona = start.persona_hash if start is not None else ""
         turns = _scored_turns(conversations[cid], spec, report)
         for turn, reward in turns:
             reason = "conflicting_records" if cid in conflicting else None
@@ -242,12 +246,12 @@ def load_training_data(
                 report.dropped[shown_reason] += 1
             else:
                 report.bundles[turn.bundle_id] = report.bundles.get(turn.bundle_id, 0) + 1
-                usable.setdefault(cid, []).append(_training_turn(cid, turn, float(reward.reward)))
+                usable.setdefault(cid, []).append(_training_turn(cid, turn, float(reward.reward), persona))
             if turn.bundle_id not in accepted_bundles:
                 reason = reason or "other_tokenizer"
             if not with_rejected:
                 reason = "not_used"
-            rejected = _rejected_turns(cid, turn, reason, spec.contradiction_reward, vocab_size, config, report)
+            rejected = _rejected_turns(turn, persona, reason, spec.contradiction_reward, vocab_size, config, report)
             if rejected:
                 usable.setdefault(cid, []).extend(rejected)
     if not usable:
@@ -268,10 +272,10 @@ def _scored_turns(log: ConversationLog, spec: RewardSpec, report: DataReport) ->
 
 
 def _rejected_turns(
-    cid: str,
     turn: NpcTurn,
+    persona_hash: str,
     unusable: str | None,
-    reward: float | None,
+    reward: float,
     vocab_size: int,
     config: DataConfig,
     report: DataReport,
@@ -289,7 +293,7 @@ def _rejected_turns(
             continue
         out.append(
             TrainingTurn(
-                conversation_id=cid,
+                conversation_id=turn.conversation_id,
                 turn_index=turn.turn_index,
                 npc_id=turn.npc_id,
                 bundle_id=turn.bundle_id,
@@ -299,14 +303,15 @@ def _rejected_turns(
                 full_logprobs=tuple(sample["full_logprobs"]),
                 temperature=float(sample["sampler"]["temperature"]),
                 sampler=dict(sample["sampler"]),
-                reward=float(reward if reward is not None else 0.0),
+                reward=reward,
+                persona_hash=persona_hash,
                 rejected_sample=k,
             )
         )
     return out
 
 
-def _training_turn(conversation_id: str, turn: NpcTurn, reward: float) -> TrainingTurn:
+def _training_turn(conversation_id: str, turn: NpcTurn, reward: float, persona_hash: str) -> TrainingTurn:
     return TrainingTurn(
         conversation_id=conversation_id,
         turn_index=turn.turn_index,
@@ -319,6 +324,7 @@ def _training_turn(conversation_id: str, turn: NpcTurn, reward: float) -> Traini
         temperature=float(turn.sampler["temperature"]),
         sampler=dict(turn.sampler),
         reward=reward,
+        persona_hash=persona_hash,
     )
 
 

@@ -15,6 +15,11 @@ that of the temperature-scaled softmax the tokens were truncated from. Generatio
 token (kept, as the game's logs keep it) or at the length cap; the game's stop strings and line
 post-processing are not applied to these samples.
 
+A fresh line that contradicts the persona card of its conversation (``agent.consistency``, on the
+line as the agent would post-process it; the cards given, the shipped ones in ``npcrl train``)
+gets the reward spec's ``contradiction_reward`` instead of the reward model's score: the agent
+would never have shown it (``data.penalize_card_contradictions``).
+
 With ``reward_model.repetition_penalty`` the reward is the score minus that times the share of the
 fresh line's word 3-grams the NPC already said earlier in the logged conversation (its earlier
 logged lines, which the prompt holds; ``evaluation.metrics.repeated_share``).
@@ -31,6 +36,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from npcrl.agent.consistency import card_contradictions
+from npcrl.agent.persona import Persona
+from npcrl.agent.postprocess import postprocess_line
 from npcrl.evaluation.metrics import repeated_share, word_tokens
 from npcrl.runtime.sampler import SamplerConfig
 from npcrl.train.config import TrainConfig
@@ -60,16 +68,30 @@ class FreshRollouts:
         config: TrainConfig,
         dist: Dist,
         logged_lines: Mapping[str, Mapping[int, Sequence[str]]] | None = None,
+        cards: Mapping[str, Persona] | None = None,
+        contradiction_reward: float = -1.0,
     ) -> None:
         """``logged_lines``: conversation id -> turn index -> the words of the NPC's logged line (see
-        ``logged_lines``): what the repeated share of each fresh line is measured against."""
+        ``logged_lines``): what the repeated share of each fresh line is measured against.
+        ``cards``: persona hash -> card, the cards fresh lines are checked against (none: no check);
+        a line that contradicts its card is rewarded ``contradiction_reward``."""
         self.reward_model = reward_model
         self.eos_ids = tuple(eos_ids)
         self.config = config
         self.dist = dist
         self.logged_lines = logged_lines or {}
+        self.cards = cards or {}
+        self.contradiction_reward = contradiction_reward
         self.last_stats: dict[str, float] = {}
-        """means over the last rollout: the reward model's score and the repeated share of the lines"""
+        """means over the last rollout: the reward model's score, the repeated share of the lines and
+        the share of lines that contradicted their card"""
+
+    def contradicts_card(self, turn: TrainingTurn, text: str) -> bool:
+        """Does ``text``, answering ``turn``, contradict its conversation's persona card (if known)?"""
+        persona = self.cards.get(turn.persona_hash)
+        if persona is None:
+            return False
+        return bool(card_contradictions(postprocess_line(text, npc_name=persona.name), persona))
 
     def earlier_words(self, turn: TrainingTurn) -> list[Sequence[str]]:
         """Words of the NPC's logged lines before ``turn`` in its conversation."""
@@ -122,9 +144,9 @@ class FreshRollouts:
         answered = {}
         for i, score in zip(mine, scores, strict=True):
             # Measured with the penalty off too: the share is the run's repetition monitor.
-            line = word_tokens(policy.tokenizer.decode(responses[i], skip_special_tokens=True))
-            share = repeated_share(line, self.earlier_words(turns[i]))
-            answered[i] = (responses[i], float(score), share)
+            text = policy.tokenizer.decode(responses[i], skip_special_tokens=True)
+            share = repeated_share(word_tokens(text), self.earlier_words(turns[i]))
+            answered[i] = (responses[i], float(score), share, self.contradicts_card(turns[i], text))
         for part in self.dist.all_gather_objects(answered):
             answered.update(part)
         # Checked on the gathered scores, so every rank refuses together; a NaN reward would reach
@@ -133,7 +155,7 @@ class FreshRollouts:
         require_finite_rewards([t.key for t in turns], scores_of_all, f"iteration {iteration + 1}", "predicted reward")
         fresh = []
         for i, turn in enumerate(turns):
-            ids, score, share = answered[i]
+            ids, score, share, contradicts = answered[i]
             zeros = (0.0,) * len(ids)
             fresh.append(
                 dataclasses.replace(
@@ -141,13 +163,14 @@ class FreshRollouts:
                     response_ids=tuple(ids),
                     behaviour_logprobs=zeros,
                     full_logprobs=zeros,
-                    reward=score - penalty * share,
+                    reward=self.contradiction_reward if contradicts else score - penalty * share,
                 )
             )
         n = max(len(turns), 1)
         self.last_stats = {
             "reward_model_score_mean": sum(answered[i][1] for i in range(len(turns))) / n,
             "repeated_share_mean": sum(answered[i][2] for i in range(len(turns))) / n,
+            "card_contradiction_share": sum(answered[i][3] for i in range(len(turns))) / n,
         }
         return fresh
 

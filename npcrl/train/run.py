@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 import npcrl.train.checkpoint as ckpt
+from npcrl.agent.persona import builtin_personas
 from npcrl.durable import restore_set_aside
 from npcrl.errors import TrainError
-from npcrl.reward.spec import default_reward_spec, load_reward_spec
+from npcrl.reward.spec import RewardSpec, default_reward_spec, load_reward_spec
 from npcrl.runtime.bundle import Bundle, load_bundle
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingData, accepted_bundle_ids, load_training_data
@@ -42,11 +43,15 @@ from npcrl.train.run_record import check_out, resumed_record, write_run_record
 Scorer = tuple[RewardScorer, dict[str, Any]]
 
 
+def _reward_spec(config: TrainConfig) -> RewardSpec:
+    return load_reward_spec(config.data.reward_spec) if config.data.reward_spec else default_reward_spec()
+
+
 def _load_data(logs: str | Path, bundle: Bundle, config: TrainConfig) -> tuple[TrainingData, list[str]]:
     """(the training turns and holdout, the bundle's tokenizer lineage)."""
-    spec = load_reward_spec(config.data.reward_spec) if config.data.reward_spec else default_reward_spec()
+    spec = _reward_spec(config)
     accepted, lineage = accepted_bundle_ids(bundle, config.data.extra_bundles)
-    with_rejected = config.data.mode == "logged" and config.data.train_on_rejected
+    with_rejected = config.data.mode == "logged" and config.data.penalize_card_contradictions
     data = load_training_data(
         logs, spec, accepted, bundle.manifest.vocab_size, config.data, config.seed, with_rejected=with_rejected
     )
@@ -118,7 +123,11 @@ def _build_trainer(
     if config.data.mode == "reward_model":
         assert scorer is not None  # checked by _load_scorer
         lines = logged_lines([*data.train, *data.holdout], tokenizer)
-        fresh = FreshRollouts(scorer[0], eos_ids, config, dist, lines)
+        # fresh lines are checked against the shipped cards (the ones the trainer can know)
+        check = config.data.penalize_card_contradictions
+        cards = {p.persona_hash: p for p in builtin_personas().values()} if check else None
+        penalty = _reward_spec(config).contradiction_reward
+        fresh = FreshRollouts(scorer[0], eos_ids, config, dist, lines, cards=cards, contradiction_reward=penalty)
     return PPOTrainer(policy, data.train, config, dist, pad_id, progress=progress, fresh=fresh, timer=timer)
 
 

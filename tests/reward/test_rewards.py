@@ -198,6 +198,14 @@ def test_default_spec_has_the_documented_weights():
     assert set(spec.rules) == BUILTIN_KINDS
     assert (spec.turn_min, spec.turn_max, spec.unknown_kinds) == (-1.0, 1.0, "ignore")
     assert 0.0 <= spec.discount <= 1.0
+    assert spec.contradiction_reward == -1.0  # a line contradicting the card: the worst a turn can be
+
+
+def test_the_contradiction_reward_is_clipped_like_a_turn_and_must_be_finite():
+    assert RewardSpec(rules={}, turn_min=-0.6).contradiction_reward == -0.6
+    assert RewardSpec(rules={}, turn_min=-5.0, contradiction_reward=-2.0).contradiction_reward == -2.0
+    with pytest.raises(RewardSpecError, match="'contradiction_reward'"):
+        RewardSpec(rules={}, contradiction_reward=math.nan)
 
 
 def test_spec_is_read_only():

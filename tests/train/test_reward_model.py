@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 from config_helpers import train_config_error, write_train_config  # noqa: E402
 from toy_logs import TOY_SPEC, target_rate, toy_config, write_toy_logs  # noqa: E402
 
+from npcrl.agent.persona import builtin_personas  # noqa: E402
 from npcrl.errors import TrainError  # noqa: E402
 from npcrl.evaluation.metrics import word_tokens  # noqa: E402
 from npcrl.reward.model_data import conversation_folds  # noqa: E402
@@ -580,6 +581,33 @@ def test_the_repetition_penalty_charges_a_line_for_what_the_npc_already_said(
     fresh = rollouts.sample(trainer.policy, logged, 0)
     assert rollouts.last_stats["repeated_share_mean"] == pytest.approx(4 / 6)
     assert [t.reward for t in fresh] == pytest.approx([s - 0.5 * 4 / 6 for s in scores])
+
+
+def test_a_fresh_line_that_contradicts_its_card_gets_the_contradiction_reward(
+    toy: dict[str, Any], trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = on_policy_trainer(toy, trained, iterations=1)
+    assert trainer.fresh is not None
+    rollouts, tokenizer = trainer.fresh, trainer.policy.tokenizer
+    brom = builtin_personas()["blacksmith"]
+    line = tokenizer.encode("Aye. I am Grimbold, and this is my forge.", add_special_tokens=False)
+    monkeypatch.setattr(onpolicy, "sample_responses", lambda d, h, prompts, *rest: [list(line) for _ in prompts])
+    # half of the turns come from conversations with Brom's card, the rest from an unknown card
+    logged = [
+        replace(t, persona_hash=brom.persona_hash if k % 2 else "unknown")
+        for k, t in enumerate(trainer.rollout_turns(0))
+    ]
+    rollouts.cards, rollouts.contradiction_reward = {brom.persona_hash: brom}, -0.75
+    fresh = rollouts.sample(trainer.policy, logged, 0)
+    scores = rollouts.reward_model.predict(fresh)
+    expected = [-0.75 if k % 2 else score for k, score in enumerate(scores)]
+    assert [t.reward for t in fresh] == pytest.approx(expected)
+    assert rollouts.last_stats["card_contradiction_share"] == pytest.approx(
+        sum(k % 2 for k in range(len(logged))) / len(logged)
+    )
+    # without cards (data.penalize_card_contradictions = false) the reward model alone scores
+    rollouts.cards = {}
+    assert [t.reward for t in rollouts.sample(trainer.policy, logged, 0)] == pytest.approx(scores)
 
 
 def test_on_policy_ppo_with_the_reward_model_raises_the_engagement_rate(

@@ -74,6 +74,6 @@ def test_npcrl_train_uses_them_in_the_logged_mode_unless_turned_off(rejections: 
     config = toy_config("lora")
     data, _ = _load_data(rejections["logs"], bundle, config)
     assert data.report.train_rejected_samples > 0
-    config.data = DataConfig(holdout_fraction=0.2, train_on_rejected=False)
+    config.data = DataConfig(holdout_fraction=0.2, penalize_card_contradictions=False)
     data, _ = _load_data(rejections["logs"], bundle, config)
     assert data.report.train_rejected_samples == 0 and data.report.dropped["resampled"] > 0
