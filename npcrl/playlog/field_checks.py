@@ -136,7 +136,7 @@ def _rejected_samples(value: Any) -> list[dict[str, Any]]:
         if missing or unknown:
             raise InvalidValue(f"[{i}]: missing keys {missing}, unknown keys {unknown}")
         checks = (_int_list, _float_list, _float_list, _str_dict, _str)
-        checked = {}
+        checked: dict[str, Any] = {}
         for key, check in zip(REJECTED_SAMPLE_KEYS, checks, strict=True):
             try:
                 checked[key] = check(sample[key])
