@@ -19,7 +19,7 @@ from typing import Any
 
 from npcrl.agent.config import MAX_CONVERSATION_ID
 from npcrl.agent.consistency import RESAMPLED
-from npcrl.agent.lines import Retry, contradicts_card, final_text, make_line, resample, stream_into
+from npcrl.agent.lines import Retry, contradicts_card, final_text, make_line, rejected_samples, resample, stream_into
 from npcrl.agent.memory import ConversationMemory
 from npcrl.agent.pending import NpcLine, PendingLine
 from npcrl.agent.player_text import RESPONSE_WITHHELD, PlayerTextStorage
@@ -204,9 +204,7 @@ class Conversation:
         A line that contradicts the card is sampled again, at most ``consistency_retries`` times
         and while the turn's time budget lasts; the line is then the last sample's, so the logged
         ids and log-probs are always those of the sample the line came from. The contradicting
-        samples are logged too: each is an unconditional draw of the model, so together with the
-        shown one they are what training needs to keep the resampled turn and to learn that a
-        contradiction is bad (docs/TRAINING.md)."""
+        samples are logged too, for training (docs/TRAINING.md)."""
         result, error, prompt, generation, waited = self._generate(pending, clean, started)
         line = first = self._line(turn_index, result, error, started, waited)
         rejected = [line] if contradicts_card(line) else []
@@ -306,28 +304,11 @@ class Conversation:
                 time=time.time(),
                 filter_reason=reason,
                 queue_s=line.queue_s,
-                rejected_samples=self._rejected_samples(rejected) if prompt else [],
+                rejected_samples=rejected_samples(rejected, self.model.tokenizer, storage, config.sampler)
+                if prompt
+                else [],
             )
         )
-
-    def _rejected_samples(self, rejected: Sequence[NpcLine]) -> list[dict[str, Any]]:
-        """``NpcTurn.rejected_samples`` of the contradicting lines; a sample that decodes to
-        personal data is left out, as a shown one would be."""
-        samples = []
-        for line in rejected:
-            result = line.generation
-            if result is None or self._storage.withholds_response(self.model.tokenizer.decode(result.token_ids)):
-                continue
-            samples.append(
-                {
-                    "response_ids": list(result.token_ids),
-                    "logprobs": list(result.logprobs),
-                    "full_logprobs": list(result.full_logprobs),
-                    "sampler": result.sampler or self.agent.config.sampler.to_dict(),
-                    "reason": line.filter_reason or "",
-                }
-            )
-        return samples
 
     def _after_line(self, pending: PendingLine, line: NpcLine, generation: Generation | None) -> None:
         """Show the line, then (while the player reads it) extend the cache for the next turn."""
