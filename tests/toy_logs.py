@@ -63,6 +63,29 @@ def pick_target(turns: list[tuple[list[int], object]], rate: float = 0.3) -> int
     return min(presence, key=lambda t: (abs(presence[t] / n - rate), t))
 
 
+def toy_turn(cid: str, k: int, bundle_id: str, prompt: list[int], result: Any, sampler: dict, now: float) -> NpcTurn:
+    """The ``k``-th toy conversation's one NPC turn: ``result``'s sample answering ``prompt``."""
+    return NpcTurn(
+        conversation_id=cid,
+        turn_index=0,
+        npc_id="brom",
+        bundle_id=bundle_id,
+        player_text=PLAYER_LINES[k % len(PLAYER_LINES)],
+        prompt_ids=list(prompt),
+        response_ids=list(result.token_ids),
+        logprobs=list(result.logprobs),
+        full_logprobs=list(result.full_logprobs),
+        text=result.text,
+        stop_reason=result.stop_reason,
+        sampler=sampler,
+        latency_s=0.01,
+        time_to_first_token_s=0.001,
+        filtered=False,
+        fallback=False,
+        time=now + k,
+    )
+
+
 def write_toy_logs(bundle: Path, log_dir: Path, count: int, seed: int = 0) -> int:
     """Write ``count`` one-turn conversations; returns the target token id."""
     model = OnnxCausalLM(bundle)
@@ -75,27 +98,7 @@ def write_toy_logs(bundle: Path, log_dir: Path, count: int, seed: int = 0) -> in
             writer.append(
                 ConversationStart(cid, "brom", "tester", "Brom", "toyhash", model.bundle_id, TOY_SAMPLER.to_dict(), now)
             )
-            writer.append(
-                NpcTurn(
-                    conversation_id=cid,
-                    turn_index=0,
-                    npc_id="brom",
-                    bundle_id=model.bundle_id,
-                    player_text=PLAYER_LINES[k % len(PLAYER_LINES)],
-                    prompt_ids=list(prompt),
-                    response_ids=list(result.token_ids),  # type: ignore[attr-defined]
-                    logprobs=list(result.logprobs),  # type: ignore[attr-defined]
-                    full_logprobs=list(result.full_logprobs),  # type: ignore[attr-defined]
-                    text=result.text,  # type: ignore[attr-defined]
-                    stop_reason=result.stop_reason,  # type: ignore[attr-defined]
-                    sampler=TOY_SAMPLER.to_dict(),
-                    latency_s=0.01,
-                    time_to_first_token_s=0.001,
-                    filtered=False,
-                    fallback=False,
-                    time=now + k,
-                )
-            )
+            writer.append(toy_turn(cid, k, model.bundle_id, prompt, result, TOY_SAMPLER.to_dict(), now))
             if target in result.token_ids:  # type: ignore[attr-defined]
                 writer.append(EngagementEvent(cid, 0, "found", 1.0, now + k + 0.5))
             writer.append(ConversationEnd(cid, "done", now + k + 1))
@@ -195,28 +198,8 @@ def write_rejection_logs(bundle: Path, log_dir: Path, count: int, seed: int = 0,
                 else None
             )
             writer.append(ConversationStart(cid, "brom", "tester", "Brom", "toyhash", model.bundle_id, sampler, now))
-            writer.append(
-                NpcTurn(
-                    conversation_id=cid,
-                    turn_index=0,
-                    npc_id="brom",
-                    bundle_id=model.bundle_id,
-                    player_text=PLAYER_LINES[k % len(PLAYER_LINES)],
-                    prompt_ids=list(prompt),
-                    response_ids=list(result.token_ids),
-                    logprobs=list(result.logprobs),
-                    full_logprobs=list(result.full_logprobs),
-                    text=result.text,
-                    stop_reason=result.stop_reason,
-                    sampler=sampler,
-                    latency_s=0.01,
-                    time_to_first_token_s=0.001,
-                    filtered=False,
-                    fallback=fell_back,
-                    time=now + k,
-                    filter_reason=reason,
-                    rejected_samples=rejected,
-                )
-            )
+            turn = toy_turn(cid, k, model.bundle_id, prompt, result, sampler, now)
+            turn.fallback, turn.filter_reason, turn.rejected_samples = fell_back, reason, rejected
+            writer.append(turn)
             writer.append(ConversationEnd(cid, "done", now + k + 1))
     return forbidden
