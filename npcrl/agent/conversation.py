@@ -19,16 +19,17 @@ from typing import Any
 
 from npcrl.agent.config import MAX_CONVERSATION_ID
 from npcrl.agent.consistency import RESAMPLED
-from npcrl.agent.lines import Retry, contradicts_card, final_text, make_line, rejected_samples, resample, stream_into
+from npcrl.agent.lines import Retry, contradicts_card, final_text, make_line, resample, stream_into
 from npcrl.agent.memory import ConversationMemory
 from npcrl.agent.pending import NpcLine, PendingLine
-from npcrl.agent.player_text import RESPONSE_WITHHELD, PlayerTextStorage
+from npcrl.agent.player_text import PlayerTextStorage
 from npcrl.agent.prompt import FittedPrompt, Message, fit_prompt, prompt_stem
 from npcrl.agent.safety import delimit_player_text, sanitize_player_text
 from npcrl.agent.speaker import Speaker, hold_sink
+from npcrl.agent.turn_record import turn_record
 from npcrl.agent.workers import start_worker
 from npcrl.errors import NpcrlError
-from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, Record
+from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, Record
 from npcrl.runtime.generation import Generation, GenerationResult
 from npcrl.runtime.kvcache import KVCache
 
@@ -272,41 +273,19 @@ class Conversation:
     def _log_turn(
         self, line: NpcLine, raw_player_text: str, prompt: list[int], rejected: Sequence[NpcLine] = ()
     ) -> None:
-        """Log the turn as ``player_text_storage`` allows; ``prompt`` is already the stored one,
-        ``rejected`` the lines of the samples that contradicted the card."""
-        agent, config, result, storage = self.agent, self.agent.config, line.generation, self._storage
-        reason = line.filter_reason
-        # a resample ran with its own seed: the log names the sampler of the sample it holds
-        sampler = result.sampler if result is not None and result.sampler else config.sampler.to_dict()
-        sampled = self.model.tokenizer.decode(result.token_ids) if result is not None else ""
-        if result is not None and storage.withholds_response(sampled, line.text):
-            # the sample decodes to personal data: its ids cannot be logged, so neither can it be trained on
-            shown = reason is None or reason.startswith(RESAMPLED)  # a line the player saw
-            result, reason = None, RESPONSE_WITHHELD if shown else reason
+        """Log the turn (``npcrl.agent.turn_record``); ``prompt`` is already the stored one."""
+        agent = self.agent
         self._log(
-            NpcTurn(
-                conversation_id=self.conversation_id,
-                turn_index=line.turn_index,
-                npc_id=agent.npc_id,
-                bundle_id=self.model.bundle_id,
-                player_text=storage.player_text(raw_player_text, config.max_player_chars * 4),
-                prompt_ids=list(prompt),
-                response_ids=list(result.token_ids) if result else [],
-                logprobs=list(result.logprobs) if result else [],
-                full_logprobs=list(result.full_logprobs) if result else [],
-                text=storage.npc_text(line.text),
-                stop_reason=line.stop_reason,
-                sampler=sampler,
-                latency_s=line.latency_s,
-                time_to_first_token_s=line.time_to_first_token_s,
-                filtered=line.filtered,
-                fallback=line.fallback,
-                time=time.time(),
-                filter_reason=reason,
-                queue_s=line.queue_s,
-                rejected_samples=rejected_samples(rejected, self.model.tokenizer, storage, config.sampler)
-                if prompt
-                else [],
+            turn_record(
+                self.conversation_id,
+                agent.npc_id,
+                self.model,
+                agent.config,
+                self._storage,
+                line,
+                raw_player_text,
+                prompt,
+                rejected,
             )
         )
 

@@ -14,18 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from npcrl.agent.consistency import CONTRADICTS_CARD, card_contradictions
 from npcrl.agent.pending import NpcLine, PendingLine
-from npcrl.agent.player_text import PlayerTextStorage
 from npcrl.agent.postprocess import postprocess_line
 from npcrl.agent.speaker import Speaker
 from npcrl.runtime.generation import Generation, GenerationResult
 from npcrl.runtime.kvcache import KVCache
 from npcrl.runtime.model import OnnxCausalLM
-from npcrl.runtime.sampler import SamplerConfig
-from npcrl.runtime.tokenizer import BundleTokenizer
 
 log = logging.getLogger("npcrl.agent.lines")
 
@@ -155,26 +151,3 @@ def resample(
         log.exception("NPC %s failed to resample a line; answering with a fallback line", speaker.npc_id)
         return generation, None, f"{type(exc).__name__}: {exc}"
     return generation, generation.result, None
-
-
-def rejected_samples(
-    rejected: Sequence[NpcLine], tokenizer: BundleTokenizer, storage: PlayerTextStorage, sampler: SamplerConfig
-) -> list[dict[str, Any]]:
-    """``NpcTurn.rejected_samples`` of the lines whose samples contradicted the card; a sample that
-    decodes to personal data is left out, as a shown one would be (``storage.withholds_response``).
-    ``sampler``: the agent's, named for a sample that does not carry its own."""
-    samples = []
-    for line in rejected:
-        result = line.generation
-        if result is None or storage.withholds_response(tokenizer.decode(result.token_ids)):
-            continue
-        samples.append(
-            {
-                "response_ids": list(result.token_ids),
-                "logprobs": list(result.logprobs),
-                "full_logprobs": list(result.full_logprobs),
-                "sampler": result.sampler or sampler.to_dict(),
-                "reason": line.filter_reason or "",
-            }
-        )
-    return samples
