@@ -129,6 +129,20 @@ def atomic_write(
         write_all(file, data.encode("utf-8") if isinstance(data, str) else data)
 
 
+def set_aside(output: Path) -> Path | None:
+    """Move a cut-off run's partial ``output`` (a file or directory) out of the way, never deleting
+    it: to ``<name>.interrupted-<k>`` beside it, the first k free. Returns where it went (None when
+    there was nothing)."""
+    if not output.exists():
+        return None
+    k = 1
+    while (aside := output.with_name(f"{output.name}.interrupted-{k}")).exists():
+        k += 1
+    os.replace(output, aside)
+    fsync_dir(output.parent)  # the move survives a crash that follows it
+    return aside
+
+
 def set_aside_path(final: Path) -> Path:
     """Where ``replace_dir`` keeps the old directory while the new one moves in."""
     return final.with_name(f".{final.name}.old")

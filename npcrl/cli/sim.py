@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from npcrl.cli.args import (
@@ -36,6 +37,12 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--max-new-tokens", type=positive_int, help="token limit of an NPC line (default: the agent's, 60)"
     )
     add_concurrent_argument(parser)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with a cut-off run in --logs (same --bundle and --seed): its finished conversations"
+        " are kept, the rest played; the cut-off logs are moved aside to <logs>.interrupted-<k>, not deleted",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.set_defaults(func=cmd_simulate)
     return parser
@@ -44,9 +51,11 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from npcrl.agent.npc_agent import AgentConfig, with_sampler
     from npcrl.agent.persona import builtin_personas, load_personas
+    from npcrl.durable import set_aside
     from npcrl.playlog import PlayLogWriter
     from npcrl.runtime.model import OnnxCausalLM
     from npcrl.sim.ordered import session_options_for
+    from npcrl.sim.resume import check_resumable, finished_conversations, keep_finished
     from npcrl.sim.simulate import simulate
 
     personas = load_personas(args.personas) if args.personas else builtin_personas()
@@ -55,6 +64,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None:
         config = with_sampler(config, max_new_tokens=args.max_new_tokens)
     model = OnnxCausalLM(args.bundle, session_options_for(args.concurrent))
+    cut_off = Path(args.logs)
+    if args.resume:
+        check_resumable(cut_off, model.bundle_id, args.seed)
+        finished = finished_conversations(cut_off, model.bundle_id, args.seed, args.conversations)
+        if finished == args.conversations:
+            print(f"{args.logs}: all {finished} conversation(s) of this run are finished already; nothing to play")
+            return 0
 
     def progress(result: SimulatedConversation) -> None:
         print(
@@ -63,7 +79,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
+    aside = set_aside(cut_off) if args.resume else None
     with PlayLogWriter(args.logs) as writer:
+        first = 0
+        if aside is not None:
+            first = keep_finished(aside, writer, model.bundle_id, args.seed, args.conversations)
+            print(
+                f"resuming: {first} finished conversation(s) kept from the cut-off logs (moved to {aside});"
+                f" playing {args.conversations - first}",
+                file=sys.stderr,
+            )
         summary = simulate(
             model,
             personas,
@@ -74,6 +99,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             config,
             on_conversation=progress,
             concurrency=args.concurrent,
+            first=first,
         )
     if args.json:
         print(json.dumps(summary.to_dict()))

@@ -14,8 +14,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from npcrl.durable import set_aside
 from npcrl.loop.settings import LoopSettings
-from npcrl.loop.state import RoundStages, set_aside
+from npcrl.loop.state import RoundStages
 
 if TYPE_CHECKING:
     from npcrl.evaluation.run import EvalSettings

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from npcrl.durable import atomic_write
+from npcrl.durable import atomic_write, set_aside
 from npcrl.errors import LoopError
 
 LOOP_FILE = "loop.json"
@@ -226,17 +225,6 @@ def _last_write(output: Path) -> float:
         return 0.0
     times = [output.stat().st_mtime] + [p.stat().st_mtime for p in output.rglob("*") if p.is_file()]
     return max(times)
-
-
-def set_aside(output: Path) -> Path | None:
-    """Move an unfinished stage's partial ``output`` out of the way (never deleted); returns where it went."""
-    if not output.exists():
-        return None
-    k = 1
-    while (aside := output.with_name(f"{output.name}.interrupted-{k}")).exists():
-        k += 1
-    os.replace(output, aside)
-    return aside
 
 
 def as_read_back(value: Any) -> Any:

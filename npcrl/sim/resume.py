@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from npcrl.playlog import ConversationEnd, PlayLogWriter, Record, list_log_files, read_log_dir
+from npcrl.errors import NpcrlError
+from npcrl.playlog import ConversationEnd, ConversationStart, PlayLogWriter, Record, list_log_files, read_log_dir
 from npcrl.sim.simulate import simulated_conversation_id
 
 _FLUSH_EVERY = 10_000  # the writer's queue is bounded; a long copy must not overrun it
@@ -33,7 +34,7 @@ def keep_finished(cut_off: Path, writer: PlayLogWriter, bundle_id: str, seed: in
 def finished_conversations(log_dir: Path, bundle_id: str, seed: int, limit: int | None = None) -> int:
     """How many of a simulation's conversations 0, 1, ... ``log_dir`` holds finished, in a row (at
     most ``limit``)."""
-    if not list_log_files(log_dir):
+    if not has_logs(log_dir):
         return 0
     ended = {r.conversation_id for r in read_log_dir(log_dir) if isinstance(r, ConversationEnd)}
     count = 0
@@ -52,3 +53,25 @@ def copy_records(records: Iterable[Record], writer: PlayLogWriter, keep: Callabl
             if copied % _FLUSH_EVERY == 0:
                 writer.flush()
     return copied
+
+
+def holds_conversation(log_dir: Path, conversation_id: str) -> bool:
+    """Whether ``log_dir`` holds the start of conversation ``conversation_id``."""
+    if not has_logs(log_dir):
+        return False
+    return any(isinstance(r, ConversationStart) and r.conversation_id == conversation_id for r in read_log_dir(log_dir))
+
+
+def check_resumable(log_dir: Path, bundle_id: str, seed: int) -> None:
+    """Refuse to go on in ``log_dir`` with a run it holds nothing of: logs there of another bundle or
+    seed would be set aside and the whole run played again, which is not what a resume promises."""
+    if has_logs(log_dir) and not holds_conversation(log_dir, simulated_conversation_id(bundle_id, seed, 0)):
+        raise NpcrlError(
+            f"{log_dir}: holds play logs, but not the start of this run (bundle {bundle_id}, seed {seed});"
+            " --resume goes on with a run of the same --bundle and --seed; write into another --logs instead"
+        )
+
+
+def has_logs(log_dir: Path) -> bool:
+    """Whether ``log_dir`` exists and holds play-log files."""
+    return log_dir.is_dir() and bool(list_log_files(log_dir))

@@ -788,3 +788,93 @@ def test_a_cut_off_run_keeps_its_finished_conversations_and_plays_only_the_rest(
         assert keep_finished(tmp_path / "empty", writer, model.bundle_id, 3, 6) == 0
     with pytest.raises(ValueError, match="first must be at most conversations"):
         simulate(model, builtin_personas(), builtin_profiles(), None, 2, 3, first=3)
+
+
+def cli_run(bundle: Path, logs: Path, *extra: str) -> list[str]:
+    return [
+        "simulate",
+        "--bundle",
+        str(bundle),
+        "--conversations",
+        "3",
+        "--logs",
+        str(logs),
+        "--seed",
+        "4",
+        "--max-new-tokens",
+        "6",
+        "--concurrent",
+        "1",
+        *extra,
+    ]
+
+
+def turns_by_conversation(log_dir: Path) -> dict[str, list[list[int]]]:
+    turns: dict[str, list[list[int]]] = defaultdict(list)
+    for record in read_log_dir(log_dir):
+        if isinstance(record, NpcTurn):
+            turns[record.conversation_id].append(record.response_ids)
+    return dict(turns)
+
+
+@pytest.fixture
+def short_cards(monkeypatch):
+    """The CLI's simulation with system prompts that fit the tiny model, so its turns are real samples."""
+    import functools
+
+    simulate_module = importlib.import_module("npcrl.sim.simulate")  # the package re-exports the function
+    monkeypatch.setattr(
+        simulate_module, "simulate", functools.partial(simulate_module.simulate, system_prompts=short_prompts())
+    )
+
+
+def test_cli_resume_keeps_the_finished_conversations_and_plays_the_rest(tiny_bundles, tmp_path, capsys, short_cards):
+    from npcrl.sim.resume import copy_records
+
+    bundle = tiny_bundles["llama-fp32"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    args = parse(cli_run(bundle, whole))
+    assert args.func(args) == 0
+    records = list(read_log_dir(whole))
+    ids = list(dict.fromkeys(r.conversation_id for r in records))
+    assert len(ids) == 3 and all(turns and all(turns) for turns in turns_by_conversation(whole).values())
+    # a run cut off inside its second conversation: the first finished, the second without its end
+    with PlayLogWriter(cut) as writer:
+        copy_records(records, writer, lambda cid: cid == ids[0])
+        copy_records([r for r in records if not isinstance(r, ConversationEnd)], writer, lambda cid: cid == ids[1])
+    cut_off_records = len(list(read_log_dir(cut)))
+    capsys.readouterr()
+
+    args = parse(cli_run(bundle, cut, "--resume"))
+    assert args.func(args) == 0
+    err = capsys.readouterr().err
+    assert "1 finished conversation(s) kept" in err and "playing 2" in err
+    assert turns_by_conversation(cut) == turns_by_conversation(whole)  # as the uninterrupted run
+    ends = [r.conversation_id for r in read_log_dir(cut) if isinstance(r, ConversationEnd)]
+    assert ends == ids  # each conversation once, in order: the cut-off second one played again whole
+    aside = tmp_path / "cut.interrupted-1"
+    assert len(list(read_log_dir(aside))) == cut_off_records  # set aside, not lost
+
+    # finished already: nothing is played and nothing moves
+    args = parse(cli_run(bundle, cut, "--resume"))
+    assert args.func(args) == 0
+    assert "nothing to play" in capsys.readouterr().out
+    assert not (tmp_path / "cut.interrupted-2").exists()
+
+
+def test_cli_resume_refuses_logs_of_another_run_and_moves_nothing(tiny_bundles, tmp_path, capsys, short_cards):
+    bundle = tiny_bundles["llama-fp32"]
+    logs = tmp_path / "logs"
+    args = parse(cli_run(bundle, logs))
+    assert args.func(args) == 0
+    before = len(list(read_log_dir(logs)))
+    other_seed = cli_run(bundle, logs, "--resume")
+    other_seed[other_seed.index("--seed") + 1] = "5"
+    args = parse(other_seed)
+    with pytest.raises(NpcrlError, match=r"logs: holds play logs, but not the start of this run.*seed 5"):
+        args.func(args)
+    assert len(list(read_log_dir(logs))) == before and not (tmp_path / "logs.interrupted-1").exists()
+    # a resume with nothing there yet is a plain run
+    args = parse(cli_run(bundle, tmp_path / "fresh", "--resume"))
+    assert args.func(args) == 0
+    assert len(turns_by_conversation(tmp_path / "fresh")) == 3
