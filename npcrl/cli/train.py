@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from npcrl.cli.args import add_command
+from npcrl.cli.args import add_command, positive_int
 
 if TYPE_CHECKING:
     from npcrl.train.config import TrainConfig
@@ -77,6 +77,17 @@ def cmd_reward_model_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoint_model(args: argparse.Namespace) -> int:
+    """A training checkpoint's model as an HF directory (LoRA merged), ready for ``npcrl export``."""
+    from pathlib import Path
+
+    from npcrl.train.checkpoint_model import checkpoint_model
+
+    checkpoint = checkpoint_model(Path(args.run), Path(args.out), args.iteration)
+    print(json.dumps({"checkpoint": str(checkpoint), "model": str(args.out)}))
+    return 0
+
+
 def add_base_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-model", help="HF directory with the bundle's weights (default: the manifest's source)")
 
@@ -110,7 +121,26 @@ def add_train_parser(subparsers: Any) -> None:
     )
     train.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
     train.set_defaults(func=cmd_train)
+    add_checkpoint_model_parser(subparsers)
     add_reward_model_parser(subparsers)
+
+
+def add_checkpoint_model_parser(subparsers: Any) -> None:
+    checkpoint = add_command(
+        subparsers,
+        "checkpoint-model",
+        "the model of one of a training run's checkpoints as an HF directory (LoRA merged; needs npcrl[train])",
+        "npcrl checkpoint-model runs/r1 --iteration 25 --out runs/r1-iter25\n"
+        "npcrl export runs/r1-iter25 --out bundles/r1-iter25 --quant q8",
+    )
+    checkpoint.add_argument("run", help="the --out directory of an npcrl train run")
+    checkpoint.add_argument(
+        "--iteration",
+        type=positive_int,
+        help="which checkpoint (default: the newest; a run keeps its run.keep_checkpoints newest)",
+    )
+    checkpoint.add_argument("--out", required=True, help="HF directory to write (must not exist)")
+    checkpoint.set_defaults(func=cmd_checkpoint_model)
 
 
 def add_reward_model_parser(subparsers: Any) -> None:

@@ -383,3 +383,28 @@ def test_cli_errors_are_clear(toy: dict[str, Any], tmp_path: Path) -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=HANG_GUARD_S)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr, proc.stderr
+
+
+def test_checkpoint_model_rebuilds_a_kept_iteration(toy: dict[str, Any], tmp_path: Path) -> None:
+    from npcrl.errors import TrainError
+    from npcrl.train.checkpoint_model import checkpoint_model
+
+    config = write_config(tmp_path / "train.toml", toy["spec"], iterations=2, mode="lora")
+    out = tmp_path / "run"
+    run_ok(train_command(toy, out, config))
+    final = checkpoint_tensors(out)
+    # the newest checkpoint is the run's last iteration: its model is the run's final model
+    assert checkpoint_model(out, tmp_path / "newest" / "checkpoint").name == "ckpt-000002"
+    newest = checkpoint_tensors(tmp_path / "newest")
+    assert set(newest) == set(final) and not any("lora" in k for k in newest)
+    assert all(torch.equal(newest[k], final[k]) for k in final)
+    # an earlier iteration is another model
+    checkpoint_model(out, tmp_path / "first" / "checkpoint", iteration=1)
+    first = checkpoint_tensors(tmp_path / "first")
+    assert any(not torch.equal(first[k], final[k]) for k in final)
+    with pytest.raises(TrainError, match=r"ckpt-000003: no such checkpoint; this run keeps iterations 1, 2"):
+        checkpoint_model(out, tmp_path / "third", iteration=3)
+    with pytest.raises(TrainError, match="first/checkpoint: already exists"):
+        checkpoint_model(out, tmp_path / "first" / "checkpoint", iteration=1)
+    with pytest.raises(TrainError, match="not a training run"):
+        checkpoint_model(tmp_path, tmp_path / "nowhere")
