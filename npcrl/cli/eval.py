@@ -21,8 +21,10 @@ def _personas(directory: str | None) -> list[Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from npcrl.agent.npc_agent import AgentConfig
+    from npcrl.evaluation.earlier import check_evaluation_logs
     from npcrl.evaluation.metric_names import PAIRED_GAIN
-    from npcrl.evaluation.metrics import paired_gain_of_logs
+    from npcrl.evaluation.metrics import log_metrics, paired_gain_of_logs
     from npcrl.evaluation.report import compare_table, rows_from_columns, write_report
     from npcrl.evaluation.run import EvalSettings, evaluate_bundle
     from npcrl.reward.spec import default_reward_spec, load_reward_spec
@@ -32,6 +34,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise NpcrlError(f"{out}: report directory is not empty")
+    if args.against and args.against_logs:
+        raise NpcrlError("give --against (play it now) or --against-logs (an earlier evaluation), not both")
     settings = EvalSettings(
         conversations=args.conversations,
         seed=args.seed,
@@ -48,18 +52,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     models = {path: OnnxCausalLM(path, options) for path in paths}
     reference_dir = args.reference or args.against
     reference = models[reference_dir] if reference_dir else None
-    columns = {}
+    columns: dict[str, Any] = {}
     labels = {}
+    if args.against_logs:
+        against_logs = Path(args.against_logs)
+        cap = args.max_new_tokens or AgentConfig().sampler.max_new_tokens
+        played_by = check_evaluation_logs(against_logs, args.seed, args.conversations, personas, cap)
+        label = labels["against"] = f"against (logs of {played_by})"
+        columns[label] = dict(log_metrics(against_logs, spec, args.seed, personas=personas).as_dict())
     for name, path in bundles.items():
         label = labels[name] = f"{name} ({Path(path).name})"
         print(f"evaluating {label} ...", flush=True)
         columns[label] = evaluate_bundle(
             models[path], out / "logs" / name, personas, profiles, spec, settings, reference=reference
         )
-    if args.against:
+    if args.against or args.against_logs:
         # Same players and seeds: conversation k of one bundle is paired with conversation k of the other.
         columns[labels["bundle"]][PAIRED_GAIN] = paired_gain_of_logs(
-            out / "logs" / "bundle", out / "logs" / "against", spec, seed=args.seed
+            out / "logs" / "bundle", args.against_logs or out / "logs" / "against", spec, seed=args.seed
         )
     rows = rows_from_columns(columns)
     print(compare_table(rows))
@@ -78,6 +88,12 @@ def add_eval_parser(sub: Any) -> None:
     )
     parser.add_argument("--bundle", required=True, help="the bundle to evaluate")
     parser.add_argument("--against", help="a second bundle (e.g. the base) played with the same players and seeds")
+    parser.add_argument(
+        "--against-logs",
+        help="instead of --against: the play logs of an earlier evaluation (its logs/bundle directory) played"
+        " with the same --seed, --conversations, players, personas and --max-new-tokens; paired without playing"
+        " it again",
+    )
     parser.add_argument("--reference", help="bundle the KL per line is measured against (default: --against)")
     parser.add_argument("--conversations", type=int, default=24, help="simulated conversations per bundle")
     parser.add_argument("--seed", type=int, default=0)

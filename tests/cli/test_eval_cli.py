@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,49 @@ def test_eval_refuses_a_used_report_directory(tiny_bundles: dict[str, Path], tmp
     (tmp_path / "old.txt").write_text("x")
     assert main(["eval", "--bundle", str(tiny_bundles["llama-fp32"]), "--out", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+@pytest.fixture
+def short_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's simulations with system prompts that fit the tiny models, so their lines are real."""
+    import importlib
+
+    simulate_module = importlib.import_module("npcrl.sim.simulate")  # the package re-exports the function
+    simulate = simulate_module.simulate
+
+    def with_short_prompts(*args: Any, system_prompts: Any = None, **kwargs: Any) -> Any:
+        return simulate(*args, system_prompts=system_prompts or SHORT_PROMPTS, **kwargs)
+
+    monkeypatch.setattr(simulate_module, "simulate", with_short_prompts)
+
+
+def test_against_logs_pairs_with_an_earlier_evaluation_as_if_played_again(
+    tiny_bundles: dict[str, Path], tmp_path: Path, capsys, short_prompts: None
+) -> None:
+    common = ["--conversations", "3", "--seed", "2", "--max-new-tokens", "6", "--concurrent", "1"]
+    candidate = ["eval", "--bundle", str(tiny_bundles["llama-q8"])]
+    assert main([*candidate, "--against", str(tiny_bundles["llama-fp32"]), *common, "--out", str(tmp_path / "a")]) == 0
+    earlier = tmp_path / "a" / "logs" / "against"
+    assert main([*candidate, "--against-logs", str(earlier), *common, "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    played, reused = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    gain = "engagement gain, paired (95% CI)"
+    played_gain = next(c[gain] for label, c in played.items() if label.startswith("bundle"))
+    reused_gain = next(c[gain] for label, c in reused.items() if label.startswith("bundle"))
+    assert reused_gain == played_gain
+    against = next(c for label, c in reused.items() if label.startswith("against (logs of"))
+    assert against["filtered rate"] < 1.0  # real lines were compared, not fallbacks
+    assert against["reward / conversation (95% CI)"] == next(
+        c["reward / conversation (95% CI)"] for label, c in played.items() if label.startswith("against")
+    )
+
+    def refused(*changed: str) -> str:
+        argv = [*candidate, "--against-logs", str(earlier), *common, *changed, "--out", str(tmp_path / "c")]
+        assert main(argv) == 2
+        return capsys.readouterr().err
+
+    assert "played with seed 2, this evaluation uses --seed 3" in refused("--seed", "3")
+    assert "holds 3 conversation(s), not conversations 0..1" in refused("--conversations", "2")
+    assert "capped at 6 tokens, this evaluation caps them at 5" in refused("--max-new-tokens", "5")
+    assert "not both" in refused("--against", str(tiny_bundles["llama-fp32"]))
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
