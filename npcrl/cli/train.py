@@ -130,8 +130,9 @@ def add_checkpoint_model_parser(subparsers: Any) -> None:
         subparsers,
         "checkpoint-model",
         "the model of one of a training run's checkpoints as an HF directory (LoRA merged; needs npcrl[train])",
-        "npcrl checkpoint-model runs/r1 --iteration 25 --out runs/r1-iter25\n"
-        "npcrl export runs/r1-iter25 --out bundles/r1-iter25 --quant q8",
+        "npcrl checkpoint-model runs/r1 --iteration 25 --out runs/r1-iter25",
+        description="The model of one of a training run's kept checkpoints as an HF directory (LoRA merged;"
+        " needs npcrl[train]); `npcrl export DIR --out BUNDLE --quant q8` makes it a bundle.",
     )
     checkpoint.add_argument("run", help="the --out directory of an npcrl train run")
     checkpoint.add_argument(
