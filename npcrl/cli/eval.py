@@ -90,9 +90,9 @@ def add_eval_parser(sub: Any) -> None:
     parser.add_argument("--against", help="a second bundle (e.g. the base) played with the same players and seeds")
     parser.add_argument(
         "--against-logs",
-        help="instead of --against: the play logs of an earlier evaluation (its logs/bundle directory) played"
-        " with the same --seed, --conversations, players, personas and --max-new-tokens; paired without playing"
-        " it again",
+        help="instead of --against: one bundle's play logs from an earlier evaluation (e.g. its OUT/logs/against)"
+        " played with the same --seed, --conversations, players, personas and --max-new-tokens; paired without"
+        " playing it again",
     )
     parser.add_argument("--reference", help="bundle the KL per line is measured against (default: --against)")
     parser.add_argument("--conversations", type=int, default=24, help="simulated conversations per bundle")

@@ -55,7 +55,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from npcrl.playlog import PlayLogWriter
     from npcrl.runtime.model import OnnxCausalLM
     from npcrl.sim.ordered import session_options_for
-    from npcrl.sim.resume import check_resumable, finished_conversations, keep_finished
+    from npcrl.sim.resume import keep_finished, resumable_conversations
     from npcrl.sim.simulate import simulate
 
     personas = load_personas(args.personas) if args.personas else builtin_personas()
@@ -66,8 +66,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     model = OnnxCausalLM(args.bundle, session_options_for(args.concurrent))
     cut_off = Path(args.logs)
     if args.resume:
-        check_resumable(cut_off, model.bundle_id, args.seed)
-        finished = finished_conversations(cut_off, model.bundle_id, args.seed, args.conversations)
+        finished = resumable_conversations(cut_off, model.bundle_id, args.seed, args.conversations)
         if finished == args.conversations:
             print(f"{args.logs}: all {finished} conversation(s) of this run are finished already; nothing to play")
             return 0

@@ -55,21 +55,28 @@ def copy_records(records: Iterable[Record], writer: PlayLogWriter, keep: Callabl
     return copied
 
 
-def holds_conversation(log_dir: Path, conversation_id: str) -> bool:
-    """Whether ``log_dir`` holds the start of conversation ``conversation_id``."""
+def resumable_conversations(log_dir: Path, bundle_id: str, seed: int, limit: int) -> int:
+    """How many of the run's conversations ``log_dir`` holds finished, in a row (at most ``limit``;
+    0 when it holds no logs), read in one pass. Refuses a directory with logs but not the start of
+    this run: logs of another bundle or seed would be set aside and the whole run played again,
+    which is not what a resume promises."""
     if not has_logs(log_dir):
-        return False
-    return any(isinstance(r, ConversationStart) and r.conversation_id == conversation_id for r in read_log_dir(log_dir))
-
-
-def check_resumable(log_dir: Path, bundle_id: str, seed: int) -> None:
-    """Refuse to go on in ``log_dir`` with a run it holds nothing of: logs there of another bundle or
-    seed would be set aside and the whole run played again, which is not what a resume promises."""
-    if has_logs(log_dir) and not holds_conversation(log_dir, simulated_conversation_id(bundle_id, seed, 0)):
+        return 0
+    started, ended = set(), set()
+    for record in read_log_dir(log_dir):
+        if isinstance(record, ConversationStart):
+            started.add(record.conversation_id)
+        elif isinstance(record, ConversationEnd):
+            ended.add(record.conversation_id)
+    if simulated_conversation_id(bundle_id, seed, 0) not in started:
         raise NpcrlError(
             f"{log_dir}: holds play logs, but not the start of this run (bundle {bundle_id}, seed {seed});"
             " --resume goes on with a run of the same --bundle and --seed; write into another --logs instead"
         )
+    count = 0
+    while count < limit and simulated_conversation_id(bundle_id, seed, count) in ended:
+        count += 1
+    return count
 
 
 def has_logs(log_dir: Path) -> bool:
