@@ -254,6 +254,16 @@ def plot_curve(path: Path, points: Sequence[CurvePoint]) -> bool:
     matplotlib.use("Agg")  # headless: curves are made on servers and in tests
     import matplotlib.pyplot as plt
 
+    fig = curve_figure(points)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def curve_figure(points: Sequence[CurvePoint]) -> Any:
+    """The curve's matplotlib figure: the gain panel, then the KL panel with perplexity on its twin axis."""
+    import matplotlib.pyplot as plt
+
     sizes = [p.conversations for p in points]
     fig, (gain_ax, cost_ax) = plt.subplots(1, 2, figsize=(11, 4))
     mean = [p.gain_percent[0] for p in points]
@@ -264,13 +274,23 @@ def plot_curve(path: Path, points: Sequence[CurvePoint]) -> bool:
     gain_ax.axhline(30.0, color="tab:green", linestyle="--", linewidth=0.8, label="+30%")
     gain_ax.set(ylabel="engagement gain (%)")
     gain_ax.legend(loc="best", fontsize=8)
-    kl = cost_ax.plot(sizes, [p.kl_per_line for p in points], marker="o", color="tab:red", label="KL to the base")
-    cost_ax.set(ylabel="KL to the base (nats / line)")
+    # The two axes share the panel: KL keeps to its lower half and perplexity to the upper part, so
+    # a one-size curve (both autoscaled to the middle) does not draw one point over the other.
+    kl_values = [p.kl_per_line for p in points]
+    kl = cost_ax.plot(sizes, kl_values, marker="o", color="tab:red", label="KL to the base")
+    cost_ax.set_ylabel("KL to the base (nats / line)")
+    kl_top = max((v for v in kl_values if math.isfinite(v)), default=0.0)
+    cost_ax.set_ylim(0.0, 2.0 * kl_top if kl_top > 0 else 1.0)
     perplexity_ax = cost_ax.twinx()
+    perplexities = [p.perplexity for p in points]
     perplexity = perplexity_ax.plot(
-        sizes, [p.perplexity for p in points], marker="s", color="tab:purple", label="perplexity (dotted: base)"
+        sizes, perplexities, marker="s", color="tab:purple", label="perplexity (dotted: base)"
     )
     perplexity_ax.axhline(points[0].base_perplexity, color="tab:purple", linestyle=":", linewidth=0.8)
+    shown = [v for v in [*perplexities, points[0].base_perplexity] if math.isfinite(v)]
+    if shown:
+        span = max(max(shown) - min(shown), 0.02 * abs(max(shown)), 1e-3)
+        perplexity_ax.set_ylim(min(shown) - 1.5 * span, max(shown) + 0.25 * span)
     perplexity_ax.set_ylabel("held-out persona perplexity")
     cost_ax.legend(handles=kl + perplexity, loc="best", fontsize=8)
     for ax in (gain_ax, cost_ax):
@@ -278,6 +298,4 @@ def plot_curve(path: Path, points: Sequence[CurvePoint]) -> bool:
         ax.minorticks_off()
         ax.set_xticks(sizes, [str(s) for s in sizes])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return fig

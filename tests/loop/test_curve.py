@@ -202,3 +202,42 @@ def test_a_resumed_curve_may_add_sizes_and_the_base_plays_only_the_new_conversat
     assert [p["conversations"] for p in json.loads((out / "curve.json").read_text())] == [2, 4]
     with pytest.raises(LoopError, match="a resume may add sizes, not drop them"):
         curve([4], resume=True)
+
+
+def one_point(perplexity: float) -> Any:
+    from npcrl.loop.curve import CurvePoint
+
+    return CurvePoint(
+        conversations=150,
+        engagement_base=2.631,
+        engagement_candidate=3.160,
+        paired_gain=(0.529, 0.187, 0.876),
+        gain_percent=(20.1, 7.1, 33.3),
+        kl_per_line=2.0,
+        perplexity=perplexity,
+        base_perplexity=235.19,
+        promoted=True,
+    )
+
+
+def test_a_one_size_curve_draws_kl_and_perplexity_apart() -> None:
+    """On the shared panel KL keeps to the lower half and perplexity above it: one size's two
+    points (each autoscaled to its axis' middle before) are drawn at different heights."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from npcrl.loop.curve import curve_figure
+
+    fig = curve_figure([one_point(238.42)])
+    _, cost_ax, perplexity_ax = fig.axes
+
+    def height(ax: Any, value: float) -> float:
+        low, high = ax.get_ylim()
+        return (value - low) / (high - low)
+
+    kl_height, perplexity_height = height(cost_ax, 2.0), height(perplexity_ax, 238.42)
+    assert 0.0 < kl_height <= 0.5 < perplexity_height < 1.0
+    assert perplexity_height - kl_height > 0.25
+    assert 0.0 < height(perplexity_ax, 235.19) < 1.0  # the base's dotted line is in view too
+    plt.close(fig)
+    plt.close(curve_figure([one_point(float("nan"))]))  # a size without a perplexity still draws
