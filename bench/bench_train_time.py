@@ -1,6 +1,6 @@
 """Side by side: ``npcrl train`` of this checkout against another one (e.g. an older commit), or
-this checkout at two ``model.precision`` settings, on the same logs, bundle, config and seed, one
-run after the other.
+this checkout at two ``model.precision`` settings, or this checkout under two or more named sets of
+config settings, on the same logs, bundle and seed, one run after the other.
 
 Prints per run the wall and CPU time, the split by phase (from ``run.json``, when the checkout
 records one) and the training result: each iteration's reward, KL, losses and clip fraction from
@@ -10,6 +10,10 @@ checkouts that should train alike; between precisions it shows how far rounding 
 Usage: python bench/bench_train_time.py --logs LOGS --bundle BUNDLE --before-root OLD_CHECKOUT
            [--iterations 3] [--work DIR]
        python bench/bench_train_time.py --logs LOGS --bundle BUNDLE --precisions fp32,bf16 [...]
+       python bench/bench_train_time.py --logs LOGS --bundle BUNDLE \
+           --variant base:model.precision=bf16 \
+           --variant grouped:model.precision=bf16,ppo.minibatch_order=by_prefix [...]
+(each later run is compared with the first)
 """
 
 from __future__ import annotations
@@ -47,6 +51,24 @@ def largest_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict
     return {key: max(abs(x[key] - y[key]) for x, y in zip(a, b, strict=True)) for key in RESULT_KEYS}
 
 
+def variant_toml(settings: str, iterations: int) -> str:
+    """The TOML of ``section.key=value,...`` settings plus ``[ppo] iterations``; values that are
+    not numbers are written as strings."""
+    sections: dict[str, list[str]] = {"ppo": [f"iterations = {iterations}"]}
+    for setting in filter(None, settings.split(",")):
+        key, _, value = setting.partition("=")
+        section, _, field = key.strip().partition(".")
+        if not field or not value:
+            raise SystemExit(f"--variant setting {setting!r}: expected section.key=value")
+        try:
+            float(value)
+            literal = value
+        except ValueError:
+            literal = json.dumps(value)
+        sections.setdefault(section, []).append(f"{field} = {literal}")
+    return "".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--logs", required=True)
@@ -54,6 +76,11 @@ def main() -> int:
     compared = parser.add_mutually_exclusive_group(required=True)
     compared.add_argument("--before-root", help="a checkout of the trainer to compare against")
     compared.add_argument("--precisions", help="two model.precision values to compare, e.g. fp32,bf16")
+    compared.add_argument(
+        "--variant",
+        action="append",
+        help="NAME:section.key=value,... (repeat; two or more, each compared with the first)",
+    )
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--work", help="directory for the runs' outputs (default: a temporary one)")
     args = parser.parse_args()
@@ -62,6 +89,11 @@ def main() -> int:
     iterations = f"[ppo]\niterations = {args.iterations}\n"
     if args.before_root:
         runs = [("before", Path(args.before_root).resolve(), iterations), ("after", ROOT, iterations)]
+    elif args.variant:
+        if len(args.variant) < 2:
+            parser.error("--variant takes two or more, e.g. --variant a:ppo.epochs=2 --variant b:ppo.epochs=1")
+        named = [v.partition(":") for v in args.variant]
+        runs = [(name, ROOT, variant_toml(settings, args.iterations)) for name, _, settings in named]
     else:
         names = args.precisions.split(",")
         if len(names) != 2:
@@ -74,11 +106,19 @@ def main() -> int:
         results[name] = run_train(root, args.logs, args.bundle, config, work / name)
         print(f"{name}: wall {results[name]['wall_s']:.1f} s, cpu {results[name]['cpu_s']:.1f} s", flush=True)
     print(json.dumps({k: {x: y for x, y in v.items() if x != "metrics"} for k, v in results.items()}, indent=1))
-    before, after = (results[name] for name, _, _ in runs)
-    print(f"speed-up: wall {before['wall_s'] / after['wall_s']:.2f}x, cpu {before['cpu_s'] / after['cpu_s']:.2f}x")
-    for row_a, row_b in zip(before["metrics"], after["metrics"], strict=True):
-        print("iteration", row_a["iteration"], {k: (round(row_a[k], 6), round(row_b[k], 6)) for k in RESULT_KEYS})
-    print("largest difference:", largest_difference(before["metrics"], after["metrics"]))
+    first = runs[0][0]
+    before = results[first]
+    for name, _, _ in runs[1:]:
+        after = results[name]
+        print(f"{name} against {first}:")
+        print(f"speed-up: wall {before['wall_s'] / after['wall_s']:.2f}x, cpu {before['cpu_s'] / after['cpu_s']:.2f}x")
+        for phase, seconds in (before["phases_s"] or {}).items():
+            theirs = (after["phases_s"] or {}).get(phase)
+            if theirs and seconds > 1:
+                print(f"  {phase}: {seconds:.1f} s -> {theirs:.1f} s ({seconds / theirs:.2f}x)")
+        for row_a, row_b in zip(before["metrics"], after["metrics"], strict=True):
+            print("iteration", row_a["iteration"], {k: (round(row_a[k], 6), round(row_b[k], 6)) for k in RESULT_KEYS})
+        print("largest difference:", largest_difference(before["metrics"], after["metrics"]))
     return 0
 
 

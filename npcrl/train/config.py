@@ -72,6 +72,7 @@ class DataConfig:
 
 
 PRECISIONS = ("fp32", "bf16")
+MINIBATCH_ORDERS = ("shuffled", "by_prefix")
 
 
 @dataclass
@@ -117,6 +118,11 @@ class PPOConfig:
     """turns per optimizer step"""
     micro_batch_turns: int = 4
     """turns per forward/backward; gradients accumulate over minibatch_turns / micro_batch_turns"""
+    minibatch_order: str = "shuffled"
+    """how each epoch cuts the rollout into minibatches: 'shuffled' (a seeded permutation) or
+    'by_prefix' (the same permutation with rows sharing a prompt prefix, i.e. one persona, kept
+    together, so a micro-batch runs its persona prefix once for more rows: less compute per epoch,
+    but each optimizer step sees fewer personas)"""
     epochs: int = 2
     """passes over each rollout batch (BPPO: keep them few offline; TRL uses 4 on fresh samples)"""
     passes: float = 1.0
@@ -162,6 +168,12 @@ class PPOConfig:
 
     def validate(self) -> None:
         _check_fields(self, "ppo.")
+        _check(
+            self.minibatch_order in MINIBATCH_ORDERS,
+            "ppo.minibatch_order",
+            self.minibatch_order,
+            "'shuffled' or 'by_prefix'",
+        )
         _check(
             self.minibatch_turns <= self.rollout_turns,
             "ppo.minibatch_turns",

@@ -60,7 +60,7 @@ from npcrl.train.ppo_math import (
     truncated_importance_weights,
 )
 from npcrl.train.rollout import Rollout, Scorer
-from npcrl.train.shared_prefix import group_by_prefix
+from npcrl.train.shared_prefix import group_by_prefix, prefixes_together
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
@@ -215,9 +215,12 @@ class PPOTrainer:
         prompts = [t.prompt_ids for t in rollout.turns]
         epochs_run, stopped = 0, False
         for epoch in range(ppo.epochs):
-            order = np.random.default_rng([self.config.seed, iteration, epoch, 1]).permutation(len(rollout.turns))
+            rng = np.random.default_rng([self.config.seed, iteration, epoch, 1])
+            order = [int(i) for i in rng.permutation(len(rollout.turns))]
+            if ppo.minibatch_order == "by_prefix":
+                order = prefixes_together(order, prompts, rng)
             epochs_run += 1
-            minibatches = list(_chunks([int(i) for i in order], ppo.minibatch_turns))
+            minibatches = list(_chunks(order, ppo.minibatch_turns))
             for number, minibatch in enumerate(self._bar(minibatches, f"epoch {epoch}"), start=1):
                 tokens = float(rollout.batch.mask[minibatch].sum())
                 mine = minibatch[self.dist.rank :: self.dist.world]

@@ -8,7 +8,8 @@ exact, not an approximation: causal attention means the prefix's keys and values
 what follows, and gradients flow back through the expanded cache into the one prefix pass (summed
 over the rows), so values, log-probs and gradients equal the full pass up to float rounding.
 
-``group_by_prefix`` orders a batch's rows so that micro-batches hold rows that share a prefix.
+``group_by_prefix`` orders a batch's rows so that micro-batches hold rows that share a prefix;
+``prefixes_together`` orders a whole rollout so that minibatches do too (``ppo.minibatch_order``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -98,6 +100,15 @@ def group_by_prefix(rows: Sequence[int], prompts: Sequence[Sequence[int]], size:
         else:
             runs.append([row])
     return [run[i : i + size] for run in runs for i in range(0, len(run), size)]
+
+
+def prefixes_together(order: Sequence[int], prompts: Sequence[Sequence[int]], rng: np.random.Generator) -> list[int]:
+    """``order``'s rows with the rows that share a prompt prefix (one persona) next to each other:
+    the groups in a random order drawn from ``rng``, each group's rows in their order in ``order``.
+    Cut into minibatches, a minibatch then holds as few groups as its place in the order allows."""
+    position = {row: i for i, row in enumerate(order)}
+    groups = [sorted(group, key=position.__getitem__) for group in group_by_prefix(order, prompts, max(len(order), 1))]
+    return [row for k in rng.permutation(len(groups)) for row in groups[int(k)]]
 
 
 def _common(a: Sequence[int], b: Sequence[int]) -> int:

@@ -22,6 +22,7 @@ from npcrl.train.shared_prefix import (  # noqa: E402
     MIN_SHARED_PREFIX,
     decoder_hidden,
     group_by_prefix,
+    prefixes_together,
     shared_prefix_length,
 )
 
@@ -162,3 +163,23 @@ def test_group_by_prefix_keeps_personas_apart_and_covers_every_row() -> None:
         assert 4 not in chunk or chunk == [4]
     assert group_by_prefix(rows, prompts, size=3) == chunks  # deterministic
     assert group_by_prefix(list(reversed(rows)), prompts, size=3) == chunks
+
+
+def test_prefixes_together_keeps_each_persona_contiguous_in_the_given_order() -> None:
+    """``ppo.minibatch_order = "by_prefix"``: one persona's rows are adjacent (so a minibatch cut
+    from the order holds as few personas as it can), each persona's rows in the shuffled order."""
+    import numpy as np
+
+    turns = persona_turns(VOCAB) + persona_turns(VOCAB, seed=1)  # two prefixes of four, two odd ones
+    prompts = [t.prompt_ids for t in turns]
+    order = [int(i) for i in np.random.default_rng(3).permutation(len(turns))]
+    together = prefixes_together(order, prompts, np.random.default_rng(4))
+    assert sorted(together) == list(range(len(turns)))
+    groups = [sorted(g) for g in ([0, 1, 2, 3], [5, 6, 7, 8], [4], [9])]
+    for group in groups:
+        places = sorted(together.index(row) for row in group)
+        assert places == list(range(places[0], places[0] + len(group))), (group, together)
+        assert [together[p] for p in places] == [row for row in order if row in group]
+    assert prefixes_together(order, prompts, np.random.default_rng(4)) == together  # seeded
+    firsts = {prefixes_together(order, prompts, np.random.default_rng(seed))[0] for seed in range(20)}
+    assert len(firsts) > 1  # the groups' order is drawn, not fixed

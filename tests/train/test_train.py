@@ -21,6 +21,7 @@ from safetensors.torch import load_file  # noqa: E402
 from toy_logs import TOY_SPEC, target_rate, toy_config, toy_prompts, write_toy_logs  # noqa: E402
 
 from npcrl.durable import set_aside_path  # noqa: E402
+from npcrl.errors import TrainConfigError  # noqa: E402
 from npcrl.reward.spec import load_reward_spec  # noqa: E402
 from npcrl.runtime.bundle import load_bundle  # noqa: E402
 from npcrl.train.config import PPOConfig, TrainConfig  # noqa: E402
@@ -87,6 +88,45 @@ def test_kl_budget_stops_the_epochs_early(toy: dict[str, Any]) -> None:
     assert all(r["early_stopped"] == 1.0 for r in records[1:])
     assert all(r["epochs_run"] == 1.0 for r in records[1:])
     assert trainer.updates < 3 * 2 * 2  # fewer optimizer steps than epochs x minibatches allow
+
+
+def test_minibatch_order_by_prefix_cuts_minibatches_from_the_grouped_order(
+    toy: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ppo.minibatch_order = "by_prefix"``: every epoch's minibatches are cut from
+    ``prefixes_together``'s order (each persona's rows adjacent); an unknown order is refused."""
+    from npcrl.train import ppo as ppo_module
+
+    orders: list[list[int]] = []
+    real = ppo_module.prefixes_together
+
+    def spy(order: list[int], prompts: Any, rng: Any) -> list[int]:
+        orders.append(real(order, prompts, rng))
+        return orders[-1]
+
+    stepped: list[list[int]] = []
+    real_micro = ppo_module.PPOTrainer._micro_step
+
+    def micro_spy(self: Any, model: Any, rollout: Any, rows: list[int], tokens: float) -> list[float]:
+        stepped.append(list(rows))
+        return real_micro(self, model, rollout, rows, tokens)
+
+    monkeypatch.setattr(ppo_module, "prefixes_together", spy)
+    monkeypatch.setattr(ppo_module.PPOTrainer, "_micro_step", micro_spy)
+    config = toy_config("lora", iterations=1, minibatch_order="by_prefix", kl_budget=None)
+    trainer = make_trainer(toy, config)
+    trainer.run_iteration()
+    assert len(orders) == config.ppo.epochs
+    minibatch = config.ppo.minibatch_turns
+    per_epoch = len(stepped) // config.ppo.epochs
+    for epoch, order in enumerate(orders):
+        rows = stepped[epoch * per_epoch : (epoch + 1) * per_epoch]
+        cut = [order[i : i + minibatch] for i in range(0, len(order), minibatch)]
+        assert sorted(r for micro in rows for r in micro) == sorted(order)
+        for micro in rows:  # a micro-batch never mixes two minibatches of the grouped order
+            assert any(set(micro) <= set(chunk) for chunk in cut), (micro, cut)
+    with pytest.raises(TrainConfigError, match="ppo.minibatch_order"):
+        toy_config(minibatch_order="by_persona").validate()
 
 
 def test_rollout_logprobs_match_the_logged_model(toy: dict[str, Any]) -> None:
