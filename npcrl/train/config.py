@@ -17,6 +17,7 @@ from typing import Any
 from npcrl.errors import TrainConfigError
 from npcrl.tomlfile import read_toml
 from npcrl.train.config_ranges import check_fields as _check_fields
+from npcrl.train.config_toml import section_from_toml, typed
 
 DATA_MODES = ("logged", "reward_model")
 REWARD_MODEL_BACKBONES = ("lora", "frozen", "full")
@@ -168,12 +169,8 @@ class PPOConfig:
 
     def validate(self) -> None:
         _check_fields(self, "ppo.")
-        _check(
-            self.minibatch_order in MINIBATCH_ORDERS,
-            "ppo.minibatch_order",
-            self.minibatch_order,
-            "'shuffled' or 'by_prefix'",
-        )
+        orders = " or ".join(repr(order) for order in MINIBATCH_ORDERS)
+        _check(self.minibatch_order in MINIBATCH_ORDERS, "ppo.minibatch_order", self.minibatch_order, orders)
         _check(
             self.minibatch_turns <= self.rollout_turns,
             "ppo.minibatch_turns",
@@ -343,63 +340,18 @@ class TrainConfig:
             raise TrainConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: seed, {', '.join(sections)})")
         kwargs: dict[str, Any] = {}
         if "seed" in data:
-            kwargs["seed"] = _typed(data["seed"], int, f"{where}: seed")
+            kwargs["seed"] = typed(data["seed"], int, f"{where}: seed")
         for name, section_cls in sections.items():
             if name not in data:
                 continue
             values = data[name]
             if not isinstance(values, dict):
                 raise TrainConfigError(f"{where}: [{name}] must be a table, got {type(values).__name__}")
-            kwargs[name] = _section(section_cls, values, f"{where}: {name}")
+            kwargs[name] = section_from_toml(section_cls, values, f"{where}: {name}")
         try:
             return cls(**kwargs).validate()
         except TrainConfigError as exc:
             raise TrainConfigError(f"{where}: {exc}") from None
-
-
-def _section(section_cls: type, values: dict[str, Any], where: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(section_cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise TrainConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(fields)})")
-    defaults = section_cls()
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        default = getattr(defaults, key)
-        annotation = str(fields[key].type)
-        if "None" in annotation and value is None:
-            kwargs[key] = None
-        elif isinstance(default, bool) or annotation == "bool":
-            kwargs[key] = _typed(value, bool, f"{where}.{key}")
-        elif annotation.startswith("int"):
-            kwargs[key] = _typed(value, int, f"{where}.{key}")
-        elif annotation.startswith("float"):
-            # validate() stores it as a float once it is known to be in range (a huge int is not).
-            kwargs[key] = _typed(value, (int, float), f"{where}.{key}")
-        elif annotation.startswith("str"):
-            kwargs[key] = _typed(value, str, f"{where}.{key}")
-        elif annotation.startswith("list"):
-            items = _typed(value, list, f"{where}.{key}")
-            kwargs[key] = [_typed(item, str, f"{where}.{key}[]") for item in items]
-        else:  # pragma: no cover - every field type is handled above
-            raise TypeError(f"unhandled config annotation {annotation}")
-    return section_cls(**kwargs)
-
-
-def _typed(value: Any, types: type | tuple[type, ...], where: str) -> Any:
-    # bool is an int in Python; a TOML `true` where a number belongs is a mistake.
-    wants_bool = types is bool or (isinstance(types, tuple) and bool in types)
-    if isinstance(value, bool) and not wants_bool:
-        raise TrainConfigError(f"{where} = {value!r}: expected {_type_name(types)}")
-    if not isinstance(value, types):
-        raise TrainConfigError(f"{where} = {value!r}: expected {_type_name(types)}, got {type(value).__name__}")
-    return value
-
-
-def _type_name(types: type | tuple[type, ...]) -> str:
-    if isinstance(types, tuple):
-        return " or ".join(t.__name__ for t in types)
-    return types.__name__
 
 
 def load_train_config(path: str | Path | None) -> TrainConfig:

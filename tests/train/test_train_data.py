@@ -284,6 +284,26 @@ def test_example_config_is_the_defaults_and_every_key_is_documented() -> None:
         assert not missing, f"docs/TRAINING.md does not document {missing}"
 
 
+def test_the_fast_config_changes_only_what_its_measurement_changed() -> None:
+    """docs/train.fast.toml (measured in docs/TRAINING.md and docs/RESULTS.md) loads, and differs
+    from the defaults in exactly the four settings the measured run used."""
+    root = Path(__file__).resolve().parents[2]
+    fast, default = load_train_config(root / "docs" / "train.fast.toml").to_dict(), TrainConfig().to_dict()
+    changed = {
+        f"{section}.{key}": value
+        for section, values in fast.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if value != default[section][key]
+    }
+    assert changed == {
+        "model.precision": "bf16",
+        "ppo.minibatch_order": "by_prefix",
+        "ppo.epochs": 1,
+        "ppo.learning_rate": 1e-4,
+    }
+
+
 def test_a_conversation_with_an_unscorable_event_is_dropped_not_fatal(tmp_path: Path) -> None:
     write(tmp_path, conversation("c1", turn("c1")) + conversation("c2", turn("c2"), rating=None))
     now = time.time()
