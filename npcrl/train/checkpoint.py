@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from npcrl.durable import replace_dir, set_aside_path
-from npcrl.errors import TrainError
+from npcrl.errors import TrainConfigError, TrainError
 from npcrl.train.finite import require_finite_tensors
 from npcrl.train.policy import VALUE_HEAD_FILE, Policy, save_value_head
 
@@ -111,6 +111,28 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise TrainError(f"{path}: cannot read the checkpoint: {exc}") from exc
     optimizer = _optimizer_from_flat(opt_tensors, state.pop("optimizer"))
     return trainable, optimizer, state
+
+
+def copy_trainable(policy: Policy, trainable: dict[str, torch.Tensor], where: str) -> None:
+    """Copy a checkpoint's trainable tensors into ``policy``; refused, naming ``where``, when their
+    names are not the policy's (a checkpoint of another ``model.mode`` or LoRA setting)."""
+    params = dict(policy.trainable_parameters())
+    if set(params) != set(trainable):
+        missing = sorted(set(params) - set(trainable))[:3]
+        extra = sorted(set(trainable) - set(params))[:3]
+        raise TrainConfigError(
+            f"{where}: checkpoint parameters do not match this model (missing {missing}, unexpected {extra}); "
+            "was it written with a different model.mode or LoRA setting?"
+        )
+    reshaped = [name for name, tensor in trainable.items() if tensor.shape != params[name].shape][:3]
+    if reshaped:
+        raise TrainConfigError(
+            f"{where}: checkpoint parameters {reshaped} have other shapes than this model's; "
+            "was it written with a different LoRA rank or base model?"
+        )
+    with torch.no_grad():
+        for name, tensor in trainable.items():
+            params[name].copy_(tensor)
 
 
 def clean_staging(state_dir: Path) -> None:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from npcrl.errors import TrainError
-from npcrl.train.checkpoint import PREFIX, list_checkpoints, load_checkpoint, write_final_checkpoint
+from npcrl.train.checkpoint import PREFIX, copy_trainable, list_checkpoints, load_checkpoint, write_final_checkpoint
 from npcrl.train.config import TrainConfig
 from npcrl.train.policy import build_policy
 from npcrl.train.run_record import RUN_FILE
@@ -58,12 +56,7 @@ def checkpoint_model(run_dir: Path, out: Path, iteration: int | None = None) -> 
     checkpoint = find_checkpoint(run_dir, iteration)
     trainable, _, _ = load_checkpoint(checkpoint)
     policy = build_policy(base, config.model, config.seed)
-    params = dict(policy.trainable_parameters())
-    if set(params) != set(trainable):
-        raise TrainError(f"{checkpoint}: its parameters do not match the run's recorded model config")
-    with torch.no_grad():
-        for name, tensor in trainable.items():
-            params[name].copy_(tensor)
+    copy_trainable(policy, trainable, str(checkpoint))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_final_checkpoint(policy, out)
     return checkpoint

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from npcrl.errors import TrainConfigError
 from npcrl.train.batching import collate
+from npcrl.train.checkpoint import copy_trainable
 from npcrl.train.config import TrainConfig
 from npcrl.train.data import TrainingTurn
 from npcrl.train.distributed import Dist
@@ -342,17 +343,7 @@ class PPOTrainer:
     def restore(
         self, trainable: dict[str, torch.Tensor], optimizer: dict[str, Any], state: dict[str, Any], where: str
     ) -> None:
-        params = dict(self.policy.trainable_parameters())
-        if set(params) != set(trainable):
-            missing = sorted(set(params) - set(trainable))[:3]
-            extra = sorted(set(trainable) - set(params))[:3]
-            raise TrainConfigError(
-                f"{where}: checkpoint parameters do not match this model (missing {missing}, unexpected {extra}); "
-                "was it written with a different model.mode or LoRA setting?"
-            )
-        with torch.no_grad():
-            for name, tensor in trainable.items():
-                params[name].copy_(tensor)
+        copy_trainable(self.policy, trainable, where)
         self.optimizer.load_state_dict(optimizer)
         self.kl_controller.load_state_dict(state["kl_controller"])
         self.iteration = int(state["iteration"])

@@ -448,3 +448,10 @@ def test_checkpoint_model_rebuilds_a_kept_iteration(toy: dict[str, Any], tmp_pat
         checkpoint_model(out, tmp_path / "first" / "checkpoint", iteration=1)
     with pytest.raises(TrainError, match="not a training run"):
         checkpoint_model(tmp_path, tmp_path / "nowhere")
+    # a record whose [model] no longer describes the checkpoint is refused before any weight is copied
+    record = json.loads((out / "run.json").read_text())
+    for change, message in (({"mode": "full"}, "do not match this model"), ({"lora_r": 4}, "other shapes")):
+        edited = dict(record, config={**record["config"], "model": {**record["config"]["model"], **change}})
+        (out / "run.json").write_text(json.dumps(edited))
+        with pytest.raises(TrainError, match=f"ckpt-000002: checkpoint parameters.*{message}"):
+            checkpoint_model(out, tmp_path / f"edited-{next(iter(change))}")
