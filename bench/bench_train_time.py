@@ -86,9 +86,9 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="train-time-"))
     work.mkdir(parents=True, exist_ok=True)
-    iterations = f"[ppo]\niterations = {args.iterations}\n"
     if args.before_root:
-        runs = [("before", Path(args.before_root).resolve(), iterations), ("after", ROOT, iterations)]
+        same = variant_toml("", args.iterations)
+        runs = [("before", Path(args.before_root).resolve(), same), ("after", ROOT, same)]
     elif args.variant:
         if len(args.variant) < 2:
             parser.error("--variant takes two or more, e.g. --variant a:ppo.epochs=2 --variant b:ppo.epochs=1")
@@ -98,7 +98,7 @@ def main() -> int:
         names = args.precisions.split(",")
         if len(names) != 2:
             parser.error("--precisions takes two values, e.g. fp32,bf16")
-        runs = [(name, ROOT, f'{iterations}[model]\nprecision = "{name}"\n') for name in names]
+        runs = [(name, ROOT, variant_toml(f"model.precision={name}", args.iterations)) for name in names]
     results = {}
     for name, root, toml in runs:
         config = work / f"{name}.toml"
