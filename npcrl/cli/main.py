@@ -16,6 +16,7 @@ from npcrl.cli.export import add_export_parser
 from npcrl.cli.generate import add_generate_parser
 from npcrl.cli.logs import add_logs_parser
 from npcrl.cli.loop import add_loop_parser
+from npcrl.cli.populations import add_populations_parser
 from npcrl.cli.promote import add_promote_parser
 from npcrl.cli.quickstart import add_quickstart_parser
 from npcrl.cli.rewards import add_rewards_parser
@@ -35,6 +36,7 @@ COMMAND_GROUPS = (
     add_train_parser,
     add_loop_parser,
     add_curve_parser,
+    add_populations_parser,
     add_promote_parser,
     add_logs_parser,
     add_simulate_parser,

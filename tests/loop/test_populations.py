@@ -1,0 +1,116 @@
+"""``npcrl populations`` on a tiny model: one loop round per population, one table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from npcrl.errors import LoopError
+from npcrl.loop.curve import CurvePoint
+from npcrl.loop.populations import PopulationPoint, check_names, verdict
+from tests.loop.test_loop import TINY_SYSTEM_PROMPTS, full_tiny_config
+
+
+def tiny_populations(bundle: Path, out: Path, names: list[str], **options: Any) -> Any:
+    from npcrl.loop.populations import run_populations
+
+    options.setdefault("train_config", full_tiny_config())
+    return run_populations(
+        bundle,
+        out,
+        names,
+        conversations=4,
+        eval_conversations=3,
+        max_new_tokens=6,
+        system_prompts=TINY_SYSTEM_PROMPTS,
+        concurrency=2,
+        **options,
+    )
+
+
+def test_one_round_per_population_each_played_by_its_own_players(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from npcrl.loop.state import fingerprint
+    from npcrl.sim.populations import load_population
+
+    out = tmp_path / "populations"
+    points = tiny_populations(tiny_bundles["llama-fp32"], out, ["brief", "questioners"])
+    assert [p.population for p in points] == ["brief", "questioners"]
+    for point in points:
+        folder = out / point.population
+        assert (folder / "round-1" / "decision.json").is_file()
+        recorded = json.loads((folder / "loop.json").read_text())
+        # each round was played by that population's players, not by the shipped mix
+        assert recorded["players"] == fingerprint(list(load_population(point.population).values()))
+        decision = json.loads((folder / "round-1" / "decision.json").read_text())
+        assert point.round.paired_gain == tuple(decision["metrics"]["candidate"]["engagement gain, paired (95% CI)"])
+        assert point.round.conversations == 4
+        assert point.improved == (point.round.paired_gain[1] > 0)
+    saved = json.loads((out / "populations.json").read_text())
+    assert [row["population"] for row in saved] == ["brief", "questioners"]
+    table = (out / "populations.md").read_text()
+    assert "| brief |" in table and "| questioners |" in table
+    assert verdict(points) in table
+    assert (out / "populations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a resume reads the finished rounds back instead of training again
+    import npcrl.loop.stages
+
+    def no_training(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a finished population was trained again")
+
+    monkeypatch.setattr(npcrl.loop.stages, "train_or_resume", no_training)
+    again = tiny_populations(tiny_bundles["llama-fp32"], out, ["brief", "questioners"], resume=True)
+    assert [p.round.paired_gain for p in again] == [p.round.paired_gain for p in points]
+    with pytest.raises(LoopError, match="not empty"):
+        tiny_populations(tiny_bundles["llama-fp32"], out, ["brief"])
+    # the same populations with another training config are not the run that was started
+    other = full_tiny_config()
+    other.ppo.learning_rate *= 2
+    with pytest.raises(LoopError, match="train_config"):
+        tiny_populations(tiny_bundles["llama-fp32"], out, ["brief"], train_config=other, resume=True)
+
+
+def test_an_unknown_population_is_refused_before_any_play(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    from npcrl.sim.populations import UnknownPopulationError
+
+    out = tmp_path / "populations"
+    with pytest.raises(UnknownPopulationError, match="'gourmets'.*known: default, questioners"):
+        tiny_populations(tiny_bundles["llama-fp32"], out, ["brief", "gourmets"])
+    assert not (out / "loop.json").exists()
+
+
+def test_the_command_line_refuses_an_unknown_population_by_name() -> None:
+    from npcrl.cli.populations import population_names
+
+    assert population_names("brief, humour") == ["brief", "humour"]
+    with pytest.raises(argparse.ArgumentTypeError, match="'gourmets'"):
+        population_names("brief,gourmets")
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated"):
+        population_names(" , ")
+
+
+def point(name: str, low: float, promoted: bool) -> PopulationPoint:
+    round_ = CurvePoint(150, 2.0, 2.5, (0.5, low, 1.0), (25.0, 50 * low, 50.0), 1.0, 230.0, 229.0, promoted)
+    return PopulationPoint(name, "likes things", round_, 0.05, 0.04)
+
+
+def test_the_verdict_counts_resolved_gains_and_promotions_apart() -> None:
+    points = [point("brief", 0.1, True), point("humour", -0.2, False), point("lore_seekers", 0.05, False)]
+    line = verdict(points)
+    assert "2 of 3 populations (brief, lore_seekers)" in line
+    assert "promoted (a win by the loop's rule and every guard held): 1 of 3 (brief)" in line
+    assert not point("x", 0.0, False).improved  # an interval touching zero is not resolved
+    assert math.isfinite(points[0].round.gain_percent[0])
+
+
+def test_names_are_kept_in_order_once_and_at_least_one() -> None:
+    assert check_names(["humour", "brief", "humour"]) == ["humour", "brief"]
+    with pytest.raises(LoopError, match="at least one"):
+        check_names([])
