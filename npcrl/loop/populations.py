@@ -207,6 +207,9 @@ def plot_populations(path: Path, points: Sequence[PopulationPoint]) -> bool:
     ax.bar(where, mean, color=colours, alpha=0.6)
     ax.errorbar(where, mean, yerr=[below, above], fmt="none", ecolor="black", capsize=5)
     ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.axhline(30.0, color="tab:green", linestyle="--", linewidth=0.8, label="+30%")
+    ax.set_xlim(-0.8, len(points) - 0.2)  # one population: a bar, not the whole panel
+    ax.legend(loc="best", fontsize=8)
     ax.set_xticks(where, [p.population for p in points])
     ax.set(ylabel="engagement gain over the base (%, paired 95% CI)", title="one round per population")
     fig.tight_layout()
