@@ -74,6 +74,20 @@ def add_concurrent_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_table_promote_when_argument(parser: argparse.ArgumentParser) -> None:
+    """``--promote-when`` for the commands that report rounds in a table (``npcrl curve``, ``npcrl
+    populations``): it says what their "promoted" column means, and is strict by default."""
+    from npcrl.loop.decision import PROMOTE_WHEN
+
+    parser.add_argument(
+        "--promote-when",
+        choices=PROMOTE_WHEN,
+        default="significant",
+        help="what 'promoted' in the table means: the paired interval above 0 (significant, the default)"
+        " or a higher mean (better); every guard must hold either way",
+    )
+
+
 def population_name(text: str) -> str:
     """A shipped player population's name (``npcrl.sim.populations``), checked when the flag is given."""
     from npcrl.sim.populations import builtin_populations

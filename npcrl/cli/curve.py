@@ -7,9 +7,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from npcrl.cli.args import add_command, add_concurrent_argument, add_players_arguments, player_profiles
+from npcrl.cli.args import (
+    add_command,
+    add_concurrent_argument,
+    add_players_arguments,
+    add_table_promote_when_argument,
+    player_profiles,
+)
 from npcrl.loop.curve import CURVE_MD, CURVE_PNG, DEFAULT_SIZES
-from npcrl.loop.decision import PROMOTE_WHEN
 
 
 def sizes(text: str) -> list[int]:
@@ -72,13 +77,7 @@ def add_curve_parser(subparsers: Any) -> None:
     add_players_arguments(curve)
     curve.add_argument("--seed", type=int, default=0)
     curve.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")
-    curve.add_argument(
-        "--promote-when",
-        choices=PROMOTE_WHEN,
-        default="significant",
-        help="what 'promoted' in the table means: the paired interval above 0 (significant, the default)"
-        " or a higher mean (better); every guard must hold either way",
-    )
+    add_table_promote_when_argument(curve)
     curve.add_argument(
         "--resume",
         action="store_true",

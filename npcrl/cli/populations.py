@@ -8,8 +8,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from npcrl.cli.args import add_command, add_concurrent_argument, population_name
-from npcrl.loop.decision import PROMOTE_WHEN
+from npcrl.cli.args import add_command, add_concurrent_argument, add_table_promote_when_argument, population_name
 from npcrl.loop.populations import DEFAULT_POPULATIONS, POPULATIONS_MD, POPULATIONS_PNG
 
 
@@ -80,13 +79,7 @@ def add_populations_parser(subparsers: Any) -> None:
     populations.add_argument("--config", help="training config TOML (docs/TRAINING.md); the same for every population")
     populations.add_argument("--seed", type=int, default=0)
     populations.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")
-    populations.add_argument(
-        "--promote-when",
-        choices=PROMOTE_WHEN,
-        default="significant",
-        help="what 'promoted' in the table means: the paired interval above 0 (significant, the default)"
-        " or a higher mean (better); every guard must hold either way",
-    )
+    add_table_promote_when_argument(populations)
     populations.add_argument(
         "--resume",
         action="store_true",

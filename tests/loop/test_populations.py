@@ -114,3 +114,29 @@ def test_names_are_kept_in_order_once_and_at_least_one() -> None:
     assert check_names(["humour", "brief", "humour"]) == ["humour", "brief"]
     with pytest.raises(LoopError, match="at least one"):
         check_names([])
+
+
+def test_the_command_line_passes_the_populations_their_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import npcrl.loop.populations
+    from npcrl.cli.main import main
+
+    seen: dict[str, Any] = {}
+
+    def fake_run_populations(base: str, out: str, populations: list[str], **kwargs: Any) -> list:
+        seen.update(kwargs, base=base, out=out, populations=populations)
+        return [point("brief", 0.1, True)]
+
+    monkeypatch.setattr(npcrl.loop.populations, "run_populations", fake_run_populations)
+    argv = ["populations", "--bundle", "B", "--out", str(tmp_path / "p")]
+    assert main(argv) == 0
+    assert seen["populations"] == ["questioners", "lore_seekers", "brief", "humour"]
+    assert seen["conversations"] == 150 and seen["eval_conversations"] == 96
+    assert seen["promote_when"] == "significant" and not seen["resume"]
+    assert "1 of 1 populations (brief)" in capsys.readouterr().out
+    assert main([*argv, "--populations", "humour,brief", "--promote-when", "better", "--resume"]) == 0
+    assert seen["populations"] == ["humour", "brief"] and seen["promote_when"] == "better" and seen["resume"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--populations", "gourmets"])
+    assert "unknown player population 'gourmets'" in capsys.readouterr().err
