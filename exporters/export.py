@@ -209,10 +209,13 @@ def export_bundle(
     provenance: dict[str, Any] | None = None,
     overwrite: bool = False,
     graph: str = "auto",
+    recorded_source: str | None = None,
 ) -> Bundle:
     """Export ``source`` (HF dir, GGUF file or hub id) to a bundle directory ``out``.
 
     ``graph``: 'fused' (Llama family, fastest), 'torch' (any supported family, traced), or 'auto'.
+    ``recorded_source``: the manifest's ``model.source`` instead of ``source`` (e.g. a path relative
+    to ``out``, for weights that move with the bundle).
     """
     if quant not in QUANT_SPECS:
         raise ExportError(f"quantisation {quant!r} is not one of {', '.join(QUANT_SPECS)}")
@@ -228,7 +231,9 @@ def export_bundle(
         parity = _check_parity(job, fp32_path)
         quantization = _quantise(job, fp32_path)
         tokenizer_path = save_tokenizer(loaded.tokenizer, job.scratch, job.bundle_dir)
-        inputs = ManifestInputs(loaded, layout, route, quantization, parity, parent, provenance, started)
+        inputs = ManifestInputs(
+            loaded, layout, route, quantization, parity, parent, provenance, started, recorded_source
+        )
         write_manifest(job.bundle_dir, build_manifest(job.bundle_dir, tokenizer_path, inputs))
         bundle = load_bundle(job.bundle_dir)  # the same checks a game will run
         # The old bundle (if replaced) is removed only after the new one is in place.

@@ -71,10 +71,12 @@ def versions() -> dict[str, str]:
     }
 
 
-def describe_model(loaded: LoadedModel, route: str) -> dict[str, Any]:
+def describe_model(loaded: LoadedModel, route: str, source: str | None = None) -> dict[str, Any]:
+    """The manifest's ``model`` section; ``source`` is what it records as the weights' place (the
+    loaded source when None)."""
     model, config = loaded.model, loaded.model.config
     return {
-        "source": loaded.source,
+        "source": loaded.source if source is None else source,
         "architecture": type(model).__name__,
         "model_type": config.model_type,
         "family": loaded.family,
@@ -100,6 +102,9 @@ class ManifestInputs:
     provenance: dict[str, Any] | None
     started: float
     """``time.perf_counter()`` when the export began"""
+    source: str | None = None
+    """``model.source`` as recorded: None records the loaded source; a path relative to the bundle
+    directory records weights that move with it (a training run's checkpoint beside its bundle)"""
 
 
 def build_manifest(bundle_dir: Path, tokenizer_path: Path, inputs: ManifestInputs) -> Manifest:
@@ -114,7 +119,7 @@ def build_manifest(bundle_dir: Path, tokenizer_path: Path, inputs: ManifestInput
         special_tokens=special_tokens_of(loaded, tokenizer_path),
         vocab_size=int(loaded.model.config.vocab_size),
         chat_template=getattr(loaded.tokenizer, "chat_template", None),
-        model=describe_model(loaded, inputs.route),
+        model=describe_model(loaded, inputs.route, inputs.source),
         quantization=inputs.quantization,
         parity=inputs.parity,
         parent=inputs.parent,

@@ -25,7 +25,14 @@ from npcrl.loop.stages import (
     stage_logs,
     train_stage,
 )
-from npcrl.loop.state import DECISION_FILE, RoundStages, finished_rounds, read_decision
+from npcrl.loop.state import (
+    DECISION_FILE,
+    RoundStages,
+    finished_rounds,
+    placed_path,
+    read_decision,
+    recorded_path,
+)
 
 if TYPE_CHECKING:
     from npcrl.runtime.model import OnnxCausalLM
@@ -86,7 +93,7 @@ def finished_results(out: Path) -> tuple[list[RoundResult], LoopState]:
                 if result.candidate is None:
                     raise ValueError("promoted without a candidate")
                 candidate_logs = stage_logs(folder, "evaluate_candidate")
-                state.promoted(Path(result.candidate), result.metrics["candidate"], candidate_logs)
+                state.promoted(placed_path(result.candidate, folder), result.metrics["candidate"], candidate_logs)
         except (TypeError, KeyError, IndexError, ValueError) as exc:
             raise LoopError(f"{folder / DECISION_FILE}: not a decision this loop wrote ({exc!r})") from None
         results.append(result)
@@ -111,8 +118,8 @@ def play_round(
         reasons += confirm_reasons
     result = RoundResult(
         round=number,
-        current=str(current.path),
-        candidate=str(candidate.path),
+        current=recorded_path(current.path, stages.folder),
+        candidate=recorded_path(candidate.path, stages.folder),
         promoted=promoted,
         reasons=reasons,
         metrics=metrics,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from npcrl.durable import set_aside
 from npcrl.loop.settings import LoopSettings
-from npcrl.loop.state import RoundStages
+from npcrl.loop.state import RoundStages, placed_path, recorded_path
 
 if TYPE_CHECKING:
     from npcrl.evaluation.run import EvalSettings
@@ -98,8 +98,8 @@ def train_stage(inputs: LoopInputs, stages: RoundStages, current: Path, number: 
     # a cut-off training run resumes from its checkpoint (train_or_resume), so its output stays
     if stages.start("train_and_export", output=stages.folder / "train", resumes_output=True):
         trained = train_or_resume(stages.folder / "logs", current, stages.folder / "train", config)
-        stages.finish("train_and_export", str(trained))
-    return Path(stages.result("train_and_export"))
+        stages.finish("train_and_export", recorded_path(trained, stages.folder))
+    return placed_path(stages.result("train_and_export"), stages.folder)
 
 
 def reward_model_stage(inputs: LoopInputs, stages: RoundStages, current: Path, number: int) -> Path:

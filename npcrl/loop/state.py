@@ -11,12 +11,16 @@ stage's partial output is moved aside (``NAME.interrupted-K``), never deleted, a
 again. Simulation and evaluation are seeded per conversation, so the redo copies the conversations
 the cut-off attempt finished from the set-aside logs and plays only the rest (``npcrl.sim.resume``).
 Training resumes from its own last checkpoint (``npcrl train --resume``).
+
+A run may be moved (or copied) and resumed where it now lies: what its records name inside the run
+(a round's candidate bundle, the weights it was trained from) is recorded relative to the record.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -118,6 +122,21 @@ def finished_rounds(out: Path) -> int:
     while (out / f"round-{number + 1}" / DECISION_FILE).is_file():
         number += 1
     return number
+
+
+def recorded_path(path: Path, folder: Path) -> str:
+    """``path`` as a round's records keep it: relative to the round's ``folder`` when it lies in
+    the run (``folder``'s parent), so a moved run still finds it; else absolute."""
+    path = Path(path).resolve()
+    run = folder.resolve().parent
+    if path.is_relative_to(run):
+        return os.path.relpath(path, folder.resolve())
+    return str(path)
+
+
+def placed_path(recorded: str, folder: Path) -> Path:
+    """A path ``recorded_path`` wrote for ``folder``, where it lies now (an absolute one as it is)."""
+    return folder / recorded
 
 
 def read_decision(folder: Path) -> dict[str, Any]:

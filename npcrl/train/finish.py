@@ -6,6 +6,7 @@ A model with a NaN weight is refused before any of it: it is not evaluated, save
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,14 +139,17 @@ def export(run: TrainedRun, checkpoint: Path, recorded: dict[str, Any]) -> tuple
     from exporters.export import export_bundle  # the exporter pulls in ONNX tooling only this step needs
 
     log(f"exporting {quant} bundle")
+    bundle_dir = run.out / "bundle"
     exported = export_bundle(
         checkpoint,
-        run.out / "bundle",
+        bundle_dir,
         quant=quant,
         parent=run.bundle.bundle_id,
         provenance=recorded,
         graph=run.config.run.export_graph,
         overwrite=True,  # a bundle/ left by a run killed mid-export is ours to replace
+        # "../checkpoint": the next round trains from these weights wherever the run is moved to
+        recorded_source=os.path.relpath(checkpoint, bundle_dir),
     )
     return exported.root, exported.bundle_id
 

@@ -38,18 +38,19 @@ def resolve_base_weights(bundle: Bundle, override: str | Path | None) -> Path:
     """The HF directory (safetensors) holding the bundle's fp32 weights.
 
     ``override`` wins; otherwise the manifest's ``model.source`` when it is a local directory
-    (bundles exported by ``npcrl model fetch``/``export`` and by the trainer record it).
+    (bundles exported by ``npcrl model fetch``/``export`` and by the trainer record it; the
+    trainer's is relative to the bundle, "../checkpoint", so a moved run still finds it).
     """
     if override is not None:
         path = Path(override).expanduser()
     else:
         source = bundle.manifest.model.get("source")
-        if not source or not Path(str(source)).expanduser().is_dir():
+        path = bundle.root / Path(str(source)).expanduser() if source else bundle.root  # absolute stays absolute
+        if not source or not path.is_dir():
             raise TrainError(
                 f"{bundle.root}: the manifest's model.source ({source!r}) is not a local HF directory; "
                 "pass the bundle's HF weights with --base-model DIR"
             )
-        path = Path(str(source)).expanduser()
     if not path.is_dir() or not (path / "config.json").is_file():
         raise TrainError(f"{path}: not a Hugging Face model directory (config.json is missing)")
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))

@@ -72,10 +72,11 @@ def _load_scorer(config: TrainConfig, bundle: Bundle, scorer: Scorer | None) -> 
 
 
 def _new_run_record(
-    logs: str | Path, bundle: Bundle, base: Path, config: TrainConfig, scorer: Scorer | None, world: int
+    out: Path, logs: str | Path, bundle: Bundle, base: Path, config: TrainConfig, scorer: Scorer | None, world: int
 ) -> dict[str, Any]:
-    """What ``run.json`` records of a run started now (a resume must match it)."""
+    """What ``run.json`` records of a run started now in ``out`` (a resume must match it)."""
     return {
+        "out": str(out),
         "logs": str(Path(logs).expanduser().resolve()),
         "bundle": str(bundle.root.resolve()),
         "bundle_id": bundle.bundle_id,
@@ -220,7 +221,7 @@ def train(
         base = resolve_base_weights(bundle, base_model)
         data, lineage = _load_data(logs, bundle, config)
         scorer = _load_scorer(config, bundle, scorer)
-        run_record = _new_run_record(logs, bundle, base, config, scorer, dist.world)
+        run_record = _new_run_record(out, logs, bundle, base, config, scorer, dist.world)
         run_record = _open_out(out, resume, run_record, dist, config)
         if dist.is_main:
             log(data.report.summary())

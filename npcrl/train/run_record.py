@@ -2,13 +2,16 @@
 directory are allowed.
 
 A resume must match the recorded arguments and config, or raise only ``ppo.iterations`` to extend
-the run; ``finished_iterations`` is recorded once ``checkpoint/`` is written. Torch-free, so the
-loop can ask whether a run finished without loading the trainer.
+the run; ``finished_iterations`` is recorded once ``checkpoint/`` is written. A run may be moved
+(with its inputs that lie beside it, as a loop round's logs do) and resumed where it now lies: a
+path argument matches when it is the recorded one, or the same path relative to the run's own
+directory. Torch-free, so the loop can ask whether a run finished without loading the trainer.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,21 @@ from npcrl.errors import TrainConfigError, TrainError
 from npcrl.train.config import TrainConfig
 
 RUN_FILE = "run.json"
-# The recorded arguments a resume must repeat exactly.
-SAME_ARGUMENTS = ("logs", "bundle", "base_weights", "reward_model")
+# The recorded arguments a resume must repeat: paths (the same place, or the same place relative
+# to the run's directory ``out``), and the reward model's tensors' hash.
+PATH_ARGUMENTS = ("logs", "bundle", "base_weights")
+SAME_ARGUMENTS = (*PATH_ARGUMENTS, "reward_model")
+
+
+def _same_argument(key: str, previous: dict[str, Any], now: dict[str, Any], out: Path) -> bool:
+    was, will = previous.get(key), now.get(key)
+    if was == will:
+        return True
+    recorded_out = previous.get("out")
+    if key not in PATH_ARGUMENTS or not (isinstance(was, str) and isinstance(will, str) and recorded_out):
+        return False
+    # The run was moved: an input that moved with it lies where it lay relative to the run.
+    return os.path.relpath(was, recorded_out) == os.path.relpath(will, out)
 
 
 def recorded_iterations(config: dict[str, Any]) -> Any:
@@ -71,7 +87,7 @@ def check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> tuple[bool
         raise TrainError(f"{out}: nothing to resume ({RUN_FILE} is missing)")
     previous = json.loads(record_path.read_text(encoding="utf-8"))
     for key in SAME_ARGUMENTS:
-        if previous.get(key) != run_record.get(key):
+        if not _same_argument(key, previous, run_record, out):
             raise TrainError(
                 f"{out}/{RUN_FILE}: the run was started with a different {key} "
                 f"({previous.get(key)!r}, now {run_record.get(key)!r}); resume with the same arguments"
@@ -93,8 +109,8 @@ def resumed_record(run_record: dict[str, Any], extends: bool, previous: dict[str
     extension records the iterations it extends and, until it ends, the shorter run's finish."""
     if previous is None:
         return run_record
-    if not extends:
-        return previous
+    if not extends:  # the paths of where the run lies now (it may have been moved)
+        return {**previous, **{key: run_record[key] for key in (*PATH_ARGUMENTS, "out") if key in run_record}}
     history = [*previous.get("extended_from_iterations", []), recorded_iterations(previous["config"])]
     extended = {**run_record, "extended_from_iterations": history}
     if "finished_iterations" in previous:  # checkpoint/ stays the shorter run's until this one ends

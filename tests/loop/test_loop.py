@@ -328,10 +328,55 @@ def test_a_stopped_loop_resumes_from_its_last_finished_stage(
         tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2, resume=True, rounds=0)
     again, second = tiny_loop(tiny_bundles["llama-fp32"], out, config, eval_conversations=2, resume=True, rounds=2)
     assert again == first and second.round == 2
-    assert second.current == (first.candidate if first.promoted else str(tiny_bundles["llama-fp32"]))
+    if first.promoted:  # recorded relative to each round's folder
+        assert (out / "round-2" / second.current).resolve() == (out / "round-1" / first.candidate).resolve()
+    else:
+        assert second.current == str(tiny_bundles["llama-fp32"])
     summary = (out / "loop.md").read_text()
     assert "| 1 |" in summary and "| 2 |" in summary
     assert json.loads((out / "loop.json").read_text())["rounds"] == 2
+
+
+def test_a_moved_loop_run_resumes_where_it_now_lies(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Round 1 promoted, round 2 stopped in training, the run moved: the resume finds round 1's
+    candidate, the weights it was trained from and round 2's checkpoint where they now lie."""
+    import json
+    import shutil
+
+    import npcrl.loop.round
+    import npcrl.train.run
+
+    config = full_tiny_config()
+    monkeypatch.setattr(npcrl.loop.round, "decide_round", lambda *args: (True, ["promoted for the test"]))
+    (first,) = tiny_loop(tiny_bundles["llama-fp32"], tmp_path / "loop", config, eval_conversations=2)
+    assert first.promoted and first.candidate == "train/bundle"
+    manifest = json.loads((tmp_path / "loop" / "round-1" / "train" / "bundle" / "manifest.json").read_text())
+    assert manifest["model"]["source"] == "../checkpoint"
+    real_finish = npcrl.train.run.finish
+
+    def stop_after_training(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(npcrl.train.run, "finish", stop_after_training)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_loop(tiny_bundles["llama-fp32"], tmp_path / "loop", config, eval_conversations=2, resume=True, rounds=2)
+    assert (tmp_path / "loop" / "round-2" / "train" / "state" / "ckpt-000001").is_dir()
+
+    moved = tmp_path / "elsewhere" / "loop"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "loop", moved)
+    monkeypatch.setattr(npcrl.train.run, "finish", real_finish)
+    capsys.readouterr()
+    again, second = tiny_loop(tiny_bundles["llama-fp32"], moved, config, eval_conversations=2, resume=True, rounds=2)
+    assert "resumed from ckpt-000001 (1/1 iterations)" in capsys.readouterr().out
+    assert again == first and second.round == 2
+    assert (moved / "round-2" / second.current).resolve() == (moved / "round-1" / "train" / "bundle").resolve()
+    record = json.loads((moved / "round-2" / "train" / "run.json").read_text())
+    assert record["out"] == str(moved / "round-2" / "train")  # the record now names where the run lies
+    assert record["bundle"] == str(moved / "round-1" / "train" / "bundle")
+    assert record["base_weights"] == str(moved / "round-1" / "train" / "checkpoint")
 
 
 def finished_stages(stages: dict[str, dict[str, Any]]) -> set[str]:

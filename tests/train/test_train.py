@@ -334,6 +334,31 @@ def test_which_resumes_the_output_directory_allows(tmp_path: Path) -> None:
         check_out(out, True, record(5))
 
 
+def test_a_moved_run_resumes_with_the_inputs_that_moved_with_it(tmp_path: Path) -> None:
+    from npcrl.errors import TrainError
+    from npcrl.train.run_record import RUN_FILE, check_out
+
+    def record(root: Path, logs: Path | None = None) -> dict[str, Any]:
+        return {
+            "out": str(root / "train"),
+            "logs": str(logs or root / "logs"),  # beside the run, as a loop round's
+            "bundle": "/bundles/base",  # outside it
+            "base_weights": "/models/base",
+            "reward_model": None,
+            "config": TrainConfig().to_dict(),
+        }
+
+    was, now = tmp_path / "a" / "round-1", tmp_path / "b" / "round-1"
+    (now / "train").mkdir(parents=True)
+    (now / "train" / RUN_FILE).write_text(json.dumps(record(was)))  # written before the move
+    assert check_out(now / "train", True, record(now)) == (False, record(was))
+    assert check_out(now / "train", True, record(now, logs=was / "logs"))[0] is False  # the same logs as before
+    with pytest.raises(TrainError, match="different logs"):  # neither where they were nor moved with the run
+        check_out(now / "train", True, record(now, logs=tmp_path / "other" / "logs"))
+    with pytest.raises(TrainError, match="different bundle"):
+        check_out(now / "train", True, {**record(now), "bundle": "/bundles/other"})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -386,7 +411,8 @@ def test_cli_writes_checkpoint_bundle_and_report(toy: dict[str, Any], tmp_path: 
     assert provenance["config"]["model"]["mode"] == "lora"
     assert provenance["iterations"] == 2 and "kl_per_turn" in provenance["final_metrics"]
     assert provenance["tokenizer_lineage"][0] == parent.bundle_id
-    assert manifest.model["source"] == str(out / "checkpoint")
+    assert manifest.model["source"] == "../checkpoint"  # relative: the run may be moved
+    assert resolve_base_weights(bundle, None).resolve() == (out / "checkpoint").resolve()
     # The new bundle speaks through the game runtime.
     model = OnnxCausalLM(bundle.root)
     text = model.generate(toy_prompts(bundle.root)[0], SamplerConfig(temperature=0.0, max_new_tokens=5)).run()
