@@ -23,6 +23,8 @@ class FeatureRow:
     """the NPC's lines before this one in the conversation (for the repetition feature)"""
     features: dict[str, float]
     reward: float
+    text: str = ""
+    """the line itself"""
 
 
 def logged_feature_rows(logs: str, personas: dict) -> list[FeatureRow]:
@@ -62,6 +64,7 @@ def logged_feature_rows(logs: str, personas: dict) -> list[FeatureRow]:
                     tuple(earlier),
                     features,
                     reward.reward,
+                    turn.text,
                 )
             )
             earlier.append(turn.text)
