@@ -28,6 +28,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Offline PPO from play logs; under torchrun every rank runs this and rank 0 writes the outputs."""
     from npcrl.train.run import train
 
+    personas: tuple[Any, ...] = ()
+    if args.personas:
+        from npcrl.agent.persona import load_personas
+
+        personas = tuple(load_personas(args.personas).values())
     result = train(
         args.logs,
         args.bundle,
@@ -36,6 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         base_model=args.base_model,
         resume=args.resume,
         progress=not args.no_progress,
+        personas=personas,
     )
     if result is not None:
         outputs = {
@@ -113,6 +119,11 @@ def add_train_parser(subparsers: Any) -> None:
     train.add_argument("--out", required=True, help="output directory (checkpoints, report, HF checkpoint, bundle)")
     train.add_argument("--config", help="training config TOML ([data], [model], [ppo], [run]; see docs/TRAINING.md)")
     add_base_model_argument(train)
+    train.add_argument(
+        "--personas",
+        help="directory of the game's persona cards, added to the built-in ones: the on-policy mode "
+        "checks fresh lines against the card of their conversation's NPC",
+    )
     train.add_argument("--seed", type=int, help="overrides the config's seed")
     train.add_argument(
         "--resume",

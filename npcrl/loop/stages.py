@@ -10,6 +10,7 @@ conversations an uninterrupted stage would have played.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,7 +98,9 @@ def train_stage(inputs: LoopInputs, stages: RoundStages, current: Path, number: 
         config = replace(config, reward_model=replace(config.reward_model, path=str(reward_model)))
     # a cut-off training run resumes from its checkpoint (train_or_resume), so its output stays
     if stages.start("train_and_export", output=stages.folder / "train", resumes_output=True):
-        trained = train_or_resume(stages.folder / "logs", current, stages.folder / "train", config)
+        trained = train_or_resume(
+            stages.folder / "logs", current, stages.folder / "train", config, inputs.settings.personas
+        )
         stages.finish("train_and_export", recorded_path(trained, stages.folder))
     return placed_path(stages.result("train_and_export"), stages.folder)
 
@@ -116,8 +119,9 @@ def reward_model_stage(inputs: LoopInputs, stages: RoundStages, current: Path, n
     return output
 
 
-def train_or_resume(logs: Path, current: Path, train_dir: Path, config: Any) -> Path:
-    """Train the round's candidate; a run a stop interrupted goes on from its last checkpoint."""
+def train_or_resume(logs: Path, current: Path, train_dir: Path, config: Any, personas: Sequence[Any] = ()) -> Path:
+    """Train the round's candidate; a run a stop interrupted goes on from its last checkpoint.
+    ``personas``: the cards the round's NPCs played (the on-policy card check knows them)."""
     from npcrl.train.run import train
     from npcrl.train.run_record import RUN_FILE, finished_bundle
 
@@ -125,10 +129,10 @@ def train_or_resume(logs: Path, current: Path, train_dir: Path, config: Any) -> 
         finished = finished_bundle(train_dir)
         if finished is not None:
             return finished  # the stop came after training, before the stage was recorded
-        trained = train(logs, current, train_dir, config, progress=False, resume=True)
+        trained = train(logs, current, train_dir, config, progress=False, resume=True, personas=personas)
     else:
         set_aside(train_dir)
-        trained = train(logs, current, train_dir, config, progress=False)
+        trained = train(logs, current, train_dir, config, progress=False, personas=personas)
     assert trained is not None and trained.bundle is not None  # the loop exports every round
     return trained.bundle
 

@@ -16,7 +16,8 @@ token (kept, as the game's logs keep it) or at the length cap; the game's stop s
 post-processing are not applied to these samples.
 
 A fresh line that contradicts the persona card of its conversation (``agent.consistency``, on the
-line as the agent would post-process it; the cards given, the shipped ones in ``npcrl train``)
+line as the agent would post-process it; the cards given: in ``npcrl train`` the shipped ones and
+those of ``--personas``, in ``npcrl loop`` the cards its NPCs played)
 gets the reward spec's ``contradiction_reward`` instead of the reward model's score: the agent
 would never have shown it (``data.penalize_card_contradictions``).
 

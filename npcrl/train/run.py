@@ -17,13 +17,14 @@ Under torchrun every rank trains; rank 0 alone writes files. The run's record is
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import npcrl.train.checkpoint as ckpt
-from npcrl.agent.persona import builtin_personas
+from npcrl.agent.persona import Persona, builtin_personas
 from npcrl.durable import restore_set_aside
 from npcrl.errors import TrainError
 from npcrl.reward.spec import RewardSpec, default_reward_spec, load_reward_spec
@@ -112,7 +113,9 @@ def _build_trainer(
     dist: Dist,
     progress: bool,
     timer: PhaseTimer,
+    cards: Mapping[str, Persona] | None = None,
 ) -> PPOTrainer:
+    """``cards``: persona hash -> the card fresh on-policy lines are checked against (None: no check)."""
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.seed)
@@ -124,12 +127,18 @@ def _build_trainer(
     if config.data.mode == "reward_model":
         assert scorer is not None  # checked by _load_scorer
         lines = logged_lines([*data.train, *data.holdout], tokenizer)
-        # fresh lines are checked against the shipped cards (the ones the trainer can know)
-        check = config.data.penalize_card_contradictions
-        cards = {p.persona_hash: p for p in builtin_personas().values()} if check else None
         penalty = _reward_spec(config).contradiction_reward
         fresh = FreshRollouts(scorer[0], eos_ids, config, dist, lines, cards=cards, contradiction_reward=penalty)
     return PPOTrainer(policy, data.train, config, dist, pad_id, progress=progress, fresh=fresh, timer=timer)
+
+
+def checked_cards(config: TrainConfig, personas: Iterable[Persona] = ()) -> dict[str, Persona] | None:
+    """Persona hash -> card, for the on-policy check of fresh lines: the shipped cards and
+    ``personas`` (a game's own, which the logs name by hash only); None where nothing is checked
+    (the logged mode learns from the agent's own rejected samples, and the check may be off)."""
+    if config.data.mode != "reward_model" or not config.data.penalize_card_contradictions:
+        return None
+    return {p.persona_hash: p for p in [*builtin_personas().values(), *personas]}
 
 
 def _resume(trainer: PPOTrainer, state_dir: Path, fingerprint: str, dist: Dist) -> None:
@@ -205,8 +214,13 @@ def train(
     resume: bool = False,
     progress: bool = True,
     scorer: Scorer | None = None,
+    personas: Iterable[Persona] = (),
 ) -> TrainResult | None:
     """Run the whole pipeline; returns None on ranks other than 0.
+
+    ``personas``: cards the game's NPCs played besides the shipped ones; in the on-policy mode a
+    fresh line that contradicts its conversation's card is rewarded as a contradiction, and a
+    conversation's card is known only if it is shipped or given here.
 
     ``scorer`` is an already built reward scorer and its record, used instead of loading
     ``config.reward_model.path``: an object with ``predict_sequences(prompts, responses, batch)``
@@ -221,12 +235,14 @@ def train(
         base = resolve_base_weights(bundle, base_model)
         data, lineage = _load_data(logs, bundle, config)
         scorer = _load_scorer(config, bundle, scorer)
+        cards = checked_cards(config, personas)
         run_record = _new_run_record(out, logs, bundle, base, config, scorer, dist.world)
+        run_record["persona_cards"] = sorted(cards) if cards is not None else None
         run_record = _open_out(out, resume, run_record, dist, config)
         if dist.is_main:
             log(data.report.summary())
         dist.barrier()
-        trainer = _build_trainer(base, bundle, config, data, scorer, dist, progress, timer)
+        trainer = _build_trainer(base, bundle, config, data, scorer, dist, progress, timer, cards)
         fingerprint = data.fingerprint()
         if resume:
             _resume(trainer, out / "state", fingerprint, dist)

@@ -23,12 +23,14 @@ RUN_FILE = "run.json"
 # The recorded arguments a resume must repeat: paths (the same place, or the same place relative
 # to the run's directory ``out``), and the reward model's tensors' hash.
 PATH_ARGUMENTS = ("logs", "bundle", "base_weights")
-SAME_ARGUMENTS = (*PATH_ARGUMENTS, "reward_model")
+SAME_ARGUMENTS = (*PATH_ARGUMENTS, "reward_model", "persona_cards")
+# Recorded since a later version: a record without one resumes under any value.
+LATER_ARGUMENTS = ("persona_cards",)
 
 
 def _same_argument(key: str, previous: dict[str, Any], now: dict[str, Any], out: Path) -> bool:
     was, will = previous.get(key), now.get(key)
-    if was == will:
+    if was == will or (key in LATER_ARGUMENTS and key not in previous):
         return True
     recorded_out = previous.get("out")
     if key not in PATH_ARGUMENTS or not (isinstance(was, str) and isinstance(will, str) and recorded_out):

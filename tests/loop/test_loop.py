@@ -345,6 +345,7 @@ def test_a_moved_loop_run_resumes_where_it_now_lies(
     import json
     import shutil
 
+    import npcrl.agent.persona
     import npcrl.loop.round
     import npcrl.train.run
 
@@ -368,9 +369,18 @@ def test_a_moved_loop_run_resumes_where_it_now_lies(
     moved.parent.mkdir()
     shutil.move(tmp_path / "loop", moved)
     monkeypatch.setattr(npcrl.train.run, "finish", real_finish)
+    real_train, cards_given = npcrl.train.run.train, []
+
+    def train(*args: Any, **kwargs: Any) -> Any:
+        cards_given.append([p.persona_hash for p in kwargs["personas"]])
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(npcrl.train.run, "train", train)
     capsys.readouterr()
     again, second = tiny_loop(tiny_bundles["llama-fp32"], moved, config, eval_conversations=2, resume=True, rounds=2)
     assert "resumed from ckpt-000001 (1/1 iterations)" in capsys.readouterr().out
+    # the trainer knows the cards the loop's NPCs played (for the on-policy card check)
+    assert cards_given == [[p.persona_hash for p in npcrl.agent.persona.builtin_personas().values()]]
     assert again == first and second.round == 2
     assert (moved / "round-2" / second.current).resolve() == (moved / "round-1" / "train" / "bundle").resolve()
     record = json.loads((moved / "round-2" / "train" / "run.json").read_text())

@@ -716,3 +716,50 @@ def test_train_takes_an_injected_scorer_in_place_of_reward_model_path(toy: dict[
     metrics = [json.loads(line) for line in (out / "report" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and 0.0 <= metrics[0]["reward_mean"] <= 1.0
     assert json.loads((out / "report" / "provenance.json").read_text())["reward_model"]["role"] == "reward"
+
+
+def test_a_games_own_card_given_to_train_is_checked_on_policy(
+    toy: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The logs name a conversation's card by hash only: a game's own card is known to the on-policy
+    check when ``train`` is given it (``npcrl train --personas``, the loop's personas), and a fresh
+    line contradicting it is rewarded as a contradiction."""
+    from transformers import AutoTokenizer
+
+    import npcrl.train.run as run
+    from npcrl.agent.persona import load_persona
+
+    card = tmp_path / "hilda.toml"  # a smith of the game's own, not a shipped card
+    shipped = Path(run.__file__).parents[1] / "data" / "personas" / "blacksmith.toml"
+    card.write_text(shipped.read_text(encoding="utf-8").replace("Brom", "Hilda"), encoding="utf-8")
+    hilda = load_persona(card)
+    assert hilda.persona_hash not in {p.persona_hash for p in builtin_personas().values()}
+    real_load_data = run._load_data
+
+    def logs_of_hildas_conversations(*args: Any) -> Any:
+        data, lineage = real_load_data(*args)
+        data.train = [replace(t, persona_hash=hilda.persona_hash) for t in data.train]
+        return data, lineage
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_weights(load_bundle(toy["bundle"]), None)))
+    line = tokenizer.encode("Aye. I am Grimbold, and this is my forge.", add_special_tokens=False)
+    monkeypatch.setattr(run, "_load_data", logs_of_hildas_conversations)
+    monkeypatch.setattr(onpolicy, "sample_responses", lambda d, h, prompts, *rest: [list(line) for _ in prompts])
+    config = TrainConfig(
+        seed=0,
+        data=DataConfig(holdout_fraction=0.2, mode="reward_model", reward_spec=str(toy["spec"])),
+        model=ModelConfig(mode="lora", lora_r=8),
+        ppo=PPOConfig(rollout_turns=8, minibatch_turns=8, micro_batch_turns=8, epochs=1, iterations=1),
+        reward_model=RewardModelConfig(path=str(tmp_path / "no-such-rm"), max_new_tokens=4),  # never read
+        run=RunConfig(threads=1, export_quant="none", sample_prompts=0),
+    ).validate()
+    shares = {}
+    for name, personas in (("shipped cards only", ()), ("with the game's card", (hilda,))):
+        out = tmp_path / name.replace(" ", "-")
+        scorer = (TargetTokenScorer(toy["target"]), {"tensors_sha256": "abc"})
+        run.train(toy["logs"], toy["bundle"], out, config, progress=False, scorer=scorer, personas=personas)
+        metrics = json.loads((out / "report" / "metrics.jsonl").read_text().splitlines()[0])
+        shares[name] = metrics["card_contradiction_share"]
+        recorded = json.loads((out / "run.json").read_text())["persona_cards"]
+        assert (hilda.persona_hash in recorded) == bool(personas)
+    assert shares == {"shipped cards only": 0.0, "with the game's card": 1.0}
