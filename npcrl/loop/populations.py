@@ -9,7 +9,9 @@ players. Nothing but the players differs between populations.
     OUT/loop.json               the settings (with ``populations``); a resume must match them
     OUT/<population>/           that population's one-round loop run (its own loop.json, round-1/, loop.md)
     OUT/populations.json, .md   one row per population: gain over the base with its paired 95%
-    OUT/populations.png         interval, KL per line, perplexity, card contradictions, promoted
+    OUT/populations.png         interval, the features the population rewards (and punishes) per
+                                line said to its evaluation players, KL per line, perplexity, card
+                                contradictions, promoted
 
 Each population's run is recorded stage by stage like any loop run: ``resume`` goes on from the
 last finished stage, and a population whose round finished is read back, not played again.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from npcrl.loop.decision import estimate
 from npcrl.loop.round import RoundResult
 from npcrl.loop.run import run_loop
 from npcrl.loop.settings import LoopSettings
+from npcrl.loop.stages import stage_logs
 from npcrl.loop.state import LOOP_FILE, check_loop_out, exclusive, write_loop_record
 
 DEFAULT_POPULATIONS = ("questioners", "lore_seekers", "brief", "humour")
@@ -49,6 +52,9 @@ class PopulationPoint:
     """the round's gain, KL, perplexity and promotion (``conversations`` is the round's size)"""
     card_contradictions_base: float
     card_contradictions_candidate: float
+    preferred_features: dict[str, tuple[float, float]]
+    """each feature the population rewards or punishes -> its mean per line (base, candidate) in
+    the evaluation conversations: did the round learn what these players like?"""
 
     @property
     def improved(self) -> bool:
@@ -99,9 +105,12 @@ def run_populations(  # the keywords of run_loop, but populations instead of pla
         # A resume may name other populations: each one's own loop.json guards its settings.
         check_loop_out(out, resume, record, may_change=("populations",))
         write_loop_record(out, record)
+        cards = {persona.id: persona for persona in settings.personas}
         for name in names:
             result = play_population(settings, out / name, players[name])
-            points.append(population_point(name, builtin_populations()[name].preference, conversations, result))
+            population = builtin_populations()[name]
+            features = preferred_features(out / name / "round-1", (*population.rewards, *population.punishes), cards)
+            points.append(population_point(name, population.preference, conversations, result, features))
             write_populations(out, points)  # after each population: a long run shows what it has
     return points
 
@@ -136,8 +145,26 @@ def check_names(populations: Sequence[str]) -> list[str]:
     return names
 
 
-def population_point(name: str, preference: str, conversations: int, result: RoundResult) -> PopulationPoint:
-    """``result`` (a round on ``conversations`` of the population's play) as the table's row."""
+def preferred_features(
+    round_dir: Path, features: Sequence[str], cards: Mapping[str, Any]
+) -> dict[str, tuple[float, float]]:
+    """Each of ``features`` -> its mean per line in the round's evaluation logs (base, candidate)."""
+    from npcrl.sim.logged_features import logged_line_features
+
+    base = logged_line_features(stage_logs(round_dir, "evaluate_current"), cards).means
+    candidate = logged_line_features(stage_logs(round_dir, "evaluate_candidate"), cards).means
+    return {name: (base[name], candidate[name]) for name in features}
+
+
+def population_point(
+    name: str,
+    preference: str,
+    conversations: int,
+    result: RoundResult,
+    preferred: dict[str, tuple[float, float]] | None = None,
+) -> PopulationPoint:
+    """``result`` (a round on ``conversations`` of the population's play) as the table's row;
+    ``preferred``: the population's features per line (``preferred_features``)."""
     base, candidate = result.metrics["current"], result.metrics["candidate"]
     return PopulationPoint(
         population=name,
@@ -145,6 +172,7 @@ def population_point(name: str, preference: str, conversations: int, result: Rou
         round=curve_point(conversations, result),
         card_contradictions_base=estimate(base.get(CARD_CONTRADICTIONS, math.nan)),
         card_contradictions_candidate=estimate(candidate.get(CARD_CONTRADICTIONS, math.nan)),
+        preferred_features=dict(preferred or {}),
     )
 
 
@@ -169,9 +197,9 @@ def write_populations(out: Path, points: Sequence[PopulationPoint]) -> None:
         verdict(points),
         "",
         "| population | preference | engagement base | engagement candidate | paired gain [95% CI] "
-        "| gain % [95% CI] | KL/line | perplexity (base) | card contradictions / line (base) | promoted "
-        "| train+export s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gain % [95% CI] | its features per line, base → candidate | KL/line | perplexity (base) "
+        "| card contradictions / line (base) | promoted | train+export s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         r = p.round
@@ -179,13 +207,18 @@ def write_populations(out: Path, points: Sequence[PopulationPoint]) -> None:
         lines.append(
             f"| {p.population} | {p.preference} | {r.engagement_base:.3f} | {r.engagement_candidate:.3f} "
             f"| {gain[0]:+.3f} [{gain[1]:.3f}, {gain[2]:.3f}] | {pct[0]:+.1f}% [{pct[1]:+.1f}, {pct[2]:+.1f}] "
-            f"| {r.kl_per_line:.2f} | {r.perplexity:.2f} ({r.base_perplexity:.2f}) "
+            f"| {features_cell(p.preferred_features)} | {r.kl_per_line:.2f} | {r.perplexity:.2f} ({r.base_perplexity:.2f}) "
             f"| {p.card_contradictions_candidate:.3f} ({p.card_contradictions_base:.3f}) | {r.promoted} "
             f"| {r.seconds.get('train_and_export', math.nan):.0f} |"
         )
     lines += ["", *(f"- {p.population}: " + "; ".join(p.round.reasons) for p in points)]
     atomic_write(out / POPULATIONS_MD, "\n".join(lines) + "\n")
     plot_populations(out / POPULATIONS_PNG, points)
+
+
+def features_cell(features: Mapping[str, tuple[float, float]]) -> str:
+    """e.g. ``asks_back 0.41 → 0.61``; several joined by commas."""
+    return ", ".join(f"{name} {base:.2f} → {candidate:.2f}" for name, (base, candidate) in features.items()) or "-"
 
 
 def plot_populations(path: Path, points: Sequence[PopulationPoint]) -> bool:

@@ -36,8 +36,10 @@ def tiny_populations(bundle: Path, out: Path, names: list[str], **options: Any) 
 def test_one_round_per_population_each_played_by_its_own_players(
     tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from npcrl.agent.persona import builtin_personas
     from npcrl.loop.state import fingerprint
-    from npcrl.sim.populations import load_population
+    from npcrl.sim.logged_features import logged_line_features
+    from npcrl.sim.populations import builtin_populations, load_population
 
     out = tmp_path / "populations"
     points = tiny_populations(tiny_bundles["llama-fp32"], out, ["brief", "questioners"])
@@ -52,10 +54,20 @@ def test_one_round_per_population_each_played_by_its_own_players(
         assert point.round.paired_gain == tuple(decision["metrics"]["candidate"]["engagement gain, paired (95% CI)"])
         assert point.round.conversations == 4
         assert point.improved == (point.round.paired_gain[1] > 0)
+        # what the population rewards (and punishes), measured on the lines said to its evaluation players
+        population = builtin_populations()[point.population]
+        assert list(point.preferred_features) == [*population.rewards, *population.punishes]
+        for side, k in (("current", 0), ("candidate", 1)):
+            means = logged_line_features(folder / "round-1" / "eval" / side, builtin_personas()).means
+            assert {name: pair[k] for name, pair in point.preferred_features.items()} == {
+                name: means[name] for name in point.preferred_features
+            }
     saved = json.loads((out / "populations.json").read_text())
     assert [row["population"] for row in saved] == ["brief", "questioners"]
     table = (out / "populations.md").read_text()
     assert "| brief |" in table and "| questioners |" in table
+    asks = points[1].preferred_features["asks_back"]
+    assert f"| asks_back {asks[0]:.2f} → {asks[1]:.2f} |" in table
     assert verdict(points) in table
     assert (out / "populations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -98,7 +110,7 @@ def test_the_command_line_refuses_an_unknown_population_by_name() -> None:
 
 def point(name: str, low: float, promoted: bool) -> PopulationPoint:
     round_ = CurvePoint(150, 2.0, 2.5, (0.5, low, 1.0), (25.0, 50 * low, 50.0), 1.0, 230.0, 229.0, promoted)
-    return PopulationPoint(name, "likes things", round_, 0.05, 0.04)
+    return PopulationPoint(name, "likes things", round_, 0.05, 0.04, {"asks_back": (0.2, 0.3)})
 
 
 def test_the_verdict_counts_resolved_gains_and_promotions_apart() -> None:
