@@ -37,8 +37,6 @@ QUALITY_PROMPTS = (
     "I found a strange amulet in the woods. What should I do?",
 )
 QUALITY_CONTINUATION = 24
-CACHE_RTOL = 0.05
-"""a quantised graph's step-by-step logits may differ from one-shot logits by this fraction of the logit range"""
 HELDOUT_PASSAGE = (
     "The village of Oakrest sits where the river bends twice before reaching the sea. Its people "
     "are farmers and fishers for the most part, though a blacksmith, an innkeeper and a small "
@@ -201,6 +199,42 @@ def _perplexity(graph: OrtGraph, ids: list[int]) -> float:
     return float(np.exp(-logp[np.arange(len(targets)), targets].mean()))
 
 
+def cache_consistency(graph: OrtGraph, prompt_tokens: int, sequence: list[int]) -> dict[str, float]:
+    """How far ``graph``'s step-by-step logits (the prompt, then one token at a time through the KV
+    cache) are from its one-shot logits of the same ``sequence``: the largest logit difference, the
+    logit range, and the mean KL(one-shot || step-by-step) per position."""
+    one_shot = graph.run(sequence)[0][prompt_tokens - 1 : -1]
+    logits, past = graph.run(sequence[:prompt_tokens])
+    rows = [logits[-1]]
+    for token in sequence[prompt_tokens:-1]:
+        logits, past = graph.run([token], past)
+        rows.append(logits[-1])
+    stepwise = np.stack(rows)
+    one_shot_logp, stepwise_logp = log_softmax(one_shot), log_softmax(stepwise)
+    kl = (np.exp(one_shot_logp) * (one_shot_logp - stepwise_logp)).sum(axis=-1)
+    return {
+        "cache_max_abs_logit_diff": float(np.abs(stepwise - one_shot).max()),
+        "cache_logit_scale": float(np.abs(one_shot).max()),
+        "cache_kl_mean": float(kl.mean()),
+    }
+
+
+def check_cache_consistency(cache: dict[str, float], bits: int, where: Path) -> None:
+    """A quantised graph's cache must be sound: its step-by-step distributions may differ from its
+    one-shot ones by no more than quantisation may cost (``QUALITY_BOUNDS``). Not the largest logit
+    difference: 8- and 4-bit MatMul kernels differ between one row and many (int8 activations
+    quantised per block), and one logit among millions moved 1.6 of a range of 32 in a sound
+    8-bit graph, while a broken cache changes whole distributions."""
+    bound = QUALITY_BOUNDS.get(bits, QUALITY_BOUNDS[8])
+    if not cache["cache_kl_mean"] <= bound:  # NaN fails too
+        raise ParityError(
+            f"{where}: cached and one-shot next-token distributions differ by KL {cache['cache_kl_mean']:.3g} "
+            f"nats per position on average (> {bound} allowed for {bits}-bit weights; largest logit "
+            f"difference {cache['cache_max_abs_logit_diff']:.3g} of a range of {cache['cache_logit_scale']:.3g}): "
+            "the KV cache path does not reproduce the graph"
+        )
+
+
 def measure_quality(
     fp32_path: Path, quant_path: Path, layout: KVLayout, prompts: list[list[int]], heldout_ids: list[int], bits: int
 ) -> dict[str, Any]:
@@ -217,22 +251,9 @@ def measure_quality(
         kls.append((np.exp(ref_logp) * (ref_logp - cand_logp)).sum(axis=-1))
         agree.append(ref_logp.argmax(-1) == cand_logp.argmax(-1))
     kl = np.concatenate(kls)
-    # The quantised graph's cache must be sound: step-by-step logits equal one-shot logits up to
-    # kernel noise (8/4-bit MatMul kernels differ between one row and many, so greedy near-ties
-    # may flip; that is recorded, not failed).
     sequence = prompts[0] + _greedy_cached(reference, prompts[0], QUALITY_CONTINUATION)
-    one_shot = candidate.run(sequence)[0][len(prompts[0]) - 1 : -1]
-    logits, past = candidate.run(prompts[0])
-    stepwise = [logits[-1]]
-    for token in sequence[len(prompts[0]) : -1]:
-        logits, past = candidate.run([token], past)
-        stepwise.append(logits[-1])
-    cache_diff = float(np.abs(np.stack(stepwise) - one_shot).max())
-    scale = float(np.abs(one_shot).max())
-    if cache_diff > CACHE_RTOL * scale:
-        raise ParityError(
-            f"{quant_path}: cached and one-shot logits differ by {cache_diff:.3g} (> {CACHE_RTOL:.0%} of {scale:.3g})"
-        )
+    cache = cache_consistency(candidate, len(prompts[0]), sequence)
+    check_cache_consistency(cache, bits, quant_path)
     cached = _greedy_cached(candidate, prompts[0], GREEDY_STEPS)
     uncached, _ = _greedy_uncached(lambda ids: candidate.run(ids)[0], prompts[0], GREEDY_STEPS)
     bound = QUALITY_BOUNDS.get(bits)
@@ -246,7 +267,7 @@ def measure_quality(
         "perplexity_fp32": _perplexity(reference, heldout_ids),
         "perplexity_quantized": _perplexity(candidate, heldout_ids),
         "kl_bound": bound,
-        "cache_max_abs_logit_diff": cache_diff,
+        **cache,
         "greedy_cached_equals_uncached": cached == uncached,
     }
     report["within_bound"] = bound is None or float(kl.mean()) <= bound

@@ -95,9 +95,11 @@ def check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> tuple[bool
                 f"({previous.get(key)!r}, now {run_record.get(key)!r}); resume with the same arguments"
             )
     extends = _extends(out, previous, run_record["config"])
-    if (out / "checkpoint").exists() and not extends:
+    if (out / "checkpoint").exists() and not extends and "finished_iterations" in previous:
         # checkpoint/ is the result of a run of ``finished_iterations``; an extension that was killed
-        # before it wrote its own still has iterations to go.
+        # before it wrote its own still has iterations to go. Without ``finished_iterations`` the run
+        # stopped in its finish (the export failed, say) after writing checkpoint/: a resume
+        # finishes it from its last checkpoint.
         done, will = previous.get("finished_iterations"), recorded_iterations(run_record["config"])
         if not (isinstance(done, int) and isinstance(will, int) and will > done):
             raise TrainError(

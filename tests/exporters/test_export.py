@@ -95,6 +95,7 @@ def test_quantised_bundle_records_quality_against_fp32(tiny_bundles, quant):
     assert quality["kl_mean"] >= 0.0
     assert quality["perplexity_quantized"] > 1.0
     assert quality["within_bound"] is (quality["kl_mean"] <= quality["kl_bound"])
+    assert 0.0 <= quality["cache_kl_mean"] <= quality["kl_bound"]  # the KV cache reproduces the graph
 
 
 def test_q8_is_closer_to_fp32_than_q4_and_smaller_than_fp32(tiny_bundles):

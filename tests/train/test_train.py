@@ -321,6 +321,8 @@ def test_which_resumes_the_output_directory_allows(tmp_path: Path) -> None:
     with pytest.raises(TrainError, match="only ppo.iterations"):
         check_out(out, True, record(2))  # fewer iterations is a different run, not an extension
     (out / "checkpoint").mkdir()
+    assert check_out(out, True, record(3))[0] is False  # stopped in its finish (export, report): resumable
+    (out / RUN_FILE).write_text(json.dumps(record(3, finished_iterations=3)))
     with pytest.raises(TrainError, match="already finished"):
         check_out(out, True, record(3))
     assert check_out(out, True, record(5))[0] is True  # extend a finished run

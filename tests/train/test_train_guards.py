@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,32 @@ def test_a_failed_extension_leaves_the_finished_checkpoint_and_bundle_byte_ident
         run_train(toy, out, guard_config(iterations=3, export="fp32"), resume=True)
     assert {name: tree_digest(out / name) for name in before} == before
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_run_that_failed_in_its_export_resumes_to_finish_it(
+    toy: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final checkpoint is written before the export: a run whose export failed is not
+    "already finished" but finished by a resume, from its last checkpoint, training nothing again."""
+    import npcrl.train.finish
+
+    def failed_export(*args: Any, **kwargs: Any) -> Any:
+        raise TrainError("the export failed")
+
+    real_export = npcrl.train.finish.export
+    monkeypatch.setattr(npcrl.train.finish, "export", failed_export)
+    out = tmp_path / "run"
+    with pytest.raises(TrainError, match="the export failed"):
+        run_train(toy, out, guard_config(iterations=2, export="fp32"))
+    assert (out / "checkpoint").is_dir() and not (out / "bundle").exists()
+    trained = tree_digest(out / "checkpoint")
+    monkeypatch.setattr(npcrl.train.finish, "export", real_export)
+    result = run_train(toy, out, guard_config(iterations=2, export="fp32"), resume=True)
+    assert result is not None and result.bundle is not None and (result.bundle / "manifest.json").is_file()
+    assert tree_digest(out / "checkpoint") == trained  # the same weights: nothing trained again
+    assert json.loads((out / "run.json").read_text())["finished_iterations"] == 2
+    with pytest.raises(TrainError, match="already finished"):
+        run_train(toy, out, guard_config(iterations=2, export="fp32"), resume=True)
 
 
 # -- the update ------------------------------------------------------------------------------------
