@@ -73,10 +73,18 @@ def _load_scorer(config: TrainConfig, bundle: Bundle, scorer: Scorer | None) -> 
 
 
 def _new_run_record(
-    out: Path, logs: str | Path, bundle: Bundle, base: Path, config: TrainConfig, scorer: Scorer | None, world: int
+    out: Path,
+    logs: str | Path,
+    bundle: Bundle,
+    base: Path,
+    config: TrainConfig,
+    scorer: Scorer | None,
+    world: int,
+    cards: Mapping[str, Persona] | None,
 ) -> dict[str, Any]:
     """What ``run.json`` records of a run started now in ``out`` (a resume must match it)."""
     return {
+        "persona_cards": sorted(cards) if cards is not None else None,
         "out": str(out),
         "logs": str(Path(logs).expanduser().resolve()),
         "bundle": str(bundle.root.resolve()),
@@ -157,7 +165,7 @@ def _resume(trainer: PPOTrainer, state_dir: Path, fingerprint: str, dist: Dist) 
 
 def _iterate(trainer: PPOTrainer, config: TrainConfig, out: Path, fingerprint: str, bar: Any) -> None:
     """Run the remaining iterations; rank 0 writes the metrics and a checkpoint every
-    ``run.checkpoint_every`` iterations and after the last."""
+    ``run.checkpoint_every`` iterations and after the last, and closes ``bar`` after them."""
     is_main = trainer.dist.is_main
     while trainer.iteration < trainer.total_iterations:
         record = trainer.run_iteration()
@@ -186,6 +194,8 @@ def _iterate(trainer: PPOTrainer, config: TrainConfig, out: Path, fingerprint: s
                 f"iteration {record['iteration']}/{trainer.total_iterations}: reward {record['reward_mean']:.3f} "
                 f"kl {record['kl_per_turn']:.4f} clip {record['clip_frac']:.3f} {record['time_s']:.1f}s"
             )
+    if bar is not None:
+        bar.close()
 
 
 def _start_report(trainer: PPOTrainer, config: TrainConfig, data: TrainingData, out: Path, progress: bool) -> Any:
@@ -216,16 +226,12 @@ def train(
     scorer: Scorer | None = None,
     personas: Iterable[Persona] = (),
 ) -> TrainResult | None:
-    """Run the whole pipeline; returns None on ranks other than 0.
+    """Run the whole pipeline; returns None on ranks other than 0. ``personas``: the game's own
+    cards, which the on-policy card check knows besides the shipped ones (``checked_cards``).
 
-    ``personas``: cards the game's NPCs played besides the shipped ones; in the on-policy mode a
-    fresh line that contradicts its conversation's card is rewarded as a contradiction, and a
-    conversation's card is known only if it is shipped or given here.
-
-    ``scorer`` is an already built reward scorer and its record, used instead of loading
-    ``config.reward_model.path``: an object with ``predict_sequences(prompts, responses, batch)``
-    (as ``RewardModel``) and a dict with at least ``tensors_sha256`` (what identifies it in the run
-    record). Benchmarks plug scorers that are not a saved predictor in here."""
+    ``scorer``: a reward scorer (``predict_sequences(prompts, responses, batch)``, as
+    ``RewardModel``) and its record (at least ``tensors_sha256``), used instead of loading
+    ``config.reward_model.path``: benchmarks plug scorers that are not a saved predictor in here."""
     started = time.perf_counter()
     timer = PhaseTimer()
     dist = Dist.from_environment()
@@ -236,8 +242,7 @@ def train(
         data, lineage = _load_data(logs, bundle, config)
         scorer = _load_scorer(config, bundle, scorer)
         cards = checked_cards(config, personas)
-        run_record = _new_run_record(out, logs, bundle, base, config, scorer, dist.world)
-        run_record["persona_cards"] = sorted(cards) if cards is not None else None
+        run_record = _new_run_record(out, logs, bundle, base, config, scorer, dist.world, cards)
         run_record = _open_out(out, resume, run_record, dist, config)
         if dist.is_main:
             log(data.report.summary())
@@ -248,8 +253,6 @@ def train(
             _resume(trainer, out / "state", fingerprint, dist)
         bar = _start_report(trainer, config, data, out, progress) if dist.is_main else None
     _iterate(trainer, config, out, fingerprint, bar)
-    if bar is not None:
-        bar.close()
     dist.barrier()
     if not dist.is_main:
         dist.close()
