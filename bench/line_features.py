@@ -2,8 +2,8 @@
 
 For each play-log directory (e.g. a loop round's ``eval/current`` and ``eval/candidate``, which the
 same evaluation players played), every scored NPC line's simulator features
-(``npcrl.sim.features``: what the simulated players react to) and the line's length in words:
-each feature's mean and the share of lines where it is above zero, one column per directory. It
+(``npcrl.sim.logged_features``: what the simulated players react to) and the line's length in
+words: each feature's mean and the share of lines where it is above zero, one column per directory. It
 reads what a population's players were given to reward (``asks_back``, ``mentions_lore``, ...)
 against what the trainer changed.
 
@@ -18,7 +18,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 
 def main() -> None:
@@ -27,22 +26,19 @@ def main() -> None:
     parser.add_argument("--personas", default=None, help="persona directory (default: the built-in NPCs)")
     args = parser.parse_args()
 
-    from simulator_features import logged_feature_rows
-
     from npcrl.agent.persona import builtin_personas, load_personas
-    from npcrl.evaluation.metrics import word_tokens
     from npcrl.sim.features import FEATURES
+    from npcrl.sim.logged_features import logged_line_features
 
     personas = load_personas(args.personas) if args.personas else builtin_personas()
     columns = []
     for logs in args.logs:
-        rows = logged_feature_rows(logs, personas)
-        column = {"lines": float(len(rows))}
+        found = logged_line_features(Path(logs), personas)
+        column = {"lines": float(found.lines)}
         for name in FEATURES:
-            values = [row.features[name] for row in rows]
-            column[f"{name} mean"] = sum(values) / len(values)
-            column[f"{name} > 0"] = sum(1 for v in values if v > 0) / len(values)
-        column["words per line"] = sum(len(word_tokens(row.text)) for row in rows) / len(rows)
+            column[f"{name} mean"] = found.means[name]
+            column[f"{name} > 0"] = found.above_zero[name]
+        column["words per line"] = found.means["words"]
         columns.append(column)
     names = [Path(p).name or p for p in args.logs]
     print(f"{'':24}" + "".join(f"{n:>14}" for n in names))

@@ -23,8 +23,6 @@ class FeatureRow:
     """the NPC's lines before this one in the conversation (for the repetition feature)"""
     features: dict[str, float]
     reward: float
-    text: str = ""
-    """the line itself"""
 
 
 def logged_feature_rows(logs: str, personas: dict) -> list[FeatureRow]:
@@ -64,7 +62,6 @@ def logged_feature_rows(logs: str, personas: dict) -> list[FeatureRow]:
                     tuple(earlier),
                     features,
                     reward.reward,
-                    turn.text,
                 )
             )
             earlier.append(turn.text)

@@ -22,17 +22,21 @@ from npcrl.sim.features import FEATURES, line_features
 class LineFeatures:
     lines: int
     means: dict[str, float]
-    """each feature's mean over the lines (``npcrl.sim.features.FEATURES``)"""
+    """each feature's mean over the lines (``npcrl.sim.features.FEATURES``), and ``words`` per line"""
+    above_zero: dict[str, float]
+    """each feature's share of lines where it is above zero"""
 
 
 def logged_line_features(log_dir: Path, personas: Mapping[str, Persona]) -> LineFeatures:
-    """The mean of every feature over the NPC lines in ``log_dir``'s conversations, each line read
-    with its NPC's earlier lines of the conversation (``personas``: by id, the cards they played)."""
+    """Every feature's mean and share above zero over the NPC lines in ``log_dir``'s conversations,
+    each line read with its NPC's earlier lines of the conversation (``personas``: by id, the cards
+    they played)."""
     conversations: dict[str, dict[int, NpcTurn]] = {}
     for record in LogReader(log_dir):
         if isinstance(record, NpcTurn):  # a repeated record (a retried write) is one line
             conversations.setdefault(record.conversation_id, {})[record.turn_index] = record
-    sums = dict.fromkeys(FEATURES, 0.0)
+    sums = dict.fromkeys((*FEATURES, "words"), 0.0)
+    above = dict.fromkeys(FEATURES, 0)
     lines = 0
     for cid, turns in sorted(conversations.items()):
         earlier: list[str] = []
@@ -41,8 +45,18 @@ def logged_line_features(log_dir: Path, personas: Mapping[str, Persona]) -> Line
             if persona is None:
                 raise NpcrlError(f"{log_dir}: conversation {cid} is with NPC {turn.npc_id!r}, whose card is not given")
             features = line_features(turn.text, persona, earlier)
-            for name in FEATURES:
+            for name in sums:
                 sums[name] += features[name]
+            for name in above:
+                above[name] += features[name] > 0
             earlier.append(turn.text)
             lines += 1
-    return LineFeatures(lines, {name: total / lines if lines else float("nan") for name, total in sums.items()})
+
+    def per_line(total: float) -> float:
+        return total / lines if lines else float("nan")
+
+    return LineFeatures(
+        lines,
+        {name: per_line(total) for name, total in sums.items()},
+        {name: per_line(count) for name, count in above.items()},
+    )

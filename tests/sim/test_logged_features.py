@@ -33,7 +33,8 @@ def test_each_line_is_read_with_its_conversations_earlier_lines(tmp_path: Path) 
         line_features(lines["b"][0], brom, []),
     ]
     assert result.lines == 3
-    assert result.means == pytest.approx({name: sum(f[name] for f in expected) / 3 for name in FEATURES})
+    assert result.means == pytest.approx({name: sum(f[name] for f in expected) / 3 for name in (*FEATURES, "words")})
+    assert result.above_zero == pytest.approx({name: sum(f[name] > 0 for f in expected) / 3 for name in FEATURES})
     assert expected[1]["repeats_itself"] > 0 and result.means["asks_back"] == pytest.approx(2 / 3)
 
 
