@@ -244,15 +244,14 @@ def measure_quality(
     candidate = OrtGraph(quant_path, layout)
     kls: list[np.ndarray] = []
     agree: list[np.ndarray] = []
-    for prompt in prompts:
-        sequence = prompt + _greedy_cached(reference, prompt, QUALITY_CONTINUATION)
+    sequences = [prompt + _greedy_cached(reference, prompt, QUALITY_CONTINUATION) for prompt in prompts]
+    for sequence in sequences:
         ref_logp = log_softmax(reference.run(sequence)[0])
         cand_logp = log_softmax(candidate.run(sequence)[0])
         kls.append((np.exp(ref_logp) * (ref_logp - cand_logp)).sum(axis=-1))
         agree.append(ref_logp.argmax(-1) == cand_logp.argmax(-1))
     kl = np.concatenate(kls)
-    sequence = prompts[0] + _greedy_cached(reference, prompts[0], QUALITY_CONTINUATION)
-    cache = cache_consistency(candidate, len(prompts[0]), sequence)
+    cache = cache_consistency(candidate, len(prompts[0]), sequences[0])
     check_cache_consistency(cache, bits, quant_path)
     cached = _greedy_cached(candidate, prompts[0], GREEDY_STEPS)
     uncached, _ = _greedy_uncached(lambda ids: candidate.run(ids)[0], prompts[0], GREEDY_STEPS)
