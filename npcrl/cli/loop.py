@@ -32,6 +32,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
         promote_when=args.promote_when,
         confirm_conversations=args.confirm_conversations,
         resume=args.resume,
+        same_play_as=args.same_play_as,
     )
     promoted = sum(r.promoted for r in results)
     print(f"{promoted} of {len(results)} rounds promoted; summary in {Path(args.out) / 'loop.md'}")
@@ -74,6 +75,13 @@ def add_loop_parser(subparsers: Any) -> None:
         action="store_true",
         help="go on with the run in --out (same settings): finished rounds are kept, an unfinished one "
         "goes on from its last finished stage; a larger --rounds adds rounds to a finished run",
+    )
+    loop.add_argument(
+        "--same-play-as",
+        metavar="RUN",
+        help="an earlier npcrl loop --out with the same play settings (any --config): round 1 takes its"
+        " simulated play and base evaluation instead of playing them again, so two training setups are"
+        " compared on the same logs and players (docs/LOOP.md)",
     )
     add_concurrent_argument(loop)
     loop.set_defaults(func=cmd_loop)

@@ -35,6 +35,7 @@ def cmd_populations(args: argparse.Namespace) -> int:
         concurrency=args.concurrent,
         promote_when=args.promote_when,
         resume=args.resume,
+        same_play_as=args.same_play_as,
     )
     for point in points:
         mean, low, high = point.round.gain_percent
@@ -85,6 +86,13 @@ def add_populations_parser(subparsers: Any) -> None:
         action="store_true",
         help="go on with the run in --out (same settings; --populations may name others): finished populations"
         " are read back, an unfinished one goes on from its last finished stage",
+    )
+    populations.add_argument(
+        "--same-play-as",
+        metavar="RUN",
+        help="an earlier npcrl populations --out with the same play settings (any --config): each round takes"
+        " its simulated play and base evaluation instead of playing them again, and the table adds each"
+        " candidate's paired gain over RUN's (how two training setups are compared; docs/LOOP.md)",
     )
     add_concurrent_argument(populations)
     populations.set_defaults(func=cmd_populations)

@@ -22,20 +22,21 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from npcrl.durable import atomic_write
 from npcrl.errors import LoopError
 from npcrl.evaluation.metric_names import CARD_CONTRADICTIONS
+from npcrl.loop.adopt import check_play_source
 from npcrl.loop.curve import CurvePoint, curve_point
 from npcrl.loop.decision import estimate
 from npcrl.loop.round import RoundResult
 from npcrl.loop.run import run_loop
 from npcrl.loop.settings import LoopSettings
-from npcrl.loop.stages import stage_logs
-from npcrl.loop.state import LOOP_FILE, check_loop_out, exclusive, write_loop_record
+from npcrl.loop.stages import paired_gain_or_nan, stage_logs
+from npcrl.loop.state import LOOP_FILE, RoundStages, check_loop_out, exclusive, write_loop_record
 
 DEFAULT_POPULATIONS = ("questioners", "lore_seekers", "brief", "humour")
 """the shipped populations with one preference each (``default`` is the shipped mix, the curve's players)"""
@@ -55,6 +56,9 @@ class PopulationPoint:
     preferred_features: dict[str, tuple[float, float]]
     """each feature the population rewards or punishes -> its mean per line (base, candidate) in
     the evaluation conversations: did the round learn what these players like?"""
+    over_other: tuple[float, float, float] | None = None
+    """with ``same_play_as``: this candidate's paired gain (mean, 95% CI) over the other run's
+    candidate, trained on the same logs and evaluated on the same players (None without one)"""
 
     @property
     def improved(self) -> bool:
@@ -76,10 +80,16 @@ def run_populations(  # the keywords of run_loop, but populations instead of pla
     concurrency: int = 1,
     promote_when: str = "significant",
     resume: bool = False,
+    same_play_as: str | Path | None = None,
 ) -> list[PopulationPoint]:
-    """One loop round from ``base`` per name in ``populations``, into ``out/<name>/``; the rows."""
+    """One loop round from ``base`` per name in ``populations``, into ``out/<name>/``; the rows.
+
+    ``same_play_as``: an earlier ``run_populations`` output with the same play settings (any training
+    config): each population's round takes that run's simulated play and base evaluation
+    (``npcrl.loop.adopt``) and its row says how this candidate does against that run's candidate on
+    the same players (``over_other``): how training setups are compared."""
     from npcrl.agent.persona import builtin_personas
-    from npcrl.sim.populations import builtin_populations, load_population
+    from npcrl.sim.populations import load_population
 
     names = check_names(populations)
     players = {name: list(load_population(name).values()) for name in names}  # an unknown name fails here
@@ -100,23 +110,48 @@ def run_populations(  # the keywords of run_loop, but populations instead of pla
     settings.check()
     out = Path(out)
     record = {**settings.record(), "players": None, "populations": names}
+    other = None if same_play_as is None else Path(same_play_as)
     points = []
     with exclusive(out):
         # A resume may name other populations: each one's own loop.json guards its settings.
         check_loop_out(out, resume, record, may_change=("populations",))
+        if other is not None:  # every population's source, before this run claims anything
+            check_play_sources(settings, out, players, other)
         write_loop_record(out, record)
-        cards = {persona.id: persona for persona in settings.personas}
         for name in names:
-            result = play_population(settings, out / name, players[name])
-            population = builtin_populations()[name]
-            features = preferred_features(out / name / "round-1", (*population.rewards, *population.punishes), cards)
-            points.append(population_point(name, population.preference, conversations, result, features))
-            write_populations(out, points)  # after each population: a long run shows what it has
+            points.append(population_row(settings, out, name, players[name], other))
+            write_populations(out, points, other)  # after each population: a long run shows what it has
     return points
 
 
-def play_population(settings: LoopSettings, folder: Path, players: Sequence[Any]) -> RoundResult:
-    """One round of ``settings`` played by ``players``, as the loop run ``folder`` (read back when finished)."""
+def check_play_sources(settings: LoopSettings, out: Path, players: Mapping[str, Any], other: Path) -> None:
+    """Refuse ``other`` unless each population not yet begun in ``out`` can take its play from it."""
+    for name, population_players in players.items():
+        if not (out / name / "round-1").exists():
+            check_play_source(other / name, replace(settings, players=population_players).record())
+
+
+def population_row(
+    settings: LoopSettings, out: Path, name: str, players: Sequence[Any], other: Path | None
+) -> PopulationPoint:
+    """Population ``name``'s round (played, or read back) and what it measured, as the table's row."""
+    from npcrl.sim.populations import builtin_populations
+
+    result = play_population(settings, out / name, players, None if other is None else other / name)
+    population = builtin_populations()[name]
+    cards = {persona.id: persona for persona in settings.personas}
+    features = preferred_features(out / name / "round-1", (*population.rewards, *population.punishes), cards)
+    point = population_point(name, population.preference, settings.conversations, result, features)
+    if other is not None:
+        point = replace(point, over_other=gain_over_other(settings, out / name, other / name))
+    return point
+
+
+def play_population(
+    settings: LoopSettings, folder: Path, players: Sequence[Any], same_play_as: Path | None = None
+) -> RoundResult:
+    """One round of ``settings`` played by ``players``, as the loop run ``folder`` (read back when
+    finished); ``same_play_as``: the loop run whose round-1 play it takes."""
     print(f"[npcrl populations] {folder.name}: one round in {folder}", flush=True)
     results = run_loop(
         settings.base,
@@ -133,8 +168,21 @@ def play_population(settings: LoopSettings, folder: Path, players: Sequence[Any]
         concurrency=settings.concurrency,
         promote_when=settings.promote_when,
         resume=(folder / LOOP_FILE).is_file(),
+        same_play_as=same_play_as,
     )
     return results[0]
+
+
+def gain_over_other(settings: LoopSettings, folder: Path, other: Path) -> tuple[float, float, float] | None:
+    """The paired gain of loop run ``folder``'s round-1 candidate over loop run ``other``'s, both
+    evaluated on the same players and seeds; None while ``other``'s candidate is not evaluated."""
+    from npcrl.loop.run import reward_spec_of
+
+    if not RoundStages(other / "round-1").done("evaluate_candidate"):
+        return None
+    logs = [stage_logs(run / "round-1", "evaluate_candidate") for run in (folder, other)]
+    spec = reward_spec_of(settings.train_config)
+    return paired_gain_or_nan(logs[0], logs[1], spec, settings.eval_settings().seed)
 
 
 def check_names(populations: Sequence[str]) -> list[str]:
@@ -187,33 +235,59 @@ def verdict(points: Sequence[PopulationPoint]) -> str:
     )
 
 
-def write_populations(out: Path, points: Sequence[PopulationPoint]) -> None:
-    """``populations.json``, ``populations.md`` and (with matplotlib) ``populations.png``."""
+COLUMNS = (
+    "population",
+    "preference",
+    "engagement base",
+    "engagement candidate",
+    "paired gain [95% CI]",
+    "gain % [95% CI]",
+    "its features per line, base → candidate",
+    "KL/line",
+    "perplexity (base)",
+    "card contradictions / line (base)",
+    "promoted",
+    "train+export s",
+)
+
+
+def write_populations(out: Path, points: Sequence[PopulationPoint], other: Path | None = None) -> None:
+    """``populations.json``, ``populations.md`` and (with matplotlib) ``populations.png``; with
+    ``other`` (the run whose play this one took) a column of each candidate's gain over other's."""
     rows = [{**asdict(p), "improved": p.improved} for p in points]
     atomic_write(out / POPULATIONS_JSON, json.dumps(rows, indent=2) + "\n")
-    lines = [
-        "# npcrl populations",
-        "",
-        verdict(points),
-        "",
-        "| population | preference | engagement base | engagement candidate | paired gain [95% CI] "
-        "| gain % [95% CI] | its features per line, base → candidate | KL/line | perplexity (base) "
-        "| card contradictions / line (base) | promoted | train+export s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    columns = [*COLUMNS, *(["paired gain over the other candidate [95% CI]"] if other else [])]
+    lines = ["# npcrl populations", "", verdict(points), ""]
+    if other is not None:
+        lines += [f"Each candidate against the one {other} trained on the same logs, on the same players.", ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for p in points:
         r = p.round
-        gain, pct = r.paired_gain, r.gain_percent
-        lines.append(
-            f"| {p.population} | {p.preference} | {r.engagement_base:.3f} | {r.engagement_candidate:.3f} "
-            f"| {gain[0]:+.3f} [{gain[1]:.3f}, {gain[2]:.3f}] | {pct[0]:+.1f}% [{pct[1]:+.1f}, {pct[2]:+.1f}] "
-            f"| {features_cell(p.preferred_features)} | {r.kl_per_line:.2f} | {r.perplexity:.2f} ({r.base_perplexity:.2f}) "
-            f"| {p.card_contradictions_candidate:.3f} ({p.card_contradictions_base:.3f}) | {r.promoted} "
-            f"| {r.seconds.get('train_and_export', math.nan):.0f} |"
-        )
+        pct = r.gain_percent
+        cells = [
+            p.population,
+            p.preference,
+            f"{r.engagement_base:.3f}",
+            f"{r.engagement_candidate:.3f}",
+            gain_cell(r.paired_gain),
+            f"{pct[0]:+.1f}% [{pct[1]:+.1f}, {pct[2]:+.1f}]",
+            features_cell(p.preferred_features),
+            f"{r.kl_per_line:.2f}",
+            f"{r.perplexity:.2f} ({r.base_perplexity:.2f})",
+            f"{p.card_contradictions_candidate:.3f} ({p.card_contradictions_base:.3f})",
+            str(r.promoted),
+            f"{r.seconds.get('train_and_export', math.nan):.0f}",
+            *([gain_cell(p.over_other)] if other else []),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *(f"- {p.population}: " + "; ".join(p.round.reasons) for p in points)]
     atomic_write(out / POPULATIONS_MD, "\n".join(lines) + "\n")
     plot_populations(out / POPULATIONS_PNG, points)
+
+
+def gain_cell(gain: tuple[float, float, float] | None) -> str:
+    """e.g. ``+0.210 [-0.150, 0.560]``; ``not evaluated yet`` without one."""
+    return "not evaluated yet" if gain is None else f"{gain[0]:+.3f} [{gain[1]:.3f}, {gain[2]:.3f}]"
 
 
 def features_cell(features: Mapping[str, tuple[float, float]]) -> str:

@@ -40,6 +40,7 @@ def run_loop(  # one keyword per command-line option; the rounds read them as on
     promote_when: str = "better",
     confirm_conversations: int = 0,
     resume: bool = False,
+    same_play_as: str | Path | None = None,
 ) -> list[RoundResult]:
     """Run ``rounds`` rounds into ``out``; ``concurrency`` conversations are simulated at once, for
     training and evaluation alike (faster; the results do not depend on it). ``confirm_conversations``
@@ -50,7 +51,11 @@ def run_loop(  # one keyword per command-line option; the rounds read them as on
 
     ``resume``: go on with the run in ``out`` (same settings; ``rounds`` may be raised to add rounds
     to a finished run). Finished rounds are read back, and an unfinished round goes on from its last
-    finished stage (``npcrl.loop.state``)."""
+    finished stage (``npcrl.loop.state``).
+
+    ``same_play_as``: a loop run with the same play settings (but any training config) whose round-1
+    simulated play and base evaluation round 1 takes instead of playing them again
+    (``npcrl.loop.adopt``), so two training setups are compared on the same logs and players."""
     from npcrl.agent.persona import builtin_personas
     from npcrl.sim.profiles import builtin_profiles
 
@@ -74,26 +79,39 @@ def run_loop(  # one keyword per command-line option; the rounds read them as on
     out = Path(out)
     with exclusive(out):  # a second loop on the same directory stops here instead of interleaving
         check_loop_out(out, resume, settings.record())
-        return play_rounds(start(settings, out), store)
+        return play_rounds(start(settings, out, same_play_as), store)
 
 
-def start(settings: LoopSettings, out: Path) -> LoopInputs:
-    """Load what every round reads, then claim ``out`` by writing ``loop.json``."""
+def start(settings: LoopSettings, out: Path, same_play_as: str | Path | None = None) -> LoopInputs:
+    """Load what every round reads, then claim ``out`` by writing ``loop.json`` (and take round 1's
+    play from ``same_play_as``, if given)."""
+    from npcrl.loop.adopt import adopt_round_one_play, check_play_source
+
     inputs = load_inputs(settings, out)
+    source = None
+    if same_play_as is not None and not (out / "round-1").exists():  # else adopted (or played) before a stop
+        source = check_play_source(Path(same_play_as), settings.record())
     write_loop_record(out, settings.record())  # once the inputs are known good: a typo must not claim the directory
+    if source is not None:
+        adopt_round_one_play(source, out)
     return inputs
 
 
 def load_inputs(settings: LoopSettings, out: Path) -> LoopInputs:
     """What every round reads: the settings, the reward spec, and the base bundle loaded once."""
-    from npcrl.reward.spec import default_reward_spec, load_reward_spec
     from npcrl.runtime.model import OnnxCausalLM
     from npcrl.sim.ordered import session_options_for
 
-    spec_path = settings.train_config.data.reward_spec
-    spec = load_reward_spec(spec_path) if spec_path else default_reward_spec()
     base_model = OnnxCausalLM(settings.base, session_options_for(settings.concurrency))
-    return LoopInputs(settings, out, spec, base_model)
+    return LoopInputs(settings, out, reward_spec_of(settings.train_config), base_model)
+
+
+def reward_spec_of(train_config: Any) -> Any:
+    """The reward spec that scores a loop's evaluations: the training config's, else the default."""
+    from npcrl.reward.spec import default_reward_spec, load_reward_spec
+
+    spec_path = train_config.data.reward_spec
+    return load_reward_spec(spec_path) if spec_path else default_reward_spec()
 
 
 def play_rounds(inputs: LoopInputs, store: str | Path | None) -> list[RoundResult]:

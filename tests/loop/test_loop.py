@@ -254,7 +254,8 @@ def test_the_command_line_passes_the_loop_its_settings(
     assert main([*argv, "--confirm-conversations", "24", "--promote-when", "significant"]) == 0
     assert seen["confirm_conversations"] == 24 and seen["promote_when"] == "significant" and seen["rounds"] == 2
     assert main(argv) == 0 and seen["confirm_conversations"] == 0 and not seen["resume"]  # off unless asked for
-    assert main([*argv, "--resume"]) == 0 and seen["resume"]
+    assert main([*argv, "--resume"]) == 0 and seen["resume"] and seen["same_play_as"] is None
+    assert main([*argv, "--same-play-as", "runs/a"]) == 0 and seen["same_play_as"] == "runs/a"
     assert "0 of 0 rounds promoted" in capsys.readouterr().out
 
 

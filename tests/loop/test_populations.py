@@ -149,6 +149,80 @@ def test_the_command_line_passes_the_populations_their_settings(
     assert "1 of 1 populations (brief)" in capsys.readouterr().out
     assert main([*argv, "--populations", "humour,brief", "--promote-when", "better", "--resume"]) == 0
     assert seen["populations"] == ["humour", "brief"] and seen["promote_when"] == "better" and seen["resume"]
+    assert seen["same_play_as"] is None
+    assert main([*argv, "--same-play-as", "runs/a"]) == 0 and seen["same_play_as"] == "runs/a"
     with pytest.raises(SystemExit):
         main([*argv, "--populations", "gourmets"])
     assert "unknown player population 'gourmets'" in capsys.readouterr().err
+
+
+def test_a_second_training_setup_takes_the_first_runs_play_and_is_compared_with_its_candidate(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    from npcrl.evaluation.metrics import paired_gain_of_logs
+    from npcrl.reward.spec import default_reward_spec
+
+    bundle, first, second = tiny_bundles["llama-fp32"], tmp_path / "first", tmp_path / "second"
+    (earlier,) = tiny_populations(bundle, first, ["brief"])
+    other = full_tiny_config()
+    other.ppo.learning_rate *= 2
+
+    # another play setting: refused before the directory is claimed
+    with pytest.raises(LoopError, match="different seed"):
+        tiny_populations(bundle, second, ["brief"], train_config=other, seed=1, same_play_as=first)
+    assert not (second / "loop.json").exists() and not (second / "brief").exists()
+    with pytest.raises(LoopError, match="not a loop run"):
+        tiny_populations(bundle, tmp_path / "third", ["brief"], train_config=other, same_play_as=tmp_path / "none")
+
+    played: list[Path] = []
+    simulation = importlib.import_module("npcrl.sim.simulate")  # the package's name ``simulate`` is the function
+    real_simulate = simulation.simulate
+
+    def recorded_simulate(*args: Any, **kwargs: Any) -> Any:
+        played.append(args[3].directory)  # the writer: where this play's logs go
+        return real_simulate(*args, **kwargs)
+
+    monkeypatch.setattr(simulation, "simulate", recorded_simulate)
+    (point,) = tiny_populations(bundle, second, ["brief"], train_config=other, same_play_as=first)
+
+    source, taken = first / "brief" / "round-1", second / "brief" / "round-1"
+    assert played == [taken / "eval" / "candidate"]  # only the new candidate played
+    for folder in ("logs", "eval/current"):
+        files = sorted(p.relative_to(source / folder) for p in (source / folder).rglob("*") if p.is_file())
+        assert files and all((source / folder / f).read_bytes() == (taken / folder / f).read_bytes() for f in files)
+    stages = json.loads((taken / "stages.json").read_text())
+    for name in ("simulate", "evaluate_current"):
+        assert stages[name]["adopted_from"] == str(source.resolve()) and stages[name]["seconds"] == 0.0
+    decisions = [json.loads((run / "decision.json").read_text()) for run in (source, taken)]
+    assert decisions[0]["metrics"]["current"] == decisions[1]["metrics"]["current"]
+    assert point.round.engagement_base == earlier.round.engagement_base
+    # the two candidates, trained on the same logs, paired on the same players
+    expected = paired_gain_of_logs(
+        taken / "eval" / "candidate", source / "eval" / "candidate", default_reward_spec(), seed=10_000
+    )
+    assert point.over_other == pytest.approx(expected)
+    table = (second / "populations.md").read_text()
+    assert "paired gain over the other candidate [95% CI]" in table and str(first) in table
+    assert f"| {point.over_other[0]:+.3f} [" in table
+    assert json.loads((second / "populations.json").read_text())[0]["over_other"] == pytest.approx(list(expected))
+
+    # a resume reads the round back; the adopted stages stay adopted
+    again = tiny_populations(bundle, second, ["brief"], train_config=other, same_play_as=first, resume=True)
+    assert again[0].over_other == point.over_other and len(played) == 1
+
+
+def test_only_finished_play_is_adopted(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    from npcrl.loop.adopt import check_play_source
+    from npcrl.loop.state import read_loop_record
+
+    first = tmp_path / "first"
+    tiny_populations(tiny_bundles["llama-fp32"], first, ["brief"])
+    run = first / "brief"
+    stages_file = run / "round-1" / "stages.json"
+    stages = json.loads(stages_file.read_text())
+    del stages["evaluate_current"]["seconds"]  # as a stop in the base's evaluation leaves it
+    stages_file.write_text(json.dumps(stages))
+    with pytest.raises(LoopError, match="has not finished evaluate_current"):
+        check_play_source(run, read_loop_record(run))

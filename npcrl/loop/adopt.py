@@ -1,0 +1,88 @@
+"""Round 1 on another run's play: compare training setups on the same logs and the same base evaluation.
+
+Round 1's simulated play and the base's evaluation depend on the base bundle, the players, the
+cards, the seeds, the sizes and the reward spec that scores the evaluation, never on how the
+candidate is trained. So a run that differs from an earlier one only in that (the rest of
+``train_config``, the guards, the promotion rule) may take that run's round-1 logs and base
+evaluation instead of playing them again: it trains and evaluates its own candidate only
+(training, the longest stage, is not saved), and its candidate is measured on exactly the logs
+and players the other candidate was. That is what choosing between training setups needs
+(``npcrl populations --same-play-as``).
+
+The adopted stages are copied (the other run is only read) into ``round-1`` and recorded in its
+``stages.json`` as finished in 0 s of this run, with ``adopted_from`` naming where they came from.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from npcrl.durable import replace_dir
+from npcrl.errors import LoopError
+from npcrl.loop.state import LOOP_FILE, STAGES_FILE, RoundStages, as_read_back, read_loop_record
+
+ADOPTED_STAGES = {"simulate": "logs", "evaluate_current": "eval/current"}
+"""round 1's stages that depend only on the play settings -> the output each one wrote"""
+PLAY_SETTINGS = (
+    "base",
+    "conversations",
+    "eval_conversations",
+    "seed",
+    "players",
+    "personas",
+    "system_prompts",
+    "max_new_tokens",
+)
+"""the ``loop.json`` keys that decide round 1's play and the base's evaluation (with the reward spec)"""
+
+
+def play_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """What of a loop record (``LoopSettings.record()``) round 1's play and base evaluation depend
+    on: the play settings and the reward spec that scores the evaluation."""
+    settings = {key: record.get(key) for key in PLAY_SETTINGS}
+    settings["reward_spec"] = (record.get("train_config") or {}).get("data", {}).get("reward_spec")
+    return as_read_back(settings)
+
+
+def adopt_round_one_play(source_round: Path, out: Path) -> bool:
+    """Copy into the loop run ``out`` the round-1 play and base evaluation of ``source_round`` (as
+    ``check_play_source`` returned it); False (nothing done) when ``out`` already has a round 1."""
+    target = out / "round-1"
+    if target.exists():
+        return False  # adopted before a stop, or played: a resume goes on from what is there
+    scratch = out / ".round-1.adopting"  # whole or not at all: a stop mid-copy leaves no half round
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    earlier = RoundStages(source_round)
+    adopted: dict[str, dict[str, Any]] = {}
+    for name, output in ADOPTED_STAGES.items():
+        shutil.copytree(source_round / output, scratch / output)
+        adopted[name] = {"seconds": 0.0, "result": earlier.result(name), "adopted_from": str(source_round.resolve())}
+    (scratch / STAGES_FILE).write_text(json.dumps(adopted, indent=1), encoding="utf-8")
+    replace_dir(scratch, target)  # fsynced, then renamed into place
+    print(f"[npcrl loop] round-1: simulated play and base evaluation adopted from {source_round}", flush=True)
+    return True
+
+
+def check_play_source(source: Path, record: dict[str, Any]) -> Path:
+    """``source``'s round-1 folder, once its play settings match ``record``'s (this run's
+    ``loop.json``) and it finished the stages to adopt; else a LoopError saying what differs."""
+    if not (source / LOOP_FILE).is_file():
+        raise LoopError(f"{source}: not a loop run ({LOOP_FILE} is missing); name the --out of an earlier run")
+    earlier = play_settings(read_loop_record(source))
+    now = play_settings(record)
+    for key in now:
+        if earlier[key] != now[key]:
+            raise LoopError(
+                f"{source}: its round 1 was played with a different {key} ({earlier[key]!r}, now {now[key]!r});"
+                " only a run with the same play settings can share its play"
+            )
+    folder = source / "round-1"
+    stages = RoundStages(folder)
+    missing = [name for name in ADOPTED_STAGES if not stages.done(name)]
+    if missing:
+        raise LoopError(f"{folder}: has not finished {', '.join(missing)}; finish that run's round 1 first")
+    return folder
