@@ -166,6 +166,14 @@ class PPOConfig:
     penalty is added (a reward model's small spread then weighs against kl_coef on a unit scale)"""
     kl_budget: float | None = 0.05
     """stop an iteration's epochs early when approx-KL to pi_old exceeds this (None = never)"""
+    kl_stop: float | None = None
+    """stop the run once the policy's KL to the reference, in nats per turn averaged over the last
+    ``kl_stop_window`` iterations, reaches this; ``passes``/``iterations`` is then the most it may
+    run. The policy then moves about as far whatever a population leaves in the logs (a
+    population that leaves after two lines gives a third of the turns: at one pass it hardly
+    moves). None: run the passes."""
+    kl_stop_window: int = 5
+    """iterations whose KL per turn ``kl_stop`` averages (one rollout's is noisy)"""
 
     def validate(self) -> None:
         _check_fields(self, "ppo.")

@@ -67,6 +67,8 @@ RANGES: dict[str, Range] = {
     "ppo.is_cap": Range(1, _MANY),
     "ppo.reward_clip": Range(0, _MANY, low_open=True, optional=True),
     "ppo.kl_budget": Range(0, 1000, low_open=True, optional=True),
+    "ppo.kl_stop": Range(0, 1000, low_open=True, optional=True),
+    "ppo.kl_stop_window": Range(1, 1000, integer=True),
     "run.checkpoint_every": Range(1, _MANY, integer=True),
     "run.keep_checkpoints": Range(1, 1000, integer=True),
     "run.sample_prompts": Range(0, 10_000, integer=True),

@@ -123,6 +123,7 @@ def provenance(run: TrainedRun, evaluation: Evaluation) -> dict[str, Any]:
         "data": {k: v for k, v in data.report.to_dict().items() if k not in ("log_files",)},
         "config": config.to_dict(),
         "iterations": trainer.iteration,
+        "kl_stop_reached": trainer.kl_stop_reached(),
         "final_metrics": trainer.metrics[-1] if trainer.metrics else {},
         "off_policy": evaluation.off_policy,
     }

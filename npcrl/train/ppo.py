@@ -326,6 +326,19 @@ class PPOTrainer:
         self.metrics.append(record)
         return record
 
+    def kl_stop_reached(self) -> bool:
+        """Whether ``ppo.kl_stop`` ends the run here: the KL per turn to the reference, averaged over
+        the last ``kl_stop_window`` iterations, reached it (the same on every rank: the rollout is
+        gathered). Read from the metrics, so a resumed run decides as the uninterrupted one did."""
+        stop, window = self.config.ppo.kl_stop, self.config.ppo.kl_stop_window
+        if stop is None or len(self.metrics) < window:
+            return False
+        return sum(float(r["kl_per_turn"]) for r in self.metrics[-window:]) / window >= stop
+
+    def finished(self) -> bool:
+        """No iteration is left: all ``total_iterations`` ran, or ``ppo.kl_stop`` was reached."""
+        return self.iteration >= self.total_iterations or self.kl_stop_reached()
+
     def _bar(self, items: list[Any], desc: str) -> Any:
         if not self.progress or len(items) < 2:
             return items

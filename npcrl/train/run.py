@@ -167,11 +167,11 @@ def _iterate(trainer: PPOTrainer, config: TrainConfig, out: Path, fingerprint: s
     """Run the remaining iterations; rank 0 writes the metrics and a checkpoint every
     ``run.checkpoint_every`` iterations and after the last, and closes ``bar`` after them."""
     is_main = trainer.dist.is_main
-    while trainer.iteration < trainer.total_iterations:
+    while not trainer.finished():
         record = trainer.run_iteration()
         if not is_main:
             continue
-        last = trainer.iteration == trainer.total_iterations
+        last = trainer.finished()
         with trainer.timer.phase("checkpoint"):
             if trainer.iteration % config.run.checkpoint_every == 0 or last:
                 state = {**trainer.loop_state(), "data_fingerprint": fingerprint}
@@ -196,6 +196,12 @@ def _iterate(trainer: PPOTrainer, config: TrainConfig, out: Path, fingerprint: s
             )
     if bar is not None:
         bar.close()
+    if is_main and trainer.kl_stop_reached():
+        ppo = config.ppo
+        log(
+            f"stopped after {trainer.iteration} of at most {trainer.total_iterations} iterations: KL to the"
+            f" reference reached ppo.kl_stop = {ppo.kl_stop} nats per turn (mean of the last {ppo.kl_stop_window})"
+        )
 
 
 def _start_report(trainer: PPOTrainer, config: TrainConfig, data: TrainingData, out: Path, progress: bool) -> Any:
@@ -204,9 +210,10 @@ def _start_report(trainer: PPOTrainer, config: TrainConfig, data: TrainingData, 
     write_json(out / "report" / "data.json", data.report.to_dict())
     source = "logged responses" if trainer.fresh is None else "fresh samples scored by the reward model"
     parameters = sum(p.numel() for _, p in trainer.policy.trainable_parameters()) / 1e6
+    until = "" if config.ppo.kl_stop is None else f", stopping once KL per turn reaches {config.ppo.kl_stop}"
     log(
         f"{config.model.mode} training of {parameters:.2f}M parameters, {trainer.total_iterations} iterations "
-        f"of {config.ppo.rollout_turns} turns ({source})"
+        f"of {config.ppo.rollout_turns} turns ({source}){until}"
     )
     if not progress:
         return None

@@ -312,3 +312,19 @@ def test_a_conversation_with_an_unscorable_event_is_dropped_not_fatal(tmp_path: 
     data = load(tmp_path, DataConfig(holdout_fraction=0.0))
     assert [t.conversation_id for t in data.train] == ["c1"]
     assert data.report.dropped["unscorable_events"] == 1
+
+
+def test_the_kl_stop_config_is_the_fast_one_trained_to_a_kl() -> None:
+    """docs/train.kl-stop.toml loads and differs from docs/train.fast.toml only in how long it trains,
+    so a comparison of the two measures that alone."""
+    root = Path(__file__).resolve().parents[2]
+    fast = load_train_config(root / "docs" / "train.fast.toml").to_dict()
+    kl_stop = load_train_config(root / "docs" / "train.kl-stop.toml").to_dict()
+    changed = {
+        f"{section}.{key}": value
+        for section, values in kl_stop.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if value != fast[section][key]
+    }
+    assert changed == {"ppo.passes": 4.0, "ppo.kl_stop": 1.5}
