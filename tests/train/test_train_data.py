@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from config_helpers import train_config_error, write_train_config
@@ -288,15 +289,8 @@ def test_the_fast_config_changes_only_what_its_measurement_changed() -> None:
     """docs/train.fast.toml (measured in docs/TRAINING.md and docs/RESULTS.md) loads, and differs
     from the defaults in exactly the four settings the measured run used."""
     root = Path(__file__).resolve().parents[2]
-    fast, default = load_train_config(root / "docs" / "train.fast.toml").to_dict(), TrainConfig().to_dict()
-    changed = {
-        f"{section}.{key}": value
-        for section, values in fast.items()
-        if isinstance(values, dict)
-        for key, value in values.items()
-        if value != default[section][key]
-    }
-    assert changed == {
+    fast = load_train_config(root / "docs" / "train.fast.toml").to_dict()
+    assert changed_settings(fast, TrainConfig().to_dict()) == {
         "model.precision": "bf16",
         "ppo.minibatch_order": "by_prefix",
         "ppo.epochs": 1,
@@ -320,11 +314,15 @@ def test_the_kl_stop_config_is_the_fast_one_trained_to_a_kl() -> None:
     root = Path(__file__).resolve().parents[2]
     fast = load_train_config(root / "docs" / "train.fast.toml").to_dict()
     kl_stop = load_train_config(root / "docs" / "train.kl-stop.toml").to_dict()
-    changed = {
+    assert changed_settings(kl_stop, fast) == {"ppo.passes": 4.0, "ppo.kl_stop": 1.5}
+
+
+def changed_settings(config: dict[str, Any], against: dict[str, Any]) -> dict[str, Any]:
+    """``section.key`` -> value of each setting in ``config`` (a ``to_dict()``) that differs from ``against``."""
+    return {
         f"{section}.{key}": value
-        for section, values in kl_stop.items()
+        for section, values in config.items()
         if isinstance(values, dict)
         for key, value in values.items()
-        if value != fast[section][key]
+        if value != against[section][key]
     }
-    assert changed == {"ppo.passes": 4.0, "ppo.kl_stop": 1.5}
