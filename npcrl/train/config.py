@@ -72,7 +72,7 @@ class DataConfig:
             _check_path("data.extra_bundles[]", bundle)
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 MINIBATCH_ORDERS = ("shuffled", "by_prefix")
 
 
@@ -92,15 +92,17 @@ class ModelConfig:
     value_head_std: float = 0.0
     """init std of the scalar value head's weight (0 = zeros: values start at 0, as in cleanrl's critic bias)"""
     precision: str = "fp32"
-    """'fp32', or 'bf16': the transformer body of the policy and the reference runs under torch's CPU
-    autocast in bfloat16 (forward and backward); the output layer, value head, log-probs, KL, losses,
-    LoRA weights and optimizer state stay float32. On a CPU with AVX512-BF16 the trainer's passes ran
-    1.4-1.5x faster and a whole run 1.33x; docs/TRAINING.md has the measurement and what it changes"""
+    """'fp32', 'bf16' or 'auto'. bf16: the transformer body of the policy and the reference runs under
+    torch's CPU autocast in bfloat16 (forward and backward); the output layer, value head, log-probs,
+    KL, losses, LoRA weights and optimizer state stay float32. On a CPU with AVX512-BF16 the trainer's
+    passes ran 1.4-1.5x faster and a whole run 1.33x; on one without bfloat16 units (AVX2) its matrix
+    products ran ~90x slower than fp32. auto: bf16 where the CPU has those units, else fp32
+    (``npcrl.train.cpu_precision``); docs/TRAINING.md has the measurements"""
 
     def validate(self) -> None:
         _check_fields(self, "model.")
         _check(self.mode in ("lora", "full"), "model.mode", self.mode, "'lora' or 'full'")
-        _check(self.precision in PRECISIONS, "model.precision", self.precision, "'fp32' or 'bf16'")
+        _check(self.precision in PRECISIONS, "model.precision", self.precision, "'fp32', 'bf16' or 'auto'")
         _check(
             bool(self.lora_target_modules) and all(isinstance(m, str) and m for m in self.lora_target_modules),
             "model.lora_target_modules",

@@ -122,6 +122,7 @@ def provenance(run: TrainedRun, evaluation: Evaluation) -> dict[str, Any]:
         "logs": {"dir": data.report.log_dir, "files": data.report.log_files},
         "data": {k: v for k, v in data.report.to_dict().items() if k not in ("log_files",)},
         "config": config.to_dict(),
+        "precision": trainer.policy.module.precision,
         "iterations": trainer.iteration,
         "kl_stop_reached": trainer.kl_stop_reached(),
         "final_metrics": trainer.metrics[-1] if trainer.metrics else {},

@@ -26,6 +26,7 @@ from npcrl.runtime.bundle import Bundle
 from npcrl.runtime.sampler import SamplerConfig
 from npcrl.train.batching import Batch
 from npcrl.train.config import ModelConfig
+from npcrl.train.cpu_precision import resolve_precision
 from npcrl.train.phase_timer import PhaseTimer
 from npcrl.train.ppo_math import entropy_from_logits, selective_log_softmax
 from npcrl.train.prefix_cache import PrefixCache
@@ -131,7 +132,8 @@ class PolicyWithValue(nn.Module):
         self.lm = lm
         self.value_head = value_head
         self.precision = precision
-        """the transformer body's precision (``ModelConfig.precision``), for every pass of the run"""
+        """the transformer body's precision, 'fp32' or 'bf16' (``ModelConfig.precision`` as this CPU
+        resolves 'auto'), for every pass of the run"""
 
     def forward(
         self,
@@ -320,7 +322,7 @@ def build_policy(source: Path, config: ModelConfig, seed: int) -> Policy:
     with torch.no_grad():
         value_head.weight.normal_(0.0, config.value_head_std, generator=generator)
         value_head.bias.zero_()
-    module = PolicyWithValue(lm, value_head, config.precision)
+    module = PolicyWithValue(lm, value_head, resolve_precision(config.precision))
     module.eval()  # no dropout; gradients flow in eval mode too
     return Policy(module=module, mode=config.mode, tokenizer=tokenizer, source=source, reference_lm=reference_lm)
 

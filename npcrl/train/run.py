@@ -30,6 +30,7 @@ from npcrl.errors import TrainError
 from npcrl.reward.spec import RewardSpec, default_reward_spec, load_reward_spec
 from npcrl.runtime.bundle import Bundle, load_bundle
 from npcrl.train.config import TrainConfig
+from npcrl.train.cpu_precision import cpu_name, precision_warning
 from npcrl.train.data import TrainingData, accepted_bundle_ids, load_training_data
 from npcrl.train.distributed import Dist
 from npcrl.train.finish import TrainedRun, TrainResult, finish, log
@@ -212,9 +213,13 @@ def _start_report(trainer: PPOTrainer, config: TrainConfig, data: TrainingData, 
     parameters = sum(p.numel() for _, p in trainer.policy.trainable_parameters()) / 1e6
     until = "" if config.ppo.kl_stop is None else f", stopping once KL per turn reaches {config.ppo.kl_stop}"
     log(
-        f"{config.model.mode} training of {parameters:.2f}M parameters, {trainer.total_iterations} iterations "
-        f"of {config.ppo.rollout_turns} turns ({source}){until}"
+        f"{config.model.mode} training of {parameters:.2f}M parameters in {trainer.policy.module.precision}"
+        f" (model.precision = {config.model.precision!r}, CPU {cpu_name()}), {trainer.total_iterations}"
+        f" iterations of {config.ppo.rollout_turns} turns ({source}){until}"
     )
+    warning = precision_warning(config.model.precision)
+    if warning is not None:
+        log(f"warning: {warning}")
     if not progress:
         return None
     from tqdm.auto import tqdm

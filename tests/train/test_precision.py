@@ -3,6 +3,7 @@ log-prob arithmetic stays float32, and the toy reward is still learned."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ from tests.train.test_train import make_trainer, toy  # noqa: E402,F401  (its to
 
 def bf16(config: Any) -> Any:
     return replace(config, model=replace(config.model, precision="bf16")).validate()
+
+
+def with_spec(config: Any, toy_run: dict[str, Any]) -> Any:
+    """The config's data section reading the toy reward spec (as ``npcrl train --config`` would)."""
+    return replace(config.data, reward_spec=str(toy_run["spec"]))
 
 
 def test_bf16_runs_the_body_in_bfloat16_and_keeps_float32_log_probs(toy: dict[str, Any]) -> None:  # noqa: F811
@@ -52,3 +58,81 @@ def test_an_unknown_precision_is_refused_naming_the_field(tmp_path: Path) -> Non
     path.write_text('[model]\nprecision = "fp16"\n', encoding="utf-8")
     with pytest.raises(TrainConfigError, match="model.precision"):
         load_train_config(path)
+
+
+def test_auto_takes_bf16_only_where_the_cpu_multiplies_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from npcrl.train import cpu_precision
+
+    monkeypatch.setattr(cpu_precision, "native_bf16", lambda: True)
+    assert [cpu_precision.resolve_precision(p) for p in ("auto", "bf16", "fp32")] == ["bf16", "bf16", "fp32"]
+    assert cpu_precision.precision_warning("bf16") is None
+    monkeypatch.setattr(cpu_precision, "native_bf16", lambda: False)
+    assert [cpu_precision.resolve_precision(p) for p in ("auto", "bf16", "fp32")] == ["fp32", "bf16", "fp32"]
+    # an explicit bf16 is honoured, but said to be slow here; auto and fp32 have nothing to warn of
+    warning = cpu_precision.precision_warning("bf16")
+    assert warning is not None and "model.precision" in warning and "'auto'" in warning
+    assert cpu_precision.precision_warning("auto") is None and cpu_precision.precision_warning("fp32") is None
+    with pytest.raises(ValueError, match="model.precision"):
+        cpu_precision.resolve_precision("fp16")
+
+
+def test_the_probe_agrees_with_the_cpus_own_flags() -> None:
+    """On Linux x86 the kernel lists the CPU's bfloat16 units; the probe must see the same."""
+    from npcrl.train.cpu_precision import native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    flags: set[str] = set()
+    for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if "avx2" not in flags:
+        pytest.skip("not an x86 CPU that torch probes the same way")
+    if "avx512_bf16" in flags:
+        assert native_bf16()
+    elif not flags & {"amx_bf16", "amx_tile"}:
+        assert not native_bf16()  # e.g. AVX2 only: bf16 would be emulated
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_run_with_auto_trains_in_what_this_cpu_resolves_and_records_it(
+    toy: dict[str, Any],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    native: bool,
+) -> None:
+    from npcrl.train import cpu_precision
+    from npcrl.train.config import load_train_config
+    from npcrl.train.run import train
+
+    monkeypatch.setattr(cpu_precision, "native_bf16", lambda: native)
+    path = tmp_path / "train.toml"
+    path.write_text('[model]\nprecision = "auto"\n', encoding="utf-8")
+    assert load_train_config(path).model.precision == "auto"
+    config = toy_config("lora", iterations=1)
+    config = replace(config, model=replace(config.model, precision="auto"), data=with_spec(config, toy))
+    train(toy["logs"], toy["bundle"], tmp_path / "run", config, progress=False)
+    expected = "bf16" if native else "fp32"
+    provenance = json.loads((tmp_path / "run" / "report" / "provenance.json").read_text())
+    assert provenance["precision"] == expected and provenance["config"]["model"]["precision"] == "auto"
+    assert f"parameters in {expected} (model.precision = 'auto'" in capsys.readouterr().out
+
+
+def test_an_explicit_bf16_on_a_cpu_without_it_is_run_and_warned_of(
+    toy: dict[str, Any],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from npcrl.train import cpu_precision
+    from npcrl.train.run import train
+
+    monkeypatch.setattr(cpu_precision, "native_bf16", lambda: False)
+    config = bf16(toy_config("lora", iterations=1))
+    config = replace(config, data=with_spec(config, toy))
+    train(toy["logs"], toy["bundle"], tmp_path / "run", config, progress=False)
+    assert json.loads((tmp_path / "run" / "report" / "provenance.json").read_text())["precision"] == "bf16"
+    assert "warning: model.precision = 'bf16' on a CPU without bfloat16 units" in capsys.readouterr().out

@@ -291,7 +291,7 @@ def test_the_fast_config_changes_only_what_its_measurement_changed() -> None:
     root = Path(__file__).resolve().parents[2]
     fast = load_train_config(root / "docs" / "train.fast.toml").to_dict()
     assert changed_settings(fast, TrainConfig().to_dict()) == {
-        "model.precision": "bf16",
+        "model.precision": "auto",
         "ppo.minibatch_order": "by_prefix",
         "ppo.epochs": 1,
         "ppo.learning_rate": 1e-4,
