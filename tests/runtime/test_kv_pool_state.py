@@ -36,6 +36,10 @@ class PoolMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
+        # drop_and_collect's gc.collect() would walk the whole heap of the test process (tens of
+        # seconds after torch tests ran); freezing what predates this example leaves it only the
+        # example's own objects, the caches it must find collected among them.
+        gc.freeze()
         self.pool = make_pool(3)
         self.held: list[SlotCache] = []
         self.pinned: dict[int, int] = {}  # id(cache) -> pins this machine holds on it
@@ -111,6 +115,9 @@ class PoolMachine(RuleBasedStateMachine):
         self.held.remove(cache)
         del cache
         gc.collect()
+
+    def teardown(self) -> None:
+        gc.unfreeze()
 
     @invariant()
     def bookkeeping_is_sound(self) -> None:
