@@ -12,6 +12,10 @@ conversations: the same NPC lines in the same order (exits 1 if not). A short wa
 first computes the personas' prefixes and touches the KV pool, which every row would otherwise
 pay differently.
 
+For each concurrent run it also counts the rows of every batched decode pass: the rows stepping,
+and the pool rows the pass computes (the span from the lowest stepping slot to the highest: the
+rows between them that are not stepping run as idle rows).
+
 Then the ceiling the concurrency ratio cannot pass on this machine: the graph time of one batched
 decode step of N rows against one row, at the run's mean prompt length (``profile_decode``).
 
@@ -48,11 +52,46 @@ class Played:
     prompt_tokens: float
     """mean prompt length of the logged turns"""
     conversations: list[tuple[str, ...]]
+    rows: PassRows
 
 
-def play(model: OnnxCausalLM, args, concurrency: int, margin: int, logs: Path) -> Played:
+@dataclass
+class PassRows:
+    """Rows of the batched decode passes since the last ``reset``."""
+
+    passes: int = 0
+    stepped: int = 0
+    computed: int = 0
+    """pool rows run: the span of each pass's stepping slots, idle rows between them included"""
+
+    def reset(self) -> None:
+        self.passes = self.stepped = self.computed = 0
+
+    def snapshot(self) -> PassRows:
+        return PassRows(self.passes, self.stepped, self.computed)
+
+
+def count_pass_rows() -> PassRows:
+    """Counts every batched decode pass from now on. Wraps the class's method: a model's scheduler
+    keeps the bound method from its construction, so call this before building the model."""
+    counts = PassRows()
+    batch = OnnxCausalLM._run_decode_batch
+
+    def counting(model: OnnxCausalLM, jobs):  # type: ignore[no-untyped-def]
+        slots = [job.payload[0].slot for job in jobs]
+        counts.passes += 1
+        counts.stepped += len(jobs)
+        counts.computed += max(slots) - min(slots) + 1
+        return batch(model, jobs)
+
+    OnnxCausalLM._run_decode_batch = counting  # type: ignore[method-assign]
+    return counts
+
+
+def play(model: OnnxCausalLM, args, concurrency: int, margin: int, logs: Path, counts: PassRows) -> Played:
     """One seeded run."""
     played: list[tuple[str, ...]] = []
+    counts.reset()
     config = with_sampler(replace(AgentConfig(), history_drop_margin=margin), max_new_tokens=args.max_new_tokens)
     prefilled = count_prefilled(model)
     with PlayLogWriter(logs) as writer:
@@ -68,7 +107,9 @@ def play(model: OnnxCausalLM, args, concurrency: int, margin: int, logs: Path) -
             concurrency=concurrency,
         )
     prompts = [len(r.prompt_ids) for r in read_log_dir(logs) if isinstance(r, NpcTurn)]
-    return Played(summary.seconds, summary.turns, prefilled[0], sum(prompts) / max(1, len(prompts)), played)
+    return Played(
+        summary.seconds, summary.turns, prefilled[0], sum(prompts) / max(1, len(prompts)), played, counts.snapshot()
+    )
 
 
 def count_prefilled(model: OnnxCausalLM) -> list[int]:
@@ -103,17 +144,18 @@ def main() -> int:
     )
     args = parser.parse_args()
     margins = [int(m) for m in args.margins.split(",")]
+    counts = count_pass_rows()
     model = OnnxCausalLM(args.bundle, session_options_for(args.concurrency))
     runs: dict[tuple[int, int], Played] = {}
     with tempfile.TemporaryDirectory() as tmp:
         # Warm-up: the personas' prefixes are computed once per model and the KV pool's pages are
         # touched once; without it the first timed row would pay both.
         warm = argparse.Namespace(**{**vars(args), "conversations": 8, "max_new_tokens": 4})
-        play(model, warm, args.concurrency, margins[0], Path(tmp) / "warm-up")
+        play(model, warm, args.concurrency, margins[0], Path(tmp) / "warm-up", counts)
         for margin in margins:
             for concurrency in (1, args.concurrency):
                 runs[margin, concurrency] = play(
-                    model, args, concurrency, margin, Path(tmp) / f"m{margin}c{concurrency}"
+                    model, args, concurrency, margin, Path(tmp) / f"m{margin}c{concurrency}", counts
                 )
     first = runs[margins[0], 1].seconds
     rows = []
@@ -130,6 +172,14 @@ def main() -> int:
         f"{'seconds':>9s} {'conversations/h':>16s} {'lines/s':>9s} {'vs first':>8s} {'vs c1':>8s}",
         rows,
     )
+    for margin in margins:
+        passes = runs[margin, args.concurrency].rows
+        if passes.passes:
+            print(
+                f"margin {margin}, concurrency {args.concurrency}: {passes.passes} batched decode passes,"
+                f" {passes.stepped / passes.passes:.2f} rows stepping and {passes.computed / passes.passes:.2f}"
+                f" pool rows computed per pass ({1 - passes.stepped / passes.computed:.0%} idle)"
+            )
     same = True
     for margin in margins:
         serial, concurrent = runs[margin, 1].conversations, runs[margin, args.concurrency].conversations
