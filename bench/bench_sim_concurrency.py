@@ -14,13 +14,16 @@ pay differently.
 
 For each concurrent run it also counts the rows of every batched decode pass: the rows stepping,
 and the pool rows the pass computes (the span from the lowest stepping slot to the highest: the
-rows between them that are not stepping run as idle rows).
+rows between them that are not stepping run as idle rows). With ``--split-gaps 0,2`` the
+concurrent run is repeated at each ``SessionOptions.batch_split_gap`` (2: separate passes where two
+or more idle rows lie between stepping slots), side by side.
 
 Then the ceiling the concurrency ratio cannot pass on this machine: the graph time of one batched
 decode step of N rows against one row, at the run's mean prompt length (``profile_decode``).
 
 Usage: python bench/bench_sim_concurrency.py [--bundle DIR] [--conversations 16] [--concurrency 8]
                                              [--max-new-tokens 60] [--seed 0] [--margins 0,160]
+                                             [--split-gaps 0,2]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,6 +43,7 @@ from npcrl import AgentConfig, OnnxCausalLM, PlayLogWriter, builtin_personas  # 
 from npcrl.agent.config import with_sampler  # noqa: E402
 from npcrl.paths import default_bundle_dir  # noqa: E402
 from npcrl.playlog import NpcTurn, read_log_dir  # noqa: E402
+from npcrl.runtime.session import SessionOptions  # noqa: E402
 from npcrl.sim import SimulatedConversation, builtin_profiles, simulate  # noqa: E402
 from npcrl.sim.ordered import session_options_for  # noqa: E402
 
@@ -72,19 +77,17 @@ class PassRows:
 
 
 def count_pass_rows() -> PassRows:
-    """Counts every batched decode pass from now on. Wraps the class's method: a model's scheduler
-    keeps the bound method from its construction, so call this before building the model."""
+    """Counts every batched decode pass from now on (each pass over a range of pool rows)."""
     counts = PassRows()
-    batch = OnnxCausalLM._run_decode_batch
+    step_rows = OnnxCausalLM._step_rows
 
-    def counting(model: OnnxCausalLM, jobs):  # type: ignore[no-untyped-def]
-        slots = [job.payload[0].slot for job in jobs]
+    def counting(model: OnnxCausalLM, lo: int, hi: int, tokens: dict[int, int]) -> dict[int, Any]:
         counts.passes += 1
-        counts.stepped += len(jobs)
-        counts.computed += max(slots) - min(slots) + 1
-        return batch(model, jobs)
+        counts.stepped += sum(1 for slot in tokens if lo <= slot <= hi)
+        counts.computed += hi - lo + 1
+        return step_rows(model, lo, hi, tokens)
 
-    OnnxCausalLM._run_decode_batch = counting  # type: ignore[method-assign]
+    OnnxCausalLM._step_rows = counting  # type: ignore[method-assign]
     return counts
 
 
@@ -142,53 +145,70 @@ def main() -> int:
         default=f"0,{AgentConfig().history_drop_margin}",
         help="history_drop_margin values to compare, comma-separated (default: 0 and the default)",
     )
+    parser.add_argument(
+        "--split-gaps",
+        default=str(SessionOptions().batch_split_gap),
+        help="SessionOptions.batch_split_gap values to compare at --concurrency, comma-separated",
+    )
     args = parser.parse_args()
     margins = [int(m) for m in args.margins.split(",")]
+    gaps = [int(g) for g in args.split_gaps.split(",")]
     counts = count_pass_rows()
     model = OnnxCausalLM(args.bundle, session_options_for(args.concurrency))
-    runs: dict[tuple[int, int], Played] = {}
+    runs: dict[tuple[int, int, int], Played] = {}  # (margin, concurrency, split gap)
     with tempfile.TemporaryDirectory() as tmp:
         # Warm-up: the personas' prefixes are computed once per model and the KV pool's pages are
         # touched once; without it the first timed row would pay both.
         warm = argparse.Namespace(**{**vars(args), "conversations": 8, "max_new_tokens": 4})
         play(model, warm, args.concurrency, margins[0], Path(tmp) / "warm-up", counts)
         for margin in margins:
-            for concurrency in (1, args.concurrency):
-                runs[margin, concurrency] = play(
-                    model, args, concurrency, margin, Path(tmp) / f"m{margin}c{concurrency}", counts
+            runs[margin, 1, 0] = play(model, args, 1, margin, Path(tmp) / f"m{margin}c1", counts)
+            for gap in gaps:
+                model.options = replace(model.options, batch_split_gap=gap)  # read at every pass
+                runs[margin, args.concurrency, gap] = play(
+                    model, args, args.concurrency, margin, Path(tmp) / f"m{margin}g{gap}", counts
                 )
-    first = runs[margins[0], 1].seconds
-    rows = []
-    for (margin, concurrency), run in runs.items():
-        per_hour = args.conversations * 3600 / run.seconds
-        rows.append(
-            f"{margin:>6d} {concurrency:>11d} {args.conversations:>13d} {run.lines:>9d} {run.prefilled:>10d} "
-            f"{run.seconds:>9.1f} {per_hour:>16.0f} {run.lines / run.seconds:>9.2f} {first / run.seconds:>8.2f} "
-            f"{runs[margin, 1].seconds / run.seconds:>8.2f}"
-        )
     print(f"bundle {model.bundle_id} ({args.bundle}); seed {args.seed}, max_new_tokens {args.max_new_tokens}")
-    print_table(
-        f"{'margin':>6s} {'concurrency':>11s} {'conversations':>13s} {'NPC lines':>9s} {'prefilled':>10s} "
-        f"{'seconds':>9s} {'conversations/h':>16s} {'lines/s':>9s} {'vs first':>8s} {'vs c1':>8s}",
-        rows,
-    )
-    for margin in margins:
-        passes = runs[margin, args.concurrency].rows
-        if passes.passes:
-            print(
-                f"margin {margin}, concurrency {args.concurrency}: {passes.passes} batched decode passes,"
-                f" {passes.stepped / passes.passes:.2f} rows stepping and {passes.computed / passes.passes:.2f}"
-                f" pool rows computed per pass ({1 - passes.stepped / passes.computed:.0%} idle)"
-            )
+    print_runs(runs, args.conversations, margins[0])
     same = True
-    for margin in margins:
-        serial, concurrent = runs[margin, 1].conversations, runs[margin, args.concurrency].conversations
-        equal = sum(a == b for a, b in zip(serial, concurrent, strict=True))
-        print(f"margin {margin}: same conversations at both concurrencies: {equal} of {len(serial)}")
+    for (margin, concurrency, gap), run in runs.items():
+        if concurrency == 1:
+            continue
+        serial = runs[margin, 1, 0].conversations
+        equal = sum(a == b for a, b in zip(serial, run.conversations, strict=True))
+        print(f"margin {margin}, split gap {gap}: same conversations as one at a time: {equal} of {len(serial)}")
         same = same and equal == len(serial)
-    prompt = round(runs[margins[-1], args.concurrency].prompt_tokens)
+    prompt = round(runs[margins[-1], args.concurrency, gaps[0]].prompt_tokens)
     ceiling(args.bundle, prompt, args.concurrency)
     return 0 if same else 1
+
+
+def print_runs(runs: dict[tuple[int, int, int], Played], conversations: int, first_margin: int) -> None:
+    """The table (split gap "-" for one at a time), then each concurrent run's batched passes."""
+    first = runs[first_margin, 1, 0].seconds
+    rows = []
+    for (margin, concurrency, gap), run in runs.items():
+        per_hour = conversations * 3600 / run.seconds
+        split = "-" if concurrency == 1 else str(gap)
+        rows.append(
+            f"{margin:>6d} {concurrency:>11d} {split:>9s} {conversations:>13d} {run.lines:>9d} {run.prefilled:>10d} "
+            f"{run.seconds:>9.1f} {per_hour:>16.0f} {run.lines / run.seconds:>9.2f} {first / run.seconds:>8.2f} "
+            f"{runs[margin, 1, 0].seconds / run.seconds:>8.2f}"
+        )
+    print_table(
+        f"{'margin':>6s} {'concurrency':>11s} {'split gap':>9s} {'conversations':>13s} {'NPC lines':>9s} "
+        f"{'prefilled':>10s} {'seconds':>9s} {'conversations/h':>16s} {'lines/s':>9s} {'vs first':>8s} {'vs c1':>8s}",
+        rows,
+    )
+    for (margin, concurrency, gap), run in runs.items():
+        passes = run.rows
+        if concurrency > 1 and passes.passes:
+            print(
+                f"margin {margin}, concurrency {concurrency}, split gap {gap}: {passes.passes} batched decode"
+                f" passes, {passes.stepped / passes.passes:.2f} rows stepping and"
+                f" {passes.computed / passes.passes:.2f} pool rows computed per pass"
+                f" ({1 - passes.stepped / passes.computed:.0%} idle)"
+            )
 
 
 def ceiling(bundle: Path, prompt_tokens: int, rows: int) -> None:

@@ -54,6 +54,18 @@ __all__ = [
 ]
 
 
+def slot_runs(slots: Sequence[int], split_gap: int) -> list[tuple[int, int]]:
+    """``(lo, hi)`` ranges covering the sorted ``slots``: one, or with ``split_gap`` > 0 a new one
+    wherever ``split_gap`` or more slots not listed lie between two listed ones."""
+    runs = [[slots[0], slots[0]]]
+    for slot in slots[1:]:
+        if split_gap and slot - runs[-1][1] - 1 >= split_gap:
+            runs.append([slot, slot])
+        else:
+            runs[-1][1] = slot
+    return [(lo, hi) for lo, hi in runs]
+
+
 class OnnxCausalLM:
     """A loaded bundle: one onnxruntime session shared by every conversation that uses it.
 
@@ -221,27 +233,36 @@ class OnnxCausalLM:
         return logits if all_logits else logits[-1:]
 
     def _run_decode_batch(self, jobs: list[Job]) -> list[np.ndarray]:
-        """One-token steps of several slots as one pass over the pool rows between them; rows
-        in between that are not stepping get a dummy token written at their length, which only
+        """One-token steps of several slots as passes over the pool rows between them (one pass,
+        or one per run of slots that ``SessionOptions.batch_split_gap`` idle rows do not separate);
+        rows in between that are not stepping get a dummy token written at their length, which only
         touches a position past the tokens they hold (runs inside the scheduler)."""
-        assert self.pool is not None
         steps: list[tuple[SlotCache, int]] = [job.payload for job in jobs]
-        slots: list[int] = []
-        for cache, _ in steps:
+        tokens: dict[int, int] = {}
+        for cache, token in steps:
             assert cache.slot is not None  # a stepping cache holds its slot, pinned
-            slots.append(cache.slot)
-        lo, hi = min(slots), max(slots)
+            tokens[cache.slot] = token
+        logits: dict[int, np.ndarray] = {}
+        for lo, hi in slot_runs(sorted(tokens), self.options.batch_split_gap):
+            logits.update(self._step_rows(lo, hi, tokens))
+        out = []
+        for cache, token in steps:
+            assert cache.slot is not None
+            out.append(logits[cache.slot])
+            cache.token_ids.append(token)
+        return out
+
+    def _step_rows(self, lo: int, hi: int, tokens: dict[int, int]) -> dict[int, np.ndarray]:
+        """One batched pass over pool rows ``lo..hi``: each stepping slot's (1, V) logits."""
+        assert self.pool is not None
         lengths = self.pool.lengths(lo, hi)
         ids = np.zeros((hi - lo + 1, 1), dtype=np.int64)
-        for (_, token), slot in zip(steps, slots, strict=True):
-            ids[slot - lo, 0] = token
+        stepping = [slot for slot in range(lo, hi + 1) if slot in tokens]
+        for slot in stepping:
+            ids[slot - lo, 0] = tokens[slot]
         mask = (np.arange(int(lengths.max()) + 1)[None, :] <= lengths[:, None]).astype(np.int64)
         logits = self._run_rows(lo, hi, ids, mask)  # (rows, 1, V)
-        out = []
-        for (cache, token), slot in zip(steps, slots, strict=True):
-            cache.token_ids.append(token)
-            out.append(logits[slot - lo])
-        return out
+        return {slot: logits[slot - lo] for slot in stepping}
 
     def _run_concat(self, ids: np.ndarray, cache: ConcatCache, all_logits: bool) -> np.ndarray:
         """Traced graphs: past in, new present tensors out."""

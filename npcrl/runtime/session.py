@@ -52,6 +52,11 @@ class SessionOptions:
     """run concurrent one-token decode steps of several sequences as one batched pass"""
     gather_ms: float = 3.0
     """how long a pass waits for the other generating sequences' steps to join its batch"""
+    batch_split_gap: int = 0
+    """fused graphs: a batched pass runs the contiguous pool rows from its lowest stepping slot to
+    its highest, the idle ones between included; with N > 0 it is split into separate passes
+    wherever N or more idle rows lie between two stepping slots (an idle row costs about what a
+    stepping one does; a pass has a fixed cost of about one row). 0: always one pass"""
     prefill_chunk: int = 32
     """while other sequences generate, prefill in chunks of this many tokens so their steps interleave"""
     kv_queue_limit: int = 1024
@@ -71,6 +76,7 @@ class SessionOptions:
         check_number("prefix_cache_mb", self.prefix_cache_mb, 0.0, float(1 << 20))
         check_number("gather_ms", self.gather_ms, 0.0, 10_000.0)
         check_number("prefill_chunk", self.prefill_chunk, 0, 1 << 20, integer=True)
+        check_number("batch_split_gap", self.batch_split_gap, 0, 4096, integer=True)
         check_number("kv_queue_limit", self.kv_queue_limit, 0, 1 << 20, integer=True)
         check_optional("malloc_arenas", self.malloc_arenas, 1, 1024, integer=True)
 

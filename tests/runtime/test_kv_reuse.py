@@ -11,7 +11,7 @@ from npcrl.agent.npc_agent import AgentConfig, NpcAgent
 from npcrl.agent.persona import builtin_personas
 from npcrl.errors import GenerationError
 from npcrl.runtime.kvcache import FrozenCache, SlotCache
-from npcrl.runtime.model import OnnxCausalLM, SessionOptions
+from npcrl.runtime.model import OnnxCausalLM, SessionOptions, slot_runs
 from npcrl.runtime.prefixstore import PrefixStore
 from npcrl.runtime.sampler import SamplerConfig
 from npcrl.runtime.scheduler import Job
@@ -228,3 +228,34 @@ def test_chunked_prefill_gives_the_logits_of_one_pass(tiny_bundles, quant):
         model.scheduler.end_sequence()
     assert sizes == [8, 8, 8, 9]  # the tiny graphs do not show the one-row kernel gap; the real q8 does
     np.testing.assert_allclose(chunked, alone, atol=1e-4)
+
+
+def test_slot_runs_split_only_at_gaps_of_the_set_size() -> None:
+    assert slot_runs([0, 1, 2, 5, 6], 0) == [(0, 6)]  # 0: always one pass
+    assert slot_runs([0, 1, 2, 5, 6], 2) == [(0, 2), (5, 6)]
+    assert slot_runs([0, 1, 2, 5, 6], 3) == [(0, 6)]  # two idle rows are not three
+    assert slot_runs([0, 2, 3], 2) == [(0, 3)]
+    assert slot_runs([4], 2) == [(4, 4)]
+
+
+def test_a_batched_step_split_at_idle_rows_equals_each_sequence_alone(tiny_bundles, ids):
+    """With ``batch_split_gap`` the rows between far-apart stepping slots are not run; every
+    stepping sequence still gets exactly its own logits, and the idle ones are left as they were."""
+    model = OnnxCausalLM(tiny_bundles["llama-fp32"], SessionOptions(batch_split_gap=2, kv_slots=6))
+    lengths = [5, 41, 9, 12, 17]
+    caches = [model.prefill(ids[:n]) for n in lengths]
+    assert [c.slot for c in caches] == [0, 1, 2, 3, 4]
+    stepping = [0, 1, 4]  # slots 2 and 3 idle: a gap of two
+    passes: list[tuple[int, int]] = []
+    step_rows = model._step_rows
+    model._step_rows = lambda lo, hi, tokens: passes.append((lo, hi)) or step_rows(lo, hi, tokens)  # type: ignore[method-assign]
+    jobs = [Job(lambda: None, batch_key=model.pool, payload=(caches[i], ids[lengths[i]])) for i in stepping]
+    batched = model._run_decode_batch(jobs)
+    assert passes == [(0, 1), (4, 4)]
+    for got, i in zip(batched, stepping, strict=True):
+        np.testing.assert_allclose(got[0], fresh_logits(model, ids[: lengths[i] + 1])[-1], atol=1e-4)
+        assert caches[i].token_ids == ids[: lengths[i] + 1]
+    for i in (2, 3):  # not stepped, not run: each goes on as if nothing had happened
+        assert caches[i].token_ids == ids[: lengths[i]]
+        got = model.forward([ids[lengths[i]]], caches[i])
+        np.testing.assert_allclose(got, fresh_logits(model, ids[: lengths[i] + 1])[-1], atol=1e-4)
