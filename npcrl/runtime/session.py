@@ -56,7 +56,8 @@ class SessionOptions:
     """fused graphs: a batched pass runs the contiguous pool rows from its lowest stepping slot to
     its highest, the idle ones between included; with N > 0 it is split into separate passes
     wherever N or more idle rows lie between two stepping slots (an idle row costs about what a
-    stepping one does; a pass has a fixed cost of about one row). 0: always one pass"""
+    stepping one does; a pass has a fixed cost of about one row). 0: always one pass; splitting at 2
+    was measured within noise of it on two cores (docs/BENCHMARKS.md)"""
     prefill_chunk: int = 32
     """while other sequences generate, prefill in chunks of this many tokens so their steps interleave"""
     kv_queue_limit: int = 1024
