@@ -245,12 +245,9 @@ class OnnxCausalLM:
         logits: dict[int, np.ndarray] = {}
         for lo, hi in slot_runs(sorted(tokens), self.options.batch_split_gap):
             logits.update(self._step_rows(lo, hi, tokens))
-        out = []
         for cache, token in steps:
-            assert cache.slot is not None
-            out.append(logits[cache.slot])
             cache.token_ids.append(token)
-        return out
+        return [logits[slot] for slot in tokens]  # one slot per job, in the jobs' order
 
     def _step_rows(self, lo: int, hi: int, tokens: dict[int, int]) -> dict[int, np.ndarray]:
         """One batched pass over pool rows ``lo..hi``: each stepping slot's (1, V) logits."""
