@@ -4,7 +4,8 @@ bfloat16 pays only where the CPU multiplies it natively (x86 AVX512-BF16 or AMX 
 trainer's passes ran 1.4-1.5x faster than float32 (docs/TRAINING.md). Without those units torch
 emulates it, and the same matrix products ran some 90x slower than float32 on an AVX2 CPU
 (``bench/bench_precision.py``), which turns a one-hour run into days. ``"auto"`` takes bfloat16
-only where it is native; an explicit ``"bf16"`` is honoured, with a warning where it is not.
+only where it is native; an explicit ``"bf16"`` is honoured, with a warning where it is not. A
+run records what it resolved to and a resume keeps it, whatever the CPU it goes on on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from npcrl.train.config import PRECISIONS
+from npcrl.train.distributed import Dist
 
 
 def native_bf16() -> bool:
@@ -39,12 +41,26 @@ def resolve_precision(requested: str) -> str:
     return requested
 
 
-def precision_warning(requested: str) -> str | None:
-    """The warning an explicit ``bf16`` on a CPU without bfloat16 units earns (None otherwise)."""
-    if requested != "bf16" or native_bf16():
+def agreed_precision(requested: str, dist: Dist) -> str:
+    """``requested`` resolved on every process's CPU: bf16 only where all of them resolve to it
+    (the processes of one run must compute alike). Every process must call it."""
+    resolved = dist.all_gather_objects(resolve_precision(requested))
+    return "bf16" if all(p == "bf16" for p in resolved) else "fp32"
+
+
+def precision_warning(requested: str, precision: str) -> str | None:
+    """The warning a run earns that trains in ``precision`` bf16 on a CPU without bfloat16 units
+    (None otherwise): asked for explicitly, or kept from where a resumed run started."""
+    if precision != "bf16" or native_bf16():
         return None
+    why = (
+        "model.precision = 'bf16'"
+        if requested == "bf16"
+        else f"model.precision = {requested!r} resolved to bf16 where this run started, and a resumed run keeps it"
+    )
     return (
-        f"model.precision = 'bf16' on a CPU without bfloat16 units ({cpu_name()}): torch emulates it and "
+        f"{why} on a CPU without bfloat16 units ({cpu_name()}): torch emulates it and "
         "the trainer's matrix products run many times slower than in fp32 (docs/TRAINING.md); "
         "'auto' takes bf16 only where the CPU has it"
+        + ("" if requested == "bf16" else ", so a new run started here trains in fp32")
     )

@@ -306,8 +306,10 @@ def hidden_size_of(model: Any) -> int:
     return int(config.hidden_size if hasattr(config, "hidden_size") else config.n_embd)
 
 
-def build_policy(source: Path, config: ModelConfig, seed: int) -> Policy:
-    """Load the HF weights at ``source`` (safetensors only) and set up policy, value head and reference."""
+def build_policy(source: Path, config: ModelConfig, seed: int, precision: str | None = None) -> Policy:
+    """Load the HF weights at ``source`` (safetensors only) and set up policy, value head and
+    reference; the body runs in ``precision`` ("fp32" or "bf16"), by default ``config.precision``
+    as this CPU resolves it."""
     model, tokenizer, family = load_backbone(source)
     reference_lm: nn.Module | None = None
     if config.mode == "lora":
@@ -322,7 +324,7 @@ def build_policy(source: Path, config: ModelConfig, seed: int) -> Policy:
     with torch.no_grad():
         value_head.weight.normal_(0.0, config.value_head_std, generator=generator)
         value_head.bias.zero_()
-    module = PolicyWithValue(lm, value_head, resolve_precision(config.precision))
+    module = PolicyWithValue(lm, value_head, precision or resolve_precision(config.precision))
     module.eval()  # no dropout; gradients flow in eval mode too
     return Policy(module=module, mode=config.mode, tokenizer=tokenizer, source=source, reference_lm=reference_lm)
 

@@ -30,7 +30,7 @@ from npcrl.errors import TrainError
 from npcrl.reward.spec import RewardSpec, default_reward_spec, load_reward_spec
 from npcrl.runtime.bundle import Bundle, load_bundle
 from npcrl.train.config import TrainConfig
-from npcrl.train.cpu_precision import cpu_name, precision_warning
+from npcrl.train.cpu_precision import agreed_precision, cpu_name, precision_warning, resolve_precision
 from npcrl.train.data import TrainingData, accepted_bundle_ids, load_training_data
 from npcrl.train.distributed import Dist
 from npcrl.train.finish import TrainedRun, TrainResult, finish, log
@@ -80,11 +80,13 @@ def _new_run_record(
     base: Path,
     config: TrainConfig,
     scorer: Scorer | None,
-    world: int,
+    dist: Dist,
     cards: Mapping[str, Persona] | None,
 ) -> dict[str, Any]:
-    """What ``run.json`` records of a run started now in ``out`` (a resume must match it)."""
+    """What ``run.json`` records of a run started now in ``out`` (a resume must match it, except
+    ``precision``, what ``model.precision`` resolves to on these CPUs, which a resume keeps)."""
     return {
+        "precision": agreed_precision(config.model.precision, dist),
         "persona_cards": sorted(cards) if cards is not None else None,
         "out": str(out),
         "logs": str(Path(logs).expanduser().resolve()),
@@ -93,7 +95,7 @@ def _new_run_record(
         "base_weights": str(base.resolve()),
         "config": config.to_dict(),
         "reward_model": scorer[1]["tensors_sha256"] if scorer else None,
-        "world_size": world,
+        "world_size": dist.world,
     }
 
 
@@ -122,13 +124,15 @@ def _build_trainer(
     dist: Dist,
     progress: bool,
     timer: PhaseTimer,
+    precision: str,
     cards: Mapping[str, Persona] | None = None,
 ) -> PPOTrainer:
-    """``cards``: persona hash -> the card fresh on-policy lines are checked against (None: no check)."""
+    """``precision``: what the body runs in ("fp32" or "bf16", the run's record's); ``cards``:
+    persona hash -> the card fresh on-policy lines are checked against (None: no check)."""
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.seed)
-    policy = build_policy(base, config.model, config.seed)
+    policy = build_policy(base, config.model, config.seed, precision)
     tokenizer = policy.tokenizer
     eos_ids = bundle.manifest.special_tokens.eos_token_ids
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
@@ -212,12 +216,14 @@ def _start_report(trainer: PPOTrainer, config: TrainConfig, data: TrainingData, 
     source = "logged responses" if trainer.fresh is None else "fresh samples scored by the reward model"
     parameters = sum(p.numel() for _, p in trainer.policy.trainable_parameters()) / 1e6
     until = "" if config.ppo.kl_stop is None else f", stopping once KL per turn reaches {config.ppo.kl_stop}"
+    precision = trainer.policy.module.precision
+    kept = ", as the run started" if precision != resolve_precision(config.model.precision) else ""
     log(
-        f"{config.model.mode} training of {parameters:.2f}M parameters in {trainer.policy.module.precision}"
-        f" (model.precision = {config.model.precision!r}, CPU {cpu_name()}), {trainer.total_iterations}"
+        f"{config.model.mode} training of {parameters:.2f}M parameters in {precision}"
+        f" (model.precision = {config.model.precision!r}{kept}, CPU {cpu_name()}), {trainer.total_iterations}"
         f" iterations of {config.ppo.rollout_turns} turns ({source}){until}"
     )
-    warning = precision_warning(config.model.precision)
+    warning = precision_warning(config.model.precision, precision)
     if warning is not None:
         log(f"warning: {warning}")
     if not progress:
@@ -254,12 +260,13 @@ def train(
         data, lineage = _load_data(logs, bundle, config)
         scorer = _load_scorer(config, bundle, scorer)
         cards = checked_cards(config, personas)
-        run_record = _new_run_record(out, logs, bundle, base, config, scorer, dist.world, cards)
+        run_record = _new_run_record(out, logs, bundle, base, config, scorer, dist, cards)
         run_record = _open_out(out, resume, run_record, dist, config)
+        precision = run_record["precision"]  # what the run started in
         if dist.is_main:
             log(data.report.summary())
         dist.barrier()
-        trainer = _build_trainer(base, bundle, config, data, scorer, dist, progress, timer, cards)
+        trainer = _build_trainer(base, bundle, config, data, scorer, dist, progress, timer, precision, cards)
         fingerprint = data.fingerprint()
         if resume:
             _resume(trainer, out / "state", fingerprint, dist)

@@ -110,13 +110,18 @@ def check_out(out: Path, resume: bool, run_record: dict[str, Any]) -> tuple[bool
 
 def resumed_record(run_record: dict[str, Any], extends: bool, previous: dict[str, Any] | None) -> dict[str, Any]:
     """The record the run goes on under: a plain resume keeps the one it was started with; an
-    extension records the iterations it extends and, until it ends, the shorter run's finish."""
+    extension records the iterations it extends and, until it ends, the shorter run's finish.
+    Either way the run keeps the ``precision`` it started in (a record from before it was recorded
+    takes the one resolved now)."""
     if previous is None:
         return run_record
     if not extends:  # the paths of where the run lies now (it may have been moved)
-        return {**previous, **{key: run_record[key] for key in (*PATH_ARGUMENTS, "out") if key in run_record}}
+        here = {key: run_record[key] for key in (*PATH_ARGUMENTS, "out") if key in run_record}
+        return {"precision": run_record.get("precision"), **previous, **here}
     history = [*previous.get("extended_from_iterations", []), recorded_iterations(previous["config"])]
     extended = {**run_record, "extended_from_iterations": history}
+    if "precision" in previous:  # the run goes on in what it started in, whatever this CPU has
+        extended["precision"] = previous["precision"]
     if "finished_iterations" in previous:  # checkpoint/ stays the shorter run's until this one ends
         extended["finished_iterations"] = previous["finished_iterations"]
     return extended

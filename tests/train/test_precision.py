@@ -65,13 +65,17 @@ def test_auto_takes_bf16_only_where_the_cpu_multiplies_it(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(cpu_precision, "native_bf16", lambda: True)
     assert [cpu_precision.resolve_precision(p) for p in ("auto", "bf16", "fp32")] == ["bf16", "bf16", "fp32"]
-    assert cpu_precision.precision_warning("bf16") is None
+    assert cpu_precision.precision_warning("bf16", "bf16") is None
     monkeypatch.setattr(cpu_precision, "native_bf16", lambda: False)
     assert [cpu_precision.resolve_precision(p) for p in ("auto", "bf16", "fp32")] == ["fp32", "bf16", "fp32"]
     # an explicit bf16 is honoured, but said to be slow here; auto and fp32 have nothing to warn of
-    warning = cpu_precision.precision_warning("bf16")
+    warning = cpu_precision.precision_warning("bf16", "bf16")
     assert warning is not None and "model.precision" in warning and "'auto'" in warning
-    assert cpu_precision.precision_warning("auto") is None and cpu_precision.precision_warning("fp32") is None
+    assert cpu_precision.precision_warning("auto", "fp32") is None
+    assert cpu_precision.precision_warning("fp32", "fp32") is None
+    # a resumed auto run that started in bf16 elsewhere keeps it, and is told what that costs here
+    kept = cpu_precision.precision_warning("auto", "bf16")
+    assert kept is not None and "resumed run keeps it" in kept and "new run started here trains in fp32" in kept
     with pytest.raises(ValueError, match="model.precision"):
         cpu_precision.resolve_precision("fp16")
 
@@ -136,3 +140,56 @@ def test_an_explicit_bf16_on_a_cpu_without_it_is_run_and_warned_of(
     train(toy["logs"], toy["bundle"], tmp_path / "run", config, progress=False)
     assert json.loads((tmp_path / "run" / "report" / "provenance.json").read_text())["precision"] == "bf16"
     assert "warning: model.precision = 'bf16' on a CPU without bfloat16 units" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("how", ["interrupted", "extended"])
+def test_a_resumed_run_keeps_the_precision_it_started_in_on_another_cpu(
+    toy: dict[str, Any],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    how: str,
+) -> None:
+    """A run started with "auto" on a CPU with bfloat16 units and resumed on one without goes on in
+    bf16 (a resumed run must end where an uninterrupted one would), and says what that costs."""
+    from npcrl.train import cpu_precision
+    from npcrl.train.ppo import PPOTrainer
+    from npcrl.train.run import train
+
+    config = toy_config("lora", iterations=2)
+    config = replace(
+        config,
+        model=replace(config.model, precision="auto"),
+        data=with_spec(config, toy),
+        run=replace(config.run, checkpoint_every=1),
+    ).validate()
+    out = tmp_path / "run"
+    monkeypatch.setattr(cpu_precision, "native_bf16", lambda: True)
+    if how == "interrupted":  # killed after iteration 1's checkpoint
+        real_iteration, calls = PPOTrainer.run_iteration, []
+
+        def stop_at_the_second(self: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real_iteration(self)
+
+        monkeypatch.setattr(PPOTrainer, "run_iteration", stop_at_the_second)
+        with pytest.raises(KeyboardInterrupt):
+            train(toy["logs"], toy["bundle"], out, config, progress=False)
+        monkeypatch.setattr(PPOTrainer, "run_iteration", real_iteration)
+        resumed = config
+    else:  # finished, then extended by one iteration
+        train(toy["logs"], toy["bundle"], out, config, progress=False)
+        resumed = replace(config, ppo=replace(config.ppo, iterations=3)).validate()
+    assert json.loads((out / "run.json").read_text())["precision"] == "bf16"
+    capsys.readouterr()
+
+    monkeypatch.setattr(cpu_precision, "native_bf16", lambda: False)  # the run goes on elsewhere
+    train(toy["logs"], toy["bundle"], out, resumed, progress=False, resume=True)
+    provenance = json.loads((out / "report" / "provenance.json").read_text())
+    assert provenance["precision"] == "bf16" and provenance["iterations"] == resumed.ppo.iterations
+    assert json.loads((out / "run.json").read_text())["precision"] == "bf16"
+    said = capsys.readouterr().out
+    assert "parameters in bf16 (model.precision = 'auto', as the run started" in said
+    assert "warning: model.precision = 'auto' resolved to bf16 where this run started" in said
