@@ -22,7 +22,7 @@ from typing import Any
 
 from npcrl.durable import replace_dir
 from npcrl.errors import LoopError
-from npcrl.loop.state import LOOP_FILE, STAGES_FILE, RoundStages, as_read_back, read_loop_record
+from npcrl.loop.state import LOOP_FILE, MACHINES, STAGES_FILE, RoundStages, as_read_back, read_loop_record
 
 ADOPTED_STAGES = {"simulate": "logs", "evaluate_current": "eval/current"}
 """round 1's stages that depend only on the play settings -> the output each one wrote"""
@@ -60,7 +60,12 @@ def adopt_round_one_play(source_round: Path, out: Path) -> bool:
     adopted: dict[str, dict[str, Any]] = {}
     for name, output in ADOPTED_STAGES.items():
         shutil.copytree(source_round / output, scratch / output)
-        adopted[name] = {"seconds": 0.0, "result": earlier.result(name), "adopted_from": str(source_round.resolve())}
+        adopted[name] = {
+            "seconds": 0.0,
+            "result": earlier.result(name),
+            "adopted_from": str(source_round.resolve()),
+            MACHINES: earlier.machines(name),  # where it ran, which need not be here
+        }
     (scratch / STAGES_FILE).write_text(json.dumps(adopted, indent=1), encoding="utf-8")
     replace_dir(scratch, target)  # fsynced, then renamed into place
     print(f"[npcrl loop] round-1: simulated play and base evaluation adopted from {source_round}", flush=True)

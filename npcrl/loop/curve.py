@@ -155,7 +155,7 @@ def base_state(inputs: LoopInputs) -> LoopState:
     simulate_stage(inputs, stages, inputs.base_model, 1)
     rows = evaluate_stage(inputs, stages, "evaluate_current", inputs.base_model, inputs.settings.eval_settings())
     state = LoopState()
-    state.base_evaluated(rows, stage_logs(stages.folder, "evaluate_current"))
+    state.base_evaluated(rows, stage_logs(stages.folder, "evaluate_current"), stages.machines("evaluate_current"))
     return state
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from npcrl.errors import LoopError
 from npcrl.evaluation.metric_names import PAIRED_GAIN, PERPLEXITY
 from npcrl.loop.decision import decide, estimate
+from npcrl.loop.machine import mixed_machines
 from npcrl.loop.stages import (
     LoopInputs,
     evaluate_stage,
@@ -68,14 +69,16 @@ class LoopState:
     metrics: Rows | None = None
     """its evaluation rows; None until round 1 evaluates the base"""
     eval_logs: Path | None = None
+    eval_machines: list[dict[str, Any]] = field(default_factory=list)
+    """the machines its evaluation ran on (``npcrl.loop.machine``; [] where unknown)"""
     base_perplexity: float | None = None
 
-    def base_evaluated(self, rows: Rows, logs: Path) -> None:
-        self.metrics, self.eval_logs = rows, logs
+    def base_evaluated(self, rows: Rows, logs: Path, machines: list[dict[str, Any]]) -> None:
+        self.metrics, self.eval_logs, self.eval_machines = rows, logs, machines
         self.base_perplexity = estimate(rows[PERPLEXITY])
 
-    def promoted(self, candidate: Path, rows: Mapping[str, Any], logs: Path) -> None:
-        self.current, self.eval_logs = candidate, logs
+    def promoted(self, candidate: Path, rows: Mapping[str, Any], logs: Path, machines: list[dict[str, Any]]) -> None:
+        self.current, self.eval_logs, self.eval_machines = candidate, logs, machines
         self.metrics = {k: v for k, v in rows.items() if k != PAIRED_GAIN}  # the gain was over the bundle it replaces
 
 
@@ -85,15 +88,18 @@ def finished_results(out: Path) -> tuple[list[RoundResult], LoopState]:
     state = LoopState()
     for number in range(1, finished_rounds(out) + 1):
         folder = out / f"round-{number}"
+        stages = RoundStages(folder)
         try:
             result = RoundResult(**read_decision(folder))
             if state.metrics is None:  # round 1 evaluated the base
-                state.base_evaluated(result.metrics["current"], stage_logs(folder, "evaluate_current"))
+                current_logs = stage_logs(folder, "evaluate_current")
+                state.base_evaluated(result.metrics["current"], current_logs, stages.machines("evaluate_current"))
             if result.promoted:
                 if result.candidate is None:
                     raise ValueError("promoted without a candidate")
                 candidate_logs = stage_logs(folder, "evaluate_candidate")
-                state.promoted(placed_path(result.candidate, folder), result.metrics["candidate"], candidate_logs)
+                rows, machines = result.metrics["candidate"], stages.machines("evaluate_candidate")
+                state.promoted(placed_path(result.candidate, folder), rows, candidate_logs, machines)
         except (TypeError, KeyError, IndexError, ValueError) as exc:
             raise LoopError(f"{folder / DECISION_FILE}: not a decision this loop wrote ({exc!r})") from None
         results.append(result)
@@ -113,6 +119,9 @@ def play_round(
     candidate = LoadedBundle(trained, OnnxCausalLM(trained, session_options_for(inputs.settings.concurrency)))
     metrics = evaluate_both(inputs, stages, state, current, candidate)
     promoted, reasons = decide_round(inputs, state, metrics)
+    reasons += machine_reasons(
+        "the evaluations ran", current=state.eval_machines, candidate=stages.machines("evaluate_candidate")
+    )
     if promoted and inputs.settings.confirm_conversations > 0:
         promoted, confirm_reasons = confirm(inputs, stages, state, metrics, (current, candidate), number)
         reasons += confirm_reasons
@@ -137,7 +146,7 @@ def evaluate_both(
     settings = inputs.settings.eval_settings()
     if state.metrics is None:
         rows = evaluate_stage(inputs, stages, "evaluate_current", current.model, settings)
-        state.base_evaluated(rows, stage_logs(stages.folder, "evaluate_current"))
+        state.base_evaluated(rows, stage_logs(stages.folder, "evaluate_current"), stages.machines("evaluate_current"))
     candidate_rows = evaluate_stage(inputs, stages, "evaluate_candidate", candidate.model, settings)
     assert state.metrics is not None and state.eval_logs is not None
     candidate_logs = stage_logs(stages.folder, "evaluate_candidate")
@@ -175,7 +184,17 @@ def confirm(
     )
     confirmation = {side: metrics[f"confirm_{side}"] for side in ("current", "candidate")}
     promoted, reasons = decide_round(inputs, state, confirmation)
+    reasons += machine_reasons(
+        "they played", current=stages.machines("confirm_current"), candidate=stages.machines("confirm_candidate")
+    )
     return promoted, [f"fresh players ({settings.conversations}, seed {settings.seed}): {r}" for r in reasons]
+
+
+def machine_reasons(what: str, **sides: list[dict[str, Any]]) -> list[str]:
+    """A reason saying that a comparison's sides ran on different kinds of machine, or none. It
+    does not change the decision: the gain is still measured, but it is not the bundles' alone."""
+    mixed = mixed_machines(sides)
+    return [] if mixed is None else [f"{what} {mixed}"]
 
 
 def round_seconds(stages: Mapping[str, float]) -> dict[str, float]:

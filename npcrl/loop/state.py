@@ -29,6 +29,7 @@ from typing import Any
 
 from npcrl.durable import atomic_write, set_aside
 from npcrl.errors import LoopError
+from npcrl.loop.machine import merged, this_machine
 
 LOOP_FILE = "loop.json"
 LOCK_FILE = "loop.lock"
@@ -36,6 +37,7 @@ STAGES_FILE = "stages.json"
 DECISION_FILE = "decision.json"
 STARTED = "started"  # wall-clock time an unfinished stage started
 CUT_OFF = "cut_off_seconds"  # what cut-off attempts of a stage spent
+MACHINES = "machines"  # the machines a stage ran on (more than one when resumed elsewhere)
 
 
 def fingerprint(items: Sequence[Any]) -> str:
@@ -152,7 +154,7 @@ def write_decision(folder: Path, decision: dict[str, Any]) -> dict[str, Any]:
 class RoundStages:
     """The stages of one round (``round-N/stages.json``): each finished one with its seconds and
     result, and the one in progress with when it started, so a resume can count what a cut-off
-    attempt spent."""
+    attempt spent; each with the machines it ran on (``npcrl.loop.machine``)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -183,6 +185,10 @@ class RoundStages:
             if "seconds" in stage
         }
 
+    def machines(self, name: str) -> list[dict[str, Any]]:
+        """The machines stage ``name`` ran on ([] where unknown: not run, or recorded before machines were)."""
+        return list(self._stages.get(name, {}).get(MACHINES, []))
+
     def cut_off_seconds(self) -> dict[str, float]:
         """The finished stages that were cut off before, with what those attempts spent: from each
         one's start to the last file it wrote, so an undercount of the compute the stop lost."""
@@ -206,7 +212,8 @@ class RoundStages:
             self._set_aside[name] = aside
         print(f"{label} ...", flush=True)
         self._started[name] = time.perf_counter()
-        self._record(name, {STARTED: time.time(), CUT_OFF: cut_off})
+        machines = merged(self.machines(name), this_machine())
+        self._record(name, {STARTED: time.time(), CUT_OFF: cut_off, MACHINES: machines})
         return True
 
     def reopen(self, name: str) -> None:
@@ -214,7 +221,8 @@ class RoundStages:
         larger size plays more conversations); its seconds so far count as an earlier attempt's."""
         stage = self._stages.get(name, {})
         if "seconds" in stage:
-            self._record(name, {CUT_OFF: float(stage["seconds"]) + float(stage.get(CUT_OFF, 0.0))})
+            earlier = float(stage["seconds"]) + float(stage.get(CUT_OFF, 0.0))
+            self._record(name, {CUT_OFF: earlier, MACHINES: self.machines(name)})
 
     def cut_off_output(self, name: str) -> Path | None:
         """Where ``start`` just moved a cut-off attempt's output (None when there was none): a
@@ -226,9 +234,8 @@ class RoundStages:
         seconds = time.perf_counter() - self._started.pop(name)
         cut_off = float(self._stages[name].get(CUT_OFF, 0.0))
         # stored as read back, so a resumed round decides on exactly what an uninterrupted one did
-        self._record(
-            name, {"seconds": seconds, "result": as_read_back(result)} | ({CUT_OFF: cut_off} if cut_off else {})
-        )
+        finished = {"seconds": seconds, "result": as_read_back(result), MACHINES: self.machines(name)}
+        self._record(name, finished | ({CUT_OFF: cut_off} if cut_off else {}))
         earlier = f" (and {cut_off:.0f} s in cut-off attempts)" if cut_off else ""
         print(f"[npcrl loop] {self.folder.name}: {name} done in {seconds:.0f} s{earlier}", flush=True)
 

@@ -150,6 +150,7 @@ def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path
     assert "| 1 |" in (tmp_path / "loop" / "loop.md").read_text()
     gain, low, high = decision["metrics"]["candidate"][metric.PAIRED_GAIN]
     assert low <= gain <= high and any(r.startswith("paired gain") for r in result.reasons)
+    assert not any("kind of machine" in r for r in result.reasons)  # both evaluations ran here
 
 
 def test_each_round_can_retrain_its_reward_model_on_the_logs_so_far(
