@@ -30,7 +30,7 @@ from npcrl.errors import TrainError
 from npcrl.reward.spec import RewardSpec, default_reward_spec, load_reward_spec
 from npcrl.runtime.bundle import Bundle, load_bundle
 from npcrl.train.config import TrainConfig
-from npcrl.train.cpu_precision import agreed_precision, cpu_name, precision_warning, resolve_precision
+from npcrl.train.cpu_precision import agreed_precision, cpu_name, precision_warning
 from npcrl.train.data import TrainingData, accepted_bundle_ids, load_training_data
 from npcrl.train.distributed import Dist
 from npcrl.train.finish import TrainedRun, TrainResult, finish, log
@@ -209,18 +209,22 @@ def _iterate(trainer: PPOTrainer, config: TrainConfig, out: Path, fingerprint: s
         )
 
 
-def _start_report(trainer: PPOTrainer, config: TrainConfig, data: TrainingData, out: Path, progress: bool) -> Any:
-    """Rank 0: the report directory with data.json, a line on what trains; the progress bar or None."""
+def _start_report(
+    trainer: PPOTrainer, config: TrainConfig, data: TrainingData, out: Path, progress: bool, resolved_now: str
+) -> Any:
+    """Rank 0: the report directory with data.json, a line on what trains; the progress bar or None.
+    ``resolved_now``: what ``model.precision`` resolves to on these CPUs, which a resumed run may not
+    train in (it keeps the precision it started in)."""
     (out / "report").mkdir(parents=True, exist_ok=True)
     write_json(out / "report" / "data.json", data.report.to_dict())
     source = "logged responses" if trainer.fresh is None else "fresh samples scored by the reward model"
     parameters = sum(p.numel() for _, p in trainer.policy.trainable_parameters()) / 1e6
     until = "" if config.ppo.kl_stop is None else f", stopping once KL per turn reaches {config.ppo.kl_stop}"
     precision = trainer.policy.module.precision
-    kept = ", as the run started" if precision != resolve_precision(config.model.precision) else ""
+    started_in = ", as the run started" if precision != resolved_now else ""
     log(
         f"{config.model.mode} training of {parameters:.2f}M parameters in {precision}"
-        f" (model.precision = {config.model.precision!r}{kept}, CPU {cpu_name()}), {trainer.total_iterations}"
+        f" (model.precision = {config.model.precision!r}{started_in}, CPU {cpu_name()}), {trainer.total_iterations}"
         f" iterations of {config.ppo.rollout_turns} turns ({source}){until}"
     )
     warning = precision_warning(config.model.precision, precision)
@@ -260,8 +264,8 @@ def train(
         data, lineage = _load_data(logs, bundle, config)
         scorer = _load_scorer(config, bundle, scorer)
         cards = checked_cards(config, personas)
-        run_record = _new_run_record(out, logs, bundle, base, config, scorer, dist, cards)
-        run_record = _open_out(out, resume, run_record, dist, config)
+        fresh = _new_run_record(out, logs, bundle, base, config, scorer, dist, cards)
+        run_record = _open_out(out, resume, fresh, dist, config)
         precision = run_record["precision"]  # what the run started in
         if dist.is_main:
             log(data.report.summary())
@@ -270,7 +274,7 @@ def train(
         fingerprint = data.fingerprint()
         if resume:
             _resume(trainer, out / "state", fingerprint, dist)
-        bar = _start_report(trainer, config, data, out, progress) if dist.is_main else None
+        bar = _start_report(trainer, config, data, out, progress, fresh["precision"]) if dist.is_main else None
     _iterate(trainer, config, out, fingerprint, bar)
     dist.barrier()
     if not dist.is_main:
