@@ -32,7 +32,7 @@ from npcrl.loop.decision import estimate
 from npcrl.loop.round import LoadedBundle, LoopState, RoundResult, play_round
 from npcrl.loop.run import load_inputs
 from npcrl.loop.settings import LoopSettings
-from npcrl.loop.stages import LoopInputs, evaluate_stage, simulate_stage, simulation_seed, stage_logs
+from npcrl.loop.stages import LoopInputs, evaluate_stage, simulate_stage, simulation_seed
 from npcrl.loop.state import (
     DECISION_FILE,
     LOOP_FILE,
@@ -155,7 +155,7 @@ def base_state(inputs: LoopInputs) -> LoopState:
     simulate_stage(inputs, stages, inputs.base_model, 1)
     rows = evaluate_stage(inputs, stages, "evaluate_current", inputs.base_model, inputs.settings.eval_settings())
     state = LoopState()
-    state.base_evaluated(rows, stage_logs(stages.folder, "evaluate_current"), stages.machines("evaluate_current"))
+    state.base_evaluated(rows, stages)
     return state
 
 

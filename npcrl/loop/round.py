@@ -73,13 +73,20 @@ class LoopState:
     """the machines its evaluation ran on (``npcrl.loop.machine``; [] where unknown)"""
     base_perplexity: float | None = None
 
-    def base_evaluated(self, rows: Rows, logs: Path, machines: list[dict[str, Any]]) -> None:
-        self.metrics, self.eval_logs, self.eval_machines = rows, logs, machines
+    def base_evaluated(self, rows: Rows, stages: RoundStages) -> None:
+        """The base was evaluated in ``stages``' round (its ``evaluate_current``)."""
+        self.metrics = rows
+        self._evaluated_in(stages, "evaluate_current")
         self.base_perplexity = estimate(rows[PERPLEXITY])
 
-    def promoted(self, candidate: Path, rows: Mapping[str, Any], logs: Path, machines: list[dict[str, Any]]) -> None:
-        self.current, self.eval_logs, self.eval_machines = candidate, logs, machines
+    def promoted(self, candidate: Path, rows: Mapping[str, Any], stages: RoundStages) -> None:
+        """``candidate``, evaluated in ``stages``' round (its ``evaluate_candidate``), is current now."""
+        self.current = candidate
         self.metrics = {k: v for k, v in rows.items() if k != PAIRED_GAIN}  # the gain was over the bundle it replaces
+        self._evaluated_in(stages, "evaluate_candidate")
+
+    def _evaluated_in(self, stages: RoundStages, name: str) -> None:
+        self.eval_logs, self.eval_machines = stage_logs(stages.folder, name), stages.machines(name)
 
 
 def finished_results(out: Path) -> tuple[list[RoundResult], LoopState]:
@@ -92,14 +99,11 @@ def finished_results(out: Path) -> tuple[list[RoundResult], LoopState]:
         try:
             result = RoundResult(**read_decision(folder))
             if state.metrics is None:  # round 1 evaluated the base
-                current_logs = stage_logs(folder, "evaluate_current")
-                state.base_evaluated(result.metrics["current"], current_logs, stages.machines("evaluate_current"))
+                state.base_evaluated(result.metrics["current"], stages)
             if result.promoted:
                 if result.candidate is None:
                     raise ValueError("promoted without a candidate")
-                candidate_logs = stage_logs(folder, "evaluate_candidate")
-                rows, machines = result.metrics["candidate"], stages.machines("evaluate_candidate")
-                state.promoted(placed_path(result.candidate, folder), rows, candidate_logs, machines)
+                state.promoted(placed_path(result.candidate, folder), result.metrics["candidate"], stages)
         except (TypeError, KeyError, IndexError, ValueError) as exc:
             raise LoopError(f"{folder / DECISION_FILE}: not a decision this loop wrote ({exc!r})") from None
         results.append(result)
@@ -146,7 +150,7 @@ def evaluate_both(
     settings = inputs.settings.eval_settings()
     if state.metrics is None:
         rows = evaluate_stage(inputs, stages, "evaluate_current", current.model, settings)
-        state.base_evaluated(rows, stage_logs(stages.folder, "evaluate_current"), stages.machines("evaluate_current"))
+        state.base_evaluated(rows, stages)
     candidate_rows = evaluate_stage(inputs, stages, "evaluate_candidate", candidate.model, settings)
     assert state.metrics is not None and state.eval_logs is not None
     candidate_logs = stage_logs(stages.folder, "evaluate_candidate")

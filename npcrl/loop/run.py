@@ -17,7 +17,7 @@ from typing import Any
 from npcrl.loop.decision import Guards
 from npcrl.loop.round import LoadedBundle, LoopState, RoundResult, finished_results, play_round
 from npcrl.loop.settings import LoopSettings
-from npcrl.loop.stages import LoopInputs, stage_logs
+from npcrl.loop.stages import LoopInputs
 from npcrl.loop.state import RoundStages, check_loop_out, exclusive, write_decision, write_loop_record
 from npcrl.loop.summary import write_summary
 
@@ -128,9 +128,7 @@ def play_rounds(inputs: LoopInputs, store: str | Path | None) -> list[RoundResul
         print(f"round {number}: {verdict}; " + "; ".join(played.reasons))
         if played.promoted:
             current = candidate
-            logs = stage_logs(inputs.round_dir(number), "evaluate_candidate")
-            machines = RoundStages(inputs.round_dir(number)).machines("evaluate_candidate")
-            state.promoted(candidate.path, played.metrics["candidate"], logs, machines)
+            state.promoted(candidate.path, played.metrics["candidate"], RoundStages(inputs.round_dir(number)))
     write_summary(inputs.out, results)
     return results
 
