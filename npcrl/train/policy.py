@@ -183,15 +183,22 @@ class Policy:
 
     @torch.no_grad()
     def score(
-        self, batch: Batch, reference_is_policy: bool, timer: PhaseTimer | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """pi_old and reference log-probs of the logged tokens, values, and the exact per-state
-        KL(pi_old(.|s_t) || pi_ref(.|s_t)) over the whole vocabulary, each (B, T).
+        self,
+        batch: Batch,
+        reference_is_policy: bool,
+        timer: PhaseTimer | None = None,
+        reference_hidden: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """pi_old and reference log-probs of the logged tokens, values, the exact per-state
+        KL(pi_old(.|s_t) || pi_ref(.|s_t)) over the whole vocabulary, each (B, T), and the
+        reference's hidden states at the response positions (B, T, H), which the reference's
+        output layer reads.
 
         The exact KL matters offline: the logged tokens were drawn from mu, not pi_old, so the
         usual one-sample estimate log pi_old(a_t) - log pi_ref(a_t) is biased and goes negative as
         soon as the policy moves away from the logged lines. ``timer`` records the reference pass
-        as its own phase.
+        as its own phase. ``reference_hidden``: those states as an earlier pass computed them
+        (``npcrl.train.reference_cache``): the reference's body is then not run again.
         """
         precision = self.module.precision
         hidden = response_hidden(
@@ -201,16 +208,17 @@ class Policy:
         old = logp.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
         values = self.module.value_head(hidden).squeeze(-1)
         if reference_is_policy:
-            return old, old.clone(), values, torch.zeros_like(old)
+            return old, old.clone(), values, torch.zeros_like(old), hidden
         with timer.phase("reference") if timer is not None else nullcontext(), self.reference_context():
             lm = self.reference_lm_module()
-            ref_hidden = response_hidden(
-                lm, batch.input_ids, batch.attention_mask, batch.positions, self.reference_prefixes, precision
-            )
-            ref_logp = torch.log_softmax(response_logits(lm, ref_hidden, batch.temperature), dim=-1)
+            if reference_hidden is None:
+                reference_hidden = response_hidden(
+                    lm, batch.input_ids, batch.attention_mask, batch.positions, self.reference_prefixes, precision
+                )
+            ref_logp = torch.log_softmax(response_logits(lm, reference_hidden, batch.temperature), dim=-1)
             ref = ref_logp.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
         kl = (logp.exp() * (logp - ref_logp)).sum(-1).clamp_min(0.0)  # clamp: float rounding only
-        return old, ref, values, kl
+        return old, ref, values, kl, reference_hidden
 
     @torch.no_grad()
     def full_logits(self, batch: Batch, reference: bool = False) -> torch.Tensor:

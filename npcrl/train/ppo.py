@@ -60,6 +60,7 @@ from npcrl.train.ppo_math import (
     standardize_scores,
     truncated_importance_weights,
 )
+from npcrl.train.reference_cache import ReferenceHidden
 from npcrl.train.rollout import Rollout, Scorer
 from npcrl.train.shared_prefix import group_by_prefix, prefixes_together
 
@@ -109,24 +110,34 @@ class PPOTrainer:
         self.ddp: DistributedDataParallel | None = DistributedDataParallel(policy.module) if dist.enabled else None
         self._orders: dict[int, np.ndarray] = {}
         self.timer = timer if timer is not None else PhaseTimer()
-        self.scorer = Scorer(policy, dist, pad_id, ppo.micro_batch_turns, self.timer, self._bar)
+        # Logged turns are the same in every pass, so the reference's view of each is kept; fresh
+        # samples are new every iteration.
+        self.reference = ReferenceHidden() if fresh is None else None
+        self.scorer = Scorer(policy, dist, pad_id, ppo.micro_batch_turns, self.timer, self._bar, self.reference)
 
     # -- data order ---------------------------------------------------------------------------
-    def rollout_turns(self, iteration: int) -> list[TrainingTurn]:
-        """The turns of ``iteration``: a stream of seeded permutations of the training set, one per pass."""
+    def rollout_indices(self, iteration: int) -> list[int]:
+        """The training turns of ``iteration``, by index: a stream of seeded permutations of the
+        training set, one per pass."""
         size, n = self.config.ppo.rollout_turns, len(self.turns)
         picked = []
         for k in range(iteration * size, (iteration + 1) * size):
             data_pass, j = divmod(k, n)
             if data_pass not in self._orders:
                 self._orders[data_pass] = np.random.default_rng([self.config.seed, data_pass]).permutation(n)
-            picked.append(self.turns[int(self._orders[data_pass][j])])
+            picked.append(int(self._orders[data_pass][j]))
         return picked
 
+    def rollout_turns(self, iteration: int) -> list[TrainingTurn]:
+        """The turns of ``iteration`` (``rollout_indices``)."""
+        return [self.turns[i] for i in self.rollout_indices(iteration)]
+
     # -- stage 1 ------------------------------------------------------------------------------
-    def score(self, turns: list[TrainingTurn]) -> Rollout:
+    def score(self, turns: list[TrainingTurn], keys: list[int] | None = None) -> Rollout:
+        """``keys``: the turns' indices among the training turns, under which their reference
+        states are kept for later passes (None: the reference runs for them now and keeps nothing)."""
         # Before the first update the policy is the reference: one forward pass serves both.
-        return self.scorer.score(turns, reference_is_policy=self.updates == 0)
+        return self.scorer.score(turns, reference_is_policy=self.updates == 0, keys=keys)
 
     # -- stage 2 ------------------------------------------------------------------------------
     def advantages(self, rollout: Rollout) -> dict[str, float]:
@@ -296,11 +307,12 @@ class PPOTrainer:
         started = time.perf_counter()
         timer = self.timer
         turns = self.rollout_turns(self.iteration)
+        keys = self.rollout_indices(self.iteration)
         if self.fresh is not None:
             with timer.phase("sampling"):
                 turns = self.fresh.sample(self.policy, turns, self.iteration)
         with timer.phase("scoring"):
-            rollout = self.score(turns)
+            rollout = self.score(turns, keys if self.reference is not None else None)
         if self.fresh is not None:
             # The responses were drawn from pi_old itself: it is the behaviour, every importance weight is 1.
             rollout.batch.behaviour_logprobs = rollout.old_logprobs.clone()
@@ -317,6 +329,7 @@ class PPOTrainer:
         record: dict[str, Any] = {
             "iteration": self.iteration,
             "turns": len(turns),
+            "reference_kept_turns": self.scorer.kept_rows,
             **stats,
             "time_s": elapsed,
             "phases_s": phases,

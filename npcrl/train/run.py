@@ -159,13 +159,27 @@ def _resume(trainer: PPOTrainer, state_dir: Path, fingerprint: str, dist: Dist) 
     ckpt.clean_staging(state_dir)
     found = ckpt.list_checkpoints(state_dir)
     if not found:
+        restore_reference_states(trainer, state_dir)  # a run killed before its first checkpoint kept nothing
         return
     trainable, optimizer, state = ckpt.load_checkpoint(found[-1])
     if state.get("data_fingerprint") != fingerprint:
         raise TrainError(f"{found[-1]}: the play logs changed since this run started; start a new run in another --out")
     trainer.restore(trainable, optimizer, state, str(found[-1]))
+    dropped = restore_reference_states(trainer, state_dir)
     if dist.is_main:
         log(f"resumed from {found[-1].name} ({trainer.iteration}/{trainer.total_iterations} iterations)")
+        for line in dropped:
+            log(f"warning: {line}")
+
+
+def restore_reference_states(trainer: PPOTrainer, state_dir: Path) -> list[str]:
+    """The kept reference states (``reference_cache``) up to the iteration resumed from; the lines
+    saying which damaged files were dropped."""
+    if trainer.reference is None:
+        return []
+    width = trainer.policy.module.value_head.in_features  # the hidden size
+    shapes = {i: (len(turn.response_ids), width) for i, turn in enumerate(trainer.turns)}
+    return trainer.reference.restore(state_dir, trainer.iteration, shapes)
 
 
 def _iterate(trainer: PPOTrainer, config: TrainConfig, out: Path, fingerprint: str, bar: Any) -> None:
@@ -179,6 +193,8 @@ def _iterate(trainer: PPOTrainer, config: TrainConfig, out: Path, fingerprint: s
         last = trainer.finished()
         with trainer.timer.phase("checkpoint"):
             if trainer.iteration % config.run.checkpoint_every == 0 or last:
+                if trainer.reference is not None:  # first: a resume from this checkpoint reads them
+                    trainer.reference.save(out / "state", trainer.iteration)
                 state = {**trainer.loop_state(), "data_fingerprint": fingerprint}
                 ckpt.save_checkpoint(
                     out / "state",
