@@ -8,7 +8,7 @@ records one) and the training result: each iteration's reward, KL, losses and cl
 checkouts that should train alike; between precisions it shows how far rounding moves them).
 
 Usage: python bench/bench_train_time.py --logs LOGS --bundle BUNDLE --before-root OLD_CHECKOUT
-           [--iterations 3] [--work DIR]
+           [--settings section.key=value,...] [--iterations 3] [--work DIR]
        python bench/bench_train_time.py --logs LOGS --bundle BUNDLE --precisions fp32,bf16 [...]
        python bench/bench_train_time.py --logs LOGS --bundle BUNDLE \
            --variant base:model.precision=bf16 \
@@ -81,13 +81,14 @@ def main() -> int:
         action="append",
         help="NAME:section.key=value,... (repeat; two or more, each compared with the first)",
     )
+    parser.add_argument("--settings", default="", help="with --before-root: section.key=value,... for both runs")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--work", help="directory for the runs' outputs (default: a temporary one)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="train-time-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.before_root:
-        same = variant_toml("", args.iterations)
+        same = variant_toml(args.settings, args.iterations)
         runs = [("before", Path(args.before_root).resolve(), same), ("after", ROOT, same)]
     elif args.variant:
         if len(args.variant) < 2:
@@ -114,10 +115,18 @@ def main() -> int:
         print(f"speed-up: wall {before['wall_s'] / after['wall_s']:.2f}x, cpu {before['cpu_s'] / after['cpu_s']:.2f}x")
         for phase, seconds in (before["phases_s"] or {}).items():
             theirs = (after["phases_s"] or {}).get(phase)
-            if theirs and seconds > 1:
-                print(f"  {phase}: {seconds:.1f} s -> {theirs:.1f} s ({seconds / theirs:.2f}x)")
+            if theirs is not None and seconds > 1:
+                ratio = f"{seconds / theirs:.2f}x" if theirs > 0 else "none left"
+                print(f"  {phase}: {seconds:.1f} s -> {theirs:.1f} s ({ratio})")
         for row_a, row_b in zip(before["metrics"], after["metrics"], strict=True):
             print("iteration", row_a["iteration"], {k: (round(row_a[k], 6), round(row_b[k], 6)) for k in RESULT_KEYS})
+            phases = [row.get("phases_s", {}) for row in (row_a, row_b)]
+            print(
+                "  wall s",
+                (round(row_a["time_s"], 1), round(row_b["time_s"], 1)),
+                "reference s",
+                tuple(round(p.get("reference", 0.0), 1) for p in phases),
+            )
         print("largest difference:", largest_difference(before["metrics"], after["metrics"]))
     return 0
 
