@@ -105,6 +105,14 @@ def write_toy_logs(bundle: Path, log_dir: Path, count: int, seed: int = 0) -> in
     return target
 
 
+def toy_inputs(bundle: Path, root: Path, conversations: int) -> dict[str, Any]:
+    """Play logs of ``conversations`` toy turns on ``bundle`` and the toy reward spec, under ``root``:
+    what a training test needs besides its config (keys ``bundle``, ``logs``, ``spec``)."""
+    write_toy_logs(bundle, root / "logs", conversations, seed=0)
+    (root / "toy-rewards.toml").write_text(TOY_SPEC, encoding="utf-8")
+    return {"bundle": bundle, "logs": root / "logs", "spec": root / "toy-rewards.toml"}
+
+
 def target_rate(trainer: Any, toy: dict[str, Any], reference: bool = False, seed: int = 1234) -> float:
     """Share of freshly sampled 8-token lines (the logged sampler settings) of ``trainer``'s policy,
     or its reference, that hold the toy's rewarded token."""

@@ -39,15 +39,9 @@ class Rollout:
 
 
 def _pad_rows(rows: list[torch.Tensor], width: int) -> torch.Tensor:
-    out = torch.zeros((len(rows), width), dtype=torch.float32)
-    for i, row in enumerate(rows):
-        out[i, : row.numel()] = row
-    return out
-
-
-def _pad_states(rows: list[torch.Tensor], width: int) -> torch.Tensor:
-    """(B, width, H) from per-turn (length, H) states; padded steps are zero (they are masked)."""
-    out = torch.zeros((len(rows), width, rows[0].shape[-1]), dtype=torch.float32)
+    """(R, width, ...) from per-turn rows of their own lengths (first dimension); padded steps are zero
+    (they are masked)."""
+    out = torch.zeros((len(rows), width, *rows[0].shape[1:]), dtype=torch.float32)
     for i, row in enumerate(rows):
         out[i, : row.shape[0]] = row
     return out
@@ -87,7 +81,7 @@ class Scorer:
                 batch,
                 reference_is_policy=reference_is_policy,
                 timer=self.timer,
-                reference_hidden=None if known is None else _pad_states(known, batch.mask.shape[1]),
+                reference_hidden=None if known is None else _pad_rows(known, batch.mask.shape[1]),
             )
             for row, i in enumerate(chunk):
                 length = len(turns[i].response_ids)

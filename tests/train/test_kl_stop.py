@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from toy_logs import TOY_SPEC, toy_config, write_toy_logs  # noqa: E402
+from toy_logs import toy_config, toy_inputs  # noqa: E402
 
 from npcrl.errors import TrainConfigError  # noqa: E402
 from npcrl.train.config import PPOConfig  # noqa: E402
@@ -24,10 +24,7 @@ from npcrl.train.run import train  # noqa: E402
 @pytest.fixture(scope="module")
 def toy(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny Llama bundle and play logs of a toy task it can learn (so updates move it)."""
-    root = tmp_path_factory.mktemp("kl-stop")
-    write_toy_logs(tiny_bundles["llama-fp32"], root / "logs", 120, seed=0)
-    (root / "toy-rewards.toml").write_text(TOY_SPEC, encoding="utf-8")
-    return {"bundle": tiny_bundles["llama-fp32"], "logs": root / "logs", "spec": root / "toy-rewards.toml"}
+    return toy_inputs(tiny_bundles["llama-fp32"], tmp_path_factory.mktemp("kl-stop"), 120)
 
 
 def run_train(toy: dict[str, Any], out: Path, **ppo: Any) -> Any:

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from toy_logs import TOY_SPEC, toy_config, write_toy_logs  # noqa: E402
+from toy_logs import toy_config, toy_inputs  # noqa: E402
 
 from npcrl.reward.spec import load_reward_spec  # noqa: E402
 from npcrl.runtime.bundle import load_bundle  # noqa: E402
@@ -33,10 +33,7 @@ PASS_SETTINGS = {"rollout_turns": 8, "minibatch_turns": 8, "micro_batch_turns": 
 
 @pytest.fixture(scope="module")
 def toy(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("reference-cache")
-    write_toy_logs(tiny_bundles["llama-fp32"], root / "logs", 24, seed=0)
-    (root / "toy-rewards.toml").write_text(TOY_SPEC, encoding="utf-8")
-    return {"bundle": tiny_bundles["llama-fp32"], "logs": root / "logs", "spec": root / "toy-rewards.toml"}
+    return toy_inputs(tiny_bundles["llama-fp32"], tmp_path_factory.mktemp("reference-cache"), 24)
 
 
 def config(toy: dict[str, Any], iterations: int = ITERATIONS) -> Any:
