@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,10 @@ class PopulationPoint:
     over_other: tuple[float, float, float] | None = None
     """with ``same_play_as``: this candidate's paired gain (mean, 95% CI) over the other run's
     candidate, trained on the same logs and evaluated on the same players (None without one)"""
+    training: dict[str, Any] = field(default_factory=dict)
+    """how far the candidate trained, from its bundle's provenance: ``iterations`` run, the
+    ``most_iterations`` the config allowed and whether ``kl_stop_reached`` ended it (empty before
+    the round trained; ``most_iterations`` absent in runs that did not record it)"""
 
     @property
     def improved(self) -> bool:
@@ -142,6 +146,7 @@ def population_row(
     cards = {persona.id: persona for persona in settings.personas}
     features = preferred_features(out / name / "round-1", (*population.rewards, *population.punishes), cards)
     point = population_point(name, population.preference, settings.conversations, result, features)
+    point = replace(point, training=trained_how_far(out / name / "round-1" / "train"))
     if other is not None:
         point = replace(point, over_other=gain_over_other(settings, out / name, other / name))
     return point
@@ -183,6 +188,25 @@ def gain_over_other(settings: LoopSettings, folder: Path, other: Path) -> tuple[
     logs = [stage_logs(run / "round-1", "evaluate_candidate") for run in (folder, other)]
     spec = reward_spec_of(settings.train_config)
     return paired_gain_or_nan(logs[0], logs[1], spec, settings.eval_settings().seed)
+
+
+def trained_how_far(train_dir: Path) -> dict[str, Any]:
+    """The iterations a round's training ran, the most it could, and whether the KL stop ended it
+    (``PopulationPoint.training``), from its bundle's provenance; empty where there is none."""
+    path = train_dir / "report" / "provenance.json"
+    if not path.is_file():
+        return {}
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    keys = ("iterations", "most_iterations", "kl_stop_reached")
+    return {key: recorded[key] for key in keys if key in recorded}
+
+
+def training_cell(training: Mapping[str, Any]) -> str:
+    """e.g. ``43 of ≤ 84, KL stop``, ``61 of ≤ 61``; ``-`` before the round trained."""
+    if "iterations" not in training:
+        return "-"
+    most = f" of ≤ {training['most_iterations']}" if "most_iterations" in training else ""
+    return f"{training['iterations']}{most}" + (", KL stop" if training.get("kl_stop_reached") else "")
 
 
 def check_names(populations: Sequence[str]) -> list[str]:
@@ -247,6 +271,7 @@ COLUMNS = (
     "perplexity (base)",
     "card contradictions / line (base)",
     "promoted",
+    "training iterations",
     "train+export s",
 )
 
@@ -276,6 +301,7 @@ def write_populations(out: Path, points: Sequence[PopulationPoint], other: Path 
             f"{r.perplexity:.2f} ({r.base_perplexity:.2f})",
             f"{p.card_contradictions_candidate:.3f} ({p.card_contradictions_base:.3f})",
             str(r.promoted),
+            training_cell(p.training),
             f"{r.seconds.get('train_and_export', math.nan):.0f}",
             *([gain_cell(p.over_other)] if other else []),
         ]

@@ -124,6 +124,7 @@ def provenance(run: TrainedRun, evaluation: Evaluation) -> dict[str, Any]:
         "config": config.to_dict(),
         "precision": trainer.policy.module.precision,
         "iterations": trainer.iteration,
+        "most_iterations": trainer.total_iterations,
         "kl_stop_reached": trainer.kl_stop_reached(),
         "final_metrics": trainer.metrics[-1] if trainer.metrics else {},
         "off_policy": evaluation.off_policy,

@@ -54,6 +54,14 @@ def test_one_round_per_population_each_played_by_its_own_players(
         assert point.round.paired_gain == tuple(decision["metrics"]["candidate"]["engagement gain, paired (95% CI)"])
         assert point.round.conversations == 4
         assert point.improved == (point.round.paired_gain[1] > 0)
+        # how far the round trained, as its candidate bundle's provenance says
+        provenance = json.loads((folder / "round-1" / "train" / "report" / "provenance.json").read_text())
+        assert point.training == {
+            "iterations": provenance["iterations"],
+            "most_iterations": provenance["most_iterations"],
+            "kl_stop_reached": False,
+        }
+        assert point.training["iterations"] == point.training["most_iterations"] >= 1
         # what the population rewards (and punishes), measured on the lines said to its evaluation players
         population = builtin_populations()[point.population]
         assert list(point.preferred_features) == [*population.rewards, *population.punishes]
@@ -66,6 +74,9 @@ def test_one_round_per_population_each_played_by_its_own_players(
     assert [row["population"] for row in saved] == ["brief", "questioners"]
     table = (out / "populations.md").read_text()
     assert "| brief |" in table and "| questioners |" in table
+    assert "| training iterations |" in table
+    iterations = points[0].training["iterations"]
+    assert f"| {iterations} of ≤ {iterations} |" in table
     asks = points[1].preferred_features["asks_back"]
     assert f"| asks_back {asks[0]:.2f} → {asks[1]:.2f} |" in table
     assert verdict(points) in table
@@ -111,6 +122,15 @@ def test_the_command_line_refuses_an_unknown_population_by_name() -> None:
 def point(name: str, low: float, promoted: bool) -> PopulationPoint:
     round_ = CurvePoint(150, 2.0, 2.5, (0.5, low, 1.0), (25.0, 50 * low, 50.0), 1.0, 230.0, 229.0, promoted)
     return PopulationPoint(name, "likes things", round_, 0.05, 0.04, {"asks_back": (0.2, 0.3)})
+
+
+def test_the_training_cell_says_how_far_the_round_trained_and_why_it_stopped() -> None:
+    from npcrl.loop.populations import training_cell
+
+    assert training_cell({"iterations": 43, "most_iterations": 84, "kl_stop_reached": True}) == "43 of ≤ 84, KL stop"
+    assert training_cell({"iterations": 61, "most_iterations": 61, "kl_stop_reached": False}) == "61 of ≤ 61"
+    assert training_cell({"iterations": 52, "kl_stop_reached": False}) == "52"  # recorded before the cap was
+    assert training_cell({}) == "-"
 
 
 def test_the_verdict_counts_resolved_gains_and_promotions_apart() -> None:
