@@ -312,7 +312,7 @@ class PPOTrainer:
             with timer.phase("sampling"):
                 turns = self.fresh.sample(self.policy, turns, self.iteration)
         with timer.phase("scoring"):
-            rollout = self.score(turns, keys if self.reference is not None else None)
+            rollout = self.score(turns, keys)  # fresh samples: the scorer keeps nothing (no reference cache)
         if self.fresh is not None:
             # The responses were drawn from pi_old itself: it is the behaviour, every importance weight is 1.
             rollout.batch.behaviour_logprobs = rollout.old_logprobs.clone()
