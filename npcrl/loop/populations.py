@@ -197,16 +197,18 @@ def trained_how_far(train_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     recorded = json.loads(path.read_text(encoding="utf-8"))
-    keys = ("iterations", "most_iterations", "kl_stop_reached")
+    keys = ("iterations", "most_iterations", "passes_run", "kl_stop_reached")
     return {key: recorded[key] for key in keys if key in recorded}
 
 
 def training_cell(training: Mapping[str, Any]) -> str:
-    """e.g. ``43 of ≤ 84, KL stop``, ``61 of ≤ 61``; ``-`` before the round trained."""
+    """e.g. ``43 of ≤ 84 (2.05 passes), KL stop``, ``61 of ≤ 61``; ``-`` before the round trained.
+    The passes over the training turns show a KL stop that left some of them unread (below 1)."""
     if "iterations" not in training:
         return "-"
     most = f" of ≤ {training['most_iterations']}" if "most_iterations" in training else ""
-    return f"{training['iterations']}{most}" + (", KL stop" if training.get("kl_stop_reached") else "")
+    passes = f" ({training['passes_run']:.2f} passes)" if "passes_run" in training else ""
+    return f"{training['iterations']}{most}{passes}" + (", KL stop" if training.get("kl_stop_reached") else "")
 
 
 def check_names(populations: Sequence[str]) -> list[str]:

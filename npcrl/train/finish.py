@@ -126,6 +126,8 @@ def provenance(run: TrainedRun, evaluation: Evaluation) -> dict[str, Any]:
         "iterations": trainer.iteration,
         "most_iterations": trainer.total_iterations,
         "kl_stop_reached": trainer.kl_stop_reached(),
+        "turns_read": trainer.turns_read()[0],
+        "passes_run": round(trainer.turns_read()[1], 3),
         "final_metrics": trainer.metrics[-1] if trainer.metrics else {},
         "off_policy": evaluation.off_policy,
     }

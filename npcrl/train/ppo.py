@@ -348,6 +348,12 @@ class PPOTrainer:
             return False
         return sum(float(r["kl_per_turn"]) for r in self.metrics[-window:]) / window >= stop
 
+    def turns_read(self) -> tuple[int, float]:
+        """(how many distinct training turns the iterations so far have read, how many passes over
+        them). A run that ``kl_stop`` ends inside its first pass never reads the rest."""
+        picked = self.iteration * self.config.ppo.rollout_turns
+        return min(picked, len(self.turns)), picked / len(self.turns) if self.turns else 0.0
+
     def finished(self) -> bool:
         """No iteration is left: all ``total_iterations`` ran, or ``ppo.kl_stop`` was reached."""
         return self.iteration >= self.total_iterations or self.kl_stop_reached()

@@ -219,9 +219,13 @@ def _iterate(trainer: PPOTrainer, config: TrainConfig, out: Path, fingerprint: s
         bar.close()
     if is_main and trainer.kl_stop_reached():
         ppo = config.ppo
+        read, passes = trainer.turns_read()
+        unread = len(trainer.turns) - read
         log(
             f"stopped after {trainer.iteration} of at most {trainer.total_iterations} iterations: KL to the"
-            f" reference reached ppo.kl_stop = {ppo.kl_stop} nats per turn (mean of the last {ppo.kl_stop_window})"
+            f" reference reached ppo.kl_stop = {ppo.kl_stop} nats per turn (mean of the last {ppo.kl_stop_window});"
+            f" {passes:.2f} passes over the {len(trainer.turns)} training turns"
+            + (f", {unread} of them never read" if unread else "")
         )
 
 

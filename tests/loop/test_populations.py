@@ -59,6 +59,7 @@ def test_one_round_per_population_each_played_by_its_own_players(
         assert point.training == {
             "iterations": provenance["iterations"],
             "most_iterations": provenance["most_iterations"],
+            "passes_run": provenance["passes_run"],
             "kl_stop_reached": False,
         }
         assert point.training["iterations"] == point.training["most_iterations"] >= 1
@@ -75,8 +76,8 @@ def test_one_round_per_population_each_played_by_its_own_players(
     table = (out / "populations.md").read_text()
     assert "| brief |" in table and "| questioners |" in table
     assert "| training iterations |" in table
-    iterations = points[0].training["iterations"]
-    assert f"| {iterations} of ≤ {iterations} |" in table
+    iterations, passes = points[0].training["iterations"], points[0].training["passes_run"]
+    assert f"| {iterations} of ≤ {iterations} ({passes:.2f} passes) |" in table
     asks = points[1].preferred_features["asks_back"]
     assert f"| asks_back {asks[0]:.2f} → {asks[1]:.2f} |" in table
     assert verdict(points) in table
@@ -128,6 +129,10 @@ def test_the_training_cell_says_how_far_the_round_trained_and_why_it_stopped() -
     from npcrl.loop.populations import training_cell
 
     assert training_cell({"iterations": 43, "most_iterations": 84, "kl_stop_reached": True}) == "43 of ≤ 84, KL stop"
+    assert (
+        training_cell({"iterations": 43, "most_iterations": 84, "passes_run": 2.0476, "kl_stop_reached": True})
+        == "43 of ≤ 84 (2.05 passes), KL stop"
+    )
     assert training_cell({"iterations": 61, "most_iterations": 61, "kl_stop_reached": False}) == "61 of ≤ 61"
     assert training_cell({"iterations": 52, "kl_stop_reached": False}) == "52"  # recorded before the cap was
     assert training_cell({}) == "-"

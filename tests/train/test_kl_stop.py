@@ -33,7 +33,9 @@ def run_train(toy: dict[str, Any], out: Path, **ppo: Any) -> Any:
     return train(toy["logs"], toy["bundle"], out, config, progress=False)
 
 
-def test_the_run_stops_once_the_policy_reached_the_kl(toy: dict[str, Any], tmp_path: Path) -> None:
+def test_the_run_stops_once_the_policy_reached_the_kl(
+    toy: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # At most 4 iterations; the first one's KL is 0 (no update yet), so a window of 2 that asks for
     # any KL at all ends the run after iteration 2.
     run_train(toy, tmp_path / "stopped", iterations=4, kl_stop=1e-9, kl_stop_window=2)
@@ -46,6 +48,11 @@ def test_the_run_stops_once_the_policy_reached_the_kl(toy: dict[str, Any], tmp_p
     assert recorded["finished_iterations"] == 2
     provenance = json.loads((tmp_path / "stopped" / "report" / "provenance.json").read_text())
     assert provenance["iterations"] == 2 and provenance["kl_stop_reached"] is True
+    # two rollouts of 32 turns, inside the first pass: the stop left the other training turns unread
+    turns = provenance["data"]["train_turns"]
+    assert provenance["turns_read"] == 64 < turns
+    assert provenance["passes_run"] == round(64 / turns, 3)
+    assert f"0.67 passes over the {turns} training turns, {turns - 64} of them never read" in capsys.readouterr().out
 
     # a KL the run never reaches: every iteration runs
     run_train(toy, tmp_path / "full", iterations=3, kl_stop=1000.0, kl_stop_window=2)
