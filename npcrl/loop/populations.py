@@ -61,8 +61,9 @@ class PopulationPoint:
     candidate, trained on the same logs and evaluated on the same players (None without one)"""
     training: dict[str, Any] = field(default_factory=dict)
     """how far the candidate trained, from its bundle's provenance: ``iterations`` run, the
-    ``most_iterations`` the config allowed and whether ``kl_stop_reached`` ended it (empty before
-    the round trained; ``most_iterations`` absent in runs that did not record it)"""
+    ``most_iterations`` the config allowed, the ``passes_run`` over the training turns and whether
+    ``kl_stop_reached`` ended it (empty before the round trained; ``most_iterations`` and
+    ``passes_run`` absent in runs that did not record them)"""
 
     @property
     def improved(self) -> bool:
@@ -191,8 +192,9 @@ def gain_over_other(settings: LoopSettings, folder: Path, other: Path) -> tuple[
 
 
 def trained_how_far(train_dir: Path) -> dict[str, Any]:
-    """The iterations a round's training ran, the most it could, and whether the KL stop ended it
-    (``PopulationPoint.training``), from its bundle's provenance; empty where there is none."""
+    """The iterations a round's training ran, the most it could, its passes over the training turns
+    and whether the KL stop ended it (``PopulationPoint.training``), from its bundle's provenance;
+    empty where there is none."""
     path = train_dir / "report" / "provenance.json"
     if not path.is_file():
         return {}

@@ -114,6 +114,7 @@ def reward_model_summary(
 def provenance(run: TrainedRun, evaluation: Evaluation) -> dict[str, Any]:
     """What the exported bundle records about how it was trained."""
     config, data, trainer = run.config, run.data, run.trainer
+    turns_read, passes_run = trainer.turns_read()
     out = {
         "trainer": "npcrl offline PPO" if config.data.mode == "logged" else "npcrl on-policy PPO (reward model)",
         "parent_bundle": run.bundle.bundle_id,
@@ -126,8 +127,8 @@ def provenance(run: TrainedRun, evaluation: Evaluation) -> dict[str, Any]:
         "iterations": trainer.iteration,
         "most_iterations": trainer.total_iterations,
         "kl_stop_reached": trainer.kl_stop_reached(),
-        "turns_read": trainer.turns_read()[0],
-        "passes_run": round(trainer.turns_read()[1], 3),
+        "turns_read": turns_read,
+        "passes_run": round(passes_run, 3),
         "final_metrics": trainer.metrics[-1] if trainer.metrics else {},
         "off_policy": evaluation.off_policy,
     }
