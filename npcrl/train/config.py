@@ -10,6 +10,7 @@ Pure Python: importable without torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,13 @@ class PPOConfig:
     """passes over the training turns; iterations = ceil(passes * train turns / rollout_turns)"""
     iterations: int = 0
     """if > 0, overrides passes"""
+    max_iterations_per_pass: int = 0
+    """if > 0, one pass over the training turns takes at most this many iterations: rollout_turns
+    and minibatch_turns are multiplied by the smallest whole k that makes it so
+    (``scaled_to_logs``; micro_batch_turns, and so memory, is unchanged). A pass is then about
+    the same number of optimizer steps at any log size, each on k times the turns, so a
+    ``kl_stop`` reached after a similar number of steps still reads most of large logs. 0: the
+    sizes are used as given."""
     learning_rate: float = 5e-5
     """AdamW step size (5e-5 for LoRA; use ~1e-5 for full fine-tuning, TRL's PPO default is 3e-6 on larger models)"""
     weight_decay: float = 0.0
@@ -176,6 +184,19 @@ class PPOConfig:
     moves). None: run the passes."""
     kl_stop_window: int = 5
     """iterations whose KL per turn ``kl_stop`` averages (one rollout's is noisy)"""
+
+    def batch_scale(self, train_turns: int) -> int:
+        """The k by which ``max_iterations_per_pass`` multiplies the rollout and minibatch for
+        ``train_turns`` training turns (1 when it is off or the logs are small enough)."""
+        if self.max_iterations_per_pass <= 0:
+            return 1
+        return max(1, math.ceil(train_turns / (self.rollout_turns * self.max_iterations_per_pass)))
+
+    def scaled_to_logs(self, train_turns: int) -> PPOConfig:
+        """These settings with the rollout and minibatch sizes ``batch_scale`` gives, which the
+        trainer runs with (the run's recorded config keeps the sizes as given)."""
+        k = self.batch_scale(train_turns)
+        return dataclasses.replace(self, rollout_turns=k * self.rollout_turns, minibatch_turns=k * self.minibatch_turns)
 
     def validate(self) -> None:
         _check_fields(self, "ppo.")

@@ -52,6 +52,7 @@ RANGES: dict[str, Range] = {
     "ppo.epochs": Range(1, 1000, integer=True),
     "ppo.passes": Range(0, _MANY, low_open=True),
     "ppo.iterations": Range(0, _MANY, integer=True),
+    "ppo.max_iterations_per_pass": Range(0, _MANY, integer=True),
     "ppo.learning_rate": Range(0, 1, low_open=True),
     "ppo.weight_decay": Range(0, 10),
     "ppo.max_grad_norm": Range(0, _MANY, low_open=True),

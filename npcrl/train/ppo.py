@@ -20,6 +20,7 @@ iteration's metrics record the wall time of its phases (``phase_timer.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -85,10 +86,15 @@ class PPOTrainer:
         """``fresh`` switches to on-policy PPO: the rollout's responses are sampled from the current
         policy and scored by a reward model (``npcrl.train.onpolicy``) instead of read from the logs.
         ``timer`` records the wall time of each phase (the run's own, to share it with the stages
-        outside the iterations)."""
-        ppo = config.ppo
+        outside the iterations).
+
+        ``ppo.max_iterations_per_pass`` is applied here: ``self.config`` holds the rollout and
+        minibatch sizes the run uses, ``self.batch_scale`` the factor they were multiplied by."""
         if not train_turns:
             raise TrainConfigError("no training turns")
+        self.batch_scale = config.ppo.batch_scale(len(train_turns))
+        config = dataclasses.replace(config, ppo=config.ppo.scaled_to_logs(len(train_turns)))
+        ppo = config.ppo
         if ppo.minibatch_turns % dist.world:
             raise TrainConfigError(
                 f"ppo.minibatch_turns = {ppo.minibatch_turns}: must be divisible by the {dist.world} processes"

@@ -240,12 +240,18 @@ def _start_report(
     source = "logged responses" if trainer.fresh is None else "fresh samples scored by the reward model"
     parameters = sum(p.numel() for _, p in trainer.policy.trainable_parameters()) / 1e6
     until = "" if config.ppo.kl_stop is None else f", stopping once KL per turn reaches {config.ppo.kl_stop}"
+    rollout = f"{trainer.config.ppo.rollout_turns} turns"
+    if trainer.batch_scale > 1:
+        rollout += (
+            f" ({trainer.batch_scale} x ppo.rollout_turns, minibatches of {trainer.config.ppo.minibatch_turns},"
+            f" so that a pass takes at most {config.ppo.max_iterations_per_pass} iterations)"
+        )
     precision = trainer.policy.module.precision
     started_in = ", as the run started" if precision != resolved_now else ""
     log(
         f"{config.model.mode} training of {parameters:.2f}M parameters in {precision}"
         f" (model.precision = {config.model.precision!r}{started_in}, CPU {cpu_name()}), {trainer.total_iterations}"
-        f" iterations of {config.ppo.rollout_turns} turns ({source}){until}"
+        f" iterations of {rollout} ({source}){until}"
     )
     warning = precision_warning(config.model.precision, precision)
     if warning is not None:
