@@ -335,6 +335,7 @@ class PPOTrainer:
         record: dict[str, Any] = {
             "iteration": self.iteration,
             "turns": len(turns),
+            "optimizer_steps": self.updates,  # so far: runs with other minibatch sizes compare by it
             "reference_kept_turns": self.scorer.kept_rows,
             **stats,
             "time_s": elapsed,
