@@ -309,12 +309,15 @@ def test_a_conversation_with_an_unscorable_event_is_dropped_not_fatal(tmp_path: 
 
 
 def test_the_kl_stop_config_is_the_fast_one_trained_to_a_kl() -> None:
-    """docs/train.kl-stop.toml loads and differs from docs/train.fast.toml only in how long it trains,
-    so a comparison of the two measures that alone."""
+    """docs/train.kl-stop.toml loads and differs from docs/train.fast.toml only in how long it trains
+    (and, on logs of more than 1024 training turns, how many turns each iteration reads), so a
+    comparison of the two on the populations measured measures that alone."""
     root = Path(__file__).resolve().parents[2]
     fast = load_train_config(root / "docs" / "train.fast.toml").to_dict()
     kl_stop = load_train_config(root / "docs" / "train.kl-stop.toml").to_dict()
-    assert changed_settings(kl_stop, fast) == {"ppo.passes": 4.0, "ppo.kl_stop": 1.5}
+    assert changed_settings(kl_stop, fast) == {"ppo.passes": 4.0, "ppo.kl_stop": 1.5, "ppo.max_iterations_per_pass": 64}
+    ppo = load_train_config(root / "docs" / "train.kl-stop.toml").ppo
+    assert ppo.batch_scale(1024) == 1 and ppo.batch_scale(1025) == 2
 
 
 def changed_settings(config: dict[str, Any], against: dict[str, Any]) -> dict[str, Any]:
