@@ -45,6 +45,7 @@ from npcrl.loop.state import (
     write_loop_record,
 )
 from npcrl.loop.summary import write_summary
+from npcrl.loop.trained import trained_how_far, training_cell
 
 DEFAULT_SIZES = (150, 300, 600, 1200)
 CURVE_JSON, CURVE_MD, CURVE_PNG = "curve.json", "curve.md", "curve.png"
@@ -68,6 +69,11 @@ class CurvePoint:
     """the loop would promote the candidate: it wins by ``promote_when`` and holds every guard"""
     reasons: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    """how far the candidate trained, from its bundle's provenance (``npcrl.loop.trained``): the
+    ``iterations`` run, the ``most_iterations`` the config allowed, the ``passes_run`` over the
+    training turns, whether ``kl_stop_reached`` ended it and its ``rollout_turns`` and
+    ``batch_scale`` (empty before the round trained; fields a run did not record are absent)"""
 
 
 def run_curve(  # the keywords of run_loop, but sizes instead of rounds and conversations
@@ -114,7 +120,7 @@ def run_curve(  # the keywords of run_loop, but sizes instead of rounds and conv
         inputs = load_inputs(settings, out)  # before the record: a typo must not claim the directory
         write_loop_record(out, record)
         state = base_state(inputs)
-        points = [curve_point(size, play_size(inputs, state, size)) for size in sizes]
+        points = [play_size(inputs, state, size) for size in sizes]
         write_curve(out, points)
     return points
 
@@ -159,13 +165,14 @@ def base_state(inputs: LoopInputs) -> LoopState:
     return state
 
 
-def play_size(inputs: LoopInputs, state: LoopState, size: int) -> RoundResult:
-    """Size ``size``'s round: trained on the first ``size`` of the base's conversations."""
+def play_size(inputs: LoopInputs, state: LoopState, size: int) -> CurvePoint:
+    """Size ``size``'s round, trained on the first ``size`` of the base's conversations (read back
+    when it finished), as its point."""
     folder = inputs.out / f"size-{size}"
     size_inputs = replace(inputs, settings=replace(inputs.settings, conversations=size), out=folder)
     round_dir = size_inputs.round_dir(1)
     if (round_dir / DECISION_FILE).is_file():
-        return RoundResult(**read_decision(round_dir))
+        return curve_point(size, RoundResult(**read_decision(round_dir)), trained_how_far(round_dir / "train"))
     print(f"[npcrl curve] size {size}: a round on the first {size} conversations, in {round_dir}", flush=True)
     stages = RoundStages(round_dir)
     if stages.start("simulate", output=round_dir / "logs"):
@@ -176,7 +183,7 @@ def play_size(inputs: LoopInputs, state: LoopState, size: int) -> RoundResult:
     played = RoundResult(**write_decision(round_dir, asdict(result)))
     write_summary(folder, [played])
     print(f"{size} conversations: " + "; ".join(played.reasons))
-    return played
+    return curve_point(size, played, trained_how_far(round_dir / "train"))
 
 
 def copy_first_conversations(source: Path, target: Path, count: int) -> None:
@@ -201,7 +208,8 @@ def conversation_index(conversation_id: str) -> int:
     return int(tail)
 
 
-def curve_point(size: int, result: RoundResult) -> CurvePoint:
+def curve_point(size: int, result: RoundResult, training: dict[str, Any] | None = None) -> CurvePoint:
+    """``result``, a round on ``size`` conversations, as a point; ``training``: how far it trained."""
     base, candidate = result.metrics["current"], result.metrics["candidate"]
     engagement = estimate(base[ENGAGEMENT])
     gain = tuple(float(v) for v in candidate[PAIRED_GAIN])
@@ -218,6 +226,7 @@ def curve_point(size: int, result: RoundResult) -> CurvePoint:
         promoted=result.promoted,
         reasons=list(result.reasons),
         seconds=dict(result.seconds),
+        training=dict(training or {}),
     )
 
 
@@ -228,8 +237,8 @@ def write_curve(out: Path, points: Sequence[CurvePoint]) -> None:
         "# npcrl curve",
         "",
         "| conversations | engagement base | engagement candidate | paired gain [95% CI] | gain % [95% CI] "
-        "| KL/line | perplexity (base) | promoted | train+export s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| KL/line | perplexity (base) | promoted | training iterations | train+export s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         gain, pct = p.paired_gain, p.gain_percent
@@ -237,7 +246,7 @@ def write_curve(out: Path, points: Sequence[CurvePoint]) -> None:
             f"| {p.conversations} | {p.engagement_base:.3f} | {p.engagement_candidate:.3f} "
             f"| {gain[0]:+.3f} [{gain[1]:.3f}, {gain[2]:.3f}] | {pct[0]:+.1f}% [{pct[1]:+.1f}, {pct[2]:+.1f}] "
             f"| {p.kl_per_line:.2f} | {p.perplexity:.2f} ({p.base_perplexity:.2f}) | {p.promoted} "
-            f"| {p.seconds.get('train_and_export', math.nan):.0f} |"
+            f"| {training_cell(p.training)} | {p.seconds.get('train_and_export', math.nan):.0f} |"
         )
     lines += ["", *(f"- {p.conversations} conversations: " + "; ".join(p.reasons) for p in points)]
     atomic_write(out / CURVE_MD, "\n".join(lines) + "\n")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from npcrl.loop.run import run_loop
 from npcrl.loop.settings import LoopSettings
 from npcrl.loop.stages import paired_gain_or_nan, stage_logs
 from npcrl.loop.state import LOOP_FILE, RoundStages, check_loop_out, exclusive, write_loop_record
+from npcrl.loop.trained import trained_how_far, training_cell
 
 DEFAULT_POPULATIONS = ("questioners", "lore_seekers", "brief", "humour")
 """the shipped populations with one preference each (``default`` is the shipped mix, the curve's players)"""
@@ -59,11 +60,6 @@ class PopulationPoint:
     over_other: tuple[float, float, float] | None = None
     """with ``same_play_as``: this candidate's paired gain (mean, 95% CI) over the other run's
     candidate, trained on the same logs and evaluated on the same players (None without one)"""
-    training: dict[str, Any] = field(default_factory=dict)
-    """how far the candidate trained, from its bundle's provenance: ``iterations`` run, the
-    ``most_iterations`` the config allowed, the ``passes_run`` over the training turns and whether
-    ``kl_stop_reached`` ended it (empty before the round trained; ``most_iterations`` and
-    ``passes_run`` absent in runs that did not record them)"""
 
     @property
     def improved(self) -> bool:
@@ -146,8 +142,8 @@ def population_row(
     population = builtin_populations()[name]
     cards = {persona.id: persona for persona in settings.personas}
     features = preferred_features(out / name / "round-1", (*population.rewards, *population.punishes), cards)
-    point = population_point(name, population.preference, settings.conversations, result, features)
-    point = replace(point, training=trained_how_far(out / name / "round-1" / "train"))
+    training = trained_how_far(out / name / "round-1" / "train")
+    point = population_point(name, population.preference, settings.conversations, result, features, training)
     if other is not None:
         point = replace(point, over_other=gain_over_other(settings, out / name, other / name))
     return point
@@ -191,28 +187,6 @@ def gain_over_other(settings: LoopSettings, folder: Path, other: Path) -> tuple[
     return paired_gain_or_nan(logs[0], logs[1], spec, settings.eval_settings().seed)
 
 
-def trained_how_far(train_dir: Path) -> dict[str, Any]:
-    """The iterations a round's training ran, the most it could, its passes over the training turns
-    and whether the KL stop ended it (``PopulationPoint.training``), from its bundle's provenance;
-    empty where there is none."""
-    path = train_dir / "report" / "provenance.json"
-    if not path.is_file():
-        return {}
-    recorded = json.loads(path.read_text(encoding="utf-8"))
-    keys = ("iterations", "most_iterations", "passes_run", "kl_stop_reached")
-    return {key: recorded[key] for key in keys if key in recorded}
-
-
-def training_cell(training: Mapping[str, Any]) -> str:
-    """e.g. ``43 of ≤ 84 (2.05 passes), KL stop``, ``61 of ≤ 61``; ``-`` before the round trained.
-    The passes over the training turns show a KL stop that left some of them unread (below 1)."""
-    if "iterations" not in training:
-        return "-"
-    most = f" of ≤ {training['most_iterations']}" if "most_iterations" in training else ""
-    passes = f" ({training['passes_run']:.2f} passes)" if "passes_run" in training else ""
-    return f"{training['iterations']}{most}{passes}" + (", KL stop" if training.get("kl_stop_reached") else "")
-
-
 def check_names(populations: Sequence[str]) -> list[str]:
     """The names in order, each once; at least one."""
     names = list(dict.fromkeys(str(name) for name in populations))
@@ -238,14 +212,16 @@ def population_point(
     conversations: int,
     result: RoundResult,
     preferred: dict[str, tuple[float, float]] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> PopulationPoint:
     """``result`` (a round on ``conversations`` of the population's play) as the table's row;
-    ``preferred``: the population's features per line (``preferred_features``)."""
+    ``preferred``: the population's features per line (``preferred_features``); ``training``: how
+    far it trained (``npcrl.loop.trained``)."""
     base, candidate = result.metrics["current"], result.metrics["candidate"]
     return PopulationPoint(
         population=name,
         preference=preference,
-        round=curve_point(conversations, result),
+        round=curve_point(conversations, result, training),
         card_contradictions_base=estimate(base.get(CARD_CONTRADICTIONS, math.nan)),
         card_contradictions_candidate=estimate(candidate.get(CARD_CONTRADICTIONS, math.nan)),
         preferred_features=dict(preferred or {}),
@@ -305,7 +281,7 @@ def write_populations(out: Path, points: Sequence[PopulationPoint], other: Path 
             f"{r.perplexity:.2f} ({r.base_perplexity:.2f})",
             f"{p.card_contradictions_candidate:.3f} ({p.card_contradictions_base:.3f})",
             str(r.promoted),
-            training_cell(p.training),
+            training_cell(p.round.training),
             f"{r.seconds.get('train_and_export', math.nan):.0f}",
             *([gain_cell(p.over_other)] if other else []),
         ]

@@ -36,6 +36,8 @@ def conversations_in(logs: Path) -> list[str]:
 def test_one_round_per_size_from_one_simulation_and_one_base_evaluation(
     tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from npcrl.loop.trained import training_cell
+
     out = tmp_path / "curve"
     points = tiny_curve(tiny_bundles["llama-fp32"], out)
     assert [p.conversations for p in points] == [3, 6]  # in order of size
@@ -61,6 +63,14 @@ def test_one_round_per_size_from_one_simulation_and_one_base_evaluation(
     assert [p["conversations"] for p in saved] == [3, 6]
     table = (out / "curve.md").read_text()
     assert "| 3 |" in table and "| 6 |" in table
+    # how far each size trained, from its candidate's provenance
+    for point, row in zip(points, saved, strict=True):
+        provenance = json.loads(
+            (out / f"size-{point.conversations}" / "round-1" / "train" / "report" / "provenance.json").read_text()
+        )
+        assert point.training["iterations"] == provenance["iterations"] >= 1
+        assert row["training"] == point.training
+        assert f"| {training_cell(point.training)} |" in table
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a resume reads the finished rounds back instead of training again
@@ -72,6 +82,7 @@ def test_one_round_per_size_from_one_simulation_and_one_base_evaluation(
     monkeypatch.setattr(npcrl.loop.stages, "train_or_resume", no_training)
     again = tiny_curve(tiny_bundles["llama-fp32"], out, resume=True)
     assert [p.paired_gain for p in again] == [p.paired_gain for p in points]
+    assert [p.training for p in again] == [p.training for p in points]
     with pytest.raises(LoopError, match="not empty"):
         tiny_curve(tiny_bundles["llama-fp32"], out)
 

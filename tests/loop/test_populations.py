@@ -56,13 +56,15 @@ def test_one_round_per_population_each_played_by_its_own_players(
         assert point.improved == (point.round.paired_gain[1] > 0)
         # how far the round trained, as its candidate bundle's provenance says
         provenance = json.loads((folder / "round-1" / "train" / "report" / "provenance.json").read_text())
-        assert point.training == {
+        assert point.round.training == {
             "iterations": provenance["iterations"],
             "most_iterations": provenance["most_iterations"],
             "passes_run": provenance["passes_run"],
             "kl_stop_reached": False,
+            "rollout_turns": provenance["rollout_turns"],
+            "batch_scale": 1,
         }
-        assert point.training["iterations"] == point.training["most_iterations"] >= 1
+        assert point.round.training["iterations"] == point.round.training["most_iterations"] >= 1
         # what the population rewards (and punishes), measured on the lines said to its evaluation players
         population = builtin_populations()[point.population]
         assert list(point.preferred_features) == [*population.rewards, *population.punishes]
@@ -76,7 +78,7 @@ def test_one_round_per_population_each_played_by_its_own_players(
     table = (out / "populations.md").read_text()
     assert "| brief |" in table and "| questioners |" in table
     assert "| training iterations |" in table
-    iterations, passes = points[0].training["iterations"], points[0].training["passes_run"]
+    iterations, passes = points[0].round.training["iterations"], points[0].round.training["passes_run"]
     assert f"| {iterations} of ≤ {iterations} ({passes:.2f} passes) |" in table
     asks = points[1].preferred_features["asks_back"]
     assert f"| asks_back {asks[0]:.2f} → {asks[1]:.2f} |" in table
@@ -123,19 +125,6 @@ def test_the_command_line_refuses_an_unknown_population_by_name() -> None:
 def point(name: str, low: float, promoted: bool) -> PopulationPoint:
     round_ = CurvePoint(150, 2.0, 2.5, (0.5, low, 1.0), (25.0, 50 * low, 50.0), 1.0, 230.0, 229.0, promoted)
     return PopulationPoint(name, "likes things", round_, 0.05, 0.04, {"asks_back": (0.2, 0.3)})
-
-
-def test_the_training_cell_says_how_far_the_round_trained_and_why_it_stopped() -> None:
-    from npcrl.loop.populations import training_cell
-
-    assert training_cell({"iterations": 43, "most_iterations": 84, "kl_stop_reached": True}) == "43 of ≤ 84, KL stop"
-    assert (
-        training_cell({"iterations": 43, "most_iterations": 84, "passes_run": 2.0476, "kl_stop_reached": True})
-        == "43 of ≤ 84 (2.05 passes), KL stop"
-    )
-    assert training_cell({"iterations": 61, "most_iterations": 61, "kl_stop_reached": False}) == "61 of ≤ 61"
-    assert training_cell({"iterations": 52, "kl_stop_reached": False}) == "52"  # recorded before the cap was
-    assert training_cell({}) == "-"
 
 
 def test_the_verdict_counts_resolved_gains_and_promotions_apart() -> None:
