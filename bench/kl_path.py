@@ -32,7 +32,8 @@ def optimizer_steps(records: list[dict[str, Any]], minibatch_turns: int) -> list
 
 
 def kl_path(run: Path, window: int) -> list[dict[str, float]]:
-    """One row per iteration: optimizer steps, turns read and the windowed KL per turn."""
+    """One row per iteration: optimizer steps, turns read (a turn read again in a later pass counts
+    again, unlike the provenance's ``turns_read``) and the windowed KL per turn."""
     metrics = [json.loads(line) for line in (run / "report" / "metrics.jsonl").read_text().splitlines() if line]
     provenance_file = run / "report" / "provenance.json"
     recorded = json.loads((provenance_file if provenance_file.exists() else run / "run.json").read_text())
@@ -58,7 +59,9 @@ def main() -> None:
     for run in args.runs:
         name, _, directory = run.rpartition("=")
         paths[name or directory] = kl_path(Path(directory), args.window)
-    print(f"windowed KL per turn (last {args.window} iterations) by optimizer steps; turns read in brackets")
+    print(
+        f"windowed KL per turn (last {args.window} iterations) by optimizer steps; turns read in brackets (re-reads counted)"
+    )
     print(f"{'steps':>6}" + "".join(f"{name:>24}" for name in paths))
     last = max(rows[-1]["steps"] for rows in paths.values())
     for mark in range(args.every, last + args.every, args.every):
