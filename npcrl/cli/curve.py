@@ -43,6 +43,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
         concurrency=args.concurrent,
         promote_when=args.promote_when,
         resume=args.resume,
+        same_play_as=args.same_play_as,
     )
     for point in points:
         mean, low, high = point.gain_percent
@@ -83,6 +84,13 @@ def add_curve_parser(subparsers: Any) -> None:
         action="store_true",
         help="go on with the curve in --out (same settings; --sizes may add sizes, and the base then plays only "
         "the new conversations)",
+    )
+    curve.add_argument(
+        "--same-play-as",
+        metavar="RUN",
+        help="an earlier loop run with the same players, seeds and evaluation players (e.g. a population's"
+        " folder of `npcrl populations`): the base takes its play and base evaluation and plays only the"
+        " conversations it lacks, and the size it played takes its round if it trained with these settings",
     )
     add_concurrent_argument(curve)
     curve.set_defaults(func=cmd_curve)

@@ -11,6 +11,10 @@ and players the other candidate was. That is what choosing between training setu
 
 The adopted stages are copied (the other run is only read) into ``round-1`` and recorded in its
 ``stages.json`` as finished in 0 s of this run, with ``adopted_from`` naming where they came from.
+
+A learning curve (``npcrl curve --same-play-as``) takes the same two stages for its base, from a
+run that played fewer conversations (the base then plays only the rest), and takes a whole finished
+round for the size that run played when it was trained with the same settings too.
 """
 
 from __future__ import annotations
@@ -22,7 +26,17 @@ from typing import Any
 
 from npcrl.durable import replace_dir
 from npcrl.errors import LoopError
-from npcrl.loop.state import LOOP_FILE, MACHINES, STAGES_FILE, RoundStages, as_read_back, read_loop_record
+from npcrl.loop.state import (
+    ADOPTED_FROM,
+    DECISION_FILE,
+    LOOP_FILE,
+    MACHINES,
+    STAGES_FILE,
+    RoundStages,
+    as_read_back,
+    read_loop_record,
+    with_later_guards,
+)
 
 ADOPTED_STAGES = {"simulate": "logs", "evaluate_current": "eval/current"}
 """round 1's stages that depend only on the play settings -> the output each one wrote"""
@@ -50,10 +64,15 @@ def play_settings(record: dict[str, Any]) -> dict[str, Any]:
 def adopt_round_one_play(source_round: Path, out: Path) -> bool:
     """Copy into the loop run ``out`` the round-1 play and base evaluation of ``source_round`` (as
     ``check_play_source`` returned it); False (nothing done) when ``out`` already has a round 1."""
-    target = out / "round-1"
+    return adopt_play(source_round, out / "round-1")
+
+
+def adopt_play(source_round: Path, target: Path) -> bool:
+    """Copy ``source_round``'s play and base evaluation into the round folder ``target`` (a loop's
+    ``round-1``, a curve's ``base``), recorded as finished there; False when ``target`` exists."""
     if target.exists():
         return False  # adopted before a stop, or played: a resume goes on from what is there
-    scratch = out / ".round-1.adopting"  # whole or not at all: a stop mid-copy leaves no half round
+    scratch = target.parent / f".{target.name}.adopting"  # whole or not at all: a stop mid-copy leaves nothing half
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     earlier = RoundStages(source_round)
@@ -63,23 +82,54 @@ def adopt_round_one_play(source_round: Path, out: Path) -> bool:
         adopted[name] = {
             "seconds": 0.0,
             "result": earlier.result(name),
-            "adopted_from": str(source_round.resolve()),
+            ADOPTED_FROM: str(source_round.resolve()),
             MACHINES: earlier.machines(name),  # where it ran, which need not be here
         }
     (scratch / STAGES_FILE).write_text(json.dumps(adopted, indent=1), encoding="utf-8")
     replace_dir(scratch, target)  # fsynced, then renamed into place
-    print(f"[npcrl loop] round-1: simulated play and base evaluation adopted from {source_round}", flush=True)
+    print(f"[npcrl loop] {target.name}: simulated play and base evaluation adopted from {source_round}", flush=True)
     return True
 
 
-def check_play_source(source: Path, record: dict[str, Any]) -> Path:
+def adopt_finished_round(source: Path, record: dict[str, Any], target: Path) -> bool:
+    """Copy the loop run ``source``'s finished round 1 into the round folder ``target`` when
+    ``source`` was started with exactly the settings ``record`` (a ``loop.json``): the round this run
+    would play, already played. False (nothing done, and why printed) otherwise."""
+    folder = source / "round-1"
+    if target.exists() or not (folder / DECISION_FILE).is_file():
+        return False
+    earlier, now = with_later_guards(read_loop_record(source)), as_read_back(record)
+    differing = sorted(key for key in set(earlier) | set(now) if earlier.get(key) != now.get(key))
+    if differing:
+        print(
+            f"[npcrl loop] {target.parent.name}: not adopting {folder} (its {', '.join(differing)} differ)", flush=True
+        )
+        return False
+    scratch = target.parent / f".{target.name}.adopting"
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(folder, scratch)
+    stages = json.loads((scratch / STAGES_FILE).read_text(encoding="utf-8"))
+    for stage in stages.values():  # each stage ran there, in its own time: say where
+        stage.setdefault(ADOPTED_FROM, str(folder.resolve()))
+    (scratch / STAGES_FILE).write_text(json.dumps(stages, indent=1), encoding="utf-8")
+    replace_dir(scratch, target)
+    print(f"[npcrl loop] {target.parent.name}: the finished round adopted from {folder}", flush=True)
+    return True
+
+
+def check_play_source(source: Path, record: dict[str, Any], any_conversations: bool = False) -> Path:
     """``source``'s round-1 folder, once its play settings match ``record``'s (this run's
-    ``loop.json``) and it finished the stages to adopt; else a LoopError saying what differs."""
+    ``loop.json``) and it finished the stages to adopt; else a LoopError saying what differs.
+    ``any_conversations``: ``source`` may have played another number of conversations than
+    ``record``'s (a curve: simulation is seeded per conversation, so its conversations are the first
+    of the curve's, and its base plays the rest)."""
     if not (source / LOOP_FILE).is_file():
         raise LoopError(f"{source}: not a loop run ({LOOP_FILE} is missing); name the --out of an earlier run")
     earlier = play_settings(read_loop_record(source))
     now = play_settings(record)
     for key in now:
+        if key == "conversations" and any_conversations:
+            continue
         if earlier[key] != now[key]:
             raise LoopError(
                 f"{source}: its round 1 was played with a different {key} ({earlier[key]!r}, now {now[key]!r});"

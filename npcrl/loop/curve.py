@@ -14,6 +14,11 @@ players, paired with the base. Nothing but the number of conversations differs b
     OUT/curve.png               KL per line, perplexity, whether the round would be promoted
 
 Every stage is recorded as it finishes (``npcrl.loop.state``): ``resume`` goes on from the last one.
+
+``same_play_as`` names an earlier loop run with the same players, seeds and evaluation players (a
+population's folder of ``npcrl populations``, say): the base takes its simulated play and base
+evaluation (``npcrl.loop.adopt``) and plays only the conversations it lacks, and the size it
+played takes its whole round when it was trained with the curve's settings too.
 """
 
 from __future__ import annotations
@@ -28,14 +33,17 @@ from typing import Any
 from npcrl.durable import atomic_write
 from npcrl.errors import LoopError
 from npcrl.evaluation.metric_names import ENGAGEMENT, KL_PER_LINE, PAIRED_GAIN, PERPLEXITY
+from npcrl.loop.adopt import adopt_finished_round, adopt_play, check_play_source
 from npcrl.loop.decision import estimate
 from npcrl.loop.round import LoadedBundle, LoopState, RoundResult, play_round
 from npcrl.loop.run import load_inputs
 from npcrl.loop.settings import LoopSettings
 from npcrl.loop.stages import LoopInputs, evaluate_stage, simulate_stage, simulation_seed
 from npcrl.loop.state import (
+    ADOPTED_FROM,
     DECISION_FILE,
     LOOP_FILE,
+    STAGES_FILE,
     RoundStages,
     check_loop_out,
     exclusive,
@@ -90,6 +98,7 @@ def run_curve(  # the keywords of run_loop, but sizes instead of rounds and conv
     concurrency: int = 1,
     promote_when: str = "significant",
     resume: bool = False,
+    same_play_as: str | Path | None = None,
 ) -> list[CurvePoint]:
     """One loop round per size in ``sizes`` (conversations from the base), into ``out``; the points."""
     from npcrl.agent.persona import builtin_personas
@@ -118,9 +127,15 @@ def run_curve(  # the keywords of run_loop, but sizes instead of rounds and conv
         if resume:
             check_added_sizes(out, sizes)
         inputs = load_inputs(settings, out)  # before the record: a typo must not claim the directory
+        source = None if same_play_as is None else Path(same_play_as)
+        if source is not None and not (out / "base").exists():  # else adopted (or played) before a stop
+            check_play_source(source, settings.record(), any_conversations=True)
         write_loop_record(out, record)
+        if source is not None:
+            adopt_play(source / "round-1", out / "base")
+            source = source if base_adopted_from(out, source) else None
         state = base_state(inputs)
-        points = [play_size(inputs, state, size) for size in sizes]
+        points = [play_size(inputs, state, size, source) for size in sizes]
         write_curve(out, points)
     return points
 
@@ -165,12 +180,27 @@ def base_state(inputs: LoopInputs) -> LoopState:
     return state
 
 
-def play_size(inputs: LoopInputs, state: LoopState, size: int) -> CurvePoint:
+def base_adopted_from(out: Path, source: Path) -> bool:
+    """Whether the curve's base play came from the loop run ``source``: only then is that run's round
+    the curve's (the same seeds on another machine play other conversations)."""
+    path = out / "base" / STAGES_FILE
+    stages = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if stages.get("simulate", {}).get(ADOPTED_FROM) == str((source / "round-1").resolve()):
+        return True
+    print(f"[npcrl curve] the base played its own conversations, not {source}'s: no round is taken from it", flush=True)
+    return False
+
+
+def play_size(inputs: LoopInputs, state: LoopState, size: int, same_play_as: Path | None = None) -> CurvePoint:
     """Size ``size``'s round, trained on the first ``size`` of the base's conversations (read back
-    when it finished), as its point."""
+    when it finished, or taken from ``same_play_as`` when that run is this round), as its point."""
     folder = inputs.out / f"size-{size}"
     size_inputs = replace(inputs, settings=replace(inputs.settings, conversations=size), out=folder)
     round_dir = size_inputs.round_dir(1)
+    record = size_inputs.settings.record()
+    if same_play_as is not None and adopt_finished_round(same_play_as, record, round_dir):
+        write_loop_record(folder, record)
+        write_summary(folder, [RoundResult(**read_decision(round_dir))])
     if (round_dir / DECISION_FILE).is_file():
         return curve_point(size, RoundResult(**read_decision(round_dir)), trained_how_far(round_dir / "train"))
     print(f"[npcrl curve] size {size}: a round on the first {size} conversations, in {round_dir}", flush=True)
@@ -178,7 +208,7 @@ def play_size(inputs: LoopInputs, state: LoopState, size: int) -> CurvePoint:
     if stages.start("simulate", output=round_dir / "logs"):
         copy_first_conversations(inputs.out / "base" / "logs", round_dir / "logs", size)
         stages.finish("simulate")
-    write_loop_record(folder, size_inputs.settings.record())
+    write_loop_record(folder, record)
     result, _ = play_round(size_inputs, state, LoadedBundle(inputs.settings.base, inputs.base_model), 1)
     played = RoundResult(**write_decision(round_dir, asdict(result)))
     write_summary(folder, [played])

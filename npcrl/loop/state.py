@@ -38,6 +38,7 @@ DECISION_FILE = "decision.json"
 STARTED = "started"  # wall-clock time an unfinished stage started
 CUT_OFF = "cut_off_seconds"  # what cut-off attempts of a stage spent
 MACHINES = "machines"  # the machines a stage ran on (more than one when resumed elsewhere)
+ADOPTED_FROM = "adopted_from"  # the round a stage's output was copied from (``npcrl.loop.adopt``)
 
 
 def fingerprint(items: Sequence[Any]) -> str:
@@ -213,7 +214,7 @@ class RoundStages:
         print(f"{label} ...", flush=True)
         self._started[name] = time.perf_counter()
         machines = merged(self.machines(name), this_machine())
-        self._record(name, {STARTED: time.time(), CUT_OFF: cut_off, MACHINES: machines})
+        self._record(name, {STARTED: time.time(), CUT_OFF: cut_off, MACHINES: machines, **self._adopted(name)})
         return True
 
     def reopen(self, name: str) -> None:
@@ -222,7 +223,7 @@ class RoundStages:
         stage = self._stages.get(name, {})
         if "seconds" in stage:
             earlier = float(stage["seconds"]) + float(stage.get(CUT_OFF, 0.0))
-            self._record(name, {CUT_OFF: earlier, MACHINES: self.machines(name)})
+            self._record(name, {CUT_OFF: earlier, MACHINES: self.machines(name), **self._adopted(name)})
 
     def cut_off_output(self, name: str) -> Path | None:
         """Where ``start`` just moved a cut-off attempt's output (None when there was none): a
@@ -235,9 +236,14 @@ class RoundStages:
         cut_off = float(self._stages[name].get(CUT_OFF, 0.0))
         # stored as read back, so a resumed round decides on exactly what an uninterrupted one did
         finished = {"seconds": seconds, "result": as_read_back(result), MACHINES: self.machines(name)}
-        self._record(name, finished | ({CUT_OFF: cut_off} if cut_off else {}))
+        self._record(name, finished | ({CUT_OFF: cut_off} if cut_off else {}) | self._adopted(name))
         earlier = f" (and {cut_off:.0f} s in cut-off attempts)" if cut_off else ""
         print(f"[npcrl loop] {self.folder.name}: {name} done in {seconds:.0f} s{earlier}", flush=True)
+
+    def _adopted(self, name: str) -> dict[str, Any]:
+        """Where stage ``name``'s first output came from, kept when it runs on to make more of it."""
+        source = self._stages.get(name, {}).get(ADOPTED_FROM)
+        return {} if source is None else {ADOPTED_FROM: source}
 
     def _record(self, name: str, stage: dict[str, Any]) -> None:
         self._stages[name] = stage

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from npcrl.errors import LoopError
+from npcrl.loop.curve import conversation_index
 from npcrl.playlog import ConversationStart, NpcTurn, read_log_dir
 from tests.loop.test_loop import TINY_SYSTEM_PROMPTS, full_tiny_config
 
@@ -113,7 +114,8 @@ def test_the_command_line_passes_the_curve_its_settings(
     assert seen["sizes"] == [150, 300, 600, 1200] and seen["eval_conversations"] == 96
     assert seen["promote_when"] == "significant" and not seen["resume"]
     assert main([*argv, "--sizes", "10,20", "--population", "brief", "--resume"]) == 0
-    assert seen["sizes"] == [10, 20] and seen["resume"]
+    assert seen["sizes"] == [10, 20] and seen["resume"] and seen["same_play_as"] is None
+    assert main([*argv, "--same-play-as", "pops/default"]) == 0 and seen["same_play_as"] == "pops/default"
     with pytest.raises(SystemExit):
         main([*argv, "--sizes", "10,0"])
     assert "must be counts of at least 1" in capsys.readouterr().err
@@ -213,6 +215,78 @@ def test_a_resumed_curve_may_add_sizes_and_the_base_plays_only_the_new_conversat
     assert [p["conversations"] for p in json.loads((out / "curve.json").read_text())] == [2, 4]
     with pytest.raises(LoopError, match="a resume may add sizes, not drop them"):
         curve([4], resume=True)
+
+
+def test_a_curve_takes_an_earlier_runs_play_and_the_round_it_trained_the_same_way(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default population's round of ``npcrl populations`` is a curve point already: the
+    curve's base takes its play and base evaluation and plays only the conversations it lacks, and
+    the size that run played is read back, not trained again."""
+    import importlib
+
+    import npcrl.loop.stages
+    from npcrl.loop.adopt import adopt_finished_round
+    from npcrl.loop.curve import run_curve
+    from tests.loop.test_populations import tiny_populations
+
+    bundle, populations, out = tiny_bundles["llama-fp32"], tmp_path / "populations", tmp_path / "curve"
+    (row,) = tiny_populations(bundle, populations, ["default"])  # 4 conversations, 3 evaluation players
+    source = populations / "default"
+
+    simulate_module = importlib.import_module("npcrl.sim.simulate")
+    real_play, real_train = simulate_module.play_conversation, npcrl.loop.stages.train_or_resume
+    played: list[str] = []
+    trained: list[Path] = []
+
+    def play(agent: Any, profile: Any, rng: Any, index: int, conversation_id: str) -> Any:
+        played.append(conversation_id)
+        return real_play(agent, profile, rng, index, conversation_id)
+
+    def train(*args: Any, **kwargs: Any) -> Any:
+        trained.append(Path(str(args[0])))
+        return real_train(*args, **kwargs)
+
+    def curve(**options: Any) -> Any:
+        return run_curve(
+            bundle, out, [4, 6], eval_conversations=3, train_config=full_tiny_config(), max_new_tokens=6,
+            system_prompts=TINY_SYSTEM_PROMPTS, concurrency=2, same_play_as=source, **options,
+        )  # fmt: skip
+
+    monkeypatch.setattr(simulate_module, "play_conversation", play)
+    monkeypatch.setattr(npcrl.loop.stages, "train_or_resume", train)
+    adopted, larger = curve()
+    simulated = sorted(c for c in played if "-s1-" in c)
+    assert [conversation_index(c) for c in simulated] == [4, 5]  # the base played only what it lacked
+    assert len(played) - len(simulated) == 3  # and no base evaluation: only size 6's candidate
+    assert len(trained) == 1 and "size-6" in str(trained[0])
+    assert conversations_in(out / "base" / "logs")[:4] == conversations_in(source / "round-1" / "logs")
+    assert len(conversations_in(out / "base" / "logs")) == 6
+    base_stages = json.loads((out / "base" / "stages.json").read_text())
+    assert base_stages["simulate"]["adopted_from"] == str((source / "round-1").resolve())  # kept as it played on
+    assert base_stages["evaluate_current"]["seconds"] == 0.0
+    # size 4 is the populations run's round, with its decision, candidate and training record
+    assert adopted.paired_gain == row.round.paired_gain and adopted.training == row.round.training
+    taken = out / "size-4" / "round-1"
+    assert json.loads((taken / "decision.json").read_text()) == json.loads(
+        (source / "round-1" / "decision.json").read_text()
+    )
+    assert json.loads((out / "size-4" / "loop.json").read_text()) == json.loads((source / "loop.json").read_text())
+    assert larger.conversations == 6 and larger.engagement_base == adopted.engagement_base
+    assert "the finished round adopted from" in capsys.readouterr().out
+
+    # a round trained another way is not this curve's: nothing is copied
+    other = json.loads((out / "size-4" / "loop.json").read_text())
+    other["train_config"]["ppo"]["learning_rate"] *= 2
+    assert not adopt_finished_round(source, other, tmp_path / "elsewhere" / "round-1")
+    assert "its train_config differ" in capsys.readouterr().out
+    assert not (tmp_path / "elsewhere").exists()
+
+    # a resume reads every point back
+    played.clear()
+    again = curve(resume=True)
+    assert [p.paired_gain for p in again] == [adopted.paired_gain, larger.paired_gain]
+    assert played == [] and len(trained) == 1
 
 
 def one_point(perplexity: float) -> Any:
