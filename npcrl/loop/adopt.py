@@ -34,8 +34,8 @@ from npcrl.loop.state import (
     STAGES_FILE,
     RoundStages,
     as_read_back,
+    differing_settings,
     read_loop_record,
-    with_later_guards,
 )
 
 ADOPTED_STAGES = {"simulate": "logs", "evaluate_current": "eval/current"}
@@ -98,8 +98,7 @@ def adopt_finished_round(source: Path, record: dict[str, Any], target: Path) -> 
     folder = source / "round-1"
     if target.exists() or not (folder / DECISION_FILE).is_file():
         return False
-    earlier, now = with_later_guards(read_loop_record(source)), as_read_back(record)
-    differing = sorted(key for key in set(earlier) | set(now) if earlier.get(key) != now.get(key))
+    differing = differing_settings(source, record)
     if differing:
         print(
             f"[npcrl loop] {target.parent.name}: not adopting {folder} (its {', '.join(differing)} differ)", flush=True

@@ -40,10 +40,8 @@ from npcrl.loop.run import load_inputs
 from npcrl.loop.settings import LoopSettings
 from npcrl.loop.stages import LoopInputs, evaluate_stage, simulate_stage, simulation_seed
 from npcrl.loop.state import (
-    ADOPTED_FROM,
     DECISION_FILE,
     LOOP_FILE,
-    STAGES_FILE,
     RoundStages,
     check_loop_out,
     exclusive,
@@ -183,9 +181,7 @@ def base_state(inputs: LoopInputs) -> LoopState:
 def base_adopted_from(out: Path, source: Path) -> bool:
     """Whether the curve's base play came from the loop run ``source``: only then is that run's round
     the curve's (the same seeds on another machine play other conversations)."""
-    path = out / "base" / STAGES_FILE
-    stages = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if stages.get("simulate", {}).get(ADOPTED_FROM) == str((source / "round-1").resolve()):
+    if RoundStages(out / "base").adopted_from("simulate") == str((source / "round-1").resolve()):
         return True
     print(f"[npcrl curve] the base played its own conversations, not {source}'s: no round is taken from it", flush=True)
     return False

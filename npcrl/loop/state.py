@@ -58,10 +58,10 @@ def check_loop_out(out: Path, resume: bool, record: dict[str, Any], may_change: 
             hint = " (pass --resume to continue it)" if path.is_file() else ""
             raise LoopError(f"{out}: output directory is not empty{hint}")
         return
-    now = as_read_back(record)  # so tuples and lists compare alike
     previous = with_later_guards(read_loop_record(out))
-    for key in sorted(set(previous) | set(now)):
-        if key != "rounds" and key not in may_change and previous.get(key) != now.get(key):
+    now = as_read_back(record)
+    for key in differing_settings(out, record):
+        if key != "rounds" and key not in may_change:
             raise LoopError(
                 f"{path}: the loop was started with a different {key} "
                 f"({previous.get(key)!r}, now {now.get(key)!r}); resume with the same settings"
@@ -69,6 +69,14 @@ def check_loop_out(out: Path, resume: bool, record: dict[str, Any], may_change: 
     finished = finished_rounds(out)
     if record["rounds"] < finished:
         raise LoopError(f"{out}: {finished} rounds are already finished; --rounds must be at least that")
+
+
+def differing_settings(out: Path, record: dict[str, Any]) -> list[str]:
+    """The keys, sorted, whose value in ``record`` (a run's settings) differs from the run in
+    ``out``'s ``loop.json`` (guards added since it was written count at their defaults)."""
+    now = as_read_back(record)  # so tuples and lists compare alike
+    previous = with_later_guards(read_loop_record(out))
+    return sorted(key for key in set(previous) | set(now) if previous.get(key) != now.get(key))
 
 
 def read_loop_record(out: Path) -> dict[str, Any]:
@@ -240,9 +248,14 @@ class RoundStages:
         earlier = f" (and {cut_off:.0f} s in cut-off attempts)" if cut_off else ""
         print(f"[npcrl loop] {self.folder.name}: {name} done in {seconds:.0f} s{earlier}", flush=True)
 
+    def adopted_from(self, name: str) -> str | None:
+        """The round stage ``name``'s output was copied from (``npcrl.loop.adopt``); None if it ran here."""
+        source = self._stages.get(name, {}).get(ADOPTED_FROM)
+        return None if source is None else str(source)
+
     def _adopted(self, name: str) -> dict[str, Any]:
         """Where stage ``name``'s first output came from, kept when it runs on to make more of it."""
-        source = self._stages.get(name, {}).get(ADOPTED_FROM)
+        source = self.adopted_from(name)
         return {} if source is None else {ADOPTED_FROM: source}
 
     def _record(self, name: str, stage: dict[str, Any]) -> None:
