@@ -89,6 +89,17 @@ def pseudonym_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
     patch.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def auto_precision_is_fp32() -> Iterator[None]:
+    """``model.precision = "auto"`` (the default) trains in fp32 in every test and its subprocesses,
+    whatever the CPU, so the suite computes the same numbers on a CPU with bfloat16 units as on one
+    without (``NPCRL_NATIVE_BF16``); the probe's own test clears it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("NPCRL_NATIVE_BF16", "0")
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def key_file(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A pseudonym key file of this test alone (``NPCRL_KEY_FILE``; not created until a writer needs it)."""

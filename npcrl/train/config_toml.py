@@ -11,6 +11,9 @@ from typing import Any
 
 from npcrl.errors import TrainConfigError
 
+NONE = "none"
+"""what a TOML file writes for an optional setting that is off (``ppo.kl_stop = "none"``)"""
+
 
 def section_from_toml(section_cls: type, values: dict[str, Any], where: str) -> Any:
     """``section_cls`` built from a TOML table: unknown keys refused, each value of its field's type
@@ -24,8 +27,8 @@ def section_from_toml(section_cls: type, values: dict[str, Any], where: str) -> 
     for key, value in values.items():
         default = getattr(defaults, key)
         annotation = str(fields[key].type)
-        if "None" in annotation and value is None:
-            kwargs[key] = None
+        if "None" in annotation and (value is None or value == NONE):
+            kwargs[key] = None  # TOML has no null: an optional setting is turned off with "none"
         elif isinstance(default, bool) or annotation == "bool":
             kwargs[key] = typed(value, bool, f"{where}.{key}")
         elif annotation.startswith("int"):

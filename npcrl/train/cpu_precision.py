@@ -10,16 +10,27 @@ run records what it resolved to and a resume keeps it, whatever the CPU it goes 
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from npcrl.train.config import PRECISIONS
 from npcrl.train.distributed import Dist
 
+NATIVE_BF16_ENV = "NPCRL_NATIVE_BF16"
+"""set to 0 (or 1): what ``native_bf16`` says whatever the CPU, so ``auto`` can reproduce an fp32 run
+on a CPU with bfloat16 units (the test suite sets 0: its numbers are then the same on every CPU)"""
+
 
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), as torch sees it.
     False where torch cannot tell (another architecture, or a torch without the probes): float32
-    is never the slow choice."""
+    is never the slow choice. ``NPCRL_NATIVE_BF16`` (0 or 1) overrides the probe."""
+    forced = os.environ.get(NATIVE_BF16_ENV)
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise ValueError(f"{NATIVE_BF16_ENV} must be 0 or 1, got {forced!r}")
+        return forced == "1"
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 

@@ -80,9 +80,11 @@ def test_auto_takes_bf16_only_where_the_cpu_multiplies_it(monkeypatch: pytest.Mo
         cpu_precision.resolve_precision("fp16")
 
 
-def test_the_probe_agrees_with_the_cpus_own_flags() -> None:
+def test_the_probe_agrees_with_the_cpus_own_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     """On Linux x86 the kernel lists the CPU's bfloat16 units; the probe must see the same."""
-    from npcrl.train.cpu_precision import native_bf16
+    from npcrl.train.cpu_precision import NATIVE_BF16_ENV, native_bf16
+
+    monkeypatch.delenv(NATIVE_BF16_ENV)  # the suite's override (conftest): this test is of the probe
 
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.exists():
@@ -98,6 +100,18 @@ def test_the_probe_agrees_with_the_cpus_own_flags() -> None:
         assert native_bf16()
     elif not flags & {"amx_bf16", "amx_tile"}:
         assert not native_bf16()  # e.g. AVX2 only: bf16 would be emulated
+
+
+def test_the_environment_can_say_what_auto_means(monkeypatch: pytest.MonkeyPatch) -> None:
+    from npcrl.train import cpu_precision
+
+    monkeypatch.setenv(cpu_precision.NATIVE_BF16_ENV, "1")
+    assert cpu_precision.resolve_precision("auto") == "bf16"
+    monkeypatch.setenv(cpu_precision.NATIVE_BF16_ENV, "0")
+    assert cpu_precision.resolve_precision("auto") == "fp32"
+    monkeypatch.setenv(cpu_precision.NATIVE_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="NPCRL_NATIVE_BF16 must be 0 or 1"):
+        cpu_precision.native_bf16()
 
 
 @pytest.mark.parametrize("native", [True, False])

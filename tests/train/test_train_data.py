@@ -298,6 +298,15 @@ def test_the_fast_config_changes_only_what_its_measurement_changed() -> None:
     }
 
 
+def test_none_turns_an_optional_setting_off_and_only_an_optional_one(tmp_path: Path) -> None:
+    """TOML has no null: ``"none"`` is how a file turns off a setting the defaults turn on."""
+    assert TrainConfig().ppo.kl_budget is not None and TrainConfig().ppo.reward_clip is not None
+    config = load_train_config(write_train_config(tmp_path, '[ppo]\nkl_budget = "none"\nreward_clip = "none"\n'))
+    assert config.ppo.kl_budget is None and config.ppo.reward_clip is None
+    train_config_error(tmp_path, '[ppo]\nepochs = "none"\n', r"ppo.epochs = 'none': expected int")
+    train_config_error(tmp_path, '[ppo]\nkl_stop = "never"\n', r"ppo.kl_stop = 'never': expected")
+
+
 def test_a_conversation_with_an_unscorable_event_is_dropped_not_fatal(tmp_path: Path) -> None:
     write(tmp_path, conversation("c1", turn("c1")) + conversation("c2", turn("c2"), rating=None))
     now = time.time()
