@@ -58,25 +58,25 @@ def check_loop_out(out: Path, resume: bool, record: dict[str, Any], may_change: 
             hint = " (pass --resume to continue it)" if path.is_file() else ""
             raise LoopError(f"{out}: output directory is not empty{hint}")
         return
-    previous = with_later_guards(read_loop_record(out))
-    now = as_read_back(record)
-    for key in differing_settings(out, record):
+    for key, (previous, now) in differing_settings(out, record).items():
         if key != "rounds" and key not in may_change:
             raise LoopError(
                 f"{path}: the loop was started with a different {key} "
-                f"({previous.get(key)!r}, now {now.get(key)!r}); resume with the same settings"
+                f"({previous!r}, now {now!r}); resume with the same settings"
             )
     finished = finished_rounds(out)
     if record["rounds"] < finished:
         raise LoopError(f"{out}: {finished} rounds are already finished; --rounds must be at least that")
 
 
-def differing_settings(out: Path, record: dict[str, Any]) -> list[str]:
-    """The keys, sorted, whose value in ``record`` (a run's settings) differs from the run in
-    ``out``'s ``loop.json`` (guards added since it was written count at their defaults)."""
+def differing_settings(out: Path, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Each key, in sorted order, whose value in ``record`` (a run's settings) differs from the run
+    in ``out``'s ``loop.json`` (guards added since it was written count at their defaults), with
+    its recorded value and ``record``'s (None where one side lacks the key)."""
     now = as_read_back(record)  # so tuples and lists compare alike
     previous = with_later_guards(read_loop_record(out))
-    return sorted(key for key in set(previous) | set(now) if previous.get(key) != now.get(key))
+    keys = sorted(key for key in set(previous) | set(now) if previous.get(key) != now.get(key))
+    return {key: (previous.get(key), now.get(key)) for key in keys}
 
 
 def read_loop_record(out: Path) -> dict[str, Any]:
