@@ -92,8 +92,8 @@ class ModelConfig:
     """module names LoRA adapts; GPT-2 models use ['c_attn', 'c_proj']"""
     value_head_std: float = 0.0
     """init std of the scalar value head's weight (0 = zeros: values start at 0, as in cleanrl's critic bias)"""
-    precision: str = "fp32"
-    """'fp32', 'bf16' or 'auto'. bf16: the transformer body of the policy and the reference runs under
+    precision: str = "auto"
+    """'fp32', 'bf16' or 'auto' (the default). bf16: the transformer body of the policy and the reference runs under
     torch's CPU autocast in bfloat16 (forward and backward); the output layer, value head, log-probs,
     KL, losses, LoRA weights and optimizer state stay float32. On a CPU with AVX512-BF16 the trainer's
     passes ran 1.4-1.5x faster and a whole run 1.33x; on one without bfloat16 units (AVX2) its matrix
@@ -122,26 +122,29 @@ class PPOConfig:
     """turns per optimizer step"""
     micro_batch_turns: int = 4
     """turns per forward/backward; gradients accumulate over minibatch_turns / micro_batch_turns"""
-    minibatch_order: str = "shuffled"
+    minibatch_order: str = "by_prefix"
     """how each epoch cuts the rollout into minibatches: 'shuffled' (a seeded permutation) or
     'by_prefix' (the same permutation with rows sharing a prompt prefix, i.e. one persona, kept
     together, so a micro-batch runs its persona prefix once for more rows: less compute per epoch,
-    but each optimizer step sees fewer personas)"""
-    epochs: int = 2
+    but each optimizer step sees fewer personas; with one epoch at twice the step size it halved
+    the update at a gain not told apart from two shuffled epochs', docs/RESULTS.md)"""
+    epochs: int = 1
     """passes over each rollout batch (BPPO: keep them few offline; TRL uses 4 on fresh samples)"""
-    passes: float = 1.0
-    """passes over the training turns; iterations = ceil(passes * train turns / rollout_turns)"""
+    passes: float = 4.0
+    """passes over the training turns; iterations = ceil(passes * train turns / rollout_turns). With
+    ``kl_stop`` set (the default) this is the most the run may take, not what it takes"""
     iterations: int = 0
     """if > 0, overrides passes"""
-    max_iterations_per_pass: int = 0
+    max_iterations_per_pass: int = 64
     """if > 0, one pass over the training turns takes at most this many iterations: rollout_turns
     and minibatch_turns are multiplied by the smallest whole k that makes it so
     (``scaled_to_logs``; micro_batch_turns, and so memory, is unchanged). A pass is then about
     the same number of optimizer steps at any log size, each on k times the turns, so a
     ``kl_stop`` reached after a similar number of steps still reads most of large logs. 0: the
     sizes are used as given."""
-    learning_rate: float = 5e-5
-    """AdamW step size (5e-5 for LoRA; use ~1e-5 for full fine-tuning, TRL's PPO default is 3e-6 on larger models)"""
+    learning_rate: float = 1e-4
+    """AdamW step size (1e-4 for LoRA at one epoch; use ~1e-5 for full fine-tuning, TRL's PPO default
+    is 3e-6 on larger models)"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     max_grad_norm: float = 1.0
@@ -176,12 +179,13 @@ class PPOConfig:
     penalty is added (a reward model's small spread then weighs against kl_coef on a unit scale)"""
     kl_budget: float | None = 0.05
     """stop an iteration's epochs early when approx-KL to pi_old exceeds this (None = never)"""
-    kl_stop: float | None = None
+    kl_stop: float | None = 1.5
     """stop the run once the policy's KL to the reference, in nats per turn averaged over the last
     ``kl_stop_window`` iterations, reaches this; ``passes``/``iterations`` is then the most it may
     run. The policy then moves about as far whatever a population leaves in the logs (a
     population that leaves after two lines gives a third of the turns: at one pass it hardly
-    moves). None: run the passes."""
+    moves). 1.5 resolved and promoted all four shipped populations where one pass resolved two
+    (docs/RESULTS.md). None ("none" in TOML): run the passes."""
     kl_stop_window: int = 5
     """iterations whose KL per turn ``kl_stop`` averages (one rollout's is noisy)"""
 

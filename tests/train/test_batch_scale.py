@@ -23,8 +23,10 @@ def test_the_factor_is_the_smallest_whole_one_that_keeps_a_pass_within_the_itera
     scaled = ppo.scaled_to_logs(7000)
     assert (scaled.rollout_turns, scaled.minibatch_turns, scaled.micro_batch_turns) == (128, 64, 4)
     assert scaled.validate() is None and ppo.rollout_turns == 16  # the given settings are not changed
-    # off (the default): the sizes are used as given whatever the logs
-    assert PPOConfig().batch_scale(10**6) == 1 and PPOConfig().scaled_to_logs(10**6) == PPOConfig()
+    # off: the sizes are used as given whatever the logs
+    off = PPOConfig(max_iterations_per_pass=0)
+    assert off.batch_scale(10**6) == 1 and off.scaled_to_logs(10**6) == off
+    assert PPOConfig().batch_scale(1024) == 1 and PPOConfig().batch_scale(1025) == 2  # the default: 64
 
 
 def test_a_negative_cap_is_refused_by_name() -> None:
