@@ -1,0 +1,91 @@
+"""bench/pooled_gain.py pools paired evaluations: the pooled gain is the paired gain of all pairs
+together, each set keeps its own pairs, and sets that do not pair are refused by name."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from npcrl.evaluation.metrics import paired_gain
+from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter, Record
+from npcrl.reward.spec import EventRule, RewardSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = RewardSpec(rules={"reply": EventRule(0.5)}, discount=0.0)
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("pooled_gain_bench", ROOT / "bench" / "pooled_gain.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_logs(directory: Path, rewards: list[float]) -> Path:
+    """One conversation per reward: as many NPC turns as replies worth 0.5 make it (at least one)."""
+    records: list[Record] = []
+    for c, reward in enumerate(rewards):
+        conv = f"c{c}"
+        replies = round(reward / 0.5)
+        records.append(ConversationStart(conv, "brom", f"p{c}", "Brom", "h", "b1", {}, float(c)))
+        for t in range(max(replies, 1)):
+            records.append(
+                NpcTurn(
+                    conversation_id=conv,
+                    turn_index=t,
+                    npc_id="brom",
+                    bundle_id="b1",
+                    player_text="hi",
+                    prompt_ids=[1, 2],
+                    response_ids=[3, 4],
+                    logprobs=[-0.5, -0.5],
+                    full_logprobs=[-0.6, -0.6],
+                    text="Good steel takes time.",
+                    stop_reason="eos",
+                    sampler={},
+                    latency_s=0.1,
+                    time_to_first_token_s=0.05,
+                    filtered=False,
+                    fallback=False,
+                    time=c + t / 10,
+                )  # fmt: skip
+            )
+            if t < replies:
+                records.append(EngagementEvent(conv, t, "reply", None, c + t / 10 + 0.05))
+        records.append(ConversationEnd(conv, "closed", c + 0.9))
+    with PlayLogWriter(directory) as writer:
+        for record in records:
+            writer.append(record)
+    return directory
+
+
+def test_the_pooled_row_pairs_every_set_and_each_set_keeps_its_own(tmp_path: Path) -> None:
+    bench = _bench()
+    a = (write_logs(tmp_path / "a-cand", [1.0, 0.5, 0.0]), write_logs(tmp_path / "a-cur", [0.5, 0.5, 0.5]))
+    b = (write_logs(tmp_path / "b-cand", [1.0, 1.0]), write_logs(tmp_path / "b-cur", [0.0, 0.5]))
+    first, second, pooled = bench.pooled_gains([a, b], SPEC, seed=3)
+    assert (first.conversations, second.conversations, pooled.conversations) == (3, 2, 5)
+    assert first.gain == paired_gain([1.0, 0.5, 0.0], [0.5, 0.5, 0.5], seed=3)
+    assert second.gain == paired_gain([1.0, 1.0], [0.0, 0.5], seed=3)
+    assert pooled.gain == paired_gain([1.0, 0.5, 0.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.0, 0.5], seed=3)
+    assert pooled.gain[0] == pytest.approx(0.3)
+    assert (pooled.candidate, pooled.current) == (pytest.approx(3.5 / 5), pytest.approx(2.0 / 5))
+    assert pooled.candidate_contradictions == 0.0  # the line names no other NPC, trade or place
+    table = bench.markdown([first, second, pooled])
+    assert "| pooled | 5 |" in table and "+75.0%" in table  # 0.3 of the current side's 0.4
+
+
+def test_sets_that_do_not_pair_are_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _bench()
+    cand, cur = write_logs(tmp_path / "cand", [1.0, 0.5]), write_logs(tmp_path / "cur", [0.5])
+    with pytest.raises(ValueError, match=r"cand has 2 conversations and .*cur has 1"):
+        bench.pooled_gains([(cand, cur)], SPEC)
+    with pytest.raises(SystemExit):
+        bench.main([str(cand), str(cur), str(cand)])
+    assert "come in pairs" in capsys.readouterr().err
