@@ -20,17 +20,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from npcrl.evaluation.metrics import conversation_rewards, log_metrics, paired_gain
+from npcrl.agent.persona import builtin_personas
+from npcrl.evaluation.metrics import card_contradiction_rate, paired_gain
+from npcrl.playlog import read_log_dir
+from npcrl.reward.engagement import ConversationLog, group_conversations, score_conversation
 from npcrl.reward.spec import RewardSpec, default_reward_spec, load_reward_spec
 
 
 @dataclass(frozen=True)
 class Side:
-    """One side of a pair of evaluations: its conversations' rewards and its contradiction count."""
+    """One side of a pair of evaluations: its conversations with an NPC turn, in log order (which
+    is conversation order for ``npcrl eval`` logs), and the reward each earned."""
 
+    conversations: list[ConversationLog]
     rewards: list[float]
-    turns: int
-    contradictions: float  # NPC turns that contradicted the card (share x turns)
 
 
 @dataclass(frozen=True)
@@ -40,20 +43,19 @@ class GainRow:
     candidate: float  # mean engagement per conversation
     current: float
     gain: tuple[float, float, float]  # paired (mean, low, high)
-    candidate_contradictions: float  # share of NPC turns
+    candidate_contradictions: float  # share of NPC turns (``card_contradiction_rate``)
     current_contradictions: float
 
 
-def read_side(log_dir: Path, spec: RewardSpec, seed: int) -> Side:
-    metrics = log_metrics(log_dir, spec, seed)
-    rate = metrics.card_contradiction_rate
-    return Side(
-        conversation_rewards(log_dir, spec), metrics.turns, rate * metrics.turns if math.isfinite(rate) else 0.0
-    )
+def read_side(log_dir: Path, spec: RewardSpec) -> Side:
+    conversations = [log for log in group_conversations(read_log_dir(log_dir)).values() if log.turns]
+    return Side(conversations, [math.fsum(r.reward for r in score_conversation(log, spec)) for log in conversations])
 
 
 def gain_row(label: str, candidate: Sequence[Side], current: Sequence[Side], seed: int) -> GainRow:
-    """The paired gain of the candidate's conversations over the current ones', pairs kept in order."""
+    """The paired gain of the candidate's conversations over the current ones', pairs kept in order;
+    card contradictions counted over the built-in cards, as ``npcrl eval`` does by default."""
+    cards = list(builtin_personas().values())
     candidate_rewards = [r for side in candidate for r in side.rewards]
     current_rewards = [r for side in current for r in side.rewards]
     return GainRow(
@@ -62,8 +64,8 @@ def gain_row(label: str, candidate: Sequence[Side], current: Sequence[Side], see
         math.fsum(candidate_rewards) / len(candidate_rewards),
         math.fsum(current_rewards) / len(current_rewards),
         paired_gain(candidate_rewards, current_rewards, seed=seed),
-        sum(s.contradictions for s in candidate) / sum(s.turns for s in candidate),
-        sum(s.contradictions for s in current) / sum(s.turns for s in current),
+        card_contradiction_rate([c for side in candidate for c in side.conversations], cards),
+        card_contradiction_rate([c for side in current for c in side.conversations], cards),
     )
 
 
@@ -71,7 +73,7 @@ def pooled_gains(pairs: Sequence[tuple[Path, Path]], spec: RewardSpec, seed: int
     """One row per (candidate logs, current logs) pair, then, for more than one pair, the pooled row."""
     if not pairs:
         raise ValueError("pooled_gain needs at least one pair of evaluation log directories")
-    sides = [(read_side(candidate, spec, seed), read_side(current, spec, seed)) for candidate, current in pairs]
+    sides = [(read_side(candidate, spec), read_side(current, spec)) for candidate, current in pairs]
     rows = []
     for (candidate_dir, current_dir), (candidate, current) in zip(pairs, sides, strict=True):
         if len(candidate.rewards) != len(current.rewards):

@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
+from npcrl.agent.persona import builtin_personas
 from npcrl.evaluation.metrics import paired_gain
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter, Record
 from npcrl.reward.spec import EventRule, RewardSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = RewardSpec(rules={"reply": EventRule(0.5)}, discount=0.0)
+SMITH = builtin_personas()["blacksmith"]
 
 
 def _bench() -> Any:
@@ -27,26 +29,27 @@ def _bench() -> Any:
     return module
 
 
-def write_logs(directory: Path, rewards: list[float]) -> Path:
-    """One conversation per reward: as many NPC turns as replies worth 0.5 make it (at least one)."""
+def write_logs(directory: Path, rewards: list[float], lines: dict[int, str] | None = None) -> Path:
+    """One conversation per reward: as many NPC turns as replies worth 0.5 make it (at least one),
+    each saying ``lines[conversation]`` or a line true to the smith's card."""
     records: list[Record] = []
     for c, reward in enumerate(rewards):
         conv = f"c{c}"
         replies = round(reward / 0.5)
-        records.append(ConversationStart(conv, "brom", f"p{c}", "Brom", "h", "b1", {}, float(c)))
+        records.append(ConversationStart(conv, "blacksmith", f"p{c}", "Brom", SMITH.persona_hash, "b1", {}, float(c)))
         for t in range(max(replies, 1)):
             records.append(
                 NpcTurn(
                     conversation_id=conv,
                     turn_index=t,
-                    npc_id="brom",
+                    npc_id="blacksmith",
                     bundle_id="b1",
                     player_text="hi",
                     prompt_ids=[1, 2],
                     response_ids=[3, 4],
                     logprobs=[-0.5, -0.5],
                     full_logprobs=[-0.6, -0.6],
-                    text="Good steel takes time.",
+                    text=(lines or {}).get(c, "Good steel takes time."),
                     stop_reason="eos",
                     sampler={},
                     latency_s=0.1,
@@ -68,7 +71,8 @@ def write_logs(directory: Path, rewards: list[float]) -> Path:
 def test_the_pooled_row_pairs_every_set_and_each_set_keeps_its_own(tmp_path: Path) -> None:
     bench = _bench()
     a = (write_logs(tmp_path / "a-cand", [1.0, 0.5, 0.0]), write_logs(tmp_path / "a-cur", [0.5, 0.5, 0.5]))
-    b = (write_logs(tmp_path / "b-cand", [1.0, 1.0]), write_logs(tmp_path / "b-cur", [0.0, 0.5]))
+    wrong_name = {0: "My name is Grimbold."}  # the built-in smith is Brom
+    b = (write_logs(tmp_path / "b-cand", [1.0, 1.0]), write_logs(tmp_path / "b-cur", [0.0, 0.5], wrong_name))
     first, second, pooled = bench.pooled_gains([a, b], SPEC, seed=3)
     assert (first.conversations, second.conversations, pooled.conversations) == (3, 2, 5)
     assert first.gain == paired_gain([1.0, 0.5, 0.0], [0.5, 0.5, 0.5], seed=3)
@@ -77,6 +81,9 @@ def test_the_pooled_row_pairs_every_set_and_each_set_keeps_its_own(tmp_path: Pat
     assert pooled.gain[0] == pytest.approx(0.3)
     assert (pooled.candidate, pooled.current) == (pytest.approx(3.5 / 5), pytest.approx(2.0 / 5))
     assert pooled.candidate_contradictions == 0.0  # the line names no other NPC, trade or place
+    # one of b-cur's 2 turns claims another name: half of that set's turns, a fifth of the pooled 5
+    assert (first.current_contradictions, second.current_contradictions) == (0.0, 0.5)
+    assert pooled.current_contradictions == pytest.approx(1 / 5)
     table = bench.markdown([first, second, pooled])
     assert "| pooled | 5 |" in table and "+75.0%" in table  # 0.3 of the current side's 0.4
 
