@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from npcrl.agent.persona import builtin_personas
-from npcrl.evaluation.metrics import card_contradiction_rate, paired_gain
+from npcrl.evaluation.metrics import card_contradiction_rate, paired_gain, rewards_of_conversations
 from npcrl.playlog import read_log_dir
-from npcrl.reward.engagement import ConversationLog, group_conversations, score_conversation
+from npcrl.reward.engagement import ConversationLog, group_conversations
 from npcrl.reward.spec import RewardSpec, default_reward_spec, load_reward_spec
 
 
@@ -49,7 +49,7 @@ class GainRow:
 
 def read_side(log_dir: Path, spec: RewardSpec) -> Side:
     conversations = [log for log in group_conversations(read_log_dir(log_dir)).values() if log.turns]
-    return Side(conversations, [math.fsum(r.reward for r in score_conversation(log, spec)) for log in conversations])
+    return Side(conversations, rewards_of_conversations(conversations, spec))
 
 
 def gain_row(label: str, candidate: Sequence[Side], current: Sequence[Side], seed: int) -> GainRow:

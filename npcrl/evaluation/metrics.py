@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -319,7 +319,12 @@ def log_metrics(
 def conversation_rewards(log_dir: str | os.PathLike[str], spec: RewardSpec) -> list[float]:
     """Reward earned by each conversation with an NPC turn in ``log_dir``, in log order (which is
     conversation order for ``npcrl simulate`` logs, whatever its concurrency)."""
-    conversations = group_conversations(read_log_dir(log_dir)).values()
+    return rewards_of_conversations(group_conversations(read_log_dir(log_dir)).values(), spec)
+
+
+def rewards_of_conversations(conversations: Iterable[ConversationLog], spec: RewardSpec) -> list[float]:
+    """``conversation_rewards`` of already grouped conversations: the reward each one with an NPC
+    turn earned, in the given order."""
     return [math.fsum(r.reward for r in score_conversation(log, spec)) for log in conversations if log.turns]
 
 
