@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter
+from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter, read_log_dir
 from npcrl.runtime.model import OnnxCausalLM
 from npcrl.runtime.sampler import SamplerConfig
 
@@ -143,10 +143,30 @@ def target_rate(trainer: Any, toy: dict[str, Any], reference: bool = False, seed
     return hits / total
 
 
+def target_probability(trainer: Any, toy: dict[str, Any], reference: bool = False) -> float:
+    """Mean probability ``trainer``'s policy (or its reference) gives the toy's token at each position
+    of the logged NPC lines in ``toy["logs"]``, read with the lines as context: exact, where
+    ``target_rate`` samples (its 8-token lines move by a few hits out of hundreds between runs)."""
+    import torch
+
+    policy = trainer.policy
+    lm = policy.reference_lm_module() if reference else policy.module.lm
+    ctx = policy.reference_context() if reference else contextlib.nullcontext()
+    means = []
+    with ctx, torch.no_grad():
+        for turn in read_log_dir(toy["logs"]):
+            if isinstance(turn, NpcTurn):
+                ids = torch.tensor([list(turn.prompt_ids) + list(turn.response_ids)])
+                logits = lm(input_ids=ids).logits[0, len(turn.prompt_ids) - 1 : -1].float()
+                means.append(torch.softmax(logits, -1)[:, toy["target"]].mean().item())
+    return sum(means) / len(means)
+
+
 def toy_config(mode: str = "full", iterations: int = 9, **ppo: Any) -> Any:
     """A training config under which a tiny model learns the toy task (``mode``: "full" or "lora";
     ``ppo``: PPO settings to change). It runs its iterations whatever the KL, over shuffled
-    minibatches: the toy tests' thresholds were measured so, and a test of the KL stop sets it."""
+    minibatches, in fp32 on any CPU (``precision = "auto"`` would train in bf16 where the CPU has
+    bfloat16 units): the toy tests' thresholds were measured so, and a test of the KL stop sets it."""
     from npcrl.train.config import DataConfig, ModelConfig, PPOConfig, RunConfig, TrainConfig
 
     lr = 6e-4 if mode == "full" else 5e-3
@@ -165,7 +185,7 @@ def toy_config(mode: str = "full", iterations: int = 9, **ppo: Any) -> Any:
     return TrainConfig(
         seed=0,
         data=DataConfig(holdout_fraction=0.2),
-        model=ModelConfig(mode=mode, lora_r=8),
+        model=ModelConfig(mode=mode, lora_r=8, precision="fp32"),
         ppo=PPOConfig(**settings),
         run=RunConfig(threads=1, export_quant="none", sample_prompts=2, sample_tokens=8),
     ).validate()
