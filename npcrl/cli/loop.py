@@ -9,6 +9,7 @@ from typing import Any
 
 from npcrl.cli.args import add_command, add_concurrent_argument, add_players_arguments, player_profiles
 from npcrl.loop.decision import PROMOTE_WHEN
+from npcrl.loop.settings import CONFIRM_RULES
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
@@ -31,6 +32,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
         concurrency=args.concurrent,
         promote_when=args.promote_when,
         confirm_conversations=args.confirm_conversations,
+        confirm_rule=args.confirm_rule,
         resume=args.resume,
         same_play_as=args.same_play_as,
     )
@@ -67,8 +69,16 @@ def add_loop_parser(subparsers: Any) -> None:
         "--confirm-conversations",
         type=int,
         default=0,
-        help="also play a winning candidate and the current bundle against this many fresh players "
-        "(a new seed each round) and promote only if it wins there too (default 0: no confirmation)",
+        help="also play the candidate and the current bundle against this many fresh players (a new seed "
+        "each round) before promoting, as --confirm-rule says (default 0: no confirmation)",
+    )
+    loop.add_argument(
+        "--confirm-rule",
+        choices=CONFIRM_RULES,
+        default="both",
+        help="both: a candidate that wins on the evaluation players must win on the fresh ones too; pooled: "
+        "one with the higher mean there is judged by --promote-when on both sets' pairs together, "
+        "one test with more power (guards hold on each set either way)",
     )
     loop.add_argument(
         "--resume",

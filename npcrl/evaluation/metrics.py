@@ -336,6 +336,27 @@ def paired_gain_of_logs(
     return paired_gain(conversation_rewards(candidate_logs, spec), conversation_rewards(current_logs, spec), seed=seed)
 
 
+def pooled_rewards_of_logs(
+    pairs: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[str]]], spec: RewardSpec
+) -> tuple[list[float], list[float]]:
+    """The (candidate, current) conversation rewards of several evaluations pooled, each pair of log
+    directories one set of players played by both bundles: the sets are joined in order, so
+    conversation k of each set stays paired with its counterpart. A pair of unequal length is
+    refused by name (its sides are not one set of players)."""
+    candidate: list[float] = []
+    current: list[float] = []
+    for candidate_logs, current_logs in pairs:
+        ours, theirs = conversation_rewards(candidate_logs, spec), conversation_rewards(current_logs, spec)
+        if len(ours) != len(theirs):
+            raise ValueError(
+                f"{candidate_logs} has {len(ours)} conversations with an NPC turn and {current_logs} has "
+                f"{len(theirs)}: a pair must be one set of players played by both bundles"
+            )
+        candidate += ours
+        current += theirs
+    return candidate, current
+
+
 def paired_gain(candidate: Sequence[float], current: Sequence[float], *, seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high) of the per-conversation reward difference candidate - current.
 

@@ -82,6 +82,24 @@ def decide(
     return wins and not broken, reasons + broken
 
 
+def decide_pooled(
+    fresh: tuple[Mapping[str, Any], Mapping[str, Any]],
+    pooled: tuple[Mapping[str, Any], Mapping[str, Any]],
+    base_perplexity: float,
+    guards: Guards,
+    promote_when: str = "better",
+) -> tuple[bool, list[str]]:
+    """(promote?, reasons) once fresh players have joined the evaluation players. ``fresh``: the
+    (candidate, current) rows on the fresh players, whose guards must hold too; ``pooled``: the same
+    pair's engagement (and the candidate's paired gain) over the pairs of both sets together, which
+    the ``promote_when`` rule reads. One test on all the players: more power at the same 95% than
+    asking each set for its own win."""
+    check_promote_when(promote_when)
+    wins, reasons = engagement_verdict(pooled[0], pooled[1], promote_when)
+    broken = [f"{r} (fresh players)" for r in guard_reasons(fresh[0], fresh[1], base_perplexity, guards)]
+    return wins and not broken, reasons + broken
+
+
 def engagement_verdict(
     candidate: Mapping[str, Any], current: Mapping[str, Any], promote_when: str
 ) -> tuple[bool, list[str]]:

@@ -1,10 +1,11 @@
 """One round of ``npcrl loop``: the current bundle plays, a candidate is trained from its logs, both
 are evaluated with the same players and seeds, and the decision says whether the candidate wins.
 
-With ``confirm_conversations`` a candidate that wins is also played against the current bundle by
-players the loop has not used before (a new seed each round) and is promoted only if it wins there
-too: the evaluation players are the same in every round, so a gain can be theirs rather than the
-policy's (docs/RESULTS.md).
+With ``confirm_conversations`` a candidate is also played against the current bundle by players
+the loop has not used before (a new seed each round): the evaluation players are the same in every
+round, so a gain can be theirs rather than the policy's (docs/RESULTS.md). By ``confirm_rule``, a
+candidate that wins on the evaluation players must win on the fresh ones too (``both``), or one with
+the higher mean there is judged on both sets' pairs together (``pooled``).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from npcrl.errors import LoopError
-from npcrl.evaluation.metric_names import PAIRED_GAIN, PERPLEXITY
-from npcrl.loop.decision import decide, estimate
+from npcrl.evaluation.metric_names import CONVERSATIONS, ENGAGEMENT, PAIRED_GAIN, PERPLEXITY
+from npcrl.loop.decision import decide, decide_pooled, estimate
 from npcrl.loop.machine import mixed_machines
 from npcrl.loop.stages import (
     LoopInputs,
     evaluate_stage,
     paired_gain_or_nan,
+    pooled_gain_or_nan,
     simulate_stage,
     stage_logs,
     train_stage,
@@ -126,7 +128,7 @@ def play_round(
     reasons += machine_reasons(
         "the evaluations ran", current=state.eval_machines, candidate=stages.machines("evaluate_candidate")
     )
-    if promoted and inputs.settings.confirm_conversations > 0:
+    if inputs.settings.confirm_conversations > 0 and worth_confirming(inputs, state, metrics, promoted):
         promoted, confirm_reasons = confirm(inputs, stages, state, metrics, (current, candidate), number)
         reasons += confirm_reasons
     result = RoundResult(
@@ -167,6 +169,18 @@ def decide_round(inputs: LoopInputs, state: LoopState, metrics: Mapping[str, Row
     )
 
 
+def worth_confirming(inputs: LoopInputs, state: LoopState, metrics: Mapping[str, Rows], promoted: bool) -> bool:
+    """Whether fresh players are played: under ``confirm_rule`` ``both``, for a candidate the
+    evaluation players would promote; under ``pooled``, for one that holds every guard there and has
+    the higher mean, whose interval the fresh pairs may yet lift above zero. Neither plays them for
+    a candidate that cannot win, which saves a round that would not promote two evaluations."""
+    if inputs.settings.confirm_rule == "both":
+        return promoted
+    assert state.base_perplexity is not None
+    better, _ = decide(metrics["candidate"], metrics["current"], state.base_perplexity, inputs.settings.guards)
+    return better
+
+
 def confirm(
     inputs: LoopInputs,
     stages: RoundStages,
@@ -176,22 +190,36 @@ def confirm(
     number: int,
 ) -> tuple[bool, list[str]]:
     """Play the (current, candidate) ``bundles`` against round ``number``'s fresh players and decide
-    again on their rows, which join ``metrics`` as ``confirm_current`` and ``confirm_candidate``."""
+    again, on their rows alone or pooled with the evaluation players' (``confirm_rule``). Their rows
+    join ``metrics`` as ``confirm_current`` and ``confirm_candidate``; pooled, the pooled engagement
+    and gain as ``pooled_current`` and ``pooled_candidate``."""
     settings = inputs.settings.confirm_settings(number)
     for side, bundle in zip(("current", "candidate"), bundles, strict=True):
         metrics[f"confirm_{side}"] = evaluate_stage(inputs, stages, f"confirm_{side}", bundle.model, settings)
-    metrics["confirm_candidate"][PAIRED_GAIN] = paired_gain_or_nan(
-        stage_logs(stages.folder, "confirm_candidate"),
-        stage_logs(stages.folder, "confirm_current"),
-        inputs.spec,
-        settings.seed,
-    )
+    fresh_pair = (stage_logs(stages.folder, "confirm_candidate"), stage_logs(stages.folder, "confirm_current"))
+    metrics["confirm_candidate"][PAIRED_GAIN] = paired_gain_or_nan(*fresh_pair, inputs.spec, settings.seed)
     confirmation = {side: metrics[f"confirm_{side}"] for side in ("current", "candidate")}
-    promoted, reasons = decide_round(inputs, state, confirmation)
+    if inputs.settings.confirm_rule == "pooled":
+        assert state.eval_logs is not None and state.base_perplexity is not None
+        evaluation_pair = (stage_logs(stages.folder, "evaluate_candidate"), state.eval_logs)
+        candidate, current, gain, pairs = pooled_gain_or_nan([evaluation_pair, fresh_pair], inputs.spec, settings.seed)
+        metrics["pooled_current"] = {ENGAGEMENT: current, CONVERSATIONS: pairs}
+        metrics["pooled_candidate"] = {ENGAGEMENT: candidate, CONVERSATIONS: pairs, PAIRED_GAIN: gain}
+        promoted, reasons = decide_pooled(
+            (confirmation["candidate"], confirmation["current"]),
+            (metrics["pooled_candidate"], metrics["pooled_current"]),
+            state.base_perplexity,
+            inputs.settings.guards,
+            inputs.settings.promote_when,
+        )
+        label = f"evaluation and fresh players pooled ({pairs} pairs; fresh seed {settings.seed})"
+    else:
+        promoted, reasons = decide_round(inputs, state, confirmation)
+        label = f"fresh players ({settings.conversations}, seed {settings.seed})"
     reasons += machine_reasons(
         "they played", current=stages.machines("confirm_current"), candidate=stages.machines("confirm_candidate")
     )
-    return promoted, [f"fresh players ({settings.conversations}, seed {settings.seed}): {r}" for r in reasons]
+    return promoted, [f"{label}: {r}" for r in reasons]
 
 
 def machine_reasons(what: str, **sides: list[dict[str, Any]]) -> list[str]:

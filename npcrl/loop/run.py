@@ -39,13 +39,14 @@ def run_loop(  # one keyword per command-line option; the rounds read them as on
     concurrency: int = 1,
     promote_when: str = "better",
     confirm_conversations: int = 0,
+    confirm_rule: str = "both",
     resume: bool = False,
     same_play_as: str | Path | None = None,
 ) -> list[RoundResult]:
     """Run ``rounds`` rounds into ``out``; ``concurrency`` conversations are simulated at once, for
     training and evaluation alike (faster; the results do not depend on it). ``confirm_conversations``
-    > 0: a candidate the evaluation would promote must also win, by the same rule and guards, on that
-    many conversations with fresh players (seed ``seed + 20_000 + round - 1``) before it is promoted.
+    > 0: that many conversations with fresh players (seed ``seed + 20_000 + round - 1``) join the
+    decision as ``confirm_rule`` says (``npcrl.loop.settings.CONFIRM_RULES``).
     ``guards``: default ``Guards()``. ``store``: a bundle store each promoted candidate is promoted into
     (``npcrl.loop.promotion``).
 
@@ -74,6 +75,7 @@ def run_loop(  # one keyword per command-line option; the rounds read them as on
         concurrency=concurrency,
         promote_when=promote_when,
         confirm_conversations=confirm_conversations,
+        confirm_rule=confirm_rule,
     )
     settings.check()  # before hours of simulation and training, not after
     out = Path(out)

@@ -20,6 +20,10 @@ EVAL_SEED_OFFSET = 10_000
 """the evaluation players' seed is ``seed`` + this, the same in every round, so rounds are comparable"""
 CONFIRM_SEED_OFFSET = 20_000
 """round N's fresh players play with seed ``seed`` + this + N - 1: players no round has seen"""
+CONFIRM_RULES = ("both", "pooled")
+"""how fresh players join the decision: ``both``, a candidate the evaluation players would promote
+must win on the fresh players too; ``pooled``, a guarded candidate with the higher mean on the
+evaluation players is judged once on the pairs of both sets together (``promote_when`` and guards)"""
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class LoopSettings:
     concurrency: int = 1
     promote_when: str = "better"
     confirm_conversations: int = 0
+    confirm_rule: str = "both"
 
     def check(self) -> None:
         """Refuse settings that would fail only after hours of simulation and training."""
@@ -48,6 +53,8 @@ class LoopSettings:
             raise LoopError(
                 f"confirm_conversations must be 0 (no confirmation) or more, got {self.confirm_conversations}"
             )
+        if self.confirm_rule not in CONFIRM_RULES:
+            raise LoopError(f"confirm_rule must be one of {', '.join(CONFIRM_RULES)}, got {self.confirm_rule!r}")
 
     def record(self) -> dict[str, Any]:
         """The settings as ``loop.json`` holds them (players and personas by fingerprint)."""
@@ -64,6 +71,7 @@ class LoopSettings:
             "guards": asdict(self.guards),
             "promote_when": self.promote_when,
             "confirm_conversations": self.confirm_conversations,
+            "confirm_rule": self.confirm_rule,
             "rounds": self.rounds,
         }
 

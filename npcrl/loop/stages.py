@@ -180,3 +180,20 @@ def paired_gain_or_nan(candidate_logs: Path, current_logs: Path, spec: RewardSpe
         return paired_gain_of_logs(candidate_logs, current_logs, spec, seed=seed)
     except ValueError:  # a conversation without NPC turns on one side: no pairing (never significant)
         return (math.nan, math.nan, math.nan)
+
+
+def pooled_gain_or_nan(
+    pairs: Sequence[tuple[Path, Path]], spec: RewardSpec, seed: int
+) -> tuple[float, float, Gain, int]:
+    """The candidate's and the current bundle's mean reward per conversation over the (candidate
+    logs, current logs) ``pairs`` pooled, the paired gain over all their pairs, and how many pairs."""
+    from npcrl.evaluation.metrics import paired_gain, pooled_rewards_of_logs
+
+    try:
+        candidate, current = pooled_rewards_of_logs(pairs, spec)
+        if not candidate:
+            raise ValueError("no conversation with an NPC turn")
+        gain = paired_gain(candidate, current, seed=seed)
+    except ValueError:  # as paired_gain_or_nan: sets that do not pair are never a win
+        return math.nan, math.nan, (math.nan, math.nan, math.nan), 0
+    return math.fsum(candidate) / len(candidate), math.fsum(current) / len(current), gain, len(candidate)

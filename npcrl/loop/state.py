@@ -71,10 +71,10 @@ def check_loop_out(out: Path, resume: bool, record: dict[str, Any], may_change: 
 
 def differing_settings(out: Path, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Each key, in sorted order, whose value in ``record`` (a run's settings) differs from the run
-    in ``out``'s ``loop.json`` (guards added since it was written count at their defaults), with
+    in ``out``'s ``loop.json`` (settings and guards added since it was written count at their defaults), with
     its recorded value and ``record``'s (None where one side lacks the key)."""
-    now = as_read_back(record)  # so tuples and lists compare alike
-    previous = with_later_guards(read_loop_record(out))
+    now = as_read_back(with_later_settings(record))  # so tuples and lists compare alike
+    previous = with_later_settings(read_loop_record(out))
     keys = sorted(key for key in set(previous) | set(now) if previous.get(key) != now.get(key))
     return {key: (previous.get(key), now.get(key)) for key in keys}
 
@@ -87,13 +87,19 @@ def read_loop_record(out: Path) -> dict[str, Any]:
     return _read_object(path, "a loop's settings")
 
 
-def with_later_guards(previous: dict[str, Any]) -> dict[str, Any]:
-    """``previous`` with the guards added since it was written at their defaults: a run started
-    before a guard existed resumes under it only if this run leaves it at its default."""
+SETTINGS_ADDED_LATER = {"confirm_rule": "both"}
+"""settings ``loop.json`` gained after runs were recorded without them, at the value those runs
+had in effect (``LoopSettings``' defaults)"""
+
+
+def with_later_settings(previous: dict[str, Any]) -> dict[str, Any]:
+    """``previous`` with the settings and guards added since it was written at their defaults: a run
+    started before one existed resumes under it only if this run leaves it at its default."""
     from dataclasses import asdict
 
     from npcrl.loop.decision import Guards
 
+    previous = {**SETTINGS_ADDED_LATER, **previous}
     guards = previous.get("guards")
     if not isinstance(guards, dict):
         return previous

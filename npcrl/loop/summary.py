@@ -14,13 +14,13 @@ from npcrl.loop.round import RoundResult
 SUMMARY_FILE = "loop.md"
 HEADER = (
     "| round | engagement current | engagement candidate | paired gain [95% CI] | fresh players' paired gain "
-    "| KL/line | perplexity | promoted | simulate s | reward model s | train+export s | eval s | fresh players s |"
+    "| pooled paired gain | KL/line | perplexity | promoted | simulate s | reward model s | train+export s | eval s | fresh players s |"
 )
 
 
 def write_summary(out: Path, results: Sequence[RoundResult]) -> None:
     """Rewrite ``out/loop.md`` for ``results`` (all rounds so far), whole or not at all."""
-    lines = ["# npcrl loop", "", HEADER, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["# npcrl loop", "", HEADER, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [table_row(r) for r in results]
     lines += ["", *(f"- round {r.round}: " + "; ".join(r.reasons) for r in results)]
     lines += [
@@ -35,12 +35,14 @@ def write_summary(out: Path, results: Sequence[RoundResult]) -> None:
 def table_row(r: RoundResult) -> str:
     current, candidate = r.metrics["current"], r.metrics["candidate"]
     fresh_gain = r.metrics.get("confirm_candidate", {}).get(PAIRED_GAIN)
+    pooled_gain = r.metrics.get("pooled_candidate", {}).get(PAIRED_GAIN)
     cells = [
         str(r.round),
         f"{estimate(current[ENGAGEMENT]):.3f}",
         f"{estimate(candidate[ENGAGEMENT]):.3f}",
         paired_cell(candidate.get(PAIRED_GAIN)),
         paired_cell(fresh_gain),
+        paired_cell(pooled_gain),
         f"{estimate(candidate[KL_PER_LINE]):.2f}",
         f"{estimate(candidate[PERPLEXITY]):.2f}",
         str(r.promoted),

@@ -96,3 +96,18 @@ def test_sets_that_do_not_pair_are_refused_by_name(tmp_path: Path, capsys: pytes
     with pytest.raises(SystemExit):
         bench.main([str(cand), str(cur), str(cand)])
     assert "come in pairs" in capsys.readouterr().err
+
+
+def test_the_loops_pooled_rewards_pair_as_the_bench_does(tmp_path: Path) -> None:
+    """``pooled_rewards_of_logs`` (what ``npcrl loop --confirm-rule pooled`` decides on) joins the
+    sets in order, so its paired gain is the bench's pooled row; a set that does not pair is named."""
+    from npcrl.evaluation.metrics import pooled_rewards_of_logs
+
+    a = (write_logs(tmp_path / "a-cand", [1.0, 0.5, 0.0]), write_logs(tmp_path / "a-cur", [0.5, 0.5, 0.5]))
+    b = (write_logs(tmp_path / "b-cand", [1.0, 1.0]), write_logs(tmp_path / "b-cur", [0.0, 0.5]))
+    candidate, current = pooled_rewards_of_logs([a, b], SPEC)
+    assert (candidate, current) == ([1.0, 0.5, 0.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.0, 0.5])
+    assert paired_gain(candidate, current, seed=3) == _bench().pooled_gains([a, b], SPEC, seed=3)[-1].gain
+    short = write_logs(tmp_path / "short-cur", [0.5])
+    with pytest.raises(ValueError, match=r"b-cand has 2 conversations with an NPC turn and .*short-cur has 1"):
+        pooled_rewards_of_logs([a, (b[0], short)], SPEC)

@@ -71,6 +71,24 @@ def test_no_gain_is_not_promoted() -> None:
     assert not promoted and "not better" in reasons[0]
 
 
+def test_pooled_decision_reads_the_pooled_gain_and_the_fresh_players_guards() -> None:
+    """Fresh players' own interval straddles zero, both sets' pairs together lie above it: pooled,
+    the candidate is promoted; a guard the fresh rows break vetoes it, saying whose rows broke it."""
+    from npcrl.loop.decision import decide_pooled
+
+    fresh_candidate = {**rows(0.8), metric.PAIRED_GAIN: (0.3, -0.05, 0.65)}
+    pooled = ({metric.ENGAGEMENT: 0.8, metric.PAIRED_GAIN: (0.3, 0.04, 0.56)}, {metric.ENGAGEMENT: 0.5})
+    assert not decide(fresh_candidate, rows(0.5), 50.0, Guards(), "significant")[0]
+    promoted, reasons = decide_pooled((fresh_candidate, rows(0.5)), pooled, 50.0, Guards(), "significant")
+    assert promoted and reasons == [
+        "engagement 0.800 vs 0.500 (significantly better)",
+        "paired gain +0.300 per conversation, 95% CI [0.040, 0.560]",
+    ]
+    repeating = {**fresh_candidate, metric.REPETITION_RATE: 0.3}
+    promoted, reasons = decide_pooled((repeating, rows(0.5)), pooled, 50.0, Guards(), "significant")
+    assert not promoted and reasons[-1] == "guard: repetition rate rose by 0.20 (fresh players)"
+
+
 def test_paired_gain_is_tighter_than_two_separate_intervals() -> None:
     # Players differ a lot (their spread dominates), the candidate adds ~0.3 to each conversation.
     current = [0.0, 4.0, 1.0, 6.0, 2.0, 5.0, 3.0, 7.0, 0.5, 6.5]
@@ -238,6 +256,78 @@ def test_a_winner_must_also_win_with_fresh_players_before_it_is_promoted(
     assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
+def test_pooled_confirmation_decides_on_both_sets_of_players_together(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With confirm_rule "pooled", a candidate with the higher mean on the evaluation players (and
+    its guards held) plays the fresh players, and the promote_when rule reads the paired gain over
+    the pairs of both sets together; one that is not better there plays no fresh players. The tiny
+    model's engagement is noise, so the evaluation players' verdicts are scripted: round 1's
+    candidate is better there, round 2's is not. The pooled verdict itself is not scripted."""
+    import json
+
+    import npcrl.loop.round
+    from npcrl.evaluation.metrics import conversation_rewards
+    from npcrl.reward.spec import default_reward_spec
+
+    verdicts = iter([True, True, False, False])  # per round: decide_round, then worth_confirming
+
+    def scripted_decide(candidate: dict, current: dict, *args: Any) -> tuple[bool, list[str]]:
+        return next(verdicts), decide(candidate, current, *args)[1]
+
+    monkeypatch.setattr(npcrl.loop.round, "decide", scripted_decide)
+    out = tmp_path / "loop"
+    first, second = tiny_loop(
+        tiny_bundles["llama-fp32"],
+        out,
+        full_tiny_config(),
+        eval_conversations=2,
+        rounds=2,
+        confirm_conversations=3,
+        confirm_rule="pooled",
+        promote_when="significant",
+    )
+    round_1 = out / "round-1"
+    spec = default_reward_spec()
+    candidate = conversation_rewards(round_1 / "eval" / "candidate", spec)
+    candidate += conversation_rewards(round_1 / "confirm" / "candidate", spec)
+    current = conversation_rewards(round_1 / "eval" / "current", spec)
+    current += conversation_rewards(round_1 / "confirm" / "current", spec)
+    assert len(candidate) == len(current) == 5  # 2 evaluation players + 3 fresh ones
+    metrics = json.loads((round_1 / "decision.json").read_text())["metrics"]
+    pooled = metrics["pooled_candidate"]
+    assert pooled[metric.CONVERSATIONS] == 5
+    assert pooled[metric.ENGAGEMENT] == pytest.approx(sum(candidate) / 5)
+    assert metrics["pooled_current"][metric.ENGAGEMENT] == pytest.approx(sum(current) / 5)
+    gain = paired_gain(candidate, current, seed=20_000)
+    assert pooled[metric.PAIRED_GAIN] == pytest.approx(list(gain))
+    label = "evaluation and fresh players pooled (5 pairs; fresh seed 20000): "
+    pooled_reasons = [r.removeprefix(label) for r in first.reasons if r.startswith(label)]
+    assert any(r.startswith("paired gain") for r in pooled_reasons), first.reasons
+    guards_held = not any(r.startswith("guard:") for r in pooled_reasons)  # the fresh players' guards
+    assert first.promoted == (gain[1] > 0 and guards_held)  # significant: the pooled interval decides
+    assert not second.promoted and not (out / "round-2" / "confirm").exists()  # not better: no fresh players
+    assert "pooled paired gain" in (out / "loop.md").read_text()
+    with pytest.raises(ValueError, match="confirm_rule must be one of both, pooled"):
+        tiny_loop(
+            tiny_bundles["llama-fp32"], tmp_path / "bad", full_tiny_config(), eval_conversations=2, confirm_rule="x"
+        )
+
+
+def test_a_loop_recorded_before_the_confirm_rule_resumes_under_the_old_rule(tmp_path: Path) -> None:
+    """loop.json gained ``confirm_rule`` later: a run without it had rule "both" in effect."""
+    import json
+
+    from npcrl.errors import LoopError
+    from npcrl.loop.state import LOOP_FILE, check_loop_out
+
+    record = {"rounds": 2, "seed": 0, "confirm_conversations": 48}
+    (tmp_path / LOOP_FILE).write_text(json.dumps(record), encoding="utf-8")
+    check_loop_out(tmp_path, resume=True, record={**record, "confirm_rule": "both"})
+    with pytest.raises(LoopError, match="different confirm_rule"):
+        check_loop_out(tmp_path, resume=True, record={**record, "confirm_rule": "pooled"})
+
+
 def test_the_command_line_passes_the_loop_its_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -254,6 +344,9 @@ def test_the_command_line_passes_the_loop_its_settings(
     argv = ["loop", "--bundle", "B", "--out", str(tmp_path), "--rounds", "2", "--eval-conversations", "48"]
     assert main([*argv, "--confirm-conversations", "24", "--promote-when", "significant"]) == 0
     assert seen["confirm_conversations"] == 24 and seen["promote_when"] == "significant" and seen["rounds"] == 2
+    assert seen["confirm_rule"] == "both"
+    assert main([*argv, "--confirm-conversations", "24", "--confirm-rule", "pooled"]) == 0
+    assert seen["confirm_rule"] == "pooled"
     assert main(argv) == 0 and seen["confirm_conversations"] == 0 and not seen["resume"]  # off unless asked for
     assert main([*argv, "--resume"]) == 0 and seen["resume"] and seen["same_play_as"] is None
     assert main([*argv, "--same-play-as", "runs/a"]) == 0 and seen["same_play_as"] == "runs/a"

@@ -102,5 +102,6 @@ def test_the_loop_summary_is_replaced_whole(tmp_path: Path, renames: dict[str, b
     write_summary(tmp_path, [result])
     assert renames == {"loop.md": True}
     assert (
-        "| 1 | 1.000 | 1.000 | - | - | 0.10 | 9.00 | False | 1 | - | 2 | 3 | - |" in (tmp_path / "loop.md").read_text()
+        "| 1 | 1.000 | 1.000 | - | - | - | 0.10 | 9.00 | False | 1 | - | 2 | 3 | - |"
+        in (tmp_path / "loop.md").read_text()
     )
