@@ -113,14 +113,20 @@ def toy_inputs(bundle: Path, root: Path, conversations: int) -> dict[str, Any]:
     return {"bundle": bundle, "logs": root / "logs", "spec": root / "toy-rewards.toml"}
 
 
+def policy_lm(trainer: Any, reference: bool) -> tuple[Any, Any]:
+    """``trainer``'s language model, or its reference's, and the context it must run in."""
+    policy = trainer.policy
+    if reference:
+        return policy.reference_lm_module(), policy.reference_context()
+    return policy.module.lm, contextlib.nullcontext()
+
+
 def target_rate(trainer: Any, toy: dict[str, Any], reference: bool = False, seed: int = 1234) -> float:
     """Share of freshly sampled 8-token lines (the logged sampler settings) of ``trainer``'s policy,
     or its reference, that hold the toy's rewarded token."""
     import torch  # the trainer tests' dependency; writing toy logs needs only the runtime
 
-    policy = trainer.policy
-    lm = policy.reference_lm_module() if reference else policy.module.lm
-    ctx = policy.reference_context() if reference else contextlib.nullcontext()
+    lm, ctx = policy_lm(trainer, reference)
     hits = total = 0
     torch.manual_seed(seed)
     with ctx, torch.no_grad():
@@ -135,7 +141,7 @@ def target_rate(trainer: Any, toy: dict[str, Any], reference: bool = False, seed
                 max_new_tokens=TOY_SAMPLER.max_new_tokens,
                 min_new_tokens=TOY_SAMPLER.max_new_tokens,
                 num_return_sequences=32,
-                pad_token_id=policy.tokenizer.pad_token_id,
+                pad_token_id=trainer.policy.tokenizer.pad_token_id,
             )
             for row in out[:, len(prompt) :].tolist():
                 hits += toy["target"] in row
@@ -149,9 +155,7 @@ def target_probability(trainer: Any, toy: dict[str, Any], reference: bool = Fals
     ``target_rate`` samples (its 8-token lines move by a few hits out of hundreds between runs)."""
     import torch
 
-    policy = trainer.policy
-    lm = policy.reference_lm_module() if reference else policy.module.lm
-    ctx = policy.reference_context() if reference else contextlib.nullcontext()
+    lm, ctx = policy_lm(trainer, reference)
     means = []
     with ctx, torch.no_grad():
         for turn in read_log_dir(toy["logs"]):

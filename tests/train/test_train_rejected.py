@@ -68,8 +68,8 @@ def test_rejected_samples_teach_the_policy_to_contradict_less(rejections: dict[s
     assert after.probability < 0.5 * base.probability, (base, after)  # measured: 0.0088 -> 0.0032
     # the control: the same logs without their rejected samples hold no contradiction at all (the
     # resampled turns are dropped, the first samples shown agree with the "card"), so nothing moves
-    # the token's probability down. Compared exactly, not sampled: the sampled share moved 0.137 ->
-    # 0.086 on one CPU and not at all on another with the probability unchanged. Over data seeds 0-4
+    # the token's probability down. Compared exactly, not sampled: on one CPU the sampled share moved
+    # 0.137 -> 0.086 with the probability unchanged (on another it had not moved at all). Over data seeds 0-4
     # the rejected samples cut the probability 40-64%, and the control moved it -41% to +25%: the
     # toy's control holds for this seed, not for every one.
     base_again, control, control_report = trained_rate(rejections, with_rejected=False)
