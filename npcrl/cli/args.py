@@ -88,6 +88,28 @@ def add_table_promote_when_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_confirm_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--confirm-conversations`` and ``--confirm-rule`` (``npcrl loop``, ``npcrl populations``):
+    fresh players, a new seed each round, who join the promotion decision."""
+    from npcrl.loop.settings import CONFIRM_RULES
+
+    parser.add_argument(
+        "--confirm-conversations",
+        type=int,
+        default=0,
+        help="also play the candidate and the current bundle against this many fresh players (a new seed "
+        "each round) before promoting, as --confirm-rule says (default 0: no confirmation)",
+    )
+    parser.add_argument(
+        "--confirm-rule",
+        choices=CONFIRM_RULES,
+        default="both",
+        help="both: a candidate that wins on the evaluation players must win on the fresh ones too; pooled: "
+        "one with the higher mean there is judged by --promote-when on both sets' pairs together, "
+        "one test with more power (guards hold on each set either way)",
+    )
+
+
 def population_name(text: str) -> str:
     """A shipped player population's name (``npcrl.sim.populations``), checked when the flag is given."""
     from npcrl.sim.populations import builtin_populations

@@ -7,9 +7,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from npcrl.cli.args import add_command, add_concurrent_argument, add_players_arguments, player_profiles
+from npcrl.cli.args import (
+    add_command,
+    add_concurrent_argument,
+    add_confirm_arguments,
+    add_players_arguments,
+    player_profiles,
+)
 from npcrl.loop.decision import PROMOTE_WHEN
-from npcrl.loop.settings import CONFIRM_RULES
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
@@ -65,21 +70,7 @@ def add_loop_parser(subparsers: Any) -> None:
         help="promote a guarded candidate whose mean engagement is higher (better), or only when the "
         "paired 95%% interval of its gain is above 0 (significant)",
     )
-    loop.add_argument(
-        "--confirm-conversations",
-        type=int,
-        default=0,
-        help="also play the candidate and the current bundle against this many fresh players (a new seed "
-        "each round) before promoting, as --confirm-rule says (default 0: no confirmation)",
-    )
-    loop.add_argument(
-        "--confirm-rule",
-        choices=CONFIRM_RULES,
-        default="both",
-        help="both: a candidate that wins on the evaluation players must win on the fresh ones too; pooled: "
-        "one with the higher mean there is judged by --promote-when on both sets' pairs together, "
-        "one test with more power (guards hold on each set either way)",
-    )
+    add_confirm_arguments(loop)
     loop.add_argument(
         "--resume",
         action="store_true",

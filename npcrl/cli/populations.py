@@ -8,8 +8,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from npcrl.cli.args import add_command, add_concurrent_argument, add_table_promote_when_argument, population_name
-from npcrl.loop.populations import DEFAULT_POPULATIONS, POPULATIONS_MD, POPULATIONS_PNG
+from npcrl.cli.args import (
+    add_command,
+    add_concurrent_argument,
+    add_confirm_arguments,
+    add_table_promote_when_argument,
+    population_name,
+)
+from npcrl.loop.populations import DEFAULT_POPULATIONS
+from npcrl.loop.populations_table import POPULATIONS_MD, POPULATIONS_PNG
 
 
 def population_names(text: str) -> list[str]:
@@ -20,7 +27,8 @@ def population_names(text: str) -> list[str]:
 
 
 def cmd_populations(args: argparse.Namespace) -> int:
-    from npcrl.loop.populations import run_populations, verdict
+    from npcrl.loop.populations import run_populations
+    from npcrl.loop.populations_table import verdict
     from npcrl.train.config import load_train_config
 
     points = run_populations(
@@ -34,6 +42,8 @@ def cmd_populations(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         concurrency=args.concurrent,
         promote_when=args.promote_when,
+        confirm_conversations=args.confirm_conversations,
+        confirm_rule=args.confirm_rule,
         resume=args.resume,
         same_play_as=args.same_play_as,
     )
@@ -42,11 +52,23 @@ def cmd_populations(args: argparse.Namespace) -> int:
         print(
             f"{point.population:>14s}: gain {mean:+.1f}% [{low:+.1f}, {high:+.1f}], KL {point.round.kl_per_line:.2f}"
             f" nats/line, perplexity {point.round.perplexity:.2f}, promoted {point.round.promoted}"
+            + confirmation_text(point.confirmation)
         )
     print(verdict(points))
     out = Path(args.out)
     print(f"table in {out / POPULATIONS_MD}, plot in {out / POPULATIONS_PNG}")
     return 0
+
+
+def confirmation_text(confirmation: Any) -> str:
+    """``, pooled with 96 fresh players +6.1% [...]`` (or on the fresh players alone, or not played)."""
+    if confirmation is None:
+        return ""
+    gain = confirmation.pooled_percent if confirmation.rule == "pooled" else confirmation.fresh_percent
+    where = "pooled with" if confirmation.rule == "pooled" else "on"
+    if gain is None:
+        return f", {confirmation.conversations} fresh players not played"
+    return f", {where} {confirmation.conversations} fresh players {gain[0]:+.1f}% [{gain[1]:+.1f}, {gain[2]:+.1f}]"
 
 
 def add_populations_parser(subparsers: Any) -> None:
@@ -81,6 +103,7 @@ def add_populations_parser(subparsers: Any) -> None:
     populations.add_argument("--seed", type=int, default=0)
     populations.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")
     add_table_promote_when_argument(populations)
+    add_confirm_arguments(populations)
     populations.add_argument(
         "--resume",
         action="store_true",

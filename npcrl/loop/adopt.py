@@ -11,6 +11,8 @@ and players the other candidate was. That is what choosing between training setu
 
 The adopted stages are copied (the other run is only read) into ``round-1`` and recorded in its
 ``stages.json`` as finished in 0 s of this run, with ``adopted_from`` naming where they came from.
+When both runs confirm with as many fresh players (``confirm_conversations``), the base's play
+against round 1's fresh players is taken too: it depends on nothing else the play settings do not.
 
 A learning curve (``npcrl curve --same-play-as``) takes the same two stages for its base, from a
 run that played fewer conversations (the base then plays only the rest), and takes a whole finished
@@ -40,6 +42,9 @@ from npcrl.loop.state import (
 
 ADOPTED_STAGES = {"simulate": "logs", "evaluate_current": "eval/current"}
 """round 1's stages that depend only on the play settings -> the output each one wrote"""
+ADOPTED_CONFIRMATION = {"confirm_current": "confirm/current"}
+"""the base's fresh players in round 1, taken too when both runs play as many of them (the fresh
+players' seed follows from ``seed``, a play setting); the candidate's are its own"""
 PLAY_SETTINGS = (
     "base",
     "conversations",
@@ -61,23 +66,29 @@ def play_settings(record: dict[str, Any]) -> dict[str, Any]:
     return as_read_back(settings)
 
 
-def adopt_round_one_play(source_round: Path, out: Path) -> bool:
+def adopt_round_one_play(source_round: Path, out: Path, confirm_conversations: int = 0) -> bool:
     """Copy into the loop run ``out`` the round-1 play and base evaluation of ``source_round`` (as
-    ``check_play_source`` returned it); False (nothing done) when ``out`` already has a round 1."""
-    return adopt_play(source_round, out / "round-1")
+    ``check_play_source`` returned it), and the base's fresh players when ``source_round``'s run
+    played ``confirm_conversations`` of them (> 0); False (nothing done) when ``out`` already has a
+    round 1."""
+    return adopt_play(source_round, out / "round-1", confirm_conversations)
 
 
-def adopt_play(source_round: Path, target: Path) -> bool:
+def adopt_play(source_round: Path, target: Path, confirm_conversations: int = 0) -> bool:
     """Copy ``source_round``'s play and base evaluation into the round folder ``target`` (a loop's
-    ``round-1``, a curve's ``base``), recorded as finished there; False when ``target`` exists."""
+    ``round-1``, a curve's ``base``), recorded as finished there, with the base's fresh players as
+    ``adopt_round_one_play`` says; False when ``target`` exists."""
     if target.exists():
         return False  # adopted before a stop, or played: a resume goes on from what is there
     scratch = target.parent / f".{target.name}.adopting"  # whole or not at all: a stop mid-copy leaves nothing half
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     earlier = RoundStages(source_round)
+    stages = dict(ADOPTED_STAGES)
+    if confirmation_adoptable(source_round, confirm_conversations):
+        stages.update(ADOPTED_CONFIRMATION)
     adopted: dict[str, dict[str, Any]] = {}
-    for name, output in ADOPTED_STAGES.items():
+    for name, output in stages.items():
         shutil.copytree(source_round / output, scratch / output)
         adopted[name] = {
             "seconds": 0.0,
@@ -87,8 +98,20 @@ def adopt_play(source_round: Path, target: Path) -> bool:
         }
     (scratch / STAGES_FILE).write_text(json.dumps(adopted, indent=1), encoding="utf-8")
     replace_dir(scratch, target)  # fsynced, then renamed into place
-    print(f"[npcrl loop] {target.name}: simulated play and base evaluation adopted from {source_round}", flush=True)
+    what = "simulated play and base evaluation"
+    if len(stages) > len(ADOPTED_STAGES):
+        what = "simulated play, base evaluation and the base's fresh players"
+    print(f"[npcrl loop] {target.name}: {what} adopted from {source_round}", flush=True)
     return True
+
+
+def confirmation_adoptable(source_round: Path, confirm_conversations: int) -> bool:
+    """Whether ``source_round`` (a loop run's round 1) finished the base's fresh players, played
+    ``confirm_conversations`` (> 0) of them per bundle as this run will."""
+    if confirm_conversations <= 0:
+        return False
+    recorded = read_loop_record(source_round.parent).get("confirm_conversations", 0)
+    return recorded == confirm_conversations and RoundStages(source_round).done("confirm_current")
 
 
 def adopt_finished_round(source: Path, record: dict[str, Any], target: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import pytest
 
 from npcrl.errors import LoopError
 from npcrl.loop.curve import CurvePoint
-from npcrl.loop.populations import PopulationPoint, check_names, verdict
+from npcrl.loop.populations import check_names
+from npcrl.loop.populations_table import PopulationPoint, verdict
 from tests.loop.test_loop import TINY_SYSTEM_PROMPTS, full_tiny_config
 
 
@@ -165,6 +167,9 @@ def test_the_command_line_passes_the_populations_their_settings(
     assert seen["populations"] == ["humour", "brief"] and seen["promote_when"] == "better" and seen["resume"]
     assert seen["same_play_as"] is None
     assert main([*argv, "--same-play-as", "runs/a"]) == 0 and seen["same_play_as"] == "runs/a"
+    assert seen["confirm_conversations"] == 0 and seen["confirm_rule"] == "both"  # off unless asked for
+    assert main([*argv, "--confirm-conversations", "96", "--confirm-rule", "pooled"]) == 0
+    assert seen["confirm_conversations"] == 96 and seen["confirm_rule"] == "pooled"
     with pytest.raises(SystemExit):
         main([*argv, "--populations", "gourmets"])
     assert "unknown player population 'gourmets'" in capsys.readouterr().err
@@ -240,3 +245,108 @@ def test_only_finished_play_is_adopted(tiny_bundles: dict[str, Path], tmp_path: 
     stages_file.write_text(json.dumps(stages))
     with pytest.raises(LoopError, match="has not finished evaluate_current"):
         check_play_source(run, read_loop_record(run))
+
+
+def better_on_the_evaluation_players(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Script the evaluation players' verdict: every candidate wins there, so the loop plays its
+    fresh players (the tiny model's engagement is noise). The pooled verdict is not scripted."""
+    import npcrl.loop.round
+    from npcrl.loop.decision import decide
+
+    def scripted_decide(candidate: dict, current: dict, *args: Any) -> tuple[bool, list[str]]:
+        return True, decide(candidate, current, *args)[1]
+
+    monkeypatch.setattr(npcrl.loop.round, "decide", scripted_decide)
+
+
+def recorded_play(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Where each simulated play of the test goes, in order (simulation and evaluation alike)."""
+    import importlib
+
+    played: list[Path] = []
+    simulation = importlib.import_module("npcrl.sim.simulate")  # the package's name ``simulate`` is the function
+    real_simulate = simulation.simulate
+
+    def recorded_simulate(*args: Any, **kwargs: Any) -> Any:
+        played.append(args[3].directory)  # the writer: where this play's logs go
+        return real_simulate(*args, **kwargs)
+
+    monkeypatch.setattr(simulation, "simulate", recorded_simulate)
+    return played
+
+
+def test_fresh_players_confirm_each_population_and_a_second_setup_takes_the_bases_fresh_play(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from npcrl.evaluation import metric_names as metric
+    from npcrl.loop.populations_table import CONFIRM_COLUMNS
+
+    better_on_the_evaluation_players(monkeypatch)
+    bundle, first, second = tiny_bundles["llama-fp32"], tmp_path / "first", tmp_path / "second"
+    confirm = {"confirm_conversations": 3, "confirm_rule": "pooled"}
+    (point,) = tiny_populations(bundle, first, ["brief"], **confirm)
+
+    # the row says what the round's fresh players gave, as its decision recorded it
+    decision = json.loads((first / "brief" / "round-1" / "decision.json").read_text())["metrics"]
+    confirmation = point.confirmation
+    assert confirmation is not None and confirmation.rule == "pooled" and confirmation.conversations == 3
+    assert confirmation.fresh_gain == pytest.approx(decision["confirm_candidate"][metric.PAIRED_GAIN])
+    pooled = decision["pooled_candidate"][metric.PAIRED_GAIN]
+    assert confirmation.pooled_gain == pytest.approx(pooled)
+    assert decision["pooled_candidate"][metric.CONVERSATIONS] == 3 + 3  # evaluation and fresh players
+    base_engagement = decision["pooled_current"][metric.ENGAGEMENT]
+    assert confirmation.pooled_percent == pytest.approx([100 * g / abs(base_engagement) for g in pooled])
+    assert point.improved == (pooled[1] > 0)  # the pooled interval decides, not the evaluation players'
+    table = (first / "populations.md").read_text()
+    assert all(column in table for column in CONFIRM_COLUMNS)
+    assert "paired 95% interval above 0 over the evaluation players and 3 fresh ones pooled" in table
+    saved = json.loads((first / "populations.json").read_text())[0]
+    assert saved["confirmation"]["pooled_gain"] == pytest.approx(pooled)
+
+    # another training setup on the same play: the base's fresh players are taken, not played again
+    played = recorded_play(monkeypatch)
+    other = full_tiny_config()
+    other.ppo.learning_rate *= 2
+    tiny_populations(bundle, second, ["brief"], train_config=other, same_play_as=first, **confirm)
+    source, taken = first / "brief" / "round-1", second / "brief" / "round-1"
+    assert played == [taken / "eval" / "candidate", taken / "confirm" / "candidate"]
+    files = sorted(p.relative_to(source / "confirm" / "current") for p in (source / "confirm" / "current").rglob("*"))
+    assert files
+    for name in files:
+        if (source / "confirm" / "current" / name).is_file():
+            assert (taken / "confirm" / "current" / name).read_bytes() == (
+                source / "confirm" / "current" / name
+            ).read_bytes()
+    stages = json.loads((taken / "stages.json").read_text())
+    assert stages["confirm_current"]["adopted_from"] == str(source.resolve())
+    assert stages["confirm_current"]["seconds"] == 0.0
+
+    # with another number of fresh players the base plays them itself
+    played.clear()
+    third = tmp_path / "third"
+    tiny_populations(
+        bundle, third, ["brief"], train_config=other, same_play_as=first, confirm_conversations=2, confirm_rule="pooled"
+    )
+    assert third / "brief" / "round-1" / "confirm" / "current" in played
+    assert (
+        "adopted_from" not in json.loads((third / "brief" / "round-1" / "stages.json").read_text())["confirm_current"]
+    )
+
+
+def test_a_confirmation_resolves_a_population_by_its_rule() -> None:
+    from npcrl.loop.populations_table import Confirmation
+
+    resolved_on_evaluation = point("brief", 0.1, True)
+    pooled_above = Confirmation("pooled", 96, (0.1, -0.1, 0.3), None, (0.3, 0.1, 0.5), None)
+    pooled_below = Confirmation("pooled", 96, (0.6, 0.2, 1.0), None, (0.2, -0.1, 0.5), None)
+    not_played = Confirmation("pooled", 96)
+    assert replace(point("x", -0.2, False), confirmation=pooled_above).improved  # pooled lifts it
+    assert not replace(resolved_on_evaluation, confirmation=pooled_below).improved
+    assert not replace(resolved_on_evaluation, confirmation=not_played).improved  # nothing confirmed
+    both_above = Confirmation("both", 96, (0.3, 0.1, 0.5))
+    assert replace(resolved_on_evaluation, confirmation=both_above).improved
+    assert not replace(point("x", -0.2, False), confirmation=both_above).improved  # both sets must resolve
+    assert not replace(resolved_on_evaluation, confirmation=Confirmation("both", 96, (0.3, -0.1, 0.5))).improved
+    assert "on the evaluation players and on 96 fresh ones" in verdict(
+        [replace(resolved_on_evaluation, confirmation=both_above)]
+    )
