@@ -178,7 +178,6 @@ def test_the_command_line_passes_the_populations_their_settings(
 def test_a_second_training_setup_takes_the_first_runs_play_and_is_compared_with_its_candidate(
     tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib
 
     from npcrl.evaluation.metrics import paired_gain_of_logs
     from npcrl.reward.spec import default_reward_spec
@@ -195,15 +194,7 @@ def test_a_second_training_setup_takes_the_first_runs_play_and_is_compared_with_
     with pytest.raises(LoopError, match="not a loop run"):
         tiny_populations(bundle, tmp_path / "third", ["brief"], train_config=other, same_play_as=tmp_path / "none")
 
-    played: list[Path] = []
-    simulation = importlib.import_module("npcrl.sim.simulate")  # the package's name ``simulate`` is the function
-    real_simulate = simulation.simulate
-
-    def recorded_simulate(*args: Any, **kwargs: Any) -> Any:
-        played.append(args[3].directory)  # the writer: where this play's logs go
-        return real_simulate(*args, **kwargs)
-
-    monkeypatch.setattr(simulation, "simulate", recorded_simulate)
+    played = recorded_play(monkeypatch)
     (point,) = tiny_populations(bundle, second, ["brief"], train_config=other, same_play_as=first)
 
     source, taken = first / "brief" / "round-1", second / "brief" / "round-1"
@@ -310,13 +301,9 @@ def test_fresh_players_confirm_each_population_and_a_second_setup_takes_the_base
     tiny_populations(bundle, second, ["brief"], train_config=other, same_play_as=first, **confirm)
     source, taken = first / "brief" / "round-1", second / "brief" / "round-1"
     assert played == [taken / "eval" / "candidate", taken / "confirm" / "candidate"]
-    files = sorted(p.relative_to(source / "confirm" / "current") for p in (source / "confirm" / "current").rglob("*"))
-    assert files
-    for name in files:
-        if (source / "confirm" / "current" / name).is_file():
-            assert (taken / "confirm" / "current" / name).read_bytes() == (
-                source / "confirm" / "current" / name
-            ).read_bytes()
+    fresh = source / "confirm" / "current"
+    files = [p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file()]
+    assert files and all((taken / "confirm" / "current" / f).read_bytes() == (fresh / f).read_bytes() for f in files)
     stages = json.loads((taken / "stages.json").read_text())
     assert stages["confirm_current"]["adopted_from"] == str(source.resolve())
     assert stages["confirm_current"]["seconds"] == 0.0
