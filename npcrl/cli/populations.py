@@ -16,7 +16,7 @@ from npcrl.cli.args import (
     population_name,
 )
 from npcrl.loop.populations import DEFAULT_POPULATIONS
-from npcrl.loop.populations_table import POPULATIONS_MD, POPULATIONS_PNG
+from npcrl.loop.populations_table import POPULATIONS_MD, POPULATIONS_PNG, Confirmation
 
 
 def population_names(text: str) -> list[str]:
@@ -60,7 +60,7 @@ def cmd_populations(args: argparse.Namespace) -> int:
     return 0
 
 
-def confirmation_text(confirmation: Any) -> str:
+def confirmation_text(confirmation: Confirmation | None) -> str:
     """``, pooled with 96 fresh players +6.1% [...]`` (or on the fresh players alone, or not played)."""
     if confirmation is None:
         return ""

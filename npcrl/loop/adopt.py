@@ -12,7 +12,7 @@ and players the other candidate was. That is what choosing between training setu
 The adopted stages are copied (the other run is only read) into ``round-1`` and recorded in its
 ``stages.json`` as finished in 0 s of this run, with ``adopted_from`` naming where they came from.
 When both runs confirm with as many fresh players (``confirm_conversations``), the base's play
-against round 1's fresh players is taken too: it depends on nothing else the play settings do not.
+against round 1's fresh players is taken too: it depends only on the play settings and that number.
 
 A learning curve (``npcrl curve --same-play-as``) takes the same two stages for its base, from a
 run that played fewer conversations (the base then plays only the rest), and takes a whole finished
