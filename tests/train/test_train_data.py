@@ -312,6 +312,18 @@ def test_the_earlier_defaults_are_kept_as_a_config() -> None:
     }
 
 
+def test_the_two_epoch_kl_config_is_the_earlier_update_with_the_kl_stop() -> None:
+    """docs/train.two-epochs-kl.toml (measured in docs/RESULTS.md) differs from the defaults only in
+    the update: two shuffled epochs at 5e-5, the earlier defaults'; it keeps the KL stop and passes."""
+    root = Path(__file__).resolve().parents[2]
+    hybrid = load_train_config(root / "docs" / "train.two-epochs-kl.toml").to_dict()
+    assert changed_settings(hybrid, TrainConfig().to_dict()) == {
+        "ppo.minibatch_order": "shuffled",
+        "ppo.epochs": 2,
+        "ppo.learning_rate": 5e-5,
+    }
+
+
 def test_none_turns_an_optional_setting_off_and_only_an_optional_one(tmp_path: Path) -> None:
     """TOML has no null: ``"none"`` is how a file turns off a setting the defaults turn on."""
     assert TrainConfig().ppo.kl_budget is not None and TrainConfig().ppo.reward_clip is not None
