@@ -239,13 +239,12 @@ def curve_point(size: int, result: RoundResult, training: dict[str, Any] | None 
     base, candidate = result.metrics["current"], result.metrics["candidate"]
     engagement = estimate(base[ENGAGEMENT])
     gain = tuple(float(v) for v in candidate[PAIRED_GAIN])
-    scale = 100.0 / abs(engagement) if engagement else math.nan
     return CurvePoint(
         conversations=size,
         engagement_base=engagement,
         engagement_candidate=estimate(candidate[ENGAGEMENT]),
         paired_gain=(gain[0], gain[1], gain[2]),
-        gain_percent=(gain[0] * scale, gain[1] * scale, gain[2] * scale),
+        gain_percent=percent_of_engagement(gain, engagement),
         kl_per_line=estimate(candidate[KL_PER_LINE]),
         perplexity=estimate(candidate[PERPLEXITY]),
         base_perplexity=estimate(base[PERPLEXITY]),
@@ -254,6 +253,23 @@ def curve_point(size: int, result: RoundResult, training: dict[str, Any] | None 
         seconds=dict(result.seconds),
         training=dict(training or {}),
     )
+
+
+def percent_of_engagement(gain: Sequence[float], engagement: float) -> tuple[float, float, float]:
+    """A paired gain (mean, low, high) in percent of the base's mean engagement on the same players
+    (NaN where that engagement is 0)."""
+    scale = 100.0 / abs(engagement) if engagement else math.nan
+    mean, low, high = (float(v) * scale for v in gain)
+    return mean, low, high
+
+
+def error_bars(intervals: Sequence[Sequence[float]]) -> tuple[list[float], list[float], list[float]]:
+    """(mean, low, high) intervals as matplotlib's ``errorbar`` takes them: the means, and the
+    distances down and up from each."""
+    mean = [interval[0] for interval in intervals]
+    below = [interval[0] - interval[1] for interval in intervals]
+    above = [interval[2] - interval[0] for interval in intervals]
+    return mean, below, above
 
 
 def write_curve(out: Path, points: Sequence[CurvePoint]) -> None:
@@ -301,9 +317,7 @@ def curve_figure(points: Sequence[CurvePoint]) -> Any:
 
     sizes = [p.conversations for p in points]
     fig, (gain_ax, cost_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    mean = [p.gain_percent[0] for p in points]
-    below = [p.gain_percent[0] - p.gain_percent[1] for p in points]
-    above = [p.gain_percent[2] - p.gain_percent[0] for p in points]
+    mean, below, above = error_bars([p.gain_percent for p in points])
     gain_ax.errorbar(sizes, mean, yerr=[below, above], marker="o", capsize=4, label="gain over the base (95% CI)")
     gain_ax.axhline(0.0, color="grey", linewidth=0.8)
     gain_ax.axhline(30.0, color="tab:green", linestyle="--", linewidth=0.8, label="+30%")

@@ -13,7 +13,7 @@ from typing import Any
 
 from npcrl.durable import atomic_write
 from npcrl.evaluation.metric_names import CARD_CONTRADICTIONS, ENGAGEMENT, PAIRED_GAIN
-from npcrl.loop.curve import CurvePoint, curve_point
+from npcrl.loop.curve import CurvePoint, curve_point, error_bars, percent_of_engagement
 from npcrl.loop.decision import estimate
 from npcrl.loop.round import RoundResult
 from npcrl.loop.stages import Gain
@@ -123,10 +123,7 @@ def percent_of(gain: Any, base_engagement: Any) -> Gain | None:
     """``gain`` relative to the base's mean engagement on the same players, in percent."""
     if gain is None or base_engagement is None:
         return None
-    engagement = estimate(base_engagement)
-    scale = 100.0 / abs(engagement) if engagement else math.nan
-    mean, low, high = (float(v) * scale for v in gain)
-    return mean, low, high
+    return percent_of_engagement(gain, estimate(base_engagement))
 
 
 def verdict(points: Sequence[PopulationPoint]) -> str:
@@ -255,9 +252,7 @@ def plot_populations(path: Path, points: Sequence[PopulationPoint]) -> bool:
 
     fig, ax = plt.subplots(figsize=(1.6 * len(points) + 3, 4))
     where = list(range(len(points)))
-    mean = [p.round.gain_percent[0] for p in points]
-    below = [p.round.gain_percent[0] - p.round.gain_percent[1] for p in points]
-    above = [p.round.gain_percent[2] - p.round.gain_percent[0] for p in points]
+    mean, below, above = error_bars([p.round.gain_percent for p in points])
     colours = ["tab:green" if p.improved else "tab:grey" for p in points]
     ax.bar(where, mean, color=colours, alpha=0.6)
     ax.errorbar(where, mean, yerr=[below, above], fmt="none", ecolor="black", capsize=5)
@@ -285,9 +280,7 @@ def plot_pooled(ax: Any, points: Sequence[PopulationPoint]) -> None:
     if not pooled:
         return
     where = [x for x, _ in pooled]
-    mean = [gain[0] for _, gain in pooled]
-    below = [gain[0] - gain[1] for _, gain in pooled]
-    above = [gain[2] - gain[0] for _, gain in pooled]
+    mean, below, above = error_bars([gain for _, gain in pooled])
     ax.errorbar(
         where, mean, yerr=[below, above], fmt="D", color="tab:blue", capsize=4, label="evaluation + fresh players"
     )
