@@ -35,8 +35,8 @@ from npcrl.loop.populations_table import PopulationPoint, confirmation_of, popul
 from npcrl.loop.round import RoundResult
 from npcrl.loop.run import run_loop
 from npcrl.loop.settings import LoopSettings
-from npcrl.loop.stages import paired_gain_or_nan, stage_logs
-from npcrl.loop.state import LOOP_FILE, RoundStages, check_loop_out, exclusive, write_loop_record
+from npcrl.loop.stages import Gain, pooled_gain_or_nan, stage_logs
+from npcrl.loop.state import LOOP_FILE, RoundStages, check_loop_out, exclusive, read_loop_record, write_loop_record
 from npcrl.loop.trained import trained_how_far
 
 DEFAULT_POPULATIONS = ("questioners", "lore_seekers", "brief", "humour")
@@ -66,7 +66,8 @@ def run_populations(  # the keywords of run_loop, but populations instead of pla
     ``same_play_as``: an earlier ``run_populations`` output with the same play settings (any training
     config): each population's round takes that run's simulated play and base evaluation
     (``npcrl.loop.adopt``) and its row says how this candidate does against that run's candidate on
-    the same players (``over_other``): how training setups are compared.
+    the same players (``over_other``; pooled with the fresh players where both runs played them):
+    how training setups are compared.
 
     ``confirm_conversations`` > 0: each round's decision also hears that many fresh players, as
     ``confirm_rule`` says (``npcrl.loop.run.run_loop``), and each row says what they gave."""
@@ -137,8 +138,9 @@ def population_row(
         point = replace(
             point, confirmation=confirmation_of(result, settings.confirm_rule, settings.confirm_conversations)
         )
-    if other is not None:
-        point = replace(point, over_other=gain_over_other(settings, out / name, other / name))
+    over_other = None if other is None else gain_over_other(settings, out / name, other / name)
+    if over_other is not None:
+        point = replace(point, over_other=over_other[0], over_other_players=over_other[1])
     return point
 
 
@@ -170,16 +172,34 @@ def play_population(
     return results[0]
 
 
-def gain_over_other(settings: LoopSettings, folder: Path, other: Path) -> tuple[float, float, float] | None:
-    """The paired gain of loop run ``folder``'s round-1 candidate over loop run ``other``'s, both
-    evaluated on the same players and seeds; None while ``other``'s candidate is not evaluated."""
+def gain_over_other(settings: LoopSettings, folder: Path, other: Path) -> tuple[Gain, int] | None:
+    """The paired gain of loop run ``folder``'s round-1 candidate over loop run ``other``'s, and on
+    how many players: both candidates' evaluation players, pooled with their fresh players where both
+    runs played those (the same number, so the same players: ``fresh_players_shared``). None while
+    ``other``'s candidate is not evaluated."""
     from npcrl.loop.run import reward_spec_of
 
     if not RoundStages(other / "round-1").done("evaluate_candidate"):
         return None
-    logs = [stage_logs(run / "round-1", "evaluate_candidate") for run in (folder, other)]
-    spec = reward_spec_of(settings.train_config)
-    return paired_gain_or_nan(logs[0], logs[1], spec, settings.eval_settings().seed)
+    stages = ["evaluate_candidate"]
+    if fresh_players_shared(settings, folder, other):
+        stages.append("confirm_candidate")
+    pairs = [(stage_logs(folder / "round-1", stage), stage_logs(other / "round-1", stage)) for stage in stages]
+    _, _, gain, players = pooled_gain_or_nan(
+        pairs, reward_spec_of(settings.train_config), settings.eval_settings().seed
+    )
+    return gain, players
+
+
+def fresh_players_shared(settings: LoopSettings, folder: Path, other: Path) -> bool:
+    """Whether both loop runs' candidates played round 1's fresh players, and the same ones: the
+    runs share the play settings (``same_play_as`` checked them), so the same number means the same
+    seeds and players."""
+    if settings.confirm_conversations <= 0:
+        return False
+    recorded = read_loop_record(other).get("confirm_conversations", 0)
+    played = all(RoundStages(run / "round-1").done("confirm_candidate") for run in (folder, other))
+    return recorded == settings.confirm_conversations and played
 
 
 def check_names(populations: Sequence[str]) -> list[str]:

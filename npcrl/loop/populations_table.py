@@ -62,7 +62,10 @@ class PopulationPoint:
     the evaluation conversations: did the round learn what these players like?"""
     over_other: tuple[float, float, float] | None = None
     """with ``same_play_as``: this candidate's paired gain (mean, 95% CI) over the other run's
-    candidate, trained on the same logs and evaluated on the same players (None without one)"""
+    candidate, trained on the same logs and evaluated on the same players, pooled with the fresh
+    players where both runs played them (None without one)"""
+    over_other_players: int = 0
+    """the pairs ``over_other`` rests on: the evaluation players, plus the fresh ones where pooled"""
     confirmation: Confirmation | None = None
     """with ``confirm_conversations``: what the fresh players said (None without them)"""
 
@@ -178,11 +181,15 @@ def write_populations(out: Path, points: Sequence[PopulationPoint], other: Path 
     columns = [
         *COLUMNS,
         *(CONFIRM_COLUMNS if confirmed else []),
-        *(["paired gain over the other candidate [95% CI]"] if other else []),
+        *(["paired gain over the other candidate [95% CI] (players)"] if other else []),
     ]
     lines = ["# npcrl populations", "", verdict(points), ""]
     if other is not None:
-        lines += [f"Each candidate against the one {other} trained on the same logs, on the same players.", ""]
+        lines += [
+            f"Each candidate against the one {other} trained on the same logs, on the same players"
+            " (its evaluation players, and the fresh ones where both runs played them).",
+            "",
+        ]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for p in points:
         r = p.round
@@ -202,7 +209,7 @@ def write_populations(out: Path, points: Sequence[PopulationPoint], other: Path 
             training_cell(p.round.training),
             f"{r.seconds.get('train_and_export', math.nan):.0f}",
             *(confirmation_cells(p.confirmation) if confirmed else []),
-            *([gain_cell(p.over_other)] if other else []),
+            *([over_other_cell(p)] if other else []),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *(f"- {p.population}: " + "; ".join(p.round.reasons) for p in points)]
@@ -233,6 +240,13 @@ def percent_gain_cell(gain: Gain | None, percent: Gain | None) -> str:
 def gain_cell(gain: tuple[float, float, float] | None) -> str:
     """e.g. ``+0.210 [-0.150, 0.560]``; ``not evaluated yet`` without one."""
     return "not evaluated yet" if gain is None else f"{gain[0]:+.3f} [{gain[1]:.3f}, {gain[2]:.3f}]"
+
+
+def over_other_cell(point: PopulationPoint) -> str:
+    """e.g. ``+0.210 [-0.150, 0.560] (192)``; ``not evaluated yet`` while the other run's candidate is not."""
+    if point.over_other is None:
+        return gain_cell(None)
+    return f"{gain_cell(point.over_other)} ({point.over_other_players})"
 
 
 def features_cell(features: Mapping[str, tuple[float, float]]) -> str:

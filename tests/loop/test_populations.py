@@ -213,14 +213,22 @@ def test_a_second_training_setup_takes_the_first_runs_play_and_is_compared_with_
         taken / "eval" / "candidate", source / "eval" / "candidate", default_reward_spec(), seed=10_000
     )
     assert point.over_other == pytest.approx(expected)
+    assert point.over_other_players == len(earlier_rewards(source / "eval" / "candidate"))  # no fresh players
     table = (second / "populations.md").read_text()
-    assert "paired gain over the other candidate [95% CI]" in table and str(first) in table
-    assert f"| {point.over_other[0]:+.3f} [" in table
+    assert "paired gain over the other candidate [95% CI] (players)" in table and str(first) in table
+    assert f"| {point.over_other[0]:+.3f} [" in table and f"] ({point.over_other_players}) |" in table
     assert json.loads((second / "populations.json").read_text())[0]["over_other"] == pytest.approx(list(expected))
 
     # a resume reads the round back; the adopted stages stay adopted
     again = tiny_populations(bundle, second, ["brief"], train_config=other, same_play_as=first, resume=True)
     assert again[0].over_other == point.over_other and len(played) == 1
+
+
+def earlier_rewards(logs: Path) -> list[float]:
+    from npcrl.evaluation.metrics import conversation_rewards
+    from npcrl.reward.spec import default_reward_spec
+
+    return conversation_rewards(logs, default_reward_spec())
 
 
 def test_only_finished_play_is_adopted(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
@@ -270,7 +278,9 @@ def test_fresh_players_confirm_each_population_and_a_second_setup_takes_the_base
     tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from npcrl.evaluation import metric_names as metric
+    from npcrl.evaluation.metrics import paired_gain, pooled_rewards_of_logs
     from npcrl.loop.populations_table import CONFIRM_COLUMNS
+    from npcrl.reward.spec import default_reward_spec
 
     better_on_the_evaluation_players(monkeypatch)
     bundle, first, second = tiny_bundles["llama-fp32"], tmp_path / "first", tmp_path / "second"
@@ -298,7 +308,7 @@ def test_fresh_players_confirm_each_population_and_a_second_setup_takes_the_base
     played = recorded_play(monkeypatch)
     other = full_tiny_config()
     other.ppo.learning_rate *= 2
-    tiny_populations(bundle, second, ["brief"], train_config=other, same_play_as=first, **confirm)
+    (compared,) = tiny_populations(bundle, second, ["brief"], train_config=other, same_play_as=first, **confirm)
     source, taken = first / "brief" / "round-1", second / "brief" / "round-1"
     assert played == [taken / "eval" / "candidate", taken / "confirm" / "candidate"]
     fresh = source / "confirm" / "current"
@@ -307,14 +317,20 @@ def test_fresh_players_confirm_each_population_and_a_second_setup_takes_the_base
     stages = json.loads((taken / "stages.json").read_text())
     assert stages["confirm_current"]["adopted_from"] == str(source.resolve())
     assert stages["confirm_current"]["seconds"] == 0.0
+    # both candidates met the same fresh players too: the comparison pools them with the evaluation players
+    pairs = [(taken / stage / "candidate", source / stage / "candidate") for stage in ("eval", "confirm")]
+    ours, theirs = pooled_rewards_of_logs(pairs, default_reward_spec())
+    assert compared.over_other_players == len(ours) == 3 + 3
+    assert compared.over_other == pytest.approx(paired_gain(ours, theirs, seed=10_000))
 
     # with another number of fresh players the base plays them itself
     played.clear()
     third = tmp_path / "third"
-    tiny_populations(
+    (apart,) = tiny_populations(
         bundle, third, ["brief"], train_config=other, same_play_as=first, confirm_conversations=2, confirm_rule="pooled"
     )
     assert third / "brief" / "round-1" / "confirm" / "current" in played
+    assert apart.over_other_players == 3  # other fresh players than the first run's: the evaluation players only
     assert (
         "adopted_from" not in json.loads((third / "brief" / "round-1" / "stages.json").read_text())["confirm_current"]
     )
