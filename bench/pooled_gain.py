@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from npcrl.agent.persona import builtin_personas
-from npcrl.evaluation.metrics import card_contradiction_rate, paired_gain, rewards_of_conversations
+from npcrl.evaluation.metrics import (
+    card_contradiction_rate,
+    paired_gain,
+    require_one_set_of_players,
+    rewards_of_conversations,
+)
 from npcrl.playlog import read_log_dir
 from npcrl.reward.engagement import ConversationLog, group_conversations
 from npcrl.reward.spec import RewardSpec, default_reward_spec, load_reward_spec
@@ -76,11 +81,7 @@ def pooled_gains(pairs: Sequence[tuple[Path, Path]], spec: RewardSpec, seed: int
     sides = [(read_side(candidate, spec), read_side(current, spec)) for candidate, current in pairs]
     rows = []
     for (candidate_dir, current_dir), (candidate, current) in zip(pairs, sides, strict=True):
-        if len(candidate.rewards) != len(current.rewards):
-            raise ValueError(
-                f"{candidate_dir} has {len(candidate.rewards)} conversations and {current_dir} has "
-                f"{len(current.rewards)}: a pair must be one evaluation's players played by both bundles"
-            )
+        require_one_set_of_players((candidate_dir, len(candidate.rewards)), (current_dir, len(current.rewards)))
         rows.append(gain_row(f"{candidate_dir} vs {current_dir}", [candidate], [current], seed))
     if len(pairs) > 1:
         rows.append(gain_row("pooled", [c for c, _ in sides], [k for _, k in sides], seed))

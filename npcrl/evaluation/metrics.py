@@ -347,14 +347,23 @@ def pooled_rewards_of_logs(
     current: list[float] = []
     for candidate_logs, current_logs in pairs:
         ours, theirs = conversation_rewards(candidate_logs, spec), conversation_rewards(current_logs, spec)
-        if len(ours) != len(theirs):
-            raise ValueError(
-                f"{candidate_logs} has {len(ours)} conversations with an NPC turn and {current_logs} has "
-                f"{len(theirs)}: a pair must be one set of players played by both bundles"
-            )
+        require_one_set_of_players((candidate_logs, len(ours)), (current_logs, len(theirs)))
         candidate += ours
         current += theirs
     return candidate, current
+
+
+def require_one_set_of_players(
+    candidate: tuple[str | os.PathLike[str], int], current: tuple[str | os.PathLike[str], int]
+) -> None:
+    """Refuse, naming both, two evaluations' (log directory, conversations with an NPC turn) that
+    cannot be one set of players played by both bundles: their counts differ."""
+    (candidate_logs, ours), (current_logs, theirs) = candidate, current
+    if ours != theirs:
+        raise ValueError(
+            f"{candidate_logs} has {ours} conversations with an NPC turn and {current_logs} has "
+            f"{theirs}: a pair must be one set of players played by both bundles"
+        )
 
 
 def paired_gain(candidate: Sequence[float], current: Sequence[float], *, seed: int = 0) -> tuple[float, float, float]:

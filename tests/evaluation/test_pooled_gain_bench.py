@@ -91,7 +91,10 @@ def test_the_pooled_row_pairs_every_set_and_each_set_keeps_its_own(tmp_path: Pat
 def test_sets_that_do_not_pair_are_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = _bench()
     cand, cur = write_logs(tmp_path / "cand", [1.0, 0.5]), write_logs(tmp_path / "cur", [0.5])
-    with pytest.raises(ValueError, match=r"cand has 2 conversations and .*cur has 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"cand has 2 conversations with an NPC turn and .*cur has 1: a pair must be one set of players",
+    ):
         bench.pooled_gains([(cand, cur)], SPEC)
     with pytest.raises(SystemExit):
         bench.main([str(cand), str(cur), str(cand)])
