@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from npcrl.errors import LoopError
-from npcrl.loop.adopt import check_play_source
+from npcrl.loop.adopt import check_play_source, confirmation_adoptable
 from npcrl.loop.populations_table import PopulationPoint, confirmation_of, population_point, write_populations
 from npcrl.loop.round import RoundResult
 from npcrl.loop.run import run_loop
 from npcrl.loop.settings import LoopSettings
 from npcrl.loop.stages import Gain, pooled_gain_or_nan, stage_logs
-from npcrl.loop.state import LOOP_FILE, RoundStages, check_loop_out, exclusive, read_loop_record, write_loop_record
+from npcrl.loop.state import LOOP_FILE, RoundStages, check_loop_out, exclusive, write_loop_record
 from npcrl.loop.trained import trained_how_far
 
 DEFAULT_POPULATIONS = ("questioners", "lore_seekers", "brief", "humour")
@@ -194,12 +194,9 @@ def gain_over_other(settings: LoopSettings, folder: Path, other: Path) -> tuple[
 def fresh_players_shared(settings: LoopSettings, folder: Path, other: Path) -> bool:
     """Whether both loop runs' candidates played round 1's fresh players, and the same ones: the
     runs share the play settings (``same_play_as`` checked them), so the same number means the same
-    seeds and players."""
-    if settings.confirm_conversations <= 0:
-        return False
-    recorded = read_loop_record(other).get("confirm_conversations", 0)
-    played = all(RoundStages(run / "round-1").done("confirm_candidate") for run in (folder, other))
-    return recorded == settings.confirm_conversations and played
+    seeds and players (``adopt.confirmation_adoptable``, which the base's fresh play was taken by)."""
+    same_players = confirmation_adoptable(other / "round-1", settings.confirm_conversations)
+    return same_players and all(RoundStages(run / "round-1").done("confirm_candidate") for run in (folder, other))
 
 
 def check_names(populations: Sequence[str]) -> list[str]:
