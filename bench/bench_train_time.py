@@ -53,7 +53,7 @@ def largest_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict
 
 def variant_toml(settings: str, iterations: int) -> str:
     """The TOML of ``section.key=value,...`` settings plus ``[ppo] iterations``; values that are
-    not numbers are written as strings."""
+    neither numbers nor true/false are written as strings."""
     sections: dict[str, list[str]] = {"ppo": [f"iterations = {iterations}"]}
     for setting in filter(None, settings.split(",")):
         key, _, value = setting.partition("=")
@@ -64,7 +64,7 @@ def variant_toml(settings: str, iterations: int) -> str:
             float(value)
             literal = value
         except ValueError:
-            literal = json.dumps(value)
+            literal = value if value in ("true", "false") else json.dumps(value)
         sections.setdefault(section, []).append(f"{field} = {literal}")
     return "".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items())
 

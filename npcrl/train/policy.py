@@ -30,6 +30,7 @@ from npcrl.train.cpu_precision import resolve_precision
 from npcrl.train.phase_timer import PhaseTimer
 from npcrl.train.ppo_math import entropy_from_logits, selective_log_softmax
 from npcrl.train.prefix_cache import PrefixCache
+from npcrl.train.shapes import pad_sequences, pad_steps
 from npcrl.train.shared_prefix import decoder_hidden
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -100,40 +101,56 @@ def response_hidden(
     positions: torch.Tensor,
     prefixes: PrefixCache | None = None,
     precision: str = "fp32",
+    pad_shapes: bool = False,
 ) -> torch.Tensor:
     """Last hidden states at the positions that predict each response token: (B, T, H), float32.
 
     Rows sharing a prompt prefix run it once (``shared_prefix.decoder_hidden``: exact, ~3x less work
     on persona prompts); ``prefixes`` keeps those prefixes across calls (frozen weights only). With
     ``precision`` "bf16" the body runs in bfloat16; the hidden states come back as float32, so the
-    output layer after it keeps float32 logits (bfloat16 logits of ~20 are 0.125 apart)."""
+    output layer after it keeps float32 logits (bfloat16 logits of ~20 are 0.125 apart).
+    ``pad_shapes``: the body sees padded widths and whole prefix blocks (``shapes.py``)."""
     # Step 0 is real in every row (a turn has a response token); padded steps hold position 0.
     first = int(positions[:, 0].min())
     decoder = decoder_of(lm)
+    if pad_shapes:
+        input_ids, attention_mask = pad_sequences(input_ids, attention_mask)
     with body_precision(precision):
         hidden, offset = decoder_hidden(
-            decoder, input_ids, attention_mask, limit=first, prefixes=prefixes
+            decoder, input_ids, attention_mask, limit=first, prefixes=prefixes, blocks=pad_shapes
         )  # after the final norm
     index = (positions - offset).clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, T, H)
     return hidden.gather(1, index).float()
 
 
-def response_logits(lm: nn.Module, hidden: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+def per_step(layer: nn.Module, hidden: torch.Tensor, pad_shapes: bool = False) -> torch.Tensor:
+    """``layer`` applied to (B, T, H) states; ``pad_shapes``: on T padded to a whole number of
+    ``shapes.STEP_MULTIPLE`` steps, cut back to T after."""
+    if not pad_shapes:
+        return layer(hidden)
+    return layer(pad_steps(hidden))[:, : hidden.shape[1]]
+
+
+def response_logits(
+    lm: nn.Module, hidden: torch.Tensor, temperature: torch.Tensor, pad_shapes: bool = False
+) -> torch.Tensor:
     """Temperature-scaled logits (B, T, V): the policy is the sampler's temperature-T softmax."""
-    logits = lm_head_of(lm)(hidden).float()
+    logits = per_step(lm_head_of(lm), hidden, pad_shapes).float()
     return logits / temperature.view(-1, 1, 1)
 
 
 class PolicyWithValue(nn.Module):
     """The trained module (what DDP wraps): returns per-token log-probs, values and entropy."""
 
-    def __init__(self, lm: nn.Module, value_head: nn.Linear, precision: str = "fp32") -> None:
+    def __init__(self, lm: nn.Module, value_head: nn.Linear, precision: str = "fp32", pad_shapes: bool = False) -> None:
         super().__init__()
         self.lm = lm
         self.value_head = value_head
         self.precision = precision
         """the transformer body's precision, 'fp32' or 'bf16' (``ModelConfig.precision`` as this CPU
         resolves 'auto'), for every pass of the run"""
+        self.pad_shapes = pad_shapes
+        """every pass pads its shapes (``ModelConfig.pad_shapes``, ``shapes.py``)"""
 
     def forward(
         self,
@@ -146,12 +163,15 @@ class PolicyWithValue(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``entropy_grad`` False: the entropy is a monitor only (no bonus in the loss), and its
         backward through the (B, T, V) softmax is skipped."""
-        hidden = response_hidden(self.lm, input_ids, attention_mask, positions, precision=self.precision)
-        logits = response_logits(self.lm, hidden, temperature)  # (B, T, V)
+        pad = self.pad_shapes
+        hidden = response_hidden(
+            self.lm, input_ids, attention_mask, positions, precision=self.precision, pad_shapes=pad
+        )
+        logits = response_logits(self.lm, hidden, temperature, pad)  # (B, T, V)
         logprobs = selective_log_softmax(logits, response_ids)  # (B, T)
         with nullcontext() if entropy_grad else torch.no_grad():
             entropy = entropy_from_logits(logits)  # (B, T)
-        values = self.value_head(hidden).squeeze(-1)  # (B, T)
+        values = per_step(self.value_head, hidden, pad).squeeze(-1)  # (B, T)
         return logprobs, values, entropy
 
 
@@ -200,22 +220,22 @@ class Policy:
         as its own phase. ``reference_hidden``: those states as an earlier pass computed them
         (``npcrl.train.reference_cache``): the reference's body is then not run again.
         """
-        precision = self.module.precision
+        precision, pad = self.module.precision, self.module.pad_shapes
         hidden = response_hidden(
-            self.module.lm, batch.input_ids, batch.attention_mask, batch.positions, precision=precision
+            self.module.lm, batch.input_ids, batch.attention_mask, batch.positions, precision=precision, pad_shapes=pad
         )
-        logp = torch.log_softmax(response_logits(self.module.lm, hidden, batch.temperature), dim=-1)  # (B, T, V)
+        logp = torch.log_softmax(response_logits(self.module.lm, hidden, batch.temperature, pad), dim=-1)  # (B, T, V)
         old = logp.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
-        values = self.module.value_head(hidden).squeeze(-1)
+        values = per_step(self.module.value_head, hidden, pad).squeeze(-1)
         if reference_is_policy:
             return old, old.clone(), values, torch.zeros_like(old), hidden
         with timer.phase("reference") if timer is not None else nullcontext(), self.reference_context():
             lm = self.reference_lm_module()
             if reference_hidden is None:
                 reference_hidden = response_hidden(
-                    lm, batch.input_ids, batch.attention_mask, batch.positions, self.reference_prefixes, precision
+                    lm, batch.input_ids, batch.attention_mask, batch.positions, self.reference_prefixes, precision, pad
                 )
-            ref_logp = torch.log_softmax(response_logits(lm, reference_hidden, batch.temperature), dim=-1)
+            ref_logp = torch.log_softmax(response_logits(lm, reference_hidden, batch.temperature, pad), dim=-1)
             ref = ref_logp.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
         kl = (logp.exp() * (logp - ref_logp)).sum(-1).clamp_min(0.0)  # clamp: float rounding only
         return old, ref, values, kl, reference_hidden
@@ -227,10 +247,11 @@ class Policy:
         with ctx:
             lm = self.reference_lm_module() if reference else self.module.lm
             prefixes = self.reference_prefixes if reference else None
+            pad = self.module.pad_shapes
             hidden = response_hidden(
-                lm, batch.input_ids, batch.attention_mask, batch.positions, prefixes, self.module.precision
+                lm, batch.input_ids, batch.attention_mask, batch.positions, prefixes, self.module.precision, pad
             )
-            return response_logits(lm, hidden, torch.ones_like(batch.temperature))
+            return response_logits(lm, hidden, torch.ones_like(batch.temperature), pad)
 
     @torch.no_grad()
     def generate(
@@ -332,7 +353,7 @@ def build_policy(source: Path, config: ModelConfig, seed: int, precision: str | 
     with torch.no_grad():
         value_head.weight.normal_(0.0, config.value_head_std, generator=generator)
         value_head.bias.zero_()
-    module = PolicyWithValue(lm, value_head, precision or resolve_precision(config.precision))
+    module = PolicyWithValue(lm, value_head, precision or resolve_precision(config.precision), config.pad_shapes)
     module.eval()  # no dropout; gradients flow in eval mode too
     return Policy(module=module, mode=config.mode, tokenizer=tokenizer, source=source, reference_lm=reference_lm)
 

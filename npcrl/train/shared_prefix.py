@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from npcrl.train.shapes import whole_blocks
+
 if TYPE_CHECKING:
     from npcrl.train.prefix_cache import PrefixCache
 
@@ -33,14 +35,17 @@ def worth_sharing(common: int) -> int:
     return common if common >= MIN_SHARED_PREFIX else 0
 
 
-def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, limit: int) -> int:
+def shared_prefix_length(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, limit: int, blocks: bool = False
+) -> int:
     """Tokens at the start that every row holds alike (real tokens only), at most ``limit``; 0 if
-    fewer than ``MIN_SHARED_PREFIX`` or a single row."""
+    fewer than ``MIN_SHARED_PREFIX`` or a single row. ``blocks``: only whole blocks of
+    ``shapes.SEQUENCE_MULTIPLE`` tokens (``model.pad_shapes``)."""
     if input_ids.shape[0] < 2 or limit < MIN_SHARED_PREFIX:
         return 0
     same = ((input_ids == input_ids[:1]) & attention_mask.bool()).all(dim=0)  # (L,)
-    common = int(same.long().cumprod(dim=0).sum())
-    return worth_sharing(min(common, limit))
+    common = min(int(same.long().cumprod(dim=0).sum()), limit)
+    return worth_sharing(whole_blocks(common) if blocks else common)
 
 
 def decoder_hidden(
@@ -50,14 +55,16 @@ def decoder_hidden(
     limit: int,
     share_prefix: bool = True,
     prefixes: PrefixCache | None = None,
+    blocks: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """(last hidden states of positions ``offset:``, ``offset``) for right-padded (B, L) rows.
 
     ``limit`` caps the shared prefix: the caller needs the hidden states of every position from
     ``limit`` on (e.g. the first position that predicts a response token). ``prefixes`` keeps the
     shared prefixes' keys and values across calls (frozen weights only: ``prefix_cache.py``).
+    ``blocks``: the shared prefix is whole blocks of ``shapes.SEQUENCE_MULTIPLE`` tokens.
     """
-    shared = shared_prefix_length(input_ids, attention_mask, limit) if share_prefix else 0
+    shared = shared_prefix_length(input_ids, attention_mask, limit, blocks) if share_prefix else 0
     if shared == 0:
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state, 0

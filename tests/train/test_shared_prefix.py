@@ -1,5 +1,6 @@
 """Running a batch's common prompt prefix once (``npcrl.train.shared_prefix``) is exact: hidden
-states, PPO outputs, reward-model predictions and gradients equal those of full passes."""
+states, PPO outputs, reward-model predictions and gradients equal those of full passes. So is
+padding every pass to a few shapes (``model.pad_shapes``, ``npcrl.train.shapes``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ from npcrl.train import shared_prefix  # noqa: E402
 from npcrl.train.batching import collate  # noqa: E402
 from npcrl.train.config import ModelConfig  # noqa: E402
 from npcrl.train.data import TrainingTurn  # noqa: E402
-from npcrl.train.policy import batch_inputs, build_policy, decoder_of, resolve_base_weights  # noqa: E402
+from npcrl.train.policy import (  # noqa: E402
+    batch_inputs,
+    build_policy,
+    decoder_of,
+    lm_head_of,
+    resolve_base_weights,
+)
+from npcrl.train.shapes import SEQUENCE_MULTIPLE, STEP_MULTIPLE  # noqa: E402
 from npcrl.train.shared_prefix import (  # noqa: E402
     MIN_SHARED_PREFIX,
     decoder_hidden,
@@ -76,6 +84,15 @@ def test_shared_prefix_length_is_the_common_real_prefix_capped() -> None:
     assert shared_prefix_length(ids, mask, limit=100) == 0  # 3 < MIN_SHARED_PREFIX
 
 
+def test_shared_prefix_in_blocks_is_whole_blocks_of_the_common_prefix() -> None:
+    ids = torch.tensor([[5] * 70 + [1, 2], [5] * 70 + [3, 0]])
+    mask = torch.ones_like(ids)
+    assert shared_prefix_length(ids, mask, limit=100, blocks=True) == 2 * SEQUENCE_MULTIPLE
+    assert shared_prefix_length(ids, mask, limit=60, blocks=True) == SEQUENCE_MULTIPLE
+    assert shared_prefix_length(ids, mask, limit=SEQUENCE_MULTIPLE - 1, blocks=True) == 0
+    assert shared_prefix_length(ids, mask, limit=100, blocks=False) == 70
+
+
 def test_decoder_hidden_and_gradients_equal_the_full_pass(policy: Any) -> None:
     turns = persona_turns(VOCAB)[:4]
     batch = collate(turns, pad_id=0)
@@ -130,6 +147,61 @@ def test_policy_forward_and_score_equal_with_and_without_sharing(policy: Any, mo
     mask = batch.mask.bool()
     for a, b in zip(plain_out + plain_score, shared_out + shared_score, strict=True):
         torch.testing.assert_close(b.detach()[mask], a.detach()[mask], atol=5e-5, rtol=1e-4)
+
+
+def test_padded_shapes_give_the_same_outputs_and_gradients(policy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model.pad_shapes``: the body sees widths, shared prefixes and suffixes in whole blocks and
+    the output layer whole step blocks, while log-probs, values, entropy, the scores and the
+    gradients equal the unpadded passes'."""
+    turns = persona_turns(VOCAB, seed=3)[:4]  # a 60-token common prefix; widths and steps not whole blocks
+    batch = collate(turns, pad_id=0)
+    assert batch.input_ids.shape[1] % SEQUENCE_MULTIPLE and batch.mask.shape[1] % STEP_MULTIPLE
+    seen: list[tuple[str, int]] = []
+
+    def body(_: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        cache = kwargs.get("past_key_values")
+        seen.append(("width", kwargs["input_ids"].shape[1]))
+        seen.append(("prefix", 0 if cache is None else cache.get_seq_length()))
+
+    def head(_: Any, args: Any) -> None:
+        seen.append(("steps", args[0].shape[1]))
+
+    hooks = [
+        decoder_of(policy.module.lm).register_forward_pre_hook(body, with_kwargs=True),
+        lm_head_of(policy.module.lm).register_forward_pre_hook(head),
+    ]
+    params = dict(policy.trainable_parameters()) | {
+        f"value_head.{n}": p for n, p in policy.module.value_head.named_parameters()
+    }
+    mask = batch.mask.bool()
+    results = []
+    try:
+        for pad in (False, True):
+            monkeypatch.setattr(policy.module, "pad_shapes", pad)
+            seen.clear()
+            for p in params.values():
+                p.grad = None
+            logprobs, values, entropy = policy.module(*batch_inputs(batch))
+            (logprobs[mask].sum() + values[mask].sum()).backward()
+            grads = {name: p.grad.clone() for name, p in params.items() if p.grad is not None}
+            score = policy.score(batch, reference_is_policy=False)
+            results.append(([t.detach() for t in (logprobs, values, entropy, *score)], grads, list(seen)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    (plain, plain_grads, plain_seen), (padded, padded_grads, padded_seen) = results
+    assert any(n % SEQUENCE_MULTIPLE for kind, n in plain_seen if kind == "width")  # the fixture tests something
+    assert {kind for kind, _ in padded_seen} == {"width", "prefix", "steps"}
+    for kind, n in padded_seen:
+        assert n % (STEP_MULTIPLE if kind == "steps" else SEQUENCE_MULTIPLE) == 0, (kind, n, padded_seen)
+    assert ("prefix", SEQUENCE_MULTIPLE) in padded_seen  # the 60 shared tokens run as one whole block
+    for a, b in zip(plain[:3] + plain[3:7], padded[:3] + padded[3:7], strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b[mask], a[mask], atol=5e-5, rtol=1e-4)
+    assert plain_grads.keys() == padded_grads.keys() and "value_head.weight" in plain_grads
+    scale = float(torch.cat([g.flatten() for g in plain_grads.values()]).norm())
+    for name, a in plain_grads.items():
+        assert float((padded_grads[name] - a).norm()) <= 1e-5 * scale, name
 
 
 def test_reward_model_predictions_equal_with_and_without_sharing(
