@@ -2,7 +2,7 @@
 this checkout at two ``model.precision`` settings, or this checkout under two or more named sets of
 config settings, on the same logs, bundle and seed, one run after the other.
 
-Prints per run the wall and CPU time, the split by phase (from ``run.json``, when the checkout
+Prints per run the wall and CPU time, the peak resident memory, the split by phase (from ``run.json``, when the checkout
 records one) and the training result: each iteration's reward, KL, losses and clip fraction from
 ``report/metrics.jsonl``, with the largest difference between the runs (none may change between
 checkouts that should train alike; between precisions it shows how far rounding moves them).
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,18 +33,26 @@ RESULT_KEYS = ("reward_mean", "kl_per_turn", "policy_loss", "value_loss", "entro
 
 
 def run_train(root: Path, logs: str, bundle: str, config: Path, out: Path) -> dict[str, Any]:
-    """One ``npcrl train`` with the package of ``root``; its wall and CPU seconds and its records."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """One ``npcrl train`` with the package of ``root``; its wall and CPU seconds, its peak resident
+    memory and its records."""
     started = time.perf_counter()
     command = [sys.executable, "-m", "npcrl.cli", "train", "--logs", logs, "--bundle", bundle]
     command += ["--out", str(out), "--config", str(config), "--no-progress"]
-    subprocess.run(command, cwd=root, check=True, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own usage, not all children's so far
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, command)
     wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     record = json.loads((out / "run.json").read_text(encoding="utf-8"))
     metrics = [json.loads(line) for line in (out / "report" / "metrics.jsonl").read_text().splitlines()]
-    return {"wall_s": wall, "cpu_s": cpu, "phases_s": record.get("phases_s"), "metrics": metrics}
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,  # Linux reports KiB
+        "phases_s": record.get("phases_s"),
+        "metrics": metrics,
+    }
 
 
 def largest_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, float]:
@@ -105,7 +113,11 @@ def main() -> int:
         config = work / f"{name}.toml"
         config.write_text(toml, encoding="utf-8")
         results[name] = run_train(root, args.logs, args.bundle, config, work / name)
-        print(f"{name}: wall {results[name]['wall_s']:.1f} s, cpu {results[name]['cpu_s']:.1f} s", flush=True)
+        result = results[name]
+        print(
+            f"{name}: wall {result['wall_s']:.1f} s, cpu {result['cpu_s']:.1f} s, peak RSS {result['peak_rss_gb']:.2f} GB",
+            flush=True,
+        )
     print(json.dumps({k: {x: y for x, y in v.items() if x != "metrics"} for k, v in results.items()}, indent=1))
     first = runs[0][0]
     before = results[first]

@@ -67,3 +67,15 @@ def format_summary(phases: dict[str, float], wall_s: float) -> str:
     lines = [f"time by phase ({wall_s:.1f} s in all):"]
     lines += [f"  {name:<17}{seconds:9.1f} s {100 * seconds / share:5.1f}%" for seconds, name in rows]
     return "\n".join(lines)
+
+
+def resident_gb() -> float | None:
+    """This process's resident memory now, in GB (Linux's ``/proc``; None where there is none)."""
+    import os
+
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e9

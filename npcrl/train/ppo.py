@@ -45,7 +45,7 @@ from npcrl.train.finite import (
 )
 from npcrl.train.kl_control import AdaptiveKLController, FixedKLController, kl_controller
 from npcrl.train.onpolicy import FreshRollouts
-from npcrl.train.phase_timer import PhaseTimer
+from npcrl.train.phase_timer import PhaseTimer, resident_gb
 from npcrl.train.policy import Policy, batch_inputs
 from npcrl.train.ppo_math import (
     approx_kl,
@@ -343,6 +343,9 @@ class PPOTrainer:
             **({"sampling_s": phases["sampling"], **self.fresh.last_stats} if self.fresh is not None else {}),
             "sequence_tokens_per_s": sequence_tokens * stats["epochs_run"] / elapsed,
         }
+        resident = resident_gb()
+        if resident is not None:  # a process whose memory grows shows it here (docs/TRAINING.md)
+            record["resident_gb"] = resident
         self.metrics.append(record)
         return record
 

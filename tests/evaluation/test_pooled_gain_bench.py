@@ -3,30 +3,23 @@ together, each set keeps its own pairs, and sets that do not pair are refused by
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from script_modules import load_script
 
 from npcrl.agent.persona import builtin_personas
 from npcrl.evaluation.metrics import paired_gain
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter, Record
 from npcrl.reward.spec import EventRule, RewardSpec
 
-ROOT = Path(__file__).resolve().parents[2]
 SPEC = RewardSpec(rules={"reply": EventRule(0.5)}, discount=0.0)
 SMITH = builtin_personas()["blacksmith"]
 
 
 def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("pooled_gain_bench", ROOT / "bench" / "pooled_gain.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pooled_gain_bench", "bench/pooled_gain.py")
 
 
 def write_logs(directory: Path, rewards: list[float], lines: dict[int, str] | None = None) -> Path:

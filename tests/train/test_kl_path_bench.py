@@ -3,20 +3,15 @@ the metrics recorded them."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from script_modules import load_script
 
 
 def _kl_path() -> Any:
-    spec = importlib.util.spec_from_file_location("kl_path_bench", ROOT / "bench" / "kl_path.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("kl_path_bench", "bench/kl_path.py")
 
 
 def _run(directory: Path, records: list[dict[str, Any]], minibatch_turns: int) -> Path:

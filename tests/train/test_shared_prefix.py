@@ -57,7 +57,7 @@ def policy(request: pytest.FixtureRequest, tiny_bundles: dict[str, Path]) -> Any
     torch.set_num_threads(1)
     bundle = load_bundle(tiny_bundles[request.param])
     targets = ["c_attn", "c_proj"] if request.param.startswith("gpt2") else ["q_proj", "k_proj", "v_proj", "o_proj"]
-    lora = ModelConfig(mode="lora", lora_r=4, lora_target_modules=targets)
+    lora = ModelConfig(mode="lora", lora_r=4, lora_target_modules=targets, pad_shapes=False)
     built = build_policy(resolve_base_weights(bundle, None), lora, seed=0)
     # Non-zero adapters, so gradients through the prefix's keys and values are not trivially zero.
     with torch.no_grad():

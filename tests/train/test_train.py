@@ -241,7 +241,7 @@ def checkpoint_tensors(out: Path) -> dict[str, Any]:
 
 def metrics_without_timing(out: Path) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in (out / "report" / "metrics.jsonl").read_text().splitlines()]
-    timing = ("time_s", "phases_s", "sequence_tokens_per_s")
+    timing = ("time_s", "phases_s", "sequence_tokens_per_s", "resident_gb")
     return [{k: v for k, v in row.items() if k not in timing} for row in rows]
 
 
