@@ -93,17 +93,33 @@ had in effect (``LoopSettings``' defaults)"""
 
 
 def with_later_settings(previous: dict[str, Any]) -> dict[str, Any]:
-    """``previous`` with the settings and guards added since it was written at their defaults: a run
-    started before one existed resumes under it only if this run leaves it at its default."""
+    """``previous`` with the settings, guards and training settings added since it was written at
+    their defaults: a run started before one existed resumes under it only if this run leaves it at
+    its default (as ``npcrl train --resume`` reads a recorded config)."""
     from dataclasses import asdict
 
     from npcrl.loop.decision import Guards
 
     previous = {**SETTINGS_ADDED_LATER, **previous}
     guards = previous.get("guards")
-    if not isinstance(guards, dict):
-        return previous
-    return {**previous, "guards": {**asdict(Guards()), **guards}}
+    if isinstance(guards, dict):
+        previous = {**previous, "guards": {**asdict(Guards()), **guards}}
+    train_config = previous.get("train_config")
+    if isinstance(train_config, dict):
+        previous = {**previous, "train_config": _train_config_read_back(train_config)}
+    return previous
+
+
+def _train_config_read_back(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded ``train_config`` read back through the parser (keys added since take their
+    defaults); one that no longer parses stays as it is, so it differs and the resume is refused."""
+    from npcrl.errors import TrainConfigError
+    from npcrl.train.config import TrainConfig
+
+    try:
+        return TrainConfig.from_dict(recorded, where="train_config").to_dict()
+    except TrainConfigError:
+        return recorded
 
 
 @contextmanager

@@ -328,6 +328,30 @@ def test_a_loop_recorded_before_the_confirm_rule_resumes_under_the_old_rule(tmp_
         check_loop_out(tmp_path, resume=True, record={**record, "confirm_rule": "pooled"})
 
 
+def test_a_loop_recorded_before_a_training_setting_existed_resumes_at_its_default(tmp_path: Path) -> None:
+    """A ``train_config`` recorded before a training setting existed (here ``model.pad_shapes``)
+    counts it at its default, as ``npcrl train --resume`` does; any other difference is refused."""
+    import json
+
+    from npcrl.errors import LoopError
+    from npcrl.loop.state import LOOP_FILE, check_loop_out
+    from npcrl.train.config import TrainConfig
+
+    now = {"rounds": 2, "seed": 0, "confirm_rule": "both", "train_config": TrainConfig().to_dict()}
+    older = json.loads(json.dumps(now))
+    del older["train_config"]["model"]["pad_shapes"]
+    (tmp_path / LOOP_FILE).write_text(json.dumps(older), encoding="utf-8")
+    check_loop_out(tmp_path, resume=True, record=now)
+    changed = TrainConfig()
+    changed.model.pad_shapes = not changed.model.pad_shapes
+    with pytest.raises(LoopError, match="different train_config"):
+        check_loop_out(tmp_path, resume=True, record={**now, "train_config": changed.to_dict()})
+    older["train_config"]["model"]["no_such_setting"] = 1  # a record that no longer parses differs
+    (tmp_path / LOOP_FILE).write_text(json.dumps(older), encoding="utf-8")
+    with pytest.raises(LoopError, match="different train_config"):
+        check_loop_out(tmp_path, resume=True, record=now)
+
+
 def test_the_command_line_passes_the_loop_its_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
