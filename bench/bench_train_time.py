@@ -49,7 +49,9 @@ def run_train(root: Path, logs: str, bundle: str, config: Path, out: Path) -> di
     return {
         "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,  # Linux reports KiB
+        # Linux reports KiB, and counts from the size of this process when it started the child
+        # (tens of MB: this script holds no model), so the figure is the training process's.
+        "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,
         "phases_s": record.get("phases_s"),
         "metrics": metrics,
     }

@@ -35,7 +35,7 @@ args = sys.argv[1:]
 out = Path(args[args.index("--out") + 1])
 if "fail" in out.name:
     sys.exit(3)
-ballast = bytearray(400 * 2**20)  # resident: the bench must see this child's peak, not its own
+ballast = bytearray(400 * 2**20)  # resident: the bench must see this child's peak
 ballast[:: 4096] = b"x" * len(ballast[:: 4096])
 (out / "report").mkdir(parents=True)
 (out / "report" / "metrics.jsonl").write_text(json.dumps({"iteration": 1}) + "\\n")
@@ -44,7 +44,9 @@ ballast[:: 4096] = b"x" * len(ballast[:: 4096])
 
 
 def test_a_run_reports_its_own_time_peak_memory_and_records(tmp_path: Path) -> None:
-    """Each run's CPU time and peak memory are that child's alone (``os.wait4``), and a failed run stops the bench."""
+    """Each run's CPU time and peak memory are read for that child (``os.wait4``), and a failed run
+    stops the bench. Linux counts a child's peak from the size of the process that started it, so
+    only a floor can be checked here (under pytest that process holds the test models)."""
     import subprocess
 
     root = tmp_path / "checkout"
@@ -55,7 +57,7 @@ def test_a_run_reports_its_own_time_peak_memory_and_records(tmp_path: Path) -> N
     config.write_text("")
     result = _bench().run_train(root, "logs", "bundle", config, tmp_path / "run")
     assert result["metrics"] == [{"iteration": 1}] and result["phases_s"] == {"update": 1.0}
-    assert 0.40 <= result["peak_rss_gb"] < 2.0  # 400 MiB = 0.42 GB touched
+    assert result["peak_rss_gb"] >= 0.40  # 400 MiB = 0.42 GB touched
     assert result["cpu_s"] > 0 and result["wall_s"] > 0
     with pytest.raises(subprocess.CalledProcessError):
         _bench().run_train(root, "logs", "bundle", config, tmp_path / "fail")
