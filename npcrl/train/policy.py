@@ -30,7 +30,7 @@ from npcrl.train.cpu_precision import resolve_precision
 from npcrl.train.phase_timer import PhaseTimer
 from npcrl.train.ppo_math import entropy_from_logits, selective_log_softmax
 from npcrl.train.prefix_cache import PrefixCache
-from npcrl.train.shapes import pad_sequences, pad_steps
+from npcrl.train.shapes import max_positions, pad_sequences, pad_steps
 from npcrl.train.shared_prefix import decoder_hidden
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -114,7 +114,7 @@ def response_hidden(
     first = int(positions[:, 0].min())
     decoder = decoder_of(lm)
     if pad_shapes:
-        input_ids, attention_mask = pad_sequences(input_ids, attention_mask)
+        input_ids, attention_mask = pad_sequences(input_ids, attention_mask, max_positions(decoder.config))
     with body_precision(precision):
         hidden, offset = decoder_hidden(
             decoder, input_ids, attention_mask, limit=first, prefixes=prefixes, blocks=pad_shapes

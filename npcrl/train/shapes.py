@@ -14,6 +14,8 @@ row's own pass instead, and padded steps are cut off the output before anything 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 SEQUENCE_MULTIPLE = 32
@@ -27,15 +29,32 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def pad_sequences(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (B, L) rows widened to a multiple of ``SEQUENCE_MULTIPLE`` (masked pad tokens)."""
-    extra = round_up(input_ids.shape[1], SEQUENCE_MULTIPLE) - input_ids.shape[1]
+def pad_sequences(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, max_width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (B, L) rows widened to a multiple of ``SEQUENCE_MULTIPLE`` (masked pad tokens),
+    but never past ``max_width``: a model with learned positions (GPT-2's ``n_positions``) has no
+    position beyond it, padded or not."""
+    width = round_up(input_ids.shape[1], SEQUENCE_MULTIPLE)
+    if max_width is not None:
+        width = max(min(width, max_width), input_ids.shape[1])
+    extra = width - input_ids.shape[1]
     if extra == 0:
         return input_ids, attention_mask
     return (
         torch.nn.functional.pad(input_ids, (0, extra), value=0),
         torch.nn.functional.pad(attention_mask, (0, extra), value=0),
     )
+
+
+def max_positions(model_config: Any) -> int | None:
+    """The most positions a transformers config allows (GPT-2 ``n_positions``, Llama
+    ``max_position_embeddings``); None if it names none."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def whole_blocks(prefix: int) -> int:

@@ -204,6 +204,28 @@ def test_padded_shapes_give_the_same_outputs_and_gradients(policy: Any, monkeypa
         assert float((padded_grads[name] - a).norm()) <= 1e-5 * scale, name
 
 
+def test_padding_stops_at_the_models_last_position() -> None:
+    """GPT-2 has no position past ``n_positions``: a 98-token row of a 100-position model is padded
+    to 100, not 128, and scores as it does unpadded."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from npcrl.train.policy import response_hidden
+
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=100)).eval()
+    turns = [make_turn([3 + i % 50 for i in range(90)], [5, 6, 7, 8, 9, 10, 11, 12], 0)]  # 90 + 8 = 98 tokens
+    batch = collate(turns, pad_id=0)
+    widths: list[int] = []
+    decoder_of(lm).register_forward_pre_hook(
+        lambda _module, _args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    with torch.no_grad():
+        plain = response_hidden(lm, batch.input_ids, batch.attention_mask, batch.positions)
+        padded = response_hidden(lm, batch.input_ids, batch.attention_mask, batch.positions, pad_shapes=True)
+    assert widths == [98, 100]
+    torch.testing.assert_close(padded, plain, atol=2e-5, rtol=1e-4)
+
+
 def test_reward_model_predictions_equal_with_and_without_sharing(
     tiny_bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
