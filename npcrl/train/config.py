@@ -100,11 +100,8 @@ class ModelConfig:
     products ran ~90x slower than fp32. auto: bf16 where the CPU has those units, else fp32
     (``npcrl.train.cpu_precision``); docs/TRAINING.md has the measurements"""
     pad_shapes: bool = True
-    """pad every pass to a few tensor shapes (sequences to a multiple of 32 tokens, the shared prefix
-    to whole 32-token blocks, response steps to a multiple of 8), so the CPU builds its matrix kernels
-    once instead of for every micro-batch; exact up to float rounding (``npcrl.train.shapes``). On by
-    measurement: a 20-iteration run of the defaults 1.15x faster, its iterations no longer slowing as
-    the run goes on (docs/TRAINING.md, "Where the time goes")"""
+    """pad every pass to a few tensor shapes, so CPU kernels are built once, not per micro-batch; exact up to
+    rounding (``npcrl.train.shapes``); 1.15x faster by measurement (docs/TRAINING.md, "Padding to a few shapes")"""
 
     def validate(self) -> None:
         _check_fields(self, "model.")
