@@ -29,18 +29,18 @@ def logged_feature_rows(logs: str, personas: dict) -> list[FeatureRow]:
     """Every scored turn of the simulated play logs in ``logs``, with the simulator's features of its line."""
     from npcrl.paths import default_key_path
     from npcrl.playlog import LogReader
-    from npcrl.privacy.pseudonym import load_or_create_key, pseudonym
+    from npcrl.privacy.pseudonym import load_or_create_key
     from npcrl.reward.engagement import group_conversations, score_conversation
     from npcrl.reward.spec import default_reward_spec
+    from npcrl.sim.draws import PLAYER_ID_PREFIX, simulated_players
     from npcrl.sim.features import line_features
     from npcrl.sim.profiles import builtin_profiles
-    from npcrl.sim.simulate import PLAYER_ID_PREFIX
 
     spec = default_reward_spec()
     # The writer stores a keyed pseudonym of each player id: map the simulated players' ids back
     # with the same (default) key; logs written before pseudonyms carry the id itself.
     key = load_or_create_key(default_key_path())
-    profiles = {pseudonym(f"{PLAYER_ID_PREFIX}{name}", key): name for name in builtin_profiles()}
+    profiles = simulated_players(builtin_profiles(), key)
     rows = []
     for cid, log in sorted(group_conversations(LogReader(logs)).items()):
         player = log.start.player_id if log.start is not None else ""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from npcrl.cli.args import add_command, add_concurrent_argument, add_players_arguments, player_profiles
-from npcrl.errors import NpcrlError
+from npcrl.errors import LogFormatError, NpcrlError
 
 
 def _personas(directory: str | None) -> list[Any]:
@@ -23,8 +23,7 @@ def _personas(directory: str | None) -> list[Any]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from npcrl.agent.npc_agent import AgentConfig
     from npcrl.evaluation.earlier import check_evaluation_logs
-    from npcrl.evaluation.metric_names import PAIRED_GAIN
-    from npcrl.evaluation.metrics import log_metrics, paired_gain_of_logs
+    from npcrl.evaluation.metrics import log_metrics
     from npcrl.evaluation.report import compare_table, rows_from_columns, write_report
     from npcrl.evaluation.run import EvalSettings, evaluate_bundle
     from npcrl.reward.spec import default_reward_spec, load_reward_spec
@@ -67,16 +66,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
             models[path], out / "logs" / name, personas, profiles, spec, settings, reference=reference
         )
     if args.against or args.against_logs:
-        # Same players and seeds: conversation k of one bundle is paired with conversation k of the other.
-        columns[labels["bundle"]][PAIRED_GAIN] = paired_gain_of_logs(
-            out / "logs" / "bundle", args.against_logs or out / "logs" / "against", spec, seed=args.seed
-        )
+        against = Path(args.against_logs) if args.against_logs else out / "logs" / "against"
+        names = [profile.name for profile in profiles]
+        columns[labels["bundle"]].update(_paired_rows(out / "logs" / "bundle", against, spec, names, args.seed))
     rows = rows_from_columns(columns)
     print(compare_table(rows))
     png, html = write_report(out, rows, title=f"npcrl eval: {', '.join(columns)}")
     (out / "metrics.json").write_text(json.dumps(columns, indent=1), encoding="utf-8")
     print(f"report: {html}" + (f" (plot {png})" if png else ""))
     return 0
+
+
+def _paired_rows(candidate_logs: Path, current_logs: Path, spec: Any, profiles: list[str], seed: int) -> dict[str, Any]:
+    """The bundle's paired gain over the other side, over all players and (with several profiles)
+    per profile. Same players and seeds: conversation k of one side pairs with conversation k of
+    the other."""
+    from npcrl.evaluation.by_profile import paired_gain_by_profile
+    from npcrl.evaluation.metric_names import PAIRED_GAIN, paired_gain_of_profile
+    from npcrl.evaluation.metrics import paired_gain_of_logs
+    from npcrl.paths import default_key_path
+    from npcrl.privacy.pseudonym import load_key
+
+    rows = {PAIRED_GAIN: paired_gain_of_logs(candidate_logs, current_logs, spec, seed=seed)}
+    if len(profiles) > 1:
+        key = load_key(default_key_path())  # the key this evaluation's writers used
+        try:
+            splits = paired_gain_by_profile(candidate_logs, current_logs, spec, profiles, key, seed=seed)
+        except LogFormatError as exc:  # --against-logs written under another key, or by other players
+            print(f"the gain per player profile is left out: {exc}")
+            splits = []
+        rows.update((paired_gain_of_profile(split.profile), split.gain) for split in splits)
+    return rows
 
 
 def add_eval_parser(sub: Any) -> None:

@@ -1,5 +1,6 @@
-"""``npcrl logs inspect | stats | validate | purge``: look into a play-log directory (or one ``.npl``
-file), and drop old conversations or a player's conversations from a directory."""
+"""``npcrl logs inspect | stats | validate | purge | compare``: look into a play-log directory (or one
+``.npl`` file), drop old conversations or a player's conversations from a directory, and compare two
+evaluations' logs (``npcrl.cli.logs_compare``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from npcrl.cli.args import add_command, age_seconds, positive_int, pseudonym_arg
+from npcrl.cli.logs_compare import add_compare_parser
 from npcrl.errors import LogFormatError
 from npcrl.paths import default_key_path
 from npcrl.playlog.dedupe import RecordIndex
@@ -30,9 +32,9 @@ _TEXT_WIDTH = 100
 
 
 def add_logs_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``logs inspect|stats|validate|purge`` on an argparse subparsers object; each sets ``func``."""
+    """Register ``logs inspect|stats|validate|purge|compare`` on an argparse subparsers object; each sets ``func``."""
     logs = add_command(
-        subparsers, "logs", "inspect, summarise, validate and purge play logs", "npcrl logs stats saves/logs"
+        subparsers, "logs", "inspect, summarise, validate, purge and compare play logs", "npcrl logs stats saves/logs"
     )
     sub = logs.add_subparsers(dest="logs_command", required=True)
 
@@ -58,6 +60,7 @@ def add_logs_parser(subparsers: Any) -> argparse.ArgumentParser:
     validate.add_argument("dir", help="play-log directory, or one .npl file")
     validate.set_defaults(func=cmd_validate)
     _add_purge_parser(sub)
+    add_compare_parser(sub)
     return logs
 
 

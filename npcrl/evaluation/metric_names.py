@@ -28,3 +28,8 @@ KL_PER_LINE = "KL to reference (nats / line)"
 PERPLEXITY = "held-out persona perplexity"
 PAIRED_GAIN = "engagement gain, paired (95% CI)"
 """mean per-conversation reward difference to the compared bundle, with its interval: (mean, low, high)"""
+
+
+def paired_gain_of_profile(profile: str) -> str:
+    """The row of the paired gain with one player profile's conversations only (``npcrl.evaluation.by_profile``)."""
+    return f"engagement gain, paired, {profile} players (95% CI)"

@@ -214,7 +214,7 @@ def play_size(inputs: LoopInputs, state: LoopState, size: int, same_play_as: Pat
 
 def copy_first_conversations(source: Path, target: Path, count: int) -> None:
     """Write into ``target`` every record of the first ``count`` simulated conversations in ``source``
-    (``npcrl.sim.simulate.simulated_conversation_id`` ends in the conversation's index)."""
+    (``npcrl.sim.draws.simulated_conversation_id`` ends in the conversation's index)."""
     from npcrl.playlog import PlayLogWriter, read_log_dir
     from npcrl.sim.resume import copy_records
 
@@ -228,10 +228,12 @@ def copy_first_conversations(source: Path, target: Path, count: int) -> None:
 
 def conversation_index(conversation_id: str) -> int:
     """The index a simulated conversation id ends with ("sim-<bundle>-s<seed>-000042" -> 42)."""
-    tail = conversation_id.rsplit("-", 1)[-1]
-    if not conversation_id.startswith("sim-") or not tail.isdigit():
+    from npcrl.sim.draws import simulated_conversation_seat
+
+    seat = simulated_conversation_seat(conversation_id)
+    if seat is None:
         raise LoopError(f"{conversation_id!r} is not a simulated conversation's id; a curve reads only simulated play")
-    return int(tail)
+    return seat[1]
 
 
 def curve_point(size: int, result: RoundResult, training: dict[str, Any] | None = None) -> CurvePoint:

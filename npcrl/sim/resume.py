@@ -15,7 +15,7 @@ from pathlib import Path
 
 from npcrl.errors import NpcrlError
 from npcrl.playlog import ConversationEnd, ConversationStart, PlayLogWriter, Record, list_log_files, read_log_dir
-from npcrl.sim.simulate import simulated_conversation_id
+from npcrl.sim.draws import simulated_conversation_id
 
 _FLUSH_EVERY = 10_000  # the writer's queue is bounded; a long copy must not overrun it
 

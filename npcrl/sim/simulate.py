@@ -25,7 +25,6 @@ summary and ``on_conversation`` in conversation order, as in a serial run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import random
@@ -39,21 +38,12 @@ from npcrl.agent.npc_agent import AgentConfig, Conversation, NpcAgent, with_samp
 from npcrl.agent.persona import Persona
 from npcrl.playlog import ConversationStart, LogReader, PlayLogWriter, list_log_files
 from npcrl.runtime.model import OnnxCausalLM
+from npcrl.sim.draws import PLAYER_ID_PREFIX, derive_seed, drawn_profile, simulated_conversation_id
 from npcrl.sim.features import FEATURES, best_quest, line_features
 from npcrl.sim.ordered import RecordBuffer, max_concurrency, play_concurrently
 from npcrl.sim.profiles import PlayerProfile, Reaction
 
-_SEED_MASK = (1 << 63) - 1
 log = logging.getLogger(__name__)
-
-PLAYER_ID_PREFIX = "sim-"
-"""a simulated conversation logs its player as this prefix + the profile's name"""
-
-
-def derive_seed(seed: int, index: int, purpose: str) -> int:
-    """A seed for one purpose of conversation ``index``, stable across runs and platforms."""
-    digest = hashlib.sha256(f"npcrl-sim/{seed}/{index}/{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & _SEED_MASK
 
 
 class _SimulatedConversation(Conversation):
@@ -156,13 +146,6 @@ def _as_list(items: Mapping[str, Any] | Sequence[Any], what: str) -> list[Any]:
     if not values:
         raise ValueError(f"simulate needs at least one {what}")
     return values
-
-
-def simulated_conversation_id(bundle_id: str, seed: int, index: int) -> str:
-    """The log id of conversation ``index`` of a simulation: the same for the same bundle and seed,
-    so a rerun writes the same logs (and the trainer's holdout split, which ranks conversation ids,
-    picks the same conversations); different for other bundles or seeds, so their logs can be pooled."""
-    return f"sim-{bundle_id[:16]}-s{seed}-{index:06d}"
 
 
 def play_conversation(
@@ -328,7 +311,7 @@ class _SeededPlay:
             agent.config = with_sampler(self.config, seed=derive_seed(self.seed, k, "sampler"))
             if buffer is not None:
                 agent.log_writer = buffer
-            pick = random.Random(derive_seed(self.seed, k, "profile")).randrange(len(self.profiles))
+            pick = drawn_profile(self.seed, k, len(self.profiles))
             rng = random.Random(derive_seed(self.seed, k, "player"))
             conversation_id = simulated_conversation_id(self.bundle_id, self.seed, k)
             return play_conversation(agent, self.profiles[pick], rng, k, conversation_id)

@@ -11,10 +11,12 @@ import pytest
 
 from npcrl.agent.persona import builtin_personas
 from npcrl.cli.main import main
+from npcrl.evaluation.metric_names import paired_gain_of_profile
 from npcrl.evaluation.metrics import conversation_rewards
 from npcrl.evaluation.run import EvalSettings, evaluate_bundle
 from npcrl.reward.spec import default_reward_spec
 from npcrl.runtime.model import OnnxCausalLM
+from npcrl.sim.draws import drawn_profile
 from npcrl.sim.profiles import builtin_profiles
 
 # The tiny test models have 256 positions: the built-in cards' system prompts do not fit.
@@ -99,6 +101,13 @@ def test_eval_cli_writes_table_metrics_and_report(tiny_bundles: dict[str, Path],
     ]
     assert gain == pytest.approx(sum(differences) / 2) and low <= gain <= high
     assert "engagement gain, paired" in printed
+    # and split by the profile that played each conversation: the parts add up to the whole
+    names = list(builtin_profiles())
+    drawn = [names[drawn_profile(0, k, len(names))] for k in range(2)]
+    split = {name: columns[bundle_label][paired_gain_of_profile(name)] for name in set(drawn)}
+    assert not any(paired_gain_of_profile(name) in columns[bundle_label] for name in set(names) - set(drawn))
+    assert sum(split[name][0] for name in drawn) / 2 == pytest.approx(gain)
+    assert all(f"{name} players" in printed for name in drawn)
 
 
 def test_eval_refuses_a_used_report_directory(tiny_bundles: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -135,6 +144,10 @@ def test_against_logs_pairs_with_an_earlier_evaluation_as_if_played_again(
     played_gain = next(c[gain] for label, c in played.items() if label.startswith("bundle"))
     reused_gain = next(c[gain] for label, c in reused.items() if label.startswith("bundle"))
     assert reused_gain == played_gain
+    split = [
+        label for label in next(c for label, c in reused.items() if label.startswith("bundle")) if " players " in label
+    ]
+    assert split  # the gain per profile, read back from the earlier logs under the same key
     against = next(c for label, c in reused.items() if label.startswith("against (logs of"))
     assert against["filtered rate"] < 1.0  # real lines were compared, not fallbacks
     assert against["reward / conversation (95% CI)"] == next(
@@ -151,3 +164,19 @@ def test_against_logs_pairs_with_an_earlier_evaluation_as_if_played_again(
     assert "capped at 6 tokens, this evaluation caps them at 5" in refused("--max-new-tokens", "5")
     assert "not both" in refused("--against", str(tiny_bundles["llama-fp32"]))
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_against_logs_under_another_key_leave_out_only_the_split_by_profile(
+    tiny_bundles: dict[str, Path], tmp_path: Path, capsys, short_prompts: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common = ["--conversations", "3", "--seed", "2", "--max-new-tokens", "4", "--concurrent", "1"]
+    candidate = ["eval", "--bundle", str(tiny_bundles["llama-q8"])]
+    assert main([*candidate, "--against", str(tiny_bundles["llama-fp32"]), *common, "--out", str(tmp_path / "a")]) == 0
+    monkeypatch.setenv("NPCRL_KEY_FILE", str(tmp_path / "another-machine.key"))
+    capsys.readouterr()
+    earlier = tmp_path / "a" / "logs" / "against"
+    assert main([*candidate, "--against-logs", str(earlier), *common, "--out", str(tmp_path / "b")]) == 0
+    assert "the gain per player profile is left out: " in capsys.readouterr().out
+    columns = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    bundle = next(c for label, c in columns.items() if label.startswith("bundle"))
+    assert "engagement gain, paired (95% CI)" in bundle and not any(" players " in label for label in bundle)

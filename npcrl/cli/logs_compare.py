@@ -1,0 +1,83 @@
+"""``npcrl logs compare CANDIDATE CURRENT``: the paired engagement gain of two evaluations already
+played (e.g. a loop round's ``eval/candidate`` and ``eval/current``), over all players and per
+player profile, without playing anything again."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from npcrl.cli.args import add_command, add_players_arguments, player_profiles
+
+if TYPE_CHECKING:
+    from npcrl.evaluation.by_profile import ProfileGain
+
+
+def add_compare_parser(sub: Any) -> None:
+    compare = add_command(
+        sub,
+        "compare",
+        "paired engagement gain of two evaluations' logs, over all players and per player profile",
+        "npcrl logs compare loop-run/round-1/eval/candidate loop-run/round-1/eval/current --population default",
+        description="The paired engagement gain of CANDIDATE over CURRENT: two play-log directories of simulated\n"
+        "play with the same seed and conversations (npcrl eval, a loop round's eval/), conversation k of\n"
+        "one paired with conversation k of the other, and the same split by the player profile that\n"
+        "played each conversation. Give the players the evaluation played (--players or --population) and,\n"
+        "for logs written on another machine, the pseudonym key they were written with (--key-file).",
+    )
+    compare.add_argument("candidate", help="play-log directory of the evaluated bundle")
+    compare.add_argument("current", help="play-log directory of the bundle it is compared with (e.g. the base)")
+    add_players_arguments(compare)
+    compare.add_argument("--spec", help="reward spec TOML (default: the shipped one)")
+    compare.add_argument(
+        "--key-file", help="the pseudonym key the logs were written with (default: NPCRL_KEY_FILE or the user data dir)"
+    )
+    compare.add_argument("--seed", type=int, default=0, help="seeds the bootstrap intervals")
+    compare.add_argument("--json", action="store_true", help="print one JSON object")
+    compare.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from npcrl.evaluation.by_profile import ProfileGain, paired_gain_by_profile
+    from npcrl.evaluation.metrics import conversation_rewards, paired_gain, require_one_set_of_players
+    from npcrl.paths import default_key_path
+    from npcrl.privacy.pseudonym import load_key
+    from npcrl.reward.spec import default_reward_spec, load_reward_spec
+
+    spec = load_reward_spec(args.spec) if args.spec else default_reward_spec()
+    names = list(player_profiles(args))
+    candidate, current = conversation_rewards(args.candidate, spec), conversation_rewards(args.current, spec)
+    require_one_set_of_players((args.candidate, len(candidate)), (args.current, len(current)))
+    overall = ProfileGain(
+        profile="all players",
+        conversations=len(candidate),
+        current=math.fsum(current) / len(current),
+        candidate=math.fsum(candidate) / len(candidate),
+        gain=paired_gain(candidate, current, seed=args.seed),
+    )
+    key = load_key(args.key_file or default_key_path())
+    splits = paired_gain_by_profile(args.candidate, args.current, spec, names, key, seed=args.seed)
+    if args.json:
+        print(json.dumps({"all": overall.to_json(), "profiles": [s.to_json() for s in splits]}, indent=1))
+        return 0
+    header = ("players", "conversations", "current", "candidate", "relative", "paired gain [95% CI]")
+    lines = [header, *(_cells(split) for split in [overall, *splits])]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join([line[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True))]))
+    return 0
+
+
+def _cells(split: ProfileGain) -> tuple[str, ...]:
+    mean, low, high = split.gain
+    relative = f"{mean / abs(split.current):+.1%}" if split.current else "n/a"
+    return (
+        split.profile,
+        str(split.conversations),
+        f"{split.current:.3f}",
+        f"{split.candidate:.3f}",
+        relative,
+        f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]",
+    )
