@@ -24,11 +24,21 @@ def add_compare_parser(sub: Any) -> None:
         description="The paired engagement gain of CANDIDATE over CURRENT: two play-log directories of simulated\n"
         "play with the same seed and conversations (npcrl eval, a loop round's eval/), conversation k of\n"
         "one paired with conversation k of the other, and the same split by the player profile that\n"
-        "played each conversation. Give the players the evaluation played (--players or --population) and,\n"
+        "played each conversation; --and pools in more evaluations of the same two bundles. Give the\n"
+        "players the evaluations played (--players or --population) and,\n"
         "for logs written on another machine, the pseudonym key they were written with (--key-file).",
     )
     compare.add_argument("candidate", help="play-log directory of the evaluated bundle")
     compare.add_argument("current", help="play-log directory of the bundle it is compared with (e.g. the base)")
+    compare.add_argument(
+        "--and",
+        dest="more",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("CANDIDATE", "CURRENT"),
+        help="another evaluation of the same two bundles with other players (e.g. fresh players), pooled in",
+    )
     add_players_arguments(compare)
     compare.add_argument("--spec", help="reward spec TOML (default: the shipped one)")
     compare.add_argument(
@@ -40,16 +50,16 @@ def add_compare_parser(sub: Any) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from npcrl.evaluation.by_profile import ProfileGain, paired_gain_by_profile
-    from npcrl.evaluation.metrics import conversation_rewards, paired_gain, require_one_set_of_players
+    from npcrl.evaluation.by_profile import ProfileGain, pooled_gain_by_profile
+    from npcrl.evaluation.metrics import paired_gain, pooled_rewards_of_logs
     from npcrl.paths import default_key_path
     from npcrl.privacy.pseudonym import load_key
     from npcrl.reward.spec import default_reward_spec, load_reward_spec
 
     spec = load_reward_spec(args.spec) if args.spec else default_reward_spec()
     names = list(player_profiles(args))
-    candidate, current = conversation_rewards(args.candidate, spec), conversation_rewards(args.current, spec)
-    require_one_set_of_players((args.candidate, len(candidate)), (args.current, len(current)))
+    pairs = [(args.candidate, args.current), *((candidate, current) for candidate, current in args.more)]
+    candidate, current = pooled_rewards_of_logs(pairs, spec)
     overall = ProfileGain(
         profile="all players",
         conversations=len(candidate),
@@ -58,7 +68,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         gain=paired_gain(candidate, current, seed=args.seed),
     )
     key = load_key(args.key_file or default_key_path())
-    splits = paired_gain_by_profile(args.candidate, args.current, spec, names, key, seed=args.seed)
+    splits = pooled_gain_by_profile(pairs, spec, names, key, seed=args.seed)
     if args.json:
         print(json.dumps({"all": overall.to_json(), "profiles": [s.to_json() for s in splits]}, indent=1))
         return 0

@@ -63,26 +63,42 @@ def paired_gain_by_profile(
     no conversation left out). Conversations pair as there: conversation k of one log directory with
     conversation k of the other, which must be played by the same profile. ``key``: the pseudonym
     key both were written with; ``seed`` seeds the bootstraps."""
+    return pooled_gain_by_profile([(candidate_logs, current_logs)], spec, profiles, key, seed=seed)
+
+
+def pooled_gain_by_profile(
+    pairs: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[str]]],
+    spec: RewardSpec,
+    profiles: Sequence[str],
+    key: bytes,
+    *,
+    seed: int = 0,
+) -> list[ProfileGain]:
+    """``paired_gain_by_profile`` of several evaluations pooled (as ``pooled_rewards_of_logs``
+    pools them): each (candidate, current) pair is one set of players played by both bundles."""
     players = simulated_players(profiles, key)
-    ours = _profile_rewards(candidate_logs, spec, players)
-    theirs = _profile_rewards(current_logs, spec, players)
-    require_one_set_of_players((candidate_logs, len(ours)), (current_logs, len(theirs)))
-    for k, ((profile, _), (other, _)) in enumerate(zip(ours, theirs, strict=True)):
-        if profile != other:
-            raise LogFormatError(
-                f"conversation {k} is played by {profile!r} in {candidate_logs} and by {other!r} in"
-                f" {current_logs}: a pair must be one set of players played by both bundles"
-            )
+    paired: list[tuple[str, float, float]] = []
+    for candidate_logs, current_logs in pairs:
+        ours = _profile_rewards(candidate_logs, spec, players)
+        theirs = _profile_rewards(current_logs, spec, players)
+        require_one_set_of_players((candidate_logs, len(ours)), (current_logs, len(theirs)))
+        for k, ((profile, mine), (other, yours)) in enumerate(zip(ours, theirs, strict=True)):
+            if profile != other:
+                raise LogFormatError(
+                    f"conversation {k} is played by {profile!r} in {candidate_logs} and by {other!r} in"
+                    f" {current_logs}: a pair must be one set of players played by both bundles"
+                )
+            paired.append((profile, mine, yours))
     gains = []
     for name in profiles:
-        pairs = [(mine[1], yours[1]) for mine, yours in zip(ours, theirs, strict=True) if mine[0] == name]
-        if not pairs:
+        candidate = [mine for profile, mine, _ in paired if profile == name]
+        current = [yours for profile, _, yours in paired if profile == name]
+        if not candidate:
             continue
-        candidate, current = [a for a, _ in pairs], [b for _, b in pairs]
         gains.append(
             ProfileGain(
                 profile=name,
-                conversations=len(pairs),
+                conversations=len(candidate),
                 current=math.fsum(current) / len(current),
                 candidate=math.fsum(candidate) / len(candidate),
                 gain=paired_gain(candidate, current, seed=seed),

@@ -10,7 +10,7 @@ import pytest
 
 from npcrl.cli.main import main
 from npcrl.errors import LogFormatError
-from npcrl.evaluation.by_profile import paired_gain_by_profile
+from npcrl.evaluation.by_profile import paired_gain_by_profile, pooled_gain_by_profile
 from npcrl.evaluation.metrics import conversation_rewards, paired_gain
 from npcrl.paths import default_key_path
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, PlayLogWriter
@@ -98,6 +98,23 @@ def test_the_gain_lands_on_the_profile_that_earned_it(evaluation: tuple[Path, Pa
     assert sum(s.gain[0] * s.conversations for s in splits) / CONVERSATIONS == pytest.approx(overall)
 
 
+def test_evaluations_with_other_players_pool_in(
+    tmp_path: Path, evaluation: tuple[Path, Path], spec: RewardSpec
+) -> None:
+    candidate, current = evaluation
+    fresh_candidate, fresh_current = tmp_path / "fresh-candidate", tmp_path / "fresh-current"
+    _write_evaluation(fresh_candidate, "cccccccccccccccc", {"quiet_one"}, profiles=PROFILES[::-1])
+    _write_evaluation(fresh_current, "bbbbbbbbbbbbbbbb", set(), profiles=PROFILES[::-1])
+    pairs = [(candidate, current), (fresh_candidate, fresh_current)]
+    pooled = {s.profile: s for s in pooled_gain_by_profile(pairs, spec, PROFILES, _key())}
+    first, second = ({s.profile: s for s in paired_gain_by_profile(*pair, spec, PROFILES, _key())} for pair in pairs)
+    for name in PROFILES:
+        assert pooled[name].conversations == first[name].conversations + second[name].conversations
+        wins = first[name].gain[0] * first[name].conversations + second[name].gain[0] * second[name].conversations
+        assert pooled[name].gain[0] == pytest.approx(wins / pooled[name].conversations)
+    assert pooled["chatty_one"].gain == (0.0, 0.0, 0.0) and 0 < pooled["quiet_one"].gain[0] < 1
+
+
 def test_profiles_or_a_key_that_do_not_match_the_logs_are_refused(
     evaluation: tuple[Path, Path], spec: RewardSpec
 ) -> None:
@@ -151,6 +168,11 @@ def test_logs_compare_prints_the_split(evaluation: tuple[Path, Path], spec_file:
         "quiet_one": 0.0,
         "quester": 1.0,
     }
+    assert main([*compare, "--json", "--and", str(candidate), str(current)]) == 0  # the same players twice
+    pooled = json.loads(capsys.readouterr().out)
+    assert pooled["all"]["conversations"] == 2 * CONVERSATIONS
+    assert [p["conversations"] for p in pooled["profiles"]] == [2 * p["conversations"] for p in report["profiles"]]
+    assert [p["gain"][0] for p in pooled["profiles"]] == [p["gain"][0] for p in report["profiles"]]
     assert main(compare) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[0] == "players" and table[1].startswith("all players")

@@ -1,0 +1,69 @@
+"""Whose turns a round learns from: simulated play logs broken down by the player profile of each turn.
+
+A round's trainer weighs every logged NPC turn alike, so players who stay longer give it more
+turns: in a mixed population the update leans toward the long talkers' tastes. For each profile
+of the shipped ones (read back from the logs' pseudonyms with this machine's key, as
+``bench/simulator_features.py`` does): its conversations, its turns and their share of all turns,
+the mean credited turn reward, and for each feature the players react to, the share of its lines
+with that feature and the mean reward of those lines minus the rest's. The last block is the same
+over all profiles pooled, which is what a learner that cannot tell the players apart sees.
+
+Usage: python bench/profile_turns.py LOGS [--features offers_quest,asks_back,mentions_lore,chatty]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("logs", help="play-log directory of simulated conversations (e.g. a loop round's logs/)")
+    parser.add_argument("--features", default="offers_quest,asks_back,mentions_lore,chatty")
+    args = parser.parse_args()
+
+    from simulator_features import logged_feature_rows
+
+    from npcrl.agent.persona import builtin_personas
+
+    rows = logged_feature_rows(args.logs, builtin_personas())
+    features = [name.strip() for name in args.features.split(",") if name.strip()]
+    groups = defaultdict(list)
+    for row in rows:
+        groups[row.profile].append(row)
+    print(f"{args.logs}: {len(rows)} scored NPC turns")
+    print("| players | conversations | turns (share) | reward / turn | " + " | ".join(features) + " |")
+    print("|---|---|---|---|" + "---|" * len(features))
+    for name, group in [*sorted(groups.items()), ("all, pooled", rows)]:
+        conversations = len({row.conversation_id for row in group})
+        share = len(group) / len(rows)
+        cells = [_feature_cell(group, feature) for feature in features]
+        print(
+            f"| {name} | {conversations} | {len(group)} ({share:.0%}) | {_mean([r.reward for r in group]):+.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    print("(feature cells: share of lines with it; their mean reward minus the other lines')")
+
+
+def _feature_cell(group: list, feature: str) -> str:
+    with_it = [row.reward for row in group if row.features[feature] > 0.5]
+    without = [row.reward for row in group if row.features[feature] <= 0.5]
+    if not with_it or not without:
+        return f"{len(with_it) / len(group):.2f}; n/a"
+    return f"{len(with_it) / len(group):.2f}; {_mean(with_it) - _mean(without):+.2f}"
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+if __name__ == "__main__":
+    main()

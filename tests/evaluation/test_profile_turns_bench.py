@@ -1,0 +1,36 @@
+"""bench/profile_turns.py: whose turns a round learns from, per player profile of simulated logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from script_modules import load_script
+
+from npcrl.agent.persona import builtin_personas
+from npcrl.playlog import ConversationStart, EngagementEvent, PlayLogWriter
+from npcrl.sim.draws import PLAYER_ID_PREFIX
+from tests.playlog_helpers import SAMPLER, npc_turn
+
+SMITH = builtin_personas()["blacksmith"]
+
+
+def test_turns_are_counted_and_scored_per_profile(tmp_path: Path, monkeypatch, capsys) -> None:
+    # a lore lover stays 6 turns and replies to each; a quest seeker leaves after 2 without a reply
+    with PlayLogWriter(tmp_path / "logs") as writer:
+        for c, (profile, turns, replies) in enumerate((("lore_lover", 6, True), ("quest_seeker", 2, False))):
+            cid = f"sim-b-s0-{c:06d}"
+            player = f"{PLAYER_ID_PREFIX}{profile}"
+            writer.append(ConversationStart(cid, "blacksmith", player, "Brom", SMITH.persona_hash, "b", SAMPLER, 1.7e9))
+            for t in range(turns):
+                writer.append(npc_turn(cid, t, tokens=4, npc_id="blacksmith", text="Good steel takes time."))
+                if replies:
+                    writer.append(EngagementEvent(cid, t, "reply", None, 1.7e9 + t))
+    bench = load_script("profile_turns_bench", "bench/profile_turns.py")
+    monkeypatch.setattr("sys.argv", ["profile_turns.py", str(tmp_path / "logs"), "--features", "chatty"])
+    bench.main()
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in capsys.readouterr().out.splitlines()}
+    # the shipped spec: 0.3 a reply, and each later reply credited at half the weight per turn
+    credited = [sum(0.3 * 0.5**j for j in range(6 - t)) for t in range(6)]
+    assert rows["lore_lover"][1:4] == ["1", "6 (75%)", f"{sum(credited) / 6:+.3f}"]
+    assert rows["quest_seeker"][1:4] == ["1", "2 (25%)", "+0.000"]
+    assert rows["all, pooled"][1:3] == ["2", "8 (100%)"]
