@@ -8,7 +8,14 @@ the mean credited turn reward, and for each feature the players react to, the sh
 with that feature and the mean reward of those lines minus the rest's. The last block is the same
 over all profiles pooled, which is what a learner that cannot tell the players apart sees.
 
+With ``--credit`` (a training run's ``report/turn_credit.jsonl``, trained on these logs) a second
+table gives what the update made of the same lines: per profile the mean advantage of its turns
+(averaged over the turn's tokens and over every iteration that read it), and per feature the mean
+advantage of its lines minus the rest's: a feature whose lines earned more reward but got less
+advantage is one the update moved away from.
+
 Usage: python bench/profile_turns.py LOGS [--features offers_quest,asks_back,mentions_lore,chatty]
+       [--credit RUN/report/turn_credit.jsonl]
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logs", help="play-log directory of simulated conversations (e.g. a loop round's logs/)")
     parser.add_argument("--features", default="offers_quest,asks_back,mentions_lore,chatty")
+    parser.add_argument("--credit", help="a training run's report/turn_credit.jsonl, trained on LOGS")
     args = parser.parse_args()
 
     from simulator_features import logged_feature_rows
@@ -51,6 +59,38 @@ def main() -> None:
             + " |"
         )
     print("(feature cells: share of lines with it; their mean reward minus the other lines')")
+    if args.credit:
+        _print_credit(groups, rows, features, _advantages(Path(args.credit)))
+
+
+def _advantages(path: Path) -> dict[str, float]:
+    """Turn key -> its advantage (token mean), averaged over the iterations that read it."""
+    import json
+
+    reads: dict[str, list[float]] = defaultdict(list)
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        reads[row["turn"]].append(float(row["advantage_mean"]))
+    return {key: _mean(values) for key, values in reads.items()}
+
+
+def _print_credit(groups: dict, rows: list, features: list[str], advantages: dict[str, float]) -> None:
+    print()
+    print("| players | turns read | advantage / turn | " + " | ".join(features) + " |")
+    print("|---|---|---|" + "---|" * len(features))
+    for name, group in [*sorted(groups.items()), ("all, pooled", rows)]:
+        read = [(row, advantages[f"{row.conversation_id}#{row.turn_index}"]) for row in group
+                if f"{row.conversation_id}#{row.turn_index}" in advantages]  # fmt: skip
+        if not read:
+            print(f"| {name} | 0 | n/a |" + " n/a |" * len(features))
+            continue
+        cells = []
+        for feature in features:
+            with_it = [a for row, a in read if row.features[feature] > 0.5]
+            without = [a for row, a in read if row.features[feature] <= 0.5]
+            cells.append(f"{_mean(with_it) - _mean(without):+.3f}" if with_it and without else "n/a")
+        print(f"| {name} | {len(read)} | {_mean([a for _, a in read]):+.3f} | " + " | ".join(cells) + " |")
+    print("(feature cells: mean advantage of the lines with it minus the other lines'; held-out turns are never read)")
 
 
 def _feature_cell(group: list, feature: str) -> str:

@@ -64,6 +64,7 @@ from npcrl.train.ppo_math import (
 from npcrl.train.reference_cache import ReferenceHidden
 from npcrl.train.rollout import Rollout, Scorer
 from npcrl.train.shared_prefix import group_by_prefix, prefixes_together
+from npcrl.train.turn_credit import turn_credit_rows
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
@@ -112,6 +113,8 @@ class PPOTrainer:
         self.iteration = 0  # iterations finished
         self.updates = 0  # optimizer steps taken
         self.metrics: list[dict[str, Any]] = []
+        self.turn_credit: list[dict[str, Any]] = []
+        """per turn per iteration: what the update made of it (``turn_credit.py``)"""
         self.total_iterations = ppo.iterations or math.ceil(ppo.passes * len(train_turns) / ppo.rollout_turns)
         self.ddp: DistributedDataParallel | None = DistributedDataParallel(policy.module) if dist.enabled else None
         self._orders: dict[int, np.ndarray] = {}
@@ -328,6 +331,7 @@ class PPOTrainer:
         with timer.phase("update"):
             stats.update(self.update(rollout))
             require_finite_tensors(self.policy.trainable_parameters(), self._where(), "parameters after the update")
+        self.turn_credit.extend(turn_credit_rows(rollout, self.iteration + 1))
         elapsed = time.perf_counter() - started
         phases = timer.take_iteration()
         sequence_tokens = float(rollout.batch.attention_mask.sum())
@@ -380,7 +384,12 @@ class PPOTrainer:
         return {name: param for name, param in self.policy.trainable_parameters()}
 
     def loop_state(self) -> dict[str, Any]:
-        return {"updates": self.updates, "kl_controller": self.kl_controller.state_dict(), "metrics": self.metrics}
+        return {
+            "updates": self.updates,
+            "kl_controller": self.kl_controller.state_dict(),
+            "metrics": self.metrics,
+            "turn_credit": self.turn_credit,
+        }
 
     def restore(
         self, trainable: dict[str, torch.Tensor], optimizer: dict[str, Any], state: dict[str, Any], where: str
@@ -391,3 +400,4 @@ class PPOTrainer:
         self.iteration = int(state["iteration"])
         self.updates = int(state["updates"])
         self.metrics = list(state["metrics"])
+        self.turn_credit = list(state.get("turn_credit", []))  # absent from checkpoints written before it

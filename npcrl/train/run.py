@@ -6,7 +6,8 @@ Output directory layout::
                             ppo.iterations to extend it), finished_iterations once checkpoint/ is written,
                             with the run's wall time and its split by phase (time_s, phases_s)
     OUT/state/ckpt-NNNNNN/  resumable checkpoints (the newest ``run.keep_checkpoints``)
-    OUT/report/             metrics.jsonl, training.png, samples.json, off_policy.json, data.json, report.md
+    OUT/report/             metrics.jsonl, turn_credit.jsonl, training.png, samples.json, off_policy.json,
+                            data.json, report.md
     OUT/checkpoint/         the trained model as an HF directory (safetensors) + value_head.safetensors
     OUT/bundle/             the exported bundle (unless run.export_quant = "none")
 
@@ -41,6 +42,7 @@ from npcrl.train.ppo import PPOTrainer
 from npcrl.train.report import METRICS_FILE, write_json, write_metrics
 from npcrl.train.reward_model import load_reward_model
 from npcrl.train.run_record import check_out, resumed_record, write_run_record
+from npcrl.train.turn_credit import TURN_CREDIT_FILE
 
 Scorer = tuple[RewardScorer, dict[str, Any]]
 
@@ -207,6 +209,7 @@ def _iterate(trainer: PPOTrainer, config: TrainConfig, out: Path, fingerprint: s
         # The iteration's record carries its checkpoint time too (its copy in the checkpoint cannot).
         record["phases_s"].update(checkpoint=trainer.timer.take_iteration()["checkpoint"])
         write_metrics(out / "report" / METRICS_FILE, trainer.metrics)
+        write_metrics(out / "report" / TURN_CREDIT_FILE, trainer.turn_credit)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl_per_turn']:.3f}")

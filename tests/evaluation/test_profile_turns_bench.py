@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from script_modules import load_script
@@ -34,3 +35,17 @@ def test_turns_are_counted_and_scored_per_profile(tmp_path: Path, monkeypatch, c
     assert rows["lore_lover"][1:4] == ["1", "6 (75%)", f"{sum(credited) / 6:+.3f}"]
     assert rows["quest_seeker"][1:4] == ["1", "2 (25%)", "+0.000"]
     assert rows["all, pooled"][1:3] == ["2", "8 (100%)"]
+
+    # what an update made of them: the lore lover's turns read twice (advantages averaged), one of
+    # the quest seeker's once, the other never
+    credit = [(f"sim-b-s0-000000#{t}", a) for t in range(6) for a in (0.2, 0.4)] + [("sim-b-s0-000001#0", -0.5)]
+    path = tmp_path / "turn_credit.jsonl"
+    path.write_text("".join(json.dumps({"turn": turn, "advantage_mean": a}) + "\n" for turn, a in credit))
+    monkeypatch.setattr(
+        "sys.argv", ["profile_turns.py", str(tmp_path / "logs"), "--features", "chatty", "--credit", str(path)]
+    )
+    bench.main()
+    second = capsys.readouterr().out.split("\n\n", 1)[1].splitlines()
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in second}
+    assert rows["lore_lover"][1:3] == ["6", "+0.300"] and rows["quest_seeker"][1:3] == ["1", "-0.500"]
+    assert rows["all, pooled"][1:3] == ["7", f"{(6 * 0.3 - 0.5) / 7:+.3f}"]

@@ -276,6 +276,9 @@ def test_killed_and_extended_runs_resume_to_the_uninterrupted_result(toy: dict[s
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
     assert metrics_without_timing(straight) == metrics_without_timing(killed)
+    assert (straight / "report" / "turn_credit.jsonl").read_text() == (
+        killed / "report" / "turn_credit.jsonl"
+    ).read_text()
 
     # A finished 3-iteration run, extended to 8 by raising ppo.iterations, ends where the straight one did.
     short = tmp_path / "short"
@@ -424,6 +427,17 @@ def test_cli_writes_checkpoint_bundle_and_report(toy: dict[str, Any], tmp_path: 
     assert any(k.startswith("value_head") for k in names) and not any("lora" in k for k in names)
     report = out / "report"
     assert len((report / "metrics.jsonl").read_text().splitlines()) == 2
+    # What the update made of each turn: 32 rollout turns an iteration, advantages as the loss saw
+    # them (whitened over the rollout's tokens: their token-weighted mean is 0)
+    credit = [json.loads(line) for line in (report / "turn_credit.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in credit] == [1] * 32 + [2] * 32
+    for iteration in (1, 2):
+        rows = [row for row in credit if row["iteration"] == iteration]
+        assert len({row["turn"] for row in rows}) == 32
+        tokens = sum(row["tokens"] for row in rows)
+        assert sum(row["advantage_mean"] * row["tokens"] for row in rows) / tokens == pytest.approx(0.0, abs=1e-5)
+        assert all(row["weight_mean"] > 0 and row["kl"] >= -1e-6 for row in rows)
+    assert {row["reward"] for row in credit} <= {0.0, 1.0}  # the toy spec: a line earns 1 or nothing
     assert (report / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     samples = json.loads((report / "samples.json").read_text())
     assert len(samples["before"]) == len(samples["after"]) == 2
