@@ -113,8 +113,7 @@ class PPOTrainer:
         self.iteration = 0  # iterations finished
         self.updates = 0  # optimizer steps taken
         self.metrics: list[dict[str, Any]] = []
-        self.turn_credit: list[dict[str, Any]] = []
-        """per turn per iteration: what the update made of it (``turn_credit.py``)"""
+        self.turn_credit: list[dict[str, Any]] = []  # per turn per iteration (turn_credit.py)
         self.total_iterations = ppo.iterations or math.ceil(ppo.passes * len(train_turns) / ppo.rollout_turns)
         self.ddp: DistributedDataParallel | None = DistributedDataParallel(policy.module) if dist.enabled else None
         self._orders: dict[int, np.ndarray] = {}
@@ -384,12 +383,8 @@ class PPOTrainer:
         return {name: param for name, param in self.policy.trainable_parameters()}
 
     def loop_state(self) -> dict[str, Any]:
-        return {
-            "updates": self.updates,
-            "kl_controller": self.kl_controller.state_dict(),
-            "metrics": self.metrics,
-            "turn_credit": self.turn_credit,
-        }
+        kl = self.kl_controller.state_dict()
+        return {"updates": self.updates, "kl_controller": kl, "metrics": self.metrics, "turn_credit": self.turn_credit}
 
     def restore(
         self, trainable: dict[str, torch.Tensor], optimizer: dict[str, Any], state: dict[str, Any], where: str
