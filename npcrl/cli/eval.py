@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from npcrl.cli.args import add_command, add_concurrent_argument, add_players_arguments, player_profiles
-from npcrl.errors import LogFormatError, NpcrlError
+from npcrl.errors import NpcrlError
 
 
 def _personas(directory: str | None) -> list[Any]:
@@ -81,22 +81,15 @@ def _paired_rows(candidate_logs: Path, current_logs: Path, spec: Any, profiles: 
     """The bundle's paired gain over the other side, over all players and (with several profiles)
     per profile. Same players and seeds: conversation k of one side pairs with conversation k of
     the other."""
-    from npcrl.evaluation.by_profile import paired_gain_by_profile
-    from npcrl.evaluation.metric_names import PAIRED_GAIN, paired_gain_of_profile
+    from npcrl.evaluation.by_profile import paired_gain_rows
+    from npcrl.evaluation.metric_names import PAIRED_GAIN
     from npcrl.evaluation.metrics import paired_gain_of_logs
-    from npcrl.paths import default_key_path
-    from npcrl.privacy.pseudonym import load_key
 
-    rows = {PAIRED_GAIN: paired_gain_of_logs(candidate_logs, current_logs, spec, seed=seed)}
-    if len(profiles) > 1:
-        key = load_key(default_key_path())  # the key this evaluation's writers used
-        try:
-            splits = paired_gain_by_profile(candidate_logs, current_logs, spec, profiles, key, seed=seed)
-        except LogFormatError as exc:  # --against-logs written under another key, or by other players
-            print(f"the gain per player profile is left out: {exc}")
-            splits = []
-        rows.update((paired_gain_of_profile(split.profile), split.gain) for split in splits)
-    return rows
+    rows: dict[str, Any] = {PAIRED_GAIN: paired_gain_of_logs(candidate_logs, current_logs, spec, seed=seed)}
+    split, left_out = paired_gain_rows(candidate_logs, current_logs, spec, profiles, seed=seed)
+    if left_out:  # --against-logs written under another key, or by other players
+        print(left_out)
+    return {**rows, **split}
 
 
 def add_eval_parser(sub: Any) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from npcrl.errors import LogFormatError
+from npcrl.evaluation.metric_names import paired_gain_of_profile
 from npcrl.evaluation.metrics import paired_gain, require_one_set_of_players
 from npcrl.playlog import read_log_dir
 from npcrl.reward.engagement import group_conversations, score_conversation
@@ -127,3 +128,28 @@ def _profile_rewards(
             )
         played.append((profile, math.fsum(r.reward for r in score_conversation(log, spec))))
     return played
+
+
+def paired_gain_rows(
+    candidate_logs: str | os.PathLike[str],
+    current_logs: str | os.PathLike[str],
+    spec: RewardSpec,
+    profiles: Sequence[str],
+    *,
+    seed: int = 0,
+) -> tuple[dict[str, tuple[float, float, float]], str | None]:
+    """``paired_gain_by_profile`` as report rows (``metric_names.paired_gain_of_profile``) for an
+    evaluation this machine played, read with its pseudonym key; none with a single profile. Logs
+    the split cannot read (another key, other players) give no rows and the reason, the second item."""
+    from npcrl.paths import default_key_path
+    from npcrl.privacy.pseudonym import load_key
+
+    if len(profiles) < 2:
+        return {}, None
+    try:
+        splits = paired_gain_by_profile(
+            candidate_logs, current_logs, spec, profiles, load_key(default_key_path()), seed=seed
+        )
+    except LogFormatError as exc:
+        return {}, f"the gain per player profile is left out: {exc}"
+    return {paired_gain_of_profile(split.profile): split.gain for split in splits}, None

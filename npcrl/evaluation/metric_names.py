@@ -30,6 +30,17 @@ PAIRED_GAIN = "engagement gain, paired (95% CI)"
 """mean per-conversation reward difference to the compared bundle, with its interval: (mean, low, high)"""
 
 
+_PROFILE_ROW = ("engagement gain, paired, ", " players (95% CI)")
+
+
 def paired_gain_of_profile(profile: str) -> str:
     """The row of the paired gain with one player profile's conversations only (``npcrl.evaluation.by_profile``)."""
-    return f"engagement gain, paired, {profile} players (95% CI)"
+    return f"{_PROFILE_ROW[0]}{profile}{_PROFILE_ROW[1]}"
+
+
+def profile_of_row(label: str) -> str | None:
+    """The profile a ``paired_gain_of_profile`` row is of; None for any other row."""
+    head, tail = _PROFILE_ROW
+    if label.startswith(head) and label.endswith(tail) and len(label) > len(head) + len(tail):
+        return label[len(head) : -len(tail)]
+    return None

@@ -50,7 +50,7 @@ from npcrl.loop.state import (
     write_decision,
     write_loop_record,
 )
-from npcrl.loop.summary import write_summary
+from npcrl.loop.summary import profile_gains_text, write_summary
 from npcrl.loop.trained import trained_how_far, training_cell
 
 DEFAULT_SIZES = (150, 300, 600, 1200)
@@ -80,6 +80,8 @@ class CurvePoint:
     ``iterations`` run, the ``most_iterations`` the config allowed, the ``passes_run`` over the
     training turns, whether ``kl_stop_reached`` ended it and its ``rollout_turns`` and
     ``batch_scale`` (empty before the round trained; fields a run did not record are absent)"""
+    by_profile: str = ""
+    """the candidate's paired gain per player profile in one line (``summary.profile_gains_text``)"""
 
 
 def run_curve(  # the keywords of run_loop, but sizes instead of rounds and conversations
@@ -254,6 +256,7 @@ def curve_point(size: int, result: RoundResult, training: dict[str, Any] | None 
         reasons=list(result.reasons),
         seconds=dict(result.seconds),
         training=dict(training or {}),
+        by_profile=profile_gains_text(candidate) or "",
     )
 
 
@@ -293,6 +296,11 @@ def write_curve(out: Path, points: Sequence[CurvePoint]) -> None:
             f"| {training_cell(p.training)} | {p.seconds.get('train_and_export', math.nan):.0f} |"
         )
     lines += ["", *(f"- {p.conversations} conversations: " + "; ".join(p.reasons) for p in points)]
+    lines += [
+        f"- {p.conversations} conversations, paired gain per kind of player: {p.by_profile}"
+        for p in points
+        if p.by_profile
+    ]
     atomic_write(out / CURVE_MD, "\n".join(lines) + "\n")
     plot_curve(out / CURVE_PNG, points)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from npcrl.errors import LoopError
-from npcrl.evaluation.metric_names import CONVERSATIONS, ENGAGEMENT, PAIRED_GAIN, PERPLEXITY
+from npcrl.evaluation.by_profile import paired_gain_rows
+from npcrl.evaluation.metric_names import CONVERSATIONS, ENGAGEMENT, PAIRED_GAIN, PERPLEXITY, profile_of_row
 from npcrl.loop.decision import decide, decide_pooled, estimate
 from npcrl.loop.machine import mixed_machines
 from npcrl.loop.stages import (
@@ -84,7 +85,8 @@ class LoopState:
     def promoted(self, candidate: Path, rows: Mapping[str, Any], stages: RoundStages) -> None:
         """``candidate``, evaluated in ``stages``' round (its ``evaluate_candidate``), is current now."""
         self.current = candidate
-        self.metrics = {k: v for k, v in rows.items() if k != PAIRED_GAIN}  # the gain was over the bundle it replaces
+        # its gains (over all players and per profile) were over the bundle it replaces
+        self.metrics = {k: v for k, v in rows.items() if k != PAIRED_GAIN and profile_of_row(k) is None}
         self._evaluated_in(stages, "evaluate_candidate")
 
     def _evaluated_in(self, stages: RoundStages, name: str) -> None:
@@ -157,6 +159,12 @@ def evaluate_both(
     assert state.metrics is not None and state.eval_logs is not None
     candidate_logs = stage_logs(stages.folder, "evaluate_candidate")
     candidate_rows[PAIRED_GAIN] = paired_gain_or_nan(candidate_logs, state.eval_logs, inputs.spec, settings.seed)
+    split, left_out = paired_gain_rows(
+        candidate_logs, state.eval_logs, inputs.spec, [p.name for p in inputs.settings.players], seed=settings.seed
+    )
+    if left_out:
+        print(f"[npcrl loop] round {stages.folder.name}: {left_out}", flush=True)
+    candidate_rows.update(split)
     return {"current": state.metrics, "candidate": candidate_rows}
 
 

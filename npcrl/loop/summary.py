@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from npcrl.durable import atomic_write
-from npcrl.evaluation.metric_names import ENGAGEMENT, KL_PER_LINE, PAIRED_GAIN, PERPLEXITY
+from npcrl.evaluation.metric_names import ENGAGEMENT, KL_PER_LINE, PAIRED_GAIN, PERPLEXITY, profile_of_row
 from npcrl.loop.decision import estimate
 from npcrl.loop.round import RoundResult
 
@@ -23,6 +23,11 @@ def write_summary(out: Path, results: Sequence[RoundResult]) -> None:
     lines = ["# npcrl loop", "", HEADER, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [table_row(r) for r in results]
     lines += ["", *(f"- round {r.round}: " + "; ".join(r.reasons) for r in results)]
+    lines += [
+        f"- round {r.round}, paired gain per kind of player: {text}"
+        for r in results
+        if (text := profile_gains_text(r.metrics["candidate"]))
+    ]
     lines += [
         f"- round {r.round}: stopped and resumed; the seconds include {cut_off_text(r.cut_off_seconds)} "
         "spent in cut-off attempts (until their last write)"
@@ -68,3 +73,12 @@ def paired_cell(value: Any) -> str:
         return "-"
     mean, low, high = (float(v) for v in value)
     return f"{mean:+.3f} [{low:.3f}, {high:.3f}]"
+
+
+def profile_gains_text(candidate: Mapping[str, Any]) -> str | None:
+    """The candidate's paired gain per player profile (``paired_gain_of_profile`` rows) in one line,
+    e.g. ``curious +0.337 [-0.182, 0.857], impatient -0.250 [...]``; None without such rows."""
+    parts = [
+        f"{profile} {paired_cell(value)}" for label, value in candidate.items() if (profile := profile_of_row(label))
+    ]
+    return ", ".join(parts) or None

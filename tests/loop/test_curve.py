@@ -73,6 +73,9 @@ def test_one_round_per_size_from_one_simulation_and_one_base_evaluation(
         assert row["training"] == point.training
         assert f"| {training_cell(point.training)} |" in table
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # and each size's gain split by the profile that played each evaluation conversation
+    for point in points:
+        assert point.by_profile and f"- {point.conversations} conversations, paired gain per kind of player: " in table
 
     # a resume reads the finished rounds back instead of training again
     import npcrl.loop.stages

@@ -169,6 +169,26 @@ def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path
     gain, low, high = decision["metrics"]["candidate"][metric.PAIRED_GAIN]
     assert low <= gain <= high and any(r.startswith("paired gain") for r in result.reasons)
     assert not any("kind of machine" in r for r in result.reasons)  # both evaluations ran here
+    # the gain split by the profile that played each evaluation conversation, in the record and loop.md
+    candidate = decision["metrics"]["candidate"]
+    split = {metric.profile_of_row(label): value for label, value in candidate.items() if metric.profile_of_row(label)}
+    assert split and set(split) <= {"curious", "impatient", "lore_lover", "quest_seeker"}
+    assert all(low <= mean <= high for mean, low, high in split.values())
+    assert "- round 1, paired gain per kind of player: " in (tmp_path / "loop" / "loop.md").read_text()
+
+
+def test_a_promoted_candidate_carries_no_gain_over_its_predecessor_into_the_next_round(tmp_path: Path) -> None:
+    from npcrl.loop.round import LoopState
+    from npcrl.loop.state import RoundStages
+
+    state = LoopState(current=tmp_path / "base")
+    candidate = {
+        **rows(1.0),
+        metric.PAIRED_GAIN: (0.2, 0.1, 0.3),
+        metric.paired_gain_of_profile("curious"): (0.4, 0.1, 0.7),
+    }
+    state.promoted(tmp_path / "candidate", candidate, RoundStages(tmp_path / "round-1"))
+    assert state.metrics == rows(1.0)
 
 
 def test_each_round_can_retrain_its_reward_model_on_the_logs_so_far(
@@ -438,7 +458,11 @@ def test_a_stopped_loop_resumes_from_its_last_finished_stage(
     assert set(first.cut_off_seconds) == {"train_and_export", "evaluate"}
     assert first.seconds["evaluate"] > first.cut_off_seconds["evaluate"] > 0
     assert "stopped and resumed; the seconds include" in (out / "loop.md").read_text()
-    candidate = {k: v for k, v in first.metrics["candidate"].items() if k != metric.PAIRED_GAIN}
+    candidate = {
+        k: v
+        for k, v in first.metrics["candidate"].items()
+        if k != metric.PAIRED_GAIN and metric.profile_of_row(k) is None
+    }
     assert candidate == json.loads(json.dumps(evaluated["candidate"], default=list))  # the same conversations
 
     with pytest.raises(LoopError, match="different seed"):
