@@ -21,8 +21,6 @@ def _personas(directory: str | None) -> list[Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from npcrl.agent.npc_agent import AgentConfig
-    from npcrl.evaluation.earlier import check_evaluation_logs
     from npcrl.evaluation.metrics import log_metrics
     from npcrl.evaluation.report import compare_table, rows_from_columns, write_report
     from npcrl.evaluation.run import EvalSettings, evaluate_bundle
@@ -54,11 +52,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     columns: dict[str, Any] = {}
     labels = {}
     if args.against_logs:
-        against_logs = Path(args.against_logs)
-        cap = args.max_new_tokens or AgentConfig().sampler.max_new_tokens
-        played_by = check_evaluation_logs(against_logs, args.seed, args.conversations, personas, cap)
+        played_by = _checked_against_logs(args, personas, [profile.name for profile in profiles])
         label = labels["against"] = f"against (logs of {played_by})"
-        columns[label] = dict(log_metrics(against_logs, spec, args.seed, personas=personas).as_dict())
+        columns[label] = dict(log_metrics(args.against_logs, spec, args.seed, personas=personas).as_dict())
     for name, path in bundles.items():
         label = labels[name] = f"{name} ({Path(path).name})"
         print(f"evaluating {label} ...", flush=True)
@@ -75,6 +71,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     (out / "metrics.json").write_text(json.dumps(columns, indent=1), encoding="utf-8")
     print(f"report: {html}" + (f" (plot {png})" if png else ""))
     return 0
+
+
+def _checked_against_logs(args: argparse.Namespace, personas: list[Any], profiles: list[str]) -> str:
+    """The bundle id ``--against-logs`` were played with, once they are checked to be this evaluation's
+    conversations (and, where this machine's key shows them, its players)."""
+    from npcrl.agent.npc_agent import AgentConfig
+    from npcrl.evaluation.earlier import check_evaluation_logs
+
+    logs = Path(args.against_logs)
+    cap = args.max_new_tokens or AgentConfig().sampler.max_new_tokens
+    played_by, checked = check_evaluation_logs(logs, args.seed, args.conversations, personas, cap, profiles)
+    if not checked:
+        print(
+            f"{logs}: its players are not checked: none is a profile given or shipped under this"
+            " machine's pseudonym key (logs from another machine?); pass the players it was played with"
+        )
+    return played_by
 
 
 def _paired_rows(candidate_logs: Path, current_logs: Path, spec: Any, profiles: list[str], seed: int) -> dict[str, Any]:

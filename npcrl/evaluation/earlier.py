@@ -4,41 +4,49 @@ Evaluation plays conversation k with the same player, persona and seeds for ever
 base evaluated once can be paired with any number of candidates (``npcrl curve`` does this for its
 sizes; ``npcrl eval --against-logs`` lets a user do it). The pairing is only sound when the logs
 are one evaluation of exactly the conversations the new one plays: ``check_evaluation_logs``
-refuses anything else, naming the directory and what differs. Player profiles leave no trace in the
-logs that could be checked; the caller passes the same ``--players``/``--population``.
+refuses anything else, naming the directory and what differs. The players are checked too where
+the logs can show them: a simulated player is logged as a keyed pseudonym of its profile's name
+(``npcrl.sim.draws``), so under this machine's key the logs name the profile of each conversation,
+which must be the one this evaluation draws for it. Logs written under another key name no profile
+this machine knows; they are paired unchecked, and the caller says so.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from npcrl.agent.persona import Persona
 from npcrl.errors import NpcrlError
 from npcrl.playlog import ConversationStart, read_log_dir
-
-_SIMULATED_ID = re.compile(r"^sim-(?P<bundle>[0-9a-f]+)-s(?P<seed>\d+)-(?P<index>\d+)$")
+from npcrl.sim.draws import drawn_profile, simulated_conversation_seat, simulated_players
 
 
 def check_evaluation_logs(
-    log_dir: Path, seed: int, conversations: int, personas: Sequence[Persona], max_new_tokens: int
-) -> str:
+    log_dir: Path,
+    seed: int,
+    conversations: int,
+    personas: Sequence[Persona],
+    max_new_tokens: int,
+    profiles: Sequence[str] = (),
+) -> tuple[str, bool]:
     """Refuse ``log_dir`` unless it holds one simulated evaluation of conversations 0..n-1 under
-    ``seed``, persona k mod len(personas) in conversation k, lines capped at ``max_new_tokens``;
-    returns the bundle id (its first 16 hex digits) the logs were played with."""
+    ``seed``, persona k mod len(personas) in conversation k, lines capped at ``max_new_tokens``,
+    and (where this machine's key shows them) conversation k played by the player of ``profiles``
+    drawn for it. Returns the bundle id (its first 16 hex digits) the logs were played with, and
+    whether the players were checked."""
     starts = [r for r in read_log_dir(log_dir) if isinstance(r, ConversationStart)]
     if not starts:
         raise NpcrlError(f"{log_dir}: no conversations to compare with")
     bundles, indices = set(), []
     for start in starts:
-        found = _SIMULATED_ID.match(start.conversation_id)
-        if found is None:
+        seat = simulated_conversation_seat(start.conversation_id)
+        if seat is None:
             raise NpcrlError(f"{log_dir}: {start.conversation_id!r} is not a simulated conversation")
-        if int(found["seed"]) != seed:
-            raise NpcrlError(f"{log_dir}: played with seed {found['seed']}, this evaluation uses --seed {seed}")
-        bundles.add(found["bundle"])
-        index = int(found["index"])
+        if seat[0] != seed:
+            raise NpcrlError(f"{log_dir}: played with seed {seat[0]}, this evaluation uses --seed {seed}")
+        bundles.add(start.conversation_id.removeprefix("sim-").rsplit("-s", 1)[0])
+        index = seat[1]
         indices.append(index)
         expected = personas[index % len(personas)]
         if start.persona_hash != expected.persona_hash:
@@ -58,4 +66,33 @@ def check_evaluation_logs(
             f"{log_dir}: holds {len(indices)} conversation(s), not conversations 0..{conversations - 1}"
             " (evaluate with the same --conversations)"
         )
-    return bundles.pop()
+    return bundles.pop(), bool(profiles) and _players_checked(log_dir, starts, seed, profiles)
+
+
+def _players_checked(log_dir: Path, starts: Sequence[ConversationStart], seed: int, profiles: Sequence[str]) -> bool:
+    """Whether this machine's key shows the logs' players (False: written under another key, or by
+    profiles neither given nor shipped); refuses a conversation played by another profile than the
+    one drawn for it."""
+    from npcrl.paths import default_key_path
+    from npcrl.privacy.pseudonym import load_key
+    from npcrl.sim.populations import builtin_populations
+    from npcrl.sim.profiles import builtin_profiles
+
+    path = default_key_path()
+    if not path.is_file():
+        return False
+    shipped = {*builtin_profiles(), *(name for p in builtin_populations().values() for name in p.profiles())}
+    known = simulated_players([*profiles, *sorted(shipped - set(profiles))], load_key(path))
+    if not any(start.player_id in known for start in starts):
+        return False
+    for start in starts:
+        seat = simulated_conversation_seat(start.conversation_id)
+        assert seat is not None  # checked above
+        expected = profiles[drawn_profile(seed, seat[1], len(profiles))]
+        played = known.get(start.player_id, "unknown")
+        if played != expected:
+            raise NpcrlError(
+                f"{log_dir}: conversation {seat[1]} was played by a {played!r} player, where this evaluation"
+                f" draws {expected!r} (evaluate with the same --players or --population)"
+            )
+    return True

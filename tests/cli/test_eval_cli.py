@@ -17,6 +17,7 @@ from npcrl.evaluation.run import EvalSettings, evaluate_bundle
 from npcrl.reward.spec import default_reward_spec
 from npcrl.runtime.model import OnnxCausalLM
 from npcrl.sim.draws import drawn_profile
+from npcrl.sim.populations import load_population
 from npcrl.sim.profiles import builtin_profiles
 
 # The tiny test models have 256 positions: the built-in cards' system prompts do not fit.
@@ -163,6 +164,12 @@ def test_against_logs_pairs_with_an_earlier_evaluation_as_if_played_again(
     assert "holds 3 conversation(s), not conversations 0..1" in refused("--conversations", "2")
     assert "capped at 6 tokens, this evaluation caps them at 5" in refused("--max-new-tokens", "5")
     assert "not both" in refused("--against", str(tiny_bundles["llama-fp32"]))
+    # the players are read back from their pseudonyms under this machine's key, before anything plays
+    shipped, humour = list(builtin_profiles()), list(load_population("humour"))
+    played, drawn = shipped[drawn_profile(2, 0, len(shipped))], humour[drawn_profile(2, 0, len(humour))]
+    assert f"conversation 0 was played by a {played!r} player, where this evaluation draws {drawn!r}" in refused(
+        "--population", "humour"
+    )
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
 
@@ -176,7 +183,9 @@ def test_against_logs_under_another_key_leave_out_only_the_split_by_profile(
     capsys.readouterr()
     earlier = tmp_path / "a" / "logs" / "against"
     assert main([*candidate, "--against-logs", str(earlier), *common, "--out", str(tmp_path / "b")]) == 0
-    assert "the gain per player profile is left out: " in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "its players are not checked: none is a profile given or shipped" in said
+    assert "the gain per player profile is left out: " in said
     columns = json.loads((tmp_path / "b" / "metrics.json").read_text())
     bundle = next(c for label, c in columns.items() if label.startswith("bundle"))
     assert "engagement gain, paired (95% CI)" in bundle and not any(" players " in label for label in bundle)
