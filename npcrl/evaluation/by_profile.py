@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from npcrl.errors import LogFormatError
+from npcrl.errors import LogFormatError, NpcrlError
 from npcrl.evaluation.metric_names import paired_gain_of_profile
 from npcrl.evaluation.metrics import paired_gain, require_one_set_of_players
 from npcrl.playlog import read_log_dir
@@ -140,16 +140,16 @@ def paired_gain_rows(
 ) -> tuple[dict[str, tuple[float, float, float]], str | None]:
     """``paired_gain_by_profile`` as report rows (``metric_names.paired_gain_of_profile``) for an
     evaluation this machine played, read with its pseudonym key; none with a single profile. Logs
-    the split cannot read (another key, other players) give no rows and the reason, the second item."""
+    the split cannot read (no key here, another key, other players, sides that do not pair) give no
+    rows and the reason, the second item: the split is a report, never a reason to stop a run."""
     from npcrl.paths import default_key_path
     from npcrl.privacy.pseudonym import load_key
 
     if len(profiles) < 2:
         return {}, None
     try:
-        splits = paired_gain_by_profile(
-            candidate_logs, current_logs, spec, profiles, load_key(default_key_path()), seed=seed
-        )
-    except LogFormatError as exc:
+        key = load_key(default_key_path())
+        splits = paired_gain_by_profile(candidate_logs, current_logs, spec, profiles, key, seed=seed)
+    except (NpcrlError, ValueError) as exc:  # LogFormatError, PseudonymKeyError; unequal sides
         return {}, f"the gain per player profile is left out: {exc}"
     return {paired_gain_of_profile(split.profile): split.gain for split in splits}, None

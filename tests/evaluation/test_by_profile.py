@@ -10,7 +10,8 @@ import pytest
 
 from npcrl.cli.main import main
 from npcrl.errors import LogFormatError
-from npcrl.evaluation.by_profile import paired_gain_by_profile, pooled_gain_by_profile
+from npcrl.evaluation.by_profile import paired_gain_by_profile, paired_gain_rows, pooled_gain_by_profile
+from npcrl.evaluation.metric_names import paired_gain_of_profile
 from npcrl.evaluation.metrics import conversation_rewards, paired_gain
 from npcrl.paths import default_key_path
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, PlayLogWriter
@@ -179,3 +180,24 @@ def test_logs_compare_prints_the_split(evaluation: tuple[Path, Path], spec_file:
     assert any(line.startswith("quester") and "+1.000 [+1.000, +1.000]" in line for line in table)
     assert main(["logs", "compare", str(candidate), str(current), "--population", "humour"]) == 2
     assert "none of the player profiles given (jester, tavern_regular, wry_veteran)" in capsys.readouterr().err
+
+
+def test_rows_for_a_report_never_stop_the_run(
+    evaluation: tuple[Path, Path], spec: RewardSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    candidate, current = evaluation
+    rows, left_out = paired_gain_rows(candidate, current, spec, PROFILES)
+    assert rows[paired_gain_of_profile("quester")] == (1.0, 1.0, 1.0) and left_out is None
+    assert paired_gain_rows(candidate, current, spec, ["quester"]) == ({}, None)  # one profile: the whole is its row
+    one = tmp_path / "one"
+    with PlayLogWriter(one) as writer:  # a side that does not pair: fewer conversations
+        cid = simulated_conversation_id("bbbbbbbbbbbbbbbb", SEED, 0)
+        writer.append(
+            ConversationStart(cid, "brom", f"{PLAYER_ID_PREFIX}quester", "Brom", "ab" * 32, "b", SAMPLER, 1.7e9)
+        )
+        writer.append(npc_turn(cid, 0, tokens=4))
+    rows, left_out = paired_gain_rows(candidate, one, spec, PROFILES)
+    assert rows == {} and left_out is not None and "a pair must be one set of players" in left_out
+    monkeypatch.setenv("NPCRL_KEY_FILE", str(tmp_path / "no-key-here"))
+    rows, left_out = paired_gain_rows(candidate, current, spec, PROFILES)
+    assert rows == {} and left_out is not None and "no-key-here" in left_out
