@@ -19,7 +19,12 @@ from pathlib import Path
 from npcrl.agent.persona import Persona
 from npcrl.errors import NpcrlError
 from npcrl.playlog import ConversationStart, read_log_dir
-from npcrl.sim.draws import drawn_profile, simulated_conversation_seat, simulated_players
+from npcrl.sim.draws import (
+    drawn_profile,
+    simulated_conversation_bundle,
+    simulated_conversation_seat,
+    simulated_players,
+)
 
 
 def check_evaluation_logs(
@@ -45,7 +50,7 @@ def check_evaluation_logs(
             raise NpcrlError(f"{log_dir}: {start.conversation_id!r} is not a simulated conversation")
         if seat[0] != seed:
             raise NpcrlError(f"{log_dir}: played with seed {seat[0]}, this evaluation uses --seed {seed}")
-        bundles.add(start.conversation_id.removeprefix("sim-").rsplit("-s", 1)[0])
+        bundles.add(simulated_conversation_bundle(start.conversation_id) or "")  # a seat: never None
         index = seat[1]
         indices.append(index)
         expected = personas[index % len(personas)]
@@ -66,10 +71,13 @@ def check_evaluation_logs(
             f"{log_dir}: holds {len(indices)} conversation(s), not conversations 0..{conversations - 1}"
             " (evaluate with the same --conversations)"
         )
-    return bundles.pop(), bool(profiles) and _players_checked(log_dir, starts, seed, profiles)
+    played = list(zip(indices, starts, strict=True))
+    return bundles.pop(), bool(profiles) and _players_checked(log_dir, played, seed, profiles)
 
 
-def _players_checked(log_dir: Path, starts: Sequence[ConversationStart], seed: int, profiles: Sequence[str]) -> bool:
+def _players_checked(
+    log_dir: Path, played: Sequence[tuple[int, ConversationStart]], seed: int, profiles: Sequence[str]
+) -> bool:
     """Whether this machine's key shows the logs' players (False: written under another key, or by
     profiles neither given nor shipped); refuses a conversation played by another profile than the
     one drawn for it."""
@@ -83,16 +91,14 @@ def _players_checked(log_dir: Path, starts: Sequence[ConversationStart], seed: i
         return False
     shipped = {*builtin_profiles(), *(name for p in builtin_populations().values() for name in p.profiles())}
     known = simulated_players([*profiles, *sorted(shipped - set(profiles))], load_key(path))
-    if not any(start.player_id in known for start in starts):
+    if not any(start.player_id in known for _, start in played):
         return False
-    for start in starts:
-        seat = simulated_conversation_seat(start.conversation_id)
-        assert seat is not None  # checked above
-        expected = profiles[drawn_profile(seed, seat[1], len(profiles))]
-        played = known.get(start.player_id, "unknown")
-        if played != expected:
+    for index, start in played:
+        expected = profiles[drawn_profile(seed, index, len(profiles))]
+        profile = known.get(start.player_id, "unknown")
+        if profile != expected:
             raise NpcrlError(
-                f"{log_dir}: conversation {seat[1]} was played by a {played!r} player, where this evaluation"
+                f"{log_dir}: conversation {index} was played by a {profile!r} player, where this evaluation"
                 f" draws {expected!r} (evaluate with the same --players or --population)"
             )
     return True

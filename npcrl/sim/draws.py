@@ -19,7 +19,7 @@ PLAYER_ID_PREFIX = "sim-"
 """a simulated conversation logs its player as this prefix + the profile's name"""
 
 _SEED_MASK = (1 << 63) - 1
-_SIMULATED_ID = re.compile(r"sim-.*-s(-?[0-9]+)-([0-9]{6,})")
+_SIMULATED_ID = re.compile(r"sim-(?P<bundle>.*)-s(?P<seed>-?[0-9]+)-(?P<index>[0-9]{6,})")
 
 
 def derive_seed(seed: int, index: int, purpose: str) -> int:
@@ -38,7 +38,13 @@ def simulated_conversation_id(bundle_id: str, seed: int, index: int) -> str:
 def simulated_conversation_seat(conversation_id: str) -> tuple[int, int] | None:
     """(seed, index) of a ``simulated_conversation_id``; None for any other id (real play)."""
     match = _SIMULATED_ID.fullmatch(conversation_id)
-    return None if match is None else (int(match.group(1)), int(match.group(2)))
+    return None if match is None else (int(match["seed"]), int(match["index"]))
+
+
+def simulated_conversation_bundle(conversation_id: str) -> str | None:
+    """The bundle-id prefix a ``simulated_conversation_id`` was played with; None for any other id."""
+    match = _SIMULATED_ID.fullmatch(conversation_id)
+    return None if match is None else match["bundle"]
 
 
 def drawn_profile(seed: int, index: int, profiles: int) -> int:

@@ -17,7 +17,13 @@ from npcrl.paths import default_key_path
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, PlayLogWriter
 from npcrl.privacy.pseudonym import load_key
 from npcrl.reward.spec import RewardSpec, load_reward_spec
-from npcrl.sim.draws import PLAYER_ID_PREFIX, drawn_profile, simulated_conversation_id, simulated_conversation_seat
+from npcrl.sim.draws import (
+    PLAYER_ID_PREFIX,
+    drawn_profile,
+    simulated_conversation_bundle,
+    simulated_conversation_id,
+    simulated_conversation_seat,
+)
 from tests.playlog_helpers import SAMPLER, npc_turn
 
 PROFILES = ["chatty_one", "quiet_one", "quester"]
@@ -201,3 +207,9 @@ def test_rows_for_a_report_never_stop_the_run(
     monkeypatch.setenv("NPCRL_KEY_FILE", str(tmp_path / "no-key-here"))
     rows, left_out = paired_gain_rows(candidate, current, spec, PROFILES)
     assert rows == {} and left_out is not None and "no-key-here" in left_out
+
+
+def test_a_simulated_id_gives_back_its_bundle() -> None:
+    assert simulated_conversation_bundle(simulated_conversation_id("0123456789abcdef0123", 3, 42)) == "0123456789abcdef"
+    assert simulated_conversation_bundle(simulated_conversation_id("another-bundle", 3, 42)) == "another-bundle"
+    assert simulated_conversation_bundle("player-7") is None
