@@ -17,27 +17,16 @@ from typing import Any
 
 from npcrl.errors import TrainConfigError
 from npcrl.tomlfile import read_toml
+from npcrl.train.config_ranges import check as _check
 from npcrl.train.config_ranges import check_fields as _check_fields
+from npcrl.train.config_ranges import check_path as _check_path
 from npcrl.train.config_toml import section_from_toml, typed
+from npcrl.train.reward_baseline import BASELINE_GROUPS
 
 DATA_MODES = ("logged", "reward_model")
 REWARD_MODEL_BACKBONES = ("lora", "frozen", "full")
 REWARD_MODEL_POOLINGS = ("last", "mean")
 REWARD_MODEL_HEAD_FITS = ("adamw", "ridge")
-
-
-def _check(condition: bool, key: str, value: Any, requirement: str) -> None:
-    if not condition:
-        raise TrainConfigError(f"{key} = {value!r}: must be {requirement}")
-
-
-def _check_path(key: str, value: Any) -> None:
-    _check(
-        value is None or (isinstance(value, str) and bool(value) and "\0" not in value),
-        key,
-        value,
-        "a non-empty path without NUL characters, or absent",
-    )
 
 
 @dataclass
@@ -64,9 +53,20 @@ class DataConfig:
     persona) is scored so instead of by the reward model. False: neither (logged mode then drops
     resampled turns, as for logs written before rejected samples were logged)"""
 
+    reward_baseline: str = "none"
+    """logged mode: 'player' judges each line's reward against the same player's other lines, 'conversation'
+    against its conversation's other lines, 'none' against all lines alike (npcrl.train.reward_baseline)"""
+    baseline_prior_turns: float = 8.0
+    """turns' worth of the shared mean each baseline starts from: a player with few turns keeps most of it"""
+
     def validate(self) -> None:
         _check_fields(self, "data.")
         _check(self.mode in DATA_MODES, "data.mode", self.mode, "'logged' or 'reward_model'")
+        baseline = self.reward_baseline
+        _check(baseline in BASELINE_GROUPS, "data.reward_baseline", baseline, "'none', 'player' or 'conversation'")
+        _check(
+            baseline == "none" or self.mode == "logged", "data.reward_baseline", baseline, "'none' in reward_model mode"
+        )
         _check_path("data.reward_spec", self.reward_spec)
         _check(isinstance(self.extra_bundles, list), "data.extra_bundles", self.extra_bundles, "a list of paths")
         for bundle in self.extra_bundles:

@@ -1,4 +1,4 @@
-"""The allowed range of every numeric training-config field, and the check that applies them.
+"""The allowed range of every numeric training-config field, and the checks that apply them.
 
 Kept apart from ``config`` so the table reads as one list (docs/TRAINING.md repeats it).
 """
@@ -43,6 +43,7 @@ RANGES: dict[str, Range] = {
     "data.holdout_fraction": Range(0, 1, high_open=True),
     "data.max_sequence_tokens": Range(2, _TOKENS, integer=True),
     "data.min_response_tokens": Range(1, _TOKENS, integer=True),
+    "data.baseline_prior_turns": Range(0, _MANY, low_open=True),
     "model.lora_r": Range(1, 4096, integer=True),
     "model.lora_alpha": Range(0, 10_000, low_open=True),
     "model.value_head_std": Range(0, 10),
@@ -89,6 +90,21 @@ RANGES: dict[str, Range] = {
     "reward_model.repetition_penalty": Range(0, 1000),
 }
 """every numeric field of every section, by its TOML key (docs/TRAINING.md lists the same)"""
+
+
+def check(condition: bool, key: str, value: Any, requirement: str) -> None:
+    """A config error naming ``key`` and its value unless ``condition`` holds."""
+    if not condition:
+        raise TrainConfigError(f"{key} = {value!r}: must be {requirement}")
+
+
+def check_path(key: str, value: Any) -> None:
+    check(
+        value is None or (isinstance(value, str) and bool(value) and "\0" not in value),
+        key,
+        value,
+        "a non-empty path without NUL characters, or absent",
+    )
 
 
 def check_fields(section: Any, prefix: str) -> None:

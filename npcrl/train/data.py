@@ -45,6 +45,8 @@ class TrainingTurn:
     reward: float
     persona_hash: str = ""
     """the persona card the NPC played (its conversation's start record); "" when not logged"""
+    player_id: str = ""
+    """the player's id as logged (a pseudonym unless raw ids were opted into); "" when not logged"""
     rejected_sample: int = 0
     """0: the sample the player saw; k >= 1: the turn's k-th logged sample that the agent rejected
     for contradicting the persona card (``NpcTurn.rejected_samples``), rewarded with the spec's
@@ -152,6 +154,7 @@ def load_training_data(
     for cid in sorted(conversations):
         start = conversations[cid].start
         persona = start.persona_hash if start is not None else ""
+        player = start.player_id if start is not None else ""
         turns = _scored_turns(conversations[cid], spec, report)
         for turn, reward in turns:
             reason = "conflicting_records" if cid in conflicting else None
@@ -162,12 +165,14 @@ def load_training_data(
                 report.dropped[shown_reason] += 1
             else:
                 report.bundles[turn.bundle_id] = report.bundles.get(turn.bundle_id, 0) + 1
-                usable.setdefault(cid, []).append(_training_turn(cid, turn, float(reward.reward), persona))
+                usable.setdefault(cid, []).append(_training_turn(cid, turn, float(reward.reward), persona, player))
             if turn.bundle_id not in accepted_bundles:
                 reason = reason or "other_tokenizer"
             if not with_rejected:
                 reason = "not_used"
-            rejected = _rejected_turns(turn, persona, reason, spec.contradiction_reward, vocab_size, config, report)
+            rejected = _rejected_turns(
+                turn, (persona, player), reason, spec.contradiction_reward, vocab_size, config, report
+            )
             if rejected:
                 usable.setdefault(cid, []).extend(rejected)
     if not usable:
@@ -189,15 +194,15 @@ def _scored_turns(log: ConversationLog, spec: RewardSpec, report: DataReport) ->
 
 def _rejected_turns(
     turn: NpcTurn,
-    persona_hash: str,
+    card_and_player: tuple[str, str],
     unusable: str | None,
     reward: float,
     vocab_size: int,
     config: DataConfig,
     report: DataReport,
 ) -> list[TrainingTurn]:
-    """The turn's rejected samples that can be trained on, each rewarded with ``reward`` and
-    counted in the report; ``unusable``: why none of them can be (a ``DROP_REASONS`` entry, or
+    """The turn's rejected samples that can be trained on, each rewarded with ``reward``, marked with
+    its conversation's (persona hash, player id) and counted in the report; ``unusable``: why none of them can be (a ``DROP_REASONS`` entry, or
     "not_used" when training leaves them out)."""
     out = []
     dropped = report.rejected_samples_dropped
@@ -220,14 +225,17 @@ def _rejected_turns(
                 temperature=float(sample["sampler"]["temperature"]),
                 sampler=dict(sample["sampler"]),
                 reward=reward,
-                persona_hash=persona_hash,
+                persona_hash=card_and_player[0],
+                player_id=card_and_player[1],
                 rejected_sample=k,
             )
         )
     return out
 
 
-def _training_turn(conversation_id: str, turn: NpcTurn, reward: float, persona_hash: str) -> TrainingTurn:
+def _training_turn(
+    conversation_id: str, turn: NpcTurn, reward: float, persona_hash: str, player_id: str
+) -> TrainingTurn:
     return TrainingTurn(
         conversation_id=conversation_id,
         turn_index=turn.turn_index,
@@ -241,6 +249,7 @@ def _training_turn(conversation_id: str, turn: NpcTurn, reward: float, persona_h
         sampler=dict(turn.sampler),
         reward=reward,
         persona_hash=persona_hash,
+        player_id=player_id,
     )
 
 

@@ -56,6 +56,9 @@ class DataReport:
     """of those, the ones not trained on, per reason (``DROP_REASONS``; "not_used": training without them)"""
     train_rejected_samples: int = 0
     holdout_rejected_samples: int = 0
+    reward_baseline: dict[str, Any] | None = None
+    """logged mode: what ``data.reward_baseline`` took out of the training rewards (``BaselineSummary``);
+    the reward means above are the rewards as logged"""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,7 @@ Under torchrun every rank trains; rank 0 alone writes files. The run's record is
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -40,6 +41,7 @@ from npcrl.train.phase_timer import PhaseTimer, format_summary
 from npcrl.train.policy import build_policy, resolve_base_weights
 from npcrl.train.ppo import PPOTrainer
 from npcrl.train.report import METRICS_FILE, write_json, write_metrics
+from npcrl.train.reward_baseline import apply_reward_baseline
 from npcrl.train.reward_model import load_reward_model
 from npcrl.train.run_record import check_out, resumed_record, write_run_record
 from npcrl.train.turn_credit import TURN_CREDIT_FILE
@@ -59,6 +61,11 @@ def _load_data(logs: str | Path, bundle: Bundle, config: TrainConfig) -> tuple[T
     data = load_training_data(
         logs, spec, accepted, bundle.manifest.vocab_size, config.data, config.seed, with_rejected=with_rejected
     )
+    if config.data.mode == "logged":
+        data.train, summary = apply_reward_baseline(
+            data.train, config.data.reward_baseline, config.data.baseline_prior_turns
+        )
+        data.report.reward_baseline = dataclasses.asdict(summary)
     return data, lineage
 
 

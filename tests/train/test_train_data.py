@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -363,3 +364,18 @@ def changed_settings(config: dict[str, Any], against: dict[str, Any]) -> dict[st
         for key, value in values.items()
         if value != against[section][key]
     }
+
+
+def test_loaded_turns_carry_their_players_pseudonym(tmp_path: Path) -> None:
+    records: list[Any] = []
+    for cid, player in (("c1", "ann"), ("c2", "ann"), ("c3", "bob")):
+        convo = conversation(cid, turn(cid))
+        start = convo[0]
+        assert isinstance(start, ConversationStart)
+        convo[0] = dataclasses.replace(start, player_id=player)
+        records += convo
+    write(tmp_path, records)
+    data = load(tmp_path, DataConfig(holdout_fraction=0.0))
+    players = {t.conversation_id: t.player_id for t in data.train}
+    assert players["c1"] == players["c2"] != players["c3"]
+    assert "ann" not in players.values() and all(players.values())  # pseudonyms, never the raw id
