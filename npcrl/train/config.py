@@ -21,9 +21,9 @@ from npcrl.train.config_ranges import check as _check
 from npcrl.train.config_ranges import check_fields as _check_fields
 from npcrl.train.config_ranges import check_path as _check_path
 from npcrl.train.config_toml import section_from_toml, typed
-from npcrl.train.reward_baseline import BASELINE_GROUPS
 
 DATA_MODES = ("logged", "reward_model")
+BASELINE_GROUPS = ("none", "player", "conversation")
 REWARD_MODEL_BACKBONES = ("lora", "frozen", "full")
 REWARD_MODEL_POOLINGS = ("last", "mean")
 REWARD_MODEL_HEAD_FITS = ("adamw", "ridge")

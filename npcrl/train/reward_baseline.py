@@ -33,10 +33,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # data.py applies the baseline
-    from npcrl.train.data import TrainingTurn
+from npcrl.train.config import BASELINE_GROUPS
 
-BASELINE_GROUPS = ("none", "player", "conversation")
+if TYPE_CHECKING:
+    from npcrl.train.data import TrainingTurn
 
 
 @dataclass(frozen=True)
