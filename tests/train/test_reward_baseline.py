@@ -11,7 +11,7 @@ import pytest
 from toy_logs import toy_inputs
 
 from npcrl.errors import TrainConfigError
-from npcrl.train.config import TrainConfig
+from npcrl.train.config import TrainConfig, load_train_config
 from npcrl.train.data import TrainingTurn
 from npcrl.train.reward_baseline import apply_reward_baseline
 
@@ -150,3 +150,15 @@ def test_the_logged_run_trains_on_baselined_rewards_and_reports_them(
     assert [t.reward for t in baselined.holdout] == [t.reward for t in plain.holdout]  # engagement as logged
     assert baselined.report.train_reward_mean == plain.report.train_reward_mean
     assert plain.report.reward_baseline["group"] == "none"
+
+
+def test_the_player_baseline_config_is_the_defaults_with_the_baseline() -> None:
+    """docs/train.player-baseline.toml (measured in docs/RESULTS.md) changes one setting."""
+    root = Path(__file__).resolve().parents[2]
+    config = load_train_config(root / "docs" / "train.player-baseline.toml")
+    assert (
+        config
+        == dataclasses.replace(
+            TrainConfig(), data=dataclasses.replace(TrainConfig().data, reward_baseline="player")
+        ).validate()
+    )
