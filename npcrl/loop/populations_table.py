@@ -213,6 +213,10 @@ def write_populations(out: Path, points: Sequence[PopulationPoint], other: Path 
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *(f"- {p.population}: " + "; ".join(p.round.reasons) for p in points)]
+    # A population mixes profiles; one gain over all its players can hide a loss on some of them.
+    lines += [
+        f"- {p.population}, paired gain per kind of player: {p.round.by_profile}" for p in points if p.round.by_profile
+    ]
     atomic_write(out / POPULATIONS_MD, "\n".join(lines) + "\n")
     plot_populations(out / POPULATIONS_PNG, points)
 

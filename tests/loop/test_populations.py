@@ -85,6 +85,10 @@ def test_one_round_per_population_each_played_by_its_own_players(
     asks = points[1].preferred_features["asks_back"]
     assert f"| asks_back {asks[0]:.2f} → {asks[1]:.2f} |" in table
     assert verdict(points) in table
+    # each population's gain split by the profiles that played it, as its round recorded them
+    for point in points:
+        assert point.round.by_profile
+        assert f"- {point.population}, paired gain per kind of player: {point.round.by_profile}" in table
     assert (out / "populations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a resume reads the finished rounds back instead of training again
