@@ -202,8 +202,8 @@ def _rejected_turns(
     report: DataReport,
 ) -> list[TrainingTurn]:
     """The turn's rejected samples that can be trained on, each rewarded with ``reward``, marked with
-    its conversation's (persona hash, player id) and counted in the report; ``unusable``: why none of them can be (a ``DROP_REASONS`` entry, or
-    "not_used" when training leaves them out)."""
+    its conversation's (persona hash, player id) and counted in the report; ``unusable``: why none
+    of them can be (a ``DROP_REASONS`` entry, or "not_used" when training leaves them out)."""
     out = []
     dropped = report.rejected_samples_dropped
     for k, sample in enumerate(turn.rejected_samples, start=1):

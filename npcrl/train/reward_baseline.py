@@ -1,7 +1,7 @@
 """A reward baseline per player (or per conversation) for the logged training turns.
 
-Players differ more in how much they engage than one NPC line differs from another: a player who
-loves lore replies to anything, an impatient one leaves after a line or two. With one baseline for
+Players differ in how much they engage, often more than one NPC line differs from another: a
+player who loves lore replies to anything, an impatient one leaves after a line or two. With one baseline for
 everyone (the value head, then whitening over the rollout) every turn of an eager player gets a
 positive advantage and every turn of a reluctant one a negative advantage, whatever the line was, so
 an update learns "speak as to the eager players" rather than "say what earns more with this player"
