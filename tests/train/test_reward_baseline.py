@@ -162,3 +162,11 @@ def test_the_player_baseline_config_is_the_defaults_with_the_baseline() -> None:
             TrainConfig(), data=dataclasses.replace(TrainConfig().data, reward_baseline="player")
         ).validate()
     )
+
+
+def test_the_lambda_one_config_adds_only_lambda() -> None:
+    """docs/train.player-baseline-lam1.toml (measured in docs/RESULTS.md) is the baseline config with lam = 1."""
+    root = Path(__file__).resolve().parents[2]
+    config = load_train_config(root / "docs" / "train.player-baseline-lam1.toml")
+    baseline = load_train_config(root / "docs" / "train.player-baseline.toml")
+    assert config == dataclasses.replace(baseline, ppo=dataclasses.replace(baseline.ppo, lam=1.0)).validate()
