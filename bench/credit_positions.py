@@ -20,7 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
+import sys
 from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from npcrl.reward.model_metrics import pearson  # noqa: E402
 
 POSITIONS = ("advantage_first", "advantage_last", "advantage_mean")
 
@@ -41,18 +49,10 @@ def bands(rows: list[dict], count: int) -> list[tuple[int, int, list[dict]]]:
     return out
 
 
-def spread(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-
-
-def pearson(xs: list[float], ys: list[float]) -> float:
-    """Pearson r; nan when either side does not vary."""
-    sx, sy = spread(xs), spread(ys)
-    if sx == 0 or sy == 0:
-        return math.nan
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / (len(xs) * sx * sy)
+def reward_link(rewards: list[float], values: list[float]) -> float:
+    """Pearson r of the rewards and one position's advantages; nan when either does not vary."""
+    r = pearson(np.asarray(rewards), np.asarray(values))
+    return math.nan if r is None else r
 
 
 def table(rows: list[dict], count: int) -> list[str]:
@@ -63,8 +63,8 @@ def table(rows: list[dict], count: int) -> list[str]:
     for lo, hi, picked in bands(rows, count):
         rewards = [float(r["reward"]) for r in picked]
         columns = {p: [float(r[p]) for r in picked] for p in POSITIONS}
-        sds = " | ".join(f"{spread(columns[p]):.3f}" for p in POSITIONS)
-        rs = " | ".join(f"{pearson(rewards, columns[p]):+.2f}" for p in POSITIONS)
+        sds = " | ".join(f"{statistics.pstdev(columns[p]):.3f}" for p in POSITIONS)
+        rs = " | ".join(f"{reward_link(rewards, columns[p]):+.2f}" for p in POSITIONS)
         lines.append(f"| {lo}–{hi} | {len(picked)} | {sds} | {rs} |")
     return lines
 

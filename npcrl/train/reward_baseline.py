@@ -29,6 +29,7 @@ the off-policy estimate reads engagement, not advantages.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -93,12 +94,5 @@ def apply_reward_baseline(
         baseline = (sums.get(key, 0.0) - own + prior_turns * shared) / (n + prior_turns)
         out.append(dataclasses.replace(turn, reward=turn.reward - baseline + shared))
     shrunk = [(sums[k] + prior_turns * shared) / (counts[k] + prior_turns) for k in sums]
-    spread = _std(shrunk)
+    spread = statistics.pstdev(shrunk) if shrunk else 0.0
     return out, BaselineSummary(group, prior_turns, len(sums), ungrouped, shared, spread)
-
-
-def _std(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
