@@ -346,3 +346,38 @@ def line_features(text: str, persona: Persona, previous_npc_lines: Sequence[str]
         "humorous": _humorous(text, tokens),
         "words": float(len(tokens)),
     }
+
+
+def evidence_positions(text: str, persona: Persona) -> dict[str, list[int]]:
+    """Where in a line the wording the players reward shows: for ``asks_back``, ``offers_quest``
+    and ``mentions_lore``, the indices in ``words(text)`` of the words that count towards the
+    feature, in order (for a question mark, the word before it; for a sentence that opens as a
+    question, its first word); empty where the line has none. A trainer whose credit fades from a
+    line's end back to its start (GAE with lambda below 1) gives the early ones less of the reward."""
+    tokens = words(text)
+    vocabulary = _vocabulary(persona)
+    goal_words = frozenset().union(*vocabulary.quest_goals)
+    cues = [cue.split() for cue in OFFER_CUES]
+    return {
+        "asks_back": _question_positions(text) if tokens else [],
+        "offers_quest": [
+            i for i, t in enumerate(tokens) if t in goal_words or any(tokens[i : i + len(c)] == c for c in cues)
+        ],
+        "mentions_lore": [i for i, t in enumerate(tokens) if t in vocabulary.names or t in vocabulary.lore],
+    }
+
+
+def _question_positions(text: str) -> list[int]:
+    """The word before each question mark and the first word of each sentence that opens as a
+    question (``_asks_back``'s two ways to ask), in order."""
+    found: set[int] = set()
+    for mark, char in enumerate(text):
+        if char == "?":
+            found.add(max(0, len(words(text[:mark])) - 1))
+    before = 0
+    for sentence in _SENTENCE_END.split(text):
+        head = " ".join(words(sentence)[:2])
+        if head and any(head == start or head.startswith(start + " ") for start in QUESTION_STARTS):
+            found.add(before)
+        before += len(words(sentence))
+    return sorted(found)
