@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -49,10 +48,11 @@ def bands(rows: list[dict], count: int) -> list[tuple[int, int, list[dict]]]:
     return out
 
 
-def reward_link(rewards: list[float], values: list[float]) -> float:
-    """Pearson r of the rewards and one position's advantages; nan when either does not vary."""
+def reward_link(rewards: list[float], values: list[float]) -> str:
+    """Pearson r of the rewards and one position's advantages, or "flat" when either does not vary
+    (no r to give: a position whose advantage is the same on every turn)."""
     r = pearson(np.asarray(rewards), np.asarray(values))
-    return math.nan if r is None else r
+    return "flat" if r is None else f"{r:+.2f}"
 
 
 def table(rows: list[dict], count: int) -> list[str]:
@@ -64,7 +64,7 @@ def table(rows: list[dict], count: int) -> list[str]:
         rewards = [float(r["reward"]) for r in picked]
         columns = {p: [float(r[p]) for r in picked] for p in POSITIONS}
         sds = " | ".join(f"{statistics.pstdev(columns[p]):.3f}" for p in POSITIONS)
-        rs = " | ".join(f"{reward_link(rewards, columns[p]):+.2f}" for p in POSITIONS)
+        rs = " | ".join(reward_link(rewards, columns[p]) for p in POSITIONS)
         lines.append(f"| {lo}–{hi} | {len(picked)} | {sds} | {rs} |")
     return lines
 

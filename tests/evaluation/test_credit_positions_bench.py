@@ -38,7 +38,7 @@ def test_the_spread_and_the_reward_link_of_each_position(tmp_path: Path, monkeyp
     early, late = (line.strip("| ").split(" | ") for line in lines)
     sd_rewards = math.sqrt(1.25)
     assert early[:4] == ["1–2", "8", "0.000", f"{sd_rewards:.3f}"]
-    assert early[5:] == ["+nan", "+1.00", "+1.00"]
+    assert early[5:] == ["flat", "+1.00", "+1.00"]
     assert late[:4] == ["3–4", "8", f"{0.1 * sd_rewards:.3f}", f"{sd_rewards:.3f}"]
     assert late[5:] == ["+1.00", "+1.00", "+1.00"]
 
