@@ -89,8 +89,9 @@ def add_curve_parser(subparsers: Any) -> None:
         "--same-play-as",
         metavar="RUN",
         help="an earlier loop run with the same players, seeds and evaluation players (e.g. a population's"
-        " folder of `npcrl populations`): the base takes its play and base evaluation and plays only the"
-        " conversations it lacks, and the size it played takes its round if it trained with these settings",
+        " folder of `npcrl populations`), or an earlier curve's --out: the base takes its play and base"
+        " evaluation and plays only the conversations it lacks, and a size it played takes its round if it"
+        " trained with these settings (with another --config, every size trains on that play)",
     )
     add_concurrent_argument(curve)
     curve.set_defaults(func=cmd_curve)

@@ -16,7 +16,9 @@ against round 1's fresh players is taken too: it depends only on the play settin
 
 A learning curve (``npcrl curve --same-play-as``) takes the same two stages for its base, from a
 run that played fewer conversations (the base then plays only the rest), and takes a whole finished
-round for the size that run played when it was trained with the same settings too.
+round for the size that run played when it was trained with the same settings too. The run may be
+a loop run (its ``round-1``) or another curve (its ``base``, and its ``size-N`` rounds): a curve
+with another training config then trains every size on the other curve's play and players.
 """
 
 from __future__ import annotations
@@ -56,6 +58,22 @@ PLAY_SETTINGS = (
     "max_new_tokens",
 )
 """the ``loop.json`` keys that decide round 1's play and the base's evaluation (with the reward spec)"""
+
+
+def play_folder(source: Path) -> Path:
+    """Where the run ``source`` keeps the play and base evaluation another run may take: a curve's
+    ``base`` (its ``loop.json`` names its ``sizes``), a loop run's ``round-1``."""
+    if (source / LOOP_FILE).is_file() and "sizes" in read_loop_record(source):
+        return source / "base"
+    return source / "round-1"
+
+
+def sized_run(source: Path, conversations: int) -> Path:
+    """The loop run whose round 1 may be a curve's round on ``conversations``: a curve's size of as
+    many conversations, or the loop run ``source`` itself (taken only if it played as many)."""
+    if play_folder(source).name == "base":
+        return source / f"size-{conversations}"
+    return source
 
 
 def play_settings(record: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +175,7 @@ def check_play_source(source: Path, record: dict[str, Any], any_conversations: b
                 f"{source}: its round 1 was played with a different {key} ({earlier[key]!r}, now {now[key]!r});"
                 " only a run with the same play settings can share its play"
             )
-    folder = source / "round-1"
+    folder = play_folder(source)
     stages = RoundStages(folder)
     missing = [name for name in ADOPTED_STAGES if not stages.done(name)]
     if missing:

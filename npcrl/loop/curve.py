@@ -16,9 +16,10 @@ players, paired with the base. Nothing but the number of conversations differs b
 Every stage is recorded as it finishes (``npcrl.loop.state``): ``resume`` goes on from the last one.
 
 ``same_play_as`` names an earlier loop run with the same players, seeds and evaluation players (a
-population's folder of ``npcrl populations``, say): the base takes its simulated play and base
-evaluation (``npcrl.loop.adopt``) and plays only the conversations it lacks, and the size it
-played takes its whole round when it was trained with the curve's settings too.
+population's folder of ``npcrl populations``, say), or an earlier curve: the base takes its
+simulated play and base evaluation (``npcrl.loop.adopt``) and plays only the conversations it
+lacks, and a size that run played takes its whole round when it was trained with the curve's
+settings too.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 from npcrl.durable import atomic_write
 from npcrl.errors import LoopError
 from npcrl.evaluation.metric_names import ENGAGEMENT, KL_PER_LINE, PAIRED_GAIN, PERPLEXITY
-from npcrl.loop.adopt import adopt_finished_round, adopt_play, check_play_source
+from npcrl.loop.adopt import adopt_finished_round, adopt_play, check_play_source, play_folder, sized_run
 from npcrl.loop.decision import estimate
 from npcrl.loop.round import LoadedBundle, LoopState, RoundResult, play_round
 from npcrl.loop.run import load_inputs
@@ -132,7 +133,7 @@ def run_curve(  # the keywords of run_loop, but sizes instead of rounds and conv
             check_play_source(source, settings.record(), any_conversations=True)
         write_loop_record(out, record)
         if source is not None:
-            adopt_play(source / "round-1", out / "base")
+            adopt_play(play_folder(source), out / "base")
             source = source if base_adopted_from(out, source) else None
         state = base_state(inputs)
         points = [play_size(inputs, state, size, source) for size in sizes]
@@ -181,9 +182,9 @@ def base_state(inputs: LoopInputs) -> LoopState:
 
 
 def base_adopted_from(out: Path, source: Path) -> bool:
-    """Whether the curve's base play came from the loop run ``source``: only then is that run's round
+    """Whether the curve's base play came from the run ``source``: only then are that run's rounds
     the curve's (the same seeds on another machine play other conversations)."""
-    if RoundStages(out / "base").adopted_from("simulate") == str((source / "round-1").resolve()):
+    if RoundStages(out / "base").adopted_from("simulate") == str(play_folder(source).resolve()):
         return True
     print(f"[npcrl curve] the base played its own conversations, not {source}'s: no round is taken from it", flush=True)
     return False
@@ -196,7 +197,7 @@ def play_size(inputs: LoopInputs, state: LoopState, size: int, same_play_as: Pat
     size_inputs = replace(inputs, settings=replace(inputs.settings, conversations=size), out=folder)
     round_dir = size_inputs.round_dir(1)
     record = size_inputs.settings.record()
-    if same_play_as is not None and adopt_finished_round(same_play_as, record, round_dir):
+    if same_play_as is not None and adopt_finished_round(sized_run(same_play_as, size), record, round_dir):
         write_loop_record(folder, record)
         write_summary(folder, [RoundResult(**read_decision(round_dir))])
     if (round_dir / DECISION_FILE).is_file():

@@ -30,6 +30,31 @@ def tiny_curve(bundle: Path, out: Path, **options: Any) -> Any:
     )
 
 
+def spy_on_play_and_training(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[Path]]:
+    """Lists that fill, as the loop runs, with the id of each conversation played and the output
+    folder of each training run."""
+    import importlib
+
+    import npcrl.loop.stages
+
+    simulate_module = importlib.import_module("npcrl.sim.simulate")
+    real_play, real_train = simulate_module.play_conversation, npcrl.loop.stages.train_or_resume
+    played: list[str] = []
+    trained: list[Path] = []
+
+    def play(agent: Any, profile: Any, rng: Any, index: int, conversation_id: str) -> Any:
+        played.append(conversation_id)
+        return real_play(agent, profile, rng, index, conversation_id)
+
+    def train(*args: Any, **kwargs: Any) -> Any:
+        trained.append(Path(str(args[0])))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(simulate_module, "play_conversation", play)
+    monkeypatch.setattr(npcrl.loop.stages, "train_or_resume", train)
+    return played, trained
+
+
 def conversations_in(logs: Path) -> list[str]:
     return sorted(r.conversation_id for r in read_log_dir(logs) if isinstance(r, ConversationStart))
 
@@ -226,9 +251,6 @@ def test_a_curve_takes_an_earlier_runs_play_and_the_round_it_trained_the_same_wa
     """The default population's round of ``npcrl populations`` is a curve point already: the
     curve's base takes its play and base evaluation and plays only the conversations it lacks, and
     the size that run played is read back, not trained again."""
-    import importlib
-
-    import npcrl.loop.stages
     from npcrl.loop.adopt import adopt_finished_round
     from npcrl.loop.curve import run_curve
     from tests.loop.test_populations import tiny_populations
@@ -237,18 +259,7 @@ def test_a_curve_takes_an_earlier_runs_play_and_the_round_it_trained_the_same_wa
     (row,) = tiny_populations(bundle, populations, ["default"])  # 4 conversations, 3 evaluation players
     source = populations / "default"
 
-    simulate_module = importlib.import_module("npcrl.sim.simulate")
-    real_play, real_train = simulate_module.play_conversation, npcrl.loop.stages.train_or_resume
-    played: list[str] = []
-    trained: list[Path] = []
-
-    def play(agent: Any, profile: Any, rng: Any, index: int, conversation_id: str) -> Any:
-        played.append(conversation_id)
-        return real_play(agent, profile, rng, index, conversation_id)
-
-    def train(*args: Any, **kwargs: Any) -> Any:
-        trained.append(Path(str(args[0])))
-        return real_train(*args, **kwargs)
+    played, trained = spy_on_play_and_training(monkeypatch)
 
     def curve(**options: Any) -> Any:
         return run_curve(
@@ -256,8 +267,6 @@ def test_a_curve_takes_an_earlier_runs_play_and_the_round_it_trained_the_same_wa
             system_prompts=TINY_SYSTEM_PROMPTS, concurrency=2, same_play_as=source, **options,
         )  # fmt: skip
 
-    monkeypatch.setattr(simulate_module, "play_conversation", play)
-    monkeypatch.setattr(npcrl.loop.stages, "train_or_resume", train)
     adopted, larger = curve()
     simulated = sorted(c for c in played if "-s1-" in c)
     assert [conversation_index(c) for c in simulated] == [4, 5]  # the base played only what it lacked
@@ -329,3 +338,42 @@ def test_a_one_size_curve_draws_kl_and_perplexity_apart() -> None:
     assert 0.0 < height(perplexity_ax, 235.19) < 1.0  # the base's dotted line is in view too
     plt.close(fig)
     plt.close(curve_figure([one_point(float("nan"))]))  # a size without a perplexity still draws
+
+
+def test_a_curve_on_another_curves_play_trains_each_size_on_its_conversations(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two training setups compared size by size: a curve with ``--same-play-as`` an earlier curve
+    plays nothing of its base, takes the sizes trained the same way and trains the others on exactly
+    the earlier curve's conversations."""
+    from npcrl.loop.curve import run_curve
+
+    bundle, first = tiny_bundles["llama-fp32"], tmp_path / "first"
+    tiny_curve(bundle, first)  # sizes 3 and 6
+    played, trained = spy_on_play_and_training(monkeypatch)
+    other = full_tiny_config()
+    other.ppo.learning_rate *= 2
+    second = tmp_path / "second"
+    (point,) = run_curve(
+        bundle, second, [3], eval_conversations=3, train_config=other, max_new_tokens=6,
+        system_prompts=TINY_SYSTEM_PROMPTS, concurrency=2, same_play_as=first,
+    )  # fmt: skip
+    assert all("-s1-" not in c for c in played)  # the base played nothing: its 6 were taken
+    assert len(played) == 3  # size 3's candidate against the 3 evaluation players, no base evaluation
+    assert len(trained) == 1 and "size-3" in str(trained[0])
+    assert conversations_in(second / "size-3" / "round-1" / "logs") == conversations_in(
+        first / "size-3" / "round-1" / "logs"
+    )
+    base_stages = json.loads((second / "base" / "stages.json").read_text())
+    assert base_stages["simulate"]["adopted_from"] == str((first / "base").resolve())
+    assert point.engagement_base == json.loads((first / "curve.json").read_text())[0]["engagement_base"]
+
+    # trained as the first curve was, a size is that curve's round, read back whole
+    played.clear()
+    third = tmp_path / "third"
+    (taken,) = run_curve(
+        bundle, third, [6], eval_conversations=3, train_config=full_tiny_config(), max_new_tokens=6,
+        system_prompts=TINY_SYSTEM_PROMPTS, concurrency=2, same_play_as=first,
+    )  # fmt: skip
+    assert played == [] and len(trained) == 1
+    assert taken.paired_gain == tuple(json.loads((first / "curve.json").read_text())[1]["paired_gain"])
