@@ -85,15 +85,7 @@ class OnnxCausalLM:
         self.vocab_size = manifest.vocab_size
         self.eos_token_ids = frozenset(manifest.special_tokens.eos_token_ids)
         self.max_positions = int(manifest.model.get("max_position_embeddings") or 0) or None
-        special = manifest.special_tokens
-        self.tokenizer = BundleTokenizer.from_file(
-            bundle.tokenizer_path,
-            manifest.chat_template,
-            special.special_token_strings,
-            special.special_token_ids,
-            bos_token_id=special.bos_token_id,
-            eos_token_id=special.eos_token_ids[0] if special.eos_token_ids else None,
-        )
+        self.tokenizer = BundleTokenizer.from_bundle(bundle)
         self.session = create_session(bundle.onnx_path, self.options)
         check_graph_interface(self.session, bundle)
         self._kv_dtype = np.dtype(self.kv_layout.dtype)

@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
 from npcrl.errors import BundleError
+
+if TYPE_CHECKING:
+    from npcrl.runtime.bundle import Bundle
 
 
 def _raise_exception(message: str) -> None:
@@ -74,6 +77,20 @@ class BundleTokenizer:
         bos = tokenizer.id_to_token(bos_token_id) if bos_token_id is not None else None
         eos = tokenizer.id_to_token(eos_token_id) if eos_token_id is not None else None
         return cls(tokenizer, chat_template, special_token_strings, special_token_ids, bos, eos)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> BundleTokenizer:
+        """The tokenizer a bundle's manifest describes (its ``tokenizer.json``, template and special tokens)."""
+        manifest = bundle.manifest
+        special = manifest.special_tokens
+        return cls.from_file(
+            bundle.tokenizer_path,
+            manifest.chat_template,
+            special.special_token_strings,
+            special.special_token_ids,
+            bos_token_id=special.bos_token_id,
+            eos_token_id=special.eos_token_ids[0] if special.eos_token_ids else None,
+        )
 
     @property
     def vocab_size(self) -> int:

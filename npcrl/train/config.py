@@ -1,10 +1,9 @@
 """Trainer configuration: one dataclass per component, loaded from TOML with unknown keys rejected.
 
-A config file has the sections ``[data]``, ``[model]``, ``[ppo]``, ``[run]`` and ``[reward_model]``
-plus a top-level ``seed``; every key is optional. Defaults say where they come from: TRL's PPO (``trl.experimental.ppo``,
-which follows Ziegler et al. 2019 and InstructGPT for small LMs), BPPO for the offline setting,
-and measurements on SmolLM2-135M on a 2-core CPU (docs/BENCHMARKS.md).
-Pure Python: importable without torch.
+A config file has the sections ``[data]``, ``[model]``, ``[ppo]``, ``[run]`` and ``[reward_model]`` plus a
+top-level ``seed``; every key is optional. Defaults say where they come from: TRL's PPO (``trl.experimental.ppo``,
+which follows Ziegler et al. 2019 and InstructGPT for small LMs), BPPO for the offline setting, and measurements
+on SmolLM2-135M on a 2-core CPU (docs/BENCHMARKS.md). Pure Python: importable without torch.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from npcrl.train.config_toml import section_from_toml, typed
 
 DATA_MODES = ("logged", "reward_model")
 BASELINE_GROUPS = ("none", "player", "conversation")
+TRAIN_TOKENS = ("sampled", "shown")
 REWARD_MODEL_BACKBONES = ("lora", "frozen", "full")
 REWARD_MODEL_POOLINGS = ("last", "mean")
 REWARD_MODEL_HEAD_FITS = ("adamw", "ridge")
@@ -58,6 +58,9 @@ class DataConfig:
     against its conversation's other lines, 'none' against all lines alike (npcrl.train.reward_baseline)"""
     baseline_prior_turns: float = 8.0
     """turns' worth of the shared mean each baseline starts from: a player with few turns keeps most of it"""
+    train_tokens: str = "sampled"
+    """'shown': each logged line ends at the last token of what its player was shown, where its reward lands
+    (npcrl.train.shown_tokens); 'sampled': every sampled token, the unseen tail after the shown line too"""
 
     def validate(self) -> None:
         _check_fields(self, "data.")
@@ -67,6 +70,7 @@ class DataConfig:
         _check(
             baseline == "none" or self.mode == "logged", "data.reward_baseline", baseline, "'none' in reward_model mode"
         )
+        _check(self.train_tokens in TRAIN_TOKENS, "data.train_tokens", self.train_tokens, "'sampled' or 'shown'")
         _check_path("data.reward_spec", self.reward_spec)
         _check(isinstance(self.extra_bundles, list), "data.extra_bundles", self.extra_bundles, "a list of paths")
         for bundle in self.extra_bundles:
@@ -310,12 +314,8 @@ class RewardModelConfig:
     def validate(self) -> None:
         _check_fields(self, "reward_model.")
         _check_path("reward_model.path", self.path)
-        _check(
-            self.backbone in REWARD_MODEL_BACKBONES,
-            "reward_model.backbone",
-            self.backbone,
-            "'lora', 'frozen' or 'full'",
-        )
+        backbone = self.backbone
+        _check(backbone in REWARD_MODEL_BACKBONES, "reward_model.backbone", backbone, "'lora', 'frozen' or 'full'")
         _check(
             self.batch_turns % self.micro_batch_turns == 0,
             "reward_model.micro_batch_turns",

@@ -47,6 +47,8 @@ class TrainingTurn:
     """the persona card the NPC played (its conversation's start record); "" when not logged"""
     player_id: str = ""
     """the player's id as logged (a pseudonym unless raw ids were opted into); "" when not logged"""
+    text: str = ""
+    """the line the player was shown (``NpcTurn.text``); "" for a rejected sample, which logs no text"""
     rejected_sample: int = 0
     """0: the sample the player saw; k >= 1: the turn's k-th logged sample that the agent rejected
     for contradicting the persona card (``NpcTurn.rejected_samples``), rewarded with the spec's
@@ -250,6 +252,7 @@ def _training_turn(
         reward=reward,
         persona_hash=persona_hash,
         player_id=player_id,
+        text=turn.text,
     )
 
 

@@ -56,6 +56,8 @@ class DataReport:
     """of those, the ones not trained on, per reason (``DROP_REASONS``; "not_used": training without them)"""
     train_rejected_samples: int = 0
     holdout_rejected_samples: int = 0
+    shown_tokens: dict[str, Any] | None = None
+    """with ``data.train_tokens = "shown"``: how the lines were cut to what their players saw (``ShownSummary``)"""
     reward_baseline: dict[str, Any] | None = None
     """logged mode: what ``data.reward_baseline`` took out of the training rewards (``BaselineSummary``);
     the reward means above are the rewards as logged"""
