@@ -13,7 +13,12 @@ last word (the median; a line's words are mapped onto its logged tokens in propo
 mean weight the line's reward reaches each of the two with. The row ``every token`` is the mean
 weight over all of a line's tokens, for comparison.
 
-Usage: python bench/credit_reach.py LOGS [LOGS ...] [--lam 0.95] [--gamma 1.0] [--personas DIR]
+With ``--tokenizer`` (a bundle's ``tokenizer.json``) the shown words are mapped onto the tokens the
+player was shown (``npcrl.train.shown_tokens``), and the unseen tail the agent cut off (docs/TRAINING.md,
+"What the player saw") counts among the tokens after them, as the trainer with ``data.train_tokens =
+"sampled"`` sees it; without it the words are spread over all the sampled tokens, tail included.
+
+Usage: python bench/credit_reach.py LOGS [LOGS ...] [--lam 0.95] [--gamma 1.0] [--tokenizer JSON] [--personas DIR]
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +36,7 @@ from npcrl.agent.persona import Persona, builtin_personas, load_personas  # noqa
 from npcrl.errors import NpcrlError  # noqa: E402
 from npcrl.playlog import LogReader, NpcTurn  # noqa: E402
 from npcrl.sim.features import evidence_positions, words  # noqa: E402
+from npcrl.train.shown_tokens import shown_token_count  # noqa: E402
 
 FEATURES = ("asks_back", "offers_quest", "mentions_lore")
 
@@ -44,6 +51,9 @@ class Reach:
     after_last: list[int] = field(default_factory=list)
 
 
+Decode = Callable[[Sequence[int]], str]
+
+
 def npc_lines(log_dir: Path) -> list[NpcTurn]:
     """The directory's NPC turns, one per (conversation, turn) (a retried write is one line)."""
     if not log_dir.is_dir():
@@ -55,11 +65,14 @@ def npc_lines(log_dir: Path) -> list[NpcTurn]:
     return [turns[key] for key in sorted(turns)]
 
 
-def reach(turns: list[NpcTurn], personas: dict[str, Persona], decay: float) -> tuple[dict[str, Reach], float]:
-    """Per feature, where its evidence sat; and the mean weight ``decay ** tokens_after`` over every
-    token of every line."""
+def reach(
+    turns: list[NpcTurn], personas: dict[str, Persona], decay: float, decode: Decode | None = None
+) -> tuple[dict[str, Reach], float, list[int]]:
+    """Per feature, where its evidence sat; the mean weight ``decay ** tokens_after`` over every
+    token of every line; and each line's unseen tail in tokens (all 0 without ``decode``)."""
     found = {name: Reach() for name in FEATURES}
     every: list[float] = []
+    tails: list[int] = []
     for turn in turns:
         persona = personas.get(turn.npc_id)
         if persona is None:
@@ -70,15 +83,18 @@ def reach(turns: list[NpcTurn], personas: dict[str, Persona], decay: float) -> t
         if not count or not steps:
             continue
         every.append(sum(decay**k for k in range(steps)) / steps)
+        shown = (shown_token_count(turn.response_ids, turn.text, decode) if decode else None) or steps
+        tail = steps - shown
+        tails.append(tail)
         for name, indices in evidence_positions(turn.text, persona).items():
             if not indices:
                 continue
             feature = found[name]
             feature.lines += 1
             feature.share_before.append(indices[0] / count)
-            feature.after_first.append(_tokens_after(indices[0], count, steps))
-            feature.after_last.append(_tokens_after(indices[-1], count, steps))
-    return found, statistics.fmean(every) if every else float("nan")
+            feature.after_first.append(_tokens_after(indices[0], count, shown) + tail)
+            feature.after_last.append(_tokens_after(indices[-1], count, shown) + tail)
+    return found, statistics.fmean(every) if every else float("nan"), tails
 
 
 def _tokens_after(index: int, count: int, steps: int) -> int:
@@ -86,8 +102,8 @@ def _tokens_after(index: int, count: int, steps: int) -> int:
     return round((count - 1 - index) * (steps - 1) / max(1, count - 1))
 
 
-def table(turns: list[NpcTurn], personas: dict[str, Persona], decay: float) -> list[str]:
-    found, every = reach(turns, personas, decay)
+def table(turns: list[NpcTurn], personas: dict[str, Persona], decay: float, decode: Decode | None = None) -> list[str]:
+    found, every, tails = reach(turns, personas, decay, decode)
     rows = [
         "| feature | lines with it | line before the first word | tokens after the first | its weight "
         "| tokens after the last | its weight |",
@@ -102,6 +118,12 @@ def table(turns: list[NpcTurn], personas: dict[str, Persona], decay: float) -> l
             cells += [f"{statistics.median(after):.0f}", f"{statistics.fmean(decay**k for k in after):.3f}"]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     rows.append(f"| every token | {len(turns)} lines | – | – | {every:.3f} | – | – |")
+    if decode is not None and tails:
+        cut = [t for t in tails if t]
+        rows.append(
+            f"\nunseen tail: {len(cut)} of {len(tails)} lines ({len(cut) / len(tails):.0%}), "
+            f"{statistics.fmean(cut) if cut else 0:.1f} tokens each on average"
+        )
     return rows
 
 
@@ -111,12 +133,27 @@ def main() -> None:
     parser.add_argument("--lam", type=float, default=0.95, help="GAE lambda (the trainer's ppo.lam)")
     parser.add_argument("--gamma", type=float, default=1.0, help="discount (the trainer's ppo.gamma)")
     parser.add_argument("--personas", default=None, help="persona directory (default: the built-in NPCs)")
+    parser.add_argument(
+        "--tokenizer", default=None, help="the logs' tokenizer.json (a bundle's): map words onto shown tokens"
+    )
     args = parser.parse_args()
     personas = dict(load_personas(args.personas) if args.personas else builtin_personas())
+    decode = None
+    if args.tokenizer:
+        from tokenizers import Tokenizer
+
+        path = Path(args.tokenizer)
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such tokenizer file")
+        tokenizer = Tokenizer.from_file(str(path))
+
+        def decode(ids: Sequence[int]) -> str:
+            return tokenizer.decode(list(ids), skip_special_tokens=True)
+
     for logs in args.logs:
         turns = npc_lines(Path(logs))
         print(f"\n{logs}: {len(turns)} NPC lines, lambda {args.lam}, gamma {args.gamma}\n")
-        print("\n".join(table(turns, personas, args.gamma * args.lam)))
+        print("\n".join(table(turns, personas, args.gamma * args.lam, decode)))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def test_the_weight_falls_with_the_tokens_after_the_evidence(tmp_path: Path) -> 
     write_log(tmp_path / "play-20260101T000000Z-000000.npl", build_log(turns)[0])
     bench = _bench()
     lines = bench.npc_lines(tmp_path)
-    found, every = bench.reach(lines, {"blacksmith": _blacksmith()}, 0.9)
+    found, every, tails = bench.reach(lines, {"blacksmith": _blacksmith()}, 0.9)
+    assert tails == [0, 0]  # no tokenizer: the tail is not known
     offers = found["offers_quest"]
     assert offers.lines == 2
     # "bring" opens the first line (19 tokens after it) and is third from the end of the second
@@ -55,3 +56,30 @@ def _blacksmith():
     from npcrl.agent.persona import builtin_personas
 
     return builtin_personas()["blacksmith"]
+
+
+def test_with_the_tokenizer_the_unseen_tail_counts_after_the_words(tmp_path: Path, monkeypatch, capsys) -> None:
+    from tiny_tokenizer import train_byte_level_bpe
+
+    shown = "Bring me charcoal and you shall have silver."
+    tokenizer = train_byte_level_bpe([shown + " And then we", shown] * 10, 300)
+    ids = list(tokenizer.encode(shown + " And then we").ids)
+    kept = len(tokenizer.encode(shown).ids)
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(str(path))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    turn = npc_turn("a", 0, tokens=len(ids), npc_id="blacksmith", text=shown, response_ids=ids)
+    write_log(logs / "play-20260101T000000Z-000000.npl", build_log([turn])[0])
+    bench = _bench()
+
+    def decode(seq):
+        return tokenizer.decode(list(seq), skip_special_tokens=True)
+
+    found, _, tails = bench.reach(bench.npc_lines(logs), {"blacksmith": _blacksmith()}, 1.0, decode)
+    assert tails == [len(ids) - kept]
+    # "silver" closes the shown line: after it come the full stop, if a token of its own, and the tail
+    assert found["offers_quest"].after_last[0] >= len(ids) - kept
+    monkeypatch.setattr("sys.argv", ["credit_reach.py", str(logs), "--tokenizer", str(path)])
+    bench.main()
+    assert f"unseen tail: 1 of 1 lines (100%), {len(ids) - kept:.1f} tokens each on average" in capsys.readouterr().out
