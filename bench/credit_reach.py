@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from npcrl.agent.persona import Persona, builtin_personas, load_personas  # noqa: E402
 from npcrl.errors import NpcrlError  # noqa: E402
 from npcrl.playlog import LogReader, NpcTurn  # noqa: E402
+from npcrl.reward.engagement import group_conversations  # noqa: E402
 from npcrl.sim.features import evidence_positions, words  # noqa: E402
 from npcrl.train.shown_tokens import shown_token_count  # noqa: E402
 
@@ -58,11 +59,8 @@ def npc_lines(log_dir: Path) -> list[NpcTurn]:
     """The directory's NPC turns, one per (conversation, turn) (a retried write is one line)."""
     if not log_dir.is_dir():
         raise SystemExit(f"{log_dir}: no such play-log directory")
-    turns: dict[tuple[str, int], NpcTurn] = {}
-    for record in LogReader(log_dir):
-        if isinstance(record, NpcTurn):
-            turns[(record.conversation_id, record.turn_index)] = record
-    return [turns[key] for key in sorted(turns)]
+    conversations = group_conversations(LogReader(log_dir))
+    return [log.turns[i] for _, log in sorted(conversations.items()) for i in sorted(log.turns)]
 
 
 def reach(

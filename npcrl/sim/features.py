@@ -246,11 +246,14 @@ def _has_phrase(lowered_words: Sequence[str], phrase: str) -> bool:
 def _asks_back(text: str) -> float:
     if "?" in text:
         return 1.0
-    for sentence in _sentences(text):
-        head = " ".join(words(sentence)[:2])
-        if any(head == start or head.startswith(start + " ") for start in QUESTION_STARTS):
-            return 0.5
+    if any(_opens_as_question(sentence) for sentence in _sentences(text)):
+        return 0.5
     return 0.0
+
+
+def _opens_as_question(sentence: str) -> bool:
+    head = " ".join(words(sentence)[:2])
+    return bool(head) and any(head == start or head.startswith(start + " ") for start in QUESTION_STARTS)
 
 
 def _goal_overlap(content: set[str], persona: Persona) -> float:
@@ -376,8 +379,7 @@ def _question_positions(text: str) -> list[int]:
             found.add(max(0, len(words(text[:mark])) - 1))
     before = 0
     for sentence in _SENTENCE_END.split(text):
-        head = " ".join(words(sentence)[:2])
-        if head and any(head == start or head.startswith(start + " ") for start in QUESTION_STARTS):
+        if _opens_as_question(sentence):
             found.add(before)
         before += len(words(sentence))
     return sorted(found)

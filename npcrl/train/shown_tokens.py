@@ -59,10 +59,13 @@ def shown_token_count(
     whole = _NOT_COMPARED.sub("", decode(response_ids))
     if not target or target not in whole:
         return None
-    count = len(response_ids)
-    while count > 1 and target in _NOT_COMPARED.sub("", decode(response_ids[: count - 1])):
-        count -= 1
-    if _NOT_COMPARED.sub("", decode(response_ids[:count])) == whole:
+    count, kept = len(response_ids), whole
+    while count > 1:
+        shorter = _NOT_COMPARED.sub("", decode(response_ids[: count - 1]))
+        if target not in shorter:
+            break
+        count, kept = count - 1, shorter
+    if kept == whole:
         return len(response_ids)  # nothing the player could see follows: keep an end token
     return count
 
