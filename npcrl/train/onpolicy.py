@@ -12,8 +12,11 @@ reference, GAE, clipping and the update are the logged mode's, unchanged.
 
 Like TRL's PPO, the sampler's top-k/top-p truncation is not corrected for: the policy gradient is
 that of the temperature-scaled softmax the tokens were truncated from. Generation stops at an EOS
-token (kept, as the game's logs keep it) or at the length cap; the game's stop strings and line
-post-processing are not applied to these samples.
+token (kept, as the game's logs keep it) or at the length cap; the game's stop strings are not
+applied. With ``data.train_tokens = "shown"`` each fresh line is cut to the tokens the agent would
+have shown of it (``npcrl.train.shown_tokens``: its post-processing drops an unfinished last
+sentence) before it is scored and trained on, as the logged lines the reward model learned from
+were; otherwise every sampled token is scored and trained on.
 
 A fresh line that contradicts the persona card of its conversation (``agent.consistency``, on the
 line as the agent would post-process it; the cards given: in ``npcrl train`` the shipped ones and
@@ -49,6 +52,7 @@ from npcrl.train.finite import require_finite_rewards
 from npcrl.train.policy import Policy, decoder_of, lm_head_of
 from npcrl.train.sampling import sample_responses
 from npcrl.train.shared_prefix import group_by_prefix
+from npcrl.train.shown_tokens import SampleCutter
 
 
 class RewardScorer(Protocol):
@@ -71,11 +75,13 @@ class FreshRollouts:
         logged_lines: Mapping[str, Mapping[int, Sequence[str]]] | None = None,
         cards: Mapping[str, Persona] | None = None,
         contradiction_reward: float = -1.0,
+        cutter: SampleCutter | None = None,
     ) -> None:
         """``logged_lines``: conversation id -> turn index -> the words of the NPC's logged line (see
         ``logged_lines``): what the repeated share of each fresh line is measured against.
         ``cards``: persona hash -> card, the cards fresh lines are checked against (none: no check);
-        a line that contradicts its card is rewarded ``contradiction_reward``."""
+        a line that contradicts its card is rewarded ``contradiction_reward``. ``cutter``: cuts each
+        fresh line to what the agent would have shown of it (none: every sampled token is kept)."""
         self.reward_model = reward_model
         self.eos_ids = tuple(eos_ids)
         self.config = config
@@ -83,9 +89,11 @@ class FreshRollouts:
         self.logged_lines = logged_lines or {}
         self.cards = cards or {}
         self.contradiction_reward = contradiction_reward
+        self.cutter = cutter
         self.last_stats: dict[str, float] = {}
         """means over the last rollout: the reward model's score, the repeated share of the lines and
-        the share of lines that contradicted their card"""
+        the share of lines that contradicted their card (and, with a cutter, the share of sampled
+        tokens the lines kept)"""
 
     def contradicts_card(self, turn: TrainingTurn, text: str) -> bool:
         """Does ``text``, answering ``turn``, contradict its conversation's persona card (if known)?"""
@@ -130,6 +138,20 @@ class FreshRollouts:
             responses.update(zip(group, lines, strict=True))
         return responses
 
+    def cut_to_shown(self, turns: list[TrainingTurn], responses: dict[int, list[int]]) -> float:
+        """Cut each row's response in place to what the agent would have shown of it (a line whose
+        shown text is not found stays whole); the share of sampled tokens kept."""
+        assert self.cutter is not None
+        sampled = kept = 0
+        for i, ids in responses.items():
+            turn = turns[i]
+            card = self.cards.get(turn.persona_hash)
+            count = self.cutter.count(ids, card.name if card is not None else self.cutter.name_of(turn.npc_id))
+            sampled += len(ids)
+            responses[i] = ids[: count if count is not None else len(ids)]
+            kept += len(responses[i])
+        return kept / max(sampled, 1)
+
     def sample(self, policy: Policy, turns: list[TrainingTurn], iteration: int) -> list[TrainingTurn]:
         """Turns with the prompts of ``turns``, fresh responses, and the reward model's scores as rewards.
 
@@ -138,6 +160,7 @@ class FreshRollouts:
         """
         mine = list(range(self.dist.rank, len(turns), self.dist.world))
         responses = self.answer(policy, turns, mine, iteration)
+        kept_share = self.cut_to_shown(turns, responses) if self.cutter is not None else 1.0
         scores = self.reward_model.predict_sequences(
             [turns[i].prompt_ids for i in mine], [responses[i] for i in mine], self.config.ppo.micro_batch_turns
         )
@@ -173,6 +196,8 @@ class FreshRollouts:
             "repeated_share_mean": sum(answered[i][2] for i in range(len(turns))) / n,
             "card_contradiction_share": sum(answered[i][3] for i in range(len(turns))) / n,
         }
+        if self.cutter is not None:
+            self.last_stats["shown_token_share"] = kept_share  # this rank's rows
         return fresh
 
 

@@ -49,6 +49,7 @@ from npcrl.train.finite import require_finite_numbers, require_finite_rewards, r
 from npcrl.train.policy import resolve_base_weights
 from npcrl.train.reward_model import RewardModel, build_reward_model, response_starts, save_reward_model
 from npcrl.train.shared_prefix import group_by_prefix
+from npcrl.train.shown_tokens import cut_data_to_shown
 
 
 def _log(message: str) -> None:
@@ -197,6 +198,8 @@ def _load_data(logs: str | Path | Sequence[str | Path], bundle: Bundle, config: 
     spec = load_reward_spec(config.data.reward_spec) if config.data.reward_spec else default_reward_spec()
     accepted, _ = accepted_bundle_ids(bundle, config.data.extra_bundles)
     data = load_training_data(logs, spec, accepted, bundle.manifest.vocab_size, config.data, config.seed)
+    if config.data.train_tokens == "shown":
+        cut_data_to_shown(data, bundle)  # the fresh lines it will score are cut alike
     if not data.holdout:
         raise TrainError(
             f"{data.report.log_dir}: no held-out conversations to measure the reward model on "

@@ -31,7 +31,6 @@ from npcrl.durable import restore_set_aside
 from npcrl.errors import TrainError
 from npcrl.reward.spec import RewardSpec, default_reward_spec, load_reward_spec
 from npcrl.runtime.bundle import Bundle, load_bundle
-from npcrl.runtime.tokenizer import BundleTokenizer
 from npcrl.train.config import TrainConfig
 from npcrl.train.cpu_precision import agreed_precision, cpu_name, precision_warning
 from npcrl.train.data import TrainingData, accepted_bundle_ids, load_training_data
@@ -45,7 +44,7 @@ from npcrl.train.report import METRICS_FILE, write_json, write_metrics
 from npcrl.train.reward_baseline import apply_reward_baseline
 from npcrl.train.reward_model import load_reward_model
 from npcrl.train.run_record import check_out, resumed_record, write_run_record
-from npcrl.train.shown_tokens import cut_to_shown
+from npcrl.train.shown_tokens import bundle_cutter, cut_data_to_shown
 from npcrl.train.turn_credit import TURN_CREDIT_FILE
 
 Scorer = tuple[RewardScorer, dict[str, Any]]
@@ -64,11 +63,7 @@ def _load_data(logs: str | Path, bundle: Bundle, config: TrainConfig) -> tuple[T
         logs, spec, accepted, bundle.manifest.vocab_size, config.data, config.seed, with_rejected=with_rejected
     )
     if config.data.train_tokens == "shown":
-        decode = BundleTokenizer.from_bundle(bundle).decode
-        names = {npc_id: persona.name for npc_id, persona in builtin_personas().items()}
-        data.train, shown = cut_to_shown(data.train, decode, names)
-        data.holdout, _ = cut_to_shown(data.holdout, decode, names)
-        data.report.shown_tokens = dataclasses.asdict(shown)
+        cut_data_to_shown(data, bundle)
     if config.data.mode == "logged":
         data.train, summary = apply_reward_baseline(
             data.train, config.data.reward_baseline, config.data.baseline_prior_turns
@@ -158,7 +153,10 @@ def _build_trainer(
         assert scorer is not None  # checked by _load_scorer
         lines = logged_lines([*data.train, *data.holdout], tokenizer)
         penalty = _reward_spec(config).contradiction_reward
-        fresh = FreshRollouts(scorer[0], eos_ids, config, dist, lines, cards=cards, contradiction_reward=penalty)
+        cutter = bundle_cutter(bundle) if config.data.train_tokens == "shown" else None
+        fresh = FreshRollouts(
+            scorer[0], eos_ids, config, dist, lines, cards=cards, contradiction_reward=penalty, cutter=cutter
+        )
     return PPOTrainer(policy, data.train, config, dist, pad_id, progress=progress, fresh=fresh, timer=timer)
 
 

@@ -17,7 +17,9 @@ token stays, since stopping there is part of what the player saw). A line whose 
 found (a fallback line, or text the logs do not hold) is kept whole and counted.
 
 A rejected sample (``TrainingTurn.rejected_sample``) logs no text: what the player would have been
-shown is ``postprocess_line`` of its decoding, with the NPC's name where its card is known.
+shown is ``postprocess_line`` of its decoding, with the NPC's name where its card is known
+(``SampleCutter``). The on-policy mode cuts its fresh lines the same way before the reward model
+scores them (``npcrl.train.onpolicy``), and its reward model learns from cut logged lines.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from npcrl.agent.persona import builtin_personas
 from npcrl.agent.postprocess import postprocess_line
+from npcrl.runtime.tokenizer import BundleTokenizer
 
 if TYPE_CHECKING:
-    from npcrl.train.data import TrainingTurn
+    from npcrl.runtime.bundle import Bundle
+    from npcrl.train.data import TrainingData, TrainingTurn
 
 _NOT_COMPARED = re.compile(r"[\s\"'“”‘’«»…]")
 """what cleaning may take out of a line or add to it (whitespace, quotes, a closing ellipsis)"""
@@ -70,19 +75,38 @@ def shown_token_count(
     return count
 
 
+@dataclass(frozen=True)
+class SampleCutter:
+    """Cuts samples no player was shown (a rejected sample, a fresh on-policy line) to what the agent
+    would have shown: ``postprocess_line`` of the decoding, under the NPC's card name."""
+
+    decode: Callable[[Sequence[int]], str]
+    npc_names: Mapping[str, str]
+    """NPC id -> the name on its card; an NPC not in it is named by its id"""
+
+    def name_of(self, npc_id: str) -> str:
+        return self.npc_names.get(npc_id) or npc_id
+
+    def count(self, ids: Sequence[int], npc_name: str) -> int | None:
+        """``shown_token_count`` of the text the agent, speaking as ``npc_name``, would have shown
+        from ``ids``."""
+        return shown_token_count(ids, postprocess_line(self.decode(ids), npc_name=npc_name), self.decode)
+
+
 def cut_to_shown(
     turns: Sequence[TrainingTurn], decode: Callable[[Sequence[int]], str], npc_names: Mapping[str, str]
 ) -> tuple[list[TrainingTurn], ShownSummary]:
     """``turns`` each cut to the tokens its player was shown; ``npc_names``: NPC id -> the name on its
     card (how a rejected sample's text is cleaned; an NPC not in it is named by its id)."""
+    cutter = SampleCutter(decode, npc_names)
     out: list[TrainingTurn] = []
     cut = not_found = before = after = 0
     for turn in turns:
         ids = list(turn.response_ids)
-        text = turn.text
         if turn.rejected_sample:
-            text = postprocess_line(decode(ids), npc_name=npc_names.get(turn.npc_id) or turn.npc_id)
-        count = shown_token_count(ids, text, decode)
+            count = cutter.count(ids, cutter.name_of(turn.npc_id))
+        else:
+            count = shown_token_count(ids, turn.text, decode)
         if count is None:
             not_found += 1
             count = len(ids)
@@ -97,3 +121,19 @@ def cut_to_shown(
             )
         out.append(turn)
     return out, ShownSummary(len(turns), cut, before, after, not_found)
+
+
+def bundle_cutter(bundle: Bundle) -> SampleCutter:
+    """The cutter of ``bundle``'s lines: its own tokenizer (the one the agent decodes with) and the
+    shipped cards' names."""
+    names = {npc_id: persona.name for npc_id, persona in builtin_personas().items()}
+    return SampleCutter(BundleTokenizer.from_bundle(bundle).decode, names)
+
+
+def cut_data_to_shown(data: TrainingData, bundle: Bundle) -> None:
+    """Cut ``data``'s training and holdout turns to what their players saw, in place, and record the
+    training turns' cut in its report (``shown_tokens``)."""
+    cutter = bundle_cutter(bundle)
+    data.train, shown = cut_to_shown(data.train, cutter.decode, cutter.npc_names)
+    data.holdout, _ = cut_to_shown(data.holdout, cutter.decode, cutter.npc_names)
+    data.report.shown_tokens = dataclasses.asdict(shown)

@@ -51,6 +51,7 @@ from npcrl.train.reward_model import build_reward_model, load_reward_model  # no
 from npcrl.train.reward_model_scoring import score_logs  # noqa: E402
 from npcrl.train.reward_model_train import evaluate, fit, pooled_features  # noqa: E402
 from npcrl.train.shared_prefix import decoder_hidden  # noqa: E402
+from npcrl.train.shown_tokens import SampleCutter  # noqa: E402
 
 scoring_module = importlib.import_module("npcrl.train.reward_model_scoring")
 
@@ -608,6 +609,31 @@ def test_a_fresh_line_that_contradicts_its_card_gets_the_contradiction_reward(
     # without cards (data.penalize_card_contradictions = false) the reward model alone scores
     rollouts.cards = {}
     assert [t.reward for t in rollouts.sample(trainer.policy, logged, 0)] == pytest.approx(scores)
+
+
+def test_fresh_lines_are_cut_to_what_the_agent_would_show_before_they_are_scored(
+    toy: dict[str, Any], trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = on_policy_trainer(toy, trained, iterations=1)
+    assert trainer.fresh is not None
+    rollouts, tokenizer = trainer.fresh, trainer.policy.tokenizer
+    shown = "Take the old road past the mill, friend."
+    line = tokenizer.encode(shown + " And when you reach the", add_special_tokens=False)  # an unfinished tail
+    monkeypatch.setattr(onpolicy, "sample_responses", lambda d, h, prompts, *rest: [list(line) for _ in prompts])
+    logged = trainer.rollout_turns(0)
+    whole = rollouts.sample(trainer.policy, logged, 0)
+    assert all(t.response_ids == tuple(line) for t in whole) and "shown_token_share" not in rollouts.last_stats
+
+    def decode(ids: Any) -> str:
+        return str(tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    rollouts.cutter = SampleCutter(decode, {})
+    cut = rollouts.sample(trainer.policy, logged, 0)
+    kept = cut[0].response_ids
+    assert all(t.response_ids == kept for t in cut) and len(kept) < len(line)
+    assert decode(kept).strip() == shown and tuple(line[: len(kept)]) == kept
+    assert rollouts.last_stats["shown_token_share"] == pytest.approx(len(kept) / len(line))
+    assert [t.reward for t in cut] == pytest.approx(rollouts.reward_model.predict(cut))  # the cut is scored
 
 
 def test_on_policy_ppo_with_the_reward_model_raises_the_engagement_rate(

@@ -102,12 +102,18 @@ def test_the_config_names_a_wrong_value() -> None:
     assert TrainConfig().data.train_tokens == "sampled"
 
 
-def test_the_logged_run_trains_on_what_was_shown_and_reports_it(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("loader", ["npcrl.train.run", "npcrl.train.reward_model_train"])
+def test_the_logged_run_and_the_reward_model_train_on_what_was_shown(
+    tiny_bundles: dict[str, Path], tmp_path: Path, loader: str
+) -> None:
     pytest.importorskip("torch")
+    import importlib
+
     from npcrl.playlog import NpcTurn, read_log_dir
     from npcrl.runtime.bundle import load_bundle
     from npcrl.runtime.tokenizer import BundleTokenizer
-    from npcrl.train.run import _load_data
+
+    load_data = importlib.import_module(loader)._load_data
 
     toy = toy_inputs(tiny_bundles["llama-fp32"], tmp_path, conversations=20)
     bundle = load_bundle(toy["bundle"])
@@ -125,7 +131,8 @@ def test_the_logged_run_trains_on_what_was_shown_and_reports_it(tiny_bundles: di
 
     def loaded(train_tokens: str) -> Any:
         config = TrainConfig.from_dict({"data": {"reward_spec": str(toy["spec"]), "train_tokens": train_tokens}})
-        return _load_data(logs, bundle, config)[0]
+        data = load_data(logs, bundle, config)
+        return data[0] if isinstance(data, tuple) else data  # the trainer's also gives the lineage
 
     sampled, shown = loaded("sampled"), loaded("shown")
     assert shown.report.shown_tokens["cut"] >= len(halves) // 2 and sampled.report.shown_tokens is None
