@@ -14,7 +14,7 @@ is); if it does, the reward's noise is. It is a diagnostic, not a product path: 
 are not a feature function. ``reward_ceiling.py`` prints how well the features predict the logged
 rewards; this script prints how well the logged rewards follow the noiseless score.
 
-Usage: python bench/logged_ceiling.py --logs DIR --bundle B --out DIR [--config train.toml]
+Usage: python bench/logged_ceiling.py --logs DIR --bundle B --out DIR [--config train.toml] [--resume]
 (simulated logs, e.g. a loop round's ``logs``), then evaluate ``DIR/bundle`` with ``npcrl eval`` as
 any candidate.
 """
@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", default=None, help="training config (default: the defaults)")
     parser.add_argument("--personas", default=None, help="persona directory (default: the built-in NPCs)")
+    parser.add_argument("--resume", action="store_true", help="go on from --out's last checkpoint")
     args = parser.parse_args()
 
     import npcrl.train.run as run
@@ -102,7 +103,7 @@ def main() -> None:
     }
     print(f"[noiseless reward] {json.dumps(summary)}", flush=True)
     run.load_training_data = with_noiseless_rewards(run.load_training_data, scores)  # type: ignore[attr-defined]
-    run.train(args.logs, args.bundle, args.out, config)
+    run.train(args.logs, args.bundle, args.out, config, resume=args.resume)
 
 
 if __name__ == "__main__":
