@@ -77,6 +77,13 @@ def _load_scorer(config: TrainConfig, bundle: Bundle, scorer: Scorer | None) -> 
     the on-policy mode it gives the rewards, in the logged mode it only judges the report's samples."""
     if scorer is None and config.reward_model.path:
         scorer = load_reward_model(config.reward_model.path, bundle)
+        learned_on = scorer[1].get("config", {}).get("data", {}).get("train_tokens", "sampled")
+        if config.data.mode == "reward_model" and learned_on != config.data.train_tokens:
+            raise TrainError(
+                f"{config.reward_model.path}: the reward model learned from lines with data.train_tokens = "
+                f"{learned_on!r}, but this run has {config.data.train_tokens!r}: it would score lines of a kind "
+                "it never saw; train it again with this config"
+            )
     if config.data.mode == "reward_model" and scorer is None:
         raise TrainError(
             "reward_model.path = None: on-policy training needs a reward model directory "

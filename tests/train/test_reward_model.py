@@ -636,6 +636,21 @@ def test_fresh_lines_are_cut_to_what_the_agent_would_show_before_they_are_scored
     assert [t.reward for t in cut] == pytest.approx(rollouts.reward_model.predict(cut))  # the cut is scored
 
 
+def test_on_policy_training_refuses_a_reward_model_that_learned_on_other_tokens(
+    toy: dict[str, Any], trained: dict[str, Any]
+) -> None:
+    from npcrl.train.run import _load_scorer
+
+    bundle = load_bundle(toy["bundle"])
+    config = TrainConfig.from_dict(
+        {"data": {"mode": "reward_model", "train_tokens": "shown"}, "reward_model": {"path": str(trained["out"])}}
+    )
+    with pytest.raises(TrainError, match="train_tokens = 'sampled'"):
+        _load_scorer(config, bundle, None)
+    same = TrainConfig.from_dict({"data": {"mode": "reward_model"}, "reward_model": {"path": str(trained["out"])}})
+    assert _load_scorer(same, bundle, None) is not None
+
+
 def test_on_policy_ppo_with_the_reward_model_raises_the_engagement_rate(
     toy: dict[str, Any], trained: dict[str, Any]
 ) -> None:
