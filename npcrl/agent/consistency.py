@@ -1,4 +1,5 @@
-"""Does an NPC line contradict its persona card? ``card_contradictions(text, persona)``.
+"""Does an NPC line contradict its persona card? ``card_contradictions(text, persona)``; where:
+``contradiction_spans(text, persona)``.
 
 A pure, conservative checker: it looks only for the NPC speaking *about itself* and saying
 something its card rules out, and prefers missing a contradiction to flagging a good line. Each
@@ -31,6 +32,7 @@ facts (prices, kin, events) — those need understanding the sentence, not match
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 from npcrl.agent.persona import Persona
@@ -154,28 +156,47 @@ _PLACE_CLAIMS = (
 )
 
 
+@dataclass(frozen=True)
+class Contradiction:
+    """One claim in a line that its card rules out: the reason (``kind:value``) and where the claim's
+    word stands in the text (``text[start:end]``)."""
+
+    reason: str
+    start: int
+    end: int
+
+
 def card_contradictions(text: str, persona: Persona) -> list[str]:
     """The ways ``text``, spoken by ``persona``'s NPC, contradicts its card (empty: none found),
     in the order name, trade, place, each reason once. See the module docstring for the rules."""
-    card = _card_words(persona)
-    own_names, role_words, known, own_trades = card
-    spoken = _QUOTED.sub(" ", text)
-    reasons: list[str] = []
+    return list(dict.fromkeys(found.reason for found in _contradictions(text, persona)))
+
+
+def contradiction_spans(text: str, persona: Persona) -> list[Contradiction]:
+    """Every claim in ``text`` that contradicts ``persona``'s card, in the order they stand in the
+    text (a reason may repeat): where a line first goes wrong."""
+    return sorted(_contradictions(text, persona), key=lambda found: (found.start, found.end))
+
+
+def _contradictions(text: str, persona: Persona) -> list[Contradiction]:
+    own_names, role_words, known, own_trades = _card_words(persona)
+    spoken = _QUOTED.sub(lambda quoted: " " * len(quoted.group()), text)  # positions still those of text
+    found: list[Contradiction] = []
     for pattern in _NAME_CLAIMS:
         for match in pattern.finditer(spoken):
             name = _claimed_name(match.group(1))
             if name and name.lower() not in own_names and name not in role_words:
-                reasons.append(f"name:{name}")
-    for word in _claimed_trades(spoken):
+                found.append(Contradiction(f"name:{name}", *match.span(1)))
+    for word, start, end in _claimed_trades(spoken):
         family = _TRADE_OF.get(word.lower())
         if family is not None and family not in own_trades and word.lower() not in own_names:
-            reasons.append(f"trade:{word.lower()}")
+            found.append(Contradiction(f"trade:{word.lower()}", start, end))
     for pattern in _PLACE_CLAIMS:
         for match in pattern.finditer(spoken):
             place = _possessive_stripped(match.group(1))
             if place and place.lower() not in _COMMON | _GENERIC_PLACES and place not in known:
-                reasons.append(f"place:{place}")
-    return list(dict.fromkeys(reasons))
+                found.append(Contradiction(f"place:{place}", *match.span(1)))
+    return found
 
 
 def _claimed_name(phrase: str) -> str | None:
@@ -190,12 +211,19 @@ def _claimed_name(phrase: str) -> str | None:
     return None if word.lower() in _COMMON else word
 
 
-def _claimed_trades(text: str) -> list[str]:
-    words = [m.group(1) for pattern in _TRADE_CLAIMS for m in pattern.finditer(text) if _not_possessive(m, text)]
+def _claimed_trades(text: str) -> list[tuple[str, int, int]]:
+    """(trade word, start, end) of each trade the text claims; a workplace claims its family's first
+    word, at the workplace's span."""
+    words = [
+        (m.group(1), *m.span(1))
+        for pattern in _TRADE_CLAIMS
+        for m in pattern.finditer(text)
+        if _not_possessive(m, text)
+    ]
     for match in _WORKPLACE_CLAIM.finditer(text):
         family = _WORKPLACES.get(match.group(1).lower())
         if family is not None:
-            words.append(_TRADE_FAMILIES[family][0])
+            words.append((_TRADE_FAMILIES[family][0], *match.span(1)))
     return words
 
 

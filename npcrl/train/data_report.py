@@ -58,6 +58,9 @@ class DataReport:
     holdout_rejected_samples: int = 0
     shown_tokens: dict[str, Any] | None = None
     """with ``data.train_tokens = "shown"``: how the lines were cut to what their players saw (``ShownSummary``)"""
+    rejected_tokens: dict[str, Any] | None = None
+    """with ``data.rejected_tokens = "to_contradiction"``: how the rejected samples were ended at their
+    first contradiction (``ContradictionCutSummary``)"""
     reward_baseline: dict[str, Any] | None = None
     """logged mode: what ``data.reward_baseline`` took out of the training rewards (``BaselineSummary``);
     the reward means above are the rewards as logged"""

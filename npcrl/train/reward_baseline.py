@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from npcrl.train.config import BASELINE_GROUPS
+from npcrl.train.config_data import BASELINE_GROUPS
 
 if TYPE_CHECKING:
     from npcrl.train.data import TrainingTurn

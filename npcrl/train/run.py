@@ -32,6 +32,7 @@ from npcrl.errors import TrainError
 from npcrl.reward.spec import RewardSpec, default_reward_spec, load_reward_spec
 from npcrl.runtime.bundle import Bundle, load_bundle
 from npcrl.train.config import TrainConfig
+from npcrl.train.contradiction_tokens import cut_data_to_contradiction
 from npcrl.train.cpu_precision import agreed_precision, cpu_name, precision_warning
 from npcrl.train.data import TrainingData, accepted_bundle_ids, load_training_data
 from npcrl.train.distributed import Dist
@@ -54,8 +55,11 @@ def _reward_spec(config: TrainConfig) -> RewardSpec:
     return load_reward_spec(config.data.reward_spec) if config.data.reward_spec else default_reward_spec()
 
 
-def _load_data(logs: str | Path, bundle: Bundle, config: TrainConfig) -> tuple[TrainingData, list[str]]:
-    """(the training turns and holdout, the bundle's tokenizer lineage)."""
+def _load_data(
+    logs: str | Path, bundle: Bundle, config: TrainConfig, personas: Iterable[Persona] = ()
+) -> tuple[TrainingData, list[str]]:
+    """(the training turns and holdout, the bundle's tokenizer lineage); ``personas``: a game's own
+    cards, besides the shipped ones."""
     spec = _reward_spec(config)
     accepted, lineage = accepted_bundle_ids(bundle, config.data.extra_bundles)
     with_rejected = config.data.mode == "logged" and config.data.penalize_card_contradictions
@@ -64,6 +68,8 @@ def _load_data(logs: str | Path, bundle: Bundle, config: TrainConfig) -> tuple[T
     )
     if config.data.train_tokens == "shown":
         cut_data_to_shown(data, bundle)
+    if config.data.rejected_tokens == "to_contradiction":
+        cut_data_to_contradiction(data, bundle, personas)
     if config.data.mode == "logged":
         data.train, summary = apply_reward_baseline(
             data.train, config.data.reward_baseline, config.data.baseline_prior_turns
@@ -297,20 +303,19 @@ def train(
     scorer: Scorer | None = None,
     personas: Iterable[Persona] = (),
 ) -> TrainResult | None:
-    """Run the whole pipeline; returns None on ranks other than 0. ``personas``: the game's own
-    cards, which the on-policy card check knows besides the shipped ones (``checked_cards``).
-
-    ``scorer``: a reward scorer (``predict_sequences(prompts, responses, batch)``, as
+    """Run the whole pipeline; returns None on ranks other than 0. ``personas``: the game's own cards,
+    known besides the shipped ones to the on-policy card check and ``data.rejected_tokens``. ``scorer``: a reward scorer (``predict_sequences(prompts, responses, batch)``, as
     ``RewardModel``) and its record (at least ``tensors_sha256``), used instead of loading
     ``config.reward_model.path``: benchmarks plug scorers that are not a saved predictor in here."""
     started = time.perf_counter()
     timer = PhaseTimer()
     dist = Dist.from_environment()
     out = Path(out).expanduser().resolve()
+    personas = tuple(personas)  # read twice below
     with timer.phase("setup"):
         bundle = load_bundle(bundle_dir)
         base = resolve_base_weights(bundle, base_model)
-        data, lineage = _load_data(logs, bundle, config)
+        data, lineage = _load_data(logs, bundle, config, personas)
         scorer = _load_scorer(config, bundle, scorer)
         cards = checked_cards(config, personas)
         fresh = _new_run_record(out, logs, bundle, base, config, scorer, dist, cards)

@@ -113,14 +113,19 @@ def cut_to_shown(
         before, after = before + len(ids), after + count
         if count < len(ids):
             cut += 1
-            turn = dataclasses.replace(
-                turn,
-                response_ids=turn.response_ids[:count],
-                behaviour_logprobs=turn.behaviour_logprobs[:count],
-                full_logprobs=turn.full_logprobs[:count],
-            )
+            turn = truncated(turn, count)
         out.append(turn)
     return out, ShownSummary(len(turns), cut, before, after, not_found)
+
+
+def truncated(turn: TrainingTurn, count: int) -> TrainingTurn:
+    """``turn`` with its first ``count`` response tokens and their log-probs only."""
+    return dataclasses.replace(
+        turn,
+        response_ids=turn.response_ids[:count],
+        behaviour_logprobs=turn.behaviour_logprobs[:count],
+        full_logprobs=turn.full_logprobs[:count],
+    )
 
 
 def bundle_cutter(bundle: Bundle) -> SampleCutter:
