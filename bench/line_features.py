@@ -13,11 +13,22 @@ Usage: python bench/line_features.py eval/current eval/candidate [--personas DIR
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+SPEAKS_OF_ITSELF = re.compile(r"\b(?:I['\u2019]m|I am|my name|call me)\b", re.IGNORECASE)
+
+
+def speaks_of_itself_share(log_dir: Path) -> float:
+    """The share of the NPC lines in ``log_dir`` (each turn once) in which the NPC speaks of itself."""
+    from npcrl.playlog import LogReader, NpcTurn
+
+    lines = {(r.conversation_id, r.turn_index): r.text for r in LogReader(log_dir) if isinstance(r, NpcTurn)}
+    return sum(bool(SPEAKS_OF_ITSELF.search(text)) for text in lines.values()) / max(1, len(lines))
 
 
 def main() -> None:
@@ -39,6 +50,7 @@ def main() -> None:
             column[f"{name} mean"] = found.means[name]
             column[f"{name} > 0"] = found.above_zero[name]
         column["words per line"] = found.means["words"]
+        column["speaks of itself > 0"] = speaks_of_itself_share(Path(logs))
         columns.append(column)
     names = [Path(p).name or p for p in args.logs]
     print(f"{'':24}" + "".join(f"{n:>14}" for n in names))

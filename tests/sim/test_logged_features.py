@@ -42,3 +42,18 @@ def test_a_line_of_an_npc_whose_card_is_not_given_is_an_error(tmp_path: Path) ->
     write_log(tmp_path / "play-20260101T000000Z-000000.npl", build_log([npc_turn("a", 0, npc_id="stranger")])[0])
     with pytest.raises(NpcrlError, match="conversation a is with NPC 'stranger', whose card is not given"):
         logged_line_features(tmp_path, builtin_personas())
+
+
+def test_the_bench_counts_the_lines_in_which_the_npc_speaks_of_itself(tmp_path: Path) -> None:
+    from script_modules import load_script
+
+    bench = load_script("bench_line_features", "bench/line_features.py")
+    records = [  # one line written twice (a retried write) counts once
+        npc_turn("a", 0, text="I'm Brom, and the forge is mine."),
+        npc_turn("a", 0, text="I'm Brom, and the forge is mine."),
+        npc_turn("a", 1, text="My name's not for strangers. Two copper."),
+        npc_turn("b", 0, text="Call me when the iron is hot; I am busy."),
+        npc_turn("b", 1, text="Aye, a fine blade. Firmament and iambs."),
+    ]
+    write_log(tmp_path / "play-20260101T000000Z-000000.npl", build_log(records)[0])
+    assert bench.speaks_of_itself_share(tmp_path) == pytest.approx(3 / 4)  # not "iambs", "Firmament"
