@@ -1,6 +1,8 @@
-"""A ``TrainingTurn`` built from token ids, for the trainer's tests on tiny models."""
+"""``TrainingTurn``s built from token ids, for the trainer's tests on tiny models."""
 
 from __future__ import annotations
+
+import dataclasses
 
 from npcrl.train.data import TrainingTurn
 
@@ -21,3 +23,24 @@ def make_turn(prompt: list[int], response: list[int], key: int) -> TrainingTurn:
         sampler={},
         reward=float(key % 3) - 1.0,
     )
+
+
+def line_turn(ids: list[int], text: str = "", rejected: int = 0, **fields: object) -> TrainingTurn:
+    """Blacksmith conversation "c"'s first turn answered with ``ids`` (``text`` as shown, or a
+    rejected sample), each token with its own log-probs, so a cut can be checked token by token."""
+    turn = TrainingTurn(
+        conversation_id="c",
+        turn_index=0,
+        npc_id="blacksmith",
+        bundle_id="b",
+        prompt_ids=(1, 2),
+        response_ids=tuple(ids),
+        behaviour_logprobs=tuple(-0.1 * (i + 1) for i in range(len(ids))),
+        full_logprobs=tuple(-0.2 * (i + 1) for i in range(len(ids))),
+        temperature=0.8,
+        sampler={},
+        reward=1.0,
+        text=text,
+        rejected_sample=rejected,
+    )
+    return dataclasses.replace(turn, **fields)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ import pytest
 from playlog_helpers import build_log, write_log
 from tiny_tokenizer import train_byte_level_bpe
 from toy_logs import toy_inputs
+from training_turns import line_turn
 
 from npcrl.agent.consistency import card_contradictions, contradiction_spans
 from npcrl.agent.persona import builtin_personas
@@ -44,22 +45,7 @@ def test_spans_point_at_each_claim_in_text_order_past_quoted_speech() -> None:
 
 
 def _rejected(ids: list[int], persona_hash: str = BROM.persona_hash, rejected: int = 1) -> TrainingTurn:
-    return TrainingTurn(
-        conversation_id="c",
-        turn_index=0,
-        npc_id="blacksmith",
-        bundle_id="b",
-        prompt_ids=(1, 2),
-        response_ids=tuple(ids),
-        behaviour_logprobs=tuple(-0.1 * (i + 1) for i in range(len(ids))),
-        full_logprobs=tuple(-0.2 * (i + 1) for i in range(len(ids))),
-        temperature=0.8,
-        sampler={},
-        reward=-1.0,
-        persona_hash=persona_hash,
-        text="" if rejected else "Aye.",
-        rejected_sample=rejected,
-    )
+    return line_turn(ids, "" if rejected else "Aye.", rejected, persona_hash=persona_hash, reward=-1.0)
 
 
 def test_a_rejected_sample_ends_at_the_wrong_name_and_keeps_its_log_probs() -> None:

@@ -10,10 +10,10 @@ import pytest
 from playlog_helpers import build_log, write_log
 from tiny_tokenizer import train_byte_level_bpe
 from toy_logs import toy_inputs
+from training_turns import line_turn
 
 from npcrl.errors import TrainConfigError
 from npcrl.train.config import TrainConfig
-from npcrl.train.data import TrainingTurn
 from npcrl.train.shown_tokens import cut_to_shown, shown_token_count
 
 CORPUS = [
@@ -61,29 +61,11 @@ def test_text_not_in_the_sample_or_empty_is_not_found() -> None:
     assert shown_token_count(ids, "", decode) is None
 
 
-def _turn(ids: list[int], text: str, rejected: int = 0) -> TrainingTurn:
-    return TrainingTurn(
-        conversation_id="c",
-        turn_index=0,
-        npc_id="blacksmith",
-        bundle_id="b",
-        prompt_ids=(1, 2),
-        response_ids=tuple(ids),
-        behaviour_logprobs=tuple(-0.1 * (i + 1) for i in range(len(ids))),
-        full_logprobs=tuple(-0.2 * (i + 1) for i in range(len(ids))),
-        temperature=0.8,
-        sampler={},
-        reward=1.0,
-        text=text,
-        rejected_sample=rejected,
-    )
-
-
 def test_turns_and_rejected_samples_are_cut_with_their_log_probs() -> None:
     ids = encode("Aye, the forge is hot. What brings you here? I was just about to close the")
-    shown = _turn(ids, "Aye, the forge is hot. What brings you here?")
-    rejected = _turn(ids, "", rejected=1)  # no text logged: cleaned from its decoding as the agent would
-    fallback = _turn(ids, "Greetings, stranger.")
+    shown = line_turn(ids, "Aye, the forge is hot. What brings you here?")
+    rejected = line_turn(ids, "", rejected=1)  # no text logged: cleaned from its decoding as the agent would
+    fallback = line_turn(ids, "Greetings, stranger.")
     out, summary = cut_to_shown([shown, rejected, fallback], decode, {"blacksmith": "Brom"})
     count = shown_token_count(ids, shown.text, decode)
     assert count is not None
