@@ -1,6 +1,7 @@
 """The ``[data]`` section of the training config: which logged turns become training data, and how.
 
-Kept apart from ``config`` (which re-exports it) so each module stays one screenful of sections.
+Kept apart from ``config`` to keep each module short; ``TrainConfig`` there holds it, and
+``from npcrl.train.config import DataConfig`` still works.
 """
 
 from __future__ import annotations
@@ -66,10 +67,10 @@ class DataConfig:
         rejected = self.rejected_tokens
         _check(rejected in REJECTED_TOKENS, "data.rejected_tokens", rejected, "'sampled' or 'to_contradiction'")
         _check(
-            rejected == "sampled" or self.mode == "logged",
+            rejected == "sampled" or (self.mode == "logged" and self.penalize_card_contradictions),
             "data.rejected_tokens",
             rejected,
-            "'sampled' in reward_model mode",
+            "'sampled' in reward_model mode or without penalize_card_contradictions (no rejected samples to cut)",
         )
         _check_path("data.reward_spec", self.reward_spec)
         _check(isinstance(self.extra_bundles, list), "data.extra_bundles", self.extra_bundles, "a list of paths")

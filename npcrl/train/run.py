@@ -304,9 +304,10 @@ def train(
     personas: Iterable[Persona] = (),
 ) -> TrainResult | None:
     """Run the whole pipeline; returns None on ranks other than 0. ``personas``: the game's own cards,
-    known besides the shipped ones to the on-policy card check and ``data.rejected_tokens``. ``scorer``: a reward scorer (``predict_sequences(prompts, responses, batch)``, as
-    ``RewardModel``) and its record (at least ``tensors_sha256``), used instead of loading
-    ``config.reward_model.path``: benchmarks plug scorers that are not a saved predictor in here."""
+    known besides the shipped ones to the on-policy card check and ``data.rejected_tokens``.
+    ``scorer``: a reward scorer (``predict_sequences(prompts, responses, batch)``, as ``RewardModel``)
+    and its record (at least ``tensors_sha256``), used instead of loading ``config.reward_model.path``:
+    benchmarks plug scorers that are not a saved predictor in here."""
     started = time.perf_counter()
     timer = PhaseTimer()
     dist = Dist.from_environment()

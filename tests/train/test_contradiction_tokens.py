@@ -72,6 +72,8 @@ def test_the_config_names_a_wrong_value_and_the_mode_it_needs() -> None:
         TrainConfig.from_dict({"data": {"rejected_tokens": "contradiction"}})
     with pytest.raises(TrainConfigError, match="data.rejected_tokens"):
         TrainConfig.from_dict({"data": {"mode": "reward_model", "rejected_tokens": "to_contradiction"}})
+    with pytest.raises(TrainConfigError, match="data.rejected_tokens"):  # no rejected samples to cut
+        TrainConfig.from_dict({"data": {"penalize_card_contradictions": False, "rejected_tokens": "to_contradiction"}})
 
 
 def test_npcrl_train_ends_the_logged_rejected_samples_at_their_contradiction(
