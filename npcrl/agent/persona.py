@@ -13,7 +13,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -262,3 +262,8 @@ def builtin_persona_dir() -> Path:
 def builtin_personas() -> dict[str, Persona]:
     """The personas shipped with npcrl, by id."""
     return load_personas(builtin_persona_dir())
+
+
+def cards_by_hash(personas: Iterable[Persona] = ()) -> dict[str, Persona]:
+    """The shipped cards and ``personas`` (a game's own), by persona hash: how play logs name a card."""
+    return {p.persona_hash: p for p in [*builtin_personas().values(), *personas]}

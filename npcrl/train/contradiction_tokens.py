@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from npcrl.agent.consistency import contradiction_spans
-from npcrl.agent.persona import Persona, builtin_personas
+from npcrl.agent.persona import Persona, cards_by_hash
 from npcrl.agent.postprocess import postprocess_line
 from npcrl.runtime.tokenizer import BundleTokenizer
 from npcrl.train.shown_tokens import shown_token_count, truncated
@@ -91,7 +91,7 @@ def cut_data_to_contradiction(data: TrainingData, bundle: Bundle, personas: Iter
     """End ``data``'s rejected samples (training and holdout) at their first contradiction, in place,
     and record the training turns' cut in its report (``rejected_tokens``); the cards are the shipped
     ones and ``personas`` (a game's own)."""
-    cards = {p.persona_hash: p for p in [*builtin_personas().values(), *personas]}
+    cards = cards_by_hash(personas)
     decode = BundleTokenizer.from_bundle(bundle).decode
     data.train, summary = cut_rejected_to_contradiction(data.train, decode, cards)
     data.holdout, _ = cut_rejected_to_contradiction(data.holdout, decode, cards)

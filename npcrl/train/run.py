@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 import npcrl.train.checkpoint as ckpt
-from npcrl.agent.persona import Persona, builtin_personas
+from npcrl.agent.persona import Persona, cards_by_hash
 from npcrl.durable import restore_set_aside
 from npcrl.errors import TrainError
 from npcrl.reward.spec import RewardSpec, default_reward_spec, load_reward_spec
@@ -179,7 +179,7 @@ def checked_cards(config: TrainConfig, personas: Iterable[Persona] = ()) -> dict
     (the logged mode learns from the agent's own rejected samples, and the check may be off)."""
     if config.data.mode != "reward_model" or not config.data.penalize_card_contradictions:
         return None
-    return {p.persona_hash: p for p in [*builtin_personas().values(), *personas]}
+    return cards_by_hash(personas)
 
 
 def _resume(trainer: PPOTrainer, state_dir: Path, fingerprint: str, dist: Dist) -> None:
