@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, Record, encode_record
@@ -82,6 +82,16 @@ def build_log(records: Sequence[Record]) -> tuple[bytes, list[tuple[int, int]]]:
 def write_log(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def rewritten_logs(source: Path, dest: Path, rewrite: Callable[[Record], Record]) -> Path:
+    """``dest`` (made here), holding ``source``'s records, each passed through ``rewrite``, in one file."""
+    from npcrl.playlog import read_log_dir
+
+    dest.mkdir()
+    records = [rewrite(record) for record in read_log_dir(source)]
+    write_log(dest / "play-20260101T000000Z-000000.npl", build_log(records)[0])
+    return dest
 
 
 def event_indices(records: Iterable[Record]) -> list[int]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playlog_helpers import build_log, write_log
+from playlog_helpers import rewritten_logs
 from tiny_tokenizer import train_byte_level_bpe
 from toy_logs import toy_inputs
 from training_turns import line_turn
@@ -80,7 +80,7 @@ def test_npcrl_train_ends_the_logged_rejected_samples_at_their_contradiction(
     tiny_bundles: dict[str, Path], tmp_path: Path
 ) -> None:
     pytest.importorskip("torch")
-    from npcrl.playlog import ConversationStart, NpcTurn, read_log_dir
+    from npcrl.playlog import ConversationStart, NpcTurn
     from npcrl.runtime.bundle import load_bundle
     from npcrl.runtime.tokenizer import BundleTokenizer
     from npcrl.train.run import _load_data
@@ -89,8 +89,8 @@ def test_npcrl_train_ends_the_logged_rejected_samples_at_their_contradiction(
     bundle = load_bundle(toy["bundle"])
     tokenizer = BundleTokenizer.from_bundle(bundle)
     wrong = tokenizer.encode(WRONG)
-    records = []
-    for record in read_log_dir(toy["logs"]):  # Brom's card, and each turn shown after a rejected sample
+
+    def rejected_first(record: Any) -> Any:  # Brom's card, and each turn shown after a rejected sample
         if isinstance(record, ConversationStart):
             record = dataclasses.replace(record, persona_hash=BROM.persona_hash)
         if isinstance(record, NpcTurn):
@@ -98,10 +98,9 @@ def test_npcrl_train_ends_the_logged_rejected_samples_at_their_contradiction(
             sample |= {"sampler": record.sampler, "reason": "contradicts_card:name:Grimbold"}
             record = dataclasses.replace(record, filter_reason="resampled:contradicts_card:name:Grimbold")
             record.rejected_samples = [sample]
-        records.append(record)
-    logs = tmp_path / "rejected-logs"
-    logs.mkdir()
-    write_log(logs / "play-20260101T000000Z-000000.npl", build_log(records)[0])
+        return record
+
+    logs = rewritten_logs(toy["logs"], tmp_path / "rejected-logs", rejected_first)
 
     def loaded(rejected_tokens: str) -> Any:
         config = TrainConfig.from_dict({"data": {"reward_spec": str(toy["spec"]), "rejected_tokens": rejected_tokens}})

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playlog_helpers import build_log, write_log
+from playlog_helpers import rewritten_logs
 from tiny_tokenizer import train_byte_level_bpe
 from toy_logs import toy_inputs
 from training_turns import line_turn
@@ -91,7 +91,7 @@ def test_the_logged_run_and_the_reward_model_train_on_what_was_shown(
     pytest.importorskip("torch")
     import importlib
 
-    from npcrl.playlog import NpcTurn, read_log_dir
+    from npcrl.playlog import NpcTurn
     from npcrl.runtime.bundle import load_bundle
     from npcrl.runtime.tokenizer import BundleTokenizer
 
@@ -100,16 +100,16 @@ def test_the_logged_run_and_the_reward_model_train_on_what_was_shown(
     toy = toy_inputs(tiny_bundles["llama-fp32"], tmp_path, conversations=20)
     bundle = load_bundle(toy["bundle"])
     tokenizer = BundleTokenizer.from_bundle(bundle)
-    records, halves = [], {}
-    for record in read_log_dir(toy["logs"]):  # each line shown only up to its first half
+    halves: dict[str, int] = {}
+
+    def shown_half(record: Any) -> Any:  # each line shown only up to its first half
         if isinstance(record, NpcTurn) and len(record.response_ids) >= 4:
             half = len(record.response_ids) // 2
             record = dataclasses.replace(record, text=tokenizer.decode(record.response_ids[:half]))
             halves[record.conversation_id] = half
-        records.append(record)
-    logs = tmp_path / "shown-logs"
-    logs.mkdir()
-    write_log(logs / "play-20260101T000000Z-000000.npl", build_log(records)[0])
+        return record
+
+    logs = rewritten_logs(toy["logs"], tmp_path / "shown-logs", shown_half)
 
     def loaded(train_tokens: str) -> Any:
         config = TrainConfig.from_dict({"data": {"reward_spec": str(toy["spec"]), "train_tokens": train_tokens}})
