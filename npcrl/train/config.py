@@ -16,6 +16,7 @@ from typing import Any
 
 from npcrl.errors import TrainConfigError
 from npcrl.tomlfile import read_toml
+from npcrl.train.config_contradiction import ContradictionConfig
 from npcrl.train.config_data import DataConfig
 from npcrl.train.config_ranges import check as _check
 from npcrl.train.config_ranges import check_fields as _check_fields
@@ -288,6 +289,7 @@ SECTION_CLASSES: dict[str, type] = {
     "ppo": PPOConfig,
     "run": RunConfig,
     "reward_model": RewardModelConfig,
+    "contradiction": ContradictionConfig,
 }
 """the config file's sections and the dataclass of each"""
 
@@ -301,11 +303,19 @@ class TrainConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     run: RunConfig = field(default_factory=RunConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    contradiction: ContradictionConfig = field(default_factory=ContradictionConfig)
 
     def validate(self) -> TrainConfig:
         _check_fields(self, "")
-        for section in (self.data, self.model, self.ppo, self.run, self.reward_model):
+        for section in (self.data, self.model, self.ppo, self.run, self.reward_model, self.contradiction):
             section.validate()
+        _check(
+            self.contradiction.penalty == "fixed"
+            or (self.data.mode == "logged" and self.data.penalize_card_contradictions),
+            "contradiction.penalty",
+            self.contradiction.penalty,
+            "'fixed' in reward_model mode or without data.penalize_card_contradictions (no rejected samples to weigh)",
+        )
         _check(
             self.data.mode != "reward_model"
             or self.reward_model.path is not None

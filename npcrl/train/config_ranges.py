@@ -88,6 +88,10 @@ RANGES: dict[str, Range] = {
     "reward_model.max_new_tokens": Range(0, 4096, integer=True),
     "reward_model.ridge_folds": Range(2, 1000, integer=True),
     "reward_model.repetition_penalty": Range(0, 1000),
+    "contradiction.initial_multiplier": Range(0, 1000),
+    "contradiction.step": Range(0, 100, low_open=True),
+    "contradiction.estimate_decay": Range(0, 1, high_open=True),
+    "contradiction.max_multiplier": Range(0, 1000, low_open=True),
 }
 """every numeric field of every section, by its TOML key (docs/TRAINING.md lists the same)"""
 

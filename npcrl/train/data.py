@@ -53,6 +53,11 @@ class TrainingTurn:
     """0: the sample the player saw; k >= 1: the turn's k-th logged sample that the agent rejected
     for contradicting the persona card (``NpcTurn.rejected_samples``), rewarded with the spec's
     ``contradiction_reward``"""
+    first_draw: bool = True
+    """whether this sample is its turn's first draw from the logged policy: a shown line the agent did not
+    draw again, or a turn's first rejected sample. First draws are unconditional samples of the logged
+    policy, so the share of them that contradict the card estimates its contradiction rate
+    (``npcrl.train.contradiction_multiplier``); a later draw was made only because an earlier one failed"""
 
     @property
     def key(self) -> str:
@@ -230,6 +235,7 @@ def _rejected_turns(
                 persona_hash=card_and_player[0],
                 player_id=card_and_player[1],
                 rejected_sample=k,
+                first_draw=k == 1,
             )
         )
     return out
@@ -253,6 +259,7 @@ def _training_turn(
         persona_hash=persona_hash,
         player_id=player_id,
         text=turn.text,
+        first_draw=not turn.rejected_samples and not (turn.filter_reason or "").startswith(RESAMPLED),
     )
 
 

@@ -35,6 +35,7 @@ from npcrl.errors import TrainConfigError
 from npcrl.train.batching import collate
 from npcrl.train.checkpoint import copy_trainable
 from npcrl.train.config import TrainConfig
+from npcrl.train.contradiction_multiplier import ContradictionMultiplier
 from npcrl.train.data import TrainingTurn
 from npcrl.train.distributed import Dist
 from npcrl.train.finite import (
@@ -53,9 +54,7 @@ from npcrl.train.ppo_math import (
     clipped_policy_loss,
     clipped_value_loss,
     gae,
-    k3_kl,
     kl_penalty_rewards,
-    masked_mean,
     masked_sum,
     masked_whiten,
     standardize_scores,
@@ -63,6 +62,7 @@ from npcrl.train.ppo_math import (
 )
 from npcrl.train.reference_cache import ReferenceHidden
 from npcrl.train.rollout import Rollout, Scorer
+from npcrl.train.rollout_stats import advantage_stats, kl_per_turn, sequence_log_weights
 from npcrl.train.shared_prefix import group_by_prefix, prefixes_together
 from npcrl.train.turn_credit import turn_credit_rows
 
@@ -110,6 +110,9 @@ class PPOTrainer:
         params = [p for _, p in policy.trainable_parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=ppo.learning_rate, weight_decay=ppo.weight_decay)
         self.kl_controller: AdaptiveKLController | FixedKLController = kl_controller(ppo)
+        self.contradiction = ContradictionMultiplier.for_turns(
+            train_turns, config.contradiction, config.run.ope_log_weight_clip, ppo.rollout_turns
+        )
         self.iteration = 0  # iterations finished
         self.updates = 0  # optimizer steps taken
         self.metrics: list[dict[str, Any]] = []
@@ -151,7 +154,10 @@ class PPOTrainer:
     def advantages(self, rollout: Rollout) -> dict[str, float]:
         ppo, mask = self.config.ppo, rollout.batch.mask
         self._check_rollout(rollout)
-        scores = clip_scores(rollout.batch.scores, ppo.reward_clip)
+        # the rejected samples' penalty is weighed first, by the estimate of pi_old's contradiction share
+        log_weights = sequence_log_weights(rollout)
+        contradiction = self.contradiction.observe(rollout.turns, log_weights, self._where())
+        scores = clip_scores(self.contradiction.shaped(rollout.turns, rollout.batch.scores), ppo.reward_clip)
         if ppo.standardize_rewards:
             scores = standardize_scores(scores)
         kl_coef = self.kl_controller.value
@@ -166,33 +172,8 @@ class PPOTrainer:
         )
         targets = {"advantages": rollout.advantages, "returns": returns, "importance weights": rollout.weights}
         require_finite_masked(targets, mask, self._where())
-        kl_per_turn = float(masked_sum(rollout.kl, mask, dim=1).mean())
-        logged_kl = masked_sum(rollout.old_logprobs - rollout.ref_logprobs, mask, dim=1).mean()
-        self.kl_controller.update(kl_per_turn, len(rollout.turns))
-        residual = masked_mean((returns - rollout.values) ** 2, mask)
-        variance = torch.var(returns[mask.bool()]) if int(mask.sum()) > 1 else torch.tensor(0.0)
-        return {
-            "reward_mean": float(rollout.batch.scores.mean()),
-            "reward_clipped_mean": float(scores.mean()),
-            "kl_coef": kl_coef,
-            "kl_per_turn": kl_per_turn,
-            "kl_logged_tokens_per_turn": float(logged_kl),
-            "kl_k3_per_token": float(masked_mean(k3_kl(rollout.old_logprobs, rollout.ref_logprobs), mask)),
-            "response_length_mean": float(mask.sum(dim=1).mean()),
-            "value_mean": float(masked_mean(rollout.values, mask)),
-            "return_mean": float(masked_mean(returns, mask)),
-            "explained_variance": float(1.0 - residual / variance) if float(variance) > 0 else 0.0,
-            # |pi_old - mu|: what the importance weights correct (sampler truncation, penalty, quantisation)
-            "behaviour_logprob_gap": float(
-                masked_mean((rollout.old_logprobs - rollout.batch.behaviour_logprobs).abs(), mask)
-            ),
-            # |pi_old - pi_b|: the logging bundle's own softmax; ~0 at iteration 1 for an fp32 bundle, the
-            # quantisation error for q8/q4, large if prompts/tokens were misaligned
-            "logged_full_logprob_gap": float(
-                masked_mean((rollout.old_logprobs - rollout.batch.logged_full_logprobs).abs(), mask)
-            ),
-            **is_stats,
-        }
+        self.kl_controller.update(kl_per_turn(rollout), len(rollout.turns))
+        return {**advantage_stats(rollout, scores, kl_coef), **is_stats, **contradiction}
 
     def _where(self) -> str:
         return f"iteration {self.iteration + 1}"
@@ -383,8 +364,13 @@ class PPOTrainer:
         return {name: param for name, param in self.policy.trainable_parameters()}
 
     def loop_state(self) -> dict[str, Any]:
-        kl = self.kl_controller.state_dict()
-        return {"updates": self.updates, "kl_controller": kl, "metrics": self.metrics, "turn_credit": self.turn_credit}
+        return {
+            "updates": self.updates,
+            "kl_controller": self.kl_controller.state_dict(),
+            "contradiction": self.contradiction.state_dict(),
+            "metrics": self.metrics,
+            "turn_credit": self.turn_credit,
+        }
 
     def restore(
         self, trainable: dict[str, torch.Tensor], optimizer: dict[str, Any], state: dict[str, Any], where: str
@@ -396,3 +382,5 @@ class PPOTrainer:
         self.updates = int(state["updates"])
         self.metrics = list(state["metrics"])
         self.turn_credit = list(state.get("turn_credit", []))  # absent from checkpoints written before it
+        if "contradiction" in state:  # absent from checkpoints written before it (their multiplier stayed 1)
+            self.contradiction.load_state_dict(state["contradiction"])

@@ -26,6 +26,12 @@ PANELS = (
     ("is_weight_mean", "importance weight pi_old/mu (mean)"),
     ("kl_coef", "KL coefficient beta"),
 )
+# monitors of runs whose metrics hold them (rejected samples in the data: npcrl.train.contradiction_multiplier)
+OPTIONAL_MONITORS = (
+    ("contradiction_share_estimate", "estimated share of first draws contradicting the card"),
+    ("contradiction_share_target", "the logged policy's share"),
+    ("contradiction_multiplier", "contradiction penalty multiplier"),
+)
 
 
 def write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
@@ -98,7 +104,7 @@ def _monitors_section(metrics: list[dict[str, Any]]) -> list[str]:
         return []
     first, last = metrics[0], metrics[-1]
     lines = ["## Monitors (first → last iteration)", "", "| metric | first | last |", "|---|---|---|"]
-    for key, title in PANELS:
+    for key, title in (*PANELS, *((k, t) for k, t in OPTIONAL_MONITORS if k in last)):
         lines.append(f"| {title} | {_fmt(first.get(key))} | {_fmt(last.get(key))} |")
     return [*lines, "", f"![training curves]({PLOT_FILE})", ""]
 

@@ -1,0 +1,156 @@
+"""How hard a sample rejected for contradicting the persona card is penalised, and how often the
+policy being trained would contradict the card (``[contradiction]``, npcrl.train.config_contradiction).
+
+The guard is a constraint, "training never raises the share of lines that contradict the card", and
+a fixed penalty is a price: too low and the share rises, too high and the update gives up engagement
+to push it far below the guard. ``penalty = "adaptive"`` treats the penalty's weight as the Lagrange
+multiplier of that constraint, as constrained PPO does (PPO-Lagrangian, Ray et al. 2019): it rises
+while the policy's estimated share is above the logged policy's and falls while it is below.
+
+The share is estimated off-policy from each logged turn's *first* draw (``TrainingTurn.first_draw``):
+the line shown when the agent did not draw again, or the turn's first rejected sample. A first draw
+is an unconditional sample of the logged policy, so with ``c`` = 1 for a rejected sample::
+
+    estimate = sum w c / sum w      w = exp(clip(sum over its tokens of log pi(t) - log pi_b(t)))
+
+``pi`` is the policy as scored this iteration, ``pi_b`` the logging bundle's full softmax (logged
+beside each token). The game would sample the trained policy through the same truncation (top-p,
+top-k) as the logged one, so the truncation stays out of the weight, up to the ratio of the mass
+each keeps, which is near 1 while the policy stays near the logged one (the KL stop). A
+rejected sample ended at its contradiction carries the weight of that prefix, which decides ``c``:
+the estimate is unchanged in expectation. Each rollout holds about one rejected sample per 16
+turns, so the sums are running ones, each iteration keeping ``estimate_decay`` of the last, and
+they start as if the logged policy itself had been seen (as much weight as they hold once running).
+The target is the same share over the training set's first draws with every weight 1: the logged
+policy's own.
+
+Each iteration: ``multiplier += step * clip(estimate / target - 1, -1, 1)``, kept in
+``[0, max_multiplier]``; a rejected sample's reward ``r`` becomes ``m + multiplier * (r - m)``, ``m``
+the mean reward of the shown training turns. A multiplier of 1 is the spec's penalty as it is; 0
+makes a rejected sample worth an average line. ``penalty = "fixed"`` keeps the multiplier at 1 and
+still reports the estimate, so every run shows how its policy's contradiction share moved.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from npcrl.errors import TrainError
+from npcrl.train.config_contradiction import ContradictionConfig
+from npcrl.train.data import TrainingTurn
+
+_STATE_KEYS = {"multiplier", "weighted_contradictions", "weights", "squared_weights"}
+
+
+@dataclass
+class ContradictionMultiplier:
+    """The rejected samples' penalty weight and the running estimate it is steered by."""
+
+    config: ContradictionConfig
+    target: float | None
+    """the logged policy's share of first draws that contradicted the card; None: the training turns
+    hold no first draw, or none that contradicted (nothing to estimate or steer by)"""
+    shown_mean: float
+    """m: the mean reward of the shown training turns"""
+    log_weight_clip: float
+    multiplier: float
+    weighted_contradictions: float = 0.0
+    weights: float = 0.0
+    squared_weights: float = 0.0
+
+    @classmethod
+    def for_turns(
+        cls, turns: Sequence[TrainingTurn], config: ContradictionConfig, log_weight_clip: float, rollout_turns: int
+    ) -> ContradictionMultiplier:
+        """The multiplier for training on ``turns``, ``rollout_turns`` per iteration. Its running sums
+        start as if the policy had been seen to be the logged one, with as much weight as they hold once
+        running (a rollout's first draws / (1 - decay)), so one rollout's luck does not move it at once."""
+        first = [t for t in turns if t.first_draw]
+        contradicting = sum(1 for t in first if t.rejected_sample)
+        shown = [t.reward for t in turns if not t.rejected_sample]
+        target = contradicting / len(first) if contradicting else None
+        prior = rollout_turns * len(first) / len(turns) / (1.0 - config.estimate_decay) if target else 0.0
+        return cls(
+            config=config,
+            target=target,
+            shown_mean=sum(shown) / len(shown) if shown else 0.0,
+            log_weight_clip=log_weight_clip,
+            multiplier=config.initial_multiplier if config.penalty == "adaptive" else 1.0,
+            weighted_contradictions=prior * (target or 0.0),
+            weights=prior,
+            squared_weights=prior,
+        )
+
+    @property
+    def estimate(self) -> float | None:
+        """The policy's estimated share of first draws contradicting the card (None before any)."""
+        return self.weighted_contradictions / self.weights if self.weights > 0 else None
+
+    def observe(self, turns: Sequence[TrainingTurn], log_weights: Sequence[float], where: str) -> dict[str, float]:
+        """Fold a rollout's first draws into the estimate (``log_weights``: each turn's summed
+        log pi - log pi_b) and, when adaptive, move the multiplier; the iteration's metrics."""
+        if self.target is None:
+            return {}
+        decay = self.config.estimate_decay
+        self.weighted_contradictions *= decay
+        self.weights *= decay
+        self.squared_weights *= decay
+        clip = self.log_weight_clip
+        for turn, log_weight in zip(turns, log_weights, strict=True):
+            if not turn.first_draw:
+                continue
+            if math.isnan(log_weight):
+                raise TrainError(f"{where}: turn {turn.key}: its importance log-weight is NaN")
+            weight = math.exp(min(max(log_weight, -clip), clip))
+            self.weights += weight
+            self.squared_weights += weight * weight
+            self.weighted_contradictions += weight if turn.rejected_sample else 0.0
+        estimate = self.estimate
+        if estimate is not None and self.config.penalty == "adaptive":
+            error = min(max(estimate / self.target - 1.0, -1.0), 1.0)
+            moved = self.multiplier + self.config.step * error
+            self.multiplier = min(max(moved, 0.0), self.config.max_multiplier)
+        stats = {"contradiction_multiplier": self.multiplier, "contradiction_share_target": self.target}
+        if estimate is not None:
+            stats["contradiction_share_estimate"] = estimate
+            # Kish's effective sample size: how many equally weighted first draws the estimate is worth
+            stats["contradiction_estimate_ess"] = self.weights**2 / self.squared_weights
+        return stats
+
+    def shaped(self, turns: Sequence[TrainingTurn], scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` with each rejected sample's distance from ``shown_mean`` scaled by the multiplier."""
+        if self.multiplier == 1.0:
+            return scores
+        rejected = torch.tensor([bool(t.rejected_sample) for t in turns])
+        scaled = self.shown_mean + self.multiplier * (scores - self.shown_mean)
+        return torch.where(rejected, scaled, scores)
+
+    def state_dict(self) -> dict[str, float]:
+        """What a resumed run needs (the target and mean are the training data's, recomputed)."""
+        return {
+            "multiplier": self.multiplier,
+            "weighted_contradictions": self.weighted_contradictions,
+            "weights": self.weights,
+            "squared_weights": self.squared_weights,
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore ``state_dict()``'s output; a field missing, unknown or not a finite number raises ValueError."""
+        if set(state) != _STATE_KEYS:
+            raise ValueError(
+                f"contradiction multiplier state: expected the fields {sorted(_STATE_KEYS)}, got {sorted(state)}"
+            )
+        values = {}
+        for key in _STATE_KEYS:
+            value = state[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"contradiction multiplier state field {key!r}: {value!r} is not a finite number >= 0")
+            values[key] = float(value)
+        self.multiplier = values["multiplier"]
+        self.weighted_contradictions = values["weighted_contradictions"]
+        self.weights = values["weights"]
+        self.squared_weights = values["squared_weights"]

@@ -1,0 +1,234 @@
+"""The adaptive weight of the penalty on samples rejected for contradicting the card
+(``[contradiction] penalty = "adaptive"``): its off-policy estimate of the policy's contradiction
+share over first draws, the multiplier it steers, the rewards it shapes, its state, the config, the
+first-draw marks the data loader sets, and a toy run in which the policy learns to contradict less
+and the multiplier falls."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from playlog_helpers import rewritten_logs  # noqa: E402
+from toy_logs import toy_config, write_rejection_logs  # noqa: E402
+from training_turns import line_turn  # noqa: E402
+
+from npcrl.errors import TrainConfigError, TrainError  # noqa: E402
+from npcrl.playlog import NpcTurn, Record  # noqa: E402
+from npcrl.reward.spec import default_reward_spec  # noqa: E402
+from npcrl.runtime.bundle import load_bundle  # noqa: E402
+from npcrl.train.config import TrainConfig  # noqa: E402
+from npcrl.train.config_contradiction import ContradictionConfig  # noqa: E402
+from npcrl.train.contradiction_multiplier import ContradictionMultiplier  # noqa: E402
+from npcrl.train.data import TrainingTurn, load_training_data  # noqa: E402
+from npcrl.train.distributed import Dist  # noqa: E402
+from npcrl.train.policy import build_policy, resolve_base_weights  # noqa: E402
+from npcrl.train.ppo import PPOTrainer  # noqa: E402
+from npcrl.train.report import write_markdown  # noqa: E402
+
+ADAPTIVE = ContradictionConfig(penalty="adaptive", step=0.5, estimate_decay=0.0)
+
+
+def multiplier_for(
+    turns: list[TrainingTurn], config: ContradictionConfig, log_weight_clip: float = 5.0
+) -> ContradictionMultiplier:
+    return ContradictionMultiplier.for_turns(turns, config, log_weight_clip, rollout_turns=len(turns))
+
+
+def draws(contradicting: int, agreeing: int, later: int = 0) -> list[TrainingTurn]:
+    """``contradicting`` first rejected samples (reward -1), ``agreeing`` shown lines drawn first
+    (reward 0.5) and ``later`` shown lines drawn after a rejected sample (reward 2, not first draws)."""
+    rejected = [line_turn([5], rejected=1, reward=-1.0, conversation_id=f"r{k}") for k in range(contradicting)]
+    shown = [line_turn([6], reward=0.5, conversation_id=f"s{k}") for k in range(agreeing)]
+    resampled = [line_turn([7], reward=2.0, first_draw=False, conversation_id=f"l{k}") for k in range(later)]
+    return rejected + shown + resampled
+
+
+def test_the_target_is_the_logged_share_of_first_draws_and_later_draws_are_left_out() -> None:
+    turns = draws(contradicting=1, agreeing=3, later=4)
+    multiplier = multiplier_for(turns, ADAPTIVE)
+    assert multiplier.target == pytest.approx(0.25)
+    assert multiplier.shown_mean == pytest.approx((3 * 0.5 + 4 * 2.0) / 7)  # every shown turn's reward
+    stats = multiplier.observe(turns, [0.0] * len(turns), "iteration 1")
+    assert stats["contradiction_share_estimate"] == pytest.approx(0.25)  # the logged policy itself: on target
+    assert stats["contradiction_estimate_ess"] == pytest.approx(4.0)
+    assert multiplier.multiplier == pytest.approx(1.0)  # no error, no move
+
+
+def test_a_policy_that_would_contradict_more_raises_the_multiplier_and_less_lowers_it() -> None:
+    turns = draws(contradicting=1, agreeing=3)
+    more = multiplier_for(turns, ADAPTIVE)
+    # the rejected draw twice as likely under the policy: estimate 2 / (2 + 3) = 0.4 against 0.25
+    stats = more.observe(turns, [math.log(2.0), 0.0, 0.0, 0.0], "iteration 1")
+    assert stats["contradiction_share_estimate"] == pytest.approx(0.4)
+    assert more.multiplier == pytest.approx(1.0 + 0.5 * (0.4 / 0.25 - 1.0))
+    less = multiplier_for(turns, ADAPTIVE)
+    less.observe(turns, [-math.log(4.0), 0.0, 0.0, 0.0], "iteration 1")  # 0.25 / 3.25 ~ 0.077
+    assert less.multiplier == pytest.approx(1.0 + 0.5 * (0.25 / 3.25 / 0.25 - 1.0))
+    for _ in range(10):  # held within [0, max_multiplier]
+        less.observe(turns, [-100.0, 0.0, 0.0, 0.0], "iteration")
+        more.observe(turns, [100.0, -100.0, -100.0, -100.0], "iteration")
+    assert less.multiplier == 0.0 and more.multiplier == ADAPTIVE.max_multiplier
+
+
+def test_fixed_penalty_reports_the_estimate_but_never_moves() -> None:
+    turns = draws(contradicting=1, agreeing=3)
+    fixed = multiplier_for(turns, ContradictionConfig())
+    stats = fixed.observe(turns, [math.log(2.0), 0.0, 0.0, 0.0], "iteration 1")
+    assert stats["contradiction_share_estimate"] > 0.25 and fixed.multiplier == 1.0
+
+
+def test_the_running_estimate_starts_at_the_logged_share_and_keeps_its_decayed_share_of_the_past() -> None:
+    turns = draws(contradicting=1, agreeing=3)
+    running = multiplier_for(turns, ContradictionConfig(estimate_decay=0.5))
+    # as if one running window (4 first draws a rollout / (1 - 0.5) = 8) of the logged policy was seen
+    assert running.estimate == pytest.approx(0.25) and running.weights == pytest.approx(8.0)
+    running.observe(turns[:1], [0.0], "iteration 1")  # one rejected first draw: 1 + 1 of 4 + 1
+    stats = running.observe(turns[1:], [0.0, 0.0, 0.0], "iteration 2")  # then 1 of 2.5 + 3
+    assert stats["contradiction_share_estimate"] == pytest.approx(1.0 / 5.5)
+
+
+def test_log_weights_are_clipped_and_a_nan_is_refused() -> None:
+    turns = draws(contradicting=1, agreeing=1)
+    clipped = multiplier_for(turns, ADAPTIVE, log_weight_clip=1.0)
+    stats = clipped.observe(turns, [50.0, 0.0], "iteration 1")
+    assert stats["contradiction_share_estimate"] == pytest.approx(math.e / (math.e + 1))
+    with pytest.raises(TrainError, match=r"iteration 2: turn r0#0/rejected-1: .* NaN"):
+        clipped.observe(turns, [math.nan, 0.0], "iteration 2")
+
+
+def test_without_a_contradicting_first_draw_there_is_nothing_to_steer_by() -> None:
+    turns = draws(contradicting=0, agreeing=3, later=1)
+    multiplier = multiplier_for(turns, ADAPTIVE)
+    assert multiplier.target is None
+    assert multiplier.observe(turns, [0.0] * 4, "iteration 1") == {} and multiplier.multiplier == 1.0
+
+
+def test_the_multiplier_scales_only_the_rejected_samples_distance_from_the_shown_mean() -> None:
+    turns = draws(contradicting=1, agreeing=1)  # shown mean 0.5
+    multiplier = multiplier_for(turns, ADAPTIVE)
+    scores = torch.tensor([-1.0, 0.5])
+    assert torch.equal(multiplier.shaped(turns, scores), scores)  # 1: the spec's penalty as it is
+    multiplier.multiplier = 0.0
+    assert multiplier.shaped(turns, scores).tolist() == [0.5, 0.5]
+    multiplier.multiplier = 2.0
+    assert multiplier.shaped(turns, scores).tolist() == [-2.5, 0.5]
+
+
+def test_state_round_trips_and_bad_state_is_refused() -> None:
+    turns = draws(contradicting=1, agreeing=3)
+    first = multiplier_for(turns, ADAPTIVE)
+    first.observe(turns, [0.3, -0.1, 0.2, 0.0], "iteration 1")
+    second = multiplier_for(turns, ADAPTIVE)
+    second.load_state_dict(first.state_dict())
+    assert second.state_dict() == first.state_dict() and second.estimate == first.estimate
+    with pytest.raises(ValueError, match="expected the fields"):
+        second.load_state_dict({"multiplier": 1.0})
+    with pytest.raises(ValueError, match="'weights': nan"):
+        second.load_state_dict({**first.state_dict(), "weights": math.nan})
+
+
+def test_config_refuses_the_adaptive_penalty_where_there_are_no_rejected_samples() -> None:
+    with pytest.raises(TrainConfigError, match="contradiction.penalty = 'adaptive'"):
+        TrainConfig.from_dict(
+            {"contradiction": {"penalty": "adaptive"}, "data": {"penalize_card_contradictions": False}}
+        )
+    with pytest.raises(TrainConfigError, match="contradiction.penalty = 'adaptive'"):
+        TrainConfig.from_dict(
+            {"contradiction": {"penalty": "adaptive"}, "data": {"mode": "reward_model"}, "reward_model": {"path": "rm"}}
+        )
+    with pytest.raises(TrainConfigError, match="contradiction.penalty = 'softer'"):
+        TrainConfig.from_dict({"contradiction": {"penalty": "softer"}})
+    with pytest.raises(TrainConfigError, match="contradiction.initial_multiplier = 6"):
+        TrainConfig.from_dict({"contradiction": {"penalty": "adaptive", "initial_multiplier": 6}})
+    assert TrainConfig.from_dict({"contradiction": {"penalty": "adaptive"}}).contradiction.penalty == "adaptive"
+
+
+# --- on logs -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rejection_logs(tiny_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("multiplier")
+    bundle = tiny_bundles["llama-fp32"]
+    write_rejection_logs(bundle, root / "logs", 160, seed=0)
+    return {"bundle": bundle, "logs": root / "logs", "root": root}
+
+
+def loaded(logs: Path, bundle_dir: Path, config: TrainConfig) -> list[TrainingTurn]:
+    bundle = load_bundle(bundle_dir)
+    data = load_training_data(
+        logs, default_reward_spec(), {bundle.bundle_id}, bundle.manifest.vocab_size, config.data, 0, with_rejected=True
+    )
+    return data.train
+
+
+def test_the_loader_marks_each_turns_first_draw(rejection_logs: dict[str, Path]) -> None:
+    turns = loaded(rejection_logs["logs"], rejection_logs["bundle"], toy_config("lora"))
+    by_turn: dict[str, list[TrainingTurn]] = {}
+    for turn in turns:
+        by_turn.setdefault(turn.conversation_id, []).append(turn)
+    resampled = [group for group in by_turn.values() if len(group) > 1]
+    assert resampled and len(resampled) < len(by_turn)
+    for group in by_turn.values():
+        firsts = [t for t in group if t.first_draw]
+        assert len(firsts) == 1  # one first draw per turn
+        # the first rejected sample when the turn has any, else the shown line
+        assert firsts[0].rejected_sample == (1 if len(group) > 1 else 0)
+
+
+def test_a_log_whose_shown_line_was_resampled_without_its_samples_marks_no_first_draw(
+    rejection_logs: dict[str, Path],
+) -> None:
+    """A turn that names itself resampled is never a first draw, even if its samples were left out
+    (for example withheld as personal data), so it cannot be counted as an agreeing first draw."""
+
+    def drop_samples(record: Record) -> Record:
+        if isinstance(record, NpcTurn) and record.rejected_samples:
+            return dataclasses.replace(record, rejected_samples=record.rejected_samples[-1:])
+        return record
+
+    logs = rewritten_logs(rejection_logs["logs"], rejection_logs["root"] / "trimmed", drop_samples)
+    turns = loaded(logs, rejection_logs["bundle"], toy_config("lora"))
+    shown_after = [t for t in turns if not t.rejected_sample and not t.first_draw]
+    assert shown_after and all(t.rejected_sample == 0 for t in shown_after)
+
+
+def test_on_the_toy_the_policy_contradicts_less_and_the_adaptive_multiplier_falls(
+    rejection_logs: dict[str, Path],
+) -> None:
+    torch.set_num_threads(1)
+    config = dataclasses.replace(toy_config("lora"), contradiction=ContradictionConfig(penalty="adaptive"))
+    turns = loaded(rejection_logs["logs"], rejection_logs["bundle"], config)
+    bundle = load_bundle(rejection_logs["bundle"])
+    policy = build_policy(resolve_base_weights(bundle, None), config.model, config.seed)
+    trainer = PPOTrainer(policy, turns, config, Dist(), policy.tokenizer.pad_token_id)
+    metrics = [trainer.run_iteration() for _ in range(config.ppo.iterations)]
+    target = metrics[0]["contradiction_share_target"]
+    assert 0.05 < target < 0.5
+    # iteration 1 scores the logged policy itself (an fp32 bundle): on target, up to its rollout's draw
+    assert metrics[0]["contradiction_multiplier"] == pytest.approx(
+        1.0 + 0.2 * max(-1.0, min(1.0, metrics[0]["contradiction_share_estimate"] / target - 1.0))
+    )
+    # the penalty teaches the policy to contradict less; the multiplier then gives some of it back
+    assert metrics[-1]["contradiction_share_estimate"] < 0.7 * target, metrics[-1]
+    assert metrics[-1]["contradiction_multiplier"] < 0.9, [m["contradiction_multiplier"] for m in metrics]
+    resumed = PPOTrainer(policy, turns, config, Dist(), policy.tokenizer.pad_token_id)
+    resumed.contradiction.load_state_dict(trainer.loop_state()["contradiction"])
+    assert resumed.contradiction.multiplier == trainer.contradiction.multiplier
+
+
+def test_the_report_shows_the_estimate_and_multiplier_only_for_runs_that_have_them(tmp_path: Path) -> None:
+    summary = {"parent_bundle": "p", "base_weights": "w", "data_summary": "d", "time_s": 1.0}
+    with_rows = {"kl_per_turn": 0.1, "contradiction_share_estimate": 0.05, "contradiction_multiplier": 0.8}
+    write_markdown(tmp_path / "with.md", {**summary, "metrics": [with_rows, with_rows]})
+    write_markdown(tmp_path / "without.md", {**summary, "metrics": [{"kl_per_turn": 0.1}]})
+    shown = (tmp_path / "with.md").read_text(encoding="utf-8")
+    assert "| estimated share of first draws contradicting the card | 0.05" in shown
+    assert "| contradiction penalty multiplier | 0.8" in shown
+    assert "contradiction" not in (tmp_path / "without.md").read_text(encoding="utf-8")
