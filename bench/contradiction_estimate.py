@@ -1,0 +1,153 @@
+"""Does the trainer's estimate of a policy's contradiction share predict play? Each policy's
+importance-weighted share of first draws contradicting the card, estimated from one set of logs,
+beside the share measured on that policy's own play.
+
+The trainer steers ``[contradiction] penalty = "adaptive"`` by this estimate
+(``npcrl.train.contradiction_multiplier``): over the logs' first draws (``TrainingTurn.first_draw``),
+``sum w c / sum w`` with ``c`` = 1 for a rejected sample. It weighs each line by ``pi / pi_b``, the
+two models' full softmax at the logged temperature, which leaves the sampler's truncation out. This
+script computes that weight and the exact one, ``mu_new / mu`` (the logged sampler recomputed on the
+policy, ``npcrl.train.behaviour``), so the approximation is measured too. "Played" is the share of
+NPC turns whose first draw was rejected in a play-log directory the policy played (for a loop round:
+``eval/current`` for the base, ``eval/candidate`` for the trained bundle).
+
+Usage: python bench/contradiction_estimate.py --logs LOGS --logged-bundle BUNDLE
+           NAME=BUNDLE[@PLAYED_LOGS] [NAME=BUNDLE[@PLAYED_LOGS] ...] [--max-turns N] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+if TYPE_CHECKING:
+    from npcrl.train.data import TrainingTurn
+    from npcrl.train.policy import Policy
+
+LOG_WEIGHT_CLIP = 5.0  # the trainer's default run.ope_log_weight_clip
+
+
+def first_draws(logs: Path, bundle_dir: Path, max_turns: int | None, seed: int = 0) -> list[TrainingTurn]:
+    """The usable first draws of ``logs`` (train and holdout alike), as the trainer loads them; at
+    most ``max_turns``, drawn uniformly (which leaves the estimate unbiased)."""
+    from npcrl.reward.spec import default_reward_spec
+    from npcrl.runtime.bundle import load_bundle
+    from npcrl.train.config import DataConfig
+    from npcrl.train.data import load_training_data
+
+    bundle = load_bundle(bundle_dir)
+    data = load_training_data(
+        logs, default_reward_spec(), {bundle.bundle_id}, bundle.manifest.vocab_size, DataConfig(), 0, with_rejected=True
+    )
+    turns = [t for t in data.train + data.holdout if t.first_draw]
+    if max_turns is not None and len(turns) > max_turns:
+        turns = random.Random(seed).sample(turns, max_turns)
+    return turns
+
+
+def log_weights(policy: Policy, turns: list[TrainingTurn], pad_id: int) -> tuple[list[float], list[float]]:
+    """Per turn, the summed log pi - log pi_b (the trainer's weight) and log mu_new - log mu (exact)."""
+    import torch
+
+    from npcrl.runtime.sampler import SamplerConfig
+    from npcrl.train.batching import collate
+    from npcrl.train.behaviour import sampler_logprobs
+    from npcrl.train.shared_prefix import group_by_prefix
+
+    full, exact = [0.0] * len(turns), [0.0] * len(turns)
+    with torch.no_grad():
+        for chunk in group_by_prefix(range(len(turns)), [t.prompt_ids for t in turns], 4):
+            logits = policy.full_logits(collate([turns[i] for i in chunk], pad_id))
+            for row, i in enumerate(chunk):
+                turn = turns[i]
+                steps = logits[row, : len(turn.response_ids)].double()
+                tokens = torch.tensor(turn.response_ids)
+                taken = torch.log_softmax(steps / turn.temperature, dim=-1).gather(1, tokens[:, None])[:, 0]
+                full[i] = float((taken - torch.tensor(turn.full_logprobs, dtype=torch.float64)).sum())
+                mu_new = sampler_logprobs(
+                    steps, turn.prompt_ids, turn.response_ids, SamplerConfig.from_dict(turn.sampler)
+                )
+                exact[i] = float((mu_new - torch.tensor(turn.behaviour_logprobs, dtype=torch.float64)).sum())
+    return full, exact
+
+
+def played_share(log_dir: Path) -> tuple[float, int]:
+    """The share of sampled NPC turns in ``log_dir`` whose first draw was rejected, and their count."""
+    from npcrl.playlog import LogReader, NpcTurn
+
+    turns = {(r.conversation_id, r.turn_index): r for r in LogReader(log_dir) if isinstance(r, NpcTurn)}
+    sampled = [t for t in turns.values() if t.response_ids]
+    return sum(1 for t in sampled if t.rejected_samples) / max(1, len(sampled)), len(sampled)
+
+
+def estimate_rows(
+    logs: Path, logged_bundle: Path, policies: dict[str, tuple[Path, Path | None]], max_turns: int | None
+) -> list[dict[str, Any]]:
+    """One row for the logs themselves (every weight 1) and one per policy."""
+    from npcrl.runtime.bundle import load_bundle
+    from npcrl.train.config import ModelConfig
+    from npcrl.train.evaluate import off_policy_estimate
+    from npcrl.train.policy import build_policy, resolve_base_weights
+
+    turns = first_draws(logs, logged_bundle, max_turns)
+    contradicts = [1.0 if t.rejected_sample else 0.0 for t in turns]
+    logged_played = played_share(logs)
+    rows = [{"policy": "logged", "first_draws": len(turns), "estimate": sum(contradicts) / len(turns)}]
+    rows[0].update({"played": logged_played[0], "played_turns": logged_played[1]})
+    for name, (bundle_dir, played) in policies.items():
+        policy = build_policy(resolve_base_weights(load_bundle(bundle_dir), None), ModelConfig(), 0)
+        full, exact = log_weights(policy, turns, policy.tokenizer.pad_token_id)
+        by_full = off_policy_estimate(full, contradicts, LOG_WEIGHT_CLIP)
+        by_exact = off_policy_estimate(exact, contradicts, LOG_WEIGHT_CLIP)
+        row: dict[str, Any] = {"policy": name, "first_draws": len(turns), "estimate": by_full.self_normalised}
+        row.update({"ess": by_full.effective_sample_size, "exact_estimate": by_exact.self_normalised})
+        row.update({"exact_ess": by_exact.effective_sample_size, "exact_zero_weight": by_exact.zero_weight_fraction})
+        if played is not None:
+            row["played"], row["played_turns"] = played_share(played)
+        rows.append(row)
+    return rows
+
+
+def _cell(row: dict[str, Any], key: str, digits: int = 3) -> str:
+    value = row.get(key)
+    return "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("policies", nargs="+", help="NAME=BUNDLE[@PLAYED_LOGS]: a policy, and logs it played")
+    parser.add_argument("--logs", required=True, type=Path, help="the play logs the estimate is made from")
+    parser.add_argument("--logged-bundle", required=True, type=Path, help="the bundle that wrote --logs")
+    parser.add_argument("--max-turns", type=int, default=None, help="score at most this many first draws")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = parser.parse_args()
+    policies: dict[str, tuple[Path, Path | None]] = {}
+    for spec in args.policies:
+        name, _, rest = spec.partition("=")
+        bundle, _, played = rest.partition("@")
+        if not name or not bundle:
+            parser.error(f"{spec!r}: expected NAME=BUNDLE[@PLAYED_LOGS]")
+        policies[name] = (Path(bundle), Path(played) if played else None)
+    rows = estimate_rows(args.logs, args.logged_bundle, policies, args.max_turns)
+    print(
+        "| policy | first draws | estimate (pi / pi_b) | ESS | exact (mu_new / mu) | ESS | zero weight | played (turns) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        played = f"{_cell(row, 'played')} ({row['played_turns']})" if "played" in row else ""
+        cells = [row["policy"], str(row["first_draws"]), _cell(row, "estimate"), _cell(row, "ess", 0)]
+        cells += [_cell(row, "exact_estimate"), _cell(row, "exact_ess", 0), _cell(row, "exact_zero_weight"), played]
+        print("| " + " | ".join(cells) + " |")
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
