@@ -119,6 +119,9 @@ class ContradictionMultiplier:
             stats["contradiction_share_estimate"] = estimate
             # Kish's effective sample size: how many equally weighted first draws the estimate is worth
             stats["contradiction_estimate_ess"] = self.weights**2 / self.squared_weights
+            # the weighted count of contradicting first draws it rests on: where rejected samples are rare
+            # (a few per hundred turns) it is a handful, and the estimate and the multiplier are noisy
+            stats["contradiction_estimate_events"] = self.weighted_contradictions
         return stats
 
     def shaped(self, turns: Sequence[TrainingTurn], scores: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,7 @@ def test_the_target_is_the_logged_share_of_first_draws_and_later_draws_are_left_
     stats = multiplier.observe(turns, [0.0] * len(turns), "iteration 1")
     assert stats["contradiction_share_estimate"] == pytest.approx(0.25)  # the logged policy itself: on target
     assert stats["contradiction_estimate_ess"] == pytest.approx(4.0)
+    assert stats["contradiction_estimate_events"] == pytest.approx(1.0)
     assert multiplier.multiplier == pytest.approx(1.0)  # no error, no move
 
 
