@@ -22,7 +22,7 @@ from npcrl.errors import TrainConfigError, TrainError  # noqa: E402
 from npcrl.playlog import NpcTurn, Record  # noqa: E402
 from npcrl.reward.spec import default_reward_spec  # noqa: E402
 from npcrl.runtime.bundle import load_bundle  # noqa: E402
-from npcrl.train.config import TrainConfig  # noqa: E402
+from npcrl.train.config import TrainConfig, load_train_config  # noqa: E402
 from npcrl.train.config_contradiction import ContradictionConfig  # noqa: E402
 from npcrl.train.contradiction_multiplier import ContradictionMultiplier  # noqa: E402
 from npcrl.train.data import TrainingTurn, load_training_data  # noqa: E402
@@ -32,6 +32,7 @@ from npcrl.train.ppo import PPOTrainer  # noqa: E402
 from npcrl.train.report import write_markdown  # noqa: E402
 
 ADAPTIVE = ContradictionConfig(penalty="adaptive", step=0.5, estimate_decay=0.0)
+ADAPTIVE_DEFAULTS = ContradictionConfig(penalty="adaptive")
 
 
 def multiplier_for(
@@ -204,7 +205,7 @@ def test_on_the_toy_the_policy_contradicts_less_and_the_adaptive_multiplier_fall
     rejection_logs: dict[str, Path],
 ) -> None:
     torch.set_num_threads(1)
-    config = dataclasses.replace(toy_config("lora"), contradiction=ContradictionConfig(penalty="adaptive"))
+    config = dataclasses.replace(toy_config("lora"), contradiction=ADAPTIVE_DEFAULTS)
     turns = loaded(rejection_logs["logs"], rejection_logs["bundle"], config)
     bundle = load_bundle(rejection_logs["bundle"])
     policy = build_policy(resolve_base_weights(bundle, None), config.model, config.seed)
@@ -233,3 +234,10 @@ def test_the_report_shows_the_estimate_and_multiplier_only_for_runs_that_have_th
     assert "| estimated share of first draws contradicting the card | 0.05" in shown
     assert "| contradiction penalty multiplier | 0.8" in shown
     assert "contradiction" not in (tmp_path / "without.md").read_text(encoding="utf-8")
+
+
+def test_the_adaptive_config_is_the_defaults_with_the_adaptive_penalty() -> None:
+    """docs/train.contradiction-adaptive.toml (measured in docs/RESULTS.md) changes one setting."""
+    root = Path(__file__).resolve().parents[2]
+    config = load_train_config(root / "docs" / "train.contradiction-adaptive.toml")
+    assert config == dataclasses.replace(TrainConfig(), contradiction=ADAPTIVE_DEFAULTS).validate()
