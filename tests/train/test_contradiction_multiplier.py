@@ -85,14 +85,22 @@ def test_fixed_penalty_reports_the_estimate_but_never_moves() -> None:
     assert stats["contradiction_share_estimate"] > 0.25 and fixed.multiplier == 1.0
 
 
-def test_the_running_estimate_starts_at_the_logged_share_and_keeps_its_decayed_share_of_the_past() -> None:
+def test_the_estimate_moves_with_the_policy_not_with_which_draws_a_rollout_held() -> None:
     turns = draws(contradicting=1, agreeing=3)
     running = multiplier_for(turns, ContradictionConfig(estimate_decay=0.5))
     # as if one running window (4 first draws a rollout / (1 - 0.5) = 8) of the logged policy was seen
     assert running.estimate == pytest.approx(0.25) and running.weights == pytest.approx(8.0)
-    running.observe(turns[:1], [0.0], "iteration 1")  # one rejected first draw: 1 + 1 of 4 + 1
-    stats = running.observe(turns[1:], [0.0, 0.0, 0.0], "iteration 2")  # then 1 of 2.5 + 3
-    assert stats["contradiction_share_estimate"] == pytest.approx(1.0 / 5.5)
+    # a rollout of nothing but the rejected draw, read by the logged policy (weight 1): its share read
+    # jumps (1 + 1 of 4 + 1), the estimate stays at the target
+    stats = running.observe(turns[:1], [0.0], "iteration 1")
+    assert stats["contradiction_share_read"] == pytest.approx(2 / 5)
+    assert stats["contradiction_share_estimate"] == pytest.approx(0.25)
+    # the same draws under a policy that gives the rejected one twice the weight: the estimate rises
+    again = multiplier_for(turns, ContradictionConfig(estimate_decay=0.5))
+    stats = again.observe(turns[:1], [math.log(2.0)], "iteration 1")
+    weighted, read = (1 + 2) / (4 + 2), (1 + 1) / (4 + 1)
+    assert stats["contradiction_share_estimate"] == pytest.approx(0.25 * weighted / read)
+    assert stats["contradiction_estimate_events"] == pytest.approx(2.0)  # the prior's 1, decayed, and this one
 
 
 def test_log_weights_are_clipped_and_a_nan_is_refused() -> None:
@@ -213,10 +221,9 @@ def test_on_the_toy_the_policy_contradicts_less_and_the_adaptive_multiplier_fall
     metrics = [trainer.run_iteration() for _ in range(config.ppo.iterations)]
     target = metrics[0]["contradiction_share_target"]
     assert 0.05 < target < 0.5
-    # iteration 1 scores the logged policy itself (an fp32 bundle): on target, up to its rollout's draw
-    assert metrics[0]["contradiction_multiplier"] == pytest.approx(
-        1.0 + 0.2 * max(-1.0, min(1.0, metrics[0]["contradiction_share_estimate"] / target - 1.0))
-    )
+    # iteration 1 scores the logged policy itself (an fp32 bundle): on target whichever draws it read
+    assert metrics[0]["contradiction_share_estimate"] == pytest.approx(target, rel=1e-3)
+    assert metrics[0]["contradiction_multiplier"] == pytest.approx(1.0, abs=1e-3)
     # the penalty teaches the policy to contradict less; the multiplier then gives some of it back
     assert metrics[-1]["contradiction_share_estimate"] < 0.7 * target, metrics[-1]
     assert metrics[-1]["contradiction_multiplier"] < 0.9, [m["contradiction_multiplier"] for m in metrics]
