@@ -9,31 +9,36 @@ while the policy's estimated share is above the logged policy's and falls while 
 
 The share is estimated off-policy from each logged turn's *first* draw (``TrainingTurn.first_draw``):
 the line shown when the agent did not draw again, or the turn's first rejected sample. A first draw
-is an unconditional sample of the logged policy, so with ``c`` = 1 for a rejected sample,
-``sum w c / sum w`` estimates the policy's share, where::
+is an unconditional sample of the logged policy, so with ``c`` = 1 for a rejected sample, a weighted
+share ``sum w c / sum w`` over first draws estimates the share under the logged policy tilted by
+``w``. The weight is what training changed::
 
-    w = exp(clip(sum over the line's tokens of log pi(t) - log pi_b(t)))
+    w = exp(clip(sum over the line's tokens of log pi(t) - log pi_ref(t)))
 
-``pi`` is the policy as scored this iteration, ``pi_b`` the logging bundle's full softmax (logged
-beside each token). The game would sample the trained policy through the same truncation (top-p,
-top-k) as the logged one, so the truncation stays out of the weight, up to the ratio of the mass
-each keeps, which is near 1 while the policy stays near the logged one (the KL stop). A
-rejected sample ended at its contradiction carries the weight of that prefix, which decides ``c``:
-the estimate is unchanged in expectation.
+``pi`` is the policy as scored this iteration, ``pi_ref`` the reference it started from, both at the
+logged temperature in the same numerics. At the first iteration every weight is exactly 1. Weighing
+by ``pi / pi_b`` instead (``pi_b`` the logging bundle's own softmax, logged beside each token) would
+carry the bundle's quantisation error and the selection of the tokens it sampled, which training
+did not do (with them, on the default population's play and the q8 bundle, the second iteration's
+estimate stood 41% above the target at a KL of 0.024 nats). The game samples the trained policy through the same truncation
+(top-p, top-k) as the logged one, so the truncation stays out of the weight too, up to the ratio of
+the mass each keeps, near 1 while the policy stays near the reference (the KL stop). A rejected
+sample ended at its contradiction carries the weight of that prefix, which decides ``c``: the
+estimate is unchanged in expectation.
 
 A rollout holds about one rejected sample per 16 turns, so the sums are running ones, each
 iteration keeping ``estimate_decay`` of the last. Even so, which first draws the last rollouts
-happened to hold moves that share more than the policy does: on the default population's play the
-plain weighted share went from 0.033 to 0.068 within three iterations, at a KL of 0.03 nats, and the
-multiplier climbed to 1.9 on that alone. So the estimate is a ratio with a control variate: the
+happened to hold moves a weighted share more than the policy does (on the default population's play
+the plain weighted share went from 0.033 to 0.068 within three iterations, at a KL of 0.03 nats, and
+the multiplier climbed to 1.9 on that alone). So the estimate is a ratio with a control variate: the
 weighted share over the unweighted share of the *same* draws, times the share over all training
 first draws (the target)::
 
     estimate = target * (sum w c / sum w) / (sum c / n)
 
-At the logged policy every weight is 1 and the estimate is the target whichever draws were read;
-it moves only as the policy weighs contradicting first draws differently from the others. The sums
-start as if the logged policy itself had been seen, with as much weight as they hold once running.
+While the policy is the reference the estimate is the target whichever draws were read; it moves
+only as the policy weighs contradicting first draws differently from the others. The sums start as
+if the reference itself had been seen, with as much weight as they hold once running.
 Each iteration: ``multiplier += step * clip(estimate / target - 1, -1, 1)``, kept in
 ``[0, max_multiplier]``; a rejected sample's reward ``r`` becomes ``m + multiplier * (r - m)``, ``m``
 the mean reward of the shown training turns. A multiplier of 1 is the spec's penalty as it is; 0
@@ -118,7 +123,7 @@ class ContradictionMultiplier:
 
     def observe(self, turns: Sequence[TrainingTurn], log_weights: Sequence[float], where: str) -> dict[str, float]:
         """Fold a rollout's first draws into the estimate (``log_weights``: each turn's summed
-        log pi - log pi_b) and, when adaptive, move the multiplier; the iteration's metrics."""
+        log pi - log pi_ref) and, when adaptive, move the multiplier; the iteration's metrics."""
         if self.target is None:
             return {}
         for name in _SUMS:

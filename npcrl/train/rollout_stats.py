@@ -18,9 +18,9 @@ def kl_per_turn(rollout: Rollout) -> float:
 
 
 def sequence_log_weights(rollout: Rollout) -> list[float]:
-    """Each turn's summed log pi_old - log pi_b over its response tokens (pi_b: the logging bundle's
-    full softmax): the log of its importance weight as a whole line."""
-    gap = rollout.old_logprobs - rollout.batch.logged_full_logprobs
+    """Each turn's summed log pi_old - log pi_ref over its response tokens: the log of how much more
+    (or less) likely training has made the whole line."""
+    gap = rollout.old_logprobs - rollout.ref_logprobs
     return [float(x) for x in masked_sum(gap, rollout.batch.mask, dim=1)]
 
 

@@ -22,6 +22,7 @@ from npcrl.errors import TrainConfigError, TrainError  # noqa: E402
 from npcrl.playlog import NpcTurn, Record  # noqa: E402
 from npcrl.reward.spec import default_reward_spec  # noqa: E402
 from npcrl.runtime.bundle import load_bundle  # noqa: E402
+from npcrl.train.batching import collate  # noqa: E402
 from npcrl.train.config import TrainConfig, load_train_config  # noqa: E402
 from npcrl.train.config_contradiction import ContradictionConfig  # noqa: E402
 from npcrl.train.contradiction_multiplier import ContradictionMultiplier  # noqa: E402
@@ -30,6 +31,8 @@ from npcrl.train.distributed import Dist  # noqa: E402
 from npcrl.train.policy import build_policy, resolve_base_weights  # noqa: E402
 from npcrl.train.ppo import PPOTrainer  # noqa: E402
 from npcrl.train.report import write_markdown  # noqa: E402
+from npcrl.train.rollout import Rollout  # noqa: E402
+from npcrl.train.rollout_stats import sequence_log_weights  # noqa: E402
 
 ADAPTIVE = ContradictionConfig(penalty="adaptive", step=0.5, estimate_decay=0.0)
 ADAPTIVE_DEFAULTS = ContradictionConfig(penalty="adaptive")
@@ -248,3 +251,15 @@ def test_the_adaptive_config_is_the_defaults_with_the_adaptive_penalty() -> None
     root = Path(__file__).resolve().parents[2]
     config = load_train_config(root / "docs" / "train.contradiction-adaptive.toml")
     assert config == dataclasses.replace(TrainConfig(), contradiction=ADAPTIVE_DEFAULTS).validate()
+
+
+def test_a_lines_weight_is_what_training_changed_not_the_bundles_quantisation() -> None:
+    """The weights compare the policy with its reference (same numerics, 1 at the first iteration),
+    not with the logging bundle's softmax, whose quantisation error training did not make."""
+    turns = [line_turn([5, 6, 7]), line_turn([8, 9])]
+    batch = collate(turns, pad_id=0)
+    ref = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, 0.0]])
+    old = ref + torch.tensor([[0.1, -0.2, 0.3], [0.5, 0.25, 9.0]])  # the padded step is masked
+    batch.logged_full_logprobs = ref - 0.4  # a quantised bundle's own softmax
+    rollout = Rollout(turns, batch, old_logprobs=old, ref_logprobs=ref, values=ref * 0, kl=ref * 0)
+    assert sequence_log_weights(rollout) == pytest.approx([0.2, 0.75])
