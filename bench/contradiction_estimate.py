@@ -2,17 +2,16 @@
 importance-weighted share of first draws contradicting the card, estimated from one set of logs,
 beside the share measured on that policy's own play.
 
-The trainer steers ``[contradiction] penalty = "adaptive"`` by this estimate
-(``npcrl.train.contradiction_multiplier``): over the logs' first draws (``TrainingTurn.first_draw``),
-``sum w c / sum w`` with ``c`` = 1 for a rejected sample. It weighs each line by ``pi / pi_b``, the
-two models' full softmax at the logged temperature, which leaves the sampler's truncation out. This
-script computes that weight and the exact one, ``mu_new / mu`` (the logged sampler recomputed on the
-policy, ``npcrl.train.behaviour``), so the approximation is measured too. "Played" is the share of
-NPC turns whose first draw was rejected in a play-log directory the policy played (for a loop round:
-``eval/current`` for the base, ``eval/candidate`` for the trained bundle).
+Over the logs' first draws (``TrainingTurn.first_draw``) a weighted share ``sum w c / sum w``, with
+``c`` = 1 for a rejected sample, under three weights: ``pi / pi_ref``, what training changed (the
+first policy named is the reference; the trainer's ``[contradiction]`` estimate uses this weight,
+``npcrl.train.contradiction_multiplier``); ``pi / pi_b``, against the logging bundle's own softmax;
+and the exact ``mu_new / mu`` (the logged sampler recomputed on the policy, ``npcrl.train.behaviour``).
+"Played" is the share of NPC turns whose first draw was rejected in a play-log directory the policy
+played (for a loop round: ``eval/current`` for the base, ``eval/candidate`` for the trained bundle).
 
 Usage: python bench/contradiction_estimate.py --logs LOGS --logged-bundle BUNDLE
-           NAME=BUNDLE[@PLAYED_LOGS] [NAME=BUNDLE[@PLAYED_LOGS] ...] [--max-turns N] [--json OUT]
+           REFERENCE=BUNDLE[@PLAYED_LOGS] [NAME=BUNDLE[@PLAYED_LOGS] ...] [--max-turns N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -52,8 +51,9 @@ def first_draws(logs: Path, bundle_dir: Path, max_turns: int | None, seed: int =
     return turns
 
 
-def log_weights(policy: Policy, turns: list[TrainingTurn], pad_id: int) -> tuple[list[float], list[float]]:
-    """Per turn, the summed log pi - log pi_b (the trainer's weight) and log mu_new - log mu (exact)."""
+def log_weights(policy: Policy, turns: list[TrainingTurn], pad_id: int) -> dict[str, list[float]]:
+    """Per turn, summed over its tokens: ``log_pi`` (the policy's full softmax at the logged
+    temperature), ``full`` = log pi - log pi_b and ``exact`` = log mu_new - log mu."""
     import torch
 
     from npcrl.runtime.sampler import SamplerConfig
@@ -61,7 +61,7 @@ def log_weights(policy: Policy, turns: list[TrainingTurn], pad_id: int) -> tuple
     from npcrl.train.behaviour import sampler_logprobs
     from npcrl.train.shared_prefix import group_by_prefix
 
-    full, exact = [0.0] * len(turns), [0.0] * len(turns)
+    out: dict[str, list[float]] = {key: [0.0] * len(turns) for key in ("log_pi", "full", "exact")}
     with torch.no_grad():
         for chunk in group_by_prefix(range(len(turns)), [t.prompt_ids for t in turns], 4):
             logits = policy.full_logits(collate([turns[i] for i in chunk], pad_id))
@@ -70,12 +70,12 @@ def log_weights(policy: Policy, turns: list[TrainingTurn], pad_id: int) -> tuple
                 steps = logits[row, : len(turn.response_ids)].double()
                 tokens = torch.tensor(turn.response_ids)
                 taken = torch.log_softmax(steps / turn.temperature, dim=-1).gather(1, tokens[:, None])[:, 0]
-                full[i] = float((taken - torch.tensor(turn.full_logprobs, dtype=torch.float64)).sum())
-                mu_new = sampler_logprobs(
-                    steps, turn.prompt_ids, turn.response_ids, SamplerConfig.from_dict(turn.sampler)
-                )
-                exact[i] = float((mu_new - torch.tensor(turn.behaviour_logprobs, dtype=torch.float64)).sum())
-    return full, exact
+                sampler = SamplerConfig.from_dict(turn.sampler)
+                mu_new = sampler_logprobs(steps, turn.prompt_ids, turn.response_ids, sampler)
+                out["log_pi"][i] = float(taken.sum())
+                out["full"][i] = float((taken - torch.tensor(turn.full_logprobs, dtype=torch.float64)).sum())
+                out["exact"][i] = float((mu_new - torch.tensor(turn.behaviour_logprobs, dtype=torch.float64)).sum())
+    return out
 
 
 def played_share(log_dir: Path) -> tuple[float, int]:
@@ -101,14 +101,19 @@ def estimate_rows(
     logged_played = played_share(logs)
     rows = [{"policy": "logged", "first_draws": len(turns), "estimate": sum(contradicts) / len(turns)}]
     rows[0].update({"played": logged_played[0], "played_turns": logged_played[1]})
+    reference: list[float] | None = None
     for name, (bundle_dir, played) in policies.items():
         policy = build_policy(resolve_base_weights(load_bundle(bundle_dir), None), ModelConfig(), 0)
-        full, exact = log_weights(policy, turns, policy.tokenizer.pad_token_id)
-        by_full = off_policy_estimate(full, contradicts, LOG_WEIGHT_CLIP)
-        by_exact = off_policy_estimate(exact, contradicts, LOG_WEIGHT_CLIP)
-        row: dict[str, Any] = {"policy": name, "first_draws": len(turns), "estimate": by_full.self_normalised}
-        row.update({"ess": by_full.effective_sample_size, "exact_estimate": by_exact.self_normalised})
-        row.update({"exact_ess": by_exact.effective_sample_size, "exact_zero_weight": by_exact.zero_weight_fraction})
+        weights = log_weights(policy, turns, policy.tokenizer.pad_token_id)
+        reference = weights["log_pi"] if reference is None else reference
+        changed = [a - b for a, b in zip(weights["log_pi"], reference, strict=True)]
+        by_ref = off_policy_estimate(changed, contradicts, LOG_WEIGHT_CLIP)
+        by_full = off_policy_estimate(weights["full"], contradicts, LOG_WEIGHT_CLIP)
+        by_exact = off_policy_estimate(weights["exact"], contradicts, LOG_WEIGHT_CLIP)
+        row: dict[str, Any] = {"policy": name, "first_draws": len(turns), "estimate": by_ref.self_normalised}
+        row.update({"ess": by_ref.effective_sample_size, "bundle_estimate": by_full.self_normalised})
+        row.update({"exact_estimate": by_exact.self_normalised, "exact_ess": by_exact.effective_sample_size})
+        row["exact_zero_weight"] = by_exact.zero_weight_fraction
         if played is not None:
             row["played"], row["played_turns"] = played_share(played)
         rows.append(row)
@@ -122,7 +127,11 @@ def _cell(row: dict[str, Any], key: str, digits: int = 3) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("policies", nargs="+", help="NAME=BUNDLE[@PLAYED_LOGS]: a policy, and logs it played")
+    parser.add_argument(
+        "policies",
+        nargs="+",
+        help="NAME=BUNDLE[@PLAYED_LOGS]: a policy, and logs it played; the first is the reference",
+    )
     parser.add_argument("--logs", required=True, type=Path, help="the play logs the estimate is made from")
     parser.add_argument("--logged-bundle", required=True, type=Path, help="the bundle that wrote --logs")
     parser.add_argument("--max-turns", type=int, default=None, help="score at most this many first draws")
@@ -136,14 +145,14 @@ def main() -> None:
             parser.error(f"{spec!r}: expected NAME=BUNDLE[@PLAYED_LOGS]")
         policies[name] = (Path(bundle), Path(played) if played else None)
     rows = estimate_rows(args.logs, args.logged_bundle, policies, args.max_turns)
-    print(
-        "| policy | first draws | estimate (pi / pi_b) | ESS | exact (mu_new / mu) | ESS | zero weight | played (turns) |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    header = "| policy | first draws | pi / pi_ref | ESS | pi / pi_b | exact (mu_new / mu) | ESS | zero weight | played (turns) |"
+    print(header)
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         played = f"{_cell(row, 'played')} ({row['played_turns']})" if "played" in row else ""
         cells = [row["policy"], str(row["first_draws"]), _cell(row, "estimate"), _cell(row, "ess", 0)]
-        cells += [_cell(row, "exact_estimate"), _cell(row, "exact_ess", 0), _cell(row, "exact_zero_weight"), played]
+        cells += [_cell(row, "bundle_estimate"), _cell(row, "exact_estimate"), _cell(row, "exact_ess", 0)]
+        cells += [_cell(row, "exact_zero_weight"), played]
         print("| " + " | ".join(cells) + " |")
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -21,8 +21,10 @@ def test_the_logging_policy_is_estimated_at_its_own_share(tiny_bundles: dict[str
     logged, same = rows
     assert 0.0 < logged["estimate"] < 1.0 and logged["first_draws"] == 60
     assert logged["played"] == pytest.approx(logged["estimate"]) and logged["played_turns"] == 60
+    # the reference against itself: every weight is exactly 1
+    assert same["estimate"] == pytest.approx(logged["estimate"]) and same["ess"] == pytest.approx(60)
     # an fp32 bundle's ONNX graph and its torch weights agree: every weight is ~1
-    assert same["estimate"] == pytest.approx(logged["estimate"], abs=1e-3)
+    assert same["bundle_estimate"] == pytest.approx(logged["estimate"], abs=1e-3)
     assert same["exact_estimate"] == pytest.approx(logged["estimate"], abs=1e-3)
-    assert same["ess"] == pytest.approx(60, rel=1e-3) and same["exact_zero_weight"] == 0.0
+    assert same["exact_ess"] == pytest.approx(60, rel=1e-3) and same["exact_zero_weight"] == 0.0
     assert same["played"] == logged["played"]
