@@ -7,7 +7,8 @@ Over the logs' first draws (``TrainingTurn.first_draw``) a weighted share ``sum 
 first policy named is the reference; the trainer's ``[contradiction]`` estimate uses this weight,
 ``npcrl.train.contradiction_multiplier``); ``pi / pi_b``, against the logging bundle's own softmax;
 and the exact ``mu_new / mu`` (the logged sampler recomputed on the policy, ``npcrl.train.behaviour``).
-"Played" is the share of NPC turns whose first draw was rejected in a play-log directory the policy
+A policy is a bundle (its weights found as training finds them) or a Hugging Face directory (for
+example a kept checkpoint's, ``npcrl checkpoint-model``). "Played" is the share of NPC turns whose first draw was rejected in a play-log directory the policy
 played (for a loop round: ``eval/current`` for the base, ``eval/candidate`` for the trained bundle).
 
 Usage: python bench/contradiction_estimate.py --logs LOGS --logged-bundle BUNDLE
@@ -103,7 +104,9 @@ def estimate_rows(
     rows[0].update({"played": logged_played[0], "played_turns": logged_played[1]})
     reference: list[float] | None = None
     for name, (bundle_dir, played) in policies.items():
-        policy = build_policy(resolve_base_weights(load_bundle(bundle_dir), None), ModelConfig(), 0)
+        weights_dir = bundle_dir if not (bundle_dir / "manifest.json").exists() else None
+        source = weights_dir or resolve_base_weights(load_bundle(bundle_dir), None)
+        policy = build_policy(source, ModelConfig(), 0)
         weights = log_weights(policy, turns, policy.tokenizer.pad_token_id)
         reference = weights["log_pi"] if reference is None else reference
         changed = [a - b for a, b in zip(weights["log_pi"], reference, strict=True)]
@@ -130,7 +133,7 @@ def main() -> None:
     parser.add_argument(
         "policies",
         nargs="+",
-        help="NAME=BUNDLE[@PLAYED_LOGS]: a policy, and logs it played; the first is the reference",
+        help="NAME=BUNDLE_OR_HF_DIR[@PLAYED_LOGS]: a policy, and logs it played; the first is the reference",
     )
     parser.add_argument("--logs", required=True, type=Path, help="the play logs the estimate is made from")
     parser.add_argument("--logged-bundle", required=True, type=Path, help="the bundle that wrote --logs")
