@@ -62,7 +62,7 @@ from npcrl.train.ppo_math import (
 )
 from npcrl.train.reference_cache import ReferenceHidden
 from npcrl.train.rollout import Rollout, Scorer
-from npcrl.train.rollout_stats import advantage_stats, kl_per_turn, sequence_log_weights
+from npcrl.train.rollout_stats import advantage_stats, sequence_log_weights
 from npcrl.train.shared_prefix import group_by_prefix, prefixes_together
 from npcrl.train.turn_credit import turn_credit_rows
 
@@ -172,8 +172,9 @@ class PPOTrainer:
         )
         targets = {"advantages": rollout.advantages, "returns": returns, "importance weights": rollout.weights}
         require_finite_masked(targets, mask, self._where())
-        self.kl_controller.update(kl_per_turn(rollout), len(rollout.turns))
-        return {**advantage_stats(rollout, scores, kl_coef), **is_stats, **contradiction}
+        stats = advantage_stats(rollout, scores, kl_coef)
+        self.kl_controller.update(stats["kl_per_turn"], len(rollout.turns))
+        return {**stats, **is_stats, **contradiction}
 
     def _where(self) -> str:
         return f"iteration {self.iteration + 1}"

@@ -12,11 +12,6 @@ from npcrl.train.ppo_math import k3_kl, masked_mean, masked_sum
 from npcrl.train.rollout import Rollout
 
 
-def kl_per_turn(rollout: Rollout) -> float:
-    """The exact KL(pi_old || reference) summed over each turn's response, averaged over the turns."""
-    return float(masked_sum(rollout.kl, rollout.batch.mask, dim=1).mean())
-
-
 def sequence_log_weights(rollout: Rollout) -> list[float]:
     """Each turn's summed log pi_old - log pi_ref over its response tokens: the log of how much more
     (or less) likely training has made the whole line."""
@@ -35,7 +30,8 @@ def advantage_stats(rollout: Rollout, clipped_scores: torch.Tensor, kl_coef: flo
         "reward_mean": float(rollout.batch.scores.mean()),
         "reward_clipped_mean": float(clipped_scores.mean()),
         "kl_coef": kl_coef,
-        "kl_per_turn": kl_per_turn(rollout),
+        # the exact KL(pi_old || reference) summed over each turn's response, averaged over the turns
+        "kl_per_turn": float(masked_sum(rollout.kl, mask, dim=1).mean()),
         "kl_logged_tokens_per_turn": float(logged_kl),
         "kl_k3_per_token": float(masked_mean(k3_kl(rollout.old_logprobs, rollout.ref_logprobs), mask)),
         "response_length_mean": float(mask.sum(dim=1).mean()),
