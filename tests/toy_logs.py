@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from npcrl.playlog import ConversationEnd, ConversationStart, EngagementEvent, NpcTurn, PlayLogWriter, read_log_dir
+from npcrl.runtime.generation import GenerationResult
 from npcrl.runtime.model import OnnxCausalLM
 from npcrl.runtime.sampler import SamplerConfig
 
@@ -43,7 +44,7 @@ def toy_prompts(bundle: Path | OnnxCausalLM) -> list[list[int]]:
     ]
 
 
-def generate_turns(model: OnnxCausalLM, count: int, seed: int) -> list[tuple[list[int], object]]:
+def generate_turns(model: OnnxCausalLM, count: int, seed: int) -> list[tuple[list[int], GenerationResult]]:
     prompts = toy_prompts(model)
     out = []
     for k in range(count):
@@ -54,11 +55,11 @@ def generate_turns(model: OnnxCausalLM, count: int, seed: int) -> list[tuple[lis
     return out
 
 
-def pick_target(turns: list[tuple[list[int], object]], rate: float = 0.3) -> int:
+def pick_target(turns: list[tuple[list[int], GenerationResult]], rate: float = 0.3) -> int:
     """The token present in a share of responses closest to ``rate`` (a learnable, not trivial, target)."""
     presence: Counter[int] = Counter()
     for _, result in turns:
-        presence.update(set(result.token_ids))  # type: ignore[attr-defined]
+        presence.update(set(result.token_ids))
     n = len(turns)
     return min(presence, key=lambda t: (abs(presence[t] / n - rate), t))
 
@@ -99,7 +100,7 @@ def write_toy_logs(bundle: Path, log_dir: Path, count: int, seed: int = 0) -> in
                 ConversationStart(cid, "brom", "tester", "Brom", "toyhash", model.bundle_id, TOY_SAMPLER.to_dict(), now)
             )
             writer.append(toy_turn(cid, k, model.bundle_id, prompt, result, TOY_SAMPLER.to_dict(), now))
-            if target in result.token_ids:  # type: ignore[attr-defined]
+            if target in result.token_ids:
                 writer.append(EngagementEvent(cid, 0, "found", 1.0, now + k + 0.5))
             writer.append(ConversationEnd(cid, "done", now + k + 1))
     return target
