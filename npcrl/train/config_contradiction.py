@@ -4,7 +4,7 @@ for contradicting the persona card are penalised.
 ``penalty = "fixed"`` gives every rejected sample the reward spec's ``contradiction_reward``.
 ``"adaptive"`` scales that penalty by a multiplier that training adjusts, as a Lagrange multiplier
 of constrained PPO, so that the policy's estimated share of first samples contradicting the card stays
-at the logged policy's (``npcrl.train.contradiction_multiplier``): no more penalty than the guard
+at the logged policy's (released only where the estimate's upper bound shows the share fell) (``npcrl.train.contradiction_multiplier``): no more penalty than the guard
 "training never raises contradictions" needs, since every bit of it is paid for in engagement
 (docs/RESULTS.md, "The rejected samples ended at their contradiction").
 """
@@ -36,6 +36,9 @@ class ContradictionConfig:
     holds only about one rejected sample per 16 turns, so one iteration alone is mostly noise"""
     max_multiplier: float = 5.0
     """adaptive: the multiplier never rises above it"""
+    release_confidence: float = 0.95
+    """adaptive: the multiplier falls only while the estimate's one-sided upper bound at this confidence is
+    below the target (it rises while the estimate itself is above); 0.5 moves it on the estimate alone"""
 
     def validate(self) -> None:
         _check_fields(self, "contradiction.")

@@ -92,6 +92,7 @@ RANGES: dict[str, Range] = {
     "contradiction.step": Range(0, 100, low_open=True),
     "contradiction.estimate_decay": Range(0, 1, high_open=True),
     "contradiction.max_multiplier": Range(0, 1000, low_open=True),
+    "contradiction.release_confidence": Range(0.5, 0.9999),
 }
 """every numeric field of every section, by its TOML key (docs/TRAINING.md lists the same)"""
 

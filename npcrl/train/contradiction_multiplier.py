@@ -5,7 +5,8 @@ The guard is a constraint, "training never raises the share of lines that contra
 a fixed penalty is a price: too low and the share rises, too high and the update gives up engagement
 to push it far below the guard. ``penalty = "adaptive"`` treats the penalty's weight as the Lagrange
 multiplier of that constraint, as constrained PPO does (PPO-Lagrangian, Ray et al. 2019): it rises
-while the policy's estimated share is above the logged policy's and falls while it is below.
+while the policy's estimated share is above the logged policy's, and falls only while the
+estimate's upper bound is below it.
 
 The share is estimated off-policy from each logged turn's *first* draw (``TrainingTurn.first_draw``):
 the line shown when the agent did not draw again, or the turn's first rejected sample. A first draw
@@ -39,9 +40,17 @@ first draws (the target)::
 While the policy is the reference the estimate is the target whichever draws were read; it moves
 only as the policy weighs contradicting first draws differently from the others. The sums start as
 if the reference itself had been seen, with as much weight as they hold once running.
-Each iteration: ``multiplier += step * clip(estimate / target - 1, -1, 1)``, kept in
-``[0, max_multiplier]``; a rejected sample's reward ``r`` becomes ``m + multiplier * (r - m)``, ``m``
-the mean reward of the shown training turns. A multiplier of 1 is the spec's penalty as it is; 0
+Each iteration the multiplier rises by ``step * min(estimate / target - 1, 1)`` while the estimate is
+above the target. It falls only on evidence: by ``step * max(bound / target - 1, -1)`` while the
+estimate's one-sided upper bound at ``release_confidence`` is below the target, and holds otherwise;
+it is kept in ``[0, max_multiplier]``. The bound is Wilson's score bound on the weighted share with
+Kish's effective sample size as its count, through the same control variate. The asymmetry is the
+constraint's: on the default population's play, a multiplier moved by the estimate alone fell to 0
+at a KL of 0.9 nats per line, when the weights had left an effective sample of about 20 first
+draws, and the estimate went on falling (0.013 against a target of 0.035, at 10) while the trained
+policy's played share rose from 0.048 to 0.081 per line. Far from the logged policy its logs cannot
+show that a share went down, and the bound says so (0.28 there). A rejected sample's reward ``r``
+becomes ``m + multiplier * (r - m)``, ``m`` the mean reward of the shown training turns. A multiplier of 1 is the spec's penalty as it is; 0
 makes a rejected sample worth an average line. ``penalty = "fixed"`` keeps the multiplier at 1 and
 still reports the estimate, so every run shows how its policy's contradiction share moved.
 """
@@ -51,6 +60,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import torch
 
@@ -121,6 +131,30 @@ class ContradictionMultiplier:
         weighted = self.weighted_contradictions / self.weights
         return self.target * weighted / (self.contradictions / self.draws)
 
+    @property
+    def upper_bound(self) -> float | None:
+        """The estimate's one-sided upper bound at ``release_confidence``: Wilson's score bound on the
+        weighted share, counted as Kish's effective sample size, times the control variate's factor."""
+        if self.target is None or self.contradictions <= 0 or self.weights <= 0:
+            return None
+        share = self.weighted_contradictions / self.weights
+        size = self.weights**2 / self.squared_weights
+        z = NormalDist().inv_cdf(self.config.release_confidence)
+        spread = z * math.sqrt(share * (1.0 - share) / size + z * z / (4.0 * size * size))
+        upper = (share + z * z / (2.0 * size) + spread) / (1.0 + z * z / size)
+        return self.target * upper / (self.contradictions / self.draws)
+
+    def _move(self, estimate_error: float, bound_error: float) -> None:
+        """Up on the estimate's relative error, down only on the bound's (module docstring)."""
+        if estimate_error > 0:
+            error = min(estimate_error, 1.0)
+        elif bound_error < 0:
+            error = max(bound_error, -1.0)
+        else:
+            return
+        moved = self.multiplier + self.config.step * error
+        self.multiplier = min(max(moved, 0.0), self.config.max_multiplier)
+
     def observe(self, turns: Sequence[TrainingTurn], log_weights: Sequence[float], where: str) -> dict[str, float]:
         """Fold a rollout's first draws into the estimate (``log_weights``: each turn's summed
         log pi - log pi_ref) and, when adaptive, move the multiplier; the iteration's metrics."""
@@ -141,14 +175,13 @@ class ContradictionMultiplier:
             self.weighted_contradictions += weight * contradicts
             self.contradictions += contradicts
             self.draws += 1.0
-        estimate = self.estimate
-        if estimate is not None and self.config.penalty == "adaptive":
-            error = min(max(estimate / self.target - 1.0, -1.0), 1.0)
-            moved = self.multiplier + self.config.step * error
-            self.multiplier = min(max(moved, 0.0), self.config.max_multiplier)
+        estimate, bound = self.estimate, self.upper_bound
+        if estimate is not None and bound is not None and self.config.penalty == "adaptive":
+            self._move(estimate / self.target - 1.0, bound / self.target - 1.0)
         stats = {"contradiction_multiplier": self.multiplier, "contradiction_share_target": self.target}
-        if estimate is not None:
+        if estimate is not None and bound is not None:
             stats["contradiction_share_estimate"] = estimate
+            stats["contradiction_share_bound"] = bound
             # the unweighted share of the same draws: what the control variate divides out
             stats["contradiction_share_read"] = self.contradictions / self.draws
             # Kish's effective sample size: how many equally weighted first draws the estimate is worth

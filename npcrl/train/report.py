@@ -29,6 +29,7 @@ PANELS = (
 # monitors of runs whose metrics hold them (rejected samples in the data: npcrl.train.contradiction_multiplier)
 OPTIONAL_MONITORS = (
     ("contradiction_share_estimate", "estimated share of first draws contradicting the card"),
+    ("contradiction_share_bound", "its upper bound (release_confidence)"),
     ("contradiction_share_target", "the logged policy's share"),
     ("contradiction_multiplier", "contradiction penalty multiplier"),
 )
