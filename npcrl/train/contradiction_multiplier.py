@@ -46,10 +46,10 @@ estimate's one-sided upper bound at ``release_confidence`` is below the target, 
 it is kept in ``[0, max_multiplier]``. The bound is Wilson's score bound on the weighted share with
 Kish's effective sample size as its count, through the same control variate. The asymmetry is the
 constraint's: on the default population's play, a multiplier moved by the estimate alone fell to 0
-at a KL of 0.9 nats per line, when the weights had left an effective sample of about 20 first
+at a KL of 1.1 nats per line, when the weights had left an effective sample of about 20 first
 draws, and the estimate went on falling (0.013 against a target of 0.035, at 10) while the trained
 policy's played share rose from 0.048 to 0.081 per line. Far from the logged policy its logs cannot
-show that a share went down, and the bound says so (0.28 there). A rejected sample's reward ``r``
+show that a share went down, and the bound says so (0.28 at the end). A rejected sample's reward ``r``
 becomes ``m + multiplier * (r - m)``, ``m`` the mean reward of the shown training turns. A multiplier of 1 is the spec's penalty as it is; 0
 makes a rejected sample worth an average line. ``penalty = "fixed"`` keeps the multiplier at 1 and
 still reports the estimate, so every run shows how its policy's contradiction share moved.
