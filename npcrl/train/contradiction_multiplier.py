@@ -49,9 +49,11 @@ constraint's: on the default population's play, a multiplier moved by the estima
 at a KL of 1.1 nats per line, when the weights had left an effective sample of about 20 first
 draws, and the estimate went on falling (0.013 against a target of 0.035, at 10) while the trained
 policy's played share rose from 0.048 to 0.081 per line. Far from the logged policy its logs cannot
-show that a share went down, and the bound says so (0.28 at the end). A rejected sample's reward ``r``
-becomes ``m + multiplier * (r - m)``, ``m`` the mean reward of the shown training turns. A multiplier of 1 is the spec's penalty as it is; 0
-makes a rejected sample worth an average line. ``penalty = "fixed"`` keeps the multiplier at 1 and
+show that a share went down, and the bound says so (0.28 at the end).
+
+A rejected sample's reward ``r`` becomes ``m + multiplier * (r - m)``, ``m`` the mean reward of the
+shown training turns. A multiplier of 1 is the spec's penalty as it is; 0 makes a rejected sample
+worth an average line. ``penalty = "fixed"`` keeps the multiplier at 1 and
 still reports the estimate, so every run shows how its policy's contradiction share moved.
 """
 
