@@ -53,8 +53,8 @@ show that a share went down, and the bound says so (0.28 at the end).
 
 A rejected sample's reward ``r`` becomes ``m + multiplier * (r - m)``, ``m`` the mean reward of the
 shown training turns. A multiplier of 1 is the spec's penalty as it is; 0 makes a rejected sample
-worth an average line. ``penalty = "fixed"`` keeps the multiplier at 1 and
-still reports the estimate, so every run shows how its policy's contradiction share moved.
+worth an average line. ``penalty = "fixed"`` keeps the multiplier at 1 and still reports the
+estimate and its bound, so every run shows how its policy's contradiction share moved.
 """
 
 from __future__ import annotations
