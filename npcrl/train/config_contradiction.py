@@ -4,9 +4,10 @@ for contradicting the persona card are penalised.
 ``penalty = "fixed"`` gives every rejected sample the reward spec's ``contradiction_reward``.
 ``"adaptive"`` scales that penalty by a multiplier that training adjusts, as a Lagrange multiplier
 of constrained PPO, so that the policy's estimated share of first samples contradicting the card stays
-at the logged policy's (released only where the estimate's upper bound shows the share fell) (``npcrl.train.contradiction_multiplier``): no more penalty than the guard
+at the logged policy's (``npcrl.train.contradiction_multiplier``): no more penalty than the guard
 "training never raises contradictions" needs, since every bit of it is paid for in engagement
-(docs/RESULTS.md, "The rejected samples ended at their contradiction").
+(docs/RESULTS.md, "The rejected samples ended at their contradiction"). It is released only where
+the estimate's upper bound shows the share fell.
 """
 
 from __future__ import annotations
