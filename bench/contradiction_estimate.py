@@ -8,8 +8,9 @@ first policy named is the reference; the trainer's ``[contradiction]`` estimate 
 ``npcrl.train.contradiction_multiplier``); ``pi / pi_b``, against the logging bundle's own softmax;
 and the exact ``mu_new / mu`` (the logged sampler recomputed on the policy, ``npcrl.train.behaviour``).
 A policy is a bundle (its weights found as training finds them) or a Hugging Face directory (for
-example a kept checkpoint's, ``npcrl checkpoint-model``). "Played" is the share of NPC turns whose first draw was rejected in a play-log directory the policy
-played (for a loop round: ``eval/current`` for the base, ``eval/candidate`` for the trained bundle).
+example a kept checkpoint's, ``npcrl checkpoint-model``). "Played" is the share of NPC turns whose
+first draw was rejected in a play-log directory the policy played (for a loop round:
+``eval/current`` for the base, ``eval/candidate`` for the trained bundle).
 
 Usage: python bench/contradiction_estimate.py --logs LOGS --logged-bundle BUNDLE
            REFERENCE=BUNDLE[@PLAYED_LOGS] [NAME=BUNDLE[@PLAYED_LOGS] ...] [--max-turns N] [--json OUT]
@@ -92,7 +93,7 @@ def estimate_rows(
     logs: Path, logged_bundle: Path, policies: dict[str, tuple[Path, Path | None]], max_turns: int | None
 ) -> list[dict[str, Any]]:
     """One row for the logs themselves (every weight 1) and one per policy."""
-    from npcrl.runtime.bundle import load_bundle
+    from npcrl.runtime.bundle import MANIFEST_NAME, load_bundle
     from npcrl.train.config import ModelConfig
     from npcrl.train.evaluate import off_policy_estimate
     from npcrl.train.policy import build_policy, resolve_base_weights
@@ -104,8 +105,8 @@ def estimate_rows(
     rows[0].update({"played": logged_played[0], "played_turns": logged_played[1]})
     reference: list[float] | None = None
     for name, (bundle_dir, played) in policies.items():
-        weights_dir = bundle_dir if not (bundle_dir / "manifest.json").exists() else None
-        source = weights_dir or resolve_base_weights(load_bundle(bundle_dir), None)
+        is_bundle = (bundle_dir / MANIFEST_NAME).exists()
+        source = resolve_base_weights(load_bundle(bundle_dir), None) if is_bundle else bundle_dir
         policy = build_policy(source, ModelConfig(), 0)
         weights = log_weights(policy, turns, policy.tokenizer.pad_token_id)
         reference = weights["log_pi"] if reference is None else reference

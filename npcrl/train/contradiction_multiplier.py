@@ -60,7 +60,7 @@ estimate and its bound, so every run shows how its policy's contradiction share 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -128,23 +128,28 @@ class ContradictionMultiplier:
         """The policy's estimated share of first draws contradicting the card: the target times the
         weighted over the unweighted share of the draws read (module docstring); None without any
         contradicting one among them."""
-        if self.target is None or self.contradictions <= 0 or self.weights <= 0:
-            return None
-        weighted = self.weighted_contradictions / self.weights
-        return self.target * weighted / (self.contradictions / self.draws)
+        return self._through_control_variate(lambda share, _size: share)
 
     @property
     def upper_bound(self) -> float | None:
         """The estimate's one-sided upper bound at ``release_confidence``: Wilson's score bound on the
-        weighted share, counted as Kish's effective sample size, times the control variate's factor."""
+        weighted share, counted as Kish's effective sample size, through the same control variate."""
+        z = NormalDist().inv_cdf(self.config.release_confidence)
+
+        def wilson_upper(share: float, size: float) -> float:
+            spread = z * math.sqrt(share * (1.0 - share) / size + z * z / (4.0 * size * size))
+            return (share + z * z / (2.0 * size) + spread) / (1.0 + z * z / size)
+
+        return self._through_control_variate(wilson_upper)
+
+    def _through_control_variate(self, of_share: Callable[[float, float], float]) -> float | None:
+        """``target * of_share(weighted share, effective sample size) / unweighted share``; None
+        without any contradicting first draw read (nothing to estimate from)."""
         if self.target is None or self.contradictions <= 0 or self.weights <= 0:
             return None
         share = self.weighted_contradictions / self.weights
         size = self.weights**2 / self.squared_weights
-        z = NormalDist().inv_cdf(self.config.release_confidence)
-        spread = z * math.sqrt(share * (1.0 - share) / size + z * z / (4.0 * size * size))
-        upper = (share + z * z / (2.0 * size) + spread) / (1.0 + z * z / size)
-        return self.target * upper / (self.contradictions / self.draws)
+        return self.target * of_share(share, size) / (self.contradictions / self.draws)
 
     def _move(self, estimate_error: float, bound_error: float) -> None:
         """Up on the estimate's relative error, down only on the bound's (module docstring)."""

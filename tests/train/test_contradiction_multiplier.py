@@ -282,11 +282,11 @@ def test_on_the_toy_the_policy_contradicts_less_and_the_penalty_is_held_until_th
     assert all(m["contradiction_multiplier"] >= 1.0 for m in metrics), metrics
     # moved by the estimate alone, the same state would release it
     on_estimate = dataclasses.replace(ADAPTIVE_DEFAULTS, release_confidence=0.5)
-    released = PPOTrainer(policy, turns, dataclasses.replace(config, contradiction=on_estimate), Dist(), 0)
-    released.contradiction.load_state_dict(trainer.loop_state()["contradiction"])
-    assert released.contradiction.multiplier == trainer.contradiction.multiplier
-    released.contradiction.observe([], [], "one more iteration")
-    assert released.contradiction.multiplier < trainer.contradiction.multiplier
+    released = multiplier_for(turns, on_estimate, config.run.ope_log_weight_clip)
+    released.load_state_dict(trainer.loop_state()["contradiction"])
+    assert released.multiplier == trainer.contradiction.multiplier
+    released.observe([], [], "one more iteration")
+    assert released.multiplier < trainer.contradiction.multiplier
 
 
 def test_the_report_shows_the_estimate_and_multiplier_only_for_runs_that_have_them(tmp_path: Path) -> None:
