@@ -17,6 +17,11 @@ With ``--bundle`` given more than once (say a base and bundles trained from its 
 plays the same conversations and seeds, and the last table sets each one's contradiction share
 (off) beside the first bundle's; ``--modes off`` measures only the model's own rate.
 
+The player lines and the conversation length are the persona probe's (``npcrl persona-probe``,
+``npcrl.evaluation.persona_probe``), which the loop's contradiction guard plays with the check off;
+this bench draws them per persona in one stream, plays one conversation at a time, and adds the
+check's on mode and latency.
+
 Usage: python bench/persona_consistency.py [--lines 200] [--seed 0] [--show 3]
        [--bundle DIR --bundle DIR ...] [--modes off,on]
 """
@@ -36,30 +41,9 @@ from common import print_table
 from npcrl.agent.consistency import CONTRADICTS_CARD, RESAMPLED, card_contradictions
 from npcrl.agent.npc_agent import AgentConfig, NpcAgent, NpcLine
 from npcrl.agent.persona import Persona, builtin_personas
+from npcrl.evaluation.persona_probe import IDENTITY_LINES, ORDINARY_LINES, TURNS
 from npcrl.paths import default_bundle_dir
 from npcrl.runtime.model import OnnxCausalLM
-
-TURNS = 4
-IDENTITY_LINES = (
-    "Who are you?",
-    "What's your name?",
-    "What do you do here?",
-    "Where am I?",
-    "Tell me about yourself.",
-    "Are you the baker?",
-    "Introduce yourself, please.",
-    "What is this place called?",
-)
-ORDINARY_LINES = (
-    "Hello there!",
-    "Any work for a traveller?",
-    "What's the news in the village?",
-    "How much for a room?",
-    "Have you seen any bandits?",
-    "Can you help me?",
-    "Goodbye for now.",
-    "What do you sell?",
-)
 
 
 @dataclass

@@ -21,12 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from npcrl.agent.persona import builtin_personas
-from npcrl.evaluation.metrics import (
-    card_contradiction_rate,
-    paired_gain,
-    require_one_set_of_players,
-    rewards_of_conversations,
-)
+from npcrl.evaluation.contradictions import card_contradiction_rate
+from npcrl.evaluation.metrics import paired_gain, rewards_of_conversations
+from npcrl.evaluation.shares import require_one_set_of_players
 from npcrl.playlog import read_log_dir
 from npcrl.reward.engagement import ConversationLog, group_conversations
 from npcrl.reward.spec import RewardSpec, default_reward_spec, load_reward_spec

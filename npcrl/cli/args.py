@@ -110,6 +110,29 @@ def add_confirm_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_persona_probe_argument(parser: argparse.ArgumentParser) -> None:
+    """``--persona-probe-lines`` (``npcrl loop``, ``npcrl populations``): the contradiction guard's probe."""
+    parser.add_argument(
+        "--persona-probe-lines",
+        type=non_negative_int,
+        default=200,
+        help="lines per persona of the persona probe both bundles answer each round; the contradiction guard "
+        "vetoes a candidate whose probe share rose beyond chance (default 200; 0: no probe, the guard reads "
+        "the evaluation's play)",
+    )
+
+
+def persona_cards(directory: str | None) -> list[Any]:
+    """The persona cards in ``directory`` (``*.toml``), or the shipped ones; none there is an error."""
+    from npcrl.agent.persona import builtin_personas, load_personas
+    from npcrl.errors import NpcrlError
+
+    personas = load_personas(directory) if directory else builtin_personas()
+    if not personas:
+        raise NpcrlError(f"{directory}: no persona cards (*.toml)")
+    return list(personas.values())
+
+
 def population_name(text: str) -> str:
     """A shipped player population's name (``npcrl.sim.populations``), checked when the flag is given."""
     from npcrl.sim.populations import builtin_populations

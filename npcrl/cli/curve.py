@@ -10,11 +10,13 @@ from typing import Any
 from npcrl.cli.args import (
     add_command,
     add_concurrent_argument,
+    add_persona_probe_argument,
     add_players_arguments,
     add_table_promote_when_argument,
     player_profiles,
 )
 from npcrl.loop.curve import CURVE_MD, CURVE_PNG, DEFAULT_SIZES
+from npcrl.loop.decision import Guards
 
 
 def sizes(text: str) -> list[int]:
@@ -42,6 +44,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         concurrency=args.concurrent,
         promote_when=args.promote_when,
+        guards=Guards(persona_probe_lines=args.persona_probe_lines),
         resume=args.resume,
         same_play_as=args.same_play_as,
     )
@@ -79,6 +82,7 @@ def add_curve_parser(subparsers: Any) -> None:
     curve.add_argument("--seed", type=int, default=0)
     curve.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")
     add_table_promote_when_argument(curve)
+    add_persona_probe_argument(curve)
     curve.add_argument(
         "--resume",
         action="store_true",

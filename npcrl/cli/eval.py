@@ -7,17 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from npcrl.cli.args import add_command, add_concurrent_argument, add_players_arguments, player_profiles
+from npcrl.cli.args import add_command, add_concurrent_argument, add_players_arguments, persona_cards, player_profiles
 from npcrl.errors import NpcrlError
-
-
-def _personas(directory: str | None) -> list[Any]:
-    from npcrl.agent.persona import builtin_personas, load_personas
-
-    personas = load_personas(directory) if directory else builtin_personas()
-    if not personas:
-        raise NpcrlError(f"{directory}: no persona cards (*.toml)")
-    return list(personas.values())
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -41,7 +32,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         concurrency=args.concurrent,
     )
     spec = load_reward_spec(args.spec) if args.spec else default_reward_spec()
-    personas = _personas(args.personas)
+    personas = persona_cards(args.personas)
     profiles = list(player_profiles(args).values())
     bundles = {"against": args.against, "bundle": args.bundle} if args.against else {"bundle": args.bundle}
     options = session_options_for(args.concurrent)

@@ -11,10 +11,11 @@ from npcrl.cli.args import (
     add_command,
     add_concurrent_argument,
     add_confirm_arguments,
+    add_persona_probe_argument,
     add_players_arguments,
     player_profiles,
 )
-from npcrl.loop.decision import PROMOTE_WHEN
+from npcrl.loop.decision import PROMOTE_WHEN, Guards
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
@@ -32,6 +33,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
         train_config=config,
         seed=args.seed,
         players=players,
+        guards=Guards(persona_probe_lines=args.persona_probe_lines),
         store=args.store,
         max_new_tokens=args.max_new_tokens,
         concurrency=args.concurrent,
@@ -71,6 +73,7 @@ def add_loop_parser(subparsers: Any) -> None:
         "paired 95%% interval of its gain is above 0 (significant)",
     )
     add_confirm_arguments(loop)
+    add_persona_probe_argument(loop)
     loop.add_argument(
         "--resume",
         action="store_true",

@@ -17,6 +17,7 @@ from npcrl.cli.generate import add_generate_parser
 from npcrl.cli.logs import add_logs_parser
 from npcrl.cli.loop import add_loop_parser
 from npcrl.cli.populations import add_populations_parser
+from npcrl.cli.probe import add_probe_parser
 from npcrl.cli.promote import add_promote_parser
 from npcrl.cli.quickstart import add_quickstart_parser
 from npcrl.cli.rewards import add_rewards_parser
@@ -41,6 +42,7 @@ COMMAND_GROUPS = (
     add_logs_parser,
     add_simulate_parser,
     add_eval_parser,
+    add_probe_parser,
     add_quickstart_parser,
 )
 

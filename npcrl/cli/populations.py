@@ -12,9 +12,11 @@ from npcrl.cli.args import (
     add_command,
     add_concurrent_argument,
     add_confirm_arguments,
+    add_persona_probe_argument,
     add_table_promote_when_argument,
     population_name,
 )
+from npcrl.loop.decision import Guards
 from npcrl.loop.populations import DEFAULT_POPULATIONS
 from npcrl.loop.populations_table import POPULATIONS_MD, POPULATIONS_PNG, Confirmation
 
@@ -44,6 +46,7 @@ def cmd_populations(args: argparse.Namespace) -> int:
         promote_when=args.promote_when,
         confirm_conversations=args.confirm_conversations,
         confirm_rule=args.confirm_rule,
+        guards=Guards(persona_probe_lines=args.persona_probe_lines),
         resume=args.resume,
         same_play_as=args.same_play_as,
     )
@@ -104,6 +107,7 @@ def add_populations_parser(subparsers: Any) -> None:
     populations.add_argument("--max-new-tokens", type=int, help="cap on each NPC line")
     add_table_promote_when_argument(populations)
     add_confirm_arguments(populations)
+    add_persona_probe_argument(populations)
     populations.add_argument(
         "--resume",
         action="store_true",

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from npcrl.errors import LogFormatError, NpcrlError
 from npcrl.evaluation.metric_names import paired_gain_of_profile
-from npcrl.evaluation.metrics import paired_gain, require_one_set_of_players
+from npcrl.evaluation.metrics import paired_gain
+from npcrl.evaluation.shares import require_one_set_of_players
 from npcrl.playlog import read_log_dir
 from npcrl.reward.engagement import group_conversations, score_conversation
 from npcrl.reward.spec import RewardSpec

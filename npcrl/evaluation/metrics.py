@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 import npcrl.evaluation.metric_names as names
-from npcrl.agent.consistency import CONTRADICTS_CARD, RESAMPLED, card_contradictions
 from npcrl.agent.persona import Persona, builtin_personas
 from npcrl.errors import LogFormatError
+from npcrl.evaluation.contradictions import card_contradiction_rate
+from npcrl.evaluation.shares import require_one_set_of_players
 from npcrl.playlog import NpcTurn, read_log_dir
 from npcrl.reward.engagement import ConversationLog, group_conversations, score_conversation
 from npcrl.reward.spec import RewardSpec
@@ -217,28 +218,6 @@ def _is_model_line(turn: NpcTurn) -> bool:
     return not (turn.filtered or turn.fallback)
 
 
-def contradicts_card(turn: NpcTurn, persona: Persona) -> bool:
-    """Did the model's sample for ``turn`` contradict ``persona``'s card? Its shown line (checked
-    here, for logs played without the agent's check), or the reason the agent logged for it."""
-    reason = turn.filter_reason or ""
-    if reason.startswith((CONTRADICTS_CARD, RESAMPLED + CONTRADICTS_CARD)):
-        return True
-    return _is_model_line(turn) and bool(card_contradictions(turn.text, persona))
-
-
-def card_contradiction_rate(conversations: Sequence[ConversationLog], personas: Sequence[Persona]) -> float:
-    """Share of the NPC turns of ``conversations`` whose sample contradicted their persona card
-    (``contradicts_card``); conversations with no start record or an unknown card are left out."""
-    cards = {persona.persona_hash: persona for persona in personas}
-    flags = [
-        contradicts_card(turn, cards[log.start.persona_hash])
-        for log in conversations
-        if log.start is not None and log.start.persona_hash in cards
-        for turn in log.turns.values()
-    ]
-    return _mean([float(flag) for flag in flags])
-
-
 def conversation_metrics(
     conversations: Sequence[ConversationLog],
     spec: RewardSpec,
@@ -351,19 +330,6 @@ def pooled_rewards_of_logs(
         candidate += ours
         current += theirs
     return candidate, current
-
-
-def require_one_set_of_players(
-    candidate: tuple[str | os.PathLike[str], int], current: tuple[str | os.PathLike[str], int]
-) -> None:
-    """Refuse, naming both, two evaluations' (log directory, conversations with an NPC turn) that
-    cannot be one set of players played by both bundles: their counts differ."""
-    (candidate_logs, ours), (current_logs, theirs) = candidate, current
-    if ours != theirs:
-        raise ValueError(
-            f"{candidate_logs} has {ours} conversations with an NPC turn and {current_logs} has "
-            f"{theirs}: a pair must be one set of players played by both bundles"
-        )
 
 
 def paired_gain(candidate: Sequence[float], current: Sequence[float], *, seed: int = 0) -> tuple[float, float, float]:

@@ -35,7 +35,7 @@ from npcrl.durable import atomic_write
 from npcrl.errors import LoopError
 from npcrl.evaluation.metric_names import ENGAGEMENT, KL_PER_LINE, PAIRED_GAIN, PERPLEXITY
 from npcrl.loop.adopt import adopt_finished_round, adopt_play, check_play_source, play_folder, sized_run
-from npcrl.loop.decision import estimate
+from npcrl.loop.decision import Guards, estimate
 from npcrl.loop.round import LoadedBundle, LoopState, RoundResult, play_round
 from npcrl.loop.run import load_inputs
 from npcrl.loop.settings import LoopSettings
@@ -98,6 +98,7 @@ def run_curve(  # the keywords of run_loop, but sizes instead of rounds and conv
     system_prompts: dict[str, str] | None = None,
     concurrency: int = 1,
     promote_when: str = "significant",
+    guards: Guards | None = None,
     resume: bool = False,
     same_play_as: str | Path | None = None,
 ) -> list[CurvePoint]:
@@ -119,6 +120,7 @@ def run_curve(  # the keywords of run_loop, but sizes instead of rounds and conv
         system_prompts=system_prompts,
         concurrency=concurrency,
         promote_when=promote_when,
+        guards=guards or Guards(),
     )
     settings.check()
     out = Path(out)

@@ -16,6 +16,7 @@ from typing import Any
 
 from npcrl.evaluation.metric_names import (
     CARD_CONTRADICTIONS,
+    CARD_CONTRADICTIONS_RISE,
     ENGAGEMENT,
     KL_PER_LINE,
     PAIRED_GAIN,
@@ -23,6 +24,7 @@ from npcrl.evaluation.metric_names import (
     REPETITION_RATE,
     WORDS_PER_LINE,
 )
+from npcrl.evaluation.persona_probe import probe_rise
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,12 @@ class Guards:
     """words per line may grow by at most this factor over the current bundle (length hacking)"""
     max_contradiction_increase: float = 0.02
     """the share of lines contradicting the persona card (``CARD_CONTRADICTIONS``) may rise by at
-    most this much (absolute) over the current bundle"""
+    most this much (absolute) over the current bundle; the guard when no persona probe ran"""
+    persona_probe_lines: int = 0
+    """> 0: both bundles answer the persona probe (``npcrl.evaluation.persona_probe``), this many
+    lines per persona, and the contradiction guard vetoes a candidate whose probe share rose
+    beyond chance (the paired 95% interval of the rise above 0) instead of reading the evaluation's
+    play, whose few contradicting lines cannot tell a rise from noise; 0: no probe"""
 
 
 PROMOTE_WHEN = ("better", "significant")
@@ -79,7 +86,7 @@ def decide(
     check_promote_when(promote_when)
     wins, reasons = engagement_verdict(candidate, current, promote_when)
     broken = guard_reasons(candidate, current, base_perplexity, guards)
-    return wins and not broken, reasons + broken
+    return wins and not broken, reasons + probe_note(candidate, current) + broken
 
 
 def decide_pooled(
@@ -137,10 +144,54 @@ def guard_reasons(
     words, current_words = estimate(candidate[WORDS_PER_LINE]), estimate(current[WORDS_PER_LINE])
     if current_words > 0 and exceeds(words, guards.max_length_ratio * current_words):
         reasons.append(f"{GUARD_PREFIX} words per line {words:.1f} > {guards.max_length_ratio}x {current_words:.1f}")
-    contradiction = contradiction_increase(candidate, current)
-    if contradiction is not None and exceeds(contradiction, guards.max_contradiction_increase):
-        reasons.append(f"{GUARD_PREFIX} card contradictions per line rose by {contradiction:.3f}")
+    reasons += contradiction_reasons(candidate, current, guards)
     return reasons
+
+
+def contradiction_reasons(candidate: Mapping[str, Any], current: Mapping[str, Any], guards: Guards) -> list[str]:
+    """The contradiction guard's vetoes. Where both bundles answered the same persona probe: a paired
+    rise beyond chance (the lower end of its 95% interval above 0) on the probe, or in the
+    evaluation's play (``CARD_CONTRADICTIONS_RISE``). Otherwise the play's rise above
+    ``max_contradiction_increase``, which is all a few hundred lines of play can guard by."""
+    probe = probe_rise(candidate, current)
+    if probe is None:
+        contradiction = contradiction_increase(candidate, current)
+        if contradiction is not None and exceeds(contradiction, guards.max_contradiction_increase):
+            return [f"{GUARD_PREFIX} card contradictions per line rose by {contradiction:.3f}"]
+        return []
+    vetoes = []
+    if probe[1] > 0:
+        vetoes.append(f"{GUARD_PREFIX} persona probe: card contradictions per line rose by {interval_text(probe)}")
+    play = play_rise(candidate, current)
+    if play is not None and not (math.isfinite(play[1]) and play[1] <= 0):
+        vetoes.append(f"{GUARD_PREFIX} card contradictions per line in play rose by {interval_text(play)}")
+    return vetoes
+
+
+def play_rise(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    """The paired rise of the play's contradiction share (NaN where the evaluations did not pair);
+    None where there is nothing to compare (``contradiction_increase``)."""
+    if contradiction_increase(candidate, current) is None:
+        return None
+    value = candidate.get(CARD_CONTRADICTIONS_RISE, (math.nan,) * 3)
+    return float(value[0]), float(value[1]), float(value[2])
+
+
+def interval_text(rise: tuple[float, float, float]) -> str:
+    return f"{rise[0]:.3f} (95% CI [{rise[1]:.3f}, {rise[2]:.3f}])"
+
+
+def probe_note(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Where the persona probe ran, the paired changes the contradiction guard read (a veto repeats
+    the one that broke it), so a decision shows how close the candidate came."""
+    probe = probe_rise(candidate, current)
+    if probe is None:
+        return []
+    play = play_rise(candidate, current)
+    in_play = "" if play is None else f"; in play {play[0]:+.3f}, 95% CI [{play[1]:.3f}, {play[2]:.3f}]"
+    return [
+        f"card contradictions per line: persona probe {probe[0]:+.3f}, 95% CI [{probe[1]:.3f}, {probe[2]:.3f}]{in_play}"
+    ]
 
 
 def contradiction_increase(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> float | None:

@@ -31,6 +31,7 @@ from typing import Any
 
 from npcrl.errors import LoopError
 from npcrl.loop.adopt import check_play_source, confirmation_adoptable
+from npcrl.loop.decision import Guards
 from npcrl.loop.populations_table import PopulationPoint, confirmation_of, population_point, write_populations
 from npcrl.loop.round import RoundResult
 from npcrl.loop.run import run_loop
@@ -58,6 +59,7 @@ def run_populations(  # the keywords of run_loop, but populations instead of pla
     promote_when: str = "significant",
     confirm_conversations: int = 0,
     confirm_rule: str = "both",
+    guards: Guards | None = None,
     resume: bool = False,
     same_play_as: str | Path | None = None,
 ) -> list[PopulationPoint]:
@@ -91,6 +93,7 @@ def run_populations(  # the keywords of run_loop, but populations instead of pla
         promote_when=promote_when,
         confirm_conversations=confirm_conversations,
         confirm_rule=confirm_rule,
+        guards=guards or Guards(),
     )
     settings.check()
     return play_populations(settings, Path(out), players, resume, None if same_play_as is None else Path(same_play_as))
@@ -166,6 +169,7 @@ def play_population(
         promote_when=settings.promote_when,
         confirm_conversations=settings.confirm_conversations,
         confirm_rule=settings.confirm_rule,
+        guards=settings.guards,
         resume=(folder / LOOP_FILE).is_file(),
         same_play_as=same_play_as,
     )

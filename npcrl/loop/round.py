@@ -17,14 +17,24 @@ from typing import TYPE_CHECKING, Any
 
 from npcrl.errors import LoopError
 from npcrl.evaluation.by_profile import paired_gain_rows
-from npcrl.evaluation.metric_names import CONVERSATIONS, ENGAGEMENT, PAIRED_GAIN, PERPLEXITY, profile_of_row
+from npcrl.evaluation.metric_names import (
+    CARD_CONTRADICTIONS_RISE,
+    CONVERSATIONS,
+    ENGAGEMENT,
+    PAIRED_GAIN,
+    PERPLEXITY,
+    profile_of_row,
+)
+from npcrl.evaluation.persona_probe import PROBE_COUNTS, PROBE_ROWS
 from npcrl.loop.decision import decide, decide_pooled, estimate
 from npcrl.loop.machine import mixed_machines
 from npcrl.loop.stages import (
     LoopInputs,
+    contradiction_rise_or_nan,
     evaluate_stage,
     paired_gain_or_nan,
     pooled_gain_or_nan,
+    probe_stage,
     simulate_stage,
     stage_logs,
     train_stage,
@@ -85,8 +95,10 @@ class LoopState:
     def promoted(self, candidate: Path, rows: Mapping[str, Any], stages: RoundStages) -> None:
         """``candidate``, evaluated in ``stages``' round (its ``evaluate_candidate``), is current now."""
         self.current = candidate
-        # its gains (over all players and per profile) were over the bundle it replaces
-        self.metrics = {k: v for k, v in rows.items() if k != PAIRED_GAIN and profile_of_row(k) is None}
+        # its gains (over all players and per profile) and its contradictions' rise were over the
+        # bundle it replaces
+        relative = (PAIRED_GAIN, CARD_CONTRADICTIONS_RISE)
+        self.metrics = {k: v for k, v in rows.items() if k not in relative and profile_of_row(k) is None}
         self._evaluated_in(stages, "evaluate_candidate")
 
     def _evaluated_in(self, stages: RoundStages, name: str) -> None:
@@ -155,10 +167,18 @@ def evaluate_both(
     if state.metrics is None:
         rows = evaluate_stage(inputs, stages, "evaluate_current", current.model, settings)
         state.base_evaluated(rows, stages)
-    candidate_rows = evaluate_stage(inputs, stages, "evaluate_candidate", candidate.model, settings)
     assert state.metrics is not None and state.eval_logs is not None
+    probing = inputs.settings.guards.persona_probe_lines > 0
+    if probing and PROBE_COUNTS not in state.metrics:  # the base, or a current bundle promoted unprobed
+        state.metrics.update(probe_stage(inputs, stages, "probe_current", current.model))
+    candidate_rows = evaluate_stage(inputs, stages, "evaluate_candidate", candidate.model, settings)
+    if probing:
+        candidate_rows.update(probe_stage(inputs, stages, "probe_candidate", candidate.model))
     candidate_logs = stage_logs(stages.folder, "evaluate_candidate")
     candidate_rows[PAIRED_GAIN] = paired_gain_or_nan(candidate_logs, state.eval_logs, inputs.spec, settings.seed)
+    candidate_rows[CARD_CONTRADICTIONS_RISE] = contradiction_rise_or_nan(
+        candidate_logs, state.eval_logs, inputs.settings.personas
+    )
     split, left_out = paired_gain_rows(
         candidate_logs, state.eval_logs, inputs.spec, [p.name for p in inputs.settings.players], seed=settings.seed
     )
@@ -204,8 +224,13 @@ def confirm(
     settings = inputs.settings.confirm_settings(number)
     for side, bundle in zip(("current", "candidate"), bundles, strict=True):
         metrics[f"confirm_{side}"] = evaluate_stage(inputs, stages, f"confirm_{side}", bundle.model, settings)
+        # the persona probe is the bundles', not the players': the same guard on the fresh players' rows
+        metrics[f"confirm_{side}"].update({row: metrics[side][row] for row in PROBE_ROWS if row in metrics[side]})
     fresh_pair = (stage_logs(stages.folder, "confirm_candidate"), stage_logs(stages.folder, "confirm_current"))
     metrics["confirm_candidate"][PAIRED_GAIN] = paired_gain_or_nan(*fresh_pair, inputs.spec, settings.seed)
+    metrics["confirm_candidate"][CARD_CONTRADICTIONS_RISE] = contradiction_rise_or_nan(
+        *fresh_pair, inputs.settings.personas
+    )
     confirmation = {side: metrics[f"confirm_{side}"] for side in ("current", "candidate")}
     if inputs.settings.confirm_rule == "pooled":
         assert state.eval_logs is not None and state.base_perplexity is not None
@@ -238,9 +263,10 @@ def machine_reasons(what: str, **sides: list[dict[str, Any]]) -> list[str]:
 
 
 def round_seconds(stages: Mapping[str, float]) -> dict[str, float]:
-    """Stage seconds as loop.md reports them: both evaluations under evaluate, both confirmations under confirm."""
+    """Stage seconds as loop.md reports them: both evaluations under evaluate, both confirmations
+    under confirm, both persona probes under probe."""
     seconds: dict[str, float] = {}
     for name, value in stages.items():
-        key = name.split("_")[0] if name.startswith(("evaluate_", "confirm_")) else name
+        key = name.split("_")[0] if name.startswith(("evaluate_", "confirm_", "probe_")) else name
         seconds[key] = seconds.get(key, 0.0) + value
     return seconds

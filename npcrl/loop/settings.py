@@ -53,6 +53,10 @@ class LoopSettings:
             raise LoopError(
                 f"confirm_conversations must be 0 (no confirmation) or more, got {self.confirm_conversations}"
             )
+        if self.guards.persona_probe_lines < 0:
+            raise LoopError(
+                f"guards.persona_probe_lines must be 0 (no probe) or more, got {self.guards.persona_probe_lines}"
+            )
         if self.confirm_rule not in CONFIRM_RULES:
             raise LoopError(f"confirm_rule must be one of {', '.join(CONFIRM_RULES)}, got {self.confirm_rule!r}")
 

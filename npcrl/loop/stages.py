@@ -166,6 +166,31 @@ def evaluate_stage(
     return dict(stages.result(name))
 
 
+PROBE_SEED_OFFSET = 30_000
+"""the persona probe's seed is the run's ``seed`` + this, the same for every bundle and round"""
+
+
+def probe_stage(inputs: LoopInputs, stages: RoundStages, name: str, model: OnnxCausalLM) -> dict[str, Any]:
+    """Stage ``name`` (``probe_current``, ``probe_candidate``): ``model`` answers the persona probe
+    (``npcrl.evaluation.persona_probe``, ``guards.persona_probe_lines`` lines per persona); its rows.
+    The probe logs nothing, so a cut-off probe plays again from its start."""
+    from npcrl.evaluation.persona_probe import probe_personas
+
+    if stages.start(name):
+        settings = inputs.settings
+        probe = probe_personas(
+            model,
+            settings.personas,
+            settings.agent_config(),
+            settings.guards.persona_probe_lines,
+            seed=settings.seed + PROBE_SEED_OFFSET,
+            concurrency=settings.concurrency,
+            system_prompts=settings.system_prompts,
+        )
+        stages.finish(name, probe.rows())
+    return dict(stages.result(name))
+
+
 def stage_logs(folder: Path, name: str) -> Path:
     """Where an evaluation stage's play logs go: ``evaluate_X`` -> ``eval/X``, ``confirm_X`` -> ``confirm/X``."""
     kind, side = name.split("_", 1)
@@ -179,6 +204,17 @@ def paired_gain_or_nan(candidate_logs: Path, current_logs: Path, spec: RewardSpe
     try:
         return paired_gain_of_logs(candidate_logs, current_logs, spec, seed=seed)
     except ValueError:  # a conversation without NPC turns on one side: no pairing (never significant)
+        return (math.nan, math.nan, math.nan)
+
+
+def contradiction_rise_or_nan(candidate_logs: Path, current_logs: Path, personas: Sequence[Any]) -> Gain:
+    """The paired rise of the play's card-contradiction share (``CARD_CONTRADICTIONS_RISE``); NaN
+    where the evaluations do not pair, or hold no line of a known card."""
+    from npcrl.evaluation.contradictions import paired_contradiction_rise_of_logs
+
+    try:
+        return paired_contradiction_rise_of_logs(candidate_logs, current_logs, personas)
+    except ValueError:
         return (math.nan, math.nan, math.nan)
 
 

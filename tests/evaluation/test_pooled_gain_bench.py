@@ -107,3 +107,19 @@ def test_the_loops_pooled_rewards_pair_as_the_bench_does(tmp_path: Path) -> None
     short = write_logs(tmp_path / "short-cur", [0.5])
     with pytest.raises(ValueError, match=r"b-cand has 2 conversations with an NPC turn and .*short-cur has 1"):
         pooled_rewards_of_logs([a, (b[0], short)], SPEC)
+
+
+def test_the_play_contradiction_rise_pairs_conversation_k_with_conversation_k(tmp_path: Path) -> None:
+    """What the loop's contradiction guard reads from two evaluations (``CARD_CONTRADICTIONS_RISE``):
+    per conversation, the contradicting turns over the turns, paired by log order."""
+    from npcrl.evaluation.contradictions import paired_contradiction_rise_of_logs
+    from npcrl.evaluation.shares import paired_share_rise
+
+    wrong_name = {0: "My name is Grimbold.", 2: "Call me Grimbold."}
+    candidate = write_logs(tmp_path / "cand", [1.0, 0.5, 0.0], wrong_name)  # 2, 1 and 1 turns
+    current = write_logs(tmp_path / "cur", [0.5, 0.5, 0.5], {1: "My name is Grimbold."})
+    rise = paired_contradiction_rise_of_logs(candidate, current, [SMITH])
+    assert rise == paired_share_rise([(2, 2), (0, 1), (1, 1)], [(0, 1), (1, 1), (0, 1)])
+    assert rise[0] == pytest.approx(3 / 4 - 1 / 3)
+    with pytest.raises(ValueError, match="a pair must be one set of players"):
+        paired_contradiction_rise_of_logs(candidate, write_logs(tmp_path / "short", [0.5]), [SMITH])

@@ -141,6 +141,7 @@ def test_the_command_line_passes_the_curve_its_settings(
     assert main(argv) == 0
     assert seen["sizes"] == [150, 300, 600, 1200] and seen["eval_conversations"] == 96
     assert seen["promote_when"] == "significant" and not seen["resume"]
+    assert seen["guards"].persona_probe_lines == 200  # the persona probe, on by default
     assert main([*argv, "--sizes", "10,20", "--population", "brief", "--resume"]) == 0
     assert seen["sizes"] == [10, 20] and seen["resume"] and seen["same_play_as"] is None
     assert main([*argv, "--same-play-as", "pops/default"]) == 0 and seen["same_play_as"] == "pops/default"

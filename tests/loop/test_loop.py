@@ -177,6 +177,27 @@ def test_one_round_on_a_tiny_model(tiny_bundles: dict[str, Path], tmp_path: Path
     assert "- round 1, paired gain per kind of player: " in (tmp_path / "loop" / "loop.md").read_text()
 
 
+def test_both_bundles_answer_the_persona_probe_and_the_guard_reads_it(
+    tiny_bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    import json
+
+    from npcrl.evaluation.persona_probe import PROBE_COUNTS, PROBE_SETUP
+
+    guards = Guards(persona_probe_lines=3)
+    tiny_loop(tiny_bundles["llama-fp32"], tmp_path / "loop", full_tiny_config(), eval_conversations=2, guards=guards)
+    round_dir = tmp_path / "loop" / "round-1"
+    metrics = json.loads((round_dir / "decision.json").read_text())["metrics"]
+    # 3 lines per persona: one conversation of 3 lines per card, the same setup on both sides
+    assert len(metrics["current"][PROBE_COUNTS]) == len(metrics["candidate"][PROBE_COUNTS]) == 4
+    assert metrics["current"][PROBE_SETUP] == metrics["candidate"][PROBE_SETUP]
+    # the play's paired rise beside it, the candidate's over the current bundle
+    rise, low, high = metrics["candidate"][metric.CARD_CONTRADICTIONS_RISE]
+    assert low <= rise <= high and metric.CARD_CONTRADICTIONS_RISE not in metrics["current"]
+    stages = json.loads((round_dir / "stages.json").read_text())
+    assert {"probe_current", "probe_candidate"} <= finished_stages(stages)
+
+
 def test_a_promoted_candidate_carries_no_gain_over_its_predecessor_into_the_next_round(tmp_path: Path) -> None:
     from npcrl.loop.round import LoopState
     from npcrl.loop.state import RoundStages
@@ -186,6 +207,7 @@ def test_a_promoted_candidate_carries_no_gain_over_its_predecessor_into_the_next
         **rows(1.0),
         metric.PAIRED_GAIN: (0.2, 0.1, 0.3),
         metric.paired_gain_of_profile("curious"): (0.4, 0.1, 0.7),
+        metric.CARD_CONTRADICTIONS_RISE: (0.01, -0.02, 0.04),
     }
     state.promoted(tmp_path / "candidate", candidate, RoundStages(tmp_path / "round-1"))
     assert state.metrics == rows(1.0)
@@ -392,6 +414,10 @@ def test_the_command_line_passes_the_loop_its_settings(
     assert main([*argv, "--confirm-conversations", "24", "--confirm-rule", "pooled"]) == 0
     assert seen["confirm_rule"] == "pooled"
     assert main(argv) == 0 and seen["confirm_conversations"] == 0 and not seen["resume"]  # off unless asked for
+    assert seen["guards"].persona_probe_lines == 200  # the contradiction guard's probe, on by default
+    assert main([*argv, "--persona-probe-lines", "0"]) == 0 and seen["guards"].persona_probe_lines == 0
+    with pytest.raises(SystemExit):
+        main([*argv, "--persona-probe-lines", "-1"])
     assert main([*argv, "--resume"]) == 0 and seen["resume"] and seen["same_play_as"] is None
     assert main([*argv, "--same-play-as", "runs/a"]) == 0 and seen["same_play_as"] == "runs/a"
     assert "0 of 0 rounds promoted" in capsys.readouterr().out

@@ -174,6 +174,8 @@ def test_the_command_line_passes_the_populations_their_settings(
     assert seen["confirm_conversations"] == 0 and seen["confirm_rule"] == "both"  # off unless asked for
     assert main([*argv, "--confirm-conversations", "96", "--confirm-rule", "pooled"]) == 0
     assert seen["confirm_conversations"] == 96 and seen["confirm_rule"] == "pooled"
+    assert seen["guards"].persona_probe_lines == 200  # the persona probe, on by default
+    assert main([*argv, "--persona-probe-lines", "50"]) == 0 and seen["guards"].persona_probe_lines == 50
     with pytest.raises(SystemExit):
         main([*argv, "--populations", "gourmets"])
     assert "unknown player population 'gourmets'" in capsys.readouterr().err
