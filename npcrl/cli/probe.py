@@ -74,11 +74,11 @@ def add_probe_parser(subparsers: Any) -> None:
         description="Each persona answers --lines player lines in four-turn conversations that alternate identity "
         "questions with ordinary ones; the agent's check is off, so each line is the model's first draw. Every "
         "bundle plays the same conversations and seeds, so a bundle's rise over the first is paired. "
-        "npcrl loop and npcrl populations probe with their --seed + 30000.",
+        "npcrl loop, curve and populations probe with their --seed + 30000.",
     )
     probe.add_argument("--bundle", action="append", required=True, help="a bundle directory; repeat to compare")
     probe.add_argument("--lines", type=positive_int, default=200, help="NPC lines per persona (default 200)")
-    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--seed", type=int, default=0, help="draws the player lines and sampler seeds (default 0)")
     probe.add_argument("--personas", help="directory of persona cards (*.toml; default: the shipped ones)")
     probe.add_argument("--max-new-tokens", type=positive_int, help="cap on each NPC line")
     add_concurrent_argument(probe)
