@@ -44,6 +44,9 @@ from npcrl.loop.state import (
 
 ADOPTED_STAGES = {"simulate": "logs", "evaluate_current": "eval/current"}
 """round 1's stages that depend only on the play settings -> the output each one wrote"""
+ADOPTED_PROBE = "probe_current"
+"""the base's persona probe in round 1 (it writes no output), taken too when both runs probe as many
+lines per persona (its seed, cards, prompts and caps are play settings)"""
 ADOPTED_CONFIRMATION = {"confirm_current": "confirm/current"}
 """the base's fresh players in round 1, taken too when both runs play as many of them (the fresh
 players' seed follows from ``seed``, a play setting); the candidate's are its own"""
@@ -84,30 +87,33 @@ def play_settings(record: dict[str, Any]) -> dict[str, Any]:
     return as_read_back(settings)
 
 
-def adopt_round_one_play(source_round: Path, out: Path, confirm_conversations: int = 0) -> bool:
+def adopt_round_one_play(source_round: Path, out: Path, confirm_conversations: int = 0, probe_lines: int = 0) -> bool:
     """Copy into the loop run ``out`` the round-1 play and base evaluation of ``source_round`` (as
-    ``check_play_source`` returned it), and the base's fresh players when ``source_round``'s run
-    played ``confirm_conversations`` of them (> 0); False (nothing done) when ``out`` already has a
-    round 1."""
-    return adopt_play(source_round, out / "round-1", confirm_conversations)
+    ``check_play_source`` returned it), the base's fresh players when ``source_round``'s run
+    played ``confirm_conversations`` of them (> 0), and the base's persona probe when it probed
+    ``probe_lines`` lines per persona (> 0); False (nothing done) when ``out`` already has a round 1."""
+    return adopt_play(source_round, out / "round-1", confirm_conversations, probe_lines)
 
 
-def adopt_play(source_round: Path, target: Path, confirm_conversations: int = 0) -> bool:
+def adopt_play(source_round: Path, target: Path, confirm_conversations: int = 0, probe_lines: int = 0) -> bool:
     """Copy ``source_round``'s play and base evaluation into the round folder ``target`` (a loop's
-    ``round-1``, a curve's ``base``), recorded as finished there, with the base's fresh players as
-    ``adopt_round_one_play`` says; False when ``target`` exists."""
+    ``round-1``, a curve's ``base``), recorded as finished there, with the base's fresh players and
+    persona probe as ``adopt_round_one_play`` says; False when ``target`` exists."""
     if target.exists():
         return False  # adopted before a stop, or played: a resume goes on from what is there
     scratch = target.parent / f".{target.name}.adopting"  # whole or not at all: a stop mid-copy leaves nothing half
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     earlier = RoundStages(source_round)
-    stages = dict(ADOPTED_STAGES)
+    stages: dict[str, str | None] = dict(ADOPTED_STAGES)
     if confirmation_adoptable(source_round, confirm_conversations):
         stages.update(ADOPTED_CONFIRMATION)
+    if probe_adoptable(source_round, probe_lines):
+        stages[ADOPTED_PROBE] = None
     adopted: dict[str, dict[str, Any]] = {}
     for name, output in stages.items():
-        shutil.copytree(source_round / output, scratch / output)
+        if output is not None:
+            shutil.copytree(source_round / output, scratch / output)
         adopted[name] = {
             "seconds": 0.0,
             "result": earlier.result(name),
@@ -116,11 +122,23 @@ def adopt_play(source_round: Path, target: Path, confirm_conversations: int = 0)
         }
     (scratch / STAGES_FILE).write_text(json.dumps(adopted, indent=1), encoding="utf-8")
     replace_dir(scratch, target)  # fsynced, then renamed into place
-    what = "simulated play and base evaluation"
-    if len(stages) > len(ADOPTED_STAGES):
-        what = "simulated play, base evaluation and the base's fresh players"
+    extra = [what for name, what in _EXTRAS.items() if name in stages]
+    parts = ["simulated play", "base evaluation", *extra]
+    what = ", ".join(parts[:-1]) + " and " + parts[-1]
     print(f"[npcrl loop] {target.name}: {what} adopted from {source_round}", flush=True)
     return True
+
+
+_EXTRAS = {"confirm_current": "the base's fresh players", ADOPTED_PROBE: "the base's persona probe"}
+
+
+def probe_adoptable(source_round: Path, probe_lines: int) -> bool:
+    """Whether ``source_round`` (a loop run's round 1) finished the base's persona probe of
+    ``probe_lines`` (> 0) lines per persona, as this run would probe it."""
+    if probe_lines <= 0:
+        return False
+    guards = read_loop_record(source_round.parent).get("guards") or {}
+    return guards.get("persona_probe_lines") == probe_lines and RoundStages(source_round).done(ADOPTED_PROBE)
 
 
 def confirmation_adoptable(source_round: Path, confirm_conversations: int) -> bool:

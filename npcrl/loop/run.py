@@ -95,7 +95,7 @@ def start(settings: LoopSettings, out: Path, same_play_as: str | Path | None = N
         source = check_play_source(Path(same_play_as), settings.record())
     write_loop_record(out, settings.record())  # once the inputs are known good: a typo must not claim the directory
     if source is not None:
-        adopt_round_one_play(source, out, settings.confirm_conversations)
+        adopt_round_one_play(source, out, settings.confirm_conversations, settings.guards.persona_probe_lines)
     return inputs
 
 

@@ -359,3 +359,27 @@ def test_a_confirmation_resolves_a_population_by_its_rule() -> None:
     assert "on the evaluation players and on 96 fresh ones" in verdict(
         [replace(resolved_on_evaluation, confirmation=both_above)]
     )
+
+
+def test_another_setup_on_the_same_play_takes_the_base_probe_too(tiny_bundles: dict[str, Path], tmp_path: Path) -> None:
+    """The base's persona probe depends on the play settings and the probe's size only: a run on the
+    same play with the same size takes it (never probing the base again), one with another does not."""
+    from npcrl.evaluation.persona_probe import PROBE_COUNTS
+    from npcrl.loop.adopt import probe_adoptable
+    from npcrl.loop.decision import Guards
+
+    bundle, first, second = tiny_bundles["llama-fp32"], tmp_path / "first", tmp_path / "second"
+    guards = Guards(persona_probe_lines=2)
+    tiny_populations(bundle, first, ["brief"], guards=guards)
+    other = full_tiny_config()
+    other.ppo.learning_rate *= 2
+    tiny_populations(bundle, second, ["brief"], train_config=other, same_play_as=first, guards=guards)
+    source, taken = first / "brief" / "round-1", second / "brief" / "round-1"
+    stages = json.loads((taken / "stages.json").read_text())
+    assert stages["probe_current"]["adopted_from"] == str(source.resolve())
+    assert (
+        stages["probe_current"]["result"] == json.loads((source / "stages.json").read_text())["probe_current"]["result"]
+    )
+    decision = json.loads((taken / "decision.json").read_text())["metrics"]
+    assert PROBE_COUNTS in decision["candidate"]  # its own candidate was probed, paired with the taken base
+    assert [probe_adoptable(source, lines) for lines in (2, 3, 0)] == [True, False, False]
