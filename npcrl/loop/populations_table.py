@@ -13,6 +13,7 @@ from typing import Any
 
 from npcrl.durable import atomic_write
 from npcrl.evaluation.metric_names import CARD_CONTRADICTIONS, ENGAGEMENT, PAIRED_GAIN
+from npcrl.evaluation.persona_probe import PROBE_SHARE, probe_rise
 from npcrl.loop.curve import CurvePoint, curve_point, error_bars, percent_of_engagement
 from npcrl.loop.decision import estimate
 from npcrl.loop.round import RoundResult
@@ -68,6 +69,9 @@ class PopulationPoint:
     """the pairs ``over_other`` rests on: the evaluation players, plus the fresh ones where pooled"""
     confirmation: Confirmation | None = None
     """with ``confirm_conversations``: what the fresh players said (None without them)"""
+    persona_probe: tuple[float, float, tuple[float, float, float]] | None = None
+    """where both bundles answered the persona probe: its share for the base and the candidate, and
+    the candidate's paired rise (mean, 95% CI; ``npcrl.evaluation.persona_probe``)"""
 
     @property
     def improved(self) -> bool:
@@ -97,7 +101,18 @@ def population_point(
         card_contradictions_base=estimate(base.get(CARD_CONTRADICTIONS, math.nan)),
         card_contradictions_candidate=estimate(candidate.get(CARD_CONTRADICTIONS, math.nan)),
         preferred_features=dict(preferred or {}),
+        persona_probe=persona_probe_of(candidate, base),
     )
+
+
+def persona_probe_of(
+    candidate: Mapping[str, Any], base: Mapping[str, Any]
+) -> tuple[float, float, tuple[float, float, float]] | None:
+    """The probe's shares and the paired rise, where both rows hold the same probe."""
+    rise = probe_rise(candidate, base)
+    if rise is None:
+        return None
+    return estimate(base[PROBE_SHARE]), estimate(candidate[PROBE_SHARE]), rise
 
 
 def confirmation_of(result: RoundResult, rule: str, conversations: int) -> Confirmation:
@@ -167,9 +182,19 @@ COLUMNS = (
     "train+export s",
 )
 
+PROBE_COLUMN = "persona probe: contradictions / line (base), paired rise [95% CI]"
+"""where the loop probed both bundles (``--persona-probe-lines``): the contradiction guard's measurement"""
+
 CONFIRM_COLUMNS = ("fresh players: paired gain [95% CI] (%)", "pooled: paired gain [95% CI] (%)")
 """with ``confirm_conversations``: the candidate's gain on the fresh players, and (rule ``pooled``)
 on the evaluation and fresh players' pairs together"""
+
+
+def probe_cell(probe: tuple[float, float, tuple[float, float, float]] | None) -> str:
+    if probe is None:
+        return "-"
+    base, candidate, (rise, low, high) = probe
+    return f"{candidate:.3f} ({base:.3f}), {rise:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def write_populations(out: Path, points: Sequence[PopulationPoint], other: Path | None = None) -> None:
@@ -178,8 +203,10 @@ def write_populations(out: Path, points: Sequence[PopulationPoint], other: Path 
     rows = [{**asdict(p), "improved": p.improved} for p in points]
     atomic_write(out / POPULATIONS_JSON, json.dumps(rows, indent=2) + "\n")
     confirmed = any(p.confirmation is not None for p in points)
+    probed = any(p.persona_probe is not None for p in points)
     columns = [
         *COLUMNS,
+        *([PROBE_COLUMN] if probed else []),
         *(CONFIRM_COLUMNS if confirmed else []),
         *(["paired gain over the other candidate [95% CI] (players)"] if other else []),
     ]
@@ -208,6 +235,7 @@ def write_populations(out: Path, points: Sequence[PopulationPoint], other: Path 
             str(r.promoted),
             training_cell(p.round.training),
             f"{r.seconds.get('train_and_export', math.nan):.0f}",
+            *([probe_cell(p.persona_probe)] if probed else []),
             *(confirmation_cells(p.confirmation) if confirmed else []),
             *([over_other_cell(p)] if other else []),
         ]

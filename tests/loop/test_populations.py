@@ -133,6 +133,17 @@ def point(name: str, low: float, promoted: bool) -> PopulationPoint:
     return PopulationPoint(name, "likes things", round_, 0.05, 0.04, {"asks_back": (0.2, 0.3)})
 
 
+def test_the_probe_column_appears_only_where_a_probe_ran(tmp_path: Path) -> None:
+    from npcrl.loop.populations_table import PROBE_COLUMN, write_populations
+
+    write_populations(tmp_path, [point("brief", 0.1, True)])
+    assert PROBE_COLUMN not in (tmp_path / "populations.md").read_text()
+    probed = replace(point("humour", 0.1, True), persona_probe=(0.23, 0.29, (0.06, 0.02, 0.1)))
+    write_populations(tmp_path, [point("brief", 0.1, True), probed])
+    table = (tmp_path / "populations.md").read_text()
+    assert PROBE_COLUMN in table and "| 0.290 (0.230), +0.060 [+0.020, +0.100] |" in table and "| - |" in table
+
+
 def test_the_verdict_counts_resolved_gains_and_promotions_apart() -> None:
     points = [point("brief", 0.1, True), point("humour", -0.2, False), point("lore_seekers", 0.05, False)]
     line = verdict(points)
@@ -382,4 +393,11 @@ def test_another_setup_on_the_same_play_takes_the_base_probe_too(tiny_bundles: d
     )
     decision = json.loads((taken / "decision.json").read_text())["metrics"]
     assert PROBE_COUNTS in decision["candidate"]  # its own candidate was probed, paired with the taken base
+    # the table shows the probe beside the play's share: base and candidate, and the paired rise
+    from npcrl.loop.populations_table import PROBE_COLUMN
+
+    (saved,) = json.loads((second / "populations.json").read_text())
+    base_share, candidate_share, (rise, low, high) = saved["persona_probe"]
+    assert rise == pytest.approx(candidate_share - base_share) and low <= rise <= high
+    assert PROBE_COLUMN in (second / "populations.md").read_text()
     assert [probe_adoptable(source, lines) for lines in (2, 3, 0)] == [True, False, False]
