@@ -20,6 +20,8 @@ EVAL_SEED_OFFSET = 10_000
 """the evaluation players' seed is ``seed`` + this, the same in every round, so rounds are comparable"""
 CONFIRM_SEED_OFFSET = 20_000
 """round N's fresh players play with seed ``seed`` + this + N - 1: players no round has seen"""
+PROBE_SEED_OFFSET = 30_000
+"""the persona probe's seed is ``seed`` + this, the same for every bundle and round"""
 CONFIRM_RULES = ("both", "pooled")
 """how fresh players join the decision: ``both``, a candidate the evaluation players would promote
 must win on the fresh players too; ``pooled``, a guarded candidate with the higher mean on the

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from npcrl.durable import set_aside
-from npcrl.loop.settings import LoopSettings
+from npcrl.loop.settings import PROBE_SEED_OFFSET, LoopSettings
 from npcrl.loop.state import RoundStages, placed_path, recorded_path
 
 if TYPE_CHECKING:
@@ -164,10 +164,6 @@ def evaluate_stage(
         )
         stages.finish(name, rows)
     return dict(stages.result(name))
-
-
-PROBE_SEED_OFFSET = 30_000
-"""the persona probe's seed is the run's ``seed`` + this, the same for every bundle and round"""
 
 
 def probe_stage(inputs: LoopInputs, stages: RoundStages, name: str, model: OnnxCausalLM) -> dict[str, Any]:
