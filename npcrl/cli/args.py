@@ -111,7 +111,7 @@ def add_confirm_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_persona_probe_argument(parser: argparse.ArgumentParser) -> None:
-    """``--persona-probe-lines`` (``npcrl loop``, ``npcrl populations``): the contradiction guard's probe."""
+    """``--persona-probe-lines`` (``npcrl loop``, ``curve``, ``populations``): the contradiction guard's probe."""
     parser.add_argument(
         "--persona-probe-lines",
         type=non_negative_int,

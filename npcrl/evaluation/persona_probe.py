@@ -108,10 +108,6 @@ class PersonaProbe:
     fallbacks: int = 0
     """lines that were not the model's (``PROBE_FALLBACKS``)"""
 
-    @property
-    def share(self) -> float:
-        return sum(self.contradicting) / sum(self.lines)
-
     def rows(self) -> dict[str, Any]:
         """The probe as evaluation rows (``PROBE_ROWS``)."""
         share, low, high = ratio_interval(self.contradicting, self.lines)

@@ -160,10 +160,10 @@ def contradiction_reasons(candidate: Mapping[str, Any], current: Mapping[str, An
             return [f"{GUARD_PREFIX} card contradictions per line rose by {contradiction:.3f}"]
         return []
     vetoes = []
-    if probe[1] > 0:
+    if exceeds(probe[1], 0.0):
         vetoes.append(f"{GUARD_PREFIX} persona probe: card contradictions per line rose by {interval_text(probe)}")
     play = play_rise(candidate, current)
-    if play is not None and not (math.isfinite(play[1]) and play[1] <= 0):
+    if play is not None and exceeds(play[1], 0.0):  # an unpaired (NaN) rise is unmeasured: a veto
         vetoes.append(f"{GUARD_PREFIX} card contradictions per line in play rose by {interval_text(play)}")
     return vetoes
 
