@@ -73,3 +73,10 @@ class AgentConfig:
 def with_sampler(config: AgentConfig, **changes: Any) -> AgentConfig:
     """A copy of ``config`` with sampler fields changed (e.g. ``seed=1`` for reproducible tests)."""
     return replace(config, sampler=replace(config.sampler, **changes))
+
+
+def capped_config(max_new_tokens: int | None) -> AgentConfig:
+    """The agents' default settings with each line capped at ``max_new_tokens`` tokens (None: the
+    default cap): what simulated play, evaluation and the persona probe give their NPCs."""
+    config = AgentConfig()
+    return config if max_new_tokens is None else with_sampler(config, max_new_tokens=max_new_tokens)

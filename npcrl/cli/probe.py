@@ -16,7 +16,7 @@ from npcrl.errors import NpcrlError
 
 
 def cmd_persona_probe(args: argparse.Namespace) -> int:
-    from npcrl.agent.npc_agent import AgentConfig, with_sampler
+    from npcrl.agent.config import capped_config
     from npcrl.durable import atomic_write
     from npcrl.evaluation.persona_probe import PROBE_SHARE, probe_personas, probe_rise
     from npcrl.runtime.model import OnnxCausalLM
@@ -27,9 +27,7 @@ def cmd_persona_probe(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).exists():
         raise NpcrlError(f"{args.out}: already exists; the probe writes a new file")
     personas = persona_cards(args.personas)
-    config = AgentConfig()
-    if args.max_new_tokens is not None:
-        config = with_sampler(config, max_new_tokens=args.max_new_tokens)
+    config = capped_config(args.max_new_tokens)
     results: dict[str, dict[str, Any]] = {}
     for bundle in args.bundle:
         model = OnnxCausalLM(bundle, session_options_for(args.concurrent))

@@ -49,7 +49,7 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from npcrl.agent.npc_agent import AgentConfig, with_sampler
+    from npcrl.agent.config import capped_config
     from npcrl.agent.persona import builtin_personas, load_personas
     from npcrl.durable import set_aside
     from npcrl.playlog import PlayLogWriter
@@ -60,9 +60,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     personas = load_personas(args.personas) if args.personas else builtin_personas()
     profiles = player_profiles(args)
-    config = AgentConfig()
-    if args.max_new_tokens is not None:
-        config = with_sampler(config, max_new_tokens=args.max_new_tokens)
+    config = capped_config(args.max_new_tokens)
     model = OnnxCausalLM(args.bundle, session_options_for(args.concurrent))
     cut_off = Path(args.logs)
     if args.resume:

@@ -25,6 +25,8 @@ batched step gives the tokens a solo one would, so the counts do not depend on i
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -83,6 +85,14 @@ class ProbeSetup:
     personas: tuple[str, ...]
     """the cards' persona hashes, in the order played"""
     max_new_tokens: int
+    system_prompts: str | None = None
+    """a digest of the system prompts played in place of the cards' (``prompts_digest``); None: the
+    cards' own (and a probe recorded before the setup held it)"""
+
+    @classmethod
+    def from_dict(cls, recorded: Mapping[str, Any]) -> ProbeSetup:
+        """The setup ``to_dict`` wrote."""
+        return cls(**{**recorded, "personas": tuple(recorded["personas"])})
 
     @property
     def conversations_per_persona(self) -> int:
@@ -149,9 +159,16 @@ def probe_personas(
     if not personas:
         raise ValueError("the persona probe needs at least one persona")
     config = replace(config, consistency_retries=None, time_budget_s=None)
-    setup = ProbeSetup(lines_per_persona, seed, tuple(p.persona_hash for p in personas), config.sampler.max_new_tokens)
+    given = system_prompts or {}
+    prompts = {p.id: given[p.id] for p in personas if p.id in given}
+    setup = ProbeSetup(
+        lines_per_persona,
+        seed,
+        tuple(p.persona_hash for p in personas),
+        config.sampler.max_new_tokens,
+        prompts_digest(prompts),
+    )
     per_persona = setup.conversations_per_persona
-    prompts = system_prompts or {}
 
     def play(k: int, _buffer: object) -> _Conversation:
         persona = personas[k // per_persona]
@@ -175,6 +192,14 @@ def probe_personas(
         dict(sum((c.reasons for c in counted), Counter())),
         sum(c.fallbacks for c in counted),
     )
+
+
+def prompts_digest(prompts: Mapping[str, str]) -> str | None:
+    """What ``ProbeSetup.system_prompts`` records for ``prompts`` (persona id -> system prompt): the
+    prompts change the lines, so probes played with other prompts must not pair."""
+    if not prompts:
+        return None
+    return hashlib.sha256(json.dumps(dict(prompts), sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 def _play_conversation(
@@ -206,9 +231,9 @@ def probe_rise(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> tupl
     conversations; None unless both rows hold a probe of the same setup (``PROBE_SETUP``)."""
     if any(row not in side for row in (PROBE_COUNTS, PROBE_SETUP) for side in (candidate, current)):
         return None
-    if candidate[PROBE_SETUP] != current[PROBE_SETUP]:
+    setup = _recorded_setup(current)
+    if setup is None or _recorded_setup(candidate) != setup:
         return None
-    setup = ProbeSetup(**{**current[PROBE_SETUP], "personas": tuple(current[PROBE_SETUP]["personas"])})
     ours, theirs = list(candidate[PROBE_COUNTS]), list(current[PROBE_COUNTS])
     if len(ours) != len(theirs) or len(ours) != setup.conversations_per_persona * len(setup.personas):
         raise ValueError(
@@ -217,3 +242,11 @@ def probe_rise(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> tupl
         )
     lines = [setup.lines_of(k % setup.conversations_per_persona) for k in range(len(ours))]
     return paired_share_rise(list(zip(ours, lines, strict=True)), list(zip(theirs, lines, strict=True)))
+
+
+def _recorded_setup(row: Mapping[str, Any]) -> ProbeSetup | None:
+    """The setup a row's probe was played with; None where the row's record is not one."""
+    try:
+        return ProbeSetup.from_dict(row[PROBE_SETUP])
+    except (KeyError, TypeError):
+        return None

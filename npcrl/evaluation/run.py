@@ -54,13 +54,11 @@ def evaluate_bundle(
 
     Callers pass loaded models so one bundle used as candidate, reference and simulator is
     loaded (and its files hashed) once."""
-    from npcrl.agent.npc_agent import AgentConfig, with_sampler
+    from npcrl.agent.config import capped_config
     from npcrl.sim.resume import keep_finished
     from npcrl.sim.simulate import simulate
 
-    config = AgentConfig()
-    if settings.max_new_tokens is not None:
-        config = with_sampler(config, max_new_tokens=settings.max_new_tokens)
+    config = capped_config(settings.max_new_tokens)
     with PlayLogWriter(log_dir) as writer:
         first = 0
         if resume_from is not None:

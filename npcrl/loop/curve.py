@@ -7,7 +7,8 @@ conversations are exactly the ones a loop round of N conversations would play: e
 players, paired with the base. Nothing but the number of conversations differs between sizes.
 
     OUT/loop.json               the settings (with ``sizes``); a resume must match them
-    OUT/base/                   the shared stages: ``logs`` (largest size), ``eval/current``
+    OUT/base/                   the shared stages: ``logs`` (largest size), ``eval/current``,
+                                the base's persona probe (``probe_current``) when it runs
     OUT/size-N/round-1/         size N's round: its logs (the first N conversations), training,
                                 candidate evaluation and ``decision.json``; ``OUT/size-N/loop.md``
     OUT/curve.json, curve.md    one point per size: gain over the base with its paired 95% interval,
@@ -17,8 +18,8 @@ Every stage is recorded as it finishes (``npcrl.loop.state``): ``resume`` goes o
 
 ``same_play_as`` names an earlier loop run with the same players, seeds and evaluation players (a
 population's folder of ``npcrl populations``, say), or an earlier curve: the base takes its
-simulated play and base evaluation (``npcrl.loop.adopt``) and plays only the conversations it
-lacks, and a size that run played takes its whole round when it was trained with the curve's
+simulated play and base evaluation (``npcrl.loop.adopt``), with its persona probe when that run
+probed as many lines per persona, and plays only the conversations it lacks, and a size that run played takes its whole round when it was trained with the curve's
 settings too.
 """
 
@@ -39,7 +40,7 @@ from npcrl.loop.decision import Guards, estimate
 from npcrl.loop.round import LoadedBundle, LoopState, RoundResult, play_round
 from npcrl.loop.run import load_inputs
 from npcrl.loop.settings import LoopSettings
-from npcrl.loop.stages import LoopInputs, evaluate_stage, simulate_stage, simulation_seed
+from npcrl.loop.stages import LoopInputs, evaluate_stage, probe_stage, simulate_stage, simulation_seed
 from npcrl.loop.state import (
     DECISION_FILE,
     LOOP_FILE,
@@ -135,7 +136,7 @@ def run_curve(  # the keywords of run_loop, but sizes instead of rounds and conv
             check_play_source(source, settings.record(), any_conversations=True)
         write_loop_record(out, record)
         if source is not None:
-            adopt_play(play_folder(source), out / "base")
+            adopt_play(play_folder(source), out / "base", probe_lines=settings.guards.persona_probe_lines)
             source = source if base_adopted_from(out, source) else None
         state = base_state(inputs)
         points = [play_size(inputs, state, size, source) for size in sizes]
@@ -161,7 +162,8 @@ def check_added_sizes(out: Path, sizes: Sequence[int]) -> None:
 
 
 def base_state(inputs: LoopInputs) -> LoopState:
-    """The base plays the largest size once (as round 1 of a loop would) and the evaluation players.
+    """The base plays the largest size once (as round 1 of a loop would), the evaluation players,
+    and, with the contradiction guard's probe on, the persona probe: each size's round reads them.
 
     A resume that added a larger size reopens the finished simulation: it keeps the conversations
     played (``npcrl.sim.resume``) and plays only the new ones."""
@@ -178,6 +180,8 @@ def base_state(inputs: LoopInputs) -> LoopState:
             stages.reopen("simulate")
     simulate_stage(inputs, stages, inputs.base_model, 1)
     rows = evaluate_stage(inputs, stages, "evaluate_current", inputs.base_model, inputs.settings.eval_settings())
+    if inputs.settings.guards.persona_probe_lines > 0:  # probed here once, not in each size's round
+        rows.update(probe_stage(inputs, stages, "probe_current", inputs.base_model))
     state = LoopState()
     state.base_evaluated(rows, stages)
     return state

@@ -83,10 +83,9 @@ class LoopSettings:
 
     def agent_config(self) -> AgentConfig:
         """The NPC agents' settings for simulated play (``max_new_tokens`` caps each line)."""
-        from npcrl.agent.npc_agent import AgentConfig, with_sampler
+        from npcrl.agent.config import capped_config
 
-        config = AgentConfig()
-        return config if self.max_new_tokens is None else with_sampler(config, max_new_tokens=self.max_new_tokens)
+        return capped_config(self.max_new_tokens)
 
     def eval_settings(self) -> EvalSettings:
         """The evaluation players, the same in every round."""

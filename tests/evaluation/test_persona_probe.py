@@ -61,6 +61,20 @@ def test_the_rise_pairs_conversations_and_needs_the_same_setup() -> None:
         probe_rise({**candidate, PROBE_COUNTS: [1, 1, 1]}, current)
 
 
+def test_probes_played_with_other_system_prompts_do_not_pair() -> None:
+    """The prompts change every line, so a probe records which it played; a probe recorded before
+    the setup held them played the cards' own and still pairs with one that did."""
+    from npcrl.evaluation.persona_probe import prompts_digest
+
+    current = {PROBE_COUNTS: [1, 0, 2, 1], PROBE_SETUP: setup_row()}
+    prompted = ProbeSetup(8, 7, ("a", "b"), 40, prompts_digest(SHORT_PROMPTS)).to_dict()
+    assert probe_rise({PROBE_COUNTS: [2, 1, 2, 1], PROBE_SETUP: prompted}, current) is None
+    recorded_before = {key: value for key, value in setup_row().items() if key != "system_prompts"}
+    assert probe_rise({PROBE_COUNTS: [2, 1, 2, 1], PROBE_SETUP: recorded_before}, current) is not None
+    assert prompts_digest({}) is None
+    assert prompts_digest(SHORT_PROMPTS) != prompts_digest({**SHORT_PROMPTS, TWO_CARDS[0].id: "You are nobody."})
+
+
 def test_a_probe_counts_each_conversation_and_does_not_depend_on_concurrency(
     tiny_bundle: Path, text_checker: None
 ) -> None:
@@ -83,6 +97,7 @@ def test_a_probe_counts_each_conversation_and_does_not_depend_on_concurrency(
     rows = serial.rows()
     assert rows[PROBE_SHARE][0] == sum(serial.contradicting) / 10
     assert rows[PROBE_SETUP]["personas"] == [p.persona_hash for p in TWO_CARDS]
+    assert rows[PROBE_SETUP]["system_prompts"] == persona_probe.prompts_digest(SHORT_PROMPTS)
     another_seed = probe_personas(OnnxCausalLM(tiny_bundle), TWO_CARDS, tiny_config(), 5, 4, 1, SHORT_PROMPTS)
     assert another_seed.contradicting != serial.contradicting or another_seed.reasons != serial.reasons
 

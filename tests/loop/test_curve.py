@@ -211,30 +211,43 @@ def test_a_resumed_curve_may_add_sizes_and_the_base_plays_only_the_new_conversat
 ) -> None:
     import importlib
 
+    import npcrl.evaluation.persona_probe as persona_probe
     from npcrl.loop.curve import run_curve
+    from npcrl.loop.decision import Guards
 
     simulate_module = importlib.import_module("npcrl.sim.simulate")
-    real_play = simulate_module.play_conversation
+    real_play, real_probe = simulate_module.play_conversation, persona_probe.probe_personas
     played: list[str] = []
+    probed: list[str] = []
 
     def play(agent: Any, profile: Any, rng: Any, index: int, conversation_id: str) -> Any:
         played.append(conversation_id)
         return real_play(agent, profile, rng, index, conversation_id)
 
+    def probe(model: Any, *args: Any, **kwargs: Any) -> Any:
+        probed.append(model.bundle_id)
+        return real_probe(model, *args, **kwargs)
+
     def curve(sizes: list[int], **options: Any) -> Any:
         return run_curve(
             tiny_bundles["llama-fp32"], out, sizes, eval_conversations=2, train_config=full_tiny_config(),
-            max_new_tokens=6, system_prompts=TINY_SYSTEM_PROMPTS, concurrency=2, **options,
+            max_new_tokens=6, system_prompts=TINY_SYSTEM_PROMPTS, concurrency=2,
+            guards=Guards(persona_probe_lines=3), **options,
         )  # fmt: skip
 
     out = tmp_path / "curve"
     (small,) = curve([2])
     base_logs = out / "base" / "logs"
     first_two = conversations_in(base_logs)
+    base_stages = json.loads((out / "base" / "stages.json").read_text())
+    assert "probe_current" in base_stages  # the base is probed once, beside its evaluation
+    assert "probe_current" not in json.loads((out / "size-2" / "round-1" / "stages.json").read_text())
     monkeypatch.setattr(simulate_module, "play_conversation", play)
+    monkeypatch.setattr(persona_probe, "probe_personas", probe)
     capsys.readouterr()
     again, larger = curve([2, 4], resume=True)
     assert again == small  # read back, not trained again
+    assert len(probed) == 1  # the new size's candidate; the base's probe was read back
     assert sorted(c for c in played if "-s1-" in c) == conversations_in(base_logs)[2:]  # only the new two
     assert conversations_in(base_logs)[:2] == first_two and len(conversations_in(base_logs)) == 4
     assert conversations_in(out / "size-4" / "round-1" / "logs") == conversations_in(base_logs)
