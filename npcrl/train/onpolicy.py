@@ -140,7 +140,7 @@ class FreshRollouts:
 
     def cut_to_shown(self, turns: list[TrainingTurn], responses: dict[int, list[int]]) -> float:
         """Cut each row's response in place to what the agent would have shown of it (a line whose
-        shown text is not found stays whole); the share of sampled tokens kept."""
+        shown text is not found stays whole); the share of sampled tokens kept, over every rank's rows."""
         assert self.cutter is not None
         sampled = kept = 0
         for i, ids in responses.items():
@@ -150,7 +150,8 @@ class FreshRollouts:
             sampled += len(ids)
             responses[i] = ids[: count if count is not None else len(ids)]
             kept += len(responses[i])
-        return kept / max(sampled, 1)
+        kept_everywhere, sampled_everywhere = self.dist.sum_all([kept, sampled])
+        return kept_everywhere / max(sampled_everywhere, 1)
 
     def sample(self, policy: Policy, turns: list[TrainingTurn], iteration: int) -> list[TrainingTurn]:
         """Turns with the prompts of ``turns``, fresh responses, and the reward model's scores as rewards.
@@ -197,7 +198,7 @@ class FreshRollouts:
             "card_contradiction_share": sum(answered[i][3] for i in range(len(turns))) / n,
         }
         if self.cutter is not None:
-            self.last_stats["shown_token_share"] = kept_share  # this rank's rows
+            self.last_stats["shown_token_share"] = kept_share
         return fresh
 
 

@@ -633,6 +633,19 @@ def test_fresh_lines_are_cut_to_what_the_agent_would_show_before_they_are_scored
     assert all(t.response_ids == kept for t in cut) and len(kept) < len(line)
     assert decode(kept).strip() == shown and tuple(line[: len(kept)]) == kept
     assert rollouts.last_stats["shown_token_share"] == pytest.approx(len(kept) / len(line))
+
+    from npcrl.train.distributed import Dist
+
+    class OtherRankKeptNothing(Dist):
+        """A second process sampled 40 tokens and kept none: the share is over both ranks' rows."""
+
+        def sum_all(self, values: list[float]) -> list[float]:
+            return [values[0], values[1] + 40]
+
+    rollouts.dist = OtherRankKeptNothing()
+    rollouts.sample(trainer.policy, logged, 0)
+    here = len(logged) * len(line)
+    assert rollouts.last_stats["shown_token_share"] == pytest.approx(len(logged) * len(kept) / (here + 40))
     assert [t.reward for t in cut] == pytest.approx(rollouts.reward_model.predict(cut))  # the cut is scored
 
 
