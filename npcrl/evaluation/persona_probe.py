@@ -73,7 +73,10 @@ PROBE_SETUP = "persona probe: setup"
 PROBE_FALLBACKS = "persona probe: lines not the model's"
 """lines that were a fallback or a filtered line (an error, an overflowing prompt, the output filter):
 they count as lines but cannot contradict, so a probe with many of them says little"""
-PROBE_ROWS = (PROBE_SHARE, PROBE_COUNTS, PROBE_SETUP, PROBE_FALLBACKS)
+PROBE_REASONS = "persona probe: contradicting lines by kind"
+"""how many flagged lines gave each kind of contradiction (``name``, ``trade``, ``place``; a line may
+give more than one): what the share is made of"""
+PROBE_ROWS = (PROBE_SHARE, PROBE_COUNTS, PROBE_SETUP, PROBE_FALLBACKS, PROBE_REASONS)
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ class PersonaProbe:
     contradicting: tuple[int, ...]
     lines: tuple[int, ...]
     reasons: Mapping[str, int]
-    """how many flagged lines gave each kind of contradiction (name, trade, home)"""
+    """how many flagged lines gave each kind of contradiction (name, trade, place)"""
     fallbacks: int = 0
     """lines that were not the model's (``PROBE_FALLBACKS``)"""
 
@@ -126,6 +129,7 @@ class PersonaProbe:
             PROBE_COUNTS: list(self.contradicting),
             PROBE_SETUP: self.setup.to_dict(),
             PROBE_FALLBACKS: self.fallbacks,
+            PROBE_REASONS: dict(sorted(self.reasons.items())),
         }
 
 

@@ -96,6 +96,7 @@ def test_a_probe_counts_each_conversation_and_does_not_depend_on_concurrency(
     assert shares == expected
     rows = serial.rows()
     assert rows[PROBE_SHARE][0] == sum(serial.contradicting) / 10
+    assert rows[persona_probe.PROBE_REASONS] == {"name": sum(serial.contradicting)}  # the stand-in flags names
     assert rows[PROBE_SETUP]["personas"] == [p.persona_hash for p in TWO_CARDS]
     assert rows[PROBE_SETUP]["system_prompts"] == persona_probe.prompts_digest(SHORT_PROMPTS)
     another_seed = probe_personas(OnnxCausalLM(tiny_bundle), TWO_CARDS, tiny_config(), 5, 4, 1, SHORT_PROMPTS)
