@@ -26,7 +26,6 @@ batched step gives the tokens a solo one would, so the counts do not depend on i
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from npcrl.agent.consistency import card_contradictions
 from npcrl.agent.persona import Persona
 from npcrl.evaluation.shares import paired_share_rise, ratio_interval
+from npcrl.runtime.bundle import canonical_json
 
 if TYPE_CHECKING:
     from npcrl.agent.config import AgentConfig
@@ -203,7 +203,7 @@ def prompts_digest(prompts: Mapping[str, str]) -> str | None:
     prompts change the lines, so probes played with other prompts must not pair."""
     if not prompts:
         return None
-    return hashlib.sha256(json.dumps(dict(prompts), sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(canonical_json(dict(prompts))).hexdigest()[:16]
 
 
 def _play_conversation(

@@ -37,10 +37,10 @@ from npcrl.errors import LoopError
 from npcrl.evaluation.metric_names import ENGAGEMENT, KL_PER_LINE, PAIRED_GAIN, PERPLEXITY
 from npcrl.loop.adopt import adopt_finished_round, adopt_play, check_play_source, play_folder, sized_run
 from npcrl.loop.decision import Guards, estimate
-from npcrl.loop.round import LoadedBundle, LoopState, RoundResult, play_round
+from npcrl.loop.round import LoadedBundle, LoopState, RoundResult, evaluate_base, play_round
 from npcrl.loop.run import load_inputs
 from npcrl.loop.settings import LoopSettings
-from npcrl.loop.stages import LoopInputs, evaluate_stage, probe_stage, simulate_stage, simulation_seed
+from npcrl.loop.stages import LoopInputs, simulate_stage, simulation_seed
 from npcrl.loop.state import (
     DECISION_FILE,
     LOOP_FILE,
@@ -179,11 +179,8 @@ def base_state(inputs: LoopInputs) -> LoopState:
             print(f"[npcrl curve] the base played {played} conversations; {wanted} are needed now", flush=True)
             stages.reopen("simulate")
     simulate_stage(inputs, stages, inputs.base_model, 1)
-    rows = evaluate_stage(inputs, stages, "evaluate_current", inputs.base_model, inputs.settings.eval_settings())
-    if inputs.settings.guards.persona_probe_lines > 0:  # probed here once, not in each size's round
-        rows.update(probe_stage(inputs, stages, "probe_current", inputs.base_model))
-    state = LoopState()
-    state.base_evaluated(rows, stages)
+    state = LoopState()  # the base is evaluated and probed here once; each size's round reads its rows
+    state.base_evaluated(evaluate_base(inputs, stages, inputs.base_model), stages)
     return state
 
 

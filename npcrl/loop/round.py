@@ -165,11 +165,10 @@ def evaluate_both(
     Round 1 evaluates the base; later rounds reuse the current bundle's rows from its own round."""
     settings = inputs.settings.eval_settings()
     if state.metrics is None:
-        rows = evaluate_stage(inputs, stages, "evaluate_current", current.model, settings)
-        state.base_evaluated(rows, stages)
+        state.base_evaluated(evaluate_base(inputs, stages, current.model), stages)
     assert state.metrics is not None and state.eval_logs is not None
     probing = inputs.settings.guards.persona_probe_lines > 0
-    if probing and PROBE_COUNTS not in state.metrics:  # the base, or a current bundle promoted unprobed
+    if probing and PROBE_COUNTS not in state.metrics:  # a current bundle promoted unprobed
         state.metrics.update(probe_stage(inputs, stages, "probe_current", current.model))
     candidate_rows = evaluate_stage(inputs, stages, "evaluate_candidate", candidate.model, settings)
     if probing:
@@ -186,6 +185,15 @@ def evaluate_both(
         print(f"[npcrl loop] round {stages.folder.name}: {left_out}", flush=True)
     candidate_rows.update(split)
     return {"current": state.metrics, "candidate": candidate_rows}
+
+
+def evaluate_base(inputs: LoopInputs, stages: RoundStages, model: OnnxCausalLM) -> Rows:
+    """The base's rows, played in ``stages``' round (a loop's round 1, a curve's ``base``): its
+    evaluation and, with the contradiction guard's probe on, its persona probe."""
+    rows = evaluate_stage(inputs, stages, "evaluate_current", model, inputs.settings.eval_settings())
+    if inputs.settings.guards.persona_probe_lines > 0:
+        rows.update(probe_stage(inputs, stages, "probe_current", model))
+    return rows
 
 
 def decide_round(inputs: LoopInputs, state: LoopState, metrics: Mapping[str, Rows]) -> tuple[bool, list[str]]:
