@@ -10,9 +10,11 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from npcrl.cli.args import add_command, add_players_arguments, player_profiles
+from npcrl.errors import LogFormatError
 
 if TYPE_CHECKING:
     from npcrl.evaluation.by_profile import ProfileGain
+    from npcrl.reward.spec import RewardSpec
 
 
 def add_compare_parser(sub: Any) -> None:
@@ -68,7 +70,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         gain=paired_gain(candidate, current, seed=args.seed),
     )
     key = load_key(args.key_file or default_key_path())
-    splits = pooled_gain_by_profile(pairs, spec, names, key, seed=args.seed)
+    try:
+        splits = pooled_gain_by_profile(pairs, spec, names, key, seed=args.seed)
+    except LogFormatError as exc:
+        if args.players or args.population:
+            raise
+        raise LogFormatError(f"{exc}{_population_hint(pairs, spec, key)}") from exc
     if args.json:
         print(json.dumps({"all": overall.to_json(), "profiles": [s.to_json() for s in splits]}, indent=1))
         return 0
@@ -78,6 +85,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for line in lines:
         print("  ".join([line[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True))]))
     return 0
+
+
+def _population_hint(pairs: list[tuple[str, str]], spec: RewardSpec, key: bytes) -> str:
+    """For logs the shipped default profiles did not play: the shipped populations whose players
+    did play them (a ``npcrl populations`` run's evaluations), as advice to add ``--population``."""
+    from npcrl.evaluation.by_profile import pooled_gain_by_profile
+    from npcrl.sim.populations import builtin_populations, load_population
+
+    fits = []
+    for name in builtin_populations():
+        try:
+            pooled_gain_by_profile(pairs, spec, list(load_population(name)), key)
+        except LogFormatError:
+            continue
+        fits.append(name)
+    if not fits:
+        return ""
+    return f"; the players of the shipped population {' or '.join(map(repr, fits))} did: add --population {fits[0]}"
 
 
 def _cells(split: ProfileGain) -> tuple[str, ...]:

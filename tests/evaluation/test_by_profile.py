@@ -188,6 +188,25 @@ def test_logs_compare_prints_the_split(evaluation: tuple[Path, Path], spec_file:
     assert "none of the player profiles given (jester, tavern_regular, wry_veteran)" in capsys.readouterr().err
 
 
+def test_logs_compare_names_the_shipped_population_that_played_the_logs(
+    tmp_path: Path, spec_file: Path, capsys
+) -> None:
+    """An ``npcrl populations`` run's evaluation compared without ``--population``: the default
+    profiles did not play it, and the error says which shipped population did."""
+    humour = ["jester", "tavern_regular", "wry_veteran"]
+    candidate, current = tmp_path / "candidate", tmp_path / "current"
+    _write_evaluation(candidate, "cccccccccccccccc", {"jester"}, humour)
+    _write_evaluation(current, "bbbbbbbbbbbbbbbb", set(), humour)
+    compare = ["logs", "compare", str(candidate), str(current), "--spec", str(spec_file)]
+    assert main(compare) == 2
+    assert "the shipped population 'humour' did: add --population humour" in capsys.readouterr().err
+    assert main([*compare, "--population", "brief"]) == 2  # a population given: no advice
+    assert "add --population" not in capsys.readouterr().err
+    assert main([*compare, "--population", "humour", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {p["profile"]: p["gain"][0] for p in report["profiles"]}["jester"] == 1.0
+
+
 def test_rows_for_a_report_never_stop_the_run(
     evaluation: tuple[Path, Path], spec: RewardSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
