@@ -14,7 +14,6 @@ from npcrl.errors import LogFormatError
 
 if TYPE_CHECKING:
     from npcrl.evaluation.by_profile import ProfileGain
-    from npcrl.reward.spec import RewardSpec
 
 
 def add_compare_parser(sub: Any) -> None:
@@ -75,7 +74,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except LogFormatError as exc:
         if args.players or args.population:
             raise
-        raise LogFormatError(f"{exc}{_population_hint(pairs, spec, key)}") from exc
+        raise LogFormatError(f"{exc}{_population_hint(pairs, key)}") from exc
     if args.json:
         print(json.dumps({"all": overall.to_json(), "profiles": [s.to_json() for s in splits]}, indent=1))
         return 0
@@ -87,19 +86,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _population_hint(pairs: list[tuple[str, str]], spec: RewardSpec, key: bytes) -> str:
+def _population_hint(pairs: list[tuple[str, str]], key: bytes) -> str:
     """For logs the shipped default profiles did not play: the shipped populations whose players
     did play them (a ``npcrl populations`` run's evaluations), as advice to add ``--population``."""
-    from npcrl.evaluation.by_profile import pooled_gain_by_profile
+    from npcrl.evaluation.by_profile import logged_players
+    from npcrl.sim.draws import simulated_players
     from npcrl.sim.populations import builtin_populations, load_population
 
-    fits = []
-    for name in builtin_populations():
-        try:
-            pooled_gain_by_profile(pairs, spec, list(load_population(name)), key)
-        except LogFormatError:
-            continue
-        fits.append(name)
+    players = logged_players([log_dir for pair in pairs for log_dir in pair])
+    fits = [name for name in builtin_populations() if players <= simulated_players(load_population(name), key).keys()]
     if not fits:
         return ""
     return f"; the players of the shipped population {' or '.join(map(repr, fits))} did: add --population {fits[0]}"

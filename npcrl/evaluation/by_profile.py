@@ -131,6 +131,17 @@ def _profile_rewards(
     return played
 
 
+def logged_players(log_dirs: Sequence[str | os.PathLike[str]]) -> set[str | None]:
+    """The logged player id of every conversation with an NPC turn in ``log_dirs`` (None for one
+    missing its start record): the players ``_profile_rewards`` looks a profile up for."""
+    return {
+        log.start.player_id if log.start is not None else None
+        for log_dir in log_dirs
+        for log in group_conversations(read_log_dir(log_dir)).values()
+        if log.turns
+    }
+
+
 def paired_gain_rows(
     candidate_logs: str | os.PathLike[str],
     current_logs: str | os.PathLike[str],
