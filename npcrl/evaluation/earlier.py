@@ -83,13 +83,12 @@ def _players_checked(
     one drawn for it."""
     from npcrl.paths import default_key_path
     from npcrl.privacy.pseudonym import load_key
-    from npcrl.sim.populations import builtin_populations
-    from npcrl.sim.profiles import builtin_profiles
+    from npcrl.sim.populations import shipped_profile_names
 
     path = default_key_path()
     if not path.is_file():
         return False
-    shipped = {*builtin_profiles(), *(name for p in builtin_populations().values() for name in p.profiles())}
+    shipped = shipped_profile_names()
     known = simulated_players([*profiles, *sorted(shipped - set(profiles))], load_key(path))
     if not any(start.player_id in known for _, start in played):
         return False

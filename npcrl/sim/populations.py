@@ -100,6 +100,12 @@ def builtin_populations() -> dict[str, Population]:
     return {population.name: population for population in populations}
 
 
+def shipped_profile_names() -> set[str]:
+    """The name of every profile of every shipped population (the default population's included):
+    the profiles whose simulated players a machine's key can name back from the logs."""
+    return {name for population in builtin_populations().values() for name in population.profiles()}
+
+
 def load_population(name: str) -> dict[str, PlayerProfile]:
     """The profiles of the shipped population ``name``; an unknown name is an error listing the known ones."""
     populations = builtin_populations()

@@ -49,3 +49,20 @@ def test_turns_are_counted_and_scored_per_profile(tmp_path: Path, monkeypatch, c
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in second}
     assert rows["lore_lover"][1:3] == ["6", "+0.300"] and rows["quest_seeker"][1:3] == ["1", "-0.500"]
     assert rows["all, pooled"][1:3] == ["7", f"{(6 * 0.3 - 0.5) / 7:+.3f}"]
+
+
+def test_the_players_of_every_shipped_population_are_named(tmp_path: Path, monkeypatch, capsys) -> None:
+    # an `npcrl populations` run's logs: played by a population's profile, not the default mix's
+    with PlayLogWriter(tmp_path / "logs") as writer:
+        cid = "sim-b-s0-000000"
+        writer.append(
+            ConversationStart(
+                cid, "blacksmith", f"{PLAYER_ID_PREFIX}bard", "Brom", SMITH.persona_hash, "b", SAMPLER, 1.7e9
+            )
+        )
+        writer.append(npc_turn(cid, 0, tokens=4, npc_id="blacksmith", text="The old forge of Emberfall."))
+    bench = load_script("profile_turns_bench", "bench/profile_turns.py")
+    monkeypatch.setattr("sys.argv", ["profile_turns.py", str(tmp_path / "logs"), "--features", "mentions_lore"])
+    bench.main()
+    names = [line.split(" | ")[0].strip("| ") for line in capsys.readouterr().out.splitlines()[3:]]
+    assert names[:2] == ["bard", "all, pooled"]
