@@ -39,9 +39,9 @@ from simulator_features import FeatureRow, logged_feature_rows  # noqa: E402
 
 def noiseless_scores(rows: list[FeatureRow]) -> dict[tuple[str, int], float]:
     """(conversation id, turn index) -> the line's score under its player's profile, without noise."""
-    from npcrl.sim.profiles import builtin_profiles
+    from npcrl.sim.populations import shipped_profiles
 
-    profiles = builtin_profiles()
+    profiles = shipped_profiles()
     scores = {}
     for row in rows:
         profile = profiles[row.profile]

@@ -4,9 +4,13 @@ A round's trainer weighs every logged NPC turn alike, so players who stay longer
 turns: in a mixed population the update leans toward the long talkers' tastes. For each profile
 of the shipped ones (read back from the logs' pseudonyms with this machine's key, as
 ``bench/simulator_features.py`` does): its conversations, its turns and their share of all turns,
-the mean credited turn reward, and for each feature the players react to, the share of its lines
-with that feature and the mean reward of those lines minus the rest's. The last block is the same
-over all profiles pooled, which is what a learner that cannot tell the players apart sees.
+the mean credited turn reward, the mean of each line's noiseless score under its player's profile
+(what the player thinks of it before the profile's noise) and how closely the reward follows that
+score (Pearson r: near 0 where the player engages alike whatever the line, for example a profile
+the base already pleases beyond its rating threshold), and for each feature the players react to,
+the share of its lines with that feature and the mean reward of those lines minus the rest's. The
+last block is the same over all profiles pooled, which is what a learner that cannot tell the
+players apart sees.
 
 With ``--credit`` (a training run's ``report/turn_credit.jsonl``, trained on these logs) a second
 table gives what the update made of the same lines: per profile the mean advantage of its turns
@@ -40,25 +44,34 @@ def main() -> None:
     from simulator_features import logged_feature_rows
 
     from npcrl.agent.persona import builtin_personas
+    from npcrl.sim.populations import shipped_profiles
 
     rows = logged_feature_rows(args.logs, builtin_personas())
+    profiles = shipped_profiles()
     features = [name.strip() for name in args.features.split(",") if name.strip()]
     groups = defaultdict(list)
     for row in rows:
         groups[row.profile].append(row)
     print(f"{args.logs}: {len(rows)} scored NPC turns")
-    print("| players | conversations | turns (share) | reward / turn | " + " | ".join(features) + " |")
-    print("|---|---|---|---|" + "---|" * len(features))
+    print(
+        "| players | conversations | turns (share) | reward / turn | score (mean) | r(reward, score) | "
+        + " | ".join(features)
+        + " |"
+    )
+    print("|---|---|---|---|---|---|" + "---|" * len(features))
     for name, group in [*sorted(groups.items()), ("all, pooled", rows)]:
         conversations = len({row.conversation_id for row in group})
         share = len(group) / len(rows)
-        cells = [_feature_cell(group, feature) for feature in features]
+        cells = [_score_cells(group, profiles), *(_feature_cell(group, feature) for feature in features)]
         print(
             f"| {name} | {conversations} | {len(group)} ({share:.0%}) | {_mean([r.reward for r in group]):+.3f} | "
             + " | ".join(cells)
             + " |"
         )
-    print("(feature cells: share of lines with it; their mean reward minus the other lines')")
+    print(
+        "(score: each line's noiseless score under its player's profile, n/a for players no shipped profile names;"
+        " feature cells: share of lines with it; their mean reward minus the other lines')"
+    )
     if args.credit:
         _print_credit(groups, rows, features, _advantages(Path(args.credit)))
 
@@ -91,6 +104,23 @@ def _print_credit(groups: dict, rows: list, features: list[str], advantages: dic
             cells.append(f"{_mean(with_it) - _mean(without):+.3f}" if with_it and without else "n/a")
         print(f"| {name} | {len(read)} | {_mean([a for _, a in read]):+.3f} | " + " | ".join(cells) + " |")
     print("(feature cells: mean advantage of the lines with it minus the other lines'; held-out turns are never read)")
+
+
+def _score_cells(group: list, profiles: dict) -> str:
+    """The mean noiseless score of the group's lines and the Pearson r of their rewards with it."""
+    scored = [(profiles[row.profile].score(row.features), row.reward) for row in group if row.profile in profiles]
+    if not scored:
+        return "n/a | n/a"
+    scores, rewards = zip(*scored, strict=True)
+    return f"{_mean(list(scores)):+.2f} | {_pearson(scores, rewards)}"
+
+
+def _pearson(xs: tuple[float, ...], ys: tuple[float, ...]) -> str:
+    """Pearson r as a table cell; n/a where either side does not vary."""
+    mx, my = _mean(list(xs)), _mean(list(ys))
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return f"{sxy / (sxx * syy) ** 0.5:+.2f}" if sxx > 0 and syy > 0 else "n/a"
 
 
 def _feature_cell(group: list, feature: str) -> str:

@@ -34,7 +34,7 @@ def logged_feature_rows(logs: str, personas: dict) -> list[FeatureRow]:
     from npcrl.reward.spec import default_reward_spec
     from npcrl.sim.draws import PLAYER_ID_PREFIX, simulated_players
     from npcrl.sim.features import line_features
-    from npcrl.sim.populations import shipped_profile_names
+    from npcrl.sim.populations import shipped_profiles
 
     spec = default_reward_spec()
     # The writer stores a keyed pseudonym of each player id: map the simulated players' ids back
@@ -42,7 +42,7 @@ def logged_feature_rows(logs: str, personas: dict) -> list[FeatureRow]:
     # populations` run's logs are played by one of them); logs written before pseudonyms carry
     # the id itself.
     key = load_or_create_key(default_key_path())
-    profiles = simulated_players(shipped_profile_names(), key)
+    profiles = simulated_players(shipped_profiles(), key)
     rows = []
     for cid, log in sorted(group_conversations(LogReader(logs)).items()):
         player = log.start.player_id if log.start is not None else ""

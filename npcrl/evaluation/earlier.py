@@ -83,12 +83,12 @@ def _players_checked(
     one drawn for it."""
     from npcrl.paths import default_key_path
     from npcrl.privacy.pseudonym import load_key
-    from npcrl.sim.populations import shipped_profile_names
+    from npcrl.sim.populations import shipped_profiles
 
     path = default_key_path()
     if not path.is_file():
         return False
-    shipped = shipped_profile_names()
+    shipped = set(shipped_profiles())
     known = simulated_players([*profiles, *sorted(shipped - set(profiles))], load_key(path))
     if not any(start.player_id in known for _, start in played):
         return False

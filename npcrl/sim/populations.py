@@ -100,10 +100,15 @@ def builtin_populations() -> dict[str, Population]:
     return {population.name: population for population in populations}
 
 
-def shipped_profile_names() -> set[str]:
-    """The name of every profile of every shipped population (the default population's included):
-    the profiles whose simulated players a machine's key can name back from the logs."""
-    return {name for population in builtin_populations().values() for name in population.profiles()}
+def shipped_profiles() -> dict[str, PlayerProfile]:
+    """Every shipped population's profiles by name (the default population's included): the
+    profiles whose simulated players a machine's key can name back from the logs. No two shipped
+    populations share a profile name."""
+    return {
+        name: profile
+        for population in builtin_populations().values()
+        for name, profile in population.profiles().items()
+    }
 
 
 def load_population(name: str) -> dict[str, PlayerProfile]:

@@ -10,6 +10,8 @@ from script_modules import load_script
 from npcrl.agent.persona import builtin_personas
 from npcrl.playlog import ConversationStart, EngagementEvent, PlayLogWriter
 from npcrl.sim.draws import PLAYER_ID_PREFIX
+from npcrl.sim.features import line_features
+from npcrl.sim.populations import shipped_profiles
 from tests.playlog_helpers import SAMPLER, npc_turn
 
 SMITH = builtin_personas()["blacksmith"]
@@ -51,18 +53,24 @@ def test_turns_are_counted_and_scored_per_profile(tmp_path: Path, monkeypatch, c
     assert rows["all, pooled"][1:3] == ["7", f"{(6 * 0.3 - 0.5) / 7:+.3f}"]
 
 
-def test_the_players_of_every_shipped_population_are_named(tmp_path: Path, monkeypatch, capsys) -> None:
-    # an `npcrl populations` run's logs: played by a population's profile, not the default mix's
+def test_the_players_of_every_shipped_population_are_named_and_scored(tmp_path: Path, monkeypatch, capsys) -> None:
+    # an `npcrl populations` run's logs, played by a population's profile (not the default mix's):
+    # four one-line conversations with a bard, rated up after the lore lines and down after the others
+    lines = (("The old forge of Emberfall.", 1.0), ("Good steel takes time.", -1.0)) * 2
     with PlayLogWriter(tmp_path / "logs") as writer:
-        cid = "sim-b-s0-000000"
-        writer.append(
-            ConversationStart(
-                cid, "blacksmith", f"{PLAYER_ID_PREFIX}bard", "Brom", SMITH.persona_hash, "b", SAMPLER, 1.7e9
-            )
-        )
-        writer.append(npc_turn(cid, 0, tokens=4, npc_id="blacksmith", text="The old forge of Emberfall."))
+        for c, (text, rating) in enumerate(lines):
+            cid = f"sim-b-s0-{c:06d}"
+            player = f"{PLAYER_ID_PREFIX}bard"
+            writer.append(ConversationStart(cid, "blacksmith", player, "Brom", SMITH.persona_hash, "b", SAMPLER, 1.7e9))
+            writer.append(npc_turn(cid, 0, tokens=4, npc_id="blacksmith", text=text))
+            writer.append(EngagementEvent(cid, 0, "rating", rating, 1.7e9))
     bench = load_script("profile_turns_bench", "bench/profile_turns.py")
     monkeypatch.setattr("sys.argv", ["profile_turns.py", str(tmp_path / "logs"), "--features", "mentions_lore"])
     bench.main()
-    names = [line.split(" | ")[0].strip("| ") for line in capsys.readouterr().out.splitlines()[3:]]
-    assert names[:2] == ["bard", "all, pooled"]
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[3:5]]
+    assert [row[0].strip("| ") for row in rows] == ["bard", "all, pooled"]
+    bard = shipped_profiles()["bard"]
+    scores = [bard.score(line_features(text, SMITH, [])) for text, _ in lines]
+    assert scores[0] > scores[1]  # the bard likes the lore line better
+    # score (mean) and r(reward, score): the rating follows the score exactly here
+    assert rows[0][4:6] == [f"{sum(scores) / 4:+.2f}", "+1.00"]

@@ -17,7 +17,7 @@ from npcrl.playlog import ConversationStart, read_log_dir
 from npcrl.privacy.pseudonym import load_key, pseudonym
 from npcrl.sim import Population, UnknownPopulationError, builtin_populations, load_population
 from npcrl.sim.features import line_features
-from npcrl.sim.populations import builtin_population_dir
+from npcrl.sim.populations import builtin_population_dir, shipped_profiles
 from npcrl.sim.profiles import PlayerProfileError, builtin_profiles
 
 BROM = builtin_personas()["blacksmith"]
@@ -56,6 +56,13 @@ def test_players_of_different_populations_have_different_names():
     # Logs name a player by its profile, so a population's players are recognisable in them.
     names = [name for population in builtin_populations().values() for name in population.profiles()]
     assert len(names) == len(set(names))
+
+
+def test_shipped_profiles_hold_every_populations_players():
+    shipped = shipped_profiles()
+    for population in builtin_populations().values():
+        assert all(shipped[name] == profile for name, profile in population.profiles().items())
+    assert len(shipped) == sum(len(population.profiles()) for population in builtin_populations().values())
 
 
 def test_a_population_mixes_patience_and_rating_habits():
