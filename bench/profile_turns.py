@@ -107,20 +107,18 @@ def _print_credit(groups: dict, rows: list, features: list[str], advantages: dic
 
 
 def _score_cells(group: list, profiles: dict) -> str:
-    """The mean noiseless score of the group's lines and the Pearson r of their rewards with it."""
+    """The mean noiseless score of the group's lines and the Pearson r of their rewards with it
+    (n/a where either side does not vary)."""
+    import numpy as np
+
+    from npcrl.reward.model_metrics import pearson
+
     scored = [(profiles[row.profile].score(row.features), row.reward) for row in group if row.profile in profiles]
     if not scored:
         return "n/a | n/a"
-    scores, rewards = zip(*scored, strict=True)
-    return f"{_mean(list(scores)):+.2f} | {_pearson(scores, rewards)}"
-
-
-def _pearson(xs: tuple[float, ...], ys: tuple[float, ...]) -> str:
-    """Pearson r as a table cell; n/a where either side does not vary."""
-    mx, my = _mean(list(xs)), _mean(list(ys))
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
-    return f"{sxy / (sxx * syy) ** 0.5:+.2f}" if sxx > 0 and syy > 0 else "n/a"
+    scores, rewards = np.array(scored).T
+    r = pearson(scores, rewards)
+    return f"{scores.mean():+.2f} | " + (f"{r:+.2f}" if r is not None else "n/a")
 
 
 def _feature_cell(group: list, feature: str) -> str:
