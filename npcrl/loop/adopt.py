@@ -16,7 +16,9 @@ against round 1's fresh players is taken too: it depends only on the play settin
 
 A learning curve (``npcrl curve --same-play-as``) takes the same two stages for its base, from a
 run that played fewer conversations (the base then plays only the rest), and takes a whole finished
-round for the size that run played when it was trained with the same settings too. The run may be
+round for the size that run played when it was trained with the same settings too (when that run had
+the persona probe off and the curve has it on, the round is taken undecided: its candidate is probed
+and the round decided again, training and evaluation kept). The run may be
 a loop run (its ``round-1``) or another curve (its ``base``, and its ``size-N`` rounds): a curve
 with another training config then trains every size on the other curve's play and players.
 """
@@ -153,12 +155,15 @@ def confirmation_adoptable(source_round: Path, confirm_conversations: int) -> bo
 def adopt_finished_round(source: Path, record: dict[str, Any], target: Path) -> bool:
     """Copy the loop run ``source``'s finished round 1 into the round folder ``target`` when
     ``source`` was started with exactly the settings ``record`` (a ``loop.json``): the round this run
-    would play, already played. False (nothing done, and why printed) otherwise."""
+    would play, already played; or when the settings differ only in the persona probe, off there and
+    on here: then the round is copied without its decision, and the loop goes on from its last stage
+    with the candidate's probe and decides it again. False (nothing done, and why printed) otherwise."""
     folder = source / "round-1"
     if target.exists() or not (folder / DECISION_FILE).is_file():
         return False
     differing = differing_settings(source, record)
-    if differing:
+    to_probe = probe_added_only(differing)
+    if differing and not to_probe:
         print(
             f"[npcrl loop] {target.parent.name}: not adopting {folder} (its {', '.join(differing)} differ)", flush=True
         )
@@ -166,13 +171,31 @@ def adopt_finished_round(source: Path, record: dict[str, Any], target: Path) -> 
     scratch = target.parent / f".{target.name}.adopting"
     shutil.rmtree(scratch, ignore_errors=True)
     shutil.copytree(folder, scratch)
+    if to_probe:  # undecided again: the round goes on with the candidate's probe, then decides
+        (scratch / DECISION_FILE).unlink()
     stages = json.loads((scratch / STAGES_FILE).read_text(encoding="utf-8"))
     for stage in stages.values():  # each stage ran there, in its own time: say where
         stage.setdefault(ADOPTED_FROM, str(folder.resolve()))
     (scratch / STAGES_FILE).write_text(json.dumps(stages, indent=1), encoding="utf-8")
     replace_dir(scratch, target)
-    print(f"[npcrl loop] {target.parent.name}: the finished round adopted from {folder}", flush=True)
+    what = "the trained round, to be probed and decided again," if to_probe else "the finished round"
+    print(f"[npcrl loop] {target.parent.name}: {what} adopted from {folder}", flush=True)
     return True
+
+
+PROBE_GUARD = "persona_probe_lines"
+
+
+def probe_added_only(differing: dict[str, tuple[Any, Any]]) -> bool:
+    """Whether the settings ``differing_settings`` found differ only in the persona probe, off in the
+    earlier run and on in this one: that round's play, training and evaluation are this run's too,
+    and only the candidate's probe and the decision it guards are missing."""
+    if set(differing) != {"guards"}:
+        return False
+    before, now = differing["guards"]
+    if before.get(PROBE_GUARD) != 0 or not now.get(PROBE_GUARD):
+        return False
+    return {k: v for k, v in before.items() if k != PROBE_GUARD} == {k: v for k, v in now.items() if k != PROBE_GUARD}
 
 
 def check_play_source(source: Path, record: dict[str, Any], any_conversations: bool = False) -> Path:

@@ -20,7 +20,7 @@ Every stage is recorded as it finishes (``npcrl.loop.state``): ``resume`` goes o
 population's folder of ``npcrl populations``, say), or an earlier curve: the base takes its
 simulated play and base evaluation (``npcrl.loop.adopt``), with its persona probe when that run
 probed as many lines per persona, and plays only the conversations it lacks, and a size that run played takes its whole round when it was trained with the curve's
-settings too.
+settings too (with the persona probe off there and on here, the round is probed and decided again, not trained again).
 """
 
 from __future__ import annotations
@@ -202,7 +202,8 @@ def play_size(inputs: LoopInputs, state: LoopState, size: int, same_play_as: Pat
     record = size_inputs.settings.record()
     if same_play_as is not None and adopt_finished_round(sized_run(same_play_as, size), record, round_dir):
         write_loop_record(folder, record)
-        write_summary(folder, [RoundResult(**read_decision(round_dir))])
+        if (round_dir / DECISION_FILE).is_file():  # else it goes on below with the persona probe
+            write_summary(folder, [RoundResult(**read_decision(round_dir))])
     if (round_dir / DECISION_FILE).is_file():
         return curve_point(size, RoundResult(**read_decision(round_dir)), trained_how_far(round_dir / "train"))
     print(f"[npcrl curve] size {size}: a round on the first {size} conversations, in {round_dir}", flush=True)

@@ -315,6 +315,37 @@ def test_a_curve_takes_an_earlier_runs_play_and_the_round_it_trained_the_same_wa
     assert played == [] and len(trained) == 1
 
 
+def test_a_round_trained_without_the_persona_probe_is_taken_and_probed_not_trained_again(
+    tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A curve with the persona probe on takes the round an earlier run trained the same way but
+    without the probe: its candidate is probed, and the round decided again with the probe guard."""
+    from npcrl.evaluation.persona_probe import PROBE_COUNTS
+    from npcrl.loop.curve import run_curve
+    from npcrl.loop.decision import Guards
+    from tests.loop.test_populations import tiny_populations
+
+    bundle, populations, out = tiny_bundles["llama-fp32"], tmp_path / "populations", tmp_path / "curve"
+    (row,) = tiny_populations(bundle, populations, ["default"])  # no probe
+    source = populations / "default" / "round-1"
+    played, trained = spy_on_play_and_training(monkeypatch)
+
+    (taken,) = run_curve(
+        bundle, out, [4], eval_conversations=3, train_config=full_tiny_config(), max_new_tokens=6,
+        system_prompts=TINY_SYSTEM_PROMPTS, concurrency=2, same_play_as=populations / "default",
+        guards=Guards(persona_probe_lines=2),
+    )  # fmt: skip
+    assert trained == [] and played == []  # neither trained nor evaluated again
+    assert "to be probed and decided again" in capsys.readouterr().out
+    assert taken.paired_gain == row.round.paired_gain
+    stages = json.loads((out / "size-4" / "round-1" / "stages.json").read_text())
+    assert stages["train_and_export"]["adopted_from"] == str(source.resolve())
+    assert "adopted_from" not in stages["probe_candidate"]  # probed here
+    decision = json.loads((out / "size-4" / "round-1" / "decision.json").read_text())
+    assert PROBE_COUNTS in decision["metrics"]["candidate"] and PROBE_COUNTS in decision["metrics"]["current"]
+    assert PROBE_COUNTS not in json.loads((source / "decision.json").read_text())["metrics"]["candidate"]
+
+
 def one_point(perplexity: float) -> Any:
     from npcrl.loop.curve import CurvePoint
 
