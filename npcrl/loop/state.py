@@ -117,7 +117,7 @@ def _train_config_read_back(recorded: dict[str, Any]) -> dict[str, Any]:
     from npcrl.train.config import TrainConfig
 
     try:
-        return TrainConfig.from_dict(recorded, where="train_config").to_dict()
+        return TrainConfig.from_record(recorded, where="train_config").to_dict()
     except TrainConfigError:
         return recorded
 

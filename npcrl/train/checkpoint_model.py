@@ -47,7 +47,7 @@ def checkpoint_model(run_dir: Path, out: Path, iteration: int | None = None) -> 
         raise TrainError(f"{run_dir}: not a training run ({RUN_FILE} is missing)")
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        config = TrainConfig.from_dict(record["config"], where=f"{record_path}: config")
+        config = TrainConfig.from_record(record["config"], where=f"{record_path}: config")
         base = Path(record["base_weights"])
     except (ValueError, KeyError, TypeError) as exc:
         raise TrainError(f"{record_path}: cannot read the run's record: {exc}") from exc

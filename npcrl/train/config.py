@@ -283,6 +283,10 @@ class RewardModelConfig:
         )
 
 
+RECORDED_BEFORE_THEIR_SECTION: dict[str, dict[str, Any]] = {"contradiction": {"penalty": "fixed"}}
+"""what a run recorded before a section existed trained with, where that is not the section's default
+now: the rejected samples' penalty was fixed until the adaptive one became the default"""
+
 SECTION_CLASSES: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -310,13 +314,6 @@ class TrainConfig:
         for section in (self.data, self.model, self.ppo, self.run, self.reward_model, self.contradiction):
             section.validate()
         _check(
-            self.contradiction.penalty == "fixed"
-            or (self.data.mode == "logged" and self.data.penalize_card_contradictions),
-            "contradiction.penalty",
-            self.contradiction.penalty,
-            "'fixed' in reward_model mode or without data.penalize_card_contradictions (no rejected samples to weigh)",
-        )
-        _check(
             self.data.mode != "reward_model"
             or self.reward_model.path is not None
             or self.reward_model.retrain_each_round,
@@ -328,6 +325,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, recorded: dict[str, Any], where: str = "config") -> TrainConfig:
+        """The config a run recorded (``to_dict`` output) read back: a section it lacks, since it was
+        added later, takes the settings in effect before it existed (``RECORDED_BEFORE_THEIR_SECTION``),
+        other keys added later their defaults."""
+        missing = {name: values for name, values in RECORDED_BEFORE_THEIR_SECTION.items() if name not in recorded}
+        return cls.from_dict({**missing, **recorded}, where)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:

@@ -61,7 +61,7 @@ def score_logs(
         if tokenizer_sha256(bundle) != record["tokenizer_sha256"]:
             raise TrainError(f"{where}: trained with another tokenizer than bundle {bundle.root}'s")
     accepted = set().union(*(accepted_bundle_ids(bundle, [])[0] for bundle in bundles))
-    config = TrainConfig.from_dict(record["config"], where=where)
+    config = TrainConfig.from_record(record["config"], where=where)
     spec_path = spec_path or config.data.reward_spec
     if spec_path and not Path(spec_path).is_file():
         raise TrainError(f"{where}: the reward spec it was trained with, {spec_path}, is gone; pass another spec")

@@ -59,7 +59,7 @@ def _extends(out: Path, previous: dict[str, Any], now: dict[str, Any]) -> bool:
     # Read the recorded config back through the parser, so keys added since it was written take
     # their defaults instead of counting as a change.
     try:
-        before = TrainConfig.from_dict(previous.get("config", {}), where=f"{out}/{RUN_FILE}").to_dict()
+        before = TrainConfig.from_record(previous.get("config", {}), where=f"{out}/{RUN_FILE}").to_dict()
     except TrainConfigError as exc:
         raise TrainError(f"{out}/{RUN_FILE}: the recorded config no longer parses ({exc})") from exc
     if before == now:

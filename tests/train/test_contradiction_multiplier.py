@@ -129,7 +129,7 @@ def test_a_low_estimate_on_a_collapsed_effective_sample_does_not_release_the_pen
 
 def test_fixed_penalty_reports_the_estimate_but_never_moves() -> None:
     turns = draws(contradicting=1, agreeing=3)
-    fixed = multiplier_for(turns, ContradictionConfig())
+    fixed = multiplier_for(turns, ContradictionConfig(penalty="fixed"))
     stats = fixed.observe(turns, [math.log(2.0), 0.0, 0.0, 0.0], "iteration 1")
     assert stats["contradiction_share_estimate"] > 0.25 and fixed.multiplier == 1.0
 
@@ -192,20 +192,31 @@ def test_state_round_trips_and_bad_state_is_refused() -> None:
         second.load_state_dict({**first.state_dict(), "weights": math.nan})
 
 
-def test_config_refuses_the_adaptive_penalty_where_there_are_no_rejected_samples() -> None:
-    with pytest.raises(TrainConfigError, match="contradiction.penalty = 'adaptive'"):
-        TrainConfig.from_dict(
-            {"contradiction": {"penalty": "adaptive"}, "data": {"penalize_card_contradictions": False}}
-        )
-    with pytest.raises(TrainConfigError, match="contradiction.penalty = 'adaptive'"):
-        TrainConfig.from_dict(
-            {"contradiction": {"penalty": "adaptive"}, "data": {"mode": "reward_model"}, "reward_model": {"path": "rm"}}
-        )
+def test_the_adaptive_penalty_is_the_default_and_a_run_recorded_before_it_reads_back_fixed() -> None:
+    assert TrainConfig().contradiction.penalty == "adaptive"
+    # where there are no rejected samples it has nothing to weigh, so it is no error
+    for data in ({"penalize_card_contradictions": False}, {"mode": "reward_model"}):
+        config = TrainConfig.from_dict({"data": data, "reward_model": {"path": "rm"}})
+        assert config.contradiction.penalty == "adaptive"
+    # a run recorded before [contradiction] existed trained with the fixed penalty, and resumes so
+    recorded = TrainConfig().to_dict()
+    del recorded["contradiction"]
+    assert TrainConfig.from_record(recorded).contradiction.penalty == "fixed"
+    assert TrainConfig.from_dict(recorded).contradiction.penalty == "adaptive"
+    assert TrainConfig.from_record(TrainConfig().to_dict()) == TrainConfig()
     with pytest.raises(TrainConfigError, match="contradiction.penalty = 'softer'"):
         TrainConfig.from_dict({"contradiction": {"penalty": "softer"}})
     with pytest.raises(TrainConfigError, match="contradiction.initial_multiplier = 6"):
         TrainConfig.from_dict({"contradiction": {"penalty": "adaptive", "initial_multiplier": 6}})
-    assert TrainConfig.from_dict({"contradiction": {"penalty": "adaptive"}}).contradiction.penalty == "adaptive"
+    assert TrainConfig.from_dict({"contradiction": {"penalty": "fixed"}}).contradiction.penalty == "fixed"
+
+
+def test_without_rejected_samples_the_adaptive_multiplier_stays_at_one() -> None:
+    turns = draws(contradicting=0, agreeing=3)
+    multiplier = multiplier_for(turns, ADAPTIVE)
+    assert multiplier.target is None
+    multiplier.observe(turns, [0.3, -0.1, 0.2], "iteration 1")
+    assert multiplier.multiplier == 1.0
 
 
 # --- on logs -------------------------------------------------------------------------------------

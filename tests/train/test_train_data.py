@@ -295,6 +295,7 @@ def test_the_fast_config_is_the_defaults_for_one_pass() -> None:
         "ppo.passes": 1.0,
         "ppo.kl_stop": None,
         "ppo.max_iterations_per_pass": 0,
+        "contradiction.penalty": "fixed",
     }
 
 
@@ -310,6 +311,7 @@ def test_the_earlier_defaults_are_kept_as_a_config() -> None:
         "ppo.passes": 1.0,
         "ppo.kl_stop": None,
         "ppo.max_iterations_per_pass": 0,
+        "contradiction.penalty": "fixed",
     }
 
 
@@ -322,6 +324,7 @@ def test_the_two_epoch_kl_config_is_the_earlier_update_with_the_kl_stop() -> Non
         "ppo.minibatch_order": "shuffled",
         "ppo.epochs": 2,
         "ppo.learning_rate": 5e-5,
+        "contradiction.penalty": "fixed",
     }
 
 
@@ -346,11 +349,14 @@ def test_a_conversation_with_an_unscorable_event_is_dropped_not_fatal(tmp_path: 
     assert data.report.dropped["unscorable_events"] == 1
 
 
-def test_the_kl_stop_config_is_the_defaults() -> None:
-    """docs/train.kl-stop.toml, which the populations were measured with before it became the
-    default, still loads as the defaults, so its recorded commands train as they did."""
+def test_the_kl_stop_config_is_the_defaults_with_the_fixed_penalty() -> None:
+    """docs/train.kl-stop.toml, the defaults before the adaptive penalty, differs from them only in
+    that, so its recorded commands train as they did; docs/train.contradiction-adaptive.toml, which
+    the adaptive penalty was measured with before it became the default, loads as the defaults."""
     root = Path(__file__).resolve().parents[2]
-    assert load_train_config(root / "docs" / "train.kl-stop.toml") == load_train_config(None)
+    kl_stop = load_train_config(root / "docs" / "train.kl-stop.toml").to_dict()
+    assert changed_settings(kl_stop, TrainConfig().to_dict()) == {"contradiction.penalty": "fixed"}
+    assert load_train_config(root / "docs" / "train.contradiction-adaptive.toml") == load_train_config(None)
     ppo = load_train_config(None).ppo
     assert ppo.batch_scale(1024) == 1 and ppo.batch_scale(1025) == 2
 
