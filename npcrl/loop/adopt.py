@@ -49,6 +49,8 @@ ADOPTED_STAGES = {"simulate": "logs", "evaluate_current": "eval/current"}
 ADOPTED_PROBE = "probe_current"
 """the base's persona probe in round 1 (it writes no output), taken too when both runs probe as many
 lines per persona (its seed, cards, prompts and caps are play settings)"""
+PROBE_GUARD = "persona_probe_lines"
+"""the guard setting that says how many lines per persona the probe runs (0: no probe)"""
 ADOPTED_CONFIRMATION = {"confirm_current": "confirm/current"}
 """the base's fresh players in round 1, taken too when both runs play as many of them (the fresh
 players' seed follows from ``seed``, a play setting); the candidate's are its own"""
@@ -140,7 +142,7 @@ def probe_adoptable(source_round: Path, probe_lines: int) -> bool:
     if probe_lines <= 0:
         return False
     guards = read_loop_record(source_round.parent).get("guards") or {}
-    return guards.get("persona_probe_lines") == probe_lines and RoundStages(source_round).done(ADOPTED_PROBE)
+    return guards.get(PROBE_GUARD) == probe_lines and RoundStages(source_round).done(ADOPTED_PROBE)
 
 
 def confirmation_adoptable(source_round: Path, confirm_conversations: int) -> bool:
@@ -181,9 +183,6 @@ def adopt_finished_round(source: Path, record: dict[str, Any], target: Path) -> 
     what = "the trained round, to be probed and decided again," if to_probe else "the finished round"
     print(f"[npcrl loop] {target.parent.name}: {what} adopted from {folder}", flush=True)
     return True
-
-
-PROBE_GUARD = "persona_probe_lines"
 
 
 def probe_added_only(differing: dict[str, tuple[Any, Any]]) -> bool:

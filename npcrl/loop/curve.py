@@ -200,12 +200,13 @@ def play_size(inputs: LoopInputs, state: LoopState, size: int, same_play_as: Pat
     size_inputs = replace(inputs, settings=replace(inputs.settings, conversations=size), out=folder)
     round_dir = size_inputs.round_dir(1)
     record = size_inputs.settings.record()
-    if same_play_as is not None and adopt_finished_round(sized_run(same_play_as, size), record, round_dir):
-        write_loop_record(folder, record)
-        if (round_dir / DECISION_FILE).is_file():  # else it goes on below with the persona probe
-            write_summary(folder, [RoundResult(**read_decision(round_dir))])
-    if (round_dir / DECISION_FILE).is_file():
-        return curve_point(size, RoundResult(**read_decision(round_dir)), trained_how_far(round_dir / "train"))
+    adopted = same_play_as is not None and adopt_finished_round(sized_run(same_play_as, size), record, round_dir)
+    if (round_dir / DECISION_FILE).is_file():  # an adopted round without one goes on below with the persona probe
+        decided = RoundResult(**read_decision(round_dir))
+        if adopted:
+            write_loop_record(folder, record)
+            write_summary(folder, [decided])
+        return curve_point(size, decided, trained_how_far(round_dir / "train"))
     print(f"[npcrl curve] size {size}: a round on the first {size} conversations, in {round_dir}", flush=True)
     stages = RoundStages(round_dir)
     if stages.start("simulate", output=round_dir / "logs"):
