@@ -209,7 +209,8 @@ def play_size(inputs: LoopInputs, state: LoopState, size: int, same_play_as: Pat
         return curve_point(size, decided, trained_how_far(round_dir / "train"))
     print(f"[npcrl curve] size {size}: a round on the first {size} conversations, in {round_dir}", flush=True)
     stages = RoundStages(round_dir)
-    if stages.start("simulate", output=round_dir / "logs"):
+    # a finished copy is left to play_round to report, so a resumed size says "read back" once
+    if not stages.done("simulate") and stages.start("simulate", output=round_dir / "logs"):
         copy_first_conversations(inputs.out / "base" / "logs", round_dir / "logs", size)
         stages.finish("simulate")
     write_loop_record(folder, record)

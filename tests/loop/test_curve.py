@@ -205,6 +205,11 @@ def test_a_cut_off_simulation_or_evaluation_keeps_the_conversations_it_finished(
     stages = json.loads((out / "base" / "stages.json").read_text())
     assert "seconds" in stages["simulate"] and "seconds" in stages["evaluate_current"]
 
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):  # the size's copy of its conversations is read back, and said so once
+        tiny_curve(tiny_bundles["llama-fp32"], out, resume=True)
+    assert capsys.readouterr().out.count("round-1: simulate finished earlier, read back") == 1
+
 
 def test_a_resumed_curve_may_add_sizes_and_the_base_plays_only_the_new_conversations(
     tiny_bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
