@@ -112,5 +112,24 @@ def export_fused(hf_dir: Path, out_dir: Path, bits: int | None, block_size: int 
         if (work / "out" / name).is_file():
             shutil.move(str(work / "out" / name), out_dir / name)
     shutil.rmtree(work)
+    stamp_builder_version(out_dir / "model.onnx")
     print(f"[npcrl export] fused graph built in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     return out_dir / "model.onnx"
+
+
+def stamp_builder_version(path: Path) -> None:
+    """Record the builder's release alone as the graph's ``producer_version``.
+
+    The builder appends the commit of whatever git checkout holds its installed package: run from a
+    virtual environment inside a project's checkout, that is the project's commit, which is not the
+    builder's. The graph file then changed with every commit of the project, though its nodes and
+    weights did not, and two exports of one model could not be told equal by the graph's sha256 in
+    their manifests. (The bundle id differs between exports anyway: it covers the provenance,
+    export time included.)"""
+    from importlib.metadata import version
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    model.producer_version = version("onnxruntime-genai")
+    onnx.save(model, str(path))

@@ -208,3 +208,20 @@ def test_a_replacement_cut_off_between_its_renames_gets_the_old_bundle_back(tmp_
     assert not restore_cut_off_swap(out)  # a bundle in place is left alone
     aside.mkdir()
     assert not restore_cut_off_swap(out) and aside.exists()  # the finished swap's leftover is not restored over it
+
+
+def test_a_fused_graph_records_the_builders_release_not_a_checkouts_commit(tiny_bundles):
+    """The builder appends the commit of the git checkout its package sits in: installed in a virtual
+    environment inside a project's checkout, the graph file changed with every project commit."""
+    from importlib.metadata import version
+
+    import onnx
+
+    from exporters.fused_export import fused_export_available
+
+    if not fused_export_available():
+        pytest.skip("onnxruntime-genai is not installed: no fused graph to read")
+    for name in ("llama-fp32", "llama-q8", "llama-q4"):
+        graph = onnx.load(str(tiny_bundles[name] / "model.onnx"), load_external_data=False)
+        assert graph.producer_name == "onnxruntime-genai", name  # the fused route built it
+        assert graph.producer_version == version("onnxruntime-genai"), name
